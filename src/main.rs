@@ -1,0 +1,42 @@
+//! berth: a Compose-compatible stack manager with its own container runtime.
+//!
+//! `main` is synchronous on purpose: `berth __runtime …` (the container runtime's process
+//! dance: clone, namespaces, pivot_root) is dispatched before any tokio runtime or thread
+//! exists, because a multi-threaded process must never fork and keep running Rust code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+mod commands;
+mod compose;
+mod paths;
+
+fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).map(|a| a == "__runtime").unwrap_or(false) {
+        // Re-exec entry of the kernel edge: single-threaded, no tokio.
+        let code = berth_runtime::cli::main(args[2..].to_vec());
+        return ExitCode::from(code.clamp(0, 255) as u8);
+    }
+    init_tracing();
+    let cli = cli::Cli::parse();
+    match commands::dispatch(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("{}", commands::render_error(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
+}
