@@ -1,3 +1,4 @@
+#![allow(dead_code)] // pieces land before the commands that use them; removed once wired
 //! berth: a Compose-compatible stack manager with its own container runtime.
 //!
 //! `main` is synchronous on purpose: `berth __runtime …` (the container runtime's process
@@ -11,7 +12,10 @@ use clap::Parser;
 mod cli;
 mod commands;
 mod compose;
+mod engine;
+mod logs;
 mod paths;
+mod state;
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();

@@ -1,0 +1,249 @@
+//! Container logs: one JSON-lines file per container (`{"t": time, "s": stream, "l": line}`),
+//! written by the supervisor, rotated by `logging.options` max-size / max-file, kept across
+//! restarts, read by `berth logs` without needing the supervisor.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{format_time, parse_time};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// RFC 3339 time with nanoseconds.
+    pub t: String,
+    /// "stdout" or "stderr".
+    pub s: String,
+    /// The line without its newline.
+    pub l: String,
+}
+
+pub fn log_dir(project_dir: &Path) -> PathBuf {
+    project_dir.join("logs")
+}
+
+pub fn log_path(project_dir: &Path, container: &str) -> PathBuf {
+    log_dir(project_dir).join(format!("{container}.log"))
+}
+
+/// Appends lines to a container's log file, rotating when it exceeds `max_size`.
+pub struct LogWriter {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max_size: Option<u64>,
+    max_files: u32,
+}
+
+impl LogWriter {
+    pub fn open(path: &Path, max_size: Option<u64>, max_files: u32) -> std::io::Result<LogWriter> {
+        if let Some(d) = path.parent() {
+            fs::create_dir_all(d)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(LogWriter {
+            path: path.to_path_buf(),
+            file,
+            size,
+            max_size,
+            max_files: max_files.max(1),
+        })
+    }
+
+    pub fn write_line(&mut self, stream: &str, line: &str, at: SystemTime) -> std::io::Result<()> {
+        let rec = LogLine {
+            t: format_time(at),
+            s: stream.to_string(),
+            l: line.to_string(),
+        };
+        let mut buf = serde_json::to_vec(&rec).map_err(std::io::Error::other)?;
+        buf.push(b'\n');
+        if let Some(max) = self.max_size {
+            if self.size > 0 && self.size + buf.len() as u64 > max {
+                self.rotate()?;
+            }
+        }
+        self.file.write_all(&buf)?;
+        self.size += buf.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        // name.log -> name.log.1 -> … -> name.log.(max_files-1); the oldest is dropped.
+        if self.max_files <= 1 {
+            self.file.set_len(0)?;
+            self.file.seek(SeekFrom::Start(0))?;
+            self.size = 0;
+            return Ok(());
+        }
+        for i in (1..self.max_files - 1).rev() {
+            let from = rotated(&self.path, i);
+            if from.exists() {
+                fs::rename(&from, rotated(&self.path, i + 1))?;
+            }
+        }
+        fs::rename(&self.path, rotated(&self.path, 1))?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+fn rotated(path: &Path, i: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{i}"));
+    PathBuf::from(s)
+}
+
+/// Read every line of a container's log, oldest first, across rotated files.
+pub fn read_all(path: &Path) -> Vec<LogLine> {
+    let mut files = Vec::new();
+    let mut i = 1;
+    while rotated(path, i).exists() {
+        files.push(rotated(path, i));
+        i += 1;
+    }
+    files.reverse();
+    files.push(path.to_path_buf());
+    let mut out = Vec::new();
+    for f in files {
+        if let Ok(file) = File::open(&f) {
+            for line in BufReader::new(file).lines().map_while(Result::ok) {
+                if let Ok(rec) = serde_json::from_str::<LogLine>(&line) {
+                    out.push(rec);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Filter by `--since`/`--until` and keep the last `tail` lines.
+pub fn select(
+    lines: Vec<LogLine>,
+    since: Option<SystemTime>,
+    until: Option<SystemTime>,
+    tail: Option<usize>,
+) -> Vec<LogLine> {
+    let mut v: Vec<LogLine> = lines
+        .into_iter()
+        .filter(|l| {
+            let t = parse_time(&l.t);
+            since.is_none_or(|s| t.is_some_and(|t| t >= s))
+                && until.is_none_or(|u| t.is_some_and(|t| t <= u))
+        })
+        .collect();
+    if let Some(n) = tail {
+        if v.len() > n {
+            v.drain(..v.len() - n);
+        }
+    }
+    v
+}
+
+/// Parse `--since`/`--until`: an RFC 3339 time, a Unix timestamp, or a duration ago ("42m", "1h30m", "10s").
+pub fn parse_since(s: &str, now: SystemTime) -> Option<SystemTime> {
+    if let Some(t) = parse_time(s) {
+        return Some(t);
+    }
+    if let Ok(secs) = s.parse::<f64>() {
+        return Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(secs));
+    }
+    let d = parse_go_duration(s)?;
+    now.checked_sub(d)
+}
+
+/// Go-style durations as compose writes them: "1h30m", "90s", "1.5s", "100ms", "2us".
+pub fn parse_go_duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if s == "0" {
+        return Some(std::time::Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_end == 0 {
+            return None;
+        }
+        let n: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let mult = match &rest[..unit_end] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += n * mult;
+        rest = &rest[unit_end..];
+    }
+    Some(std::time::Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_go_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_go_duration("100ms"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_go_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_go_duration("5x"), None);
+        assert_eq!(parse_go_duration(""), None);
+    }
+
+    #[test]
+    fn write_rotate_read_tail() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.log");
+        let mut w = LogWriter::open(&p, Some(200), 3).unwrap();
+        let t0 = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for i in 0..20 {
+            w.write_line("stdout", &format!("line {i}"), t0 + Duration::from_secs(i))
+                .unwrap();
+        }
+        assert!(rotated(&p, 1).exists());
+        assert!(
+            !rotated(&p, 3).exists(),
+            "max-file 3 keeps at most 2 rotated files"
+        );
+        let all = read_all(&p);
+        assert!(
+            !all.is_empty() && all.len() < 20,
+            "the oldest lines were dropped: {}",
+            all.len()
+        );
+        assert_eq!(all.last().unwrap().l, "line 19");
+        // order is preserved across files
+        let nums: Vec<u32> = all.iter().map(|l| l.l[5..].parse().unwrap()).collect();
+        assert!(nums.windows(2).all(|w| w[0] + 1 == w[1]), "{nums:?}");
+        let tail = select(all.clone(), None, None, Some(2));
+        assert_eq!(
+            tail.iter().map(|l| l.l.as_str()).collect::<Vec<_>>(),
+            vec!["line 18", "line 19"]
+        );
+        let since = select(all, Some(t0 + Duration::from_secs(18)), None, None);
+        assert_eq!(since.len(), 2);
+    }
+}
