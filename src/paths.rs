@@ -17,9 +17,15 @@ impl Paths {
         match std::env::var_os("BERTH_ROOT") {
             Some(root) if !root.is_empty() => {
                 let root = PathBuf::from(root);
-                Paths { data: root.join("data"), run: root.join("run") }
+                Paths {
+                    data: root.join("data"),
+                    run: root.join("run"),
+                }
             }
-            _ => Paths { data: PathBuf::from("/var/lib/berth"), run: PathBuf::from("/run/berth") },
+            _ => Paths {
+                data: PathBuf::from("/var/lib/berth"),
+                run: PathBuf::from("/run/berth"),
+            },
         }
     }
 
@@ -56,7 +62,10 @@ impl Paths {
     }
     /// The supervisor's control socket for a project.
     pub fn supervisor_socket(&self, project: &str) -> PathBuf {
-        self.run.join("projects").join(project).join("supervisor.sock")
+        self.run
+            .join("projects")
+            .join(project)
+            .join("supervisor.sock")
     }
     pub fn project_run(&self, project: &str) -> PathBuf {
         self.run.join("projects").join(project)
