@@ -15,6 +15,7 @@ mod compose;
 mod engine;
 mod logs;
 mod paths;
+mod spec;
 mod state;
 
 fn main() -> ExitCode {
