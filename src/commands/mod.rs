@@ -5,6 +5,8 @@ use crate::cli::{Cli, Command};
 
 pub mod config;
 pub mod image;
+pub mod logs;
+pub mod ps;
 
 /// Render an error chain the way berth prints it: the top message, then each cause.
 pub fn render_error(e: &anyhow::Error) -> String {
@@ -18,6 +20,8 @@ pub fn render_error(e: &anyhow::Error) -> String {
 pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Config(args) => config::run(&cli.project, &args),
+        Command::Logs(args) => logs::run(&cli.project, &args),
+        Command::Ps(args) => ps::run(&cli.project, &args),
         Command::Load(args) => image::load(&args),
         Command::Images(args) => image::images(&cli.project, &args),
         Command::Rmi(args) => image::rmi(&args),
@@ -31,4 +35,34 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         }
         other => anyhow::bail!("command not implemented yet: {other:?}"),
     }
+}
+
+/// The project name for commands that act on an existing project: `-p`, then
+/// `COMPOSE_PROJECT_NAME`, then the loaded compose file's name.
+pub fn project_name(p: &crate::cli::ProjectOpts) -> anyhow::Result<String> {
+    if let Some(n) = &p.project_name {
+        return Ok(n.clone());
+    }
+    if let Ok(n) = std::env::var("COMPOSE_PROJECT_NAME") {
+        if !n.is_empty() {
+            return Ok(n);
+        }
+    }
+    let dir = match &p.project_directory {
+        Some(d) => d.clone(),
+        None => std::env::current_dir()?,
+    };
+    let base = dir
+        .file_name()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let name: String = base
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    let name = name.trim_start_matches(['_', '-']).to_string();
+    if name.is_empty() {
+        anyhow::bail!("project name must not be empty");
+    }
+    Ok(name)
 }

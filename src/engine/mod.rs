@@ -5,3 +5,4 @@
 pub mod proc;
 pub mod restart;
 pub mod runtime;
+pub mod volumes;

@@ -61,7 +61,10 @@ impl AsRawFd for Fd {
 
 /// Wait until the process behind `pidfd` exits and reap it if it is our child.
 pub async fn wait_pidfd(pidfd: OwnedFd) -> std::io::Result<Exit> {
-    let afd = AsyncFd::with_interest(Fd(pidfd), tokio::io::Interest::READABLE)?;
+    // SAFETY: `Fd` owns the pidfd and closes it only when the AsyncFd (and its registration)
+    // is dropped, which is the I/O-safety contract `register_with_interest` asks for.
+    let afd = unsafe { AsyncFd::register_with_interest(Fd(pidfd), tokio::io::Interest::READABLE) }
+        .map_err(std::io::Error::from)?;
     loop {
         let mut guard = afd.readable().await?;
         match waitid_pidfd(afd.get_ref().0.as_raw_fd(), libc::WNOHANG) {

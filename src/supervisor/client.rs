@@ -1,0 +1,99 @@
+//! The CLI side of the control socket (synchronous: commands stay simple).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use super::proto::{Reply, Request};
+use crate::paths::Paths;
+
+pub struct Client {
+    stream: UnixStream,
+}
+
+impl Client {
+    /// Connect to the running supervisor of `project`, if any.
+    pub fn connect(paths: &Paths, project: &str) -> Option<Client> {
+        let sock = paths.supervisor_socket(project);
+        let stream = UnixStream::connect(&sock).ok()?;
+        Some(Client { stream })
+    }
+
+    /// Connect, starting a detached supervisor first when none runs.
+    pub fn connect_or_start(paths: &Paths, project: &str) -> anyhow::Result<Client> {
+        if let Some(c) = Client::connect(paths, project) {
+            return Ok(c);
+        }
+        let run = paths.project_run(project);
+        std::fs::create_dir_all(&run)?;
+        std::fs::create_dir_all(paths.project(project))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(paths.project(project).join("supervisor.log"))
+            .context("opening the supervisor log")?;
+        let mut cmd = Command::new(crate::engine::runtime::self_exe());
+        cmd.arg("__supervisor").arg("--project").arg(project);
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // Its own session: the supervisor outlives this command and the terminal.
+        cmd.process_group(0);
+        // SAFETY: setsid is async-signal-safe; called in the child before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().context("starting the supervisor")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(c) = Client::connect(paths, project) {
+                // The supervisor double-forks nothing: reap our direct child when it exits later
+                // is not possible from here, so let init adopt it (we exit soon anyway).
+                std::mem::forget(child);
+                return Ok(c);
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                bail!(
+                    "the supervisor exited at start ({st}); see {}",
+                    paths.project(project).join("supervisor.log").display()
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("the supervisor did not start within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Send one request and hand every reply to `on_reply` until `Done`.
+    pub fn call(
+        mut self,
+        req: &Request,
+        on_reply: &mut dyn FnMut(&Reply),
+    ) -> anyhow::Result<(bool, Option<String>, i32)> {
+        let mut line = serde_json::to_vec(req)?;
+        line.push(b'\n');
+        self.stream
+            .write_all(&line)
+            .context("talking to the supervisor")?;
+        let reader = BufReader::new(self.stream);
+        for l in reader.lines() {
+            let l = l.context("reading from the supervisor")?;
+            let reply: Reply =
+                serde_json::from_str(&l).with_context(|| format!("bad reply {l:?}"))?;
+            if let Reply::Done { ok, error, code } = &reply {
+                return Ok((*ok, error.clone(), *code));
+            }
+            on_reply(&reply);
+        }
+        bail!("the supervisor closed the connection before answering (see its log)")
+    }
+}

@@ -1,0 +1,87 @@
+//! The supervisor's control protocol: one JSON request line from the CLI, then a stream of
+//! JSON event lines from the supervisor, ending with a `Done` line.
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::ProjectSource;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpOpts {
+    pub services: Vec<String>,
+    pub scale: Vec<(String, u64)>,
+    pub force_recreate: bool,
+    pub no_recreate: bool,
+    pub no_deps: bool,
+    pub no_start: bool,
+    pub remove_orphans: bool,
+    pub wait: bool,
+    pub wait_timeout: Option<u64>,
+    pub timeout: Option<u64>,
+    pub watch: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Ping,
+    /// Load the project from `source` and converge to it.
+    Up {
+        source: ProjectSource,
+        opts: UpOpts,
+    },
+    /// Stop and remove everything, then exit.
+    Down {
+        volumes: bool,
+        remove_orphans: bool,
+        timeout: Option<u64>,
+    },
+    Stop {
+        services: Vec<String>,
+        timeout: Option<u64>,
+    },
+    Start {
+        services: Vec<String>,
+    },
+    Restart {
+        services: Vec<String>,
+        timeout: Option<u64>,
+    },
+    Kill {
+        services: Vec<String>,
+        signal: String,
+    },
+    Pause {
+        services: Vec<String>,
+    },
+    Unpause {
+        services: Vec<String>,
+    },
+    Scale {
+        source: ProjectSource,
+        scale: Vec<(String, u64)>,
+    },
+    Rollback {
+        source: ProjectSource,
+        service: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reply {
+    /// A resource changed state: `kind` is network|volume|container, `state` as compose shows
+    /// it (Creating, Created, Starting, Started, Healthy, Stopping, Stopped, Removing, Removed…).
+    Progress {
+        kind: String,
+        name: String,
+        state: String,
+        detail: Option<String>,
+    },
+    /// A plain message for the user (warnings, recreate reasons).
+    Message { text: String },
+    Done {
+        ok: bool,
+        error: Option<String>,
+        code: i32,
+    },
+}
