@@ -1,0 +1,927 @@
+//! The embedded DNS server: one UDP and one TCP listener per network, on the network's gateway
+//! address, port 53. A query is answered from the listener's network only (a name on network B
+//! is unknown on network A): A records of every running replica, shuffled, TTL 0; PTR for their
+//! addresses; NXDOMAIN for unknown single-label names (they are the project's namespace and must
+//! not leak to the host's resolvers). Other names are forwarded to the upstreams (the
+//! requesting container's own `dns:` servers, else the records' upstreams, else the host's
+//! resolv.conf) through one shared upstream socket with query-id remapping, and positive and
+//! negative answers are cached (TTL-bounded). Internal networks never forward.
+//!
+//! The records are an immutable snapshot in an `ArcSwap`: the supervisor builds a new
+//! `Records` and swaps it in one store, so a removed container disappears at once.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, PTR};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::task::JoinHandle;
+
+use crate::{Error, Result};
+
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_PENDING: usize = 8192;
+const MAX_CACHE: usize = 10_000;
+const MAX_CACHE_TTL: u32 = 300;
+const NEGATIVE_TTL: u32 = 30;
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct NetRecords {
+    gateway: Option<Ipv4Addr>,
+    internal: bool,
+    /// lowercase name → addresses (one per running replica)
+    names: HashMap<String, Vec<Ipv4Addr>>,
+    /// address → the first name given for it
+    reverse: HashMap<Ipv4Addr, String>,
+}
+
+/// Everything the server answers from; plain maps, built whole and swapped in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Records {
+    networks: HashMap<String, NetRecords>,
+    upstreams: Option<Vec<SocketAddr>>,
+    container_upstreams: HashMap<Ipv4Addr, Vec<SocketAddr>>,
+}
+
+/// What a query gets (pure lookup result).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    A(Vec<Ipv4Addr>),
+    Ptr(String),
+    /// The name exists but has no record of that type.
+    NoData,
+    NxDomain,
+    /// Ask upstream: these servers, or None for the server's defaults (host resolv.conf).
+    Forward(Option<Vec<SocketAddr>>),
+    /// Not a network this server knows.
+    Refused,
+}
+
+fn norm(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// d.c.b.a.in-addr.arpa → a.b.c.d
+pub fn parse_ptr_name(name: &str) -> Option<Ipv4Addr> {
+    let n = norm(name);
+    let rest = n.strip_suffix(".in-addr.arpa")?;
+    let parts: Vec<u8> = rest
+        .split('.')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    if parts.len() != 4 {
+        return None;
+    }
+    Some(Ipv4Addr::new(parts[3], parts[2], parts[1], parts[0]))
+}
+
+impl Records {
+    /// Declare a network (it answers even with no container yet).
+    pub fn add_network(&mut self, network: &str, gateway: Ipv4Addr, internal: bool) {
+        let n = self.networks.entry(network.to_string()).or_default();
+        n.gateway = Some(gateway);
+        n.internal = internal;
+    }
+
+    /// `names` (service, container name, aliases, hostname…) resolve to `ip` on `network`; the
+    /// first name is what the address's PTR gives.
+    pub fn add(&mut self, network: &str, names: &[String], ip: Ipv4Addr) {
+        let n = self.networks.entry(network.to_string()).or_default();
+        for name in names {
+            let key = norm(name);
+            if key.is_empty() {
+                continue;
+            }
+            let v = n.names.entry(key).or_default();
+            if !v.contains(&ip) {
+                v.push(ip);
+            }
+        }
+        if let Some(first) = names.iter().map(|s| norm(s)).find(|s| !s.is_empty()) {
+            n.reverse.entry(ip).or_insert(first);
+        }
+    }
+
+    /// Upstreams for every forwarded query (instead of the host's resolv.conf).
+    pub fn set_upstreams(&mut self, upstreams: Vec<SocketAddr>) {
+        self.upstreams = Some(upstreams);
+    }
+
+    /// A container's own `dns:` servers, by its address.
+    pub fn set_container_upstreams(&mut self, ip: Ipv4Addr, upstreams: Vec<SocketAddr>) {
+        self.container_upstreams.insert(ip, upstreams);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.networks.is_empty()
+    }
+
+    /// The answer for `qname`/`qtype` asked on `network` by `requester` (pure).
+    pub fn lookup(
+        &self,
+        network: &str,
+        requester: Option<Ipv4Addr>,
+        qname: &str,
+        qtype: RecordType,
+    ) -> Answer {
+        let Some(net) = self.networks.get(network) else {
+            return Answer::Refused;
+        };
+        let name = norm(qname);
+        let forward = || {
+            if net.internal {
+                return Answer::NxDomain;
+            }
+            let own = requester
+                .and_then(|r| self.container_upstreams.get(&r))
+                .filter(|u| !u.is_empty());
+            Answer::Forward(own.cloned().or_else(|| self.upstreams.clone()))
+        };
+        if let Some(ip) = parse_ptr_name(&name) {
+            if qtype != RecordType::PTR {
+                return forward();
+            }
+            return match net.reverse.get(&ip) {
+                Some(n) => Answer::Ptr(n.clone()),
+                None => forward(),
+            };
+        }
+        if let Some(addrs) = net.names.get(&name) {
+            return match qtype {
+                RecordType::A | RecordType::ANY => Answer::A(addrs.clone()),
+                _ => Answer::NoData,
+            };
+        }
+        if name.is_empty() || !name.contains('.') {
+            return Answer::NxDomain;
+        }
+        forward()
+    }
+}
+
+struct Pending {
+    client_id: u16,
+    client: SocketAddr,
+    reply: Arc<UdpSocket>,
+    upstream: SocketAddr,
+    key: (String, u16),
+    sent: Instant,
+}
+
+struct CacheEntry {
+    msg: Message,
+    stored: Instant,
+    ttl: u32,
+}
+
+struct Upstream {
+    sock: UdpSocket,
+    pending: Mutex<HashMap<u16, Pending>>,
+    next_id: AtomicU16,
+}
+
+struct Listener {
+    addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+struct Inner {
+    records: Arc<ArcSwap<Records>>,
+    listeners: Mutex<HashMap<String, Listener>>,
+    upstream: tokio::sync::OnceCell<Arc<Upstream>>,
+    upstream_task: Mutex<Option<JoinHandle<()>>>,
+    default_upstreams: Vec<SocketAddr>,
+    cache: Mutex<HashMap<(String, u16), CacheEntry>>,
+    rng: AtomicU64,
+    rr: AtomicUsize,
+}
+
+/// The server. Cheap to make; listeners are added per network.
+pub struct DnsServer {
+    inner: Arc<Inner>,
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.inner.listeners.lock() {
+            l.clear();
+        }
+        if let Ok(mut t) = self.inner.upstream_task.lock() {
+            if let Some(t) = t.take() {
+                t.abort();
+            }
+        }
+    }
+}
+
+enum Action {
+    Reply(Vec<u8>),
+    Forward {
+        query: Vec<u8>,
+        id: u16,
+        upstreams: Vec<SocketAddr>,
+        key: (String, u16),
+    },
+    Drop,
+}
+
+fn host_upstreams() -> Vec<SocketAddr> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    crate::files::parse_resolv_conf(&text)
+        .0
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+impl DnsServer {
+    /// A server with empty records and the host's resolv.conf as default upstreams.
+    pub fn start() -> DnsServer {
+        Self::with_records(Arc::new(ArcSwap::from_pointee(Records::default())))
+    }
+
+    /// A server answering from a snapshot the caller swaps itself.
+    pub fn with_records(records: Arc<ArcSwap<Records>>) -> DnsServer {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        DnsServer {
+            inner: Arc::new(Inner {
+                records,
+                listeners: Mutex::new(HashMap::new()),
+                upstream: tokio::sync::OnceCell::new(),
+                upstream_task: Mutex::new(None),
+                default_upstreams: host_upstreams(),
+                cache: Mutex::new(HashMap::new()),
+                rng: AtomicU64::new(seed | 1),
+                rr: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    pub fn records(&self) -> Arc<ArcSwap<Records>> {
+        self.inner.records.clone()
+    }
+
+    /// Swap the whole record set (takes effect for the next query).
+    pub fn set_records(&self, records: Records) {
+        self.inner.records.store(Arc::new(records));
+    }
+
+    /// Listen on `addr`:53 for `network` (idempotent; a new address replaces the old listener).
+    pub async fn add_listener(&self, network: &str, addr: Ipv4Addr) -> Result<()> {
+        self.add_listener_at(network, SocketAddr::from((addr, 53)))
+            .await
+    }
+
+    /// As `add_listener`, on any socket address (tests, or a port other than 53).
+    pub async fn add_listener_at(&self, network: &str, addr: SocketAddr) -> Result<()> {
+        if self
+            .inner
+            .listeners
+            .lock()
+            .map(|l| l.get(network).map(|x| x.addr) == Some(addr))
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        self.remove_listener(network);
+        let bind_err = |source| Error::Bind { addr, source };
+        let udp = Arc::new(UdpSocket::bind(addr).await.map_err(bind_err)?);
+        let tcp = TcpListener::bind(addr).await.map_err(bind_err)?;
+        let inner = self.inner.clone();
+        let net = network.to_string();
+        let u = tokio::spawn(udp_loop(inner.clone(), net.clone(), udp));
+        let t = tokio::spawn(tcp_loop(inner, net, tcp));
+        if let Ok(mut l) = self.inner.listeners.lock() {
+            l.insert(
+                network.to_string(),
+                Listener {
+                    addr,
+                    tasks: vec![u, t],
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Stop listening for `network` (the sockets close at once).
+    pub fn remove_listener(&self, network: &str) {
+        let old = self
+            .inner
+            .listeners
+            .lock()
+            .ok()
+            .and_then(|mut l| l.remove(network));
+        drop(old);
+    }
+
+    /// Networks with a listener, and where.
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        self.inner
+            .listeners
+            .lock()
+            .map(|l| l.iter().map(|(k, v)| (k.clone(), v.addr)).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Inner {
+    fn random(&self) -> u64 {
+        // xorshift64*; quality is plenty for shuffling answers and ids.
+        let mut x = self.rng.load(Ordering::Relaxed);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.store(x, Ordering::Relaxed);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn shuffle(&self, v: &mut [Ipv4Addr]) {
+        for i in (1..v.len()).rev() {
+            let j = (self.random() % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+    }
+
+    fn handle(&self, network: &str, requester: Option<Ipv4Addr>, bytes: &[u8]) -> Action {
+        let req = match Message::from_vec(bytes) {
+            Ok(m) => m,
+            Err(_) => {
+                if bytes.len() < 12 {
+                    return Action::Drop;
+                }
+                let id = u16::from_be_bytes([bytes[0], bytes[1]]);
+                return reply(Message::error_msg(id, OpCode::Query, ResponseCode::FormErr));
+            }
+        };
+        let id = req.metadata.id;
+        if req.metadata.message_type != MessageType::Query {
+            return Action::Drop;
+        }
+        if req.metadata.op_code != OpCode::Query {
+            return reply(Message::error_msg(
+                id,
+                req.metadata.op_code,
+                ResponseCode::NotImp,
+            ));
+        }
+        if req.queries.len() != 1 {
+            return reply(Message::error_msg(id, OpCode::Query, ResponseCode::FormErr));
+        }
+        let q = req.queries[0].clone();
+        let qname = q.name().to_ascii();
+        let qtype = q.query_type();
+        let records = self.records.load();
+        let answer = records.lookup(network, requester, &qname, qtype);
+        let mut resp = Message::response(id, OpCode::Query);
+        resp.metadata.recursion_desired = req.metadata.recursion_desired;
+        resp.metadata.recursion_available = true;
+        resp.add_query(q.clone());
+        match answer {
+            Answer::A(mut addrs) => {
+                self.shuffle(&mut addrs);
+                resp.metadata.authoritative = true;
+                for a in addrs {
+                    resp.add_answer(Record::from_rdata(q.name().clone(), 0, RData::A(A(a))));
+                }
+            }
+            Answer::Ptr(n) => {
+                resp.metadata.authoritative = true;
+                match Name::from_ascii(format!("{n}.")) {
+                    Ok(target) => {
+                        resp.add_answer(Record::from_rdata(
+                            q.name().clone(),
+                            0,
+                            RData::PTR(PTR(target)),
+                        ));
+                    }
+                    Err(_) => resp.metadata.response_code = ResponseCode::ServFail,
+                }
+            }
+            Answer::NoData => resp.metadata.authoritative = true,
+            Answer::NxDomain => {
+                resp.metadata.authoritative = true;
+                resp.metadata.response_code = ResponseCode::NXDomain;
+            }
+            Answer::Refused => resp.metadata.response_code = ResponseCode::Refused,
+            Answer::Forward(ups) => {
+                let key = (norm(&qname), u16::from(qtype));
+                if let Some(mut cached) = self.cached(&key) {
+                    cached.metadata.id = id;
+                    return reply(cached);
+                }
+                let upstreams = ups.unwrap_or_else(|| self.default_upstreams.clone());
+                if upstreams.is_empty() {
+                    resp.metadata.response_code = ResponseCode::ServFail;
+                    return reply(resp);
+                }
+                return Action::Forward {
+                    query: bytes.to_vec(),
+                    id,
+                    upstreams,
+                    key,
+                };
+            }
+        }
+        reply(resp)
+    }
+
+    fn cached(&self, key: &(String, u16)) -> Option<Message> {
+        let cache = self.cache.lock().ok()?;
+        let e = cache.get(key)?;
+        let age = e.stored.elapsed().as_secs();
+        if age >= u64::from(e.ttl) {
+            return None;
+        }
+        let mut m = e.msg.clone();
+        let age = age as u32;
+        for r in m
+            .answers
+            .iter_mut()
+            .chain(m.authorities.iter_mut())
+            .chain(m.additionals.iter_mut())
+        {
+            r.ttl = r.ttl.saturating_sub(age);
+        }
+        Some(m)
+    }
+
+    fn store(&self, key: (String, u16), bytes: &[u8]) {
+        let Ok(msg) = Message::from_vec(bytes) else {
+            return;
+        };
+        if msg.metadata.truncation {
+            return;
+        }
+        let ttl = match msg.metadata.response_code {
+            ResponseCode::NoError if !msg.answers.is_empty() => {
+                msg.answers.iter().map(|r| r.ttl).min().unwrap_or(0)
+            }
+            ResponseCode::NoError | ResponseCode::NXDomain => msg
+                .authorities
+                .iter()
+                .map(|r| r.ttl)
+                .min()
+                .unwrap_or(NEGATIVE_TTL)
+                .min(NEGATIVE_TTL),
+            _ => 0,
+        }
+        .min(MAX_CACHE_TTL);
+        if ttl == 0 {
+            return;
+        }
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= MAX_CACHE {
+                cache.retain(|_, e| e.stored.elapsed().as_secs() < u64::from(e.ttl));
+                if cache.len() >= MAX_CACHE {
+                    cache.clear();
+                }
+            }
+            cache.insert(
+                key,
+                CacheEntry {
+                    msg,
+                    stored: Instant::now(),
+                    ttl,
+                },
+            );
+        }
+    }
+
+    fn pick(&self, upstreams: &[SocketAddr]) -> SocketAddr {
+        upstreams[self.rr.fetch_add(1, Ordering::Relaxed) % upstreams.len()]
+    }
+
+    async fn upstream(self: &Arc<Self>) -> std::io::Result<Arc<Upstream>> {
+        let me = self.clone();
+        self.upstream
+            .get_or_try_init(|| async move {
+                let sock = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))).await?;
+                let up = Arc::new(Upstream {
+                    sock,
+                    pending: Mutex::new(HashMap::new()),
+                    next_id: AtomicU16::new(me.random() as u16),
+                });
+                let task = tokio::spawn(upstream_loop(Arc::downgrade(&me), up.clone()));
+                if let Ok(mut t) = me.upstream_task.lock() {
+                    *t = Some(task);
+                }
+                Ok(up)
+            })
+            .await
+            .cloned()
+    }
+
+    async fn forward_udp(
+        self: &Arc<Self>,
+        mut query: Vec<u8>,
+        client_id: u16,
+        client: SocketAddr,
+        reply: Arc<UdpSocket>,
+        upstreams: Vec<SocketAddr>,
+        key: (String, u16),
+    ) {
+        let Ok(up) = self.upstream().await else {
+            let _ = reply.send_to(&servfail(client_id, &query), client).await;
+            return;
+        };
+        let target = self.pick(&upstreams);
+        let new_id = {
+            let Ok(mut pending) = up.pending.lock() else {
+                return;
+            };
+            if pending.len() >= MAX_PENDING {
+                pending.retain(|_, p| p.sent.elapsed() < UPSTREAM_TIMEOUT);
+            }
+            if pending.len() >= MAX_PENDING {
+                None
+            } else {
+                let mut id = up.next_id.fetch_add(1, Ordering::Relaxed);
+                while pending.contains_key(&id) {
+                    id = up.next_id.fetch_add(1, Ordering::Relaxed);
+                }
+                pending.insert(
+                    id,
+                    Pending {
+                        client_id,
+                        client,
+                        reply: reply.clone(),
+                        upstream: target,
+                        key,
+                        sent: Instant::now(),
+                    },
+                );
+                Some(id)
+            }
+        };
+        let Some(new_id) = new_id else {
+            let _ = reply.send_to(&servfail(client_id, &query), client).await;
+            return;
+        };
+        query[..2].copy_from_slice(&new_id.to_be_bytes());
+        if up.sock.send_to(&query, target).await.is_err() {
+            if let Ok(mut p) = up.pending.lock() {
+                p.remove(&new_id);
+            }
+            let _ = reply.send_to(&servfail(client_id, &query), client).await;
+        }
+    }
+}
+
+fn reply(m: Message) -> Action {
+    match m.to_vec() {
+        Ok(v) => Action::Reply(v),
+        Err(_) => Action::Drop,
+    }
+}
+
+fn servfail(id: u16, query: &[u8]) -> Vec<u8> {
+    let mut m = Message::error_msg(id, OpCode::Query, ResponseCode::ServFail);
+    if let Ok(q) = Message::from_vec(query) {
+        for x in q.queries {
+            m.add_query(x);
+        }
+    }
+    m.to_vec().unwrap_or_default()
+}
+
+fn v4(a: SocketAddr) -> Option<Ipv4Addr> {
+    match a.ip() {
+        IpAddr::V4(x) => Some(x),
+        IpAddr::V6(x) => x.to_ipv4_mapped(),
+    }
+}
+
+async fn udp_loop(inner: Arc<Inner>, network: String, sock: Arc<UdpSocket>) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let Ok((n, src)) = sock.recv_from(&mut buf).await else {
+            continue;
+        };
+        match inner.handle(&network, v4(src), &buf[..n]) {
+            Action::Reply(v) => {
+                let _ = sock.send_to(&v, src).await;
+            }
+            Action::Forward {
+                query,
+                id,
+                upstreams,
+                key,
+            } => {
+                inner
+                    .forward_udp(query, id, src, sock.clone(), upstreams, key)
+                    .await;
+            }
+            Action::Drop => {}
+        }
+    }
+}
+
+async fn upstream_loop(inner: std::sync::Weak<Inner>, up: Arc<Upstream>) {
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let Ok((n, src)) = up.sock.recv_from(&mut buf).await else {
+            continue;
+        };
+        if n < 12 {
+            continue;
+        }
+        let id = u16::from_be_bytes([buf[0], buf[1]]);
+        let p = {
+            let Ok(mut pending) = up.pending.lock() else {
+                continue;
+            };
+            match pending.get(&id) {
+                Some(p) if p.upstream == src => pending.remove(&id),
+                _ => None,
+            }
+        };
+        let Some(p) = p else { continue };
+        let Some(inner) = inner.upgrade() else { return };
+        buf[..2].copy_from_slice(&p.client_id.to_be_bytes());
+        let _ = p.reply.send_to(&buf[..n], p.client).await;
+        inner.store(p.key, &buf[..n]);
+    }
+}
+
+async fn tcp_loop(inner: Arc<Inner>, network: String, listener: TcpListener) {
+    loop {
+        let Ok((stream, src)) = listener.accept().await else {
+            continue;
+        };
+        let inner = inner.clone();
+        let network = network.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(60),
+                tcp_conn(inner, network, stream, src),
+            )
+            .await;
+        });
+    }
+}
+
+async fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let len = s.read_u16().await? as usize;
+    let mut buf = vec![0u8; len];
+    s.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame(s: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
+    let len =
+        u16::try_from(data.len()).map_err(|_| std::io::Error::other("DNS message too long"))?;
+    let mut out = Vec::with_capacity(data.len() + 2);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(data);
+    s.write_all(&out).await
+}
+
+async fn tcp_conn(
+    inner: Arc<Inner>,
+    network: String,
+    mut stream: TcpStream,
+    src: SocketAddr,
+) -> std::io::Result<()> {
+    loop {
+        let q = match tokio::time::timeout(TCP_IDLE, read_frame(&mut stream)).await {
+            Ok(r) => r?,
+            Err(_) => return Ok(()),
+        };
+        let out = match inner.handle(&network, v4(src), &q) {
+            Action::Reply(v) => v,
+            Action::Drop => continue,
+            Action::Forward {
+                query,
+                id,
+                upstreams,
+                key,
+            } => {
+                let target = inner.pick(&upstreams);
+                match tokio::time::timeout(UPSTREAM_TIMEOUT, tcp_forward(target, &query)).await {
+                    Ok(Ok(mut resp)) if resp.len() >= 2 => {
+                        inner.store(key, &resp);
+                        resp[..2].copy_from_slice(&id.to_be_bytes());
+                        resp
+                    }
+                    _ => servfail(id, &query),
+                }
+            }
+        };
+        write_frame(&mut stream, &out).await?;
+    }
+}
+
+async fn tcp_forward(target: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(target).await?;
+    write_frame(&mut s, query).await?;
+    read_frame(&mut s).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recs() -> Records {
+        let mut r = Records::default();
+        r.add_network("front", "10.89.0.1".parse().unwrap(), false);
+        r.add_network("back", "10.89.1.1".parse().unwrap(), true);
+        for (i, ip) in ["10.89.0.2", "10.89.0.3", "10.89.0.4"].iter().enumerate() {
+            r.add(
+                "front",
+                &["web".into(), format!("proj-web-{}", i + 1), "www".into()],
+                ip.parse().unwrap(),
+            );
+        }
+        r.add(
+            "back",
+            &["db".into(), "proj-db-1".into()],
+            "10.89.1.2".parse().unwrap(),
+        );
+        r
+    }
+
+    #[test]
+    fn lookup_scopes_by_network() {
+        let r = recs();
+        match r.lookup("front", None, "web.", RecordType::A) {
+            Answer::A(v) => assert_eq!(v.len(), 3),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            r.lookup("front", None, "PROJ-WEB-2", RecordType::A),
+            Answer::A(vec!["10.89.0.3".parse().unwrap()])
+        );
+        assert_eq!(
+            r.lookup("front", None, "www", RecordType::A).clone(),
+            r.lookup("front", None, "web", RecordType::A)
+        );
+        assert_eq!(
+            r.lookup("front", None, "db", RecordType::A),
+            Answer::NxDomain
+        );
+        assert_eq!(
+            r.lookup("back", None, "db", RecordType::A),
+            Answer::A(vec!["10.89.1.2".parse().unwrap()])
+        );
+        assert_eq!(
+            r.lookup("front", None, "web", RecordType::AAAA),
+            Answer::NoData
+        );
+        assert_eq!(
+            r.lookup("nope", None, "web", RecordType::A),
+            Answer::Refused
+        );
+    }
+
+    #[test]
+    fn forwarding_rules() {
+        let mut r = recs();
+        assert_eq!(
+            r.lookup("front", None, "example.test", RecordType::A),
+            Answer::Forward(None)
+        );
+        // Internal networks never forward.
+        assert_eq!(
+            r.lookup("back", None, "example.test", RecordType::A),
+            Answer::NxDomain
+        );
+        let up: SocketAddr = "127.0.0.1:5300".parse().unwrap();
+        r.set_upstreams(vec![up]);
+        assert_eq!(
+            r.lookup("front", None, "example.test", RecordType::A),
+            Answer::Forward(Some(vec![up]))
+        );
+        let own: SocketAddr = "127.0.0.1:5301".parse().unwrap();
+        r.set_container_upstreams("10.89.0.3".parse().unwrap(), vec![own]);
+        assert_eq!(
+            r.lookup(
+                "front",
+                Some("10.89.0.3".parse().unwrap()),
+                "example.test",
+                RecordType::A
+            ),
+            Answer::Forward(Some(vec![own]))
+        );
+        assert_eq!(
+            r.lookup(
+                "front",
+                Some("10.89.0.2".parse().unwrap()),
+                "example.test",
+                RecordType::A
+            ),
+            Answer::Forward(Some(vec![up]))
+        );
+    }
+
+    #[test]
+    fn reverse_lookups() {
+        let r = recs();
+        assert_eq!(
+            parse_ptr_name("3.0.89.10.in-addr.arpa."),
+            Some("10.89.0.3".parse().unwrap())
+        );
+        assert_eq!(parse_ptr_name("0.89.10.in-addr.arpa"), None);
+        assert_eq!(
+            r.lookup("front", None, "3.0.89.10.in-addr.arpa.", RecordType::PTR),
+            Answer::Ptr("web".into())
+        );
+        assert_eq!(
+            r.lookup("front", None, "9.9.9.9.in-addr.arpa.", RecordType::PTR),
+            Answer::Forward(None)
+        );
+        assert_eq!(
+            r.lookup("back", None, "9.9.9.9.in-addr.arpa.", RecordType::PTR),
+            Answer::NxDomain
+        );
+    }
+
+    #[test]
+    fn removal_is_a_new_snapshot() {
+        let sw = ArcSwap::from_pointee(recs());
+        let mut next = Records::default();
+        next.add_network("front", "10.89.0.1".parse().unwrap(), false);
+        next.add("front", &["web".into()], "10.89.0.2".parse().unwrap());
+        sw.store(Arc::new(next));
+        assert_eq!(
+            sw.load().lookup("front", None, "web", RecordType::A),
+            Answer::A(vec!["10.89.0.2".parse().unwrap()])
+        );
+        assert_eq!(
+            sw.load().lookup("front", None, "proj-web-3", RecordType::A),
+            Answer::NxDomain
+        );
+    }
+
+    #[tokio::test]
+    async fn answers_over_udp_and_tcp_on_loopback() {
+        let server = DnsServer::start();
+        let mut r = recs();
+        r.set_upstreams(vec![]);
+        server.set_records(r);
+        // A fixed high port used by no other test.
+        let addr: SocketAddr = "127.0.0.1:53531".parse().unwrap();
+        server.add_listener_at("front", addr).await.unwrap();
+        server.add_listener_at("front", addr).await.unwrap(); // idempotent
+
+        let mut q = Message::query();
+        q.metadata.recursion_desired = true;
+        q.add_query(hickory_proto::op::Query::query(
+            Name::from_ascii("web.").unwrap(),
+            RecordType::A,
+        ));
+        let bytes = q.to_vec().unwrap();
+        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        c.send_to(&bytes, addr).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), c.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let resp = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(resp.metadata.id, q.metadata.id);
+        assert_eq!(resp.answers.len(), 3);
+        assert!(resp.answers.iter().all(|a| a.ttl == 0));
+
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut q2 = Message::query();
+        q2.add_query(hickory_proto::op::Query::query(
+            Name::from_ascii("nothere.").unwrap(),
+            RecordType::A,
+        ));
+        write_frame(&mut s, &q2.to_vec().unwrap()).await.unwrap();
+        let resp = Message::from_vec(&read_frame(&mut s).await.unwrap()).unwrap();
+        assert_eq!(resp.metadata.response_code, ResponseCode::NXDomain);
+
+        server.remove_listener("front");
+        assert!(server.listeners().is_empty());
+        // The port is free again once the aborted tasks have been dropped.
+        let mut freed = false;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if UdpSocket::bind(addr).await.is_ok() {
+                freed = true;
+                break;
+            }
+        }
+        assert!(freed, "listener socket still bound after remove_listener");
+    }
+}

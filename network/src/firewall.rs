@@ -1,0 +1,611 @@
+//! nftables: one table `inet berth` shared by every project. Each project owns four base chains
+//! in it (`p_<name>_<hash>_{pre,out,post,fwd}`), rewritten together in one `nft -f -`
+//! transaction, so a port's backends (a rolling update, a scale change) swap atomically. The
+//! table goes when the last project's chains go. A host-global flock serialises berth's own
+//! writers; the kernel makes each transaction atomic for everyone else.
+//!
+//! Per network (bridge B, subnet S):
+//!   * fwd: B→B accepted (bridged traffic seen through br_netfilter), replies and DNATed
+//!     (published) connections into B accepted, anything else into B dropped (no reaching a
+//!     container from another network or from outside except through a published port);
+//!     internal networks also drop anything leaving B.
+//!   * post: masquerade S leaving by another interface (not internal); masquerade 127.0.0.0/8
+//!     sources going into B (published ports on localhost, with route_localnet on B) and S→S
+//!     DNATed traffic (hairpin: a container reaching a sibling through a published port).
+//!
+//! Per published port: `fib daddr type local` (any of the host's addresses, or the one given)
+//! and protocol and port → dnat to the backend, or to `numgen random mod N map {…}` over N backends
+//! (per connection, since NAT rules only see a connection's first packet), in prerouting (from
+//! outside and from containers) and output (from the host itself, 127.0.0.1 included).
+//!
+//! Coexisting with Docker (FORWARD policy DROP in iptables-nft `table ip filter`, br_netfilter
+//! with bridge-nf-call-iptables=1): netfilter runs every base chain of a hook, and a DROP in any
+//! of them is final, so no rule in berth's table can overrule Docker's policy, and berth does not
+//! touch Docker's tables. What keeps working regardless:
+//!   * published ports from the host (127.0.0.1 and the host's addresses): the DNAT happens in
+//!     the nat output hook and the packet leaves by the bridge as locally generated traffic; the
+//!     replies are delivered locally (INPUT). Neither crosses FORWARD.
+//!   * container↔container on one bridge: br_netfilter only hands bridged frames to the IPv4
+//!     hooks when `bridge-nf-call-iptables` is set *in the bridge's network namespace* or on the
+//!     bridge itself; see `bridge::ensure` for how berth handles the bridge side.
+//!
+//! Forwarded traffic that really is routed (containers to the outside world, outside clients to a
+//! published port) crosses FORWARD and is subject to Docker's policy like anyone else's; the
+//! report and docs say so.
+
+use std::fmt;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+
+use ipnet::Ipv4Net;
+
+use crate::{check_ifname, io_err, Error, Result};
+
+pub const TABLE: &str = "berth";
+pub const LOCK: &str = "/run/lock/berth-nft.lock";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+impl AsRef<str> for Proto {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Proto {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Proto> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" | "" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            other => Err(Error::BadProtocol(other.to_string())),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetRule {
+    pub bridge: String,
+    pub subnet: Ipv4Net,
+    pub internal: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortRule {
+    /// None, 0.0.0.0 or ::: every address of the host.
+    pub host_ip: Option<IpAddr>,
+    pub host_port: u16,
+    pub protocol: Proto,
+    /// (container address, container port); several spread connections over them; none keeps
+    /// the port reserved without forwarding it.
+    pub backends: Vec<(Ipv4Addr, u16)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProjectFirewall {
+    pub project: String,
+    pub networks: Vec<NetRule>,
+    pub ports: Vec<PortRule>,
+}
+
+/// `p_<sanitised name>_<hash>`: a valid nft identifier, unique per project name.
+pub fn chain_prefix(project: &str) -> String {
+    let mut san: String = project
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    san.truncate(24);
+    format!(
+        "p_{san}_{}",
+        crate::short_hash(&format!("project:{project}"), 6)
+    )
+}
+
+const CHAINS: [(&str, &str); 4] = [
+    (
+        "pre",
+        "type nat hook prerouting priority dstnat; policy accept;",
+    ),
+    ("out", "type nat hook output priority -100; policy accept;"),
+    (
+        "post",
+        "type nat hook postrouting priority srcnat; policy accept;",
+    ),
+    (
+        "fwd",
+        "type filter hook forward priority filter; policy accept;",
+    ),
+];
+
+fn wildcard(ip: Option<IpAddr>) -> Option<Option<Ipv4Addr>> {
+    match ip {
+        None => Some(None),
+        Some(IpAddr::V4(a)) if a.is_unspecified() => Some(None),
+        Some(IpAddr::V6(a)) if a.is_unspecified() => Some(None),
+        Some(IpAddr::V4(a)) => Some(Some(a)),
+        // An IPv6 host address cannot be DNATed to IPv4 backends.
+        Some(IpAddr::V6(_)) => None,
+    }
+}
+
+fn port_comment(p: Proto, host: Option<Ipv4Addr>, port: u16) -> String {
+    format!(
+        "berth-port {p} {} {port}",
+        host.map(|h| h.to_string()).unwrap_or_else(|| "*".into())
+    )
+}
+
+/// The whole transaction that replaces a project's content (pure; unit-tested).
+pub fn script(fw: &ProjectFirewall) -> Result<String> {
+    let pre = chain_prefix(&fw.project);
+    let t = format!("inet {TABLE}");
+    let mut s = format!("add table {t}\n");
+    for (c, spec) in CHAINS {
+        s.push_str(&format!(
+            "add chain {t} {pre}_{c} {{ {spec} }}\nflush chain {t} {pre}_{c}\n"
+        ));
+    }
+    for n in &fw.networks {
+        check_ifname(&n.bridge)?;
+        if n.bridge.contains('"') || n.bridge.contains('\\') {
+            return Err(Error::InvalidIfName(n.bridge.clone()));
+        }
+        let b = &n.bridge;
+        let sn = n.subnet.trunc();
+        let fwd = format!("add rule {t} {pre}_fwd");
+        let post = format!("add rule {t} {pre}_post");
+        s.push_str(&format!("{fwd} iifname \"{b}\" oifname \"{b}\" accept\n"));
+        s.push_str(&format!(
+            "{fwd} oifname \"{b}\" ct state established,related accept\n"
+        ));
+        if n.internal {
+            s.push_str(&format!("{fwd} oifname \"{b}\" drop\n"));
+            s.push_str(&format!("{fwd} iifname \"{b}\" drop\n"));
+        } else {
+            s.push_str(&format!("{fwd} oifname \"{b}\" ct status dnat accept\n"));
+            s.push_str(&format!("{fwd} oifname \"{b}\" drop\n"));
+            s.push_str(&format!("{fwd} iifname \"{b}\" accept\n"));
+            s.push_str(&format!(
+                "{post} ip saddr {sn} oifname != \"{b}\" masquerade\n"
+            ));
+        }
+        s.push_str(&format!(
+            "{post} oifname \"{b}\" ip saddr 127.0.0.0/8 masquerade\n"
+        ));
+        s.push_str(&format!(
+            "{post} oifname \"{b}\" ip saddr {sn} ct status dnat masquerade\n"
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for p in &fw.ports {
+        let Some(host) = wildcard(p.host_ip) else {
+            tracing::warn!(
+                "port {}: IPv6 host address {:?} not supported, skipped",
+                p.host_port,
+                p.host_ip
+            );
+            continue;
+        };
+        if !seen.insert((p.protocol, host, p.host_port)) {
+            return Err(Error::PortInUse {
+                protocol: p.protocol.to_string(),
+                host_ip: host.map(|h| h.to_string()).unwrap_or_else(|| "*".into()),
+                port: p.host_port,
+                by: " (twice in one project)".into(),
+            });
+        }
+        let m = format!(
+            "fib daddr type local{} meta l4proto {} th dport {}",
+            host.map(|h| format!(" ip daddr {h}")).unwrap_or_default(),
+            p.protocol,
+            p.host_port
+        );
+        let target = match p.backends.as_slice() {
+            [] => "counter".to_string(),
+            [(a, port)] => format!("dnat ip to {a}:{port}"),
+            many => {
+                let elems: Vec<String> = many
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (a, port))| format!("{i} : {a} . {port}"))
+                    .collect();
+                format!(
+                    "dnat ip to numgen random mod {} map {{ {} }}",
+                    many.len(),
+                    elems.join(", ")
+                )
+            }
+        };
+        let comment = port_comment(p.protocol, host, p.host_port);
+        s.push_str(&format!(
+            "add rule {t} {pre}_pre {m} {target} comment \"{comment}\"\n"
+        ));
+        s.push_str(&format!(
+            "add rule {t} {pre}_out {m} {target} comment \"{comment}\"\n"
+        ));
+    }
+    Ok(s)
+}
+
+/// Held for its flock; released on drop.
+struct NftLock(#[allow(dead_code)] std::fs::File);
+
+fn lock() -> Result<NftLock> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK)
+        .map_err(io_err(LOCK))?;
+    // SAFETY: flock on an fd we own; released when the file is closed.
+    while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(io_err(LOCK)(e));
+        }
+    }
+    Ok(NftLock(f))
+}
+
+fn nft(args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let mut cmd = Command::new("nft");
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::Nft(format!("running nft: {e}")))?;
+    if let Some(input) = stdin {
+        let mut w = child
+            .stdin
+            .take()
+            .ok_or_else(|| Error::Nft("no stdin".into()))?;
+        w.write_all(input.as_bytes())
+            .map_err(|e| Error::Nft(format!("writing to nft: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::Nft(format!("waiting for nft: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::Nft(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Replace the project's chains in one transaction (creating the table if needed).
+pub fn apply(fw: &ProjectFirewall) -> Result<()> {
+    let s = script(fw)?;
+    let _l = lock()?;
+    check_no_conflict(fw)?;
+    nft(&["-f", "-"], Some(&s)).map(|_| ())
+}
+
+/// Chain names and published-port comments of the berth table; None if it does not exist.
+/// (chain names, (chain, rule comment) pairs)
+type Listing = (Vec<String>, Vec<(String, String)>);
+
+fn table_listing() -> Result<Option<Listing>> {
+    let out = match nft(&["-j", "list", "table", "inet", TABLE], None) {
+        Ok(o) => o,
+        Err(Error::Nft(m)) if m.contains("No such file") => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| Error::Nft(format!("nft -j output: {e}")))?;
+    let mut chains = vec![];
+    let mut comments = vec![];
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        if let Some(name) = item["chain"]["name"].as_str() {
+            chains.push(name.to_string());
+        }
+        if let (Some(chain), Some(c)) = (
+            item["rule"]["chain"].as_str(),
+            item["rule"]["comment"].as_str(),
+        ) {
+            comments.push((chain.to_string(), c.to_string()));
+        }
+    }
+    Ok(Some((chains, comments)))
+}
+
+fn parse_comment(c: &str) -> Option<(Proto, Option<Ipv4Addr>, u16)> {
+    let mut w = c.strip_prefix("berth-port ")?.split(' ');
+    let p: Proto = w.next()?.parse().ok()?;
+    let host = match w.next()? {
+        "*" => None,
+        h => Some(h.parse().ok()?),
+    };
+    Some((p, host, w.next()?.parse().ok()?))
+}
+
+fn clash(a: Option<Ipv4Addr>, b: Option<Ipv4Addr>) -> bool {
+    a.is_none() || b.is_none() || a == b
+}
+
+/// Another project's published port, if one clashes.
+fn published_by_other(
+    project: Option<&str>,
+    proto: Proto,
+    host: Option<Ipv4Addr>,
+    port: u16,
+) -> Result<Option<String>> {
+    let Some((_, comments)) = table_listing()? else {
+        return Ok(None);
+    };
+    let own = project.map(|p| format!("{}_", chain_prefix(p)));
+    for (chain, c) in comments {
+        if !chain.ends_with("_pre") || own.as_deref().is_some_and(|o| chain.starts_with(o)) {
+            continue;
+        }
+        if let Some((p, h, n)) = parse_comment(&c) {
+            if p == proto && n == port && clash(h, host) {
+                return Ok(Some(chain.trim_end_matches("_pre").to_string()));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn check_no_conflict(fw: &ProjectFirewall) -> Result<()> {
+    for p in &fw.ports {
+        let Some(host) = wildcard(p.host_ip) else {
+            continue;
+        };
+        if let Some(by) = published_by_other(Some(&fw.project), p.protocol, host, p.host_port)? {
+            return Err(Error::PortInUse {
+                protocol: p.protocol.to_string(),
+                host_ip: host.map(|h| h.to_string()).unwrap_or_else(|| "*".into()),
+                port: p.host_port,
+                by: format!(" (published by berth {by})"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Remove the project's chains; the table too if nothing else is left in it. Idempotent.
+pub fn remove(project: &str) -> Result<()> {
+    let _l = lock()?;
+    let Some((chains, _)) = table_listing()? else {
+        return Ok(());
+    };
+    let own = format!("{}_", chain_prefix(project));
+    let (mine, others): (Vec<_>, Vec<_>) = chains.into_iter().partition(|c| c.starts_with(&own));
+    let t = format!("inet {TABLE}");
+    let s = if others.is_empty() {
+        format!("delete table {t}\n")
+    } else if mine.is_empty() {
+        return Ok(());
+    } else {
+        mine.iter()
+            .map(|c| format!("flush chain {t} {c}\ndelete chain {t} {c}\n"))
+            .collect()
+    };
+    nft(&["-f", "-"], Some(&s)).map(|_| ())
+}
+
+fn parse_host(host_ip: Option<&str>) -> Result<Option<Ipv4Addr>> {
+    let Some(h) = host_ip.map(str::trim).filter(|h| !h.is_empty()) else {
+        return Ok(None);
+    };
+    let ip: IpAddr = h
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| Error::BadAddress(h.into()))?;
+    wildcard(Some(ip)).ok_or_else(|| Error::BadAddress(h.into()))
+}
+
+fn bind_probe(proto: Proto, host: Option<Ipv4Addr>, port: u16) -> std::io::Result<u16> {
+    let addr = std::net::SocketAddr::from((host.unwrap_or(Ipv4Addr::UNSPECIFIED), port));
+    match proto {
+        Proto::Tcp => std::net::TcpListener::bind(addr)?
+            .local_addr()
+            .map(|a| a.port()),
+        Proto::Udp => std::net::UdpSocket::bind(addr)?
+            .local_addr()
+            .map(|a| a.port()),
+    }
+}
+
+/// Error if `port` cannot be published: a socket of the host holds it, or another berth project
+/// publishes it.
+pub fn check_port_free(protocol: impl AsRef<str>, host_ip: Option<&str>, port: u16) -> Result<()> {
+    check_port_free_for(None, protocol, host_ip, port)
+}
+
+/// As `check_port_free`, not counting what `project` itself publishes (re-applying a project).
+pub fn check_port_free_for(
+    project: Option<&str>,
+    protocol: impl AsRef<str>,
+    host_ip: Option<&str>,
+    port: u16,
+) -> Result<()> {
+    let proto: Proto = protocol.as_ref().parse()?;
+    let host = parse_host(host_ip)?;
+    let shown = host.map(|h| h.to_string()).unwrap_or_else(|| "*".into());
+    if let Some(by) = published_by_other(project, proto, host, port)? {
+        return Err(Error::PortInUse {
+            protocol: proto.to_string(),
+            host_ip: shown,
+            port,
+            by: format!(" (published by berth {by})"),
+        });
+    }
+    if let Err(e) = bind_probe(proto, host, port) {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            return Err(Error::PortInUse {
+                protocol: proto.to_string(),
+                host_ip: shown,
+                port,
+                by: String::new(),
+            });
+        }
+        if e.kind() == std::io::ErrorKind::AddrNotAvailable {
+            return Err(Error::BadAddress(shown));
+        }
+    }
+    Ok(())
+}
+
+/// A host port free for `protocol` on `host_ip`, from the kernel's ephemeral range.
+pub fn pick_free_port(protocol: impl AsRef<str>, host_ip: Option<&str>) -> Result<u16> {
+    let proto: Proto = protocol.as_ref().parse()?;
+    let host = parse_host(host_ip)?;
+    for _ in 0..64 {
+        let port = bind_probe(proto, host, 0).map_err(|_| Error::NoFreePort(proto.to_string()))?;
+        if published_by_other(None, proto, host, port)?.is_none() {
+            return Ok(port);
+        }
+    }
+    Err(Error::NoFreePort(proto.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fw() -> ProjectFirewall {
+        ProjectFirewall {
+            project: "My-App".into(),
+            networks: vec![
+                NetRule {
+                    bridge: "berthbr00000001".into(),
+                    subnet: "10.89.0.0/24".parse().unwrap(),
+                    internal: false,
+                },
+                NetRule {
+                    bridge: "berthbr00000002".into(),
+                    subnet: "10.89.1.0/24".parse().unwrap(),
+                    internal: true,
+                },
+            ],
+            ports: vec![
+                PortRule {
+                    host_ip: None,
+                    host_port: 8080,
+                    protocol: Proto::Tcp,
+                    backends: vec![("10.89.0.2".parse().unwrap(), 80)],
+                },
+                PortRule {
+                    host_ip: Some("127.0.0.1".parse().unwrap()),
+                    host_port: 5353,
+                    protocol: Proto::Udp,
+                    backends: vec![
+                        ("10.89.0.2".parse().unwrap(), 53),
+                        ("10.89.0.3".parse().unwrap(), 53),
+                        ("10.89.0.4".parse().unwrap(), 53),
+                    ],
+                },
+                PortRule {
+                    host_ip: None,
+                    host_port: 9000,
+                    protocol: Proto::Tcp,
+                    backends: vec![],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn chain_names_are_identifiers() {
+        let p = chain_prefix("My-App");
+        assert!(p.starts_with("p_my_app_"));
+        assert_ne!(p, chain_prefix("my_app"));
+        assert!(p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+        assert!(chain_prefix(&"x".repeat(100)).len() < 40);
+    }
+
+    #[test]
+    fn script_has_everything() {
+        let s = script(&fw()).unwrap();
+        let p = chain_prefix("My-App");
+        assert!(s.starts_with("add table inet berth\n"));
+        for c in ["pre", "out", "post", "fwd"] {
+            assert!(
+                s.contains(&format!("flush chain inet berth {p}_{c}\n")),
+                "{c}"
+            );
+        }
+        assert!(s.contains(&format!("add rule inet berth {p}_post ip saddr 10.89.0.0/24 oifname != \"berthbr00000001\" masquerade")));
+        // Internal: no masquerade out, drops both ways.
+        assert!(!s.contains("ip saddr 10.89.1.0/24 oifname !="));
+        assert!(s.contains(&format!("{p}_fwd iifname \"berthbr00000002\" drop")));
+        assert!(s.contains(&format!(
+            "{p}_pre fib daddr type local meta l4proto tcp th dport 8080 dnat ip to 10.89.0.2:80 comment \"berth-port tcp * 8080\""
+        )));
+        assert!(s.contains(&format!("{p}_out fib daddr type local ip daddr 127.0.0.1 meta l4proto udp th dport 5353 dnat ip to numgen random mod 3 map {{ 0 : 10.89.0.2 . 53, 1 : 10.89.0.3 . 53, 2 : 10.89.0.4 . 53 }}")));
+        assert!(s.contains("th dport 9000 counter comment \"berth-port tcp * 9000\""));
+        // B→B accept comes before the drop into B.
+        let a = s
+            .find("iifname \"berthbr00000001\" oifname \"berthbr00000001\" accept")
+            .unwrap();
+        let d = s.find("oifname \"berthbr00000001\" drop").unwrap();
+        assert!(a < d);
+    }
+
+    #[test]
+    fn script_rejects_bad_input() {
+        let mut f = fw();
+        f.networks[0].bridge = "bad\"name".into();
+        assert!(script(&f).is_err());
+        let mut f = fw();
+        let dup = f.ports[0].clone();
+        f.ports.push(dup);
+        assert!(matches!(script(&f), Err(Error::PortInUse { .. })));
+        let mut f = fw();
+        f.ports[0].host_ip = Some("::".parse().unwrap());
+        assert!(script(&f).unwrap().contains("th dport 8080 dnat"));
+        f.ports[0].host_ip = Some("fe80::1".parse().unwrap());
+        assert!(!script(&f).unwrap().contains("th dport 8080"));
+    }
+
+    #[test]
+    fn comments_roundtrip() {
+        assert_eq!(
+            parse_comment(&port_comment(Proto::Udp, None, 53)),
+            Some((Proto::Udp, None, 53))
+        );
+        let h = Some("127.0.0.1".parse().unwrap());
+        assert_eq!(
+            parse_comment(&port_comment(Proto::Tcp, h, 80)),
+            Some((Proto::Tcp, h, 80))
+        );
+        assert_eq!(parse_comment("something else"), None);
+        assert!(clash(None, h) && clash(h, h) && !clash(h, Some("10.0.0.1".parse().unwrap())));
+        assert_eq!("UDP".parse::<Proto>().unwrap(), Proto::Udp);
+        assert!("sctp".parse::<Proto>().is_err());
+    }
+}

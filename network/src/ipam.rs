@@ -1,0 +1,621 @@
+//! Subnet and address allocation, persisted in `<state_dir>/ipam.json` under a flock.
+//!
+//! Subnets come from 10.0.0.0/8 in /24 steps. A subnet is never chosen if it overlaps a route or
+//! address already on the host, another network of this state dir, or a subnet reserved by any
+//! other berth process (whatever its state dir): reservations live in the host-global file
+//! `/run/lock/berth-ipam.lock`, read and written only while it is flocked, and the choice and the
+//! reservation happen under that lock, so two processes never pick the same subnet even before
+//! either has made its bridge.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::{io_err, Error, Result};
+
+/// Host-global reservations (and the lock that serialises subnet choice).
+pub const GLOBAL_LOCK: &str = "/run/lock/berth-ipam.lock";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct IpamRequest {
+    pub subnet: Option<Ipv4Net>,
+    pub ip_range: Option<Ipv4Net>,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetAlloc {
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct NetState {
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    #[serde(default)]
+    ip_range: Option<Ipv4Net>,
+    /// owner → address
+    #[serde(default)]
+    addresses: BTreeMap<String, Ipv4Addr>,
+    /// Last address handed out: the next search starts after it, so a just-released address is
+    /// not reused at once (stale ARP and DNS caches elsewhere).
+    #[serde(default)]
+    last: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    #[serde(default)]
+    networks: BTreeMap<String, NetState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Reservation {
+    subnet: Ipv4Net,
+    state_dir: PathBuf,
+    key: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Global {
+    #[serde(default)]
+    reservations: Vec<Reservation>,
+}
+
+/// Subnet and address allocator for one state dir. Cheap; every call takes the file lock.
+#[derive(Debug)]
+pub struct Ipam {
+    dir: PathBuf,
+    global: PathBuf,
+}
+
+struct Locked {
+    file: File,
+}
+
+impl Locked {
+    fn open(path: &Path) -> Result<Locked> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io_err(path))?;
+        loop {
+            // SAFETY: flock on a valid fd we own.
+            let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if r == 0 {
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(io_err(path)(e));
+            }
+        }
+        Ok(Locked { file })
+    }
+}
+
+impl Ipam {
+    /// Open (creating) the state dir.
+    pub fn open(state_dir: &Path) -> Result<Ipam> {
+        Self::open_with_global(state_dir, Path::new(GLOBAL_LOCK))
+    }
+
+    /// As `open`, with another host-global reservation file (tests).
+    pub fn open_with_global(state_dir: &Path, global: &Path) -> Result<Ipam> {
+        std::fs::create_dir_all(state_dir).map_err(io_err(state_dir))?;
+        if let Some(p) = global.parent() {
+            std::fs::create_dir_all(p).map_err(io_err(p))?;
+        }
+        let dir = std::fs::canonicalize(state_dir).map_err(io_err(state_dir))?;
+        Ok(Ipam {
+            dir,
+            global: global.to_path_buf(),
+        })
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dir.join("ipam.json")
+    }
+
+    fn lock(&self) -> Result<Locked> {
+        Locked::open(&self.dir.join("ipam.lock"))
+    }
+
+    fn load(&self) -> Result<State> {
+        load_state(&self.state_path())
+    }
+
+    fn save(&self, st: &State) -> Result<()> {
+        let path = self.state_path();
+        let tmp = self.dir.join(".ipam.json.tmp");
+        let data = serde_json::to_vec_pretty(st).map_err(|source| Error::State {
+            path: path.clone(),
+            source,
+        })?;
+        std::fs::write(&tmp, data).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))
+    }
+
+    /// The subnet of network `key`, allocating one on first call (idempotent).
+    pub fn allocate_network(&self, key: &str, requested: Option<IpamRequest>) -> Result<NetAlloc> {
+        let _l = self.lock()?;
+        let mut st = self.load()?;
+        if let Some(n) = st.networks.get(key) {
+            return Ok(NetAlloc {
+                subnet: n.subnet,
+                gateway: n.gateway,
+            });
+        }
+        let req = requested.unwrap_or_default();
+        let mut glock = Locked::open(&self.global)?;
+        let mut global = read_global(&mut glock)?;
+        // Forget reservations whose owner no longer records them (crashed or deleted state dirs).
+        global.reservations.retain(|r| {
+            r.state_dir == self.dir
+                || load_state(&r.state_dir.join("ipam.json"))
+                    .map(|s| s.networks.get(&r.key).map(|n| n.subnet) == Some(r.subnet))
+                    .unwrap_or(false)
+        });
+        let mut taken: Vec<(Ipv4Net, String)> = st
+            .networks
+            .iter()
+            .map(|(k, n)| (n.subnet, format!("berth network {k}")))
+            .collect();
+        taken.extend(
+            global
+                .reservations
+                .iter()
+                .filter(|r| r.state_dir != self.dir)
+                .map(|r| {
+                    (
+                        r.subnet,
+                        format!("berth network {} of {}", r.key, r.state_dir.display()),
+                    )
+                }),
+        );
+        let subnet = match req.subnet {
+            Some(s) => {
+                let s = s.trunc();
+                if s.prefix_len() > 30 {
+                    return Err(Error::InvalidRequest(format!("subnet {s} is too small")));
+                }
+                if let Some((other, by)) = taken.iter().find(|(t, _)| overlaps(*t, s)) {
+                    return Err(Error::SubnetOverlap {
+                        subnet: s,
+                        other: *other,
+                        by: by.clone(),
+                    });
+                }
+                s
+            }
+            None => {
+                let mut nl = crate::nl::Nl::new()?;
+                for r in nl.dump_route_destinations()? {
+                    taken.push((r, "a host route".into()));
+                }
+                for (_, a) in nl.dump_addresses()? {
+                    taken.push((a.trunc(), "a host address".into()));
+                }
+                let t: Vec<Ipv4Net> = taken.iter().map(|(n, _)| *n).collect();
+                choose_subnet(&t).ok_or(Error::PoolExhausted)?
+            }
+        };
+        if let Some(r) = req.ip_range {
+            if !subnet.contains(&r.trunc()) {
+                return Err(Error::InvalidRequest(format!(
+                    "ip_range {r} is not inside {subnet}"
+                )));
+            }
+        }
+        let gateway = match req.gateway {
+            Some(g) => {
+                if !usable(subnet, g) {
+                    return Err(Error::AddressOutOfRange { addr: g, subnet });
+                }
+                g
+            }
+            None => first_host(subnet),
+        };
+        st.networks.insert(
+            key.to_string(),
+            NetState {
+                subnet,
+                gateway,
+                ip_range: req.ip_range.map(|r| r.trunc()),
+                addresses: BTreeMap::new(),
+                last: None,
+            },
+        );
+        self.save(&st)?;
+        global.reservations.push(Reservation {
+            subnet,
+            state_dir: self.dir.clone(),
+            key: key.to_string(),
+        });
+        write_global(&mut glock, &global)?;
+        Ok(NetAlloc { subnet, gateway })
+    }
+
+    /// The subnet of a network already allocated.
+    pub fn network(&self, key: &str) -> Result<Option<NetAlloc>> {
+        let _l = self.lock()?;
+        Ok(self.load()?.networks.get(key).map(|n| NetAlloc {
+            subnet: n.subnet,
+            gateway: n.gateway,
+        }))
+    }
+
+    /// An address on network `key` for `owner` (idempotent per owner).
+    pub fn allocate_address(
+        &self,
+        key: &str,
+        owner: &str,
+        requested: Option<Ipv4Addr>,
+    ) -> Result<Ipv4Addr> {
+        let _l = self.lock()?;
+        let mut st = self.load()?;
+        let net = st
+            .networks
+            .get_mut(key)
+            .ok_or_else(|| Error::UnknownNetwork(key.to_string()))?;
+        if let Some(a) = net.addresses.get(owner) {
+            if requested.is_none() || requested == Some(*a) {
+                return Ok(*a);
+            }
+        }
+        net.addresses.remove(owner);
+        let used: HashSet<Ipv4Addr> = net.addresses.values().copied().collect();
+        let addr = match requested {
+            Some(a) => {
+                if !usable(net.subnet, a) || a == net.gateway {
+                    return Err(Error::AddressOutOfRange {
+                        addr: a,
+                        subnet: net.subnet,
+                    });
+                }
+                if used.contains(&a) {
+                    let owner = net
+                        .addresses
+                        .iter()
+                        .find(|(_, v)| **v == a)
+                        .map(|(k, _)| k.clone())
+                        .unwrap_or_default();
+                    return Err(Error::AddressInUse {
+                        addr: a,
+                        network: key.to_string(),
+                        owner,
+                    });
+                }
+                a
+            }
+            None => next_free(net.subnet, net.ip_range, net.gateway, &used, net.last)
+                .ok_or(Error::NoFreeAddress(net.subnet))?,
+        };
+        net.addresses.insert(owner.to_string(), addr);
+        if requested.is_none() {
+            net.last = Some(addr);
+        }
+        self.save(&st)?;
+        Ok(addr)
+    }
+
+    /// Give back `owner`'s address on `key`; unknown network or owner is not an error.
+    pub fn release_address(&self, key: &str, owner: &str) -> Result<()> {
+        let _l = self.lock()?;
+        let mut st = self.load()?;
+        if let Some(n) = st.networks.get_mut(key) {
+            if n.addresses.remove(owner).is_some() {
+                self.save(&st)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forget network `key` and its addresses, and its host-global reservation.
+    pub fn release_network(&self, key: &str) -> Result<()> {
+        let _l = self.lock()?;
+        let mut st = self.load()?;
+        if st.networks.remove(key).is_some() {
+            self.save(&st)?;
+        }
+        let mut glock = Locked::open(&self.global)?;
+        let mut global = read_global(&mut glock)?;
+        let before = global.reservations.len();
+        global
+            .reservations
+            .retain(|r| !(r.state_dir == self.dir && r.key == key));
+        if global.reservations.len() != before {
+            write_global(&mut glock, &global)?;
+        }
+        Ok(())
+    }
+
+    /// Keys of every allocated network (teardown checks).
+    pub fn networks(&self) -> Result<Vec<String>> {
+        let _l = self.lock()?;
+        Ok(self.load()?.networks.keys().cloned().collect())
+    }
+}
+
+fn load_state(path: &Path) -> Result<State> {
+    match std::fs::read(path) {
+        Ok(data) if data.is_empty() => Ok(State::default()),
+        Ok(data) => serde_json::from_slice(&data).map_err(|source| Error::State {
+            path: path.into(),
+            source,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+fn read_global(l: &mut Locked) -> Result<Global> {
+    let mut s = String::new();
+    l.file.rewind().map_err(io_err(GLOBAL_LOCK))?;
+    l.file.read_to_string(&mut s).map_err(io_err(GLOBAL_LOCK))?;
+    if s.trim().is_empty() {
+        return Ok(Global::default());
+    }
+    // A corrupt file only loses reservations; the host route check still protects live bridges.
+    Ok(serde_json::from_str(&s).unwrap_or_default())
+}
+
+fn write_global(l: &mut Locked, g: &Global) -> Result<()> {
+    let data = serde_json::to_vec(g).map_err(|source| Error::State {
+        path: GLOBAL_LOCK.into(),
+        source,
+    })?;
+    l.file.set_len(0).map_err(io_err(GLOBAL_LOCK))?;
+    l.file.rewind().map_err(io_err(GLOBAL_LOCK))?;
+    l.file.write_all(&data).map_err(io_err(GLOBAL_LOCK))?;
+    l.file.sync_data().map_err(io_err(GLOBAL_LOCK))
+}
+
+// ---- pure arithmetic
+
+/// Two networks overlap if either contains the other's network address.
+pub fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// The pool: /24s of 10.0.0.0/8, starting at 10.89.0.0 (keeps clear of the 10.0.x.0 LANs that
+/// are most common) and wrapping round.
+pub fn pool() -> impl Iterator<Item = Ipv4Net> {
+    let start: u32 = 89 << 8;
+    (0..(1u32 << 16)).map(move |i| {
+        let n = (start + i) % (1 << 16);
+        Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (n << 8)), 24).expect("valid /24")
+    })
+}
+
+/// First /24 of the pool that overlaps nothing in `taken`.
+pub fn choose_subnet(taken: &[Ipv4Net]) -> Option<Ipv4Net> {
+    pool().find(|c| !taken.iter().any(|t| overlaps(*t, *c)))
+}
+
+/// The first host address (network + 1).
+pub fn first_host(subnet: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+}
+
+/// Inside the subnet and neither its network nor its broadcast address.
+pub fn usable(subnet: Ipv4Net, a: Ipv4Addr) -> bool {
+    subnet.contains(&a) && a != subnet.network() && a != subnet.broadcast()
+}
+
+/// The next free host address after `after` (wrapping), inside `range` if given, never the
+/// gateway, the network or the broadcast address.
+pub fn next_free(
+    subnet: Ipv4Net,
+    range: Option<Ipv4Net>,
+    gateway: Ipv4Addr,
+    used: &HashSet<Ipv4Addr>,
+    after: Option<Ipv4Addr>,
+) -> Option<Ipv4Addr> {
+    let span = range.unwrap_or(subnet);
+    let lo = u32::from(span.network());
+    let hi = u32::from(span.broadcast());
+    let size = u64::from(hi - lo) + 1;
+    let start = match after {
+        Some(a) if span.contains(&a) => u32::from(a) - lo + 1,
+        _ => 0,
+    };
+    (0..size)
+        .map(|i| lo + ((u64::from(start) + i) % size) as u32)
+        .map(Ipv4Addr::from)
+        .find(|a| usable(subnet, *a) && *a != gateway && !used.contains(a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn overlap_rules() {
+        assert!(overlaps(n("10.0.0.0/8"), n("10.89.3.0/24")));
+        assert!(overlaps(n("10.89.3.0/24"), n("10.0.0.0/8")));
+        assert!(!overlaps(n("10.89.3.0/24"), n("10.89.4.0/24")));
+        assert!(overlaps(n("10.89.3.128/25"), n("10.89.3.0/24")));
+    }
+
+    #[test]
+    fn pool_skips_taken_and_host_routes() {
+        assert_eq!(choose_subnet(&[]), Some(n("10.89.0.0/24")));
+        assert_eq!(choose_subnet(&[n("10.89.0.0/23")]), Some(n("10.89.2.0/24")));
+        // A host route covering the whole start of the pool pushes past it.
+        assert_eq!(choose_subnet(&[n("10.89.0.0/16")]), Some(n("10.90.0.0/24")));
+        // Wraps round to 10.0.0.0 after 10.255.255.0.
+        assert_eq!(
+            choose_subnet(&[
+                n("10.89.0.0/16"),
+                n("10.90.0.0/15"),
+                n("10.92.0.0/14"),
+                n("10.96.0.0/11"),
+                n("10.128.0.0/9")
+            ]),
+            Some(n("10.0.0.0/24"))
+        );
+        assert_eq!(choose_subnet(&[n("10.0.0.0/8")]), None);
+        assert_eq!(pool().count(), 65536);
+    }
+
+    #[test]
+    fn addresses_skip_gateway_and_wrap() {
+        let s = n("10.89.0.0/29"); // hosts .1 to .6
+        let gw = first_host(s);
+        assert_eq!(gw, "10.89.0.1".parse::<Ipv4Addr>().unwrap());
+        let mut used = HashSet::new();
+        let mut last = None;
+        let mut got = vec![];
+        while let Some(a) = next_free(s, None, gw, &used, last) {
+            used.insert(a);
+            last = Some(a);
+            got.push(a.to_string());
+        }
+        assert_eq!(
+            got,
+            [
+                "10.89.0.2",
+                "10.89.0.3",
+                "10.89.0.4",
+                "10.89.0.5",
+                "10.89.0.6"
+            ]
+        );
+        // Released .3 is found again only after wrapping past the end.
+        used.remove(&"10.89.0.3".parse().unwrap());
+        assert_eq!(
+            next_free(s, None, gw, &used, last),
+            Some("10.89.0.3".parse().unwrap())
+        );
+        used.insert("10.89.0.3".parse().unwrap());
+        used.remove(&"10.89.0.5".parse().unwrap());
+        assert_eq!(
+            next_free(s, None, gw, &used, Some("10.89.0.3".parse().unwrap())),
+            Some("10.89.0.5".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn ip_range_limits_addresses() {
+        let s = n("172.28.0.0/16");
+        let r = Some(n("172.28.5.0/30"));
+        let gw = first_host(s);
+        let mut used = HashSet::new();
+        let a = next_free(s, r, gw, &used, None).unwrap();
+        assert_eq!(a.to_string(), "172.28.5.0"); // range edges are usable inside a larger subnet
+        used.insert(a);
+        for _ in 0..3 {
+            let a = next_free(s, r, gw, &used, None).unwrap();
+            used.insert(a);
+        }
+        assert_eq!(next_free(s, r, gw, &used, None), None);
+    }
+
+    #[test]
+    fn state_roundtrip_and_idempotence() {
+        let d = tempfile::tempdir().unwrap();
+        let g = d.path().join("global.lock");
+        let ipam = Ipam::open_with_global(&d.path().join("st"), &g).unwrap();
+        let req = IpamRequest {
+            subnet: Some(n("172.31.250.0/24")),
+            ip_range: None,
+            gateway: Some("172.31.250.254".parse().unwrap()),
+        };
+        let a = ipam.allocate_network("p_default", Some(req)).unwrap();
+        assert_eq!(a.gateway.to_string(), "172.31.250.254");
+        assert_eq!(ipam.allocate_network("p_default", None).unwrap(), a);
+        let x = ipam.allocate_address("p_default", "c1", None).unwrap();
+        assert_eq!(x.to_string(), "172.31.250.1");
+        assert_eq!(ipam.allocate_address("p_default", "c1", None).unwrap(), x);
+        let y = ipam.allocate_address("p_default", "c2", None).unwrap();
+        assert_eq!(y.to_string(), "172.31.250.2");
+        assert!(matches!(
+            ipam.allocate_address("p_default", "c3", Some(x)),
+            Err(Error::AddressInUse { .. })
+        ));
+        assert!(matches!(
+            ipam.allocate_address("p_default", "c3", Some("172.31.250.254".parse().unwrap())),
+            Err(Error::AddressOutOfRange { .. })
+        ));
+        assert!(matches!(
+            ipam.allocate_address("nope", "c3", None),
+            Err(Error::UnknownNetwork(_))
+        ));
+        ipam.release_address("p_default", "c1").unwrap();
+        // Not reused at once.
+        assert_eq!(
+            ipam.allocate_address("p_default", "c3", None)
+                .unwrap()
+                .to_string(),
+            "172.31.250.3"
+        );
+        // A second state dir cannot take an overlapping subnet while the first holds it.
+        let other = Ipam::open_with_global(&d.path().join("st2"), &g).unwrap();
+        assert!(matches!(
+            other.allocate_network(
+                "q",
+                Some(IpamRequest {
+                    subnet: Some(n("172.31.0.0/16")),
+                    ..Default::default()
+                })
+            ),
+            Err(Error::SubnetOverlap { .. })
+        ));
+        ipam.release_network("p_default").unwrap();
+        assert!(ipam.networks().unwrap().is_empty());
+        other
+            .allocate_network(
+                "q",
+                Some(IpamRequest {
+                    subnet: Some(n("172.31.0.0/16")),
+                    ..Default::default()
+                }),
+            )
+            .unwrap();
+        other.release_network("q").unwrap();
+        let g: Global = serde_json::from_str(&std::fs::read_to_string(&g).unwrap()).unwrap();
+        assert!(g.reservations.is_empty());
+    }
+
+    #[test]
+    fn stale_reservations_are_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let g = d.path().join("global.lock");
+        {
+            let a = Ipam::open_with_global(&d.path().join("gone"), &g).unwrap();
+            a.allocate_network(
+                "k",
+                Some(IpamRequest {
+                    subnet: Some(n("172.30.9.0/24")),
+                    ..Default::default()
+                }),
+            )
+            .unwrap();
+        }
+        std::fs::remove_dir_all(d.path().join("gone")).unwrap();
+        let b = Ipam::open_with_global(&d.path().join("b"), &g).unwrap();
+        b.allocate_network(
+            "k",
+            Some(IpamRequest {
+                subnet: Some(n("172.30.9.0/24")),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+    }
+}

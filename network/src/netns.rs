@@ -1,0 +1,89 @@
+//! Persistent network namespaces: a new namespace bind-mounted on a file, loopback up.
+
+use std::path::Path;
+
+use nix::mount::{MntFlags, MsFlags};
+
+use crate::nl::Nl;
+use crate::{Error, Result};
+
+fn ns_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Netns {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Make a new network namespace, bind-mount it at `path` (the file is created; its parent must
+/// exist) and bring `lo` up. A short-lived thread unshares, so the caller's thread never moves.
+/// Fails if something is already mounted at `path`.
+pub fn create(path: &Path) -> Result<()> {
+    if is_mounted_ns(path) {
+        return Err(ns_err(path)(std::io::Error::from_raw_os_error(
+            libc::EEXIST,
+        )));
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(ns_err(path))?;
+    let target = path.to_path_buf();
+    let res = std::thread::spawn(move || -> Result<()> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| ns_err(&target)(e.into()))?;
+        let own = format!("/proc/self/task/{}/ns/net", nix::unistd::gettid());
+        nix::mount::mount(
+            Some(own.as_str()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| ns_err(&target)(e.into()))?;
+        let mut nl = Nl::new()?;
+        let lo = nl.require_index("lo")?;
+        nl.set_link(lo, true, None, None)
+    })
+    .join()
+    .unwrap_or_else(|_| {
+        Err(ns_err(path)(std::io::Error::other(
+            "namespace thread panicked",
+        )))
+    });
+    if res.is_err() {
+        let _ = remove(path);
+    }
+    res
+}
+
+/// Unmount and delete a namespace made by `create`. Missing is not an error.
+pub fn remove(path: &Path) -> Result<()> {
+    match nix::mount::umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(ns_err(path)(e.into())),
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ns_err(path)(e)),
+    }
+}
+
+/// True if `path` is a bind mount of a network namespace.
+pub fn is_mounted_ns(path: &Path) -> bool {
+    // nsfs files have st_dev of the nsfs filesystem; compare with the parent's device.
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(m), Some(parent)) = (std::fs::metadata(path), path.parent()) else {
+        return false;
+    };
+    let Ok(pm) = std::fs::metadata(if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    }) else {
+        return false;
+    };
+    m.dev() != pm.dev()
+}
