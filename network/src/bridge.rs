@@ -1,11 +1,12 @@
 //! One Linux bridge per network, its gateway address on it.
 
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 
 use crate::nl::{self, Nl};
-use crate::{check_ifname, sysctl, Result, LINK_PREFIX};
+use crate::{check_ifname, io_err, netns, sysctl, Result, LINK_PREFIX};
 
 /// "berthbr" + 8 hex digits of a hash of the network id: 15 characters, stable, and never equal
 /// to a veth name (those carry no "r").
@@ -34,16 +35,60 @@ pub struct BridgeInfo {
     pub addresses: Vec<Ipv4Net>,
 }
 
-/// Make the bridge (or take the existing one), put the gateway on it, set the MTU, bring it up.
-/// Idempotent.
+/// Where the switch namespaces of berth's networks are bind-mounted (host-global, like the
+/// link names they are named after).
+pub const SWITCH_DIR: &str = "/run/berth-switch";
+/// The bridge and the uplink inside a switch namespace.
+pub(crate) const SWITCH_BRIDGE: &str = "switch";
+const SWITCH_UPLINK: &str = "uplink";
+
+/// The switch namespace of network link `name`.
+pub fn switch_netns(name: &str) -> PathBuf {
+    Path::new(SWITCH_DIR).join(name)
+}
+
+/// Make the network (or take the existing one), put the gateway on its host interface, set the
+/// MTU, bring it up. Idempotent.
+///
+/// Layout (why: coexisting with Docker). A berth network is a Linux bridge living in its own
+/// small "switch" network namespace, joined to the host by a veth pair whose host end is the
+/// link called `spec.name` and carries the gateway address. Containers' veths plug into that
+/// bridge. Docker loads br_netfilter and sets `bridge-nf-call-iptables=1`, which makes every
+/// frame bridged *in the host namespace* traverse the iptables FORWARD chain, whose policy
+/// Docker sets to DROP; no rule in another table can undo a DROP (every base chain of a hook
+/// runs, and a drop is final), and berth must not edit Docker's chains. That sysctl is per
+/// network namespace (kernel 5.3+), and the switch namespace has no iptables rules at all (and
+/// its own sysctl is turned off), so container-to-container traffic is bridged without ever
+/// meeting Docker's policy. Host-to-container traffic (published ports on 127.0.0.1 and on the
+/// host's addresses, the DNS server's replies) is locally generated in the host namespace and
+/// leaves by the uplink: it never crosses FORWARD either. Only truly routed traffic (containers
+/// to the outside, outside clients to a published port) crosses the host's FORWARD chain,
+/// exactly as for any other router on that host.
+///
+/// If a real bridge called `spec.name` already exists in the host namespace (created by hand or
+/// by an older berth), it is used as it is.
 pub fn ensure(spec: &BridgeSpec) -> Result<()> {
     check_ifname(&spec.name)?;
     let mut nl = Nl::new()?;
-    let created = nl.add_bridge(&spec.name, spec.mtu)?;
-    let index = nl.require_index(&spec.name)?;
+    let existing = nl.link_by_name(&spec.name)?;
+    let created = match existing {
+        Some(ref l) if nl::link_is_bridge(l) => false,
+        Some(_) if netns::is_mounted_ns(&switch_netns(&spec.name)) => false,
+        Some(_) => {
+            // A host end without its switch: a leftover; start again.
+            nl.del_link(&spec.name)?;
+            make_switch(&mut nl, spec)?;
+            true
+        }
+        None => {
+            make_switch(&mut nl, spec)?;
+            true
+        }
+    };
     let res = (|| {
+        let index = nl.require_index(&spec.name)?;
         nl.add_address(index, spec.gateway)?;
-        // route_localnet: published ports on 127.0.0.1 are DNATed to the bridge with their
+        // route_localnet: published ports on 127.0.0.1 are DNATed to the network with their
         // 127.x source (masqueraded on the way out); without it the kernel drops them as martians.
         sysctl::ensure(&format!("net/ipv4/conf/{}/route_localnet", spec.name), "1")?;
         if !spec.internal {
@@ -52,26 +97,60 @@ pub fn ensure(spec: &BridgeSpec) -> Result<()> {
         nl.set_link(index, true, spec.mtu, None)
     })();
     if res.is_err() && created {
-        let _ = nl.del_link(&spec.name);
+        let _ = remove(&spec.name);
     }
     res
 }
 
-/// Delete the bridge. Missing is not an error.
+fn make_switch(host: &mut Nl, spec: &BridgeSpec) -> Result<()> {
+    let ns = switch_netns(&spec.name);
+    std::fs::create_dir_all(SWITCH_DIR).map_err(io_err(SWITCH_DIR))?;
+    if !netns::is_mounted_ns(&ns) {
+        netns::create(&ns)?;
+    }
+    let res = (|| {
+        let host_ns = std::fs::File::open("/proc/thread-self/ns/net")
+            .map_err(io_err("/proc/thread-self/ns/net"))?;
+        let mut sw = Nl::in_netns(&ns)?;
+        sw.add_bridge(SWITCH_BRIDGE, spec.mtu)?;
+        let br = sw.require_index(SWITCH_BRIDGE)?;
+        sw.del_link(SWITCH_UPLINK)?;
+        sw.add_veth(SWITCH_UPLINK, &spec.name, &host_ns, None, spec.mtu)?;
+        let up = sw.require_index(SWITCH_UPLINK)?;
+        sw.set_link(up, false, None, Some(br))?;
+        sw.set_link(up, true, None, None)?;
+        sw.set_link(br, true, None, None)?;
+        // No netfilter for bridged frames in the switch (there are no rules there anyway).
+        netns::run_in(&ns, || {
+            let _ = sysctl::ensure("net/bridge/bridge-nf-call-iptables", "0");
+            let _ = sysctl::ensure("net/bridge/bridge-nf-call-ip6tables", "0");
+            Ok(())
+        })?;
+        host.require_index(&spec.name).map(|_| ())
+    })();
+    if res.is_err() {
+        let _ = netns::remove(&ns);
+    }
+    res
+}
+
+/// Delete the network's host link and its switch namespace (with everything still plugged into
+/// it). Missing is not an error.
 pub fn remove(name: &str) -> Result<()> {
     check_ifname(name)?;
     Nl::new()?.del_link(name)?;
-    Ok(())
+    netns::remove(&switch_netns(name))
 }
 
-/// The MTU and addresses of an existing bridge, None if there is no bridge of that name.
+/// The MTU and addresses of an existing network link (a host bridge, or the host end of a berth
+/// switch), None if there is none of that name.
 pub fn inspect(name: &str) -> Result<Option<BridgeInfo>> {
     check_ifname(name)?;
     let mut nl = Nl::new()?;
     let Some(link) = nl.link_by_name(name)? else {
         return Ok(None);
     };
-    if !nl::link_is_bridge(&link) {
+    if !nl::link_is_bridge(&link) && !netns::is_mounted_ns(&switch_netns(name)) {
         return Ok(None);
     }
     let index = link.header.index;

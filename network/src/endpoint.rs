@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 
 use crate::nl::{self, Nl};
-use crate::{check_ifname, io_err, Error, Result, LINK_PREFIX};
+use crate::{bridge, check_ifname, io_err, netns, Error, Result, LINK_PREFIX};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointSpec {
@@ -62,23 +62,41 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     Some(mac)
 }
 
-/// Create the pair (the peer directly inside the namespace), plug the host side into the
-/// bridge with hairpin on (a container reaching its own published port), address the peer, add
-/// the default route. A leftover host link of the same name is replaced. On error nothing is left.
+/// Create the pair (the peer directly inside the container's namespace) and plug the outer end
+/// into the network: into the bridge of its switch namespace (see `bridge::ensure`), or, for a
+/// plain host bridge (external networks), into that bridge with hairpin on. Then address the
+/// peer and add the default route. A leftover outer link of the same name is replaced. On
+/// error nothing is left.
 pub fn attach(spec: &EndpointSpec) -> Result<Attached> {
     check_ifname(&spec.host_ifname)?;
     check_ifname(&spec.container_ifname)?;
     let mut host = Nl::new()?;
-    let bridge = host
+    let net = host
         .link_by_name(&spec.bridge)?
         .ok_or_else(|| Error::NoSuchLink(spec.bridge.clone()))?;
-    let mtu = spec.mtu.or_else(|| nl::link_mtu(&bridge));
+    let mtu = spec.mtu.or_else(|| nl::link_mtu(&net));
+    let switch = bridge::switch_netns(&spec.bridge);
+    // The namespace where the outer end lives, and the index of the bridge it joins there.
+    let (mut outer, bridge_index, hairpin) = if nl::link_is_bridge(&net) {
+        (Nl::new()?, net.header.index, true)
+    } else if netns::is_mounted_ns(&switch) {
+        let mut sw = Nl::in_netns(&switch)?;
+        let idx = sw.require_index(bridge::SWITCH_BRIDGE)?;
+        (sw, idx, false)
+    } else {
+        return Err(Error::NoSuchLink(format!(
+            "{} (no bridge or berth switch of that name)",
+            spec.bridge
+        )));
+    };
+    // The same name must not linger in either place.
     host.del_link(&spec.host_ifname)?;
+    outer.del_link(&spec.host_ifname)?;
     let ns = std::fs::File::open(&spec.netns).map_err(|source| Error::Netns {
         path: spec.netns.clone(),
         source,
     })?;
-    host.add_veth(
+    outer.add_veth(
         &spec.host_ifname,
         &spec.container_ifname,
         &ns,
@@ -86,11 +104,13 @@ pub fn attach(spec: &EndpointSpec) -> Result<Attached> {
         mtu,
     )?;
     let res = (|| {
-        let idx = host.require_index(&spec.host_ifname)?;
-        host.set_link(idx, false, None, Some(bridge.header.index))?;
-        let hairpin = format!("/sys/class/net/{}/brport/hairpin_mode", spec.host_ifname);
-        std::fs::write(&hairpin, "1").map_err(io_err(&hairpin))?;
-        host.set_link(idx, true, None, None)?;
+        let idx = outer.require_index(&spec.host_ifname)?;
+        outer.set_link(idx, false, None, Some(bridge_index))?;
+        if hairpin {
+            let path = format!("/sys/class/net/{}/brport/hairpin_mode", spec.host_ifname);
+            std::fs::write(&path, "1").map_err(io_err(&path))?;
+        }
+        outer.set_link(idx, true, None, None)?;
 
         let mut inner = Nl::in_netns(&spec.netns)?;
         let link = inner
@@ -107,15 +127,31 @@ pub fn attach(spec: &EndpointSpec) -> Result<Attached> {
         Ok(Attached { mac })
     })();
     if res.is_err() {
-        let _ = host.del_link(&spec.host_ifname);
+        let _ = outer.del_link(&spec.host_ifname);
     }
     res
 }
 
-/// Delete the host side (which takes the peer with it). Missing is not an error.
+/// Delete the outer end (which takes the peer with it), wherever it is: in the host namespace or
+/// in one of berth's switch namespaces. Missing is not an error. (Removing the container's
+/// namespace also removes the pair, once nothing holds the namespace any more.)
 pub fn detach(host_ifname: &str) -> Result<()> {
     check_ifname(host_ifname)?;
-    Nl::new()?.del_link(host_ifname)?;
+    if Nl::new()?.del_link(host_ifname)? {
+        return Ok(());
+    }
+    let Ok(dir) = std::fs::read_dir(bridge::SWITCH_DIR) else {
+        return Ok(());
+    };
+    for e in dir.flatten() {
+        let path = e.path();
+        if !netns::is_mounted_ns(&path) {
+            continue;
+        }
+        if Nl::in_netns(&path)?.del_link(host_ifname)? {
+            return Ok(());
+        }
+    }
     Ok(())
 }
 

@@ -172,25 +172,34 @@ pub fn script(fw: &ProjectFirewall) -> Result<String> {
             "add chain {t} {pre}_{c} {{ {spec} }}\nflush chain {t} {pre}_{c}\n"
         ));
     }
+    let fwd = format!("add rule {t} {pre}_fwd");
+    let post = format!("add rule {t} {pre}_post");
     for n in &fw.networks {
         check_ifname(&n.bridge)?;
         if n.bridge.contains('"') || n.bridge.contains('\\') {
             return Err(Error::InvalidIfName(n.bridge.clone()));
         }
+    }
+    // First what may enter each network (for all of them), then what may leave: a packet
+    // between two networks must meet the "drop into B" of its destination before any
+    // "accept out of A" of its source.
+    for n in &fw.networks {
         let b = &n.bridge;
-        let sn = n.subnet.trunc();
-        let fwd = format!("add rule {t} {pre}_fwd");
-        let post = format!("add rule {t} {pre}_post");
         s.push_str(&format!("{fwd} iifname \"{b}\" oifname \"{b}\" accept\n"));
         s.push_str(&format!(
             "{fwd} oifname \"{b}\" ct state established,related accept\n"
         ));
+        if !n.internal {
+            s.push_str(&format!("{fwd} oifname \"{b}\" ct status dnat accept\n"));
+        }
+        s.push_str(&format!("{fwd} oifname \"{b}\" drop\n"));
+    }
+    for n in &fw.networks {
+        let b = &n.bridge;
+        let sn = n.subnet.trunc();
         if n.internal {
-            s.push_str(&format!("{fwd} oifname \"{b}\" drop\n"));
             s.push_str(&format!("{fwd} iifname \"{b}\" drop\n"));
         } else {
-            s.push_str(&format!("{fwd} oifname \"{b}\" ct status dnat accept\n"));
-            s.push_str(&format!("{fwd} oifname \"{b}\" drop\n"));
             s.push_str(&format!("{fwd} iifname \"{b}\" accept\n"));
             s.push_str(&format!(
                 "{post} ip saddr {sn} oifname != \"{b}\" masquerade\n"

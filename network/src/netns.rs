@@ -87,3 +87,27 @@ pub fn is_mounted_ns(path: &Path) -> bool {
     };
     m.dev() != pm.dev()
 }
+
+/// Run `f` on a short-lived thread inside the namespace at `path` (for /proc/sys writes and
+/// sockets that must live there). The caller's thread never changes namespace.
+pub fn run_in<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let ns = std::fs::File::open(path).map_err(ns_err(path))?;
+    let p = path.to_path_buf();
+    std::thread::spawn(move || {
+        nix::sched::setns(
+            std::os::fd::AsFd::as_fd(&ns),
+            nix::sched::CloneFlags::CLONE_NEWNET,
+        )
+        .map_err(|e| ns_err(&p)(e.into()))?;
+        f()
+    })
+    .join()
+    .unwrap_or_else(|_| {
+        Err(ns_err(path)(std::io::Error::other(
+            "namespace thread panicked",
+        )))
+    })
+}

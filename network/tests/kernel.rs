@@ -1,0 +1,438 @@
+//! Kernel-facing acceptance tests (root): namespaces, bridges, veths, IPAM against the host's
+//! routes, published ports through nftables.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use berth_network::firewall::{self, NetRule, PortRule, ProjectFirewall, Proto};
+use berth_network::{bridge, ipam, netns};
+use common::*;
+
+fn ipam_in(dir: &std::path::Path) -> Arc<ipam::Ipam> {
+    Arc::new(ipam::Ipam::open(&dir.join("ipam")).unwrap())
+}
+
+#[test]
+fn netns_create_and_remove() {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join(uniq("ns"));
+    netns::create(&p).unwrap();
+    assert!(netns::is_mounted_ns(&p));
+    // A second create on the same path is refused.
+    assert!(netns::create(&p).is_err());
+    let o = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", p.display()))
+        .args(["busybox", "ip", "-o", "link"])
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(s.contains("lo:") && s.contains("UP"), "{s}");
+    netns::remove(&p).unwrap();
+    assert!(!p.exists());
+    assert!(!mounts().contains(p.to_str().unwrap()));
+    netns::remove(&p).unwrap(); // idempotent
+}
+
+#[test]
+fn two_endpoints_on_one_bridge_talk() {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    let ipam = ipam_in(d.path());
+    let bridge_name;
+    let net_key;
+    {
+        let net = Net::new(&ipam, false);
+        bridge_name = net.bridge.clone();
+        net_key = net.key.clone();
+        assert!(bridge_name.starts_with("berth") && bridge_name.len() <= 15);
+        assert!(
+            ip_link_names().contains(&format!("{bridge_name}:"))
+                || ip_link_names().contains(&format!("{bridge_name}@"))
+        );
+        let a = Ns::new(d.path(), &[&net]);
+        let b = Ns::new(d.path(), &[&net]);
+        assert_ne!(a.ip(), b.ip());
+        assert!(net.subnet.contains(&a.ip()) && net.subnet.contains(&b.ip()));
+        let _web = b.httpd(d.path(), "hello from b");
+        assert_eq!(
+            a.wget(&format!("http://{}/", b.ip()), 3).as_deref(),
+            Some("hello from b")
+        );
+        // The host reaches the container through the gateway.
+        assert_eq!(
+            host_wget(&format!("http://{}/", b.ip())).as_deref(),
+            Some("hello from b")
+        );
+        // Default route via the gateway inside the container.
+        let r = a.busybox(&["ip", "route"]);
+        assert!(
+            String::from_utf8_lossy(&r.stdout).contains(&format!("default via {}", net.gateway))
+        );
+        // Re-ensuring is harmless.
+        bridge::ensure(&bridge::BridgeSpec {
+            name: net.bridge.clone(),
+            gateway: ipnet::Ipv4Net::new(net.gateway, net.subnet.prefix_len()).unwrap(),
+            mtu: None,
+            internal: false,
+        })
+        .unwrap();
+    }
+    // Teardown leaves nothing.
+    let links = ip_link_names();
+    assert!(!links.contains(&bridge_name), "{links}");
+    assert!(!bridge::switch_netns(&bridge_name).exists());
+    assert!(
+        ipam.networks().unwrap().is_empty(),
+        "{net_key} still in IPAM"
+    );
+}
+
+#[test]
+fn subnets_never_collide_across_state_dirs() {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            let dir = d.path().join(format!("s{i}"));
+            std::thread::spawn(move || {
+                let ipam = ipam::Ipam::open(&dir).unwrap();
+                let key = uniq("par");
+                let a = ipam.allocate_network(&key, None).unwrap();
+                (dir, key, a.subnet)
+            })
+        })
+        .collect();
+    let got: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let subnets: HashSet<_> = got.iter().map(|g| g.2).collect();
+    assert_eq!(subnets.len(), got.len(), "{got:?}");
+    for (dir, key, _) in got {
+        ipam::Ipam::open(&dir)
+            .unwrap()
+            .release_network(&key)
+            .unwrap();
+    }
+}
+
+#[test]
+fn subnet_avoids_host_routes() {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    let ipam = ipam_in(d.path());
+    let net = Net::new(&ipam, false);
+    // A second allocation from another state dir must not overlap the first (now a host route).
+    let other = ipam::Ipam::open(&d.path().join("other")).unwrap();
+    let k = uniq("other");
+    let a = other.allocate_network(&k, None).unwrap();
+    assert!(!ipam::overlaps(a.subnet, net.subnet));
+    other.release_network(&k).unwrap();
+}
+
+#[test]
+fn published_tcp_and_udp_ports_reach_the_endpoint() {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    let ipam = ipam_in(d.path());
+    let project = uniq("pub");
+    {
+        let net = Net::new(&ipam, false);
+        let c = Ns::new(d.path(), &[&net]);
+        let _web = c.httpd(d.path(), "published");
+        let _echo = c.udp_echo(7000, "echo:");
+        let tcp_port = firewall::pick_free_port("tcp", None).unwrap();
+        let udp_port = firewall::pick_free_port(Proto::Udp, None).unwrap();
+        let _fw = Fw(project.clone());
+        let fw = ProjectFirewall {
+            project: project.clone(),
+            networks: vec![net.rule()],
+            ports: vec![
+                PortRule {
+                    host_ip: None,
+                    host_port: tcp_port,
+                    protocol: Proto::Tcp,
+                    backends: vec![(c.ip(), 80)],
+                },
+                PortRule {
+                    host_ip: None,
+                    host_port: udp_port,
+                    protocol: Proto::Udp,
+                    backends: vec![(c.ip(), 7000)],
+                },
+            ],
+        };
+        firewall::apply(&fw).unwrap();
+        let host = host_address();
+        for addr in [std::net::Ipv4Addr::LOCALHOST, host] {
+            assert_eq!(
+                host_wget(&format!("http://{addr}:{tcp_port}/")).as_deref(),
+                Some("published"),
+                "tcp via {addr}"
+            );
+            let r = udp_roundtrip(SocketAddr::new(IpAddr::V4(addr), udp_port), b"ping");
+            assert_eq!(r.as_deref(), Some(&b"echo:ping"[..]), "udp via {addr}");
+        }
+        // Hairpin: the container reaches itself through the host's published port.
+        assert_eq!(
+            c.wget(&format!("http://{host}:{tcp_port}/"), 2).as_deref(),
+            Some("published")
+        );
+        // The port now counts as taken for every other project…
+        let e = firewall::check_port_free("tcp", None, tcp_port).unwrap_err();
+        assert!(matches!(e, berth_network::Error::PortInUse { .. }), "{e}");
+        let clash = ProjectFirewall {
+            project: uniq("clash"),
+            networks: vec![],
+            ports: vec![PortRule {
+                host_ip: Some("127.0.0.1".parse().unwrap()),
+                host_port: tcp_port,
+                protocol: Proto::Tcp,
+                backends: vec![],
+            }],
+        };
+        let _clash_guard = Fw(clash.project.clone());
+        assert!(matches!(
+            firewall::apply(&clash),
+            Err(berth_network::Error::PortInUse { .. })
+        ));
+        // …but not for itself (re-applying is fine).
+        firewall::check_port_free_for(Some(&project), "tcp", None, tcp_port).unwrap();
+        firewall::apply(&fw).unwrap();
+        // A port held by a host socket is refused before anything starts.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let held = l.local_addr().unwrap().port();
+        assert!(matches!(
+            firewall::check_port_free("tcp", Some("127.0.0.1"), held),
+            Err(berth_network::Error::PortInUse { .. })
+        ));
+        assert!(matches!(
+            firewall::check_port_free("tcp", None, held),
+            Err(berth_network::Error::PortInUse { .. })
+        ));
+    }
+    let rules = nft_ruleset();
+    assert!(
+        !rules.contains(&firewall::chain_prefix(&project)),
+        "{rules}"
+    );
+}
+
+#[test]
+fn one_port_spreads_over_replicas_and_swaps_atomically() {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    let ipam = ipam_in(d.path());
+    let project = uniq("lb");
+    let net = Net::new(&ipam, false);
+    let r1 = Ns::new(d.path(), &[&net]);
+    let r2 = Ns::new(d.path(), &[&net]);
+    let _w1 = r1.httpd(d.path(), "one");
+    let _w2 = r2.httpd(d.path(), "two");
+    let port = firewall::pick_free_port("tcp", None).unwrap();
+    let _fw = Fw(project.clone());
+    let mut fw = ProjectFirewall {
+        project: project.clone(),
+        networks: vec![net.rule()],
+        ports: vec![PortRule {
+            host_ip: Some("127.0.0.1".parse().unwrap()),
+            host_port: port,
+            protocol: Proto::Tcp,
+            backends: vec![(r1.ip(), 80), (r2.ip(), 80)],
+        }],
+    };
+    firewall::apply(&fw).unwrap();
+    let mut seen = HashSet::new();
+    for _ in 0..40 {
+        if let Some(b) = host_wget(&format!("http://127.0.0.1:{port}/")) {
+            seen.insert(b);
+        }
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // Rolling update: only the second replica stays.
+    fw.ports[0].backends = vec![(r2.ip(), 80)];
+    firewall::apply(&fw).unwrap();
+    for _ in 0..10 {
+        assert_eq!(
+            host_wget(&format!("http://127.0.0.1:{port}/")).as_deref(),
+            Some("two")
+        );
+    }
+}
+
+#[test]
+fn internal_network_has_no_route_out() {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    let ipam = ipam_in(d.path());
+    let project = uniq("int");
+    let inet = Net::new(&ipam, true);
+    let outer = Net::new(&ipam, false);
+    let c = Ns::new(d.path(), &[&inet]);
+    let other = Ns::new(d.path(), &[&outer]);
+    let _web = other.httpd(d.path(), "outside");
+    let _fw = Fw(project.clone());
+    firewall::apply(&ProjectFirewall {
+        project: project.clone(),
+        networks: vec![inet.rule(), outer.rule()],
+        ports: vec![],
+    })
+    .unwrap();
+    let r = c.busybox(&["ip", "route"]);
+    assert!(
+        !String::from_utf8_lossy(&r.stdout).contains("default"),
+        "{}",
+        String::from_utf8_lossy(&r.stdout)
+    );
+    assert!(c.wget(&format!("http://{}/", other.ip()), 1).is_none());
+    // Even with a route added by hand, the firewall drops what leaves an internal network.
+    let add = c.busybox(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        &inet.gateway.to_string(),
+    ]);
+    assert!(add.status.success());
+    assert!(
+        c.wget(&format!("http://{}/", other.ip()), 1).is_none(),
+        "internal network reached {}",
+        other.ip()
+    );
+    // The gateway (DNS lives there) is still reachable from inside: ping it.
+    let p = c.busybox(&["ping", "-c", "1", "-W", "1", &inet.gateway.to_string()]);
+    assert!(p.status.success());
+}
+
+#[test]
+fn networks_are_isolated_from_each_other() {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    let ipam = ipam_in(d.path());
+    let project = uniq("iso");
+    let n1 = Net::new(&ipam, false);
+    let n2 = Net::new(&ipam, false);
+    let a = Ns::new(d.path(), &[&n1]);
+    let b = Ns::new(d.path(), &[&n2]);
+    let both = Ns::new(d.path(), &[&n1, &n2]);
+    let _web = b.httpd(d.path(), "b");
+    let _fw = Fw(project.clone());
+    firewall::apply(&ProjectFirewall {
+        project,
+        networks: vec![n1.rule(), n2.rule()],
+        ports: vec![],
+    })
+    .unwrap();
+    assert!(
+        a.wget(&format!("http://{}/", b.ip()), 1).is_none(),
+        "network 1 reached network 2"
+    );
+    // A container on both networks reaches b directly.
+    assert_eq!(
+        both.wget(&format!("http://{}/", b.ip()), 3).as_deref(),
+        Some("b")
+    );
+}
+
+#[test]
+fn mtu_and_mac_are_applied() {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    let ipam = ipam_in(d.path());
+    let key = uniq("mtu");
+    let alloc = ipam.allocate_network(&key, None).unwrap();
+    let name = bridge::bridge_name(&key);
+    struct B(String, Arc<ipam::Ipam>, String);
+    impl Drop for B {
+        fn drop(&mut self) {
+            let _ = bridge::remove(&self.0);
+            let _ = self.1.release_network(&self.2);
+        }
+    }
+    let _b = B(name.clone(), ipam.clone(), key.clone());
+    bridge::ensure(&bridge::BridgeSpec {
+        name: name.clone(),
+        gateway: ipnet::Ipv4Net::new(alloc.gateway, 24).unwrap(),
+        mtu: Some(1400),
+        internal: false,
+    })
+    .unwrap();
+    let info = bridge::inspect(&name).unwrap().unwrap();
+    assert_eq!(info.mtu, Some(1400));
+    assert_eq!(info.addresses[0].addr(), alloc.gateway);
+    let nsp = d.path().join(uniq("ns"));
+    netns::create(&nsp).unwrap();
+    struct N(std::path::PathBuf);
+    impl Drop for N {
+        fn drop(&mut self) {
+            let _ = netns::remove(&self.0);
+        }
+    }
+    let _n = N(nsp.clone());
+    let ip = ipam
+        .allocate_address(
+            &key,
+            "c",
+            Some(std::net::Ipv4Addr::from(
+                u32::from(alloc.subnet.network()) + 77,
+            )),
+        )
+        .unwrap();
+    let mac = [0x02, 0x42, 0xac, 0x11, 0x00, 0x4d];
+    let host_ifname = berth_network::endpoint::veth_name(&key, 0);
+    let att = berth_network::endpoint::attach(&berth_network::endpoint::EndpointSpec {
+        netns: nsp.clone(),
+        bridge: name.clone(),
+        host_ifname: host_ifname.clone(),
+        container_ifname: "eth0".into(),
+        address: ipnet::Ipv4Net::new(ip, 24).unwrap(),
+        gateway: None,
+        mac: Some(mac),
+        mtu: None,
+    })
+    .unwrap();
+    assert_eq!(att.mac, mac);
+    let o = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", nsp.display()))
+        .args(["busybox", "ip", "-o", "link", "show", "eth0"])
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        s.contains("mtu 1400") && s.contains("02:42:ac:11:00:4d"),
+        "{s}"
+    );
+    berth_network::endpoint::detach(&host_ifname).unwrap();
+    let o = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", nsp.display()))
+        .args(["busybox", "ip", "-o", "link"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("eth0"));
+}
+
+#[test]
+fn firewall_remove_is_idempotent_and_drops_the_table_when_last() {
+    require_root();
+    let p = uniq("rm");
+    let _g = Fw(p.clone());
+    firewall::apply(&ProjectFirewall {
+        project: p.clone(),
+        networks: vec![NetRule {
+            bridge: "berthbrdeadbeef".into(),
+            subnet: "10.255.254.0/24".parse().unwrap(),
+            internal: false,
+        }],
+        ports: vec![],
+    })
+    .unwrap();
+    assert!(nft_ruleset().contains(&firewall::chain_prefix(&p)));
+    firewall::remove(&p).unwrap();
+    assert!(!nft_ruleset().contains(&firewall::chain_prefix(&p)));
+    firewall::remove(&p).unwrap();
+}
