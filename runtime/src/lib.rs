@@ -13,6 +13,7 @@
 pub mod capabilities;
 pub mod cgroups;
 pub mod cli;
+pub mod image;
 pub mod container;
 pub mod error;
 pub mod process;

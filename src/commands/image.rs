@@ -1,18 +1,449 @@
-//! `berth load | images | rmi | image prune | pull` (owned by the image-store work).
-use crate::cli::{ImageCmd, ImagesArgs, LoadArgs, ProjectOpts, RmiArgs, ServicesArg};
+//! `berth load | images | rmi | image prune | image ls | pull` (owned by the image-store work).
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-pub fn load(_args: &LoadArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("load: not implemented yet")
+use anyhow::Context;
+use berth_runtime::image::reference::{familiar, familiar_name, Reference};
+use berth_runtime::image::{Image, ImageStore, ImageSummary, PullOptions, PullProgress};
+
+use crate::cli::{
+    ImageCmd, ImageSub, ImagesArgs, LoadArgs, ProjectOpts, RmiArgs, ServicesArg, TableFormat,
+};
+use crate::paths::Paths;
+
+fn open_store() -> anyhow::Result<ImageStore> {
+    let p = Paths::from_env().images();
+    ImageStore::open(&p).with_context(|| format!("opening the image store at {}", p.display()))
 }
-pub fn images(_p: &ProjectOpts, _args: &ImagesArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("images: not implemented yet")
+
+pub fn load(args: &LoadArgs) -> anyhow::Result<u8> {
+    let store = open_store()?;
+    let refs = store
+        .load(&args.input)
+        .with_context(|| format!("loading {}", args.input.display()))?;
+    if !args.quiet {
+        for r in refs {
+            if r.starts_with("sha256:") {
+                println!("Loaded image ID: {r}");
+            } else {
+                println!("Loaded image: {}", familiar(&r));
+            }
+        }
+    }
+    Ok(0)
 }
-pub fn rmi(_args: &RmiArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("rmi: not implemented yet")
+
+/// The service images of the current project, if a compose file can be found.
+fn project_images(_p: &ProjectOpts) -> Option<Vec<String>> {
+    None
 }
-pub fn image_cmd(_cmd: &ImageCmd) -> anyhow::Result<u8> {
-    anyhow::bail!("image: not implemented yet")
+
+pub fn images(p: &ProjectOpts, args: &ImagesArgs) -> anyhow::Result<u8> {
+    let store = open_store()?;
+    let mut list = store.list()?;
+    if !args.all {
+        if let Some(wanted) = project_images(p) {
+            let ids: Vec<String> = wanted
+                .iter()
+                .filter_map(|r| store.get(r).ok().flatten())
+                .map(|i| i.id)
+                .collect();
+            list.retain(|s| ids.contains(&s.id));
+        }
+    }
+    print_images(&list, args);
+    Ok(0)
 }
-pub fn pull(_p: &ProjectOpts, _args: &ServicesArg) -> anyhow::Result<u8> {
-    anyhow::bail!("pull: not implemented yet")
+
+fn print_images(list: &[ImageSummary], args: &ImagesArgs) {
+    if args.quiet {
+        let mut seen = Vec::new();
+        for s in list {
+            if !seen.contains(&s.id) {
+                println!("{}", short_id(&s.id));
+                seen.push(s.id.clone());
+            }
+        }
+        return;
+    }
+    if args.format == TableFormat::Json {
+        let v: Vec<serde_json::Value> = list
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "ID": s.id,
+                    "RepoTags": s.repo_tags.iter().map(|t| familiar(t)).collect::<Vec<_>>(),
+                    "RepoDigests": s.repo_digests.iter().map(|t| familiar(t)).collect::<Vec<_>>(),
+                    "Created": s.created,
+                    "Size": s.size,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return;
+    }
+    let mut rows = vec![[
+        "REPOSITORY".to_string(),
+        "TAG".into(),
+        "IMAGE ID".into(),
+        "CREATED".into(),
+        "SIZE".into(),
+    ]];
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    for s in list {
+        let created = s
+            .created
+            .as_deref()
+            .and_then(parse_rfc3339)
+            .map(|t| ago(now - t))
+            .unwrap_or_else(|| "N/A".into());
+        let tags: Vec<(String, String)> = if s.repo_tags.is_empty() {
+            vec![("<none>".into(), "<none>".into())]
+        } else {
+            s.repo_tags
+                .iter()
+                .map(|t| match Reference::parse(t) {
+                    Ok(r) => (
+                        familiar_name(&r.registry, &r.repository),
+                        r.tag.unwrap_or_default(),
+                    ),
+                    Err(_) => (t.clone(), "<none>".into()),
+                })
+                .collect()
+        };
+        for (repo, tag) in tags {
+            rows.push([
+                repo,
+                tag,
+                short_id(&s.id),
+                created.clone(),
+                human_size(s.size),
+            ]);
+        }
+    }
+    let mut w = [0usize; 5];
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    for r in rows {
+        let line = format!(
+            "{:w0$}   {:w1$}   {:w2$}   {:w3$}   {}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3]
+        );
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+}
+
+fn short_id(id: &str) -> String {
+    id.trim_start_matches("sha256:").chars().take(12).collect()
+}
+
+/// Docker's units: powers of 1000, 3 significant digits.
+pub fn human_size(b: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i < units.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b}B")
+    } else if v >= 100.0 {
+        format!("{v:.0}{}", units[i])
+    } else if v >= 10.0 {
+        format!("{v:.1}{}", units[i])
+    } else {
+        format!("{v:.2}{}", units[i])
+    }
+}
+
+fn ago(secs: i64) -> String {
+    let s = secs.max(0);
+    let (n, unit) = match s {
+        0..=59 => return "Less than a minute ago".into(),
+        60..=3599 => (s / 60, "minute"),
+        3600..=86_399 => (s / 3600, "hour"),
+        86_400..=1_209_599 => (s / 86_400, "day"),
+        1_209_600..=5_183_999 => (s / 604_800, "week"),
+        5_184_000..=63_071_999 => (s / 2_592_000, "month"),
+        _ => (s / 31_536_000, "year"),
+    };
+    if n == 1 {
+        format!("{} {unit} ago", if unit == "hour" { "An" } else { "A" })
+    } else {
+        format!("{n} {unit}s ago")
+    }
+}
+
+/// `2026-11-23T10:00:00.123Z` / `…+01:00` → unix seconds.
+fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 19 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d, h, mi, se) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
+    // days from civil (Howard Hinnant)
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let mut t = days * 86_400 + h * 3600 + mi * 60 + se;
+    let rest = &s[19..];
+    let rest = rest.trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
+    if let Some(off) = rest.strip_prefix('+').or_else(|| rest.strip_prefix('-')) {
+        let sign = if rest.starts_with('+') { 1 } else { -1 };
+        let oh: i64 = off.get(0..2)?.parse().ok()?;
+        let om: i64 = off.get(3..5)?.parse().ok()?;
+        t -= sign * (oh * 3600 + om * 60);
+    }
+    Some(t)
+}
+
+pub fn rmi(args: &RmiArgs) -> anyhow::Result<u8> {
+    let store = open_store()?;
+    let mut code = 0;
+    for r in &args.images {
+        let Some(img) = store.get(r)? else {
+            eprintln!("Error: No such image: {r}");
+            code = 1;
+            continue;
+        };
+        match store.remove(r) {
+            Ok(()) => {
+                if Reference::parse(r).is_ok()
+                    && !r.starts_with("sha256:")
+                    && !img.id[7..].starts_with(r.as_str())
+                {
+                    println!("Untagged: {}", familiar(&img.reference));
+                }
+                if store.get(&img.id)?.is_none() {
+                    println!("Deleted: {}", img.id);
+                }
+            }
+            Err(e) => {
+                eprintln!("Error: {r}: {e}");
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
+}
+
+pub fn image_cmd(cmd: &ImageCmd) -> anyhow::Result<u8> {
+    match &cmd.command {
+        ImageSub::Prune => {
+            let store = open_store()?;
+            let rep = store.prune()?;
+            for i in &rep.images {
+                println!("deleted: {i}");
+            }
+            for l in &rep.layers {
+                println!("deleted layer: {l}");
+            }
+            println!("Total reclaimed space: {}", human_size(rep.reclaimed_bytes));
+            Ok(0)
+        }
+        ImageSub::Ls(args) => {
+            let store = open_store()?;
+            print_images(&store.list()?, args);
+            Ok(0)
+        }
+    }
+}
+
+/// Pull one image, drawing `docker pull`-style progress on stderr.
+pub fn pull_one(store: &ImageStore, reference: &str) -> anyhow::Result<Image> {
+    let tty = console::Term::stderr().is_term();
+    let mut ui = PullUi::new(tty);
+    let shown = Reference::parse(reference)
+        .map(|r| r.familiar())
+        .unwrap_or_else(|_| reference.to_string());
+    ui.line(&format!("Pulling {shown}"));
+    let opts = pull_options();
+    let r = store.pull(reference, &opts, &mut |p| ui.event(p));
+    ui.finish();
+    let img = r.with_context(|| format!("pulling {shown}"))?;
+    ui.line(&format!("Pulled {shown} ({})", short_id(&img.id)));
+    Ok(img)
+}
+
+/// Registry options from the environment: `BERTH_INSECURE_REGISTRIES=host:port,…`.
+pub fn pull_options() -> PullOptions {
+    PullOptions {
+        insecure_registries: std::env::var("BERTH_INSECURE_REGISTRIES")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        ..Default::default()
+    }
+}
+
+pub fn pull(p: &ProjectOpts, args: &ServicesArg) -> anyhow::Result<u8> {
+    let store = open_store()?;
+    let images = project_images(p).unwrap_or_default();
+    let wanted: Vec<String> = if args.services.is_empty() {
+        images
+    } else {
+        args.services.clone()
+    };
+    if wanted.is_empty() {
+        anyhow::bail!("pull: no service images found (is there a compose file?)");
+    }
+    let mut code = 0;
+    for r in wanted {
+        if let Err(e) = pull_one(&store, &r) {
+            eprintln!("{}", crate::commands::render_error(&e));
+            code = 1;
+        }
+    }
+    Ok(code)
+}
+
+/// One line per layer: on a TTY redrawn in place, otherwise a line per state change.
+struct PullUi {
+    tty: bool,
+    order: Vec<String>,
+    state: BTreeMap<String, String>,
+    drawn: usize,
+    last: Instant,
+}
+
+impl PullUi {
+    fn new(tty: bool) -> Self {
+        PullUi {
+            tty,
+            order: Vec::new(),
+            state: BTreeMap::new(),
+            drawn: 0,
+            last: Instant::now(),
+        }
+    }
+    fn line(&mut self, s: &str) {
+        eprintln!("{s}");
+    }
+    fn set(&mut self, layer: &str, st: String, important: bool) {
+        let id: String = layer
+            .trim_start_matches("sha256:")
+            .chars()
+            .take(12)
+            .collect();
+        if !self.state.contains_key(&id) {
+            self.order.push(id.clone());
+        }
+        let changed = self.state.get(&id) != Some(&st);
+        self.state.insert(id.clone(), st.clone());
+        if self.tty {
+            if important || self.last.elapsed().as_millis() >= 100 {
+                self.redraw();
+            }
+        } else if important && changed {
+            eprintln!("{id}: {st}");
+        }
+    }
+    fn redraw(&mut self) {
+        self.last = Instant::now();
+        let mut err = std::io::stderr().lock();
+        if self.drawn > 0 {
+            let _ = write!(err, "\x1b[{}A", self.drawn);
+        }
+        for id in &self.order {
+            let _ = writeln!(
+                err,
+                "\x1b[2K{id}: {}",
+                self.state.get(id).map(String::as_str).unwrap_or("")
+            );
+        }
+        self.drawn = self.order.len();
+        let _ = err.flush();
+    }
+    fn event(&mut self, p: PullProgress) {
+        match p {
+            PullProgress::Resolved { digest, .. } => self.line(&format!("Digest: {digest}")),
+            PullProgress::Exists { layer } => self.set(&layer, "Already exists".into(), true),
+            PullProgress::Downloading {
+                layer,
+                current,
+                total,
+            } => {
+                let st = if self.tty {
+                    let width = 40usize;
+                    let fill = (current.min(total) * width as u64)
+                        .checked_div(total)
+                        .unwrap_or(0) as usize;
+                    format!(
+                        "Downloading [{}>{}] {}/{}",
+                        "=".repeat(fill.saturating_sub(1)),
+                        " ".repeat(width - fill.max(1)),
+                        human_size(current),
+                        human_size(total)
+                    )
+                } else {
+                    "Downloading".into()
+                };
+                self.set(&layer, st, false);
+            }
+            PullProgress::Done { layer } => self.set(&layer, "Pull complete".into(), true),
+            PullProgress::Retry {
+                what,
+                attempt,
+                error,
+            } => self.line(&format!("retrying {what} (attempt {attempt}): {error}")),
+        }
+    }
+    fn finish(&mut self) {
+        if self.tty && !self.order.is_empty() {
+            self.redraw();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_times() {
+        assert_eq!(human_size(999), "999B");
+        assert_eq!(human_size(4_261_000), "4.26MB");
+        assert_eq!(human_size(123_456_789), "123MB");
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339("2026-11-23T10:00:00.5Z"), Some(1_795_428_000));
+        assert_eq!(
+            parse_rfc3339("2026-11-23T11:00:00+01:00"),
+            Some(1_795_428_000)
+        );
+        assert_eq!(parse_rfc3339("junk"), None);
+        assert_eq!(ago(30), "Less than a minute ago");
+        assert_eq!(ago(3 * 86_400), "3 days ago");
+        assert_eq!(ago(3600), "An hour ago");
+    }
 }

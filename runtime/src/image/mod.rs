@@ -1,0 +1,696 @@
+//! The image store: content-addressed blobs, image records, layers unpacked once by diff_id and
+//! shared, overlay snapshots per container, `docker save`/OCI-layout loads and registry pulls.
+//!
+//! Layout under the root (berth passes `<state>/data/images`):
+//! ```text
+//! blobs/sha256/<hex>     manifests, indexes and configs, verified on write
+//! layers/<diff_id hex>/  unpacked layer trees (overlay lowerdirs), shared by every image
+//! images.json            image records (+ images.lock, flock)
+//! gc.lock                shared by loads/pulls in progress, exclusive for prune
+//! tmp/                   half-written entries; emptied by prune
+//! ```
+//! Every entry is written under a temporary name, synced, then renamed into place: a crash
+//! leaves at most garbage in `tmp/`, never a half-written blob, layer or record.
+
+pub mod error;
+mod load;
+pub mod manifest;
+pub mod pull;
+pub mod reference;
+pub mod snapshot;
+pub mod unpack;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+pub use error::ImageError;
+use error::IoContext;
+pub use pull::{PullOptions, PullProgress};
+pub use reference::Reference;
+
+/// An image ready to run.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// `sha256:<config digest>`.
+    pub id: String,
+    /// The reference it was found by, normalised (`docker.io/library/redis:7`), or the id.
+    pub reference: String,
+    pub config: oci_spec::image::ImageConfiguration,
+    /// Unpacked layer directories, lowest first.
+    pub layers: Vec<PathBuf>,
+}
+
+/// One line of `berth images`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ImageSummary {
+    pub id: String,
+    /// Full references (`docker.io/library/redis:7`); `reference::familiar` shortens them.
+    pub repo_tags: Vec<String>,
+    /// `name@sha256:<manifest digest>`.
+    pub repo_digests: Vec<String>,
+    /// The config's `created` (RFC 3339), if any.
+    pub created: Option<String>,
+    /// Unpacked size in bytes (sum of the layers' tar sizes).
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Untagged image records removed.
+    pub images: Vec<String>,
+    pub blobs: Vec<String>,
+    /// diff_ids of the layers removed.
+    pub layers: Vec<String>,
+    pub reclaimed_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct ImageRecord {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+    #[serde(default)]
+    pub repo_tags: Vec<String>,
+    #[serde(default)]
+    pub repo_digests: Vec<String>,
+    /// diff_ids, lowest first.
+    pub layers: Vec<String>,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default)]
+    pub created: Option<String>,
+    #[serde(default)]
+    pub added: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Db {
+    #[serde(default)]
+    pub images: Vec<ImageRecord>,
+    /// diff_id → unpacked size, for `images` sizes.
+    #[serde(default)]
+    pub layer_sizes: BTreeMap<String, u64>,
+}
+
+/// A held `flock`; released on drop.
+pub(crate) struct Lock(#[allow(dead_code)] File);
+
+pub struct ImageStore {
+    root: PathBuf,
+}
+
+fn hex_of(digest: &str) -> Result<&str, ImageError> {
+    reference::validate_digest(digest)?;
+    Ok(digest.split_once(':').map(|x| x.1).unwrap_or(digest))
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+static TMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl ImageStore {
+    /// Open (creating) the store at `root`.
+    pub fn open(root: &Path) -> Result<ImageStore, ImageError> {
+        for d in ["blobs/sha256", "layers", "tmp"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).ctx(|| format!("creating {}", p.display()))?;
+        }
+        Ok(ImageStore {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    // ---- locks ----------------------------------------------------------------------------
+
+    fn lock(&self, name: &str, exclusive: bool) -> Result<Lock, ImageError> {
+        let p = self.root.join(name);
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&p)
+            .ctx(|| format!("opening {}", p.display()))?;
+        let op = if exclusive {
+            rustix::fs::FlockOperation::LockExclusive
+        } else {
+            rustix::fs::FlockOperation::LockShared
+        };
+        loop {
+            match rustix::fs::flock(&f, op) {
+                Err(rustix::io::Errno::INTR) => continue,
+                r => {
+                    r.ctx(|| format!("locking {}", p.display()))?;
+                    break;
+                }
+            }
+        }
+        Ok(Lock(f))
+    }
+
+    /// Held (shared) while a load or pull writes blobs and layers that no record names yet.
+    pub(crate) fn writer_lock(&self) -> Result<Lock, ImageError> {
+        self.lock("gc.lock", false)
+    }
+
+    // ---- records --------------------------------------------------------------------------
+
+    fn read_db(&self) -> Result<Db, ImageError> {
+        let p = self.root.join("images.json");
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|source| ImageError::Json {
+                what: p.display().to_string(),
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Db::default()),
+            Err(e) => Err(e).ctx(|| format!("reading {}", p.display())),
+        }
+    }
+
+    fn write_db(&self, db: &Db) -> Result<(), ImageError> {
+        let data = serde_json::to_vec_pretty(db).map_err(|source| ImageError::Json {
+            what: "image records".into(),
+            source,
+        })?;
+        self.write_atomic(&self.root.join("images.json"), &data)
+    }
+
+    /// Read-modify-write the records under the exclusive lock.
+    pub(crate) fn update_db<T>(
+        &self,
+        f: impl FnOnce(&mut Db) -> Result<T, ImageError>,
+    ) -> Result<T, ImageError> {
+        let _l = self.lock("images.lock", true)?;
+        let mut db = self.read_db()?;
+        let r = f(&mut db)?;
+        self.write_db(&db)?;
+        Ok(r)
+    }
+
+    fn snapshot_db(&self) -> Result<Db, ImageError> {
+        let _l = self.lock("images.lock", false)?;
+        self.read_db()
+    }
+
+    // ---- files ----------------------------------------------------------------------------
+
+    /// A fresh path under `tmp/` (unique across processes and threads).
+    pub(crate) fn tmp_path(&self, what: &str) -> PathBuf {
+        let n = TMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.root
+            .join("tmp")
+            .join(format!("{what}-{}-{n}-{}", std::process::id(), now()))
+    }
+
+    fn write_atomic(&self, dest: &Path, data: &[u8]) -> Result<(), ImageError> {
+        let tmp = self.tmp_path("write");
+        let r = (|| {
+            let mut f = File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+            f.write_all(data)
+                .ctx(|| format!("writing {}", tmp.display()))?;
+            f.sync_all().ctx(|| format!("syncing {}", tmp.display()))?;
+            std::fs::rename(&tmp, dest).ctx(|| format!("renaming into {}", dest.display()))?;
+            sync_parent(dest)
+        })();
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r
+    }
+
+    pub(crate) fn blob_path(&self, digest: &str) -> Result<PathBuf, ImageError> {
+        Ok(self.root.join("blobs/sha256").join(hex_of(digest)?))
+    }
+
+    #[allow(dead_code)]
+    pub(crate) fn has_blob(&self, digest: &str) -> bool {
+        self.blob_path(digest).map(|p| p.is_file()).unwrap_or(false)
+    }
+
+    pub(crate) fn read_blob(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
+        let p = self.blob_path(digest)?;
+        let data = std::fs::read(&p).ctx(|| format!("reading blob {digest}"))?;
+        Ok(data)
+    }
+
+    /// Store a blob after checking its digest (a mismatch keeps nothing).
+    pub(crate) fn put_blob(&self, expected: &str, data: &[u8]) -> Result<(), ImageError> {
+        let actual = unpack::sha256_hex(data);
+        if actual != expected {
+            return Err(ImageError::DigestMismatch {
+                what: "blob".into(),
+                expected: expected.into(),
+                actual,
+            });
+        }
+        let p = self.blob_path(expected)?;
+        if p.is_file() {
+            return Ok(());
+        }
+        self.write_atomic(&p, data)
+    }
+
+    pub(crate) fn layer_path(&self, diff_id: &str) -> Result<PathBuf, ImageError> {
+        Ok(self.root.join("layers").join(hex_of(diff_id)?))
+    }
+
+    pub(crate) fn has_layer(&self, diff_id: &str) -> bool {
+        self.layer_path(diff_id)
+            .map(|p| p.is_dir())
+            .unwrap_or(false)
+    }
+
+    /// Unpack one layer blob from `src` into `layers/<diff_id>`, checking the digests given.
+    /// Concurrent unpacks of the same layer are fine: the loser's copy is discarded.
+    pub(crate) fn unpack_layer(
+        &self,
+        src: impl Read,
+        expected_blob: Option<&str>,
+        expected_diff_id: &str,
+    ) -> Result<unpack::Unpacked, ImageError> {
+        let dest = self.layer_path(expected_diff_id)?;
+        let tmp = self.tmp_path("layer");
+        std::fs::create_dir(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+        let r = (|| {
+            std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .ctx(|| format!("chmod {}", tmp.display()))?;
+            let u = unpack::unpack_blob(src, &tmp)?;
+            if let Some(b) = expected_blob {
+                if u.blob_digest != b {
+                    return Err(ImageError::DigestMismatch {
+                        what: "layer blob".into(),
+                        expected: b.into(),
+                        actual: u.blob_digest,
+                    });
+                }
+            }
+            if u.diff_id != expected_diff_id {
+                return Err(ImageError::DigestMismatch {
+                    what: "layer diff_id".into(),
+                    expected: expected_diff_id.into(),
+                    actual: u.diff_id,
+                });
+            }
+            let d = File::open(&tmp).ctx(|| format!("opening {}", tmp.display()))?;
+            rustix::fs::syncfs(d.as_fd()).ctx(|| format!("syncfs {}", tmp.display()))?;
+            match std::fs::rename(&tmp, &dest) {
+                Ok(()) => sync_parent(&dest)?,
+                Err(_) if dest.is_dir() => remove_tree(&tmp)?,
+                Err(e) => return Err(e).ctx(|| format!("renaming into {}", dest.display())),
+            }
+            Ok(u)
+        })();
+        if r.is_err() {
+            let _ = remove_tree(&tmp);
+        }
+        r
+    }
+
+    /// Record an image: tags move to it from any other record (they become `<none>`).
+    pub(crate) fn add_record(
+        &self,
+        mut rec: ImageRecord,
+        sizes: &[(String, u64)],
+    ) -> Result<(), ImageError> {
+        self.update_db(|db| {
+            for (d, s) in sizes {
+                db.layer_sizes.insert(d.clone(), *s);
+            }
+            rec.size = rec
+                .layers
+                .iter()
+                .filter_map(|d| db.layer_sizes.get(d))
+                .sum();
+            for other in db.images.iter_mut() {
+                if other.id != rec.id {
+                    other.repo_tags.retain(|t| !rec.repo_tags.contains(t));
+                }
+            }
+            if let Some(existing) = db.images.iter_mut().find(|r| r.id == rec.id) {
+                for t in rec.repo_tags.drain(..) {
+                    if !existing.repo_tags.contains(&t) {
+                        existing.repo_tags.push(t);
+                    }
+                }
+                for t in rec.repo_digests.drain(..) {
+                    if !existing.repo_digests.contains(&t) {
+                        existing.repo_digests.push(t);
+                    }
+                }
+                if rec.manifest.is_some() {
+                    existing.manifest = rec.manifest.take();
+                }
+                existing.size = rec.size;
+            } else {
+                rec.added = now();
+                db.images.push(rec);
+            }
+            Ok(())
+        })
+    }
+
+    fn to_image(&self, rec: &ImageRecord, reference: String) -> Result<Image, ImageError> {
+        let raw = self.read_blob(&rec.id)?;
+        let config = serde_json::from_slice(&raw).map_err(|source| ImageError::Json {
+            what: format!("image config {}", rec.id),
+            source,
+        })?;
+        let layers = rec
+            .layers
+            .iter()
+            .map(|d| self.layer_path(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Image {
+            id: rec.id.clone(),
+            reference,
+            config,
+            layers,
+        })
+    }
+
+    /// Find a record by full id, reference (`redis:7`, `docker.io/library/redis:7`,
+    /// `name@digest`) or id prefix (at least 4 hex digits, unambiguous).
+    fn find<'a>(db: &'a Db, s: &str) -> Result<Option<(&'a ImageRecord, String)>, ImageError> {
+        let s = s.trim();
+        let id_like = s.strip_prefix("sha256:").unwrap_or(s);
+        let is_hex = !id_like.is_empty()
+            && id_like
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        if is_hex && id_like.len() == 64 {
+            if let Some(r) = db
+                .images
+                .iter()
+                .find(|r| r.id == format!("sha256:{id_like}"))
+            {
+                return Ok(Some((r, r.id.clone())));
+            }
+        }
+        let parsed = Reference::parse(s);
+        if let Ok(rf) = &parsed {
+            if let Some(d) = &rf.digest {
+                let want = rf.with_digest(d);
+                if let Some(r) = db
+                    .images
+                    .iter()
+                    .find(|r| r.repo_digests.contains(&want) || r.manifest.as_deref() == Some(d))
+                {
+                    return Ok(Some((r, rf.to_string())));
+                }
+                return Ok(None);
+            }
+            if let Some(t) = rf.tagged() {
+                if let Some(r) = db.images.iter().find(|r| r.repo_tags.contains(&t)) {
+                    return Ok(Some((r, t)));
+                }
+            }
+        }
+        if is_hex && id_like.len() >= 4 && (s.starts_with("sha256:") || !s.contains(':')) {
+            let mut hits = db
+                .images
+                .iter()
+                .filter(|r| r.id["sha256:".len()..].starts_with(id_like));
+            if let Some(r) = hits.next() {
+                if hits.next().is_some() {
+                    return Err(ImageError::Archive {
+                        path: s.into(),
+                        why: "ambiguous image id prefix".into(),
+                    });
+                }
+                return Ok(Some((r, r.id.clone())));
+            }
+        }
+        match parsed {
+            Err(e) if !is_hex => Err(e.into()),
+            _ => Ok(None),
+        }
+    }
+
+    // ---- the public API -------------------------------------------------------------------
+
+    /// Load a `docker save` archive, an OCI image-layout archive or an OCI layout directory
+    /// (optionally gzip/zstd-compressed archives). Returns the references loaded (full form), or
+    /// the image ids of untagged images.
+    pub fn load(&self, archive_or_dir: &Path) -> Result<Vec<String>, ImageError> {
+        load::load(self, archive_or_dir)
+    }
+
+    /// The image for a reference, short reference or id; `None` if not in the store.
+    pub fn get(&self, reference: &str) -> Result<Option<Image>, ImageError> {
+        let db = self.snapshot_db()?;
+        match Self::find(&db, reference)? {
+            Some((rec, r)) => Ok(Some(self.to_image(rec, r)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn list(&self) -> Result<Vec<ImageSummary>, ImageError> {
+        let db = self.snapshot_db()?;
+        let mut out: Vec<(u64, ImageSummary)> = db
+            .images
+            .iter()
+            .map(|r| {
+                (
+                    r.added,
+                    ImageSummary {
+                        id: r.id.clone(),
+                        repo_tags: r.repo_tags.clone(),
+                        repo_digests: r.repo_digests.clone(),
+                        created: r.created.clone(),
+                        size: r.size,
+                    },
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| b.1.created.cmp(&a.1.created).then(b.0.cmp(&a.0)));
+        Ok(out.into_iter().map(|x| x.1).collect())
+    }
+
+    /// `rmi`: by tag, untag it (the image goes once no tag and no digest names it); by id or
+    /// digest, remove the record. Blobs and layers go with the next `prune`, unless a mounted
+    /// snapshot still uses them.
+    pub fn remove(&self, reference: &str) -> Result<(), ImageError> {
+        self.update_db(|db| {
+            let (id, how) = match Self::find(db, reference)? {
+                Some((rec, r)) => (rec.id.clone(), r),
+                None => return Err(ImageError::NotFound(reference.to_string())),
+            };
+            let rec = db
+                .images
+                .iter_mut()
+                .find(|r| r.id == id)
+                .expect("found above");
+            let by_tag = rec.repo_tags.contains(&how);
+            if by_tag {
+                rec.repo_tags.retain(|t| t != &how);
+                if let Ok(rf) = Reference::parse(&how) {
+                    let name = rf.name();
+                    rec.repo_digests.retain(|d| {
+                        !d.starts_with(&format!("{name}@"))
+                            || rec
+                                .repo_tags
+                                .iter()
+                                .any(|t| t.starts_with(&format!("{name}:")))
+                    });
+                }
+            }
+            if !by_tag || (rec.repo_tags.is_empty() && rec.repo_digests.is_empty()) {
+                db.images.retain(|r| r.id != id);
+            }
+            Ok(())
+        })?;
+        // Free the space now, as `docker rmi` does.
+        self.gc(false).map(|_| ())
+    }
+
+    /// Remove untagged images and every blob and layer no image refers to.
+    pub fn prune(&self) -> Result<PruneReport, ImageError> {
+        self.gc(true)
+    }
+
+    fn gc(&self, dangling: bool) -> Result<PruneReport, ImageError> {
+        let _gc = self.lock("gc.lock", true)?;
+        let mut report = PruneReport::default();
+        let in_use = snapshot_layers_in_use(&self.root.join("layers"));
+        let db = self.update_db(|db| {
+            if dangling {
+                let mut keep = Vec::new();
+                for r in db.images.drain(..) {
+                    let used = r
+                        .layers
+                        .iter()
+                        .any(|l| in_use.contains(hex_of(l).unwrap_or("")));
+                    if r.repo_tags.is_empty() && !used {
+                        report.images.push(r.id.clone());
+                    } else {
+                        keep.push(r);
+                    }
+                }
+                db.images = keep;
+            }
+            Ok(db.clone())
+        })?;
+        let mut blobs = BTreeSet::new();
+        let mut layers = BTreeSet::new();
+        for r in &db.images {
+            blobs.insert(hex_of(&r.id)?.to_string());
+            if let Some(m) = &r.manifest {
+                blobs.insert(hex_of(m)?.to_string());
+            }
+            for l in &r.layers {
+                layers.insert(hex_of(l)?.to_string());
+            }
+        }
+        // Index blobs of multi-platform pulls are kept by the manifest they led to (see pull).
+        for r in &db.images {
+            if let Some(m) = &r.manifest {
+                let p = self
+                    .root
+                    .join("blobs/sha256")
+                    .join(format!("{}.index", hex_of(m)?));
+                if let Ok(ix) = std::fs::read_to_string(&p) {
+                    blobs.insert(format!("{}.index", hex_of(m)?));
+                    blobs.insert(ix.trim().trim_start_matches("sha256:").to_string());
+                }
+            }
+        }
+        let bdir = self.root.join("blobs/sha256");
+        for e in std::fs::read_dir(&bdir).ctx(|| format!("reading {}", bdir.display()))? {
+            let e = e.ctx(|| format!("reading {}", bdir.display()))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !blobs.contains(&name) {
+                report.reclaimed_bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+                std::fs::remove_file(e.path())
+                    .ctx(|| format!("removing {}", e.path().display()))?;
+                report.blobs.push(format!("sha256:{name}"));
+            }
+        }
+        let ldir = self.root.join("layers");
+        for e in std::fs::read_dir(&ldir).ctx(|| format!("reading {}", ldir.display()))? {
+            let e = e.ctx(|| format!("reading {}", ldir.display()))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !layers.contains(&name) && !in_use.contains(&name) {
+                report.reclaimed_bytes += db
+                    .layer_sizes
+                    .get(&format!("sha256:{name}"))
+                    .copied()
+                    .unwrap_or(0);
+                remove_tree(&e.path())?;
+                report.layers.push(format!("sha256:{name}"));
+            }
+        }
+        // No load or pull is running (we hold gc.lock exclusively): tmp/ is garbage.
+        let tdir = self.root.join("tmp");
+        for e in std::fs::read_dir(&tdir)
+            .ctx(|| format!("reading {}", tdir.display()))?
+            .flatten()
+        {
+            let _ = remove_tree(&e.path());
+        }
+        self.update_db(|db| {
+            db.layer_sizes
+                .retain(|k, _| layers.contains(k.trim_start_matches("sha256:")));
+            Ok(())
+        })?;
+        Ok(report)
+    }
+
+    /// Pull from a registry (see [`pull`]).
+    pub fn pull(
+        &self,
+        reference: &str,
+        opts: &PullOptions,
+        progress: &mut dyn FnMut(PullProgress),
+    ) -> Result<Image, ImageError> {
+        pull::pull(self, reference, opts, progress)
+    }
+
+    /// Mount a container's snapshot of `image` under `dir` (returns `dir/rootfs`).
+    pub fn snapshot(&self, image: &Image, dir: &Path) -> Result<PathBuf, ImageError> {
+        snapshot::mount(&image.layers, dir)
+    }
+}
+
+/// Layer dir names (diff_id hex) used by mounted overlays: never collected.
+fn snapshot_layers_in_use(layers_dir: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return out;
+    };
+    let prefix = format!("{}/", layers_dir.display());
+    for line in mi.lines() {
+        let Some((_, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut f = post.split(' ');
+        if f.next() != Some("overlay") {
+            continue;
+        }
+        let opts = f.nth(1).unwrap_or("");
+        for o in opts.split(',') {
+            let v = o
+                .strip_prefix("lowerdir=")
+                .or_else(|| o.strip_prefix("lowerdir+="))
+                .unwrap_or("");
+            for p in v.split(':') {
+                let p = p.replace("\\040", " ");
+                if let Some(rest) = p.strip_prefix(&prefix) {
+                    out.insert(rest.split('/').next().unwrap_or("").to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+pub(crate) fn sync_parent(p: &Path) -> Result<(), ImageError> {
+    if let Some(parent) = p.parent() {
+        let d = File::open(parent).ctx(|| format!("opening {}", parent.display()))?;
+        d.sync_all()
+            .ctx(|| format!("syncing {}", parent.display()))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn remove_tree(p: &Path) -> Result<(), ImageError> {
+    match std::fs::remove_dir_all(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).ctx(|| format!("removing {}", p.display())),
+    }
+}
+
+/// The host platform in OCI terms (`linux/amd64`, `linux/arm64/v8`).
+pub fn host_platform() -> (String, String, Option<String>) {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "arm" => "arm",
+        "powerpc64" => "ppc64le",
+        "s390x" => "s390x",
+        "riscv64" => "riscv64",
+        other => other,
+    };
+    let variant = match arch {
+        "arm64" => Some("v8".to_string()),
+        "arm" => Some("v7".to_string()),
+        _ => None,
+    };
+    ("linux".into(), arch.into(), variant)
+}

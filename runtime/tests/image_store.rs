@@ -1,0 +1,366 @@
+//! Image store: loads (`docker save`, OCI layouts), records, rmi/prune, malicious archives and
+//! overlay snapshots. Snapshot tests need root (overlayfs mounts).
+
+#[path = "image_support.rs"]
+mod support;
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use berth_runtime::image::{snapshot, ImageError, ImageStore};
+use support::*;
+
+const PEER_TAR: &str = "/work/shared/peers/images/lab-busybox-1.docker.tar";
+const PEER_OCI: &str = "/work/shared/peers/images/oci";
+
+fn store() -> (tempfile::TempDir, ImageStore) {
+    let t = tempfile::tempdir().unwrap();
+    let s = ImageStore::open(&t.path().join("images")).unwrap();
+    (t, s)
+}
+
+#[test]
+fn loads_the_peers_docker_save_archive() {
+    if !Path::new(PEER_TAR).exists() {
+        eprintln!("skipping: {PEER_TAR} missing");
+        return;
+    }
+    let (_t, s) = store();
+    let refs = s.load(Path::new(PEER_TAR)).unwrap();
+    assert_eq!(refs, vec!["docker.io/lab/busybox:1".to_string()]);
+    let img = s.get("lab/busybox:1").unwrap().expect("loaded");
+    assert!(img.id.starts_with("sha256:"));
+    assert_eq!(img.layers.len(), 1);
+    assert!(img.layers[0].join("bin/busybox").is_file());
+    assert!(std::fs::symlink_metadata(img.layers[0].join("bin/sh"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // Every spelling finds it.
+    for r in [
+        "docker.io/lab/busybox:1",
+        &img.id,
+        &img.id[7..19],
+        &img.id[..15],
+    ] {
+        assert_eq!(s.get(r).unwrap().map(|i| i.id), Some(img.id.clone()), "{r}");
+    }
+    assert!(s.get("lab/busybox:2").unwrap().is_none());
+    assert!(s.get("lab/busybox").unwrap().is_none());
+    // Loading again is idempotent.
+    assert_eq!(s.load(Path::new(PEER_TAR)).unwrap(), refs);
+    assert_eq!(s.list().unwrap().len(), 1);
+    if Path::new(PEER_OCI).is_dir() {
+        let r = s.load(Path::new(PEER_OCI)).unwrap();
+        assert_eq!(r, vec!["localhost/lab-busybox-1:latest".to_string()]);
+        assert!(s.get("localhost/lab-busybox-1").unwrap().is_some());
+    }
+}
+
+#[test]
+fn loads_built_images_in_both_layouts_with_all_compressions() {
+    let (t, s) = store();
+    let base = LayerBuilder::new().busybox().tar();
+    let top = LayerBuilder::new()
+        .dir("etc")
+        .file("etc/.wh.passwd", 0o644, b"")
+        .file("etc/motd", 0o644, b"hello\n")
+        .dir("tmp")
+        .file("tmp/.wh..wh..opq", 0o644, b"")
+        .tar();
+    let third = LayerBuilder::new()
+        .dir("srv")
+        .file("srv/z", 0o600, b"zstd")
+        .tar();
+    let img = BuiltImage::new(
+        vec![base.clone(), top, third],
+        vec![Comp::Gzip, Comp::None, Comp::Zstd],
+        "built",
+    );
+
+    // docker save
+    let save = t.path().join("save.tar");
+    img.docker_save(&save, "berth-test/built:1");
+    assert_eq!(
+        s.load(&save).unwrap(),
+        vec!["docker.io/berth-test/built:1".to_string()]
+    );
+    let got = s.get("berth-test/built:1").unwrap().unwrap();
+    assert_eq!(got.id, img.id);
+    assert_eq!(got.layers.len(), 3);
+    let env = got.config.config().as_ref().unwrap().env().clone().unwrap();
+    assert!(env.contains(&"LABEL=built".to_string()));
+
+    // OCI layout directory, then the same as a tar archive and a gzipped tar archive.
+    let oci = t.path().join("oci");
+    img.oci_layout(&oci, "example.com/built:2");
+    assert_eq!(
+        s.load(&oci).unwrap(),
+        vec!["example.com/built:2".to_string()]
+    );
+    let oci_tar = t.path().join("oci.tar");
+    tar_dir(&oci, &oci_tar);
+    assert_eq!(
+        s.load(&oci_tar).unwrap(),
+        vec!["example.com/built:2".to_string()]
+    );
+    let gz = t.path().join("oci.tar.gz");
+    std::fs::write(
+        &gz,
+        compress(&std::fs::read(&oci_tar).unwrap(), Comp::Gzip).0,
+    )
+    .unwrap();
+    assert_eq!(
+        s.load(&gz).unwrap(),
+        vec!["example.com/built:2".to_string()]
+    );
+    let by_digest = s.list().unwrap();
+    assert_eq!(by_digest.len(), 1, "one image, two names: {by_digest:?}");
+    assert_eq!(by_digest[0].repo_tags.len(), 2);
+    assert_eq!(by_digest[0].repo_digests.len(), 1);
+    let dref = by_digest[0].repo_digests[0].clone();
+    assert_eq!(s.get(&dref).unwrap().unwrap().id, img.id);
+
+    if is_root() {
+        let wh = std::fs::symlink_metadata(got.layers[1].join("etc/passwd")).unwrap();
+        assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
+        let opq = xattr::get(got.layers[1].join("tmp"), "trusted.overlay.opaque").unwrap();
+        assert_eq!(opq.as_deref(), Some(&b"y"[..]));
+        assert_eq!(
+            std::fs::metadata(got.layers[2].join("srv/z"))
+                .unwrap()
+                .mode()
+                & 0o777,
+            0o600
+        );
+    }
+
+    // A second image sharing the base layer reuses it.
+    let other = BuiltImage::new(vec![base], vec![Comp::None], "other");
+    let save2 = t.path().join("save2.tar");
+    other.docker_save(&save2, "berth-test/other:1");
+    s.load(&save2).unwrap();
+    let o = s.get("berth-test/other").unwrap();
+    assert!(o.is_none(), "tag latest was not loaded");
+    let o = s.get("berth-test/other:1").unwrap().unwrap();
+    assert_eq!(o.layers[0], got.layers[0]);
+
+    // rmi by tag keeps the image while another tag names it; prune then frees nothing shared.
+    s.remove("berth-test/built:1").unwrap();
+    assert!(s.get("berth-test/built:1").unwrap().is_none());
+    assert!(s.get("example.com/built:2").unwrap().is_some());
+    s.remove("example.com/built:2").unwrap();
+    assert!(s.get(&img.id).unwrap().is_none());
+    assert!(o.layers[0].is_dir(), "shared layer survives");
+    assert!(!got.layers[2].exists(), "unshared layer removed");
+    assert!(matches!(
+        s.remove("berth-test/built:1"),
+        Err(ImageError::NotFound(_))
+    ));
+    s.remove(&o.id).unwrap();
+    let rep = s.prune().unwrap();
+    assert!(rep.layers.is_empty(), "rmi already collected: {rep:?}");
+    assert_eq!(
+        std::fs::read_dir(s.root().join("layers")).unwrap().count(),
+        0
+    );
+    assert_eq!(
+        std::fs::read_dir(s.root().join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(std::fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn tampered_and_malicious_archives_are_rejected() {
+    let (t, s) = store();
+    let outside = t.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    // A layer whose content does not match the config's diff_id.
+    let good = LayerBuilder::new().busybox().tar();
+    let mut img = BuiltImage::new(vec![good], vec![Comp::None], "x");
+    img.layers[0] = LayerBuilder::new().file("evil", 0o644, b"swapped").tar();
+    let p = t.path().join("tampered.tar");
+    img.docker_save(&p, "berth-test/tampered:1");
+    assert!(matches!(s.load(&p), Err(ImageError::DigestMismatch { .. })));
+    // Tar slips: each is rejected and leaves no layer behind.
+    let slips: Vec<Vec<u8>> = vec![
+        raw_tar(&[("../../outside/evil", tar::EntryType::Regular, "")]),
+        raw_tar(&[("/tmp/berth-evil-abs2", tar::EntryType::Regular, "")]),
+        raw_tar(&[
+            ("l", tar::EntryType::Symlink, "../../outside"),
+            ("l/evil", tar::EntryType::Regular, ""),
+        ]),
+        raw_tar(&[("h", tar::EntryType::Link, "../../../etc/passwd")]),
+        raw_tar(&[("../.wh.outside", tar::EntryType::Regular, "")]),
+    ];
+    for (i, layer) in slips.into_iter().enumerate() {
+        let img = BuiltImage::new(vec![layer], vec![Comp::None], "slip");
+        let p = t.path().join(format!("slip{i}.tar"));
+        img.docker_save(&p, "berth-test/slip:1");
+        let r = s.load(&p);
+        assert!(
+            matches!(r, Err(ImageError::UnsafeEntry { .. })),
+            "case {i}: {r:?}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    assert!(!Path::new("/tmp/berth-evil-abs2").exists());
+    assert_eq!(
+        std::fs::read_dir(s.root().join("layers")).unwrap().count(),
+        0
+    );
+    assert_eq!(std::fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+    assert!(s.list().unwrap().is_empty());
+    // Not an image at all.
+    let junk = t.path().join("junk.tar");
+    std::fs::write(&junk, raw_tar(&[("hello", tar::EntryType::Regular, "")])).unwrap();
+    assert!(matches!(s.load(&junk), Err(ImageError::Archive { .. })));
+}
+
+fn raw_tar(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, link) in entries {
+        let mut h = tar::Header::new_gnu();
+        let g = h.as_gnu_mut().unwrap();
+        g.name[..name.len()].copy_from_slice(name.as_bytes());
+        g.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(0);
+        h.set_cksum();
+        b.append(&h, std::io::empty()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn snapshots_share_layers_and_keep_writes_apart() {
+    if !is_root() {
+        eprintln!("skipping: overlay snapshots need root");
+        return;
+    }
+    let (t, s) = store();
+    let _g = MountGuard(t.path().to_path_buf());
+    let img = BuiltImage::new(
+        vec![
+            LayerBuilder::new().busybox().tar(),
+            LayerBuilder::new()
+                .dir("etc")
+                .file("etc/.wh.passwd", 0o644, b"")
+                .tar(),
+        ],
+        vec![Comp::Gzip, Comp::None],
+        "snap",
+    );
+    let save = t.path().join("s.tar");
+    img.docker_save(&save, "berth-test/snap:1");
+    s.load(&save).unwrap();
+    let image = s.get("berth-test/snap:1").unwrap().unwrap();
+    let (a, b) = (t.path().join("containers/a"), t.path().join("containers/b"));
+    let ra = s.snapshot(&image, &a).unwrap();
+    let rb = snapshot::mount(&image.layers, &b).unwrap();
+    assert_eq!(ra, a.join("rootfs"));
+    assert!(ra.join("bin/busybox").is_file() && rb.join("bin/busybox").is_file());
+    assert!(
+        !ra.join("etc/passwd").exists(),
+        "the whiteout hides the lower file"
+    );
+    std::fs::write(ra.join("tmp/only-a"), b"a").unwrap();
+    std::fs::write(ra.join("bin/busybox"), b"clobbered in a").unwrap();
+    assert!(!rb.join("tmp/only-a").exists());
+    assert_ne!(
+        std::fs::read(rb.join("bin/busybox")).unwrap(),
+        b"clobbered in a"
+    );
+    assert_ne!(
+        std::fs::read(image.layers[0].join("bin/busybox")).unwrap(),
+        b"clobbered in a"
+    );
+    // Mounting again is a no-op; restart (unmount + mount) keeps the writable layer.
+    assert_eq!(snapshot::mount(&image.layers, &a).unwrap(), ra);
+    snapshot::unmount(&a).unwrap();
+    assert!(!ra.join("tmp/only-a").exists());
+    snapshot::mount(&image.layers, &a).unwrap();
+    assert_eq!(std::fs::read(ra.join("tmp/only-a")).unwrap(), b"a");
+    // The layers are in use: pruning keeps them even with the image gone.
+    s.remove("berth-test/snap:1").unwrap();
+    assert!(
+        image.layers.iter().all(|l| l.is_dir()),
+        "mounted layers survive rmi"
+    );
+    snapshot::remove(&a).unwrap();
+    snapshot::remove(&b).unwrap();
+    assert!(mounts_under(t.path()).is_empty());
+    assert!(!a.join("upper").exists() && !a.join("rootfs").exists());
+    s.prune().unwrap();
+    assert!(image.layers.iter().all(|l| !l.exists()));
+    // Removing twice is fine.
+    snapshot::remove(&a).unwrap();
+}
+
+#[test]
+fn many_layer_snapshot_beyond_the_option_page_limit() {
+    if !is_root() {
+        eprintln!("skipping: overlay snapshots need root");
+        return;
+    }
+    let (t, s) = store();
+    let _g = MountGuard(t.path().to_path_buf());
+    let mut layers = vec![LayerBuilder::new().busybox().tar()];
+    for i in 0..60 {
+        layers.push(
+            LayerBuilder::new()
+                .dir("d")
+                .file(&format!("d/f{i}"), 0o644, format!("{i}").as_bytes())
+                .tar(),
+        );
+    }
+    let n = layers.len();
+    // 61 layers × ~80-byte absolute paths > 4096 bytes of lowerdir= option.
+    let img = BuiltImage::new(layers, vec![Comp::None; n], "many");
+    let save = t.path().join("many.tar");
+    img.docker_save(&save, "berth-test/many:1");
+    s.load(&save).unwrap();
+    let image = s.get("berth-test/many:1").unwrap().unwrap();
+    let total: usize = image.layers.iter().map(|l| l.as_os_str().len() + 1).sum();
+    assert!(total > 4096, "{total}");
+    let dir = t.path().join("containers/many");
+    let root = snapshot::mount(&image.layers, &dir).unwrap();
+    assert_eq!(std::fs::read_to_string(root.join("d/f59")).unwrap(), "59");
+    assert!(root.join("d/f0").is_file());
+    snapshot::remove(&dir).unwrap();
+    assert!(mounts_under(t.path()).is_empty());
+}
+
+#[test]
+fn concurrent_loads_of_one_image_are_safe() {
+    let (t, s) = store();
+    let img = BuiltImage::new(
+        vec![LayerBuilder::new().busybox().tar()],
+        vec![Comp::Gzip],
+        "conc",
+    );
+    let save = t.path().join("c.tar");
+    img.docker_save(&save, "berth-test/conc:1");
+    let root = s.root().to_path_buf();
+    let hs: Vec<_> = (0..4)
+        .map(|_| {
+            let (root, save) = (root.clone(), save.clone());
+            std::thread::spawn(move || ImageStore::open(&root).unwrap().load(&save).unwrap())
+        })
+        .collect();
+    for h in hs {
+        assert_eq!(
+            h.join().unwrap(),
+            vec!["docker.io/berth-test/conc:1".to_string()]
+        );
+    }
+    assert_eq!(s.list().unwrap().len(), 1);
+    assert_eq!(std::fs::read_dir(root.join("layers")).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+}
