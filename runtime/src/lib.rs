@@ -13,9 +13,9 @@
 pub mod capabilities;
 pub mod cgroups;
 pub mod cli;
-pub mod image;
 pub mod container;
 pub mod error;
+pub mod image;
 pub mod process;
 pub mod rootfs;
 pub mod seccomp;

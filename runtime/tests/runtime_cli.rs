@@ -1,0 +1,504 @@
+//! The runtime driven through its CLI, as root, observing from inside the container.
+mod common;
+
+use common::{status_field, Ctr};
+use serde_json::json;
+
+#[test]
+fn pid1_hostname_env_cwd_args_exactly() {
+    need_root!();
+    let c = Ctr::new("basic");
+    let mut spec = c.spec(&[
+        "sh",
+        "-c",
+        "echo \"pid=$$\"; hostname; pwd; echo \"args=$#:$1:$2\"; env | sort; ps -o pid,comm | tail -n +2 | wc -l",
+        "argv0",
+        "one two",
+        "x",
+    ]);
+    spec["process"]["cwd"] = json!("/work");
+    spec["process"]["env"] = json!(["PATH=/bin", "FOO=bar baz", "EMPTY="]);
+    let (code, out, err) = c.run(&spec);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "pid=1");
+    assert_eq!(lines[1], "berthbox");
+    assert_eq!(lines[2], "/work");
+    assert_eq!(lines[3], "args=2:one two:x");
+    assert!(lines.contains(&"FOO=bar baz"), "{out}");
+    assert!(lines.contains(&"EMPTY="), "{out}");
+    assert!(lines.contains(&"PATH=/bin"), "{out}");
+    assert!(!out.contains("CARGO"), "host env leaked: {out}");
+    // sh and the pipeline (ps, tail, wc): no host process is visible.
+    assert_eq!(lines.last().unwrap().trim(), "4", "{out}");
+}
+
+#[test]
+fn exit_codes_and_signals() {
+    need_root!();
+    let c = Ctr::new("exit");
+    let (code, _, _) = c.run(&c.spec(&["sh", "-c", "exit 42"]));
+    assert_eq!(code, 42);
+    // The init killed from outside: 128+9.
+    let c = Ctr::new("sig");
+    c.write(&c.spec(&["sleep", "30"]));
+    let mut child = c
+        .cmd()
+        .args(["run", "--bundle"])
+        .arg(&c.bundle)
+        .arg(&c.id)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while berth_runtime::state(&c.root, &c.id).map(|s| s.status).ok()
+        != Some(berth_runtime::Status::Running)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    berth_runtime::kill(&c.root, &c.id, nix::sys::signal::Signal::SIGKILL, false).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(137));
+    let c = Ctr::new("nocmd");
+    let (code, _, err) = c.run(&c.spec(&["no-such-command"]));
+    assert_ne!(code, 0);
+    assert!(err.contains("executable file not found"), "{err}");
+    assert!(
+        !std::path::Path::new(&c.root).join(&c.id).exists(),
+        "state left after failed create"
+    );
+    assert!(
+        c.cgroup_dirs().is_empty(),
+        "cgroup left after failed create"
+    );
+}
+
+#[test]
+fn lifecycle_state_kill_delete_leaves_nothing() {
+    need_root!();
+    let c = Ctr::new("life");
+    let out = c.create(&c.spec(&["sh", "-c", "echo started; exec sleep 60"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = c.state();
+    assert_eq!(st.status, berth_runtime::Status::Created);
+    let pid_file: i32 = std::fs::read_to_string(c.dir.path().join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(pid_file, st.pid);
+    // Not started: the user process has not run.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(c.out(), "");
+    let json: serde_json::Value = serde_json::from_slice(&c.cli(&["state", &c.id]).stdout).unwrap();
+    assert_eq!(json["status"], "created");
+    assert_eq!(json["ociVersion"], "1.0.2");
+    assert!(c.cli(&["start", &c.id]).status.success());
+    assert_eq!(c.state().status, berth_runtime::Status::Running);
+    assert!(!c.cli(&["start", &c.id]).status.success(), "start twice");
+    assert!(
+        !c.cli(&["delete", &c.id]).status.success(),
+        "delete running without force"
+    );
+    let list = String::from_utf8_lossy(&c.cli(&["list", "--format", "json"]).stdout).into_owned();
+    assert!(list.contains(&c.id));
+    let pids: Vec<i32> =
+        serde_json::from_slice(&c.cli(&["ps", "--format", "json", &c.id]).stdout).unwrap();
+    assert_eq!(pids, vec![st.pid]);
+    assert!(c.cli(&["pause", &c.id]).status.success());
+    assert_eq!(c.state().status, berth_runtime::Status::Paused);
+    assert!(c.cli(&["resume", &c.id]).status.success());
+    assert_eq!(c.state().status, berth_runtime::Status::Running);
+    assert!(c.cli(&["kill", &c.id, "TERM"]).status.success());
+    // sleep as pid 1 has no handler: TERM is ignored (like Docker without init).
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(c.state().status, berth_runtime::Status::Running);
+    assert!(c.cli(&["kill", &c.id, "9"]).status.success());
+    assert!(c.wait_stopped(5));
+    assert!(c.out().contains("started"));
+    let rootfs = c.rootfs();
+    assert!(c.cli(&["delete", &c.id]).status.success());
+    assert!(c.cgroup_dirs().is_empty());
+    assert!(!c.root.join(&c.id).exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(rootfs.to_str().unwrap()),
+        "mount left on the host"
+    );
+    assert!(!c.cli(&["state", &c.id]).status.success());
+}
+
+#[test]
+fn in_process_api_and_stats() {
+    need_root!();
+    let c = Ctr::new("api");
+    let mut spec = c.spec(&["sleep", "30"]);
+    spec["linux"]["resources"]["memory"] = json!({"limit": 64 << 20});
+    spec["linux"]["resources"]["pids"] = json!({"limit": 50});
+    assert!(c.create(&spec).status.success());
+    berth_runtime::start(&c.root, &c.id).unwrap();
+    let s = berth_runtime::stats(&c.root, &c.id).unwrap();
+    assert_eq!(s.memory_limit, Some(64 << 20));
+    assert_eq!(s.pids_limit, Some(50));
+    assert_eq!(s.pids_current, 1);
+    assert_eq!(berth_runtime::pids(&c.root, &c.id).unwrap().len(), 1);
+    assert!(berth_runtime::list(&c.root)
+        .unwrap()
+        .iter()
+        .any(|s| s.id == c.id));
+    berth_runtime::kill(
+        &c.root,
+        &c.id,
+        berth_runtime::parse_signal("SIGKILL").unwrap(),
+        false,
+    )
+    .unwrap();
+    assert!(c.wait_stopped(5));
+    berth_runtime::delete(&c.root, &c.id, false).unwrap();
+    assert!(c.cgroup_dirs().is_empty());
+}
+
+#[test]
+fn capabilities_default_and_changed() {
+    need_root!();
+    let c = Ctr::new("caps");
+    let (code, out, err) = c.run(&c.spec(&["cat", "/proc/self/status"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status_field(&out, "CapEff").unwrap(), "00000000a80425fb");
+    assert_eq!(status_field(&out, "CapBnd").unwrap(), "00000000a80425fb");
+    assert_eq!(status_field(&out, "CapPrm").unwrap(), "00000000a80425fb");
+    assert_eq!(status_field(&out, "CapInh").unwrap(), "0000000000000000");
+    assert_eq!(status_field(&out, "NoNewPrivs").unwrap(), "1");
+    assert_eq!(status_field(&out, "Seccomp").unwrap(), "2");
+
+    // cap_add NET_ADMIN, cap_drop CHOWN
+    let c = Ctr::new("caps2");
+    let mut caps: Vec<String> = common::DOCKER_CAPS.iter().map(|s| s.to_string()).collect();
+    caps.retain(|c| c != "CAP_CHOWN");
+    caps.push("CAP_NET_ADMIN".into());
+    let mut spec = c.spec(&[
+        "sh",
+        "-c",
+        "cat /proc/self/status; chown 1 /tmp; echo chown=$?",
+    ]);
+    for set in ["bounding", "effective", "permitted"] {
+        spec["process"]["capabilities"][set] = json!(caps);
+    }
+    let (code, out, _) = c.run(&spec);
+    assert_eq!(code, 0);
+    let want = berth_runtime::capabilities::mask_of(&caps);
+    assert_eq!(
+        u64::from_str_radix(&status_field(&out, "CapEff").unwrap(), 16).unwrap(),
+        want
+    );
+    assert!(
+        out.contains("chown=1"),
+        "chown must fail without CAP_CHOWN: {out}"
+    );
+}
+
+#[test]
+fn user_and_groups_by_name() {
+    need_root!();
+    let c = Ctr::new("user");
+    let u = berth_runtime::user::resolve(&c.rootfs(), "alice", &["wheel".into()]).unwrap();
+    let mut spec = c.spec(&[
+        "sh",
+        "-c",
+        "id; cat /proc/self/status | grep -E '^(CapEff|Groups)'; touch /root/x; echo touch=$?",
+    ]);
+    spec["process"]["user"] =
+        json!({"uid": u.uid, "gid": u.gid, "additionalGids": u.additional_gids});
+    let (code, out, err) = c.run(&spec);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("uid=1000(alice) gid=1000(alice) groups="),
+        "{out}"
+    );
+    assert!(
+        out.contains("50(staff)") && out.contains("10(wheel)"),
+        "{out}"
+    );
+    // A non-root user has no effective capabilities after execve.
+    assert_eq!(status_field(&out, "CapEff").unwrap(), "0000000000000000");
+    assert!(out.contains("touch=1"), "{out}");
+}
+
+#[test]
+fn masked_and_readonly_paths() {
+    need_root!();
+    let c = Ctr::new("mask");
+    let script =
+        "cat /proc/kcore 2>/dev/null | wc -c; cat /proc/keys | wc -c; ls /sys/firmware | wc -l; \
+                  echo 1 > /proc/sys/kernel/domainname 2>/dev/null; echo sys=$?; \
+                  echo b > /proc/sysrq-trigger 2>/dev/null; echo sysrq=$?; \
+                  touch /sys/x 2>/dev/null; echo sysfs=$?; \
+                  mkdir /sys/fs/cgroup/memory/x 2>/dev/null; echo cgroup=$?";
+    let (code, out, err) = c.run(&c.spec(&["sh", "-c", script]));
+    assert_eq!(code, 0, "{err}");
+    let l: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(&l[..3], &["0", "0", "0"], "{out}");
+    assert_eq!(
+        &l[3..],
+        &["sys=1", "sysrq=1", "sysfs=1", "cgroup=1"],
+        "{out}"
+    );
+}
+
+#[test]
+fn readonly_rootfs_and_tmpfs_bind_mounts() {
+    need_root!();
+    let c = Ctr::new("ro");
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("f"), "from host\n").unwrap();
+    let mut spec = c.spec(&[
+        "sh",
+        "-c",
+        "touch /x 2>/dev/null; echo root=$?; cat /data/f; touch /data/g 2>/dev/null; echo data=$?; \
+         touch /rw/h; echo rw=$?; touch /scratch/t; echo tmp=$?; stat -c %a /scratch; df -k /scratch | tail -1 | awk '{print $2}'",
+    ]);
+    spec["root"]["readonly"] = json!(true);
+    let mounts = spec["mounts"].as_array_mut().unwrap();
+    mounts.push(json!({"destination": "/data", "type": "bind", "source": host.path(), "options": ["rbind", "ro"]}));
+    mounts.push(json!({"destination": "/rw", "type": "bind", "source": host.path(), "options": ["bind", "rw", "rprivate"]}));
+    mounts.push(json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m", "mode=1770"]}));
+    let (code, out, err) = c.run(&spec);
+    assert_eq!(code, 0, "{err}");
+    let l: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        l,
+        vec![
+            "root=1",
+            "from host",
+            "data=1",
+            "rw=0",
+            "tmp=0",
+            "1770",
+            "1024"
+        ],
+        "{out}"
+    );
+    assert!(host.path().join("h").exists());
+}
+
+#[test]
+fn seccomp_blocks_unshare_keyctl_and_mount() {
+    need_root!();
+    let c = Ctr::new("seccomp");
+    let script = "unshare -U true 2>/dev/null; echo unshare=$?; \
+                  mount -t tmpfs none /mnt 2>/dev/null; echo mount=$?; \
+                  insmod /bin/busybox 2>/dev/null; echo insmod=$?; \
+                  echo ok > /tmp/w && cat /tmp/w";
+    let (code, out, err) = c.run(&c.spec(&["sh", "-c", script]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "unshare=1\nmount=255\ninsmod=1\nok\n".replace("mount=255", &mount_line(&out)),
+        "{out}"
+    );
+    assert!(!out.contains("mount=0"));
+}
+
+fn mount_line(out: &str) -> String {
+    out.lines()
+        .find(|l| l.starts_with("mount="))
+        .unwrap_or("mount=?")
+        .to_string()
+}
+
+#[test]
+fn pids_limit_stops_a_fork_bomb() {
+    need_root!();
+    let c = Ctr::new("pids");
+    let mut spec = c.spec(&[
+        "sh",
+        "-c",
+        // The inner shell dies at its first failed fork; its sleeps stay, pid 1 execs.
+        "sh -c 'for i in $(seq 1 60); do sleep 5 & done' 2>/dev/null; exec sleep 10",
+    ]);
+    spec["linux"]["resources"]["pids"] = json!({"limit": 20});
+    assert!(c.create(&spec).status.success());
+    berth_runtime::start(&c.root, &c.id).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let s = berth_runtime::stats(&c.root, &c.id).unwrap();
+    assert!(s.pids_current <= 20 && s.pids_current >= 15, "{s:?}");
+    assert!(berth_runtime::pids(&c.root, &c.id).unwrap().len() <= 20);
+}
+
+#[test]
+fn memory_limit_oom_kill_is_reported() {
+    need_root!();
+    let c = Ctr::new("oom");
+    let mut spec = c.spec(&[
+        "sh",
+        "-c",
+        "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived",
+    ]);
+    spec["linux"]["resources"]["memory"] = json!({"limit": 16 << 20, "swap": 16 << 20});
+    assert!(c.create(&spec).status.success());
+    berth_runtime::start(&c.root, &c.id).unwrap();
+    assert!(c.wait_stopped(20), "allocation did not end");
+    let s = berth_runtime::stats(&c.root, &c.id).unwrap();
+    assert!(s.oom_kills >= 1 || s.memory_failcnt > 0, "{s:?}");
+    assert!(!c.out().contains("survived"));
+}
+
+#[test]
+fn init_reaps_zombies_and_forwards_signals() {
+    need_root!();
+    // Without init, an orphan that exits stays a zombie under a pid 1 that never waits.
+    let zombies = |init: bool| -> String {
+        let c = Ctr::new(if init { "init" } else { "noinit" });
+        let mut spec = c.spec(&["sh", "-c", "(sleep 0.1 &); exec sleep 10"]);
+        if init {
+            spec["annotations"] = json!({"berth.init": "true"});
+        }
+        assert!(c.create(&spec).status.success());
+        assert!(c.cli(&["start", &c.id]).status.success());
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        let (_, out, err) = c.exec(&["sh", "-c", "ps -o stat | grep -c Z"]);
+        format!("{}{err}", out.trim())
+    };
+    assert_eq!(zombies(false), "1", "expected a zombie without init");
+    assert_eq!(zombies(true), "0", "init did not reap");
+
+    // Signals are forwarded to the child: TERM kills a sleeping sh (not pid 1 any more).
+    let c = Ctr::new("initsig");
+    let mut spec = c.spec(&["sleep", "30"]);
+    spec["annotations"] = json!({"berth.init": "true"});
+    assert!(c.create(&spec).status.success());
+    assert!(c.cli(&["start", &c.id]).status.success());
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(c.cli(&["kill", &c.id, "SIGTERM"]).status.success());
+    assert!(c.wait_stopped(5), "TERM not forwarded");
+}
+
+#[test]
+fn exec_joins_the_same_namespaces() {
+    need_root!();
+    let c = Ctr::new("exec");
+    assert!(c.create(&c.spec(&["sleep", "30"])).status.success());
+    assert!(c.cli(&["start", &c.id]).status.success());
+    let (code, out, err) = c.exec(&[
+        "sh",
+        "-c",
+        "for n in mnt net pid ipc uts cgroup; do [ $(readlink /proc/1/ns/$n) = $(readlink /proc/self/ns/$n) ] || echo diff $n; done; \
+         hostname; cat /proc/self/status | grep -E '^(CapEff|NoNewPrivs|Seccomp):'; pwd",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("diff"), "{out}");
+    assert!(out.contains("berthbox"));
+    assert_eq!(status_field(&out, "CapEff").unwrap(), "00000000a80425fb");
+    assert_eq!(status_field(&out, "Seccomp").unwrap(), "2");
+    // exec process is in the container's cgroup
+    let (_, out, _) = c.exec(&["cat", "/proc/self/cgroup"]);
+    assert!(
+        out.lines()
+            .all(|l| l.ends_with(":/") || l.contains("name=systemd") || l.starts_with("0::")),
+        "{out}"
+    );
+    // overrides and exit status
+    let out = c
+        .cmd()
+        .args([
+            "exec",
+            "--cwd",
+            "/tmp",
+            "--env",
+            "A=b",
+            "--user",
+            "alice",
+            &c.id,
+            "sh",
+            "-c",
+            "pwd; echo $A; id -u; exit 5",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "/tmp\nb\n1000\n");
+    let (code, _, _) = c.exec(&["sh", "-c", "kill -KILL $$"]);
+    assert_eq!(code, 137);
+}
+
+#[test]
+fn tty_over_console_socket() {
+    need_root!();
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let c = Ctr::new("tty");
+    let sock = c.dir.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let mut spec = c.spec(&[
+        "sh",
+        "-c",
+        "tty; [ -t 0 ] && echo is-a-tty; ls -l /dev/console | cut -c1",
+    ]);
+    spec["process"]["terminal"] = json!(true);
+    c.write(&spec);
+    let mut child = c
+        .cmd()
+        .args(["create", "--bundle"])
+        .arg(&c.bundle)
+        .arg("--console-socket")
+        .arg(&sock)
+        .arg(&c.id)
+        .spawn()
+        .unwrap();
+    let (conn, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 64];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = nix::sys::socket::recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap();
+    let mut master = None;
+    for m in msg.cmsgs().unwrap() {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = m {
+            master = Some(fds[0]);
+        }
+    }
+    let master = master.expect("no pty master received");
+    assert!(child.wait().unwrap().success());
+    assert!(c.cli(&["start", &c.id]).status.success());
+    // SAFETY: fd received over SCM_RIGHTS, owned by us now.
+    let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(master) };
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        match f.read(&mut chunk) {
+            Ok(0) | Err(_) => break, // EIO once the slave is closed
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.contains("/dev/pts/0") || text.contains("/dev/console"),
+        "{text}"
+    );
+    assert!(text.contains("is-a-tty"), "{text}");
+    assert!(text.contains('c'), "{text}");
+}
+
+#[test]
+fn rlimits_umask_oom_score_adj() {
+    need_root!();
+    let c = Ctr::new("limits");
+    let mut spec = c.spec(&[
+        "sh",
+        "-c",
+        "ulimit -n; ulimit -Hn; umask; cat /proc/self/oom_score_adj",
+    ]);
+    spec["process"]["user"]["umask"] = json!(0o027);
+    spec["process"]["oomScoreAdj"] = json!(300);
+    let (code, out, err) = c.run(&spec);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "1024\n4096\n0027\n300\n");
+}
