@@ -1,0 +1,641 @@
+//! A YAML document tree with a position on every node, built from saphyr-parser's events.
+//!
+//! Scalars keep their raw text (and whether they were plain), so interpolation works on what
+//! the user wrote and typing happens later against the Compose schema. Aliases are expanded,
+//! `<<` merge keys applied, tags (`!reset`, `!override`) kept.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use saphyr_parser::{Event, Parser, ScalarStyle};
+
+use super::error::LoadError;
+
+/// Where a node starts: file, 1-based line and column.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Mark {
+    pub file: Arc<str>,
+    pub line: usize,
+    pub col: usize,
+}
+
+impl Mark {
+    pub fn synthetic(file: &Arc<str>) -> Mark {
+        Mark {
+            file: file.clone(),
+            line: 0,
+            col: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub key: String,
+    pub kmark: Mark,
+    pub val: Node,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum V {
+    Null,
+    /// Raw text; `true` when plain (unquoted), so `true`/`1` may be typed later.
+    Scalar(String, bool),
+    Seq(Vec<Node>),
+    Map(Vec<Entry>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub v: V,
+    pub mark: Mark,
+    /// A local tag such as `!reset` or `!override` (without the handle's `!`).
+    pub tag: Option<String>,
+}
+
+impl Node {
+    pub fn new(v: V, mark: Mark) -> Node {
+        Node { v, mark, tag: None }
+    }
+    pub fn str(s: impl Into<String>, mark: Mark) -> Node {
+        Node::new(V::Scalar(s.into(), false), mark)
+    }
+    pub fn map(entries: Vec<Entry>, mark: Mark) -> Node {
+        Node::new(V::Map(entries), mark)
+    }
+    pub fn is_null(&self) -> bool {
+        matches!(self.v, V::Null)
+    }
+    pub fn as_map(&self) -> Option<&Vec<Entry>> {
+        match &self.v {
+            V::Map(m) => Some(m),
+            _ => None,
+        }
+    }
+    pub fn as_map_mut(&mut self) -> Option<&mut Vec<Entry>> {
+        match &mut self.v {
+            V::Map(m) => Some(m),
+            _ => None,
+        }
+    }
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        self.as_map()?.iter().find(|e| e.key == key).map(|e| &e.val)
+    }
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Node> {
+        self.as_map_mut()?
+            .iter_mut()
+            .find(|e| e.key == key)
+            .map(|e| &mut e.val)
+    }
+    pub fn entry(&self, key: &str) -> Option<&Entry> {
+        self.as_map()?.iter().find(|e| e.key == key)
+    }
+    pub fn remove(&mut self, key: &str) -> Option<Node> {
+        let m = self.as_map_mut()?;
+        let i = m.iter().position(|e| e.key == key)?;
+        Some(m.remove(i).val)
+    }
+    /// Insert or replace, keeping the position of an existing key.
+    pub fn set(&mut self, key: &str, val: Node) {
+        if let Some(m) = self.as_map_mut() {
+            if let Some(e) = m.iter_mut().find(|e| e.key == key) {
+                e.val = val;
+            } else {
+                let kmark = val.mark.clone();
+                m.push(Entry {
+                    key: key.to_string(),
+                    kmark,
+                    val,
+                });
+            }
+        }
+    }
+    pub fn scalar(&self) -> Option<&str> {
+        match &self.v {
+            V::Scalar(s, _) => Some(s),
+            _ => None,
+        }
+    }
+    pub fn kind(&self) -> &'static str {
+        match &self.v {
+            V::Null => "null",
+            V::Scalar(..) => "scalar",
+            V::Seq(_) => "sequence",
+            V::Map(_) => "mapping",
+        }
+    }
+}
+
+fn is_null_plain(s: &str) -> bool {
+    matches!(s, "" | "~" | "null" | "Null" | "NULL")
+}
+
+/// Parse one YAML document (compose reads the first; more than one is an error).
+/// `Ok(None)` for an empty stream (only comments).
+pub fn parse(src: &str, file: &Arc<str>) -> Result<Option<Node>, LoadError> {
+    let mut b = Builder {
+        file: file.clone(),
+        anchors: HashMap::new(),
+        stack: Vec::new(),
+        docs: Vec::new(),
+        alias_expansions: 0,
+    };
+    let mut parser = Parser::new_from_str(src);
+    loop {
+        let ev = match parser.next_event() {
+            None => break,
+            Some(Err(e)) => {
+                let m = e.marker();
+                return Err(LoadError::Yaml {
+                    file: file.to_string(),
+                    line: m.line(),
+                    col: m.col() + 1,
+                    message: e.info().to_string(),
+                });
+            }
+            Some(Ok(ev)) => ev,
+        };
+        let (ev, span) = ev;
+        let mark = Mark {
+            file: file.clone(),
+            line: span.start.line(),
+            col: span.start.col() + 1,
+        };
+        match ev {
+            Event::StreamEnd => break,
+            Event::StreamStart | Event::DocumentStart(_) | Event::DocumentEnd | Event::Nothing => {}
+            Event::Alias(id) => {
+                let node = match b.anchors.get(&id) {
+                    Some(n) => n.clone(),
+                    None => return Err(b.err(&mark, "unknown anchor")),
+                };
+                b.alias_expansions += 1;
+                if b.alias_expansions > 10_000 {
+                    return Err(b.err(&mark, "too many alias expansions"));
+                }
+                b.push_value(node, 0, &mark)?;
+            }
+            Event::Scalar(text, style, anchor, tag) => {
+                let plain = matches!(style, ScalarStyle::Plain);
+                let tag = tag.map(|t| t.suffix.to_string());
+                let v = if (plain && is_null_plain(&text) && tag.is_none())
+                    || tag.as_deref() == Some("null")
+                {
+                    V::Null
+                } else {
+                    // `!!str 1` is a string: treat core-schema str tags as quoted.
+                    let plain = plain && tag.as_deref() != Some("str");
+                    V::Scalar(text.into_owned(), plain)
+                };
+                let tag = tag.filter(|t| t == "reset" || t == "override");
+                let node = Node {
+                    v,
+                    mark: mark.clone(),
+                    tag,
+                };
+                b.push_value(node, anchor, &mark)?;
+            }
+            Event::SequenceStart(anchor, tag) => {
+                b.stack.push(Frame {
+                    node: Node {
+                        v: V::Seq(Vec::new()),
+                        mark: mark.clone(),
+                        tag: tag.map(|t| t.suffix.to_string()),
+                    },
+                    anchor,
+                    pending_key: None,
+                    merges: Vec::new(),
+                });
+                if b.stack.len() > 512 {
+                    return Err(b.err(&mark, "document nested too deeply"));
+                }
+            }
+            Event::MappingStart(anchor, tag) => {
+                b.stack.push(Frame {
+                    node: Node {
+                        v: V::Map(Vec::new()),
+                        mark: mark.clone(),
+                        tag: tag.map(|t| t.suffix.to_string()),
+                    },
+                    anchor,
+                    pending_key: None,
+                    merges: Vec::new(),
+                });
+                if b.stack.len() > 512 {
+                    return Err(b.err(&mark, "document nested too deeply"));
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let mut f = b.stack.pop().expect("balanced events");
+                if !f.merges.is_empty() {
+                    apply_merges(&mut f.node, std::mem::take(&mut f.merges), &b.file)?;
+                }
+                let m = f.node.mark.clone();
+                b.push_value(f.node, f.anchor, &m)?;
+            }
+        }
+    }
+    if b.docs.len() > 1 {
+        let m = &b.docs[1].mark;
+        return Err(b.err(m, "multiple YAML documents in one compose file"));
+    }
+    Ok(b.docs.pop())
+}
+
+struct Frame {
+    node: Node,
+    anchor: usize,
+    pending_key: Option<(String, Mark)>,
+    merges: Vec<Node>,
+}
+
+struct Builder {
+    file: Arc<str>,
+    anchors: HashMap<usize, Node>,
+    stack: Vec<Frame>,
+    docs: Vec<Node>,
+    alias_expansions: usize,
+}
+
+impl Builder {
+    fn err(&self, mark: &Mark, msg: &str) -> LoadError {
+        LoadError::Yaml {
+            file: self.file.to_string(),
+            line: mark.line,
+            col: mark.col,
+            message: msg.to_string(),
+        }
+    }
+
+    fn push_value(&mut self, node: Node, anchor: usize, mark: &Mark) -> Result<(), LoadError> {
+        if anchor != 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        let Some(top) = self.stack.last_mut() else {
+            self.docs.push(node);
+            return Ok(());
+        };
+        match &mut top.node.v {
+            V::Seq(items) => items.push(node),
+            V::Map(entries) => match top.pending_key.take() {
+                None => {
+                    let key = match &node.v {
+                        V::Scalar(s, _) => s.clone(),
+                        V::Null => "null".to_string(),
+                        _ => {
+                            let msg = "mapping keys must be scalars";
+                            return Err(LoadError::Yaml {
+                                file: self.file.to_string(),
+                                line: mark.line,
+                                col: mark.col,
+                                message: msg.into(),
+                            });
+                        }
+                    };
+                    top.pending_key = Some((key, node.mark));
+                }
+                Some((key, kmark)) => {
+                    if key == "<<" {
+                        top.merges.push(node);
+                    } else if entries.iter().any(|e| e.key == key) {
+                        return Err(LoadError::Yaml {
+                            file: self.file.to_string(),
+                            line: kmark.line,
+                            col: kmark.col,
+                            message: format!("mapping key {key:?} already defined"),
+                        });
+                    } else {
+                        entries.push(Entry {
+                            key,
+                            kmark,
+                            val: node,
+                        });
+                    }
+                }
+            },
+            _ => unreachable!("only collections are on the stack"),
+        }
+        Ok(())
+    }
+}
+
+/// `<<: *a` or `<<: [*a, *b]`: keys not already present are added (earlier sources win).
+fn apply_merges(node: &mut Node, merges: Vec<Node>, file: &Arc<str>) -> Result<(), LoadError> {
+    let Some(entries) = node.as_map_mut() else {
+        return Ok(());
+    };
+    for m in merges {
+        let sources: Vec<Node> = match m.v {
+            V::Map(_) => vec![m],
+            V::Seq(items) => items,
+            _ => {
+                return Err(LoadError::Yaml {
+                    file: file.to_string(),
+                    line: m.mark.line,
+                    col: m.mark.col,
+                    message: "merge key `<<` needs a mapping or a list of mappings".into(),
+                })
+            }
+        };
+        for s in sources {
+            let V::Map(src) = s.v else {
+                return Err(LoadError::Yaml {
+                    file: file.to_string(),
+                    line: s.mark.line,
+                    col: s.mark.col,
+                    message: "merge key `<<` needs a mapping or a list of mappings".into(),
+                });
+            };
+            for e in src {
+                if !entries.iter().any(|x| x.key == e.key) {
+                    entries.push(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Emit a node as block YAML (2-space indent, lists indented under their key like compose).
+pub fn emit(node: &Node) -> String {
+    let mut out = String::new();
+    match &node.v {
+        V::Map(m) if !m.is_empty() => emit_map(m, 0, &mut out),
+        V::Seq(s) if !s.is_empty() => emit_seq(s, 0, &mut out),
+        _ => {
+            out.push_str(&inline(node));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn inline(node: &Node) -> String {
+    match &node.v {
+        V::Null => "null".into(),
+        V::Scalar(s, plain) => {
+            if *plain {
+                s.clone()
+            } else {
+                quote(s)
+            }
+        }
+        V::Seq(_) => "[]".into(),
+        V::Map(_) => "{}".into(),
+    }
+}
+
+fn emit_map(m: &[Entry], indent: usize, out: &mut String) {
+    for e in m {
+        out.push_str(&" ".repeat(indent));
+        out.push_str(&quote_key(&e.key));
+        out.push(':');
+        emit_child(&e.val, indent, out);
+    }
+}
+
+fn emit_seq(s: &[Node], indent: usize, out: &mut String) {
+    for n in s {
+        out.push_str(&" ".repeat(indent));
+        out.push('-');
+        match &n.v {
+            V::Map(m) if !m.is_empty() => {
+                // First entry on the dash line, the rest aligned under it.
+                let mut sub = String::new();
+                emit_map(m, indent + 2, &mut sub);
+                out.push(' ');
+                out.push_str(&sub[indent + 2..]);
+            }
+            V::Seq(s2) if !s2.is_empty() => {
+                out.push('\n');
+                emit_seq(s2, indent + 2, out);
+            }
+            _ => {
+                out.push(' ');
+                emit_scalar_value(n, indent + 2, out);
+            }
+        }
+    }
+}
+
+fn emit_child(n: &Node, indent: usize, out: &mut String) {
+    match &n.v {
+        V::Map(m) if !m.is_empty() => {
+            out.push('\n');
+            emit_map(m, indent + 2, out);
+        }
+        V::Seq(s) if !s.is_empty() => {
+            out.push('\n');
+            emit_seq(s, indent + 2, out);
+        }
+        _ => {
+            out.push(' ');
+            emit_scalar_value(n, indent + 2, out);
+        }
+    }
+}
+
+fn emit_scalar_value(n: &Node, indent: usize, out: &mut String) {
+    if let V::Scalar(s, false) = &n.v {
+        if s.contains('\n') && !s.contains('\r') && block_safe(s) {
+            let chomp = if s.ends_with('\n') {
+                if s.ends_with("\n\n") {
+                    "+"
+                } else {
+                    ""
+                }
+            } else {
+                "-"
+            };
+            let lead = if s.starts_with(' ') { "2" } else { "" };
+            out.push('|');
+            out.push_str(lead);
+            out.push_str(chomp);
+            out.push('\n');
+            let body = s.strip_suffix('\n').unwrap_or(s);
+            for line in body.split('\n') {
+                if !line.is_empty() {
+                    out.push_str(&" ".repeat(indent));
+                    out.push_str(line);
+                }
+                out.push('\n');
+            }
+            return;
+        }
+    }
+    out.push_str(&inline(n));
+    out.push('\n');
+}
+
+fn block_safe(s: &str) -> bool {
+    s.chars()
+        .all(|c| c == '\n' || c == '\t' || (!c.is_control() && c != '\u{feff}'))
+        && !s.starts_with('\n')
+}
+
+fn quote_key(k: &str) -> String {
+    quote(k)
+}
+
+/// Quote a string only when YAML would read it as something else.
+pub fn quote(s: &str) -> String {
+    if needs_quotes(s) {
+        let mut q = String::from("\"");
+        for c in s.chars() {
+            match c {
+                '"' => q.push_str("\\\""),
+                '\\' => q.push_str("\\\\"),
+                '\n' => q.push_str("\\n"),
+                '\t' => q.push_str("\\t"),
+                '\r' => q.push_str("\\r"),
+                c if c.is_control() || c == '\u{feff}' => {
+                    q.push_str(&format!("\\u{:04X}", c as u32));
+                }
+                c => q.push(c),
+            }
+        }
+        q.push('"');
+        q
+    } else {
+        s.to_string()
+    }
+}
+
+fn needs_quotes(s: &str) -> bool {
+    if s.is_empty() {
+        return true;
+    }
+    let lower = s.to_ascii_lowercase();
+    if matches!(
+        lower.as_str(),
+        "null"
+            | "~"
+            | "true"
+            | "false"
+            | "yes"
+            | "no"
+            | "on"
+            | "off"
+            | "y"
+            | "n"
+            | ".inf"
+            | "-.inf"
+            | "+.inf"
+            | ".nan"
+    ) {
+        return true;
+    }
+    if looks_numeric(s) {
+        return true;
+    }
+    let first = s.chars().next().unwrap_or(' ');
+    if "-?:,[]{}#&*!|>'\"%@`".contains(first) {
+        // `-foo` and `:foo` are fine as plain scalars only when followed by a non-space.
+        let second = s.chars().nth(1);
+        let safe_indicator =
+            (first == '-' || first == '?' || first == ':') && second.is_some_and(|c| c != ' ');
+        if !safe_indicator {
+            return true;
+        }
+    }
+    if s.starts_with(' ') || s.ends_with(' ') || s.ends_with(':') {
+        return true;
+    }
+    if s.contains(": ") || s.contains(" #") || s.contains('\n') || s.contains('\t') {
+        return true;
+    }
+    if s.starts_with("---") || s.starts_with("...") {
+        return true;
+    }
+    s.chars().any(|c| c.is_control() || c == '\u{feff}')
+}
+
+fn looks_numeric(s: &str) -> bool {
+    let t = s.strip_prefix(['+', '-']).unwrap_or(s);
+    if t.is_empty() {
+        return false;
+    }
+    if t.starts_with("0x") || t.starts_with("0o") || t.starts_with("0b") {
+        return true;
+    }
+    if t.chars().all(|c| c.is_ascii_digit() || c == '_') {
+        return true;
+    }
+    // floats / exponents / sexagesimal-like forms
+    let mut has_digit = false;
+    for c in t.chars() {
+        match c {
+            '0'..='9' => has_digit = true,
+            '.' | 'e' | 'E' | '+' | '-' | '_' | ':' => {}
+            _ => return false,
+        }
+    }
+    has_digit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Node {
+        parse(s, &Arc::from("t.yaml")).unwrap().unwrap()
+    }
+
+    #[test]
+    fn positions_are_one_based() {
+        let n = p("a:\n  b: 1\n");
+        let e = n.get("a").unwrap().entry("b").unwrap();
+        assert_eq!((e.kmark.line, e.kmark.col), (2, 3));
+        assert_eq!((e.val.mark.line, e.val.mark.col), (2, 6));
+    }
+
+    #[test]
+    fn anchors_aliases_and_merge_keys() {
+        let n = p("x: &a {k: 1, j: 2}\ny:\n  <<: *a\n  k: 3\nz: *a\n");
+        let y = n.get("y").unwrap();
+        assert_eq!(y.get("k").unwrap().scalar(), Some("3"));
+        assert_eq!(y.get("j").unwrap().scalar(), Some("2"));
+        assert_eq!(n.get("z").unwrap().get("k").unwrap().scalar(), Some("1"));
+        let n = p("a: &a {k: 1}\nb: &b {k: 2, m: 3}\nc:\n  <<: [*a, *b]\n");
+        let c = n.get("c").unwrap();
+        assert_eq!(c.get("k").unwrap().scalar(), Some("1"));
+        assert_eq!(c.get("m").unwrap().scalar(), Some("3"));
+    }
+
+    #[test]
+    fn nulls_tags_and_quoting() {
+        let n = p("a:\nb: ~\nc: 'null'\nd: !reset []\ne: !override {x: 1}\n");
+        assert!(n.get("a").unwrap().is_null());
+        assert!(n.get("b").unwrap().is_null());
+        assert_eq!(
+            n.get("c").unwrap().v,
+            V::Scalar("null".into(), false),
+            "quoted null is a string"
+        );
+        assert_eq!(n.get("d").unwrap().tag.as_deref(), Some("reset"));
+        assert_eq!(n.get("e").unwrap().tag.as_deref(), Some("override"));
+    }
+
+    #[test]
+    fn errors_carry_positions() {
+        let e = parse("a: 1\na: 2\n", &Arc::from("t.yaml")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.yaml:2:1: mapping key \"a\" already defined"
+        );
+        let e = parse("a: [1, 2\n", &Arc::from("t.yaml")).unwrap_err();
+        assert!(e.to_string().starts_with("t.yaml:"), "{e}");
+        assert!(parse("# only a comment\n", &Arc::from("t.yaml"))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn emit_round_trips() {
+        let src = "a:\n  b:\n    - x\n    - k: \"1\"\n      j: \"true\"\n  c: \"\"\n  d: |\n    line1\n    line2\n";
+        let n = p(src);
+        let out = emit(&n);
+        assert_eq!(out, src);
+        assert_eq!(p(&out), n);
+    }
+}
