@@ -18,26 +18,27 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Options that select and load the project (docker compose's global flags).
+/// Options that select and load the project (docker compose's global flags). As in docker
+/// compose they come before the command: `berth -f a.yaml logs -f` follows the logs.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ProjectOpts {
     /// Compose configuration files (repeatable; `-` reads standard input)
-    #[arg(short = 'f', long = "file", global = true)]
+    #[arg(short = 'f', long = "file")]
     pub files: Vec<PathBuf>,
     /// Project name
-    #[arg(short = 'p', long = "project-name", global = true)]
+    #[arg(short = 'p', long = "project-name")]
     pub project_name: Option<String>,
     /// Alternate working directory (default: the directory of the first compose file)
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub project_directory: Option<PathBuf>,
     /// Alternate environment files (repeatable; replace the default `.env`)
-    #[arg(long = "env-file", global = true)]
+    #[arg(long = "env-file")]
     pub env_files: Vec<PathBuf>,
     /// Profiles to enable (repeatable)
-    #[arg(long = "profile", global = true)]
+    #[arg(long = "profile")]
     pub profiles: Vec<String>,
     /// Control when to print ANSI control characters
-    #[arg(long, global = true, value_enum, default_value_t = Ansi::Auto)]
+    #[arg(long, value_enum, default_value_t = Ansi::Auto)]
     pub ansi: Ansi,
 }
 
@@ -87,6 +88,12 @@ pub enum Command {
     Restart(StopArgs),
     /// Force stop service containers
     Kill(KillArgs),
+    /// Pause services
+    Pause(ServicesArg),
+    /// Unpause services
+    Unpause(ServicesArg),
+    /// Scale services (SERVICE=NUM...) on a running project
+    Scale(ScaleArgs),
     /// Execute a command in a running container
     Exec(ExecArgs),
     /// Pull service images
@@ -123,7 +130,7 @@ pub struct ConfigArgs {
     #[arg(long)]
     pub networks: bool,
     /// Print the profile names, one per line
-    #[arg(long)]
+    #[arg(long = "profiles", id = "list_profiles")]
     pub profiles: bool,
     /// Print the image names, one per line
     #[arg(long)]
@@ -274,6 +281,13 @@ pub struct StopArgs {
 }
 
 #[derive(Debug, Clone, Default, Args)]
+pub struct ScaleArgs {
+    /// SERVICE=NUM pairs
+    #[arg(required = true)]
+    pub scale: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
 pub struct KillArgs {
     /// SIGNAL to send to the container
     #[arg(short, long, default_value = "SIGKILL")]
@@ -390,4 +404,35 @@ pub struct SupervisorArgs {
     /// Stay in the foreground (tests and attached `up`)
     #[arg(long)]
     pub foreground: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn project_flags_come_before_the_command() {
+        let c =
+            Cli::try_parse_from(["berth", "-f", "a.yaml", "-p", "x", "logs", "-f", "web"]).unwrap();
+        assert_eq!(c.project.files, vec![std::path::PathBuf::from("a.yaml")]);
+        assert_eq!(c.project.project_name.as_deref(), Some("x"));
+        match c.command {
+            Command::Logs(l) => {
+                assert!(l.follow);
+                assert_eq!(l.services, vec!["web"]);
+            }
+            _ => panic!("not logs"),
+        }
+        let c = Cli::try_parse_from(["berth", "config", "--profiles"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Command::Config(ConfigArgs { profiles: true, .. })
+        ));
+    }
 }

@@ -17,6 +17,8 @@ mod logs;
 mod paths;
 mod spec;
 mod state;
+mod supervisor;
+mod ui;
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();

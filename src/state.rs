@@ -68,7 +68,10 @@ pub struct VolumeRecord {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EndpointRecord {
+    /// The network's key in the compose file.
     pub network: String,
+    /// Its real name, which is also its IPAM key.
+    pub network_name: String,
     pub host_ifname: String,
     pub ip: Ipv4Addr,
     pub aliases: Vec<String>,

@@ -128,34 +128,54 @@ pub fn run(p: &ProjectOpts, args: &LogsArgs) -> anyhow::Result<u8> {
     follow(&paths, &name, &project_dir, &mut printer, &selected, until)
 }
 
-/// Follow every selected container's log file from its current end, picking up new files
-/// (replicas, recreated containers) as they appear. Returns when the project is gone.
-pub fn follow(
-    paths: &Paths,
-    project: &str,
-    project_dir: &std::path::Path,
-    printer: &mut Printer,
-    selected: &dyn Fn(&str) -> bool,
-    until: Option<SystemTime>,
-) -> anyhow::Result<u8> {
-    let mut offsets: HashMap<PathBuf, u64> = HashMap::new();
-    // Start at the current end of each existing file.
-    if let Some(state) = ProjectState::load(paths, project)? {
-        for c in state.containers.iter().filter(|c| selected(&c.service)) {
-            let p = logs::log_path(project_dir, &c.name);
-            let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-            offsets.insert(p, len);
+/// Follows the log files of a project's containers from where it last read, picking up new
+/// files (replicas, recreated containers) as they appear.
+pub struct Tailer {
+    project_dir: PathBuf,
+    offsets: HashMap<PathBuf, u64>,
+}
+
+impl Tailer {
+    pub fn new(project_dir: &std::path::Path) -> Tailer {
+        Tailer {
+            project_dir: project_dir.to_path_buf(),
+            offsets: HashMap::new(),
         }
     }
-    loop {
-        let Some(state) = ProjectState::load(paths, project)? else {
-            return Ok(0);
-        };
+
+    /// Skip what the files hold now (for `logs -f` after the history was printed).
+    pub fn skip_existing(&mut self, state: &ProjectState) {
+        for c in &state.containers {
+            let p = logs::log_path(&self.project_dir, &c.name);
+            let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            self.offsets.insert(p, len);
+        }
+    }
+
+    /// Print the new lines of every selected container; returns whether anything was printed.
+    pub fn pump(
+        &mut self,
+        state: &ProjectState,
+        selected: &dyn Fn(&str) -> bool,
+        printer: &mut Printer,
+    ) -> anyhow::Result<bool> {
+        self.pump_until(state, selected, printer, None)
+    }
+
+    pub fn pump_until(
+        &mut self,
+        state: &ProjectState,
+        selected: &dyn Fn(&str) -> bool,
+        printer: &mut Printer,
+        until: Option<SystemTime>,
+    ) -> anyhow::Result<bool> {
         let mut printed = false;
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
         for c in state.containers.iter().filter(|c| selected(&c.service)) {
-            let p = logs::log_path(project_dir, &c.name);
+            let p = logs::log_path(&self.project_dir, &c.name);
             printer.widen(&c.name);
-            let off = offsets.entry(p.clone()).or_insert(0);
+            let off = self.offsets.entry(p.clone()).or_insert(0);
             let Ok(mut f) = std::fs::File::open(&p) else {
                 continue;
             };
@@ -169,8 +189,6 @@ pub fn follow(
             f.seek(SeekFrom::Start(*off))?;
             let mut reader = BufReader::new(f);
             let mut buf = String::new();
-            let stdout = std::io::stdout();
-            let mut out = stdout.lock();
             loop {
                 buf.clear();
                 let n = reader.read_line(&mut buf)?;
@@ -187,9 +205,30 @@ pub fn follow(
                     printed = true;
                 }
             }
-            out.flush()?;
         }
-        if !printed {
+        out.flush()?;
+        Ok(printed)
+    }
+}
+
+/// `logs -f`: follow until the project's record disappears (down) or the user interrupts.
+pub fn follow(
+    paths: &Paths,
+    project: &str,
+    project_dir: &std::path::Path,
+    printer: &mut Printer,
+    selected: &dyn Fn(&str) -> bool,
+    until: Option<SystemTime>,
+) -> anyhow::Result<u8> {
+    let mut tail = Tailer::new(project_dir);
+    if let Some(state) = ProjectState::load(paths, project)? {
+        tail.skip_existing(&state);
+    }
+    loop {
+        let Some(state) = ProjectState::load(paths, project)? else {
+            return Ok(0);
+        };
+        if !tail.pump_until(&state, selected, printer, until)? {
             std::thread::sleep(Duration::from_millis(100));
         }
     }

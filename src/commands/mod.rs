@@ -5,8 +5,11 @@ use crate::cli::{Cli, Command};
 
 pub mod config;
 pub mod image;
+pub mod inspect;
+pub mod lifecycle;
 pub mod logs;
 pub mod ps;
+pub mod up;
 
 /// Render an error chain the way berth prints it: the top message, then each cause.
 pub fn render_error(e: &anyhow::Error) -> String {
@@ -20,6 +23,20 @@ pub fn render_error(e: &anyhow::Error) -> String {
 pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Config(args) => config::run(&cli.project, &args),
+        Command::Up(args) => up::run(&cli.project, &args),
+        Command::Down(args) => lifecycle::down(&cli.project, &args),
+        Command::Stop(args) => lifecycle::stop(&cli.project, &args),
+        Command::Start(args) => lifecycle::start(&cli.project, &args),
+        Command::Restart(args) => lifecycle::restart(&cli.project, &args),
+        Command::Kill(args) => lifecycle::kill(&cli.project, &args),
+        Command::Pause(args) => lifecycle::pause(&cli.project, &args, false),
+        Command::Unpause(args) => lifecycle::pause(&cli.project, &args, true),
+        Command::Scale(args) => up::scale(&cli.project, &args),
+        Command::Exec(args) => inspect::exec(&cli.project, &args),
+        Command::Top(args) => inspect::top(&cli.project, &args),
+        Command::Port(args) => inspect::port(&cli.project, &args),
+        Command::Ls(args) => inspect::ls(&args),
+        Command::Supervisor(args) => crate::supervisor::main(&args.project),
         Command::Logs(args) => logs::run(&cli.project, &args),
         Command::Ps(args) => ps::run(&cli.project, &args),
         Command::Load(args) => image::load(&args),
@@ -33,7 +50,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             clap_complete::generate(args.shell, &mut cmd, "berth", &mut std::io::stdout());
             Ok(0)
         }
-        other => anyhow::bail!("command not implemented yet: {other:?}"),
     }
 }
 

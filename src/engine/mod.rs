@@ -2,7 +2,33 @@
 //! and removes them again. Used by the supervisor (async) and by commands that must work
 //! without one (`down` after a supervisor crash).
 
+use std::sync::Arc;
+
+use crate::paths::Paths;
+
+pub mod container;
+pub mod io;
+pub mod network;
+pub mod plan;
 pub mod proc;
 pub mod restart;
 pub mod runtime;
 pub mod volumes;
+
+pub struct Engine {
+    pub paths: Paths,
+    pub runtime: runtime::Runtime,
+    pub images: Arc<berth_runtime::image::ImageStore>,
+    pub ipam: Arc<berth_network::ipam::Ipam>,
+}
+
+impl Engine {
+    pub fn open(paths: &Paths) -> anyhow::Result<Engine> {
+        Ok(Engine {
+            paths: paths.clone(),
+            runtime: runtime::Runtime::new(&paths.runtime_root()),
+            images: Arc::new(berth_runtime::image::ImageStore::open(&paths.images())?),
+            ipam: Arc::new(berth_network::ipam::Ipam::open(&paths.network())?),
+        })
+    }
+}

@@ -114,33 +114,6 @@ pub fn set_child_subreaper() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reap zombies we do not track (re-parented helpers), without stealing statuses of tracked
-/// children: `waitid(P_ALL, WNOWAIT)` peeks, and only untracked pids are reaped.
-pub fn reap_untracked(tracked: &dyn Fn(i32) -> bool) {
-    loop {
-        // SAFETY: as above.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_ALL,
-                0,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            )
-        };
-        if rc < 0 {
-            return;
-        }
-        let pid = unsafe { info.si_pid() };
-        if pid == 0 || tracked(pid) {
-            return;
-        }
-        let mut st = 0;
-        // SAFETY: reaping a specific pid that is a zombie child of ours.
-        unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
-    }
-}
-
 pub fn signal_number(name: &str) -> Option<i32> {
     let n = name.trim().to_ascii_uppercase();
     if let Ok(num) = n.parse::<i32>() {

@@ -10,8 +10,19 @@ use anyhow::{bail, Context};
 use tokio::process::{Child, Command};
 
 /// The binary to re-exec: our own executable.
+/// After an upgrade the running binary is unlinked (`… (deleted)`); a long-lived supervisor
+/// then re-execs the new binary at the same path.
 pub fn self_exe() -> PathBuf {
-    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"))
+    match std::env::current_exe() {
+        Ok(p) => {
+            let s = p.to_string_lossy();
+            match s.strip_suffix(" (deleted)") {
+                Some(orig) if std::path::Path::new(orig).exists() => PathBuf::from(orig),
+                _ => p,
+            }
+        }
+        Err(_) => PathBuf::from("/proc/self/exe"),
+    }
 }
 
 pub struct Runtime {

@@ -1,0 +1,245 @@
+//! `exec`, `top`, `port`, `ls`: read the project record, talk to the runtime directly.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+
+use anyhow::{anyhow, bail, Context};
+
+use crate::cli::{ExecArgs, LsArgs, PortArgs, ProjectOpts, ServicesArg, TableFormat};
+use crate::paths::Paths;
+use crate::state::{ContainerRecord, ProjectState, Status};
+
+use super::project_name;
+
+fn load(p: &ProjectOpts) -> anyhow::Result<(Paths, ProjectState)> {
+    let paths = Paths::from_env();
+    let name = project_name(p)?;
+    let st =
+        ProjectState::load(&paths, &name)?.ok_or_else(|| anyhow!("no such project: {name}"))?;
+    Ok((paths, st))
+}
+
+fn find<'a>(
+    st: &'a ProjectState,
+    service: &str,
+    index: u32,
+) -> anyhow::Result<&'a ContainerRecord> {
+    if !st.containers.iter().any(|c| c.service == service) {
+        bail!("service {service:?} is not running");
+    }
+    st.containers
+        .iter()
+        .find(|c| c.service == service && c.number == index && !c.oneoff)
+        .ok_or_else(|| anyhow!("service {service:?} has no container #{index}"))
+}
+
+pub fn exec(p: &ProjectOpts, args: &ExecArgs) -> anyhow::Result<u8> {
+    let (paths, st) = load(p)?;
+    let c = find(&st, &args.service, args.index)?;
+    if crate::commands::ps::live_status(c) != Status::Running {
+        bail!("container {} is not running", c.name);
+    }
+    let mut cmd = std::process::Command::new(crate::engine::runtime::self_exe());
+    cmd.arg("__runtime")
+        .arg("--root")
+        .arg(paths.runtime_root())
+        .arg("exec");
+    let tty = !args.no_tty
+        && std::io::IsTerminal::is_terminal(&std::io::stdin())
+        && console::Term::stdout().is_term();
+    if tty {
+        cmd.arg("--tty");
+    }
+    if args.detach {
+        cmd.arg("--detach");
+    }
+    for e in &args.env {
+        cmd.arg("--env").arg(e);
+    }
+    if let Some(u) = &args.user {
+        cmd.arg("--user").arg(u);
+    }
+    if let Some(w) = &args.workdir {
+        cmd.arg("--cwd").arg(w);
+    }
+    cmd.arg(&c.name).args(&args.command);
+    // Replace this process: exit status, signals and the terminal pass straight through.
+    let err = cmd.exec();
+    Err(err).context("running exec")
+}
+
+/// `top`: compose's layout — the container name, then ps-style rows with host pids.
+pub fn top(p: &ProjectOpts, args: &ServicesArg) -> anyhow::Result<u8> {
+    let (paths, st) = load(p)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let runtime = crate::engine::runtime::Runtime::new(&paths.runtime_root());
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for c in st
+        .containers
+        .iter()
+        .filter(|c| args.services.is_empty() || args.services.contains(&c.service))
+    {
+        if crate::commands::ps::live_status(c) != Status::Running {
+            continue;
+        }
+        let mut pids = rt.block_on(runtime.ps(&c.name)).unwrap_or_default();
+        // The container's pid 1 first.
+        if let Some(init) = c.pid {
+            pids.retain(|p| *p != init);
+            pids.insert(0, init);
+        }
+        writeln!(out, "{}", c.name)?;
+        let rows: Vec<[String; 8]> = pids.iter().filter_map(|pid| proc_row(*pid)).collect();
+        let header = ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"].map(String::from);
+        let mut w = header.clone().map(|h| h.len());
+        for r in &rows {
+            for (i, x) in r.iter().enumerate() {
+                w[i] = w[i].max(x.len());
+            }
+        }
+        let fmt = |r: &[String; 8]| {
+            r.iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    if i == 7 {
+                        x.clone()
+                    } else {
+                        format!("{x:<w$}", w = w[i])
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("   ")
+        };
+        writeln!(out, "{}", fmt(&header))?;
+        for r in &rows {
+            writeln!(out, "{}", fmt(r))?;
+        }
+        writeln!(out)?;
+    }
+    Ok(0)
+}
+
+fn proc_row(pid: i32) -> Option<[String; 8]> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("0")
+            .to_string()
+    };
+    let uid = field("Uid:");
+    let ppid = field("PPid:");
+    let user = if uid == "0" { "root".to_string() } else { uid };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmd = cmdline
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = 100u64;
+    let cpu = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let secs = cpu / ticks;
+    let time = format!(
+        "{:02}:{:02}:{:02}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    );
+    Some([
+        user,
+        pid.to_string(),
+        ppid,
+        "0".into(),
+        "-".into(),
+        "?".into(),
+        time,
+        cmd,
+    ])
+}
+
+pub fn port(p: &ProjectOpts, args: &PortArgs) -> anyhow::Result<u8> {
+    let (_, st) = load(p)?;
+    let c = find(&st, &args.service, args.index)?;
+    let rec = c
+        .ports
+        .iter()
+        .find(|r| r.target == args.private_port && r.protocol == args.protocol)
+        .ok_or_else(|| {
+            anyhow!(
+                "no port {}/{} published for {}",
+                args.private_port,
+                args.protocol,
+                args.service
+            )
+        })?;
+    println!(
+        "{}:{}",
+        rec.host_ip.clone().unwrap_or_else(|| "0.0.0.0".into()),
+        rec.host_port
+    );
+    Ok(0)
+}
+
+pub fn ls(args: &LsArgs) -> anyhow::Result<u8> {
+    let paths = Paths::from_env();
+    let mut rows = Vec::new();
+    for st in ProjectState::list(&paths)? {
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        for c in &st.containers {
+            let s = crate::commands::ps::live_status(c).as_str().to_string();
+            match counts.iter_mut().find(|(k, _)| *k == s) {
+                Some(e) => e.1 += 1,
+                None => counts.push((s, 1)),
+            }
+        }
+        let running = counts.iter().any(|(k, _)| k == "running");
+        if !args.all && !running {
+            continue;
+        }
+        let status = counts
+            .iter()
+            .map(|(k, n)| format!("{k}({n})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let files = st
+            .config_files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        rows.push((st.name.clone(), status, files));
+    }
+    if args.quiet {
+        for r in rows {
+            println!("{}", r.0);
+        }
+        return Ok(0);
+    }
+    match args.format {
+        TableFormat::Json => {
+            let v: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|(n, s, f)| serde_json::json!({"Name": n, "Status": s, "ConfigFiles": f}))
+                .collect();
+            println!("{}", serde_json::to_string(&v)?);
+        }
+        TableFormat::Table => {
+            let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(4);
+            let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(6);
+            println!("{:<w0$}   {:<w1$}   CONFIG FILES", "NAME", "STATUS");
+            for (n, s, f) in rows {
+                println!("{n:<w0$}   {s:<w1$}   {f}");
+            }
+        }
+    }
+    Ok(0)
+}

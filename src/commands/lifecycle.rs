@@ -1,0 +1,186 @@
+//! `down`, `stop`, `start`, `restart`, `kill`, `pause`, `unpause`: requests to the project's
+//! supervisor. `down` also works with no supervisor (after a crash): it tears the project down
+//! from its record.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+use crate::cli::{DownArgs, KillArgs, ProjectOpts, ServicesArg, StopArgs};
+use crate::engine::proc;
+use crate::engine::Engine;
+use crate::paths::Paths;
+use crate::state::{pid_matches, ProjectLock, ProjectState};
+use crate::supervisor::client::Client;
+use crate::supervisor::proto::Request;
+use crate::ui::Progress;
+
+use super::project_name;
+use super::up::{call, is_tty};
+
+pub fn down(p: &ProjectOpts, args: &DownArgs) -> anyhow::Result<u8> {
+    let paths = Paths::from_env();
+    let name = project_name(p)?;
+    if let Some(client) = Client::connect(&paths, &name) {
+        let req = Request::Down {
+            volumes: args.volumes,
+            remove_orphans: args.remove_orphans,
+            timeout: args.timeout,
+        };
+        call(client, &req, "Running", false)?;
+        // The supervisor exits after `down`; wait for its socket to go.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while paths.supervisor_socket(&name).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        return Ok(0);
+    }
+    let Some(state) = ProjectState::load(&paths, &name)? else {
+        // Nothing recorded: nothing to do (compose prints nothing either).
+        return Ok(0);
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(offline_down(&paths, state, args))?;
+    Ok(0)
+}
+
+/// Tear down a project whose supervisor is gone: signal what still runs (checking the pid's
+/// start time so a reused pid is never hit), then remove everything recorded.
+pub async fn offline_down(
+    paths: &Paths,
+    state: ProjectState,
+    args: &DownArgs,
+) -> anyhow::Result<()> {
+    let _lock = ProjectLock::acquire(paths, &state.name)?;
+    let engine = Engine::open(paths)?;
+    let mut ui = Progress::new("Running", is_tty());
+    let grace = Duration::from_secs(args.timeout.unwrap_or(10));
+    let mut fds = Vec::new();
+    for c in &state.containers {
+        if let Some(pid) = c.pid {
+            if pid_matches(pid, c.pid_start) {
+                if let Ok(fd) = proc::pidfd_open(pid) {
+                    ui.update("container", &c.name, "Stopping");
+                    let _ = proc::pidfd_send_signal(&fd, libc::SIGTERM);
+                    fds.push((c.name.clone(), pid, c.pid_start, fd));
+                }
+            }
+        }
+    }
+    let deadline = Instant::now() + grace;
+    for (name, pid, start, fd) in &fds {
+        while pid_matches(*pid, *start) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if pid_matches(*pid, *start) {
+            let _ = proc::pidfd_send_signal(fd, libc::SIGKILL);
+        }
+        ui.update("container", name, "Stopped");
+    }
+    for c in &state.containers {
+        ui.update("container", &c.name, "Removing");
+        for e in engine.remove_container(c).await {
+            ui.message(&format!("{}: {e}", c.name));
+        }
+        ui.update("container", &c.name, "Removed");
+    }
+    let _ = berth_network::firewall::remove(&state.name);
+    for n in &state.networks {
+        ui.update("network", &n.name, "Removing");
+        for e in engine.remove_network(n).await {
+            ui.message(&e);
+        }
+        ui.update("network", &n.name, "Removed");
+    }
+    if args.volumes {
+        for v in state.volumes.iter().filter(|v| !v.external) {
+            crate::engine::volumes::remove(paths, &v.name)?;
+            ui.update("volume", &v.name, "Removed");
+        }
+    }
+    ui.finish();
+    crate::supervisor::remove_project_files(paths, &state.name, args.volumes)?;
+    Ok(())
+}
+
+fn supervisor(p: &ProjectOpts) -> anyhow::Result<(Paths, String, Client)> {
+    let paths = Paths::from_env();
+    let name = project_name(p)?;
+    if ProjectState::load(&paths, &name)?.is_none() {
+        bail!("no such project: {name}");
+    }
+    let client = Client::connect_or_start(&paths, &name)?;
+    Ok((paths, name, client))
+}
+
+pub fn stop(p: &ProjectOpts, args: &StopArgs) -> anyhow::Result<u8> {
+    let (_, _, c) = supervisor(p)?;
+    call(
+        c,
+        &Request::Stop {
+            services: args.services.clone(),
+            timeout: args.timeout,
+        },
+        "Stopping",
+        false,
+    )?;
+    Ok(0)
+}
+
+pub fn start(p: &ProjectOpts, args: &ServicesArg) -> anyhow::Result<u8> {
+    let (_, _, c) = supervisor(p)?;
+    call(
+        c,
+        &Request::Start {
+            services: args.services.clone(),
+        },
+        "Running",
+        false,
+    )?;
+    Ok(0)
+}
+
+pub fn restart(p: &ProjectOpts, args: &StopArgs) -> anyhow::Result<u8> {
+    let (_, _, c) = supervisor(p)?;
+    call(
+        c,
+        &Request::Restart {
+            services: args.services.clone(),
+            timeout: args.timeout,
+        },
+        "Restarting",
+        false,
+    )?;
+    Ok(0)
+}
+
+pub fn kill(p: &ProjectOpts, args: &KillArgs) -> anyhow::Result<u8> {
+    let (_, _, c) = supervisor(p)?;
+    call(
+        c,
+        &Request::Kill {
+            services: args.services.clone(),
+            signal: args.signal.clone(),
+        },
+        "Killing",
+        false,
+    )?;
+    Ok(0)
+}
+
+pub fn pause(p: &ProjectOpts, args: &ServicesArg, resume: bool) -> anyhow::Result<u8> {
+    let (_, _, c) = supervisor(p)?;
+    let req = if resume {
+        Request::Unpause {
+            services: args.services.clone(),
+        }
+    } else {
+        Request::Pause {
+            services: args.services.clone(),
+        }
+    };
+    call(c, &req, if resume { "Unpausing" } else { "Pausing" }, false)?;
+    Ok(0)
+}

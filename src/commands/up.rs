@@ -1,0 +1,308 @@
+//! `berth up`: validate and resolve everything first (the file, the images), then hand the
+//! project to its supervisor, which converges it; attached, stream the logs until the stack
+//! exits or Ctrl-C stops it (a second Ctrl-C kills).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::cli::{ProjectOpts, UpArgs};
+use crate::engine::plan::{load_plan, ProjectPlan};
+use crate::paths::Paths;
+use crate::state::{ProjectSource, ProjectState, Status};
+use crate::supervisor::client::Client;
+use crate::supervisor::proto::{Reply, Request, UpOpts};
+use crate::ui::Progress;
+
+static SIGINTS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    SIGINTS.fetch_add(1, Ordering::SeqCst);
+}
+
+pub fn install_sigint() {
+    // SAFETY: the handler only touches an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+    }
+}
+
+pub fn source_from(p: &ProjectOpts) -> anyhow::Result<ProjectSource> {
+    Ok(ProjectSource {
+        files: p.files.clone(),
+        project_name: p.project_name.clone(),
+        project_directory: p.project_directory.clone(),
+        env_files: p.env_files.clone(),
+        profiles: p.profiles.clone(),
+        working_dir: std::env::current_dir()?,
+        environment: std::env::vars().collect(),
+    })
+}
+
+pub fn is_tty() -> bool {
+    console::Term::stderr().is_term()
+}
+
+/// Make sure every image the plan needs is in the store (loaded or pulled).
+pub fn ensure_images(paths: &Paths, plan: &ProjectPlan, pull: Option<&str>) -> anyhow::Result<()> {
+    let store = berth_runtime::image::ImageStore::open(&paths.images())?;
+    for s in &plan.services {
+        if s.image.is_empty() {
+            bail!(
+                "service {:?} has neither an image nor a build section berth can use",
+                s.name
+            );
+        }
+        let policy = pull.unwrap_or("missing");
+        let have = store.get(&s.image)?.is_some();
+        match policy {
+            "never" if !have => bail!(
+                "image {} not found locally and pull policy is never",
+                s.image
+            ),
+            "always" => {
+                crate::commands::image::pull_one(&store, &s.image)?;
+            }
+            _ if !have => {
+                crate::commands::image::pull_one(&store, &s.image)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Send a request and show its progress; returns the supervisor's exit code.
+pub fn call(client: Client, req: &Request, title: &str, quiet: bool) -> anyhow::Result<i32> {
+    let mut ui = Progress::new(title, is_tty()).quiet(quiet);
+    let (ok, err, code) = client.call(req, &mut |r| match r {
+        Reply::Progress {
+            kind, name, state, ..
+        } => ui.update(kind, name, state),
+        Reply::Message { text } => ui.message(text),
+        Reply::Done { .. } => {}
+    })?;
+    ui.finish();
+    if !ok {
+        let e = err.unwrap_or_else(|| "failed".into());
+        bail!("{}", e.strip_prefix("error: ").unwrap_or(&e));
+    }
+    Ok(code)
+}
+
+pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
+    let paths = Paths::from_env();
+    let source = source_from(p)?;
+    let plan = load_plan(&source, &args.services)?;
+    let mut scale = Vec::new();
+    for s in &args.scale {
+        let (svc, n) = s
+            .split_once('=')
+            .with_context(|| format!("invalid --scale {s:?}: want SERVICE=NUM"))?;
+        let n: u64 = n
+            .parse()
+            .with_context(|| format!("invalid --scale {s:?}"))?;
+        if plan.service(svc).is_none() {
+            bail!("no such service: {svc}");
+        }
+        scale.push((svc.to_string(), n));
+    }
+    ensure_images(&paths, &plan, args.pull.as_deref())?;
+    let opts = UpOpts {
+        services: args.services.clone(),
+        scale,
+        force_recreate: args.force_recreate,
+        no_recreate: args.no_recreate,
+        no_deps: args.no_deps,
+        no_start: args.no_start,
+        remove_orphans: args.remove_orphans,
+        wait: args.wait,
+        wait_timeout: args.wait_timeout,
+        timeout: args.timeout,
+        watch: args.watch,
+    };
+    let client = Client::connect_or_start(&paths, &plan.name)?;
+    call(
+        client,
+        &Request::Up {
+            source: source.clone(),
+            opts,
+        },
+        "Running",
+        false,
+    )?;
+    if args.wait {
+        wait_healthy(
+            &paths,
+            &plan.name,
+            args.wait_timeout.map(Duration::from_secs),
+        )?;
+    }
+    if args.detach || args.wait {
+        return Ok(0);
+    }
+    attach(p, &paths, &plan, args)
+}
+
+/// `--wait`: until every container is running (and healthy where it has a healthcheck).
+fn wait_healthy(paths: &Paths, project: &str, timeout: Option<Duration>) -> anyhow::Result<()> {
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        let st = ProjectState::load(paths, project)?.unwrap_or_default();
+        let mut ready = true;
+        for c in st.containers.iter().filter(|c| !c.oneoff) {
+            match c.health.as_deref() {
+                Some("unhealthy") => bail!("container {} is unhealthy", c.name),
+                Some("starting") => ready = false,
+                _ => {}
+            }
+            if c.status == Status::Exited && c.exit_code != Some(0) {
+                bail!(
+                    "container {} exited ({})",
+                    c.name,
+                    c.exit_code.unwrap_or(-1)
+                );
+            }
+            if c.status == Status::Created || c.status == Status::Restarting {
+                ready = false;
+            }
+        }
+        if ready {
+            return Ok(());
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() > d) {
+            bail!("timed out waiting for the project to be healthy");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Attached mode: print every container's output with compose's prefixes until all containers
+/// have exited; Ctrl-C stops the stack gracefully, a second Ctrl-C kills it.
+fn attach(p: &ProjectOpts, paths: &Paths, plan: &ProjectPlan, args: &UpArgs) -> anyhow::Result<u8> {
+    install_sigint();
+    let project = plan.name.clone();
+    let color =
+        !args.no_color && console::Term::stdout().is_term() && p.ansi != crate::cli::Ansi::Never;
+    let selected: Vec<String> = if args.services.is_empty() {
+        plan.services.iter().map(|s| s.name.clone()).collect()
+    } else {
+        args.services.clone()
+    };
+    let names: Vec<String> = ProjectState::load(paths, &project)?
+        .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
+        .unwrap_or_default();
+    let mut printer =
+        crate::commands::logs::Printer::new(color, !args.no_log_prefix, false, &names);
+    let project_dir = paths.project(&project);
+    let mut tail = crate::commands::logs::Tailer::new(&project_dir);
+    let mut reported: Vec<String> = Vec::new();
+    let mut exit_code: u8 = 0;
+    let mut stopping = false;
+    loop {
+        let st = ProjectState::load(paths, &project)?.unwrap_or_default();
+        let sel = |svc: &str| selected.iter().any(|s| s == svc);
+        tail.pump(&st, &sel, &mut printer)?;
+        // Report exits like compose: "name exited with code N".
+        for c in st
+            .containers
+            .iter()
+            .filter(|c| sel(&c.service) && c.status == Status::Exited)
+        {
+            let key = format!("{}:{}", c.name, c.finished_at.clone().unwrap_or_default());
+            if !reported.contains(&key) {
+                reported.push(key);
+                eprintln!("{} exited with code {}", c.name, c.exit_code.unwrap_or(0));
+                let code = c.exit_code.unwrap_or(0);
+                if args.exit_code_from.as_deref() == Some(c.service.as_str()) {
+                    exit_code = code.clamp(0, 255) as u8;
+                }
+                let abort =
+                    args.abort_on_container_exit || (args.abort_on_container_failure && code != 0);
+                if abort && !stopping {
+                    stopping = true;
+                    if args.abort_on_container_failure && code != 0 && args.exit_code_from.is_none()
+                    {
+                        exit_code = code.clamp(0, 255) as u8;
+                    }
+                    eprintln!("Aborting on container exit...");
+                    stop(paths, &project, args.timeout, false)?;
+                }
+            }
+        }
+        let sigints = SIGINTS.load(Ordering::SeqCst);
+        if sigints >= 1 && !stopping {
+            stopping = true;
+            eprintln!("Gracefully stopping... (press Ctrl+C again to force)");
+            let (paths2, project2, timeout) = (paths.clone(), project.clone(), args.timeout);
+            std::thread::spawn(move || {
+                let _ = stop(&paths2, &project2, timeout, false);
+            });
+            exit_code = 130;
+        } else if sigints >= 2 {
+            let _ = stop(paths, &project, None, true);
+            tail.pump(&st, &sel, &mut printer)?;
+            return Ok(130);
+        }
+        let active = st
+            .containers
+            .iter()
+            .filter(|c| sel(&c.service) && !c.oneoff)
+            .any(|c| {
+                matches!(
+                    c.status,
+                    Status::Running | Status::Restarting | Status::Paused | Status::Created
+                ) && c
+                    .pid
+                    .is_none_or(|pid| crate::state::pid_matches(pid, c.pid_start))
+            });
+        if !active && !st.containers.is_empty() {
+            std::thread::sleep(Duration::from_millis(50));
+            let st = ProjectState::load(paths, &project)?.unwrap_or_default();
+            tail.pump(&st, &sel, &mut printer)?;
+            return Ok(exit_code);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stop(paths: &Paths, project: &str, timeout: Option<u64>, kill: bool) -> anyhow::Result<()> {
+    let Some(client) = Client::connect(paths, project) else {
+        return Ok(());
+    };
+    let req = if kill {
+        Request::Kill {
+            services: vec![],
+            signal: "SIGKILL".into(),
+        }
+    } else {
+        Request::Stop {
+            services: vec![],
+            timeout,
+        }
+    };
+    call(client, &req, "Stopping", false).map(|_| ())
+}
+
+/// `berth scale SERVICE=N…` on a running project.
+pub fn scale(p: &ProjectOpts, args: &crate::cli::ScaleArgs) -> anyhow::Result<u8> {
+    let paths = Paths::from_env();
+    let source = source_from(p)?;
+    let plan = load_plan(&source, &[])?;
+    let mut scale = Vec::new();
+    for s in &args.scale {
+        let (svc, n) = s
+            .split_once('=')
+            .with_context(|| format!("invalid {s:?}: want SERVICE=NUM"))?;
+        let n: u64 = n.parse().with_context(|| format!("invalid {s:?}"))?;
+        if plan.service(svc).is_none() {
+            bail!("no such service: {svc}");
+        }
+        scale.push((svc.to_string(), n));
+    }
+    ensure_images(&paths, &plan, None)?;
+    let client = Client::connect_or_start(&paths, &plan.name)?;
+    call(client, &Request::Scale { source, scale }, "Running", false)?;
+    Ok(0)
+}

@@ -1,0 +1,684 @@
+//! Making and removing one container: rootfs snapshot, network namespace and endpoints,
+//! /etc files, volumes, secrets, the OCI bundle; then the runtime's create/start.
+//! Removal is best-effort: it goes on through errors and reports them all.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context};
+
+use super::plan::{MountPlan, ProjectPlan, ServicePlan};
+use super::volumes;
+use super::Engine;
+use crate::spec::{self, ContainerConfig, MountSpec, NetNs, Seccomp};
+use crate::state::{
+    ContainerRecord, EndpointRecord, NetworkRecord, PortRecord, ProjectState, Status,
+};
+
+/// Compose's container name: `container_name`, else `<project>-<service>-<n>`.
+pub fn container_name(project: &str, svc: &ServicePlan, number: u32) -> String {
+    match &svc.container_name {
+        Some(n) => n.clone(),
+        None => format!("{project}-{}-{number}", svc.name),
+    }
+}
+
+/// Command line with compose's rules: a service `entrypoint` resets the image's Cmd.
+pub fn resolve_args(
+    svc: &ServicePlan,
+    image_entrypoint: &[String],
+    image_cmd: &[String],
+) -> Vec<String> {
+    let (ep, cmd): (Vec<String>, Vec<String>) = match &svc.entrypoint {
+        Some(ep) => (ep.clone(), svc.command.clone().unwrap_or_default()),
+        None => (
+            image_entrypoint.to_vec(),
+            svc.command.clone().unwrap_or_else(|| image_cmd.to_vec()),
+        ),
+    };
+    ep.into_iter().chain(cmd).collect()
+}
+
+/// Environment: the image's Env first, then the service's (which already holds env_file).
+pub fn resolve_env(image_env: &[String], svc: &ServicePlan) -> Vec<String> {
+    let mut map: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: &str| {
+        if let Some(e) = map.iter_mut().find(|(kk, _)| kk == k) {
+            e.1 = v.to_string();
+        } else {
+            map.push((k.to_string(), v.to_string()));
+        }
+    };
+    for e in image_env {
+        let (k, v) = e.split_once('=').unwrap_or((e, ""));
+        set(k, v);
+    }
+    for (k, v) in &svc.environment {
+        set(k, v);
+    }
+    if !map.iter().any(|(k, _)| k == "PATH") {
+        map.insert(
+            0,
+            (
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            ),
+        );
+    }
+    if !map.iter().any(|(k, _)| k == "HOSTNAME") {
+        // Docker sets HOSTNAME; filled in by the caller who knows it.
+    }
+    map.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// Resolve `user` (name|uid[:group|gid]) against the rootfs's /etc/passwd and /etc/group.
+pub fn resolve_user(rootfs: &Path, user: Option<&str>) -> anyhow::Result<(u32, u32, Vec<u32>)> {
+    let user = user.unwrap_or("").trim();
+    if user.is_empty() || user == "root" || user == "0" {
+        let extra = groups_of(rootfs, "root", 0);
+        return Ok((0, 0, extra));
+    }
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = std::fs::read_to_string(
+        volumes::resolve_in_root(rootfs, "/etc/passwd").unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    let group =
+        std::fs::read_to_string(volumes::resolve_in_root(rootfs, "/etc/group").unwrap_or_default())
+            .unwrap_or_default();
+    let mut uid: Option<u32> = u.parse().ok();
+    let mut gid: Option<u32> = None;
+    let mut uname = None;
+    for line in passwd.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() < 4 {
+            continue;
+        }
+        let matches = match uid {
+            Some(n) => f[2].parse::<u32>().ok() == Some(n),
+            None => f[0] == u,
+        };
+        if matches {
+            uid = f[2].parse().ok();
+            gid = f[3].parse().ok();
+            uname = Some(f[0].to_string());
+            break;
+        }
+    }
+    // A numeric uid need not exist in the image (Docker runs it with gid 0).
+    let uid =
+        uid.ok_or_else(|| anyhow!("unable to find user {u}: no matching entries in passwd file"))?;
+    if let Some(g) = g {
+        gid = match g.parse::<u32>() {
+            Ok(n) => Some(n),
+            Err(_) => Some(
+                group
+                    .lines()
+                    .map(|l| l.split(':').collect::<Vec<_>>())
+                    .find(|f| f.len() >= 3 && f[0] == g)
+                    .and_then(|f| f[2].parse().ok())
+                    .ok_or_else(|| {
+                        anyhow!("unable to find group {g}: no matching entries in group file")
+                    })?,
+            ),
+        };
+    }
+    let gid = gid.unwrap_or(0);
+    let extra = uname
+        .map(|n| groups_of(rootfs, &n, gid))
+        .unwrap_or_default();
+    Ok((uid, gid, extra))
+}
+
+fn groups_of(rootfs: &Path, user: &str, primary: u32) -> Vec<u32> {
+    let group =
+        std::fs::read_to_string(volumes::resolve_in_root(rootfs, "/etc/group").unwrap_or_default())
+            .unwrap_or_default();
+    let mut out = Vec::new();
+    for line in group.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() >= 4 && f[3].split(',').any(|m| m == user) {
+            if let Ok(g) = f[2].parse::<u32>() {
+                if g != primary && !out.contains(&g) {
+                    out.push(g);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn host_nofile_hard() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return spec::DEFAULT_NOFILE.1;
+    }
+    r.rlim_max
+}
+
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<u8> = s
+        .split(':')
+        .filter_map(|p| u8::from_str_radix(p, 16).ok())
+        .collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut m = [0u8; 6];
+    m.copy_from_slice(&parts);
+    Some(m)
+}
+
+impl Engine {
+    /// Prepare everything for one container and write its bundle. Nothing runs yet.
+    /// On error, what was made is removed before returning.
+    pub async fn prepare_container(
+        &self,
+        plan: &ProjectPlan,
+        svc: &ServicePlan,
+        number: u32,
+        networks: &[NetworkRecord],
+        state: &ProjectState,
+    ) -> anyhow::Result<ContainerRecord> {
+        let name = container_name(&plan.name, svc, number);
+        let dir = self.paths.container(&name);
+        let mut rec = ContainerRecord {
+            name: name.clone(),
+            service: svc.name.clone(),
+            number,
+            config_hash: svc.config_hash.clone(),
+            generation: 0,
+            image: svc.image.clone(),
+            image_id: String::new(),
+            dir: dir.clone(),
+            netns: None,
+            endpoints: vec![],
+            ports: vec![],
+            status: Status::Created,
+            pid: None,
+            pid_start: None,
+            exit_code: None,
+            started_at: None,
+            finished_at: None,
+            restart_count: 0,
+            health: None,
+            stopped_by_user: false,
+            oneoff: false,
+        };
+        match self
+            .prepare_inner(plan, svc, &mut rec, networks, state)
+            .await
+        {
+            Ok(()) => Ok(rec),
+            Err(e) => {
+                let errs = self.remove_container(&rec).await;
+                if !errs.is_empty() {
+                    tracing::warn!("cleanup after failed create of {name}: {errs:?}");
+                }
+                Err(e.context(format!("creating container {name}")))
+            }
+        }
+    }
+
+    async fn prepare_inner(
+        &self,
+        plan: &ProjectPlan,
+        svc: &ServicePlan,
+        rec: &mut ContainerRecord,
+        networks: &[NetworkRecord],
+        state: &ProjectState,
+    ) -> anyhow::Result<()> {
+        let dir = rec.dir.clone();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let image = {
+            let store = self.images.clone();
+            let r = svc.image.clone();
+            tokio::task::spawn_blocking(move || store.get(&r)).await??
+        }
+        .ok_or_else(|| {
+            anyhow!(
+                "image {} not found in the store (berth pull or berth load first)",
+                svc.image
+            )
+        })?;
+        rec.image_id = image.id.clone();
+        let rootfs = {
+            let layers = image.layers.clone();
+            let d = dir.clone();
+            tokio::task::spawn_blocking(move || berth_runtime::image::snapshot::mount(&layers, &d))
+                .await??
+        };
+        let icfg = image.config.config().clone().unwrap_or_default();
+        let image_env: Vec<String> = icfg.env().clone().unwrap_or_default();
+        let image_ep: Vec<String> = icfg.entrypoint().clone().unwrap_or_default();
+        let image_cmd: Vec<String> = icfg.cmd().clone().unwrap_or_default();
+
+        // Docker uses the short container id; berth's ids are the container names.
+        let hostname = svc.hostname.clone().unwrap_or_else(|| rec.name.clone());
+
+        // --- network namespace and endpoints
+        let mut nameservers: Vec<String> = Vec::new();
+        let mut my_addrs: Vec<Ipv4Addr> = Vec::new();
+        let netns = match svc.network_mode.as_deref() {
+            Some("host") => NetNs::Host,
+            Some(m) if m.starts_with("service:") || m.starts_with("container:") => {
+                let other = m.split_once(':').map(|x| x.1).unwrap_or_default();
+                let target = state
+                    .containers
+                    .iter()
+                    .find(|c| (m.starts_with("service:") && c.service == other) || c.name == other)
+                    .and_then(|c| c.netns.clone())
+                    .ok_or_else(|| anyhow!("network_mode {m}: no running container to share"))?;
+                NetNs::Path(target)
+            }
+            mode => {
+                let ns = self.paths.netns(&rec.name);
+                std::fs::create_dir_all(ns.parent().unwrap())?;
+                let nsp = ns.clone();
+                tokio::task::spawn_blocking(move || berth_network::netns::create(&nsp)).await??;
+                rec.netns = Some(ns.clone());
+                if mode != Some("none") {
+                    for (i, np) in svc.networks.iter().enumerate() {
+                        let net = networks
+                            .iter()
+                            .find(|n| n.key == np.key)
+                            .ok_or_else(|| anyhow!("network {} is not set up", np.key))?;
+                        let ip =
+                            self.ipam
+                                .allocate_address(&net.name, &rec.name, np.ipv4_address)?;
+                        let host_ifname = berth_network::endpoint::veth_name(&rec.name, i);
+                        // Record before attaching so a failure still releases the address.
+                        rec.endpoints.push(EndpointRecord {
+                            network: np.key.clone(),
+                            network_name: net.name.clone(),
+                            host_ifname: host_ifname.clone(),
+                            ip,
+                            aliases: np.aliases.clone(),
+                        });
+                        let spec = berth_network::endpoint::EndpointSpec {
+                            netns: ns.clone(),
+                            bridge: net.bridge.clone(),
+                            host_ifname,
+                            container_ifname: format!("eth{i}"),
+                            address: ipnet::Ipv4Net::new(ip, net.subnet.prefix_len())?,
+                            gateway: if i == 0 && !net.internal {
+                                Some(net.gateway)
+                            } else {
+                                None
+                            },
+                            mac: np.mac_address.as_deref().and_then(parse_mac),
+                            mtu: None,
+                        };
+                        tokio::task::spawn_blocking(move || berth_network::endpoint::attach(&spec))
+                            .await??;
+                        my_addrs.push(ip);
+                        if i == 0 {
+                            nameservers.push(net.gateway.to_string());
+                        }
+                    }
+                }
+                NetNs::Path(ns)
+            }
+        };
+
+        // --- /etc files
+        let etc_hosts = if matches!(netns, NetNs::Host) {
+            std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+        } else {
+            berth_network::files::hosts(&hostname, &my_addrs, &svc.extra_hosts)
+        };
+        std::fs::write(dir.join("hosts"), etc_hosts)?;
+        let resolv = if matches!(netns, NetNs::Host) || nameservers.is_empty() {
+            std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+        } else {
+            berth_network::files::resolv_conf(&nameservers, &svc.dns_search, &svc.dns_opt)
+        };
+        std::fs::write(dir.join("resolv.conf"), resolv)?;
+        std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
+
+        // --- mounts
+        let mut mounts = vec![
+            MountSpec::bind(dir.join("hosts").to_string_lossy(), "/etc/hosts", false),
+            MountSpec::bind(
+                dir.join("resolv.conf").to_string_lossy(),
+                "/etc/resolv.conf",
+                false,
+            ),
+            MountSpec::bind(
+                dir.join("hostname").to_string_lossy(),
+                "/etc/hostname",
+                false,
+            ),
+        ];
+        for m in &svc.mounts {
+            mounts.push(self.mount_for(plan, rec, m, &rootfs)?);
+        }
+        for t in &svc.tmpfs {
+            let (path, opts) = t.split_once(':').unwrap_or((t, ""));
+            let mut ms = MountSpec::tmpfs(path, None, None);
+            ms.options
+                .extend(opts.split(',').filter(|o| !o.is_empty()).map(String::from));
+            mounts.push(ms);
+        }
+        let files_dir = dir.join("files");
+        for (i, f) in svc.secrets.iter().chain(svc.configs.iter()).enumerate() {
+            std::fs::create_dir_all(&files_dir)?;
+            let p = files_dir.join(i.to_string());
+            match (&f.file, &f.content) {
+                (Some(src), _) => {
+                    std::fs::copy(src, &p).with_context(|| format!("reading {}", src.display()))?;
+                }
+                (None, Some(c)) => std::fs::write(&p, c)?,
+                (None, None) => bail!("{}: no file or content", f.target),
+            }
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(f.mode))?;
+            std::os::unix::fs::chown(&p, Some(f.uid.unwrap_or(0)), Some(f.gid.unwrap_or(0)))?;
+            mounts.push(MountSpec::bind(p.to_string_lossy(), &f.target, true));
+        }
+
+        // --- process
+        let (uid, gid, groups) =
+            resolve_user(&rootfs, svc.user.as_deref().or(icfg.user().as_deref()))?;
+        let args = resolve_args(svc, &image_ep, &image_cmd);
+        if args.is_empty() {
+            bail!("no command specified (the image has no Cmd or Entrypoint)");
+        }
+        let mut env = resolve_env(&image_env, svc);
+        if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
+            env.push(format!("HOSTNAME={hostname}"));
+        }
+        let mut c = ContainerConfig::new(&rec.name, rootfs.clone(), args);
+        c.hostname = hostname;
+        c.domainname = svc.domainname.clone();
+        c.env = env;
+        c.cwd = svc
+            .working_dir
+            .clone()
+            .or_else(|| icfg.working_dir().clone().filter(|w| !w.is_empty()))
+            .unwrap_or_else(|| "/".into());
+        c.uid = uid;
+        c.gid = gid;
+        c.additional_gids = groups;
+        c.read_only = svc.read_only;
+        c.netns = netns;
+        c.mounts = mounts;
+        c.tty = svc.tty;
+        c.init = svc.init;
+        c.privileged = svc.privileged;
+        c.cap_add = svc.cap_add.clone();
+        c.cap_drop = svc.cap_drop.clone();
+        c.pids_limit = svc.pids_limit;
+        c.memory = svc.mem_limit;
+        c.memory_reservation = svc.mem_reservation;
+        c.cpus = svc.cpus;
+        c.cpu_shares = svc.cpu_shares;
+        c.cpuset = svc.cpuset.clone();
+        c.ulimits = svc.ulimits.clone();
+        if !c.ulimits.iter().any(|(n, _, _)| n == "nofile") {
+            // berth's default (1024:524288), capped by what this host lets us set: raising a
+            // hard limit needs CAP_SYS_RESOURCE, which some hosts (VMs, nested) withhold.
+            let hard = host_nofile_hard().min(spec::DEFAULT_NOFILE.1);
+            c.ulimits
+                .push(("nofile".into(), spec::DEFAULT_NOFILE.0.min(hard), hard));
+        }
+        c.sysctls = svc.sysctls.clone();
+        c.shm_size = svc.shm_size;
+        c.oom_score_adj = svc.oom_score_adj;
+        c.cgroups_path = format!("/berth/{}/{}", plan.name, rec.name);
+        let mut unconfined = false;
+        for opt in &svc.security_opt {
+            let o = opt.replace('=', ":");
+            match o.as_str() {
+                "no-new-privileges" | "no-new-privileges:true" => c.no_new_privileges = true,
+                "no-new-privileges:false" => c.no_new_privileges = false,
+                "seccomp:unconfined" => unconfined = true,
+                _ => {}
+            }
+        }
+        c.seccomp = if unconfined || svc.privileged {
+            Seccomp::Unconfined
+        } else {
+            let caps = spec::capabilities(&c);
+            Seccomp::Profile(serde_json::to_value(
+                berth_runtime::seccomp::docker_default(&caps),
+            )?)
+        };
+        let mut ann = BTreeMap::new();
+        ann.insert("com.docker.compose.project".into(), plan.name.clone());
+        ann.insert("com.docker.compose.service".into(), svc.name.clone());
+        ann.insert(
+            "com.docker.compose.container-number".into(),
+            rec.number.to_string(),
+        );
+        ann.insert(
+            "com.docker.compose.config-hash".into(),
+            svc.config_hash.clone(),
+        );
+        for (k, v) in &svc.labels {
+            ann.insert(k.clone(), v.clone());
+        }
+        c.annotations = ann;
+        let oci = spec::build(&c)?;
+        let json = serde_json::to_vec_pretty(&oci)?;
+        crate::state::write_atomic(&dir.join("config.json"), &json)?;
+        Ok(())
+    }
+
+    fn mount_for(
+        &self,
+        plan: &ProjectPlan,
+        rec: &ContainerRecord,
+        m: &MountPlan,
+        rootfs: &Path,
+    ) -> anyhow::Result<MountSpec> {
+        match m.kind.as_str() {
+            "bind" => {
+                let src = PathBuf::from(m.source.clone().unwrap_or_default());
+                if !src.exists() {
+                    if m.create_host_path {
+                        std::fs::create_dir_all(&src)
+                            .with_context(|| format!("creating {}", src.display()))?;
+                    } else {
+                        bail!("bind source path does not exist: {}", src.display());
+                    }
+                }
+                Ok(MountSpec::bind(
+                    src.to_string_lossy(),
+                    &m.target,
+                    m.read_only,
+                ))
+            }
+            "volume" => {
+                let name = match &m.source {
+                    Some(s) => plan
+                        .volumes
+                        .iter()
+                        .find(|v| v.key == *s)
+                        .map(|v| v.name.clone())
+                        .unwrap_or_else(|| s.clone()),
+                    None => {
+                        // Anonymous volume: one per container and mount point.
+                        let h = hex::encode(
+                            &<sha2::Sha256 as sha2::Digest>::digest(format!(
+                                "{}:{}",
+                                rec.name, m.target
+                            ))[..16],
+                        );
+                        h
+                    }
+                };
+                let data = volumes::ensure(&self.paths, &name)?;
+                if !m.nocopy {
+                    volumes::copy_up(rootfs, &m.target, &data)?;
+                }
+                Ok(MountSpec::bind(
+                    data.to_string_lossy(),
+                    &m.target,
+                    m.read_only,
+                ))
+            }
+            "tmpfs" => Ok(MountSpec::tmpfs(&m.target, m.tmpfs_size, m.tmpfs_mode)),
+            other => bail!("volume type {other} is not supported"),
+        }
+    }
+
+    /// Remove a container and everything made for it; goes on through errors and returns them.
+    pub async fn remove_container(&self, rec: &ContainerRecord) -> Vec<String> {
+        let mut errs = Vec::new();
+        if let Err(e) = self.runtime.delete(&rec.name, true).await {
+            let msg = e.to_string();
+            if !msg.contains("does not exist")
+                && !msg.contains("not found")
+                && !msg.contains("no such")
+            {
+                errs.push(format!("runtime delete: {msg}"));
+            }
+        }
+        if let Some(ns) = &rec.netns {
+            let ns = ns.clone();
+            match tokio::task::spawn_blocking(move || berth_network::netns::remove(&ns)).await {
+                Ok(Err(e)) => errs.push(format!("netns: {e}")),
+                Err(e) => errs.push(format!("netns: {e}")),
+                _ => {}
+            }
+        }
+        for ep in &rec.endpoints {
+            // The veth goes with the namespace; make sure the host side is gone too.
+            let ifname = ep.host_ifname.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || berth_network::endpoint::detach(&ifname)).await;
+            if let Err(e) = self.ipam.release_address(&ep.network_name, &rec.name) {
+                errs.push(format!("ipam: {e}"));
+            }
+        }
+        let dir = rec.dir.clone();
+        match tokio::task::spawn_blocking(move || berth_runtime::image::snapshot::remove(&dir))
+            .await
+        {
+            Ok(Err(e)) => errs.push(format!("snapshot: {e}")),
+            Err(e) => errs.push(format!("snapshot: {e}")),
+            _ => {}
+        }
+        if rec.dir.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&rec.dir) {
+                errs.push(format!("removing {}: {e}", rec.dir.display()));
+            }
+        }
+        errs
+    }
+
+    /// The published ports of a container, with free host ports picked where none was given.
+    pub fn assign_ports(&self, svc: &ServicePlan) -> anyhow::Result<Vec<PortRecord>> {
+        let mut out = Vec::new();
+        for p in &svc.ports {
+            let proto = if p.protocol.is_empty() {
+                "tcp".to_string()
+            } else {
+                p.protocol.clone()
+            };
+            let host_port = match p.host_port {
+                Some(hp) => hp,
+                None => berth_network::firewall::pick_free_port(&proto, p.host_ip.as_deref())?,
+            };
+            out.push(PortRecord {
+                host_ip: p.host_ip.clone(),
+                host_port,
+                target: p.target,
+                protocol: proto,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc() -> ServicePlan {
+        ServicePlan {
+            name: "web".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn args_follow_compose_rules() {
+        let ep = vec!["/entry".to_string()];
+        let cmd = vec!["serve".to_string()];
+        let mut s = svc();
+        assert_eq!(resolve_args(&s, &ep, &cmd), vec!["/entry", "serve"]);
+        s.command = Some(vec!["run".into()]);
+        assert_eq!(resolve_args(&s, &ep, &cmd), vec!["/entry", "run"]);
+        s.command = None;
+        s.entrypoint = Some(vec!["/bin/sh".into(), "-c".into()]);
+        // entrypoint resets the image's Cmd
+        assert_eq!(resolve_args(&s, &ep, &cmd), vec!["/bin/sh", "-c"]);
+    }
+
+    #[test]
+    fn env_layers_image_then_service() {
+        let mut s = svc();
+        s.environment = vec![("B".into(), "svc".into()), ("C".into(), "new".into())];
+        let env = resolve_env(&["PATH=/x".into(), "A=img".into(), "B=img".into()], &s);
+        assert_eq!(env, vec!["PATH=/x", "A=img", "B=svc", "C=new"]);
+    }
+
+    #[test]
+    fn users_resolve_from_the_rootfs() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("etc")).unwrap();
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("etc/group"),
+            "root:x:0:\napp:x:1000:\nwheel:x:10:app\naudio:x:29:app,other\n",
+        )
+        .unwrap();
+        assert_eq!(
+            resolve_user(d.path(), Some("app")).unwrap(),
+            (1000, 1000, vec![10, 29])
+        );
+        assert_eq!(
+            resolve_user(d.path(), Some("1000:wheel")).unwrap(),
+            (1000, 10, vec![29])
+        );
+        assert_eq!(
+            resolve_user(d.path(), Some("4242")).unwrap(),
+            (4242, 0, vec![])
+        );
+        assert_eq!(
+            resolve_user(d.path(), Some("4242:7")).unwrap(),
+            (4242, 7, vec![])
+        );
+        assert_eq!(resolve_user(d.path(), None).unwrap(), (0, 0, vec![]));
+        assert_eq!(
+            resolve_user(d.path(), Some("nobody"))
+                .unwrap_err()
+                .to_string(),
+            "unable to find user nobody: no matching entries in passwd file"
+        );
+        assert!(resolve_user(d.path(), Some("app:nogroup")).is_err());
+    }
+
+    #[test]
+    fn macs() {
+        assert_eq!(
+            parse_mac("02:42:ac:11:00:02"),
+            Some([2, 0x42, 0xac, 0x11, 0, 2])
+        );
+        assert_eq!(parse_mac("nope"), None);
+    }
+}

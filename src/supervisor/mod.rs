@@ -1,0 +1,1230 @@
+//! The per-project supervisor (the watcher): owns the project's containers (it is their child
+//! subreaper), copies their output to logs, runs healthchecks, enforces restart policies,
+//! serves DNS for the project's networks and converges the project on `up`.
+//! CLI commands talk to it over a unix socket (see `proto`).
+
+pub mod client;
+mod health;
+pub mod proto;
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch, Mutex};
+
+use crate::engine::io::{copy_to_log, pipe_pair};
+use crate::engine::plan::{ProjectPlan, ServicePlan};
+use crate::engine::proc::{self, Exit};
+use crate::engine::restart::Backoff;
+use crate::engine::runtime::CreateIo;
+use crate::engine::Engine;
+use crate::logs::LogWriter;
+use crate::paths::Paths;
+use crate::state::{
+    now_rfc3339, ContainerRecord, ProjectLock, ProjectSource, ProjectState, Status,
+};
+use proto::{Reply, Request, UpOpts};
+
+/// Progress sink of one request.
+type Out = mpsc::UnboundedSender<Reply>;
+
+fn progress(out: &Out, kind: &str, name: &str, state: &str) {
+    let _ = out.send(Reply::Progress {
+        kind: kind.into(),
+        name: name.into(),
+        state: state.into(),
+        detail: None,
+    });
+}
+
+struct Live {
+    pidfd: Arc<OwnedFd>,
+    exit: watch::Receiver<Option<Exit>>,
+    started: Instant,
+}
+
+struct Shared {
+    /// Per container: its log writer (kept across restarts) and restart bookkeeping.
+    logs: HashMap<String, Arc<StdMutex<LogWriter>>>,
+    backoff: HashMap<String, Backoff>,
+    live: HashMap<String, Live>,
+}
+
+pub struct Supervisor {
+    engine: Engine,
+    project: String,
+    state: Mutex<ProjectState>,
+    plan: Mutex<Option<ProjectPlan>>,
+    shared: StdMutex<Shared>,
+    /// One state-changing operation at a time (up, down, stop…).
+    op: Mutex<()>,
+    dns: berth_network::dns::DnsServer,
+    shutdown: tokio::sync::Notify,
+}
+
+/// Entry point of `berth __supervisor`.
+pub fn main(project: &str) -> anyhow::Result<u8> {
+    proc::set_child_subreaper().context("becoming a child subreaper")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(serve(project.to_string()))?;
+    Ok(0)
+}
+
+async fn serve(project: String) -> anyhow::Result<()> {
+    let paths = Paths::from_env();
+    let sock = paths.supervisor_socket(&project);
+    std::fs::create_dir_all(sock.parent().unwrap())?;
+    let _ = std::fs::remove_file(&sock);
+    let listener =
+        UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+    let engine = Engine::open(&paths)?;
+    let state = ProjectState::load(&paths, &project)?.unwrap_or_else(|| ProjectState {
+        name: project.clone(),
+        ..Default::default()
+    });
+    let sup = Arc::new(Supervisor {
+        engine,
+        project: project.clone(),
+        state: Mutex::new(state),
+        plan: Mutex::new(None),
+        shared: StdMutex::new(Shared {
+            logs: HashMap::new(),
+            backoff: HashMap::new(),
+            live: HashMap::new(),
+        }),
+        op: Mutex::new(()),
+        dns: berth_network::dns::DnsServer::start(),
+        shutdown: tokio::sync::Notify::new(),
+    });
+    sup.adopt().await;
+    // No blanket reaper: container inits are reaped through their pidfds and tokio reaps the
+    // runtime helpers it spawned; a `waitpid(-1)` here would steal their statuses.
+    {
+        let s = sup.clone();
+        tokio::spawn(async move {
+            let Ok(mut sig) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            if sig.recv().await.is_some() {
+                // SIGTERM: stop the stack gracefully, keep it recorded, exit.
+                let (tx, _rx) = mpsc::unbounded_channel();
+                let _ = s.stop_all(None, &tx).await;
+                s.shutdown.notify_one();
+            }
+        });
+    }
+    loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                let Ok((stream, _)) = conn else { continue };
+                let s = sup.clone();
+                tokio::spawn(async move { s.handle(stream).await });
+            }
+            _ = sup.shutdown.notified() => break,
+        }
+    }
+    let _ = std::fs::remove_file(&sock);
+    Ok(())
+}
+
+impl Supervisor {
+    async fn service_plan(&self, service: &str) -> Option<ServicePlan> {
+        self.plan
+            .lock()
+            .await
+            .as_ref()
+            .and_then(|p| p.service(service).cloned())
+    }
+
+    async fn handle(self: Arc<Self>, stream: UnixStream) {
+        let (rd, mut wr) = stream.into_split();
+        let mut lines = BufReader::new(rd).lines();
+        let Ok(Some(line)) = lines.next_line().await else {
+            return;
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
+        let req: Result<Request, _> = serde_json::from_str(&line);
+        let me = self.clone();
+        let work = tokio::spawn(async move {
+            let r = match req {
+                Ok(r) => me.dispatch(r, &tx).await,
+                Err(e) => Err(anyhow!("bad request: {e}")),
+            };
+            let done = match r {
+                Ok(code) => Reply::Done {
+                    ok: true,
+                    error: None,
+                    code,
+                },
+                Err(e) => Reply::Done {
+                    ok: false,
+                    error: Some(crate::commands::render_error(&e)),
+                    code: 1,
+                },
+            };
+            let _ = tx.send(done);
+        });
+        let mut exit_after = false;
+        while let Some(reply) = rx.recv().await {
+            let done = matches!(reply, Reply::Done { .. });
+            if let Reply::Message { text } = &reply {
+                if text == "\u{0}exit" {
+                    exit_after = true;
+                    continue;
+                }
+            }
+            let mut b = serde_json::to_vec(&reply).unwrap_or_default();
+            b.push(b'\n');
+            if wr.write_all(&b).await.is_err() {
+                // The CLI went away: the operation goes on.
+            }
+            if done {
+                break;
+            }
+        }
+        let _ = work.await;
+        let _ = wr.shutdown().await;
+        if exit_after {
+            self.shutdown.notify_one();
+        }
+    }
+
+    async fn dispatch(self: &Arc<Self>, req: Request, out: &Out) -> anyhow::Result<i32> {
+        match req {
+            Request::Ping => Ok(0),
+            Request::Up { source, opts } => {
+                let _op = self.op.lock().await;
+                self.up(source, opts, out).await.map(|_| 0)
+            }
+            Request::Down {
+                volumes,
+                remove_orphans: _,
+                timeout,
+            } => {
+                let _op = self.op.lock().await;
+                self.down(volumes, timeout, out).await?;
+                let _ = out.send(Reply::Message {
+                    text: "\u{0}exit".into(),
+                });
+                Ok(0)
+            }
+            Request::Stop { services, timeout } => {
+                let _op = self.op.lock().await;
+                self.stop_services(&services, timeout, out).await.map(|_| 0)
+            }
+            Request::Start { services } => {
+                let _op = self.op.lock().await;
+                self.start_services(&services, out).await.map(|_| 0)
+            }
+            Request::Restart { services, timeout } => {
+                let _op = self.op.lock().await;
+                self.stop_services(&services, timeout, out).await?;
+                self.start_services(&services, out).await.map(|_| 0)
+            }
+            Request::Kill { services, signal } => {
+                let sig = proc::signal_number(&signal)
+                    .ok_or_else(|| anyhow!("invalid signal {signal:?}"))?;
+                let names = self.containers_of(&services).await;
+                for n in names {
+                    if sig == libc::SIGKILL || sig == libc::SIGTERM || sig == libc::SIGINT {
+                        self.mark_user_stop(&n, true).await;
+                    }
+                    self.signal(&n, sig);
+                    progress(out, "container", &n, "Killed");
+                }
+                Ok(0)
+            }
+            Request::Pause { services } => {
+                for n in self.containers_of(&services).await {
+                    self.engine.runtime.pause(&n).await?;
+                    self.set_status(&n, Status::Paused).await;
+                    progress(out, "container", &n, "Paused");
+                }
+                Ok(0)
+            }
+            Request::Unpause { services } => {
+                for n in self.containers_of(&services).await {
+                    self.engine.runtime.resume(&n).await?;
+                    self.set_status(&n, Status::Running).await;
+                    progress(out, "container", &n, "Unpaused");
+                }
+                Ok(0)
+            }
+            Request::Scale { source, scale } => {
+                let _op = self.op.lock().await;
+                let opts = UpOpts {
+                    scale,
+                    no_recreate: true,
+                    ..Default::default()
+                };
+                self.up(source, opts, out).await.map(|_| 0)
+            }
+            Request::Rollback { .. } => bail!("rollback is not implemented yet"),
+        }
+    }
+
+    async fn containers_of(&self, services: &[String]) -> Vec<String> {
+        let st = self.state.lock().await;
+        st.containers
+            .iter()
+            .filter(|c| !c.oneoff && (services.is_empty() || services.contains(&c.service)))
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    async fn save(&self) {
+        let st = self.state.lock().await;
+        if let Err(e) = st.save(&self.engine.paths) {
+            tracing::error!("saving state: {e:#}");
+        }
+    }
+
+    async fn set_status(&self, name: &str, status: Status) {
+        {
+            let mut st = self.state.lock().await;
+            if let Some(c) = st.container_mut(name) {
+                c.status = status;
+            }
+        }
+        self.save().await;
+    }
+
+    async fn mark_user_stop(&self, name: &str, v: bool) {
+        let mut st = self.state.lock().await;
+        if let Some(c) = st.container_mut(name) {
+            c.stopped_by_user = v;
+        }
+    }
+
+    fn signal(&self, name: &str, sig: i32) {
+        let sh = self.shared.lock().unwrap();
+        if let Some(l) = sh.live.get(name) {
+            let _ = proc::pidfd_send_signal(&l.pidfd, sig);
+        }
+    }
+
+    /// After a supervisor restart: watch the containers that still run (same pid and start
+    /// time); their exit status is lost (not our children), which `ps` then shows as 255.
+    async fn adopt(self: &Arc<Self>) {
+        let recs: Vec<ContainerRecord> = self.state.lock().await.containers.clone();
+        for c in recs {
+            let (Some(pid), Status::Running | Status::Paused) = (c.pid, c.status) else {
+                continue;
+            };
+            if !crate::state::pid_matches(pid, c.pid_start) {
+                self.record_exit(&c.name, Exit::Unknown).await;
+                continue;
+            }
+            let Ok(fd) = proc::pidfd_open(pid) else {
+                continue;
+            };
+            let fd = Arc::new(fd);
+            self.watch_exit(&c.name, fd, Instant::now());
+        }
+        self.refresh_dns().await;
+    }
+
+    /// Load the plan from the CLI's source, then converge.
+    async fn up(
+        self: &Arc<Self>,
+        source: ProjectSource,
+        opts: UpOpts,
+        out: &Out,
+    ) -> anyhow::Result<()> {
+        let plan = crate::engine::plan::load_plan(&source, &opts.services)?;
+        {
+            let mut st = self.state.lock().await;
+            st.source = Some(source.clone());
+            st.working_dir = plan.working_dir.clone();
+            st.config_files = plan.config_files.clone();
+        }
+        *self.plan.lock().await = Some(plan.clone());
+        let made = self.converge(&plan, &opts, out).await;
+        match made {
+            Ok(()) => {
+                self.save().await;
+                Ok(())
+            }
+            Err(e) => {
+                self.save().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn converge(
+        self: &Arc<Self>,
+        plan: &ProjectPlan,
+        opts: &UpOpts,
+        out: &Out,
+    ) -> anyhow::Result<()> {
+        let _lock = ProjectLock::acquire(&self.engine.paths, &self.project)?;
+        let mut made_networks: Vec<String> = Vec::new();
+        let mut made_containers: Vec<String> = Vec::new();
+        let result = self
+            .converge_inner(plan, opts, out, &mut made_networks, &mut made_containers)
+            .await;
+        if let Err(e) = &result {
+            // A failed `up` removes what it made.
+            let _ = out.send(Reply::Message {
+                text: format!("up failed: {e:#}; removing what it made"),
+            });
+            for name in made_containers.iter().rev() {
+                self.remove_one(name, Some(Duration::from_secs(2)), out)
+                    .await;
+            }
+            let nets: Vec<_> = {
+                let st = self.state.lock().await;
+                st.networks
+                    .iter()
+                    .filter(|n| made_networks.contains(&n.name))
+                    .cloned()
+                    .collect()
+            };
+            for n in nets {
+                let errs = self.engine.remove_network(&n).await;
+                for e in errs {
+                    tracing::warn!("{e}");
+                }
+                self.state
+                    .lock()
+                    .await
+                    .networks
+                    .retain(|x| x.name != n.name);
+            }
+            self.apply_firewall().await.ok();
+        }
+        result
+    }
+
+    async fn converge_inner(
+        self: &Arc<Self>,
+        plan: &ProjectPlan,
+        opts: &UpOpts,
+        out: &Out,
+        made_networks: &mut Vec<String>,
+        made_containers: &mut Vec<String>,
+    ) -> anyhow::Result<()> {
+        let selected: Vec<&ServicePlan> = plan.services.iter().collect();
+        // Networks used by the selected services.
+        let mut used: Vec<String> = Vec::new();
+        for s in &selected {
+            if s.network_mode.is_none() {
+                for n in &s.networks {
+                    if !used.contains(&n.key) {
+                        used.push(n.key.clone());
+                    }
+                }
+            }
+        }
+        for key in &used {
+            let net = plan
+                .network(key)
+                .ok_or_else(|| anyhow!("service uses undefined network {key}"))?;
+            let exists = self
+                .state
+                .lock()
+                .await
+                .networks
+                .iter()
+                .any(|n| n.name == net.name);
+            if exists {
+                continue;
+            }
+            progress(out, "network", &net.name, "Creating");
+            let rec = self.engine.ensure_network(net).await?;
+            if !net.external {
+                made_networks.push(rec.name.clone());
+            }
+            self.state.lock().await.networks.push(rec);
+            progress(out, "network", &net.name, "Created");
+        }
+        for v in &plan.volumes {
+            if v.external {
+                if !crate::engine::volumes::volume_data(&self.engine.paths, &v.name).exists() {
+                    bail!("external volume {:?} not found", v.name);
+                }
+                continue;
+            }
+            let mut st = self.state.lock().await;
+            if !st.volumes.iter().any(|x| x.name == v.name) {
+                let path = crate::engine::volumes::ensure(&self.engine.paths, &v.name)?;
+                st.volumes.push(crate::state::VolumeRecord {
+                    key: v.key.clone(),
+                    name: v.name.clone(),
+                    path,
+                    external: false,
+                });
+                progress(out, "volume", &v.name, "Created");
+            }
+        }
+        self.save().await;
+
+        // Orphans: containers of services no longer in the file.
+        let orphans: Vec<String> = {
+            let st = self.state.lock().await;
+            st.containers
+                .iter()
+                .filter(|c| !c.oneoff && plan.service(&c.service).is_none())
+                .map(|c| c.name.clone())
+                .collect()
+        };
+        if !orphans.is_empty() {
+            if opts.remove_orphans {
+                for o in &orphans {
+                    self.remove_one(o, opts.timeout.map(Duration::from_secs), out)
+                        .await;
+                }
+            } else {
+                let _ = out.send(Reply::Message {
+                    text: format!(
+                        "Found orphan containers ({}) for this project. If you removed or renamed this service in your compose file, you can run this command with the --remove-orphans flag to clean it up.",
+                        orphans.join(", ")
+                    ),
+                });
+            }
+        }
+
+        for level in &plan.levels {
+            let mut tasks = Vec::new();
+            for svc_name in level {
+                let Some(svc) = plan.service(svc_name) else {
+                    continue;
+                };
+                let me = self.clone();
+                let svc = svc.clone();
+                let plan = plan.clone();
+                let opts = opts.clone();
+                let out = out.clone();
+                tasks.push(tokio::spawn(async move {
+                    me.converge_service(&plan, &svc, &opts, &out).await
+                }));
+            }
+            let mut first_err = None;
+            for t in tasks {
+                match t.await {
+                    Ok(Ok(made)) => made_containers.extend(made),
+                    Ok(Err(e)) => {
+                        if first_err.is_none() {
+                            first_err = Some(e);
+                        }
+                    }
+                    Err(e) => {
+                        if first_err.is_none() {
+                            first_err = Some(anyhow!("task failed: {e}"));
+                        }
+                    }
+                }
+            }
+            if let Some(e) = first_err {
+                return Err(e);
+            }
+        }
+        self.apply_firewall().await?;
+        Ok(())
+    }
+
+    /// Bring one service to its desired replicas and config. Returns the containers it made.
+    async fn converge_service(
+        self: &Arc<Self>,
+        plan: &ProjectPlan,
+        svc: &ServicePlan,
+        opts: &UpOpts,
+        out: &Out,
+    ) -> anyhow::Result<Vec<String>> {
+        // Wait for dependencies' conditions.
+        for (dep, condition, required, _restart) in &svc.depends_on {
+            if plan.service(dep).is_none() {
+                if *required {
+                    bail!(
+                        "service {:?} depends on undefined service {dep:?}",
+                        svc.name
+                    );
+                }
+                continue;
+            }
+            self.wait_condition(dep, condition, *required).await?;
+        }
+        let desired = opts
+            .scale
+            .iter()
+            .find(|(s, _)| *s == svc.name)
+            .map(|(_, n)| *n)
+            .unwrap_or(svc.replicas) as u32;
+        let existing: Vec<ContainerRecord> = {
+            let st = self.state.lock().await;
+            st.containers
+                .iter()
+                .filter(|c| c.service == svc.name && !c.oneoff)
+                .cloned()
+                .collect()
+        };
+        let mut made = Vec::new();
+        // Recreate changed containers (stop-first, like compose; rolling updates build on this).
+        for c in &existing {
+            let changed = c.config_hash != svc.config_hash;
+            if c.number > desired {
+                self.remove_one(&c.name, opts.timeout.map(Duration::from_secs), out)
+                    .await;
+                continue;
+            }
+            if (changed && !opts.no_recreate) || opts.force_recreate {
+                if changed {
+                    let _ = out.send(Reply::Message {
+                        text: format!("{}: configuration changed, recreating", c.name),
+                    });
+                }
+                progress(out, "container", &c.name, "Recreate");
+                self.remove_one(&c.name, opts.timeout.map(Duration::from_secs), out)
+                    .await;
+                let name = self.create_one(plan, svc, c.number, out).await?;
+                made.push(name.clone());
+                if !opts.no_start {
+                    self.start_one(&name, out).await?;
+                }
+            } else if !opts.no_start {
+                let st = self
+                    .state
+                    .lock()
+                    .await
+                    .container(&c.name)
+                    .map(|c| (c.status, c.pid, c.pid_start));
+                if let Some((status, pid, start)) = st {
+                    let running = matches!(status, Status::Running | Status::Paused)
+                        && pid.is_some_and(|p| crate::state::pid_matches(p, start));
+                    if !running {
+                        self.start_one(&c.name, out).await?;
+                    } else {
+                        progress(out, "container", &c.name, "Running");
+                    }
+                }
+            }
+        }
+        for n in 1..=desired {
+            let have = self
+                .state
+                .lock()
+                .await
+                .containers
+                .iter()
+                .any(|c| c.service == svc.name && c.number == n && !c.oneoff);
+            if have {
+                continue;
+            }
+            let name = self.create_one(plan, svc, n, out).await?;
+            made.push(name.clone());
+            if !opts.no_start {
+                self.start_one(&name, out).await?;
+            }
+        }
+        Ok(made)
+    }
+
+    async fn wait_condition(
+        &self,
+        dep: &str,
+        condition: &str,
+        required: bool,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let recs: Vec<ContainerRecord> = {
+                let st = self.state.lock().await;
+                st.containers
+                    .iter()
+                    .filter(|c| c.service == dep && !c.oneoff)
+                    .cloned()
+                    .collect()
+            };
+            if recs.is_empty() {
+                if !required {
+                    return Ok(());
+                }
+            } else {
+                match condition {
+                    "service_healthy" => {
+                        if let Some(c) = recs
+                            .iter()
+                            .find(|c| c.health.as_deref() == Some("unhealthy"))
+                        {
+                            bail!(
+                                "dependency failed to start: container {} is unhealthy",
+                                c.name
+                            );
+                        }
+                        if let Some(c) = recs.iter().find(|c| c.status == Status::Exited) {
+                            bail!(
+                                "dependency failed to start: container {} exited ({})",
+                                c.name,
+                                c.exit_code.unwrap_or(-1)
+                            );
+                        }
+                        if recs.iter().all(|c| c.health.as_deref() == Some("healthy")) {
+                            return Ok(());
+                        }
+                        if recs
+                            .iter()
+                            .all(|c| c.health.is_none() && c.status == Status::Running)
+                        {
+                            bail!("dependency failed to start: container {} has no healthcheck configured", recs[0].name);
+                        }
+                    }
+                    "service_completed_successfully" => {
+                        if let Some(c) = recs
+                            .iter()
+                            .find(|c| c.status == Status::Exited && c.exit_code != Some(0))
+                        {
+                            bail!(
+                                "service {:?} didn't complete successfully: exit {}",
+                                dep,
+                                c.exit_code.unwrap_or(-1)
+                            );
+                        }
+                        if recs
+                            .iter()
+                            .all(|c| c.status == Status::Exited && c.exit_code == Some(0))
+                        {
+                            return Ok(());
+                        }
+                    }
+                    _ => {
+                        if recs.iter().all(|c| c.status != Status::Created) {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting for {dep} ({condition})");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn create_one(
+        self: &Arc<Self>,
+        plan: &ProjectPlan,
+        svc: &ServicePlan,
+        number: u32,
+        out: &Out,
+    ) -> anyhow::Result<String> {
+        let name = crate::engine::container::container_name(&plan.name, svc, number);
+        progress(out, "container", &name, "Creating");
+        let (networks, snapshot) = {
+            let st = self.state.lock().await;
+            (st.networks.clone(), st.clone())
+        };
+        let mut rec = self
+            .engine
+            .prepare_container(plan, svc, number, &networks, &snapshot)
+            .await?;
+        rec.ports = self.engine.assign_ports(svc)?;
+        {
+            let mut st = self.state.lock().await;
+            st.containers.retain(|c| c.name != rec.name);
+            st.containers.push(rec);
+        }
+        self.save().await;
+        progress(out, "container", &name, "Created");
+        Ok(name)
+    }
+
+    /// Create the runtime container from its bundle and start it.
+    async fn start_one(self: &Arc<Self>, name: &str, out: &Out) -> anyhow::Result<()> {
+        progress(out, "container", name, "Starting");
+        self.spawn(name)
+            .await
+            .with_context(|| format!("starting {name}"))?;
+        progress(out, "container", name, "Started");
+        Ok(())
+    }
+
+    async fn spawn(self: &Arc<Self>, name: &str) -> anyhow::Result<()> {
+        // Lock order: never hold `state` and `plan` together.
+        let rec = self
+            .state
+            .lock()
+            .await
+            .container(name)
+            .cloned()
+            .ok_or_else(|| anyhow!("no such container {name}"))?;
+        let svc = self.service_plan(&rec.service).await;
+        // A previous run's runtime state (after an exit) goes first; the bundle stays.
+        let _ = self.engine.runtime.delete(name, true).await;
+        let log = {
+            let mut sh = self.shared.lock().unwrap();
+            let project_dir = self.engine.paths.project(&self.project);
+            let (max_size, max_file) = svc
+                .as_ref()
+                .map(|s| (s.log_max_size, s.log_max_file))
+                .unwrap_or((None, 1));
+            match sh.logs.get(name) {
+                Some(l) => l.clone(),
+                None => {
+                    let w = LogWriter::open(
+                        &crate::logs::log_path(&project_dir, name),
+                        max_size,
+                        max_file,
+                    )?;
+                    let l = Arc::new(StdMutex::new(w));
+                    sh.logs.insert(name.to_string(), l.clone());
+                    l
+                }
+            }
+        };
+        let (out_r, out_w) = pipe_pair()?;
+        let (err_r, err_w) = pipe_pair()?;
+        let io = CreateIo {
+            stdin: std::process::Stdio::null(),
+            stdout: out_w.into(),
+            stderr: err_w.into(),
+        };
+        let pid = self.engine.runtime.create(name, &rec.dir, io, None).await?;
+        tokio::spawn(copy_to_log(out_r, "stdout", log.clone(), None));
+        tokio::spawn(copy_to_log(err_r, "stderr", log, None));
+        let pidfd = Arc::new(proc::pidfd_open(pid).context("opening the container's pidfd")?);
+        let start = Instant::now();
+        self.watch_exit(name, pidfd, start);
+        if let Err(e) = self.engine.runtime.start(name).await {
+            let _ = self.engine.runtime.delete(name, true).await;
+            return Err(e);
+        }
+        {
+            let mut st = self.state.lock().await;
+            if let Some(c) = st.container_mut(name) {
+                c.status = Status::Running;
+                c.pid = Some(pid);
+                c.pid_start = crate::state::pid_start_time(pid);
+                c.started_at = Some(now_rfc3339());
+                c.finished_at = None;
+                c.exit_code = None;
+                c.stopped_by_user = false;
+                c.health = svc
+                    .as_ref()
+                    .and_then(|s| s.healthcheck.as_ref())
+                    .filter(|h| h.enabled())
+                    .map(|_| "starting".to_string());
+            }
+        }
+        self.save().await;
+        self.refresh_dns().await;
+        if let Some(h) = svc
+            .as_ref()
+            .and_then(|s| s.healthcheck.clone())
+            .filter(|h| h.enabled())
+        {
+            health::spawn(self.clone(), name.to_string(), h, pid);
+        }
+        Ok(())
+    }
+
+    fn watch_exit(self: &Arc<Self>, name: &str, pidfd: Arc<OwnedFd>, started: Instant) {
+        let (tx, rx) = watch::channel(None);
+        {
+            let mut sh = self.shared.lock().unwrap();
+            sh.live.insert(
+                name.to_string(),
+                Live {
+                    pidfd: pidfd.clone(),
+                    exit: rx,
+                    started,
+                },
+            );
+        }
+        let me = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            // The wait needs its own fd: the pidfd is shared for signals.
+            let dup = match pidfd.try_clone() {
+                Ok(d) => d,
+                Err(_) => return,
+            };
+            let exit = proc::wait_pidfd(dup).await.unwrap_or(Exit::Unknown);
+            let _ = tx.send(Some(exit));
+            me.on_exit(&name, exit, started.elapsed()).await;
+        });
+    }
+
+    async fn record_exit(&self, name: &str, exit: Exit) {
+        {
+            let mut st = self.state.lock().await;
+            if let Some(c) = st.container_mut(name) {
+                c.status = Status::Exited;
+                c.exit_code = Some(exit.code());
+                c.finished_at = Some(now_rfc3339());
+                c.pid = None;
+                c.pid_start = None;
+                if c.health.is_some() {
+                    c.health = None;
+                }
+            }
+        }
+        self.save().await;
+    }
+
+    async fn on_exit(self: &Arc<Self>, name: &str, exit: Exit, ran_for: Duration) {
+        self.record_exit(name, exit).await;
+        self.refresh_dns().await;
+        let _ = self.apply_firewall().await;
+        let (user_stop, service) = {
+            let st = self.state.lock().await;
+            match st.container(name) {
+                Some(c) => (c.stopped_by_user, c.service.clone()),
+                None => return,
+            }
+        };
+        let policy = self
+            .service_plan(&service)
+            .await
+            .map(|s| s.restart)
+            .unwrap_or_default();
+        let delay = {
+            let mut sh = self.shared.lock().unwrap();
+            sh.live.remove(name);
+            let b = sh.backoff.entry(name.to_string()).or_default();
+            b.on_exit(&policy, exit.code(), ran_for, user_stop, Instant::now())
+        };
+        let Some(delay) = delay else { return };
+        tracing::info!(
+            "{name} exited with {}; restarting in {delay:?}",
+            exit.code()
+        );
+        self.set_status(name, Status::Restarting).await;
+        tokio::time::sleep(delay).await;
+        // Stopped by the user while we waited?
+        let still = {
+            let st = self.state.lock().await;
+            st.container(name)
+                .map(|c| !c.stopped_by_user && c.status == Status::Restarting)
+                .unwrap_or(false)
+        };
+        if !still {
+            return;
+        }
+        {
+            let mut st = self.state.lock().await;
+            if let Some(c) = st.container_mut(name) {
+                c.restart_count += 1;
+            }
+        }
+        if let Err(e) = self.spawn(name).await {
+            tracing::error!("restarting {name}: {e:#}");
+            self.set_status(name, Status::Exited).await;
+        }
+    }
+
+    /// Stop one container: its stop signal, the grace period, then SIGKILL.
+    async fn stop_one(&self, name: &str, timeout: Option<Duration>, out: &Out) {
+        self.mark_user_stop(name, true).await;
+        let service = self
+            .state
+            .lock()
+            .await
+            .container(name)
+            .map(|c| c.service.clone());
+        let svc = match service {
+            Some(s) => self.service_plan(&s).await,
+            None => None,
+        };
+        let (live, signal, grace) = {
+            let sig = svc
+                .as_ref()
+                .and_then(|s| s.stop_signal.clone())
+                .unwrap_or_else(|| "SIGTERM".into());
+            let grace = timeout
+                .or(svc.as_ref().and_then(|s| s.stop_grace_period))
+                .unwrap_or(Duration::from_secs(10));
+            let sh = self.shared.lock().unwrap();
+            (
+                sh.live.get(name).map(|l| (l.pidfd.clone(), l.exit.clone())),
+                sig,
+                grace,
+            )
+        };
+        let Some((pidfd, mut exit)) = live else {
+            return;
+        };
+        progress(out, "container", name, "Stopping");
+        let sig = proc::signal_number(&signal).unwrap_or(libc::SIGTERM);
+        let _ = proc::pidfd_send_signal(&pidfd, sig);
+        let waited = tokio::time::timeout(grace, exit.wait_for(|e| e.is_some()))
+            .await
+            .is_ok();
+        if !waited {
+            let _ = out.send(Reply::Message {
+                text: format!(
+                    "{name} did not stop within {}s after {signal}; killed. If its main process ignores signals, try `init: true`.",
+                    grace.as_secs()
+                ),
+            });
+            let _ = proc::pidfd_send_signal(&pidfd, libc::SIGKILL);
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), exit.wait_for(|e| e.is_some())).await;
+        }
+        // Let on_exit record the status before we go on.
+        for _ in 0..100 {
+            let done = self
+                .state
+                .lock()
+                .await
+                .container(name)
+                .map(|c| c.status == Status::Exited)
+                .unwrap_or(true);
+            if done {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        progress(out, "container", name, "Stopped");
+    }
+
+    async fn remove_one(&self, name: &str, timeout: Option<Duration>, out: &Out) {
+        self.stop_one(name, timeout, out).await;
+        progress(out, "container", name, "Removing");
+        let rec = self.state.lock().await.container(name).cloned();
+        if let Some(rec) = rec {
+            for e in self.engine.remove_container(&rec).await {
+                let _ = out.send(Reply::Message {
+                    text: format!("{name}: {e}"),
+                });
+            }
+        }
+        {
+            let mut st = self.state.lock().await;
+            st.containers.retain(|c| c.name != name);
+        }
+        {
+            let mut sh = self.shared.lock().unwrap();
+            sh.logs.remove(name);
+            sh.backoff.remove(name);
+        }
+        let _ = std::fs::remove_file(crate::logs::log_path(
+            &self.engine.paths.project(&self.project),
+            name,
+        ));
+        self.save().await;
+        self.refresh_dns().await;
+        progress(out, "container", name, "Removed");
+    }
+
+    async fn stop_all(&self, timeout: Option<u64>, out: &Out) -> anyhow::Result<()> {
+        let levels = self.stop_levels().await;
+        for level in levels {
+            let futs: Vec<_> = level
+                .iter()
+                .map(|n| self.stop_one(n, timeout.map(Duration::from_secs), out))
+                .collect();
+            futures_join_all(futs).await;
+        }
+        Ok(())
+    }
+
+    /// Containers grouped in reverse start order.
+    async fn stop_levels(&self) -> Vec<Vec<String>> {
+        let plan = self.plan.lock().await.clone();
+        let st = self.state.lock().await;
+        let mut levels: Vec<Vec<String>> = Vec::new();
+        let mut placed: Vec<String> = Vec::new();
+        if let Some(p) = &plan {
+            for lvl in p.levels.iter().rev() {
+                let names: Vec<String> = st
+                    .containers
+                    .iter()
+                    .filter(|c| lvl.contains(&c.service))
+                    .map(|c| c.name.clone())
+                    .collect();
+                placed.extend(names.iter().cloned());
+                levels.push(names);
+            }
+        }
+        let rest: Vec<String> = st
+            .containers
+            .iter()
+            .filter(|c| !placed.contains(&c.name))
+            .map(|c| c.name.clone())
+            .collect();
+        if !rest.is_empty() {
+            levels.insert(0, rest);
+        }
+        levels
+    }
+
+    async fn stop_services(
+        &self,
+        services: &[String],
+        timeout: Option<u64>,
+        out: &Out,
+    ) -> anyhow::Result<()> {
+        let names = self.containers_of(services).await;
+        for level in self.stop_levels().await {
+            let futs: Vec<_> = level
+                .iter()
+                .filter(|n| names.contains(n))
+                .map(|n| self.stop_one(n, timeout.map(Duration::from_secs), out))
+                .collect();
+            futures_join_all(futs).await;
+        }
+        Ok(())
+    }
+
+    async fn start_services(
+        self: &Arc<Self>,
+        services: &[String],
+        out: &Out,
+    ) -> anyhow::Result<()> {
+        let names = self.containers_of(services).await;
+        for n in names {
+            let running = self.shared.lock().unwrap().live.contains_key(&n);
+            if !running {
+                self.start_one(&n, out).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn down(&self, volumes: bool, timeout: Option<u64>, out: &Out) -> anyhow::Result<()> {
+        let _lock = ProjectLock::acquire(&self.engine.paths, &self.project)?;
+        for level in self.stop_levels().await {
+            let futs: Vec<_> = level
+                .iter()
+                .map(|n| self.remove_one(n, timeout.map(Duration::from_secs), out))
+                .collect();
+            futures_join_all(futs).await;
+        }
+        let (nets, vols) = {
+            let st = self.state.lock().await;
+            (st.networks.clone(), st.volumes.clone())
+        };
+        let _ = berth_network::firewall::remove(&self.project);
+        for n in nets {
+            progress(out, "network", &n.name, "Removing");
+            for e in self.engine.remove_network(&n).await {
+                let _ = out.send(Reply::Message { text: e });
+            }
+            progress(out, "network", &n.name, "Removed");
+        }
+        self.dns.set_records(Default::default());
+        if volumes {
+            for v in vols.iter().filter(|v| !v.external) {
+                crate::engine::volumes::remove(&self.engine.paths, &v.name)?;
+                progress(out, "volume", &v.name, "Removed");
+            }
+        }
+        remove_project_files(&self.engine.paths, &self.project, volumes)?;
+        Ok(())
+    }
+
+    /// DNS: every running container answers on each of its networks under its service name,
+    /// container name, hostname and aliases. Swapped in one piece.
+    async fn refresh_dns(&self) {
+        let st = self.state.lock().await;
+        let mut records = berth_network::dns::Records::default();
+        for n in &st.networks {
+            records.add_network(&n.key, n.gateway, n.internal);
+        }
+        for c in st.containers.iter().filter(|c| c.status == Status::Running) {
+            for ep in &c.endpoints {
+                let mut names = vec![c.service.clone(), c.name.clone()];
+                names.extend(ep.aliases.iter().cloned());
+                records.add(&ep.network, &names, ep.ip);
+            }
+        }
+        drop(st);
+        self.dns.set_records(records);
+        let nets: Vec<(String, std::net::Ipv4Addr)> = self
+            .state
+            .lock()
+            .await
+            .networks
+            .iter()
+            .map(|n| (n.key.clone(), n.gateway))
+            .collect();
+        for (key, gw) in nets {
+            if let Err(e) = self.dns.add_listener(&key, gw).await {
+                tracing::warn!("dns on {gw}: {e}");
+            }
+        }
+    }
+
+    async fn apply_firewall(&self) -> anyhow::Result<()> {
+        let st = self.state.lock().await;
+        let mut fw = berth_network::firewall::ProjectFirewall {
+            project: self.project.clone(),
+            networks: vec![],
+            ports: vec![],
+        };
+        for n in &st.networks {
+            fw.networks.push(berth_network::firewall::NetRule {
+                bridge: n.bridge.clone(),
+                subnet: n.subnet,
+                internal: n.internal,
+            });
+        }
+        let mut ports: HashMap<(Option<String>, u16, String), Vec<(std::net::Ipv4Addr, u16)>> =
+            HashMap::new();
+        for c in st.containers.iter() {
+            let Some(ip) = c.endpoints.first().map(|e| e.ip) else {
+                continue;
+            };
+            for p in &c.ports {
+                let e = ports
+                    .entry((p.host_ip.clone(), p.host_port, p.protocol.clone()))
+                    .or_default();
+                if c.status == Status::Running {
+                    e.push((ip, p.target));
+                }
+            }
+        }
+        for ((host_ip, host_port, proto), backends) in ports {
+            fw.ports.push(berth_network::firewall::PortRule {
+                host_ip: host_ip.and_then(|h| h.parse().ok()),
+                host_port,
+                protocol: if proto == "udp" {
+                    berth_network::firewall::Proto::Udp
+                } else {
+                    berth_network::firewall::Proto::Tcp
+                },
+                backends,
+            });
+        }
+        drop(st);
+        tokio::task::spawn_blocking(move || berth_network::firewall::apply(&fw)).await??;
+        Ok(())
+    }
+}
+
+async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: Vec<F>) {
+    // A small join_all without pulling the futures crate: poll them all concurrently.
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    for f in set {
+        f.await;
+    }
+}
+
+/// Remove the project's record and logs (and its run dir).
+pub fn remove_project_files(paths: &Paths, project: &str, _volumes: bool) -> anyhow::Result<()> {
+    let dir = paths.project(project);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    let run: PathBuf = paths.project_run(project);
+    if run.exists() {
+        let _ = std::fs::remove_dir_all(&run);
+    }
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! Shared helpers for the end-to-end tests: a private state root per test, the berth binary,
+//! a busybox image built offline, and a leak check run when the test ends (pass or fail).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const IMAGE: &str = "berth-test/busybox:1";
+
+pub fn is_root() -> bool {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc::getuid() == 0 }
+}
+
+/// Root tests fail loudly without root: a skipped test must never count as a pass.
+pub fn require_root() {
+    assert!(
+        is_root(),
+        "this test needs root (it makes real containers, bridges and nftables rules)"
+    );
+}
+
+/// A unique, valid project name for a test.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    format!("{prefix}{}x{n}", std::process::id() % 100000)
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The test image as a docker-save archive, built once per test binary.
+pub fn image_tar() -> PathBuf {
+    static TAR: OnceLock<PathBuf> = OnceLock::new();
+    TAR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("berth-test-image-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("image.tar");
+        let st = Command::new(repo_root().join("examples/mkimage.sh"))
+            .arg(&out)
+            .arg(IMAGE)
+            .status()
+            .expect("running examples/mkimage.sh");
+        assert!(st.success(), "mkimage.sh failed");
+        out
+    })
+    .clone()
+}
+
+pub struct Berth {
+    pub root: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
+    pub projects: std::cell::RefCell<Vec<String>>,
+}
+
+impl Berth {
+    pub fn new() -> Berth {
+        require_root();
+        let b = Berth {
+            root: tempfile::Builder::new()
+                .prefix("berth-root-")
+                .tempdir()
+                .unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix("berth-proj-")
+                .tempdir()
+                .unwrap(),
+            projects: Default::default(),
+        };
+        let out = b.run(&["load", "-q", "-i", image_tar().to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "berth load failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        b
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+        c.env("BERTH_ROOT", self.root.path())
+            .current_dir(self.dir.path());
+        c.stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("running berth")
+    }
+
+    /// Write a compose file for project `name` and remember the project for cleanup.
+    pub fn compose(&self, name: &str, yaml: &str) -> PathBuf {
+        let p = self.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&p, format!("name: {name}\n{yaml}")).unwrap();
+        self.projects.borrow_mut().push(name.to_string());
+        p
+    }
+
+    /// `berth -f FILE ARGS…`, asserting success; returns stdout.
+    pub fn ok(&self, file: &Path, args: &[&str]) -> String {
+        let out = self.cmd().arg("-f").arg(file).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "berth {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    pub fn fails(&self, file: &Path, args: &[&str]) -> String {
+        let out = self.cmd().arg("-f").arg(file).args(args).output().unwrap();
+        assert!(!out.status.success(), "berth {args:?} should have failed");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    }
+
+    pub fn state(&self, project: &str) -> Option<serde_json::Value> {
+        let p = self
+            .root
+            .path()
+            .join("data/projects")
+            .join(project)
+            .join("state.json");
+        std::fs::read(p)
+            .ok()
+            .map(|b| serde_json::from_slice(&b).unwrap())
+    }
+}
+
+/// Poll `f` until it returns Some, or panic after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        for p in self.projects.borrow().iter() {
+            let _ = self.cmd().args(["-p", p, "down", "-v", "-t", "1"]).output();
+        }
+        let leaks = leaks(self.root.path(), &self.projects.borrow());
+        if !std::thread::panicking() {
+            assert!(leaks.is_empty(), "berth left things behind: {leaks:#?}");
+        } else if !leaks.is_empty() {
+            eprintln!("leaks after a failed test: {leaks:#?}");
+        }
+    }
+}
+
+/// What a project may leave behind: mounts under the state root, cgroups, processes,
+/// nftables chains of the project, and links of its netns/bridges.
+pub fn leaks(root: &Path, projects: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let root_s = root.to_string_lossy().to_string();
+    if let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for l in m.lines() {
+            if l.contains(&root_s) {
+                out.push(format!("mount: {l}"));
+            }
+        }
+    }
+    for p in projects {
+        for ctl in [
+            "memory", "pids", "cpu", "freezer", "devices", "cpuset", "blkio", "cpuacct", "systemd",
+            "unified",
+        ] {
+            let d = Path::new("/sys/fs/cgroup").join(ctl).join("berth").join(p);
+            if d.exists() {
+                out.push(format!("cgroup: {}", d.display()));
+            }
+        }
+        if let Ok(o) = Command::new("nft")
+            .args(["list", "table", "inet", "berth"])
+            .output()
+        {
+            let s = String::from_utf8_lossy(&o.stdout);
+            if s.contains(p.as_str()) {
+                out.push(format!("nftables: table inet berth still mentions {p}"));
+            }
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if let Ok(env) = std::fs::read(e.path().join("environ")) {
+                if String::from_utf8_lossy(&env).contains(&format!("BERTH_ROOT={root_s}"))
+                    && cmd.contains("__supervisor")
+                {
+                    out.push(format!(
+                        "process: {} {cmd}",
+                        e.file_name().to_string_lossy()
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
