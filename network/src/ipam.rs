@@ -246,6 +246,40 @@ impl Ipam {
         Ok(NetAlloc { subnet, gateway })
     }
 
+    /// Record a network whose subnet is fixed elsewhere (an external bridge berth did not make:
+    /// pass its subnet and gateway, e.g. from `bridge::gateway_of`), so addresses can be handed
+    /// out on it. No overlap check and no host-global reservation: the bridge already exists.
+    /// Idempotent; an existing entry for `key` is kept as it is.
+    pub fn adopt_network(&self, key: &str, subnet: Ipv4Net, gateway: Ipv4Addr) -> Result<NetAlloc> {
+        let _l = self.lock()?;
+        let mut st = self.load()?;
+        if let Some(n) = st.networks.get(key) {
+            return Ok(NetAlloc {
+                subnet: n.subnet,
+                gateway: n.gateway,
+            });
+        }
+        let subnet = subnet.trunc();
+        if !subnet.contains(&gateway) {
+            return Err(Error::AddressOutOfRange {
+                addr: gateway,
+                subnet,
+            });
+        }
+        st.networks.insert(
+            key.to_string(),
+            NetState {
+                subnet,
+                gateway,
+                ip_range: None,
+                addresses: BTreeMap::new(),
+                last: None,
+            },
+        );
+        self.save(&st)?;
+        Ok(NetAlloc { subnet, gateway })
+    }
+
     /// The subnet of a network already allocated.
     pub fn network(&self, key: &str) -> Result<Option<NetAlloc>> {
         let _l = self.lock()?;

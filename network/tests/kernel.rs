@@ -528,3 +528,67 @@ fn coexists_with_a_forward_drop_policy() {
         .wget(&format!("http://{}:{port}/", host_address()), 1)
         .is_none());
 }
+
+/// An external network: a plain bridge berth did not make (here made with `ip`, as a user or
+/// another tool would), adopted into IPAM from its own address; endpoints plug straight into it.
+#[test]
+fn external_host_bridge_is_used_as_it_is() {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    let ipam = ipam_in(d.path());
+    let name = format!("berthx{}", &uniq("")[..std::cmp::min(9, uniq("").len())]);
+    let name: String = name.chars().take(15).collect();
+    struct L(String);
+    impl Drop for L {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", &self.0])
+                .status();
+        }
+    }
+    let _l = L(name.clone());
+    let gw_net = "10.254.123.1/24";
+    for args in [
+        vec!["link", "add", &name, "type", "bridge"],
+        vec!["addr", "add", gw_net, "dev", &name],
+        vec!["link", "set", &name, "up"],
+    ] {
+        assert!(std::process::Command::new("ip")
+            .args(&args)
+            .status()
+            .unwrap()
+            .success());
+    }
+    let (gw, subnet) = bridge::gateway_of(&name).unwrap().unwrap();
+    assert_eq!(gw.to_string(), "10.254.123.1");
+    let key = uniq("ext");
+    ipam.adopt_network(&key, subnet, gw).unwrap();
+    struct K(Arc<ipam::Ipam>, String);
+    impl Drop for K {
+        fn drop(&mut self) {
+            let _ = self.0.release_network(&self.1);
+        }
+    }
+    let _k = K(ipam.clone(), key.clone());
+    // Borrow the Net helper's shape for the endpoints without letting it remove the bridge.
+    let fake = std::mem::ManuallyDrop::new(Net {
+        key: key.clone(),
+        bridge: name.clone(),
+        subnet,
+        gateway: gw,
+        internal: false,
+        ipam: ipam.clone(),
+    });
+    let a = Ns::new(d.path(), &[&fake]);
+    let b = Ns::new(d.path(), &[&fake]);
+    let _web = b.httpd(d.path(), "external");
+    assert_eq!(
+        a.wget(&format!("http://{}/", b.ip()), 3).as_deref(),
+        Some("external")
+    );
+    // Hairpin is on for ports plugged into a host bridge.
+    let hp = std::fs::read_to_string(format!("/sys/class/net/{}/brport/hairpin_mode", a.links[0]))
+        .unwrap();
+    assert_eq!(hp.trim(), "1");
+    // bridge::remove is never called for it by berth; the guard (like its owner) removes it.
+}

@@ -1,0 +1,224 @@
+//! Benchmarks (ignored by default; root):
+//! `cargo test --release -p berth-network --features dns --test bench -- --ignored --nocapture`
+//! dnsperf from inside a namespace (service name, forwarded name) and iperf3 between two
+//! containers, through a published port, and over a bare veth pair.
+
+#![cfg(feature = "dns")]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_network::dns::{DnsServer, Records};
+use berth_network::firewall::{self, PortRule, ProjectFirewall, Proto};
+use berth_network::{ipam, netns};
+use common::*;
+
+fn field(out: &str, key: &str) -> f64 {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix(key))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn dnsperf(
+    ns: &Ns,
+    server: std::net::Ipv4Addr,
+    query: &str,
+    dir: &std::path::Path,
+) -> (f64, f64, String) {
+    let file = dir.join(format!("q-{}", query.replace(' ', "_")));
+    std::fs::write(&file, format!("{query}\n")).unwrap();
+    let o = Command::new("timeout")
+        .args(["30", "nsenter"])
+        .arg(format!("--net={}", ns.path.display()))
+        .args([
+            "dnsperf",
+            "-s",
+            &server.to_string(),
+            "-d",
+            file.to_str().unwrap(),
+            "-l",
+            "5",
+            "-c",
+            "4",
+            "-q",
+            "64",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    (
+        field(&out, "Queries per second:"),
+        field(&out, "Average Latency (s):"),
+        out,
+    )
+}
+
+fn iperf_client(prefix: &[&str], target: &str, port: u16) -> f64 {
+    let mut cmd = Command::new("timeout");
+    cmd.arg("20");
+    cmd.args(prefix);
+    cmd.args([
+        "iperf3",
+        "-c",
+        target,
+        "-p",
+        &port.to_string(),
+        "-t",
+        "3",
+        "-J",
+    ]);
+    let o = cmd.stdin(Stdio::null()).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9
+}
+
+fn iperf_server(ns: &std::path::Path, port: u16) -> Proc {
+    let p = Proc(
+        Command::new("nsenter")
+            .arg(format!("--net={}", ns.display()))
+            .args(["iperf3", "-s", "-1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    p
+}
+
+#[test]
+#[ignore]
+fn bench_dns_and_throughput() {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    let ipam = Arc::new(ipam::Ipam::open(&d.path().join("ipam")).unwrap());
+    let net = Net::new(&ipam, false);
+    let a = Ns::new(d.path(), &[&net]);
+    let b = Ns::new(d.path(), &[&net]);
+
+    // dnsmasq upstream on loopback.
+    let up_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _dnsmasq = Proc(
+        Command::new("dnsmasq")
+            .args([
+                "--no-daemon",
+                &format!("--port={up_port}"),
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--no-resolv",
+                "--no-hosts",
+                "--address=/example.test/10.9.9.9",
+                &format!("--pid-file={}", d.path().join("dm.pid").display()),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _server = rt.block_on(async {
+        let s = DnsServer::start();
+        let mut r = Records::default();
+        r.add_network(&net.key, net.gateway, false);
+        r.add(&net.key, &["web".into()], b.ip());
+        r.set_upstreams(vec![format!("127.0.0.1:{up_port}").parse().unwrap()]);
+        s.set_records(r);
+        s.add_listener(&net.key, net.gateway).await.unwrap();
+        s
+    });
+    let (q1, l1, out1) = dnsperf(&a, net.gateway, "web A", d.path());
+    let (q2, l2, out2) = dnsperf(&a, net.gateway, "host.example.test A", d.path());
+    println!(
+        "dnsperf service name: {q1:.0} q/s, avg latency {:.3} ms",
+        l1 * 1e3
+    );
+    println!("dnsperf forwarded name (upstream TTL 0, so every query goes upstream): {q2:.0} q/s, avg latency {:.3} ms", l2 * 1e3);
+    assert!(q1 > 0.0, "{out1}");
+    assert!(q2 > 0.0, "{out2}");
+
+    // iperf3: container to container over the network.
+    let bpath = b.path.to_str().unwrap().to_string();
+    let apath = format!("--net={}", a.path.display());
+    let _s = iperf_server(&b.path, 5201);
+    let c2c = iperf_client(&["nsenter", &apath], &b.ip().to_string(), 5201);
+    // Through a published port from the host.
+    let port = firewall::pick_free_port("tcp", None).unwrap();
+    let project = uniq("bench");
+    let _fw = Fw(project.clone());
+    firewall::apply(&ProjectFirewall {
+        project,
+        networks: vec![net.rule()],
+        ports: vec![PortRule {
+            host_ip: None,
+            host_port: port,
+            protocol: Proto::Tcp,
+            backends: vec![(b.ip(), 5202)],
+        }],
+    })
+    .unwrap();
+    let _s2 = iperf_server(std::path::Path::new(&bpath), 5202);
+    let published = iperf_client(&[], "127.0.0.1", port);
+    // Bare veth pair between two fresh namespaces.
+    let x = d.path().join(uniq("vx"));
+    let y = d.path().join(uniq("vy"));
+    netns::create(&x).unwrap();
+    netns::create(&y).unwrap();
+    struct N(Vec<std::path::PathBuf>);
+    impl Drop for N {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = netns::remove(p);
+            }
+        }
+    }
+    let _n = N(vec![x.clone(), y.clone()]);
+    let xs = format!("--net={}", x.display());
+    let ys = format!("--net={}", y.display());
+    let sh = |ns: &str, cmd: &str| {
+        assert!(
+            Command::new("nsenter")
+                .args([ns, "sh", "-c", cmd])
+                .status()
+                .unwrap()
+                .success(),
+            "{cmd}"
+        );
+    };
+    sh(
+        &xs,
+        &format!(
+            "ip link add v0 type veth peer name v1 netns {}",
+            y.display()
+        ),
+    );
+    sh(
+        &xs,
+        "ip addr add 192.168.250.1/30 dev v0 && ip link set v0 up",
+    );
+    sh(
+        &ys,
+        "ip addr add 192.168.250.2/30 dev v1 && ip link set v1 up",
+    );
+    let _s3 = iperf_server(&y, 5203);
+    let bare = iperf_client(&["nsenter", &xs], "192.168.250.2", 5203);
+    println!("iperf3 container->container: {c2c:.2} Gbit/s; host->published port: {published:.2} Gbit/s; bare veth pair: {bare:.2} Gbit/s");
+    assert!(c2c > 0.0 && published > 0.0 && bare > 0.0);
+}
