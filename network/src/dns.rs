@@ -37,6 +37,9 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 struct NetRecords {
     gateway: Option<Ipv4Addr>,
     internal: bool,
+    /// When known, only requesters inside it (or the gateway itself) get answers: a container
+    /// of another network reaching this gateway by routing is refused.
+    subnet: Option<ipnet::Ipv4Net>,
     /// lowercase name → addresses (one per running replica)
     names: HashMap<String, Vec<Ipv4Addr>>,
     /// address → the first name given for it
@@ -91,6 +94,11 @@ impl Records {
         n.internal = internal;
     }
 
+    /// Restrict the network's listener to requesters inside `subnet` (see `NetRecords`).
+    pub fn set_subnet(&mut self, network: &str, subnet: ipnet::Ipv4Net) {
+        self.networks.entry(network.to_string()).or_default().subnet = Some(subnet.trunc());
+    }
+
     /// `names` (service, container name, aliases, hostname…) resolve to `ip` on `network`; the
     /// first name is what the address's PTR gives.
     pub fn add(&mut self, network: &str, names: &[String], ip: Ipv4Addr) {
@@ -135,6 +143,11 @@ impl Records {
         let Some(net) = self.networks.get(network) else {
             return Answer::Refused;
         };
+        if let (Some(subnet), Some(r)) = (net.subnet, requester) {
+            if !subnet.contains(&r) && Some(r) != net.gateway {
+                return Answer::Refused;
+            }
+        }
         let name = norm(qname);
         let forward = || {
             if net.internal {
@@ -830,6 +843,53 @@ mod tests {
             ),
             Answer::Forward(Some(vec![up]))
         );
+    }
+
+    #[test]
+    fn requesters_outside_the_subnet_are_refused() {
+        let mut r = recs();
+        // Without a subnet anyone on the listener gets answers.
+        assert!(matches!(
+            r.lookup(
+                "front",
+                Some("10.89.7.7".parse().unwrap()),
+                "web",
+                RecordType::A
+            ),
+            Answer::A(_)
+        ));
+        r.set_subnet("front", "10.89.0.0/24".parse().unwrap());
+        assert_eq!(
+            r.lookup(
+                "front",
+                Some("10.89.7.7".parse().unwrap()),
+                "web",
+                RecordType::A
+            ),
+            Answer::Refused
+        );
+        assert!(matches!(
+            r.lookup(
+                "front",
+                Some("10.89.0.9".parse().unwrap()),
+                "web",
+                RecordType::A
+            ),
+            Answer::A(_)
+        ));
+        assert!(matches!(
+            r.lookup(
+                "front",
+                Some("10.89.0.1".parse().unwrap()),
+                "web",
+                RecordType::A
+            ),
+            Answer::A(_)
+        ));
+        assert!(matches!(
+            r.lookup("front", None, "web", RecordType::A),
+            Answer::A(_)
+        ));
     }
 
     #[test]

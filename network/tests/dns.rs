@@ -161,6 +161,8 @@ fn names_resolve_per_network_and_forward_to_the_local_upstream() {
             );
         }
         r.add(&back.key, &["db".into(), "proj-db-1".into()], db.ip());
+        r.set_subnet(&front.key, front.subnet);
+        r.set_subnet(&back.key, back.subnet);
         // Never the host's resolvers: only the loopback dnsmasq.
         r.set_upstreams(vec![upstream]);
         r
@@ -200,6 +202,8 @@ fn names_resolve_per_network_and_forward_to_the_local_upstream() {
         (true, vec![db.ip().to_string()])
     );
     assert_eq!(dig_status(&inner, back.gateway, "web"), "NXDOMAIN");
+    // Asking another network's listener (routed to the host) is refused.
+    assert_eq!(dig_status(&client, back.gateway, "db"), "REFUSED");
     // Reverse.
     let rev = dig_short(
         &client,
