@@ -931,6 +931,86 @@ mod tests {
         );
     }
 
+    /// A fake upstream on loopback that answers `count` queries with an A record of TTL 60 and
+    /// then goes silent; returns its address and how many queries it saw.
+    async fn fake_upstream(count: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let s2 = seen.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                    return;
+                };
+                let k = s2.fetch_add(1, Ordering::SeqCst);
+                if k >= count {
+                    continue;
+                }
+                let q = Message::from_vec(&buf[..n]).unwrap();
+                let mut r = Message::response(q.metadata.id, OpCode::Query);
+                let qq = q.queries[0].clone();
+                r.add_answer(Record::from_rdata(
+                    qq.name().clone(),
+                    60,
+                    RData::A(A("10.7.7.7".parse().unwrap())),
+                ));
+                r.add_query(qq);
+                sock.send_to(&r.to_vec().unwrap(), from).await.unwrap();
+            }
+        });
+        (addr, seen)
+    }
+
+    async fn ask(server: SocketAddr, name: &str, id: u16, wait_ms: u64) -> Option<Message> {
+        let mut q = Message::new(id, MessageType::Query, OpCode::Query);
+        q.metadata.recursion_desired = true;
+        q.add_query(hickory_proto::op::Query::query(
+            Name::from_ascii(name).unwrap(),
+            RecordType::A,
+        ));
+        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        c.send_to(&q.to_vec().unwrap(), server).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let (n, _) = tokio::time::timeout(Duration::from_millis(wait_ms), c.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        Message::from_vec(&buf[..n]).ok()
+    }
+
+    #[tokio::test]
+    async fn forwarded_answers_keep_the_client_id_and_are_cached() {
+        let (up, seen) = fake_upstream(1).await;
+        let server = DnsServer::start();
+        let mut r = recs();
+        r.set_upstreams(vec![up]);
+        server.set_records(r);
+        let addr: SocketAddr = "127.0.0.1:53532".parse().unwrap();
+        server.add_listener_at("front", addr).await.unwrap();
+        let first = ask(addr, "cached.example.", 0x1234, 2000)
+            .await
+            .expect("forwarded answer");
+        assert_eq!(first.metadata.id, 0x1234);
+        assert_eq!(first.answers.len(), 1);
+        // The upstream is silent now: the second answer can only come from the cache.
+        let second = ask(addr, "CACHED.example.", 0x4321, 2000)
+            .await
+            .expect("cached answer");
+        assert_eq!(second.metadata.id, 0x4321);
+        assert_eq!(
+            second.answers[0].data,
+            RData::A(A("10.7.7.7".parse().unwrap()))
+        );
+        assert!(second.answers[0].ttl <= 60);
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        // A name the upstream never answers: the client gets nothing back from us either (it
+        // retries), and nothing is cached.
+        assert!(ask(addr, "other.example.", 7, 300).await.is_none());
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+    }
+
     #[tokio::test]
     async fn answers_over_udp_and_tcp_on_loopback() {
         let server = DnsServer::start();
