@@ -97,54 +97,202 @@ pub(crate) fn parse_file(path: &Path, src: &str) -> R<Node> {
     }
 }
 
+/// Read `.env`-style files into `into` (later files win; values already in `into` stay only
+/// when `keep_existing`).
+fn read_env_files(
+    files: &[PathBuf],
+    process: &HashMap<String, String>,
+    into: &mut IndexMap<String, String>,
+    keep_existing: bool,
+    required: bool,
+) -> R<()> {
+    for f in files {
+        let src = match std::fs::read_to_string(f) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => continue,
+            Err(e) => return Err(LoadError::io(f, &e)),
+        };
+        let snapshot = into.clone();
+        let lookup = |k: &str| process.get(k).cloned().or_else(|| snapshot.get(k).cloned());
+        let parsed = super::dotenv::parse(&src, &lookup)
+            .map_err(|e| LoadError::Project(format!("{}: {e}", f.display())))?;
+        for (k, v) in parsed {
+            let Some(v) = v else { continue };
+            if keep_existing && into.contains_key(&k) {
+                continue;
+            }
+            into.insert(k, v);
+        }
+    }
+    Ok(())
+}
+
+fn abs_from(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        convert::clean(p)
+    } else {
+        convert::clean(&base.join(p))
+    }
+}
+
+/// Everything needed while reading files: the interpolation environment and options.
+pub(crate) struct Reader<'a> {
+    pub opts: &'a LoadOptions,
+    pub env: IndexMap<String, String>,
+    pub unset: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl Reader<'_> {
+    /// Parse and interpolate one file.
+    pub fn read(&mut self, path: &Path) -> R<Node> {
+        let src = read_file(path, self.opts)?;
+        let mut n = parse_file(path, &src)?;
+        if self.opts.interpolate {
+            let env = &self.env;
+            let lookup = |k: &str| env.get(k).cloned();
+            super::interp::interpolate_tree(&mut n, "", &lookup, &mut self.unset)?;
+        }
+        Ok(n)
+    }
+
+    /// Read a file with its `include`s and `extends` applied; relative paths stay relative
+    /// to `dir` unless the content came from elsewhere (then they are made absolute).
+    pub fn read_full(&mut self, path: &Path, dir: &Path, stack: &mut Vec<PathBuf>) -> R<Node> {
+        if stack.iter().any(|p| p == path) {
+            let mut chain: Vec<String> = stack.iter().map(|p| p.display().to_string()).collect();
+            chain.push(path.display().to_string());
+            return Err(LoadError::Project(format!(
+                "include cycle detected: {}",
+                chain.join(" -> ")
+            )));
+        }
+        stack.push(path.to_path_buf());
+        let mut n = self.read(path)?;
+        super::extends::apply_includes(self, &mut n, path, dir, stack)?;
+        super::extends::apply_extends(self, &mut n, path, dir)?;
+        stack.pop();
+        Ok(n)
+    }
+}
+
 pub fn load(opts: &LoadOptions) -> Result<Project, LoadError> {
-    let files: Vec<PathBuf> = if opts.files.is_empty() {
-        discover(&opts.working_dir).ok_or_else(|| {
+    let cwd = convert::clean(&opts.working_dir);
+    let pre_dir = opts
+        .project_directory
+        .as_ref()
+        .map(|d| abs_from(&cwd, d))
+        .unwrap_or_else(|| cwd.clone());
+    // .env of the working (or given project) directory, or --env-file: read first, since it
+    // may set COMPOSE_FILE, COMPOSE_PROJECT_NAME, COMPOSE_PROFILES.
+    let mut dot: IndexMap<String, String> = IndexMap::new();
+    let explicit_env = !opts.env_files.is_empty();
+    if explicit_env {
+        let files: Vec<PathBuf> = opts.env_files.iter().map(|f| abs_from(&cwd, f)).collect();
+        read_env_files(&files, &opts.environment, &mut dot, false, true)?;
+    } else {
+        read_env_files(
+            &[pre_dir.join(".env")],
+            &opts.environment,
+            &mut dot,
+            false,
+            false,
+        )?;
+    }
+    let get = |k: &str| {
+        opts.environment
+            .get(k)
+            .cloned()
+            .or_else(|| dot.get(k).cloned())
+            .filter(|v| !v.is_empty())
+    };
+    let files: Vec<PathBuf> = if !opts.files.is_empty() {
+        opts.files
+            .iter()
+            .map(|f| {
+                if f == Path::new("-") {
+                    f.clone()
+                } else {
+                    abs_from(&cwd, f)
+                }
+            })
+            .collect()
+    } else if let Some(cf) = get("COMPOSE_FILE") {
+        let sep = get("COMPOSE_PATH_SEPARATOR").unwrap_or_else(|| ":".into());
+        cf.split(sep.as_str())
+            .filter(|s| !s.is_empty())
+            .map(|f| abs_from(&pre_dir, Path::new(f)))
+            .collect()
+    } else {
+        discover(&pre_dir).ok_or_else(|| {
             LoadError::Project(
                 "no configuration file provided: not found (looked for compose.yaml, compose.yml, docker-compose.yaml, docker-compose.yml)".into(),
             )
         })?
-    } else {
-        opts.files
-            .iter()
-            .map(|f| {
-                if f == Path::new("-") || f.is_absolute() {
-                    f.clone()
-                } else {
-                    opts.working_dir.join(f)
-                }
-            })
-            .collect()
     };
     let project_dir = match &opts.project_directory {
-        Some(d) if d.is_absolute() => d.clone(),
-        Some(d) => opts.working_dir.join(d),
+        Some(_) => pre_dir.clone(),
         None => {
             let first = &files[0];
             if first == Path::new("-") {
-                opts.working_dir.clone()
+                cwd.clone()
             } else {
-                first.parent().map(Path::to_path_buf).unwrap_or_default()
+                first.parent().map(Path::to_path_buf).unwrap_or(cwd.clone())
             }
         }
     };
-    let project_dir = convert::clean(&project_dir);
+    // The project directory's own .env fills what is still unset.
+    if !explicit_env && project_dir != pre_dir {
+        read_env_files(
+            &[project_dir.join(".env")],
+            &opts.environment,
+            &mut dot,
+            true,
+            false,
+        )?;
+    }
+    let mut env = dot;
+    for (k, v) in &opts.environment {
+        env.insert(k.clone(), v.clone());
+    }
+    let mut reader = Reader {
+        opts,
+        env,
+        unset: Vec::new(),
+        warnings: Vec::new(),
+    };
     let mut merged: Option<Node> = None;
     for f in &files {
-        let src = read_file(f, opts)?;
-        let n = parse_file(f, &src)?;
+        let dir = if f == Path::new("-") {
+            project_dir.clone()
+        } else {
+            f.parent()
+                .map(Path::to_path_buf)
+                .unwrap_or(project_dir.clone())
+        };
+        let mut n = reader.read_full(f, &dir, &mut Vec::new())?;
+        if dir != project_dir {
+            super::extends::absolutize(&mut n, &dir, reader.env.get("HOME").map(String::as_str));
+        }
         merged = Some(match merged {
             None => n,
             Some(base) => super::merge::merge(base, n)?,
         });
     }
-    let root = merged.expect("at least one file");
-    let env: IndexMap<String, String> = opts
-        .environment
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    build_project(opts, root, &project_dir, files, env, Vec::new())
+    let mut root = merged.expect("at least one file");
+    super::merge::strip_reset(&mut root);
+    super::merge::enforce_unicity(&mut root);
+    let mut warnings = std::mem::take(&mut reader.warnings);
+    let mut seen = Vec::new();
+    for u in &reader.unset {
+        if !seen.contains(u) {
+            warnings.push(format!(
+                "The {u:?} variable is not set. Defaulting to a blank string."
+            ));
+            seen.push(u.clone());
+        }
+    }
+    build_project(opts, root, &project_dir, files, reader.env, warnings)
 }
 
 /// Project name: `-p`, `COMPOSE_PROJECT_NAME`, top-level `name:`, the project dir's basename.

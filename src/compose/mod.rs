@@ -5,6 +5,7 @@
 pub mod convert;
 pub mod dotenv;
 pub mod error;
+pub mod extends;
 pub mod graph;
 pub mod hash;
 pub mod interp;
@@ -17,3 +18,6 @@ pub mod yaml;
 pub use error::LoadError;
 pub use load::load;
 pub use model::*;
+
+#[cfg(test)]
+mod corpus_tests;
