@@ -592,3 +592,76 @@ fn external_host_bridge_is_used_as_it_is() {
     assert_eq!(hp.trim(), "1");
     // bridge::remove is never called for it by berth; the guard (like its owner) removes it.
 }
+
+/// Outbound traffic of a non-internal network is forwarded and masqueraded: an "outside" host
+/// (a namespace behind a veth the test adds to the host) sees the host's address, never the
+/// container's.
+#[test]
+fn outbound_traffic_is_masqueraded() {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    let ipam = ipam_in(d.path());
+    let project = uniq("out");
+    let net = Net::new(&ipam, false);
+    let c = Ns::new(d.path(), &[&net]);
+    // The outside: 10.254.201.2/30 behind host link berthtx…/10.254.201.1 (a test-only link;
+    // the /30 is outside berth's pool start and only lives for this test).
+    let outside = d.path().join(uniq("outside"));
+    netns::create(&outside).unwrap();
+    let link: String = format!("berthtx{}", std::process::id())
+        .chars()
+        .take(15)
+        .collect();
+    struct G(std::path::PathBuf, String);
+    impl Drop for G {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", &self.1])
+                .status();
+            let _ = netns::remove(&self.0);
+        }
+    }
+    let _g = G(outside.clone(), link.clone());
+    let ip = |args: &[&str]| {
+        assert!(
+            std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap()
+                .success(),
+            "{args:?}"
+        )
+    };
+    let ns_arg = outside.to_str().unwrap();
+    ip(&[
+        "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", ns_arg,
+    ]);
+    ip(&["addr", "add", "10.254.201.1/30", "dev", &link]);
+    ip(&["link", "set", &link, "up"]);
+    let inside = |args: &[&str]| {
+        let o = std::process::Command::new("nsenter")
+            .arg(format!("--net={ns_arg}"))
+            .arg("busybox")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(o.success(), "{args:?}");
+    };
+    inside(&["ip", "addr", "add", "10.254.201.2/30", "dev", "eth0"]);
+    inside(&["ip", "link", "set", "eth0", "up"]);
+    let _srv = whoami_server(&outside, 8080);
+    let _fw = Fw(project.clone());
+    firewall::apply(&ProjectFirewall {
+        project,
+        networks: vec![net.rule()],
+        ports: vec![],
+    })
+    .unwrap();
+    let seen = c.wget("http://10.254.201.2:8080/", 3);
+    assert_eq!(
+        seen.as_deref(),
+        Some("10.254.201.1"),
+        "container {} not masqueraded",
+        c.ip()
+    );
+}

@@ -326,3 +326,41 @@ pub fn nft_ruleset() -> String {
 pub fn mounts() -> String {
     std::fs::read_to_string("/proc/self/mountinfo").unwrap()
 }
+
+/// A tiny HTTP server inside `ns_path` answering every request with the client's address as
+/// the kernel saw it (checks NAT). Stops when dropped.
+pub fn whoami_server(ns_path: &Path, port: u16) -> Echo {
+    use std::io::{Read, Write};
+    let ns = std::fs::File::open(ns_path).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let l = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+        l.set_nonblocking(true).unwrap();
+        tx.send(()).unwrap();
+        while !s2.load(Ordering::SeqCst) {
+            match l.accept() {
+                Ok((mut c, peer)) => {
+                    c.set_nonblocking(false).unwrap();
+                    c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                    let mut buf = [0u8; 1024];
+                    let _ = c.read(&mut buf);
+                    let body = peer.ip().to_string();
+                    let _ = write!(
+                        c,
+                        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    Echo {
+        stop,
+        handle: Some(h),
+    }
+}
