@@ -175,6 +175,12 @@ pub fn script(fw: &ProjectFirewall) -> Result<String> {
     }
     let fwd = format!("add rule {t} {pre}_fwd");
     let post = format!("add rule {t} {pre}_post");
+    // DNS to a network's own gateway is berth's DNS server, whatever is published on port 53:
+    // no project's DNAT may take it (every project's chain starts with this).
+    s.push_str(&format!(
+        "add rule {t} {pre}_pre iifname \"{}*\" fib daddr . iif type local meta l4proto {{ tcp, udp }} th dport 53 return\n",
+        crate::LINK_PREFIX
+    ));
     for n in &fw.networks {
         check_ifname(&n.bridge)?;
         if n.bridge.contains('"') || n.bridge.contains('\\') {
@@ -563,6 +569,9 @@ mod tests {
         let s = script(&fw()).unwrap();
         let p = chain_prefix("My-App");
         assert!(s.starts_with("add table inet berth\n"));
+        assert!(s.contains(&format!(
+            "add rule inet berth {p}_pre iifname \"berth*\" fib daddr . iif type local meta l4proto {{ tcp, udp }} th dport 53 return\n"
+        )));
         for c in ["pre", "out", "post", "fwd"] {
             assert!(
                 s.contains(&format!("flush chain inet berth {p}_{c}\n")),

@@ -235,6 +235,22 @@ fn names_resolve_per_network_and_forward_to_the_local_upstream() {
     );
     assert_eq!(tcp_fwd, "10.9.9.9");
 
+    // Port 53 published on the gateway's address does not take DNS away from berth's server.
+    let project = uniq("dns53");
+    let _fw = Fw(project.clone());
+    berth_network::firewall::apply(&berth_network::firewall::ProjectFirewall {
+        project,
+        networks: vec![front.rule()],
+        ports: vec![berth_network::firewall::PortRule {
+            host_ip: Some(front.gateway.into()),
+            host_port: 53,
+            protocol: berth_network::firewall::Proto::Udp,
+            backends: vec![(replicas[0].ip(), 53)],
+        }],
+    })
+    .unwrap();
+    assert_eq!(nslookup(&client, "web", front.gateway), (true, all.clone()));
+
     // A removed replica disappears at once.
     server.set_records(build(2));
     let mut two: Vec<String> = replicas
