@@ -101,7 +101,21 @@ fn bench_dns_and_throughput() {
     require_root();
     let d = tempfile::tempdir().unwrap();
     let ipam = Arc::new(ipam::Ipam::open(&d.path().join("ipam")).unwrap());
+    let t0 = std::time::Instant::now();
     let net = Net::new(&ipam, false);
+    let t_net = t0.elapsed();
+    let t0 = std::time::Instant::now();
+    let many: Vec<Ns> = (0..20).map(|_| Ns::new(d.path(), &[&net])).collect();
+    let t_eps = t0.elapsed();
+    let t0 = std::time::Instant::now();
+    drop(many);
+    let t_rm = t0.elapsed();
+    println!(
+        "setup: network (IPAM + switch namespace + bridge) {:.1} ms; netns + IPAM + endpoint {:.2} ms each; teardown {:.2} ms each",
+        t_net.as_secs_f64() * 1e3,
+        t_eps.as_secs_f64() * 1e3 / 20.0,
+        t_rm.as_secs_f64() * 1e3 / 20.0
+    );
     let a = Ns::new(d.path(), &[&net]);
     let b = Ns::new(d.path(), &[&net]);
 
