@@ -324,6 +324,7 @@ fn import(store: &ImageStore, src: &dyn Source, input: &Path) -> Result<Vec<Stri
         let rec = ImageRecord {
             id: id.clone(),
             manifest: f.manifest.as_ref().map(|m| m.0.clone()),
+            index: None,
             repo_tags: tags.clone(),
             repo_digests,
             layers: diff_ids,

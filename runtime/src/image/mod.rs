@@ -75,6 +75,9 @@ pub(crate) struct ImageRecord {
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<String>,
+    /// The manifest list / OCI index it was chosen from (pulls of multi-platform images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<String>,
     #[serde(default)]
     pub repo_tags: Vec<String>,
     #[serde(default)]
@@ -355,6 +358,9 @@ impl ImageStore {
                 if rec.manifest.is_some() {
                     existing.manifest = rec.manifest.take();
                 }
+                if rec.index.is_some() {
+                    existing.index = rec.index.take();
+                }
                 existing.size = rec.size;
             } else {
                 rec.added = now();
@@ -405,11 +411,17 @@ impl ImageStore {
         if let Ok(rf) = &parsed {
             if let Some(d) = &rf.digest {
                 let want = rf.with_digest(d);
-                if let Some(r) = db
-                    .images
-                    .iter()
-                    .find(|r| r.repo_digests.contains(&want) || r.manifest.as_deref() == Some(d))
-                {
+                if let Some(r) = db.images.iter().find(|r| {
+                    let named = r.repo_digests.iter().chain(r.repo_tags.iter()).any(|x| {
+                        Reference::parse(x)
+                            .map(|x| x.name() == rf.name())
+                            .unwrap_or(false)
+                    });
+                    r.repo_digests.contains(&want)
+                        || (named
+                            && (r.manifest.as_deref() == Some(d.as_str())
+                                || r.index.as_deref() == Some(d.as_str())))
+                }) {
                     return Ok(Some((r, rf.to_string())));
                 }
                 return Ok(None);
@@ -535,7 +547,7 @@ impl ImageStore {
                         .layers
                         .iter()
                         .any(|l| in_use.contains(hex_of(l).unwrap_or("")));
-                    if r.repo_tags.is_empty() && !used {
+                    if r.repo_tags.is_empty() && r.repo_digests.is_empty() && !used {
                         report.images.push(r.id.clone());
                     } else {
                         keep.push(r);
@@ -549,24 +561,11 @@ impl ImageStore {
         let mut layers = BTreeSet::new();
         for r in &db.images {
             blobs.insert(hex_of(&r.id)?.to_string());
-            if let Some(m) = &r.manifest {
+            for m in r.manifest.iter().chain(r.index.iter()) {
                 blobs.insert(hex_of(m)?.to_string());
             }
             for l in &r.layers {
                 layers.insert(hex_of(l)?.to_string());
-            }
-        }
-        // Index blobs of multi-platform pulls are kept by the manifest they led to (see pull).
-        for r in &db.images {
-            if let Some(m) = &r.manifest {
-                let p = self
-                    .root
-                    .join("blobs/sha256")
-                    .join(format!("{}.index", hex_of(m)?));
-                if let Ok(ix) = std::fs::read_to_string(&p) {
-                    blobs.insert(format!("{}.index", hex_of(m)?));
-                    blobs.insert(ix.trim().trim_start_matches("sha256:").to_string());
-                }
             }
         }
         let bdir = self.root.join("blobs/sha256");
