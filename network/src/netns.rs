@@ -16,12 +16,11 @@ fn ns_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 
 /// Make a new network namespace, bind-mount it at `path` (the file is created; its parent must
 /// exist) and bring `lo` up. A short-lived thread unshares, so the caller's thread never moves.
-/// Fails if something is already mounted at `path`.
+/// A namespace already mounted at `path` (left by a crash) is unmounted first: the caller gets a
+/// fresh, empty namespace either way.
 pub fn create(path: &Path) -> Result<()> {
     if is_mounted_ns(path) {
-        return Err(ns_err(path)(std::io::Error::from_raw_os_error(
-            libc::EEXIST,
-        )));
+        remove(path)?;
     }
     std::fs::OpenOptions::new()
         .write(true)

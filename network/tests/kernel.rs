@@ -38,8 +38,21 @@ fn netns_create_and_remove() {
     let p = d.path().join(uniq("ns"));
     netns::create(&p).unwrap();
     assert!(netns::is_mounted_ns(&p));
-    // A second create on the same path is refused.
-    assert!(netns::create(&p).is_err());
+    // A second create on the same path replaces the namespace with a fresh one.
+    let marker = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", p.display()))
+        .args(["busybox", "ip", "link", "set", "lo", "mtu", "1280"])
+        .status()
+        .unwrap();
+    assert!(marker.success());
+    netns::create(&p).unwrap();
+    let o = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", p.display()))
+        .args(["busybox", "ip", "-o", "link"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("mtu 1280"));
+    assert_eq!(mounts().matches(p.to_str().unwrap()).count(), 1);
     let o = std::process::Command::new("nsenter")
         .arg(format!("--net={}", p.display()))
         .args(["busybox", "ip", "-o", "link"])
