@@ -34,19 +34,39 @@ pub fn load(args: &LoadArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// The service images of the current project, if a compose file can be found.
-fn project_images(_p: &ProjectOpts) -> Option<Vec<String>> {
-    None
+/// `(service, image)` for the project's services (all, or the ones named), in file order.
+fn project_images(
+    p: &ProjectOpts,
+    only: &[String],
+) -> anyhow::Result<Vec<(String, String, Option<String>)>> {
+    let opts = crate::compose::LoadOptions::from_cli(p);
+    let project = crate::compose::load(&opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for name in only {
+        if !project.services.contains_key(name) {
+            anyhow::bail!("no such service: {name}");
+        }
+    }
+    Ok(project
+        .services
+        .iter()
+        .filter(|(n, _)| only.is_empty() || only.contains(n))
+        .filter_map(|(n, s)| {
+            s.image
+                .clone()
+                .map(|i| (n.clone(), i, s.pull_policy.clone()))
+        })
+        .collect())
 }
 
 pub fn images(p: &ProjectOpts, args: &ImagesArgs) -> anyhow::Result<u8> {
     let store = open_store()?;
     let mut list = store.list()?;
     if !args.all {
-        if let Some(wanted) = project_images(p) {
+        // The project's images when a compose file is found, every image otherwise.
+        if let Ok(wanted) = project_images(p, &[]) {
             let ids: Vec<String> = wanted
                 .iter()
-                .filter_map(|r| store.get(r).ok().flatten())
+                .filter_map(|(_, r, _)| store.get(r).ok().flatten())
                 .map(|i| i.id)
                 .collect();
             list.retain(|s| ids.contains(&s.id));
@@ -307,21 +327,21 @@ pub fn pull_options() -> PullOptions {
     }
 }
 
+/// `berth pull [SERVICE...]`: pull the image of each (selected) service, as `docker compose
+/// pull` does; services whose `pull_policy` is `build` or `never` are skipped.
 pub fn pull(p: &ProjectOpts, args: &ServicesArg) -> anyhow::Result<u8> {
     let store = open_store()?;
-    let images = project_images(p).unwrap_or_default();
-    let wanted: Vec<String> = if args.services.is_empty() {
-        images
-    } else {
-        args.services.clone()
-    };
-    if wanted.is_empty() {
-        anyhow::bail!("pull: no service images found (is there a compose file?)");
-    }
+    let services = project_images(p, &args.services)?;
     let mut code = 0;
-    for r in wanted {
-        if let Err(e) = pull_one(&store, &r) {
-            eprintln!("{}", crate::commands::render_error(&e));
+    let mut done: Vec<String> = Vec::new();
+    for (svc, image, policy) in services {
+        if matches!(policy.as_deref(), Some("build") | Some("never")) || done.contains(&image) {
+            continue;
+        }
+        done.push(image.clone());
+        eprintln!("{svc}: pulling {image}");
+        if let Err(e) = pull_one(&store, &image) {
+            eprintln!("{svc}: {}", crate::commands::render_error(&e));
             code = 1;
         }
     }
