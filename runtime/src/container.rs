@@ -253,6 +253,9 @@ fn create_inner(
     match unsafe { nix::unistd::fork() }.map_err(sys_err("fork"))? {
         ForkResult::Child => {
             drop(parent);
+            let mut keep = vec![child.0.as_raw_fd(), fifo_fd.as_raw_fd()];
+            keep.extend(console.as_ref().map(|c| c.as_raw_fd()));
+            process::close_fds_except(&keep);
             let ctx = InitCtx {
                 spec,
                 proc_,
@@ -432,7 +435,8 @@ fn init_inner(chan: &Chan, c: &InitCtx) -> Result<Never> {
     };
     let _ = fs::create_dir_all(cwd);
     std::env::set_current_dir(cwd).map_err(io_err("chdir", cwd))?;
-    let env = c.proc_.env().clone().unwrap_or_default();
+    let mut env = c.proc_.env().clone().unwrap_or_default();
+    process::ensure_home(&mut env, c.proc_.user().uid());
     let args = c.proc_.args().clone().unwrap_or_default();
     let exe = process::find_executable(&args[0], &env)?;
     process::become_user(c.spec, c.proc_)?;
@@ -753,6 +757,10 @@ pub fn exec(o: &ExecOpts) -> Result<i32> {
     match unsafe { nix::unistd::fork() }.map_err(sys_err("fork"))? {
         ForkResult::Child => {
             drop(parent);
+            let mut keep = vec![child.0.as_raw_fd()];
+            keep.extend(console.as_ref().map(|c| c.as_raw_fd()));
+            keep.extend(fds.iter().map(|(f, _)| f.as_raw_fd()));
+            process::close_fds_except(&keep);
             let r = (|| -> Result<Never> {
                 let _ = nix::sys::prctl::set_dumpable(false);
                 if let Some(cg) = &cg {
@@ -779,7 +787,8 @@ pub fn exec(o: &ExecOpts) -> Result<i32> {
                     cwd.as_path()
                 };
                 std::env::set_current_dir(cwd).map_err(io_err("chdir", cwd))?;
-                let env = p.env().clone().unwrap_or_default();
+                let mut env = p.env().clone().unwrap_or_default();
+                process::ensure_home(&mut env, p.user().uid());
                 let args = p.args().clone().unwrap_or_default();
                 let exe = process::find_executable(&args[0], &env)?;
                 process::become_user(&spec, &p)?;

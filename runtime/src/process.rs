@@ -150,6 +150,25 @@ pub fn set_rlimits(p: &Process) -> Result<()> {
     Ok(())
 }
 
+/// runc: when the env has no HOME, take it from the container's /etc/passwd (or `/`).
+/// Call after pivot_root.
+pub fn ensure_home(env: &mut Vec<String>, uid: u32) {
+    if env.iter().any(|e| e.starts_with("HOME=")) {
+        return;
+    }
+    let home = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 5 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[5].to_string())
+            })
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "/".to_string());
+    env.push(format!("HOME={home}"));
+}
+
 /// Look `arg0` up in the container's PATH (from its env), as execvp would, inside the
 /// (already pivoted) root.
 pub fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf> {
@@ -258,6 +277,24 @@ pub fn cloexec_from(first: u32) {
                     unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
                 }
             }
+        }
+    }
+}
+
+/// Close every fd above stderr except `keep` (fds leaked by our caller must not reach the
+/// container, not even before execve: CVE-2024-21626 used one as the process cwd).
+pub fn close_fds_except(keep: &[RawFd]) {
+    let fds: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(rd) => rd
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => return,
+    };
+    for fd in fds {
+        if fd > 2 && !keep.contains(&fd) {
+            // SAFETY: closing fds we do not use; the read_dir fd is already closed (or EBADF).
+            unsafe { libc::close(fd) };
         }
     }
 }
