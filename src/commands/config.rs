@@ -7,19 +7,36 @@ use anyhow::Context;
 use crate::cli::{ConfigArgs, Format, ProjectOpts};
 use crate::compose::{self, hash::service_hash, LoadOptions, Project};
 
-/// Render the project as `docker compose config` does (YAML or JSON).
-pub fn render(p: &Project, format: Format) -> anyhow::Result<String> {
-    let json = serde_json::to_string_pretty(p)?;
+/// Render the project as `docker compose config` does (YAML or JSON). With `escape`, every
+/// `$` in a value is written `$$`, so that the output loads back to the same project.
+pub fn render_with(p: &Project, format: Format, escape: bool) -> anyhow::Result<String> {
+    // serde_json keeps the struct field order; re-read it as an ordered tree.
+    let json = serde_json::to_string(p)?;
+    let mut node = compose::yaml::parse(&json, &Arc::from("<json>"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .context("empty output")?;
+    if escape {
+        escape_dollars(&mut node);
+    }
     Ok(match format {
-        Format::Json => json + "\n",
-        Format::Yaml => {
-            // serde_json keeps the struct field order; re-read it as an ordered YAML tree.
-            let node = compose::yaml::parse(&json, &Arc::from("<json>"))
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .context("empty output")?;
-            compose::yaml::emit(&node)
-        }
+        Format::Json => compose::yaml::emit_json(&node) + "\n",
+        Format::Yaml => compose::yaml::emit(&node),
     })
+}
+
+/// `render_with(p, format, true)`: the normal `config` output.
+pub fn render(p: &Project, format: Format) -> anyhow::Result<String> {
+    render_with(p, format, true)
+}
+
+fn escape_dollars(n: &mut compose::yaml::Node) {
+    use compose::yaml::V;
+    match &mut n.v {
+        V::Scalar(s, false) if s.contains('$') => *s = s.replace('$', "$$"),
+        V::Seq(items) => items.iter_mut().for_each(escape_dollars),
+        V::Map(entries) => entries.iter_mut().for_each(|e| escape_dollars(&mut e.val)),
+        _ => {}
+    }
 }
 
 pub fn run(project: &ProjectOpts, args: &ConfigArgs) -> anyhow::Result<u8> {
@@ -94,7 +111,7 @@ pub fn run(project: &ProjectOpts, args: &ConfigArgs) -> anyhow::Result<u8> {
         }
         s
     } else {
-        render(&p, args.format)?
+        render_with(&p, args.format, !args.no_interpolate)?
     };
     match &args.output {
         Some(f) => std::fs::write(f, out).with_context(|| format!("writing {}", f.display()))?,

@@ -1757,7 +1757,24 @@ pub fn service(cx: &mut Cx, name: &str, n: &Node) -> R<Service> {
             "hostname" => s.hostname = opt_string(v, &kp)?,
             "image" => s.image = opt_string(v, &kp)?,
             "init" => s.init = Some(boolean(v, &kp)?),
-            "ipc" => s.ipc = opt_string(v, &kp)?,
+            "ipc" | "pid" => {
+                let m = opt_string(v, &kp)?;
+                if let Some(dep) = m.as_deref().and_then(|m| m.strip_prefix("service:")) {
+                    cx.refs.push(Ref {
+                        service: name.into(),
+                        kind: RefKind::Service,
+                        name: dep.into(),
+                        mark: v.mark.clone(),
+                        path: kp.clone(),
+                        required: true,
+                    });
+                }
+                if e.key == "ipc" {
+                    s.ipc = m;
+                } else {
+                    s.pid = m;
+                }
+            }
             "isolation" => s.isolation = opt_string(v, &kp)?,
             "labels" => s.labels = mapping(v, &kp)?,
             "label_file" => {
@@ -1790,7 +1807,6 @@ pub fn service(cx: &mut Cx, name: &str, n: &Node) -> R<Service> {
             "networks" => s.networks = service_networks(cx, name, v, &kp)?,
             "oom_kill_disable" => s.oom_kill_disable = boolean(v, &kp)?,
             "oom_score_adj" => s.oom_score_adj = Some(int(v, &kp)?),
-            "pid" => s.pid = opt_string(v, &kp)?,
             "pids_limit" => s.pids_limit = Some(int(v, &kp)?),
             "platform" => s.platform = opt_string(v, &kp)?,
             "ports" => {

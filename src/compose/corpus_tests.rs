@@ -8,6 +8,13 @@ use super::model::LoadOptions;
 
 pub const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/compose-corpus");
 
+/// The corpus directory, canonical (paths in loaded projects are clean absolute paths).
+pub fn corpus() -> PathBuf {
+    Path::new(CORPUS)
+        .canonicalize()
+        .expect("../shared/compose-corpus present")
+}
+
 pub fn opts_for(file: &Path, env: &[(&str, &str)]) -> LoadOptions {
     let mut environment: HashMap<String, String> = env
         .iter()
@@ -72,7 +79,7 @@ fn idempotent(file: &Path, env: &[(&str, &str)]) -> Result<(), String> {
 
 #[test]
 fn awesome_compose_all_load_and_are_idempotent() {
-    let dir = Path::new(CORPUS).join("awesome-compose");
+    let dir = corpus().join("awesome-compose");
     let files = yaml_files(&dir);
     assert!(files.len() >= 39, "{}", files.len());
     let mut failures = Vec::new();
@@ -86,7 +93,7 @@ fn awesome_compose_all_load_and_are_idempotent() {
 
 #[test]
 fn docker_compose_e2e_files_load() {
-    let dir = Path::new(CORPUS).join("docker-compose-e2e");
+    let dir = corpus().join("docker-compose-e2e");
     let mut failures = Vec::new();
     let mut n = 0;
     for f in yaml_files(&dir) {

@@ -484,6 +484,27 @@ pub(crate) fn build_project(
         );
     }
 
+    // label_file contents under labels (labels win).
+    for s in p.services.values_mut() {
+        if s.label_file.is_empty() {
+            continue;
+        }
+        let mut merged: IndexMap<String, String> = IndexMap::new();
+        for f in &s.label_file {
+            let src = std::fs::read_to_string(f).map_err(|e| LoadError::io(f, &e))?;
+            let none = |_: &str| None;
+            let parsed = super::dotenv::parse(&src, &none)
+                .map_err(|e| LoadError::Project(format!("{}: {e}", f.display())))?;
+            for (k, v) in parsed {
+                merged.insert(k, v.unwrap_or_default());
+            }
+        }
+        for (k, v) in std::mem::take(&mut s.labels) {
+            merged.insert(k, v);
+        }
+        s.labels = merged;
+    }
+
     // env_file contents into environment, for the selected services only (lazy, like compose).
     if opts.resolve_env_files {
         let selected: Vec<String> = if opts.services.is_empty() {
@@ -505,7 +526,26 @@ pub(crate) fn build_project(
 }
 
 /// Merge the service's env files under its `environment:` (which wins).
+/// Then, like compose's environment resolution, a variable without a value takes the
+/// project environment's value when there is one.
 pub fn resolve_env_files(s: &mut Service, env: &IndexMap<String, String>) -> R<()> {
+    read_service_env_files(s, env)?;
+    for (k, v) in s.environment.iter_mut() {
+        if v.is_none() {
+            *v = env.get(k).cloned();
+        }
+    }
+    if let Some(b) = s.build.as_mut() {
+        for (k, v) in b.args.iter_mut() {
+            if v.is_none() {
+                *v = env.get(k).cloned();
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_service_env_files(s: &mut Service, env: &IndexMap<String, String>) -> R<()> {
     if s.env_file.is_empty() {
         return Ok(());
     }

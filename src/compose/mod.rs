@@ -21,3 +21,5 @@ pub use model::*;
 
 #[cfg(test)]
 mod corpus_tests;
+#[cfg(test)]
+mod tests;

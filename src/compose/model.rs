@@ -652,15 +652,30 @@ pub struct RestartPolicy {
     pub window: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Ulimit {
     /// Set when written as a single number (soft = hard = single).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub single: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub soft: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub hard: Option<i64>,
+}
+
+/// A single limit prints as a bare number (`nproc: 65535`), like compose.
+impl Serialize for Ulimit {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if let Some(v) = self.single {
+            return s.serialize_i64(v);
+        }
+        let mut m = s.serialize_map(None)?;
+        if let Some(v) = self.soft {
+            m.serialize_entry("soft", &v)?;
+        }
+        if let Some(v) = self.hard {
+            m.serialize_entry("hard", &v)?;
+        }
+        m.end()
+    }
 }
 
 impl Ulimit {

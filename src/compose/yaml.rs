@@ -370,6 +370,47 @@ pub fn emit(node: &Node) -> String {
     out
 }
 
+/// Emit a node as JSON (2-space indent, like `json.MarshalIndent`); plain scalars are the
+/// numbers, booleans and nulls of a tree read from JSON, written as they are.
+pub fn emit_json(node: &Node) -> String {
+    let mut out = String::new();
+    json_value(node, 0, &mut out);
+    out
+}
+
+fn json_value(n: &Node, indent: usize, out: &mut String) {
+    let pad = |k: usize| " ".repeat(k);
+    match &n.v {
+        V::Null => out.push_str("null"),
+        V::Scalar(s, true) => out.push_str(s),
+        V::Scalar(s, false) => out.push_str(&serde_json::to_string(s).unwrap_or_default()),
+        V::Seq(items) if items.is_empty() => out.push_str("[]"),
+        V::Map(m) if m.is_empty() => out.push_str("{}"),
+        V::Seq(items) => {
+            out.push_str("[\n");
+            for (i, it) in items.iter().enumerate() {
+                out.push_str(&pad(indent + 2));
+                json_value(it, indent + 2, out);
+                out.push_str(if i + 1 < items.len() { ",\n" } else { "\n" });
+            }
+            out.push_str(&pad(indent));
+            out.push(']');
+        }
+        V::Map(m) => {
+            out.push_str("{\n");
+            for (i, e) in m.iter().enumerate() {
+                out.push_str(&pad(indent + 2));
+                out.push_str(&serde_json::to_string(&e.key).unwrap_or_default());
+                out.push_str(": ");
+                json_value(&e.val, indent + 2, out);
+                out.push_str(if i + 1 < m.len() { ",\n" } else { "\n" });
+            }
+            out.push_str(&pad(indent));
+            out.push('}');
+        }
+    }
+}
+
 fn inline(node: &Node) -> String {
     match &node.v {
         V::Null => "null".into(),
