@@ -129,6 +129,8 @@ fn bench_dns_and_throughput() {
         Command::new("dnsmasq")
             .args([
                 "--no-daemon",
+                "--user=root",
+                "--group=root",
                 &format!("--port={up_port}"),
                 "--listen-address=127.0.0.1",
                 "--bind-interfaces",

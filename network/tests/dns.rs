@@ -89,6 +89,8 @@ fn local_upstream(dir: &std::path::Path) -> (Proc, SocketAddr) {
         let child = Command::new("dnsmasq")
             .args([
                 "--no-daemon",
+                "--user=root",
+                "--group=root",
                 "--keep-in-foreground",
                 &format!("--port={port}"),
                 "--listen-address=127.0.0.1",
