@@ -206,6 +206,11 @@ impl Ipam {
                 for (_, a) in nl.dump_addresses()? {
                     taken.push((a.trunc(), "a host address".into()));
                 }
+                // A DNS listener still bound to the gateway of a network that is gone (another
+                // process's leftover) would make ours fail to bind: skip subnets holding one.
+                for a in dns_bound_addresses() {
+                    taken.push((Ipv4Net::from(a), "a socket bound to port 53".into()));
+                }
                 let t: Vec<Ipv4Net> = taken.iter().map(|(n, _)| *n).collect();
                 choose_subnet(&t).ok_or(Error::PoolExhausted)?
             }
@@ -415,6 +420,37 @@ fn write_global(l: &mut Locked, g: &Global) -> Result<()> {
     l.file.sync_data().map_err(io_err(GLOBAL_LOCK))
 }
 
+/// IPv4 addresses (other than 0.0.0.0 and loopback) with a UDP or TCP socket bound on port 53.
+fn dns_bound_addresses() -> Vec<Ipv4Addr> {
+    let mut out = vec![];
+    for f in ["/proc/net/udp", "/proc/net/tcp"] {
+        if let Ok(text) = std::fs::read_to_string(f) {
+            out.extend(parse_proc_net_port(&text, 53));
+        }
+    }
+    out.retain(|a| !a.is_unspecified() && !a.is_loopback());
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Local addresses bound on `port` in a /proc/net/{udp,tcp} table (pure).
+pub fn parse_proc_net_port(text: &str, port: u16) -> Vec<Ipv4Addr> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let local = l.split_whitespace().nth(1)?;
+            let (ip, p) = local.split_once(':')?;
+            if u16::from_str_radix(p, 16).ok()? != port {
+                return None;
+            }
+            // The kernel prints the network-order address as a native-endian u32.
+            let raw = u32::from_str_radix(ip, 16).ok()?;
+            Some(Ipv4Addr::from(raw.to_ne_bytes()))
+        })
+        .collect()
+}
+
 // ---- pure arithmetic
 
 /// Two networks overlap if either contains the other's network address.
@@ -476,6 +512,25 @@ mod tests {
 
     fn n(s: &str) -> Ipv4Net {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn proc_net_parsing() {
+        let t = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100590A:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000000000000000 0\n\
+   1: 0100007F:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000000000000000 0\n\
+   2: 0100590A:1F90 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000000000000000 0\n";
+        assert_eq!(
+            parse_proc_net_port(t, 53),
+            vec![
+                "10.89.0.1".parse::<Ipv4Addr>().unwrap(),
+                "127.0.0.1".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            parse_proc_net_port(t, 8080),
+            vec!["10.89.0.1".parse::<Ipv4Addr>().unwrap()]
+        );
     }
 
     #[test]
