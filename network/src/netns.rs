@@ -70,21 +70,16 @@ pub fn remove(path: &Path) -> Result<()> {
     }
 }
 
-/// True if `path` is a bind mount of a network namespace.
+/// True if `path` is a bind mount of a namespace (its filesystem is nsfs).
 pub fn is_mounted_ns(path: &Path) -> bool {
-    // nsfs files have st_dev of the nsfs filesystem; compare with the parent's device.
-    use std::os::unix::fs::MetadataExt;
-    let (Ok(m), Some(parent)) = (std::fs::metadata(path), path.parent()) else {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;
     };
-    let Ok(pm) = std::fs::metadata(if parent.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        parent
-    }) else {
-        return false;
-    };
-    m.dev() != pm.dev()
+    // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    r == 0 && st.f_type as i64 == NSFS_MAGIC
 }
 
 /// Run `f` on a short-lived thread inside the namespace at `path` (for /proc/sys writes and
