@@ -29,6 +29,15 @@ fn main() -> ExitCode {
     }
     init_tracing();
     let cli = cli::Cli::parse();
+    if !matches!(cli.command, cli::Command::Supervisor(_)) {
+        // Like other CLIs, die quietly when the reader of our output goes away
+        // (`berth logs | head`). The supervisor keeps ignoring SIGPIPE: a client that hangs up
+        // must not kill it.
+        // SAFETY: setting a signal disposition before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match commands::dispatch(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -39,7 +39,7 @@ fn one_service_up_logs_down() {
     assert_eq!(row["State"], "running");
     let out = b.ok(&f, &["exec", "-T", "hello", "cat", "/proc/1/cmdline"]);
     assert!(
-        out.starts_with("sh"),
+        out.starts_with("sleep"),
         "pid 1 inside is the service's command: {out:?}"
     );
     b.ok(&f, &["down", "-t", "1"]);
@@ -62,7 +62,7 @@ fn two_services_find_each_other_by_name() {
   client:
     image: {IMAGE}
     depends_on: [web]
-    command: ["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -T 1 -O- http://web/ && break; sleep 0.3; done; sleep 30"]
+    command: ["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do timeout 2 wget -q -O- http://web/ && break; sleep 0.3; done; sleep 30"]
 "#
         ),
     );

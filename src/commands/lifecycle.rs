@@ -22,15 +22,32 @@ pub fn down(p: &ProjectOpts, args: &DownArgs) -> anyhow::Result<u8> {
     let paths = Paths::from_env();
     let name = project_name(p)?;
     if let Some(client) = Client::connect(&paths, &name) {
+        let pid: Option<i32> =
+            std::fs::read_to_string(paths.project_run(&name).join("supervisor.pid"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
         let req = Request::Down {
             volumes: args.volumes,
             remove_orphans: args.remove_orphans,
             timeout: args.timeout,
         };
         call(client, &req, "Running", false)?;
-        // The supervisor exits after `down`; wait for its socket to go.
+        // The supervisor exits after `down`; wait for it to be gone.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while paths.supervisor_socket(&name).exists() && Instant::now() < deadline {
+        let alive = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    !s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(false)
+        };
+        while (paths.supervisor_socket(&name).exists() || pid.is_some_and(alive))
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(5));
         }
         return Ok(0);

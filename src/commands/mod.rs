@@ -64,6 +64,16 @@ pub fn project_name(p: &crate::cli::ProjectOpts) -> anyhow::Result<String> {
             return Ok(n);
         }
     }
+    // The compose file's `name:` (or its directory) decides, as for `up`. Only loading
+    // matters here, so env_file resolution is skipped (a missing env file of some service
+    // must not stop `ps` or `down`).
+    let mut opts = crate::compose::LoadOptions::from_cli(p);
+    opts.resolve_env_files = false;
+    match crate::compose::load(&opts) {
+        Ok(project) => return Ok(project.name),
+        Err(e) if !p.files.is_empty() => return Err(e.into()),
+        Err(_) => {}
+    }
     let dir = match &p.project_directory {
         Some(d) => d.clone(),
         None => std::env::current_dir()?,

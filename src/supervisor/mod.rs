@@ -87,6 +87,8 @@ async fn serve(project: String) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&sock);
     let listener =
         UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+    let pid_file = paths.project_run(&project).join("supervisor.pid");
+    std::fs::write(&pid_file, std::process::id().to_string())?;
     let engine = Engine::open(&paths)?;
     let state = ProjectState::load(&paths, &project)?.unwrap_or_else(|| ProjectState {
         name: project.clone(),
@@ -135,8 +137,10 @@ async fn serve(project: String) -> anyhow::Result<()> {
             _ = sup.shutdown.notified() => break,
         }
     }
+    let _ = std::fs::remove_file(&pid_file);
     let _ = std::fs::remove_file(&sock);
-    Ok(())
+    // Exit now: nothing is left to finish, and a runtime shutdown could wait on idle tasks.
+    std::process::exit(0);
 }
 
 impl Supervisor {
@@ -324,14 +328,14 @@ impl Supervisor {
                 continue;
             };
             if !crate::state::pid_matches(pid, c.pid_start) {
-                self.record_exit(&c.name, Exit::Unknown).await;
+                self.record_exit(&c.name, Exit::Unknown, None).await;
                 continue;
             }
             let Ok(fd) = proc::pidfd_open(pid) else {
                 continue;
             };
             let fd = Arc::new(fd);
-            self.watch_exit(&c.name, fd, Instant::now());
+            self.watch_exit(&c.name, fd, Instant::now(), pid);
         }
         self.refresh_dns().await;
     }
@@ -373,9 +377,34 @@ impl Supervisor {
         let _lock = ProjectLock::acquire(&self.engine.paths, &self.project)?;
         let mut made_networks: Vec<String> = Vec::new();
         let mut made_containers: Vec<String> = Vec::new();
+        let before: Vec<String> = self
+            .state
+            .lock()
+            .await
+            .containers
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
         let result = self
             .converge_inner(plan, opts, out, &mut made_networks, &mut made_containers)
             .await;
+        if result.is_err() {
+            // Everything that exists now and did not before was made by this up, whether or not
+            // the step that made it returned.
+            let now: Vec<String> = self
+                .state
+                .lock()
+                .await
+                .containers
+                .iter()
+                .map(|c| c.name.clone())
+                .collect();
+            for n in now {
+                if !before.contains(&n) && !made_containers.contains(&n) {
+                    made_containers.push(n);
+                }
+            }
+        }
         if let Err(e) = &result {
             // A failed `up` removes what it made.
             let _ = out.send(Reply::Message {
@@ -795,12 +824,8 @@ impl Supervisor {
         tokio::spawn(copy_to_log(out_r, "stdout", log.clone(), None));
         tokio::spawn(copy_to_log(err_r, "stderr", log, None));
         let pidfd = Arc::new(proc::pidfd_open(pid).context("opening the container's pidfd")?);
-        let start = Instant::now();
-        self.watch_exit(name, pidfd, start);
-        if let Err(e) = self.engine.runtime.start(name).await {
-            let _ = self.engine.runtime.delete(name, true).await;
-            return Err(e);
-        }
+        // Record the run before starting it, so an instant exit is recorded after it, never
+        // overwritten by it.
         {
             let mut st = self.state.lock().await;
             if let Some(c) = st.container_mut(name) {
@@ -819,6 +844,22 @@ impl Supervisor {
             }
         }
         self.save().await;
+        let start = Instant::now();
+        self.watch_exit(name, pidfd.clone(), start, pid);
+        if let Err(e) = self.engine.runtime.start(name).await {
+            // A process that already ran and exited is not a failed start.
+            let exited = self
+                .state
+                .lock()
+                .await
+                .container(name)
+                .map(|c| c.status == Status::Exited)
+                .unwrap_or(false);
+            if !exited {
+                let _ = proc::pidfd_send_signal(&pidfd, libc::SIGKILL);
+                return Err(e);
+            }
+        }
         self.refresh_dns().await;
         if let Some(h) = svc
             .as_ref()
@@ -830,7 +871,7 @@ impl Supervisor {
         Ok(())
     }
 
-    fn watch_exit(self: &Arc<Self>, name: &str, pidfd: Arc<OwnedFd>, started: Instant) {
+    fn watch_exit(self: &Arc<Self>, name: &str, pidfd: Arc<OwnedFd>, started: Instant, pid: i32) {
         let (tx, rx) = watch::channel(None);
         {
             let mut sh = self.shared.lock().unwrap();
@@ -853,14 +894,18 @@ impl Supervisor {
             };
             let exit = proc::wait_pidfd(dup).await.unwrap_or(Exit::Unknown);
             let _ = tx.send(Some(exit));
-            me.on_exit(&name, exit, started.elapsed()).await;
+            me.on_exit(&name, exit, started.elapsed(), pid).await;
         });
     }
 
-    async fn record_exit(&self, name: &str, exit: Exit) {
+    /// Record the end of the run of `pid` (a later run of the same container is left alone).
+    async fn record_exit(&self, name: &str, exit: Exit, pid: Option<i32>) {
         {
             let mut st = self.state.lock().await;
-            if let Some(c) = st.container_mut(name) {
+            if let Some(c) = st
+                .container_mut(name)
+                .filter(|c| pid.is_none() || c.pid == pid)
+            {
                 c.status = Status::Exited;
                 c.exit_code = Some(exit.code());
                 c.finished_at = Some(now_rfc3339());
@@ -874,8 +919,18 @@ impl Supervisor {
         self.save().await;
     }
 
-    async fn on_exit(self: &Arc<Self>, name: &str, exit: Exit, ran_for: Duration) {
-        self.record_exit(name, exit).await;
+    async fn on_exit(self: &Arc<Self>, name: &str, exit: Exit, ran_for: Duration, pid: i32) {
+        self.record_exit(name, exit, Some(pid)).await;
+        let newer_run = self
+            .state
+            .lock()
+            .await
+            .container(name)
+            .map(|c| c.pid.is_some())
+            .unwrap_or(true);
+        if newer_run {
+            return;
+        }
         self.refresh_dns().await;
         let _ = self.apply_firewall().await;
         let (user_stop, service) = {
