@@ -1,5 +1,5 @@
-//! nftables: one table `inet berth` shared by every project. Each project owns four base chains
-//! in it (`p_<name>_<hash>_{pre,out,post,fwd}`), rewritten together in one `nft -f -`
+//! nftables: one table `inet berth` shared by every project. Each project owns five base chains
+//! in it (`p_<name>_<hash>_{raw,pre,out,post,fwd}`), rewritten together in one `nft -f -`
 //! transaction, so a port's backends (a rolling update, a scale change) swap atomically. The
 //! table goes when the last project's chains go. A host-global flock serialises berth's own
 //! writers; the kernel makes each transaction atomic for everyone else.
@@ -129,7 +129,11 @@ pub fn chain_prefix(project: &str) -> String {
     )
 }
 
-const CHAINS: [(&str, &str); 4] = [
+const CHAINS: [(&str, &str); 5] = [
+    (
+        "raw",
+        "type filter hook prerouting priority raw; policy accept;",
+    ),
     (
         "pre",
         "type nat hook prerouting priority dstnat; policy accept;",
@@ -186,6 +190,16 @@ pub fn script(fw: &ProjectFirewall) -> Result<String> {
         if n.bridge.contains('"') || n.bridge.contains('\\') {
             return Err(Error::InvalidIfName(n.bridge.clone()));
         }
+    }
+    // route_localnet (needed for published ports on 127.0.0.1) would also let a container
+    // with raw sockets reach the host's loopback-only services by sending to 127.x through
+    // the gateway (the kube-proxy CVE-2020-8558 pattern): nothing addressed to 127/8 may come
+    // in from a network.
+    for n in &fw.networks {
+        s.push_str(&format!(
+            "add rule {t} {pre}_raw iifname \"{}\" ip daddr 127.0.0.0/8 drop\n",
+            n.bridge
+        ));
     }
     // First what may enter each network (for all of them), then what may leave: a packet
     // between two networks must meet the "drop into B" of its destination before any
@@ -572,7 +586,7 @@ mod tests {
         assert!(s.contains(&format!(
             "add rule inet berth {p}_pre iifname \"berth*\" fib daddr . iif type local meta l4proto {{ tcp, udp }} th dport 53 return\n"
         )));
-        for c in ["pre", "out", "post", "fwd"] {
+        for c in ["raw", "pre", "out", "post", "fwd"] {
             assert!(
                 s.contains(&format!("flush chain inet berth {p}_{c}\n")),
                 "{c}"

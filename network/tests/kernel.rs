@@ -678,3 +678,71 @@ fn outbound_traffic_is_masqueraded() {
         c.ip()
     );
 }
+
+/// route_localnet is on for published ports on 127.0.0.1, but a container (here with its own
+/// loopback route removed, as a container with raw sockets could do) must not reach a service
+/// the host binds on 127.0.0.1 through its gateway.
+#[test]
+fn host_loopback_is_not_reachable_from_a_network() {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    let ipam = ipam_in(d.path());
+    let project = uniq("lo");
+    let net = Net::new(&ipam, false);
+    let c = Ns::new(d.path(), &[&net]);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    l.set_nonblocking(true).unwrap();
+    let _fw = Fw(project.clone());
+    firewall::apply(&ProjectFirewall {
+        project,
+        networks: vec![net.rule()],
+        ports: vec![],
+    })
+    .unwrap();
+    // Send 127.0.0.2 out of eth0 instead of lo (127.0.0.1 stays local, so use another 127.x).
+    let gw = net.gateway.to_string();
+    for args in [
+        vec![
+            "ip",
+            "route",
+            "del",
+            "local",
+            "127.0.0.0/8",
+            "dev",
+            "lo",
+            "table",
+            "local",
+        ],
+        vec![
+            "ip",
+            "route",
+            "add",
+            "127.0.0.2/32",
+            "via",
+            gw.as_str(),
+            "dev",
+            "eth0",
+        ],
+        vec!["sysctl", "-w", "net.ipv4.conf.all.route_localnet=1"],
+        vec!["sysctl", "-w", "net.ipv4.conf.eth0.route_localnet=1"],
+    ] {
+        let o = c.busybox(&args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let l2 = std::net::TcpListener::bind(("127.0.0.2", 0)).unwrap();
+    let port2 = l2.local_addr().unwrap().port();
+    l2.set_nonblocking(true).unwrap();
+    let _ = c.wget(&format!("http://127.0.0.2:{port2}/"), 1);
+    let _ = c.wget(&format!("http://127.0.0.2:{port}/"), 1);
+    // No connection ever arrived.
+    assert!(
+        l2.accept().is_err(),
+        "a container reached the host's 127.0.0.2"
+    );
+    assert!(l.accept().is_err());
+}
