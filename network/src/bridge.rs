@@ -88,9 +88,6 @@ pub fn ensure(spec: &BridgeSpec) -> Result<()> {
     let res = (|| {
         let index = nl.require_index(&spec.name)?;
         nl.add_address(index, spec.gateway)?;
-        // route_localnet: published ports on 127.0.0.1 are DNATed to the network with their
-        // 127.x source (masqueraded on the way out); without it the kernel drops them as martians.
-        sysctl::ensure(&format!("net/ipv4/conf/{}/route_localnet", spec.name), "1")?;
         if !spec.internal {
             sysctl::ensure("net/ipv4/ip_forward", "1")?;
         }

@@ -339,7 +339,17 @@ pub fn apply(fw: &ProjectFirewall) -> Result<()> {
     let s = script(fw)?;
     let _l = lock()?;
     check_no_conflict(fw)?;
-    nft(&["-f", "-"], Some(&s)).map(|_| ())
+    nft(&["-f", "-"], Some(&s))?;
+    // Only now that the 127/8 guard is in place: published ports on 127.0.0.1 are DNATed into
+    // the network with their 127.x source (masqueraded on the way out); without route_localnet
+    // the kernel drops them as martians.
+    for n in &fw.networks {
+        let key = format!("net/ipv4/conf/{}/route_localnet", n.bridge);
+        if std::path::Path::new("/proc/sys").join(&key).exists() {
+            crate::sysctl::ensure(&key, "1")?;
+        }
+    }
+    Ok(())
 }
 
 /// Chain names and published-port comments of the berth table; None if it does not exist.
