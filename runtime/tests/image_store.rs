@@ -338,6 +338,37 @@ fn many_layer_snapshot_beyond_the_option_page_limit() {
 }
 
 #[test]
+fn repeated_layers_mount() {
+    if !is_root() {
+        eprintln!("skipping: overlay snapshots need root");
+        return;
+    }
+    let (t, s) = store();
+    let _g = MountGuard(t.path().to_path_buf());
+    // Docker images repeat the empty layer (same diff_id) between real ones.
+    let empty = LayerBuilder::new().tar();
+    let layers = vec![
+        empty.clone(),
+        LayerBuilder::new().busybox().tar(),
+        empty.clone(),
+        LayerBuilder::new().file("x", 0o644, b"x").tar(),
+        empty,
+    ];
+    let img = BuiltImage::new(layers, vec![Comp::Gzip; 5], "dup");
+    let save = t.path().join("dup.tar");
+    img.docker_save(&save, "berth-test/dup:1");
+    s.load(&save).unwrap();
+    let image = s.get("berth-test/dup:1").unwrap().unwrap();
+    assert_eq!(image.layers.len(), 5);
+    assert_eq!(image.layers[0], image.layers[2]);
+    let dir = t.path().join("containers/dup");
+    let root = snapshot::mount(&image.layers, &dir).unwrap();
+    assert!(root.join("bin/busybox").is_file() && root.join("x").is_file());
+    snapshot::remove(&dir).unwrap();
+    assert!(mounts_under(t.path()).is_empty());
+}
+
+#[test]
 fn concurrent_loads_of_one_image_are_safe() {
     let (t, s) = store();
     let img = BuiltImage::new(

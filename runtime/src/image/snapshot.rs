@@ -4,7 +4,7 @@
 //!
 //! Mounted with the new mount API and one `lowerdir+` per layer (Linux 6.8+), so the page-size
 //! limit of the `lowerdir=a:b:c` option string does not cap the layer count; older kernels get
-//! the classic mount(2) with paths relative to the layers' common parent (via `fchdir`).
+//! the classic mount(2) (and that limit).
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -55,7 +55,7 @@ pub fn mount(layers: &[PathBuf], dir: &Path) -> Result<PathBuf, ImageError> {
         std::fs::create_dir_all(&empty).ctx(|| format!("creating {}", empty.display()))?;
         vec![empty]
     } else {
-        layers.to_vec()
+        dedup_layers(layers)
     };
     for l in &layers {
         if !l.is_dir() {
@@ -77,6 +77,20 @@ pub fn mount(layers: &[PathBuf], dir: &Path) -> Result<PathBuf, ImageError> {
                 e => e,
             }),
     }
+}
+
+/// overlayfs refuses the same lower dir twice (ELOOP). Images repeat a layer when a build step
+/// produced the same diff (most often the empty layer): keep the top-most occurrence.
+pub fn dedup_layers(layers: &[PathBuf]) -> Vec<PathBuf> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out: Vec<PathBuf> = layers
+        .iter()
+        .rev()
+        .filter(|l| seen.insert((*l).clone()))
+        .cloned()
+        .collect();
+    out.reverse();
+    out
 }
 
 fn mount_new_api(
@@ -114,38 +128,31 @@ fn mount_new_api(
     )))
 }
 
+/// Kernels before 6.8 (no `lowerdir+`): one `lowerdir=a:b:c` option, limited to a page. No
+/// `chdir` trick for shorter paths: the working directory is process-wide and the supervisor
+/// is multi-threaded.
 fn mount_legacy(
     layers: &[PathBuf],
     upper: &Path,
     work: &Path,
     target: &Path,
 ) -> Result<(), ImageError> {
-    // Shorten the option string: paths relative to the layers' common parent, mounted from there.
-    let parent = layers[0]
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let rel: Vec<String> = layers
+    let lower: Vec<String> = layers
         .iter()
         .rev()
-        .map(|l| match l.strip_prefix(&parent) {
-            Ok(r) if l.parent() == Some(parent.as_path()) => r.to_string_lossy().into_owned(),
-            _ => l.to_string_lossy().into_owned(),
-        })
+        .map(|l| l.to_string_lossy().into_owned())
         .collect();
     let opts = format!(
         "lowerdir={},upperdir={},workdir={},index=off",
-        rel.join(":"),
+        lower.join(":"),
         upper.display(),
         work.display()
     );
-    let cwd = std::env::current_dir().ok();
-    std::env::set_current_dir(&parent).ctx(|| format!("chdir {}", parent.display()))?;
     let data = std::ffi::CString::new(opts).map_err(|_| ImageError::Mount {
         what: "overlay options".into(),
         source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
     })?;
-    let r = rustix::mount::mount(
+    rustix::mount::mount(
         "overlay",
         target,
         "overlay",
@@ -156,11 +163,7 @@ fn mount_legacy(
         "mount overlay on {} ({} layers)",
         target.display(),
         layers.len()
-    )));
-    if let Some(c) = cwd {
-        let _ = std::env::set_current_dir(c);
-    }
-    r
+    )))
 }
 
 /// Unmount `dir/rootfs` if mounted. The upper dir stays (a restart remounts it).

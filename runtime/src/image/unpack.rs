@@ -361,9 +361,21 @@ pub fn unpack_tar(src: impl Read, target: &Path) -> Result<u64, ImageError> {
             continue;
         }
         let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        // PAX records override header fields that do not fit (ids above 2097151).
+        let (mut pax_uid, mut pax_gid) = (None, None);
         if let Some(exts) = entry.pax_extensions().map_err(rd)? {
             for ext in exts {
                 let ext = ext.map_err(rd)?;
+                let num = || {
+                    std::str::from_utf8(ext.value_bytes())
+                        .ok()
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                };
+                match ext.key_bytes() {
+                    b"uid" => pax_uid = num(),
+                    b"gid" => pax_gid = num(),
+                    _ => {}
+                }
                 if let Some(k) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
                     // Never trust overlay/selinux attributes from a layer.
                     if k.starts_with(b"trusted.") || k == b"security.selinux" {
@@ -375,8 +387,20 @@ pub fn unpack_tar(src: impl Read, target: &Path) -> Result<u64, ImageError> {
         }
         let h = entry.header();
         let mode = Mode::from_raw_mode((h.mode().map_err(rd)? & 0o7777) as _);
-        let uid = h.uid().map_err(rd)?;
-        let gid = h.gid().map_err(rd)?;
+        let uid = match pax_uid {
+            Some(u) => u,
+            None => h.uid().map_err(rd)?,
+        };
+        let gid = match pax_gid {
+            Some(g) => g,
+            None => h.gid().map_err(rd)?,
+        };
+        if uid > u32::MAX as u64 - 1 || gid > u32::MAX as u64 - 1 {
+            return Err(ImageError::UnsafeEntry {
+                path: String::from_utf8_lossy(&raw).into_owned(),
+                why: "uid/gid out of range",
+            });
+        }
         let mtime = h.mtime().unwrap_or(0);
         let owner = |fdir: &OwnedFd,
                      n: &[u8],
