@@ -121,7 +121,7 @@ pub fn run(p: &ProjectOpts, args: &PsArgs) -> anyhow::Result<u8> {
         list.retain(|e| e.state == "running" || e.state == "paused" || e.state == "restarting");
     }
     if !args.status.is_empty() {
-        list.retain(|e| args.status.iter().any(|s| *s == e.state));
+        list.retain(|e| args.status.contains(&e.state));
     }
     if !args.services_filter.is_empty() {
         list.retain(|e| args.services_filter.contains(&e.service));

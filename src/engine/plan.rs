@@ -196,20 +196,6 @@ pub fn parse_bytes(s: &str) -> Option<u64> {
     Some((n * mult as f64) as u64)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn byte_sizes() {
-        assert_eq!(parse_bytes("512m"), Some(512 << 20));
-        assert_eq!(parse_bytes("1g"), Some(1 << 30));
-        assert_eq!(parse_bytes("64MB"), Some(64 << 20));
-        assert_eq!(parse_bytes("100"), Some(100));
-        assert_eq!(parse_bytes("x"), None);
-    }
-}
-
 /// Load the project the way the CLI gave it, and resolve it into the engine's plan.
 pub fn load_plan(
     source: &crate::state::ProjectSource,
@@ -572,4 +558,18 @@ fn service_plan(
         volumes_from: s.volumes_from.clone(),
         config_hash: crate::compose::hash::service_hash(s),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_bytes("512m"), Some(512 << 20));
+        assert_eq!(parse_bytes("1g"), Some(1 << 30));
+        assert_eq!(parse_bytes("64MB"), Some(64 << 20));
+        assert_eq!(parse_bytes("100"), Some(100));
+        assert_eq!(parse_bytes("x"), None);
+    }
 }

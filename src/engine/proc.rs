@@ -169,6 +169,8 @@ mod tests {
         assert_eq!(Exit::Code(3).code(), 3);
     }
 
+    // The children are reaped through their pidfds, which clippy cannot see.
+    #[allow(clippy::zombie_processes)]
     #[tokio::test]
     async fn waits_for_a_child_through_its_pidfd() {
         let child = std::process::Command::new("sh")

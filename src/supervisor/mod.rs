@@ -1227,8 +1227,8 @@ impl Supervisor {
                 internal: n.internal,
             });
         }
-        let mut ports: HashMap<(Option<String>, u16, String), Vec<(std::net::Ipv4Addr, u16)>> =
-            HashMap::new();
+        type Backends = Vec<(std::net::Ipv4Addr, u16)>;
+        let mut ports: HashMap<(Option<String>, u16, String), Backends> = HashMap::new();
         for c in st.containers.iter() {
             let Some(ip) = c.endpoints.first().map(|e| e.ip) else {
                 continue;
