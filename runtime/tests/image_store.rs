@@ -369,6 +369,33 @@ fn repeated_layers_mount() {
 }
 
 #[test]
+fn crash_leftovers_are_invisible_and_cleaned() {
+    let (t, s) = store();
+    let img = BuiltImage::new(
+        vec![LayerBuilder::new().busybox().tar()],
+        vec![Comp::None],
+        "crash",
+    );
+    let save = t.path().join("c.tar");
+    img.docker_save(&save, "berth-test/crash:1");
+    // What a crash mid-load leaves: a half-unpacked layer and a half-written blob in tmp/.
+    let half = s.root().join("tmp/layer-99999-0-0");
+    std::fs::create_dir_all(half.join("bin")).unwrap();
+    std::fs::write(half.join("bin/busybox"), b"trunc").unwrap();
+    std::fs::write(s.root().join("tmp/write-99999-1-0"), b"{\"partial").unwrap();
+    assert!(s.list().unwrap().is_empty());
+    assert!(s.get("berth-test/crash:1").unwrap().is_none());
+    // The next open (no writer active) sweeps tmp/; a load then works normally.
+    let s2 = ImageStore::open(s.root()).unwrap();
+    assert_eq!(std::fs::read_dir(s2.root().join("tmp")).unwrap().count(), 0);
+    s2.load(&save).unwrap();
+    assert!(s2.get("berth-test/crash:1").unwrap().is_some());
+    // A corrupt record file is an error, not a panic.
+    std::fs::write(s2.root().join("images.json"), b"{not json").unwrap();
+    assert!(matches!(s2.list(), Err(ImageError::Json { .. })));
+}
+
+#[test]
 fn concurrent_loads_of_one_image_are_safe() {
     let (t, s) = store();
     let img = BuiltImage::new(

@@ -129,9 +129,47 @@ impl ImageStore {
             let p = root.join(d);
             std::fs::create_dir_all(&p).ctx(|| format!("creating {}", p.display()))?;
         }
-        Ok(ImageStore {
+        let store = ImageStore {
             root: root.to_path_buf(),
-        })
+        };
+        store.clean_tmp_if_idle();
+        Ok(store)
+    }
+
+    /// Leftovers of a crashed load/pull live in `tmp/`: remove them when no writer is active
+    /// (nobody holds `gc.lock`; never waits).
+    fn clean_tmp_if_idle(&self) {
+        let p = self.root.join("gc.lock");
+        let Ok(f) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+        else {
+            return;
+        };
+        if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            return;
+        }
+        // Record updates (rmi) write their temp file without gc.lock: they hold images.lock.
+        let p = self.root.join("images.lock");
+        let Ok(g) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+        else {
+            return;
+        };
+        if rustix::fs::flock(&g, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            return;
+        }
+        if let Ok(rd) = std::fs::read_dir(self.root.join("tmp")) {
+            for e in rd.flatten() {
+                let _ = remove_tree(&e.path());
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     pub fn root(&self) -> &Path {
