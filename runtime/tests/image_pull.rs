@@ -98,6 +98,17 @@ impl Drop for Registry {
 
 /// `skopeo copy [--all] oci:<dir>:<name> docker://<dest>`.
 fn push(layout: &Path, name: &str, dest: &str, creds: Option<&str>, all: bool) {
+    push_as(layout, name, dest, creds, all, None)
+}
+
+fn push_as(
+    layout: &Path,
+    name: &str,
+    dest: &str,
+    creds: Option<&str>,
+    all: bool,
+    format: Option<&str>,
+) {
     let mut c = Command::new("skopeo");
     c.args([
         "--insecure-policy",
@@ -105,6 +116,9 @@ fn push(layout: &Path, name: &str, dest: &str, creds: Option<&str>, all: bool) {
         "--quiet",
         "--dest-tls-verify=false",
     ]);
+    if let Some(f) = format {
+        c.args(["--format", f]);
+    }
     if all {
         c.arg("--all");
     }
@@ -311,6 +325,47 @@ fn pulls_by_tag_digest_and_platform_from_docker_registry() {
         &mut |_| {},
     );
     assert!(matches!(r, Err(ImageError::NoPlatform { .. })), "{r:?}");
+    // Docker schema2 manifest (gzip layers; skopeo converts the OCI manifest and config).
+    let v2 = BuiltImage::new(
+        vec![
+            LayerBuilder::new().busybox().tar(),
+            LayerBuilder::new().file("v2", 0o644, b"v2").tar(),
+        ],
+        vec![Comp::Gzip, Comp::Gzip],
+        "schema2",
+    );
+    let lay2 = t.path().join("v2s2");
+    v2.oci_layout(&lay2, "v2");
+    push_as(
+        &lay2,
+        "v2",
+        &format!("{}/berth/docker:v2", reg.host()),
+        None,
+        false,
+        Some("v2s2"),
+    );
+    let d = s
+        .pull(
+            &format!("{}/berth/docker:v2", reg.host()),
+            &opts,
+            &mut |_| {},
+        )
+        .unwrap();
+    assert!(d.layers[1].join("v2").is_file());
+    let m = s
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|x| x.id == d.id)
+        .unwrap();
+    let raw = std::fs::read(
+        s.root()
+            .join("blobs/sha256")
+            .join(&m.repo_digests[0].rsplit_once('@').unwrap().1[7..]),
+    )
+    .unwrap();
+    assert!(String::from_utf8_lossy(&raw)
+        .contains("application/vnd.docker.distribution.manifest.v2+json"));
     assert_eq!(std::fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
 }
 

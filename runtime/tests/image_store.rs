@@ -422,3 +422,100 @@ fn concurrent_loads_of_one_image_are_safe() {
     assert_eq!(std::fs::read_dir(root.join("layers")).unwrap().count(), 1);
     assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
 }
+
+/// Child half of `two_processes_load_and_prune_at_once`.
+#[test]
+#[ignore]
+fn child_load_loop() {
+    let (Ok(root), Ok(list)) = (
+        std::env::var("BERTH_IMG_CHILD_ROOT"),
+        std::env::var("BERTH_IMG_CHILD_TARS"),
+    ) else {
+        return;
+    };
+    let s = ImageStore::open(Path::new(&root)).unwrap();
+    for _ in 0..3 {
+        for tar in list.split(':') {
+            s.load(Path::new(tar)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn two_processes_load_and_prune_at_once() {
+    let (t, s) = store();
+    let mut tars = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let img = BuiltImage::new(
+            vec![
+                LayerBuilder::new().busybox().tar(),
+                LayerBuilder::new()
+                    .file(&format!("f{i}"), 0o644, b"x")
+                    .tar(),
+            ],
+            vec![Comp::Gzip, Comp::Zstd],
+            &format!("p{i}"),
+        );
+        let p = t.path().join(format!("p{i}.tar"));
+        img.docker_save(&p, &format!("berth-test/proc{i}:1"));
+        tars.push(p.display().to_string());
+        ids.push(img.id);
+    }
+    let spawn = || {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "child_load_loop",
+                "--test-threads=1",
+                "--quiet",
+            ])
+            .env("BERTH_IMG_CHILD_ROOT", s.root())
+            .env("BERTH_IMG_CHILD_TARS", tars.join(":"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    struct Reap(Vec<std::process::Child>);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut kids = Reap(vec![spawn(), spawn()]);
+    // Prune and rmi-free reads while both children load.
+    let start = std::time::Instant::now();
+    let mut prunes = 0;
+    while kids.0.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "children hung"
+        );
+        s.prune().unwrap();
+        s.list().unwrap();
+        prunes += 1;
+    }
+    for c in &mut kids.0 {
+        assert!(c.wait().unwrap().success(), "a child load failed");
+    }
+    assert!(prunes > 0);
+    s.prune().unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let img = s
+            .get(&format!("berth-test/proc{i}:1"))
+            .unwrap()
+            .expect("loaded");
+        assert_eq!(&img.id, id);
+        assert!(img.layers[0].join("bin/busybox").is_file());
+        assert!(img.layers[1].join(format!("f{i}")).is_file());
+    }
+    assert_eq!(
+        std::fs::read_dir(s.root().join("layers")).unwrap().count(),
+        4
+    );
+    assert_eq!(std::fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+}
