@@ -10,8 +10,17 @@ use std::path::Path;
 use berth_runtime::image::{snapshot, ImageError, ImageStore};
 use support::*;
 
-const PEER_TAR: &str = "/work/shared/peers/images/lab-busybox-1.docker.tar";
-const PEER_OCI: &str = "/work/shared/peers/images/oci";
+/// The peers' test image: `shared/` sits beside the checkout (here and in CI).
+fn peer(rel: &str) -> std::path::PathBuf {
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/peers/images")
+        .join(rel);
+    if beside.exists() {
+        beside
+    } else {
+        Path::new("/work/shared/peers/images").join(rel)
+    }
+}
 
 fn store() -> (tempfile::TempDir, ImageStore) {
     let t = tempfile::tempdir().unwrap();
@@ -21,12 +30,13 @@ fn store() -> (tempfile::TempDir, ImageStore) {
 
 #[test]
 fn loads_the_peers_docker_save_archive() {
-    if !Path::new(PEER_TAR).exists() {
-        eprintln!("skipping: {PEER_TAR} missing");
+    let (peer_tar, peer_oci) = (peer("lab-busybox-1.docker.tar"), peer("oci"));
+    if !peer_tar.exists() {
+        eprintln!("skipping: {} missing", peer_tar.display());
         return;
     }
     let (_t, s) = store();
-    let refs = s.load(Path::new(PEER_TAR)).unwrap();
+    let refs = s.load(&peer_tar).unwrap();
     assert_eq!(refs, vec!["docker.io/lab/busybox:1".to_string()]);
     let img = s.get("lab/busybox:1").unwrap().expect("loaded");
     assert!(img.id.starts_with("sha256:"));
@@ -48,10 +58,10 @@ fn loads_the_peers_docker_save_archive() {
     assert!(s.get("lab/busybox:2").unwrap().is_none());
     assert!(s.get("lab/busybox").unwrap().is_none());
     // Loading again is idempotent.
-    assert_eq!(s.load(Path::new(PEER_TAR)).unwrap(), refs);
+    assert_eq!(s.load(&peer_tar).unwrap(), refs);
     assert_eq!(s.list().unwrap().len(), 1);
-    if Path::new(PEER_OCI).is_dir() {
-        let r = s.load(Path::new(PEER_OCI)).unwrap();
+    if peer_oci.is_dir() {
+        let r = s.load(&peer_oci).unwrap();
         assert_eq!(r, vec!["localhost/lab-busybox-1:latest".to_string()]);
         assert!(s.get("localhost/lab-busybox-1").unwrap().is_some());
     }

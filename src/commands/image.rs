@@ -339,7 +339,6 @@ pub fn pull(p: &ProjectOpts, args: &ServicesArg) -> anyhow::Result<u8> {
             continue;
         }
         done.push(image.clone());
-        eprintln!("{svc}: pulling {image}");
         if let Err(e) = pull_one(&store, &image) {
             eprintln!("{svc}: {}", crate::commands::render_error(&e));
             code = 1;
