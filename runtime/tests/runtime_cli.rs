@@ -502,3 +502,129 @@ fn rlimits_umask_oom_score_adj() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "1024\n4096\n0027\n300\n");
 }
+
+#[test]
+fn cgroup_resources_are_written() {
+    need_root!();
+    let c = Ctr::new("cgres");
+    let mut spec = c.spec(&["sleep", "30"]);
+    spec["linux"]["resources"]["cpu"] =
+        json!({"shares": 512, "quota": 50000, "period": 100000, "cpus": "0", "mems": "0"});
+    spec["linux"]["resources"]["memory"] = json!({"limit": 32 << 20, "reservation": 16 << 20});
+    assert!(c.create(&spec).status.success(), "{}", c.out());
+    let rel = c.cgroups_path.trim_start_matches('/');
+    let read = |ctrl: &str, f: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{ctrl}/{rel}/{f}"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    if berth_runtime::cgroups::host_version() == berth_runtime::cgroups::Version::V1 {
+        assert_eq!(read("cpu", "cpu.shares"), "512");
+        assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
+        assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
+        assert_eq!(read("cpuset", "cpuset.cpus"), "0");
+        assert_eq!(
+            read("memory", "memory.limit_in_bytes"),
+            (32u64 << 20).to_string()
+        );
+        assert_eq!(
+            read("memory", "memory.soft_limit_in_bytes"),
+            (16u64 << 20).to_string()
+        );
+        let devices = read("devices", "devices.list");
+        assert!(
+            devices.contains("c 1:3 rwm") && !devices.contains("a *:* rwm"),
+            "{devices}"
+        );
+    }
+    // The init is in every hierarchy's leaf.
+    let pid = c.state().pid.to_string();
+    for d in c.cgroup_dirs() {
+        if d.starts_with("/sys/fs/cgroup/systemd") || d.starts_with("/sys/fs/cgroup/unified") {
+            continue;
+        }
+        let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap();
+        assert_eq!(procs.trim(), pid, "{}", d.display());
+    }
+}
+
+#[test]
+fn sysctls_are_applied_in_the_container_namespaces() {
+    need_root!();
+    let c = Ctr::new("sysctl");
+    let mut spec = c.spec(&[
+        "sh",
+        "-c",
+        "cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/net/ipv4/ping_group_range",
+    ]);
+    spec["linux"]["sysctl"] = json!({"net.ipv4.ip_unprivileged_port_start": "0", "net.ipv4.ping_group_range": "0 2147483647"});
+    let (code, out, err) = c.run(&spec);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        vec!["0", "0", "2147483647"]
+    );
+    // the host is untouched
+    let host = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap();
+    assert_ne!(host.trim(), "0");
+}
+
+#[test]
+fn exec_with_tty_proxy_and_process_file() {
+    need_root!();
+    use std::io::Write;
+    let c = Ctr::new("exectty");
+    assert!(c.create(&c.spec(&["sleep", "30"])).status.success());
+    assert!(c.cli(&["start", &c.id]).status.success());
+    let mut child = c
+        .cmd()
+        .args(["exec", "--tty", &c.id, "sh"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"tty; exit 4\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("/dev/pts/"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // --process: a full OCI process object
+    let p = json!({
+        "user": {"uid": 1000, "gid": 1000},
+        "args": ["sh", "-c", "id -u; pwd; echo $X"],
+        "env": ["PATH=/bin", "X=from-process-file"],
+        "cwd": "/home/alice",
+        "capabilities": {"bounding": ["CAP_KILL"], "effective": [], "permitted": []}
+    });
+    let pf = c.dir.path().join("process.json");
+    std::fs::write(&pf, serde_json::to_vec(&p).unwrap()).unwrap();
+    let out = c
+        .cmd()
+        .args(["exec", "--process"])
+        .arg(&pf)
+        .arg(&c.id)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1000\n/home/alice\nfrom-process-file\n"
+    );
+    // exec into a stopped container fails cleanly
+    berth_runtime::kill(&c.root, &c.id, nix::sys::signal::Signal::SIGKILL, false).unwrap();
+    assert!(c.wait_stopped(5));
+    assert!(!c.cli(&["exec", &c.id, "true"]).status.success());
+}
