@@ -18,6 +18,9 @@ pub fn render_with(p: &Project, format: Format, escape: bool) -> anyhow::Result<
     if escape {
         escape_dollars(&mut node);
     }
+    if format == Format::Json {
+        json_shape(&mut node);
+    }
     Ok(match format {
         Format::Json => compose::yaml::emit_json(&node) + "\n",
         Format::Yaml => compose::yaml::emit(&node),
@@ -27,6 +30,37 @@ pub fn render_with(p: &Project, format: Format, escape: bool) -> anyhow::Result<
 /// `render_with(p, format, true)`: the normal `config` output.
 pub fn render(p: &Project, format: Format) -> anyhow::Result<String> {
     render_with(p, format, true)
+}
+
+/// Go's encoding/json prints a few fields YAML omits: `command`/`entrypoint` (null when
+/// unset), a network's `ipam` and a deploy's `placement` (empty objects).
+fn json_shape(root: &mut compose::yaml::Node) {
+    use compose::yaml::{Node, V};
+    let m = root.mark.clone();
+    if let Some(V::Map(svcs)) = root.get_mut("services").map(|n| &mut n.v) {
+        for e in svcs {
+            for k in ["command", "entrypoint"] {
+                if e.val.get(k).is_none() {
+                    e.val.set(k, Node::new(V::Null, m.clone()));
+                }
+            }
+            if let Some(d) = e.val.get_mut("deploy") {
+                if d.get("resources").is_none() {
+                    d.set("resources", Node::map(vec![], m.clone()));
+                }
+                if d.get("placement").is_none() {
+                    d.set("placement", Node::map(vec![], m.clone()));
+                }
+            }
+        }
+    }
+    if let Some(V::Map(nets)) = root.get_mut("networks").map(|n| &mut n.v) {
+        for e in nets {
+            if e.val.get("ipam").is_none() {
+                e.val.set("ipam", Node::map(vec![], m.clone()));
+            }
+        }
+    }
 }
 
 fn escape_dollars(n: &mut compose::yaml::Node) {

@@ -315,7 +315,8 @@ fn mapping_with_equals(n: &Node, path: &str) -> R<IndexMap<String, Option<String
                 let p = join(path, &e.key);
                 let v = match &e.val.v {
                     V::Null => None,
-                    V::Scalar(s, _) => Some(s.clone()),
+                    V::Scalar(s, true) => Some(plain_value(s)),
+                    V::Scalar(s, false) => Some(s.clone()),
                     _ => return Err(type_err(&e.val, &p, "a string, number, boolean or null")),
                 };
                 out.insert(e.key.clone(), v);
@@ -324,6 +325,24 @@ fn mapping_with_equals(n: &Node, path: &str) -> R<IndexMap<String, Option<String
         _ => return Err(type_err(n, path, "a mapping or a list of KEY=VALUE")),
     }
     Ok(out)
+}
+
+/// A plain YAML scalar used as a string value, as compose-go (yaml.v3 into `any`, then
+/// `fmt`) renders it: floats lose trailing zeros ("1.50" → "1.5"), the rest stays as written.
+fn plain_value(s: &str) -> String {
+    let t = s.trim();
+    let is_float = t.contains('.')
+        && t.chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | '+' | 'e' | 'E'))
+        && t.chars().any(|c| c.is_ascii_digit());
+    if is_float {
+        if let Ok(f) = t.parse::<f64>() {
+            if f.is_finite() && f.abs() < 1e21 && (f == 0.0 || f.abs() >= 1e-4) {
+                return format!("{f}");
+            }
+        }
+    }
+    s.to_string()
 }
 
 /// Labels-like: as `mapping_with_equals`, with `None` → "".
@@ -557,6 +576,10 @@ impl Cx<'_> {
             p.to_string()
         };
         let pb = Path::new(&expanded);
+        if pb.is_absolute() && !p.starts_with('~') {
+            // compose keeps absolute paths as written (only relative ones are joined).
+            return expanded;
+        }
         let full = if pb.is_absolute() {
             pb.to_path_buf()
         } else {
@@ -809,11 +832,16 @@ fn volume_short(cx: &Cx, spec: &str, mark: &Mark, path: &str) -> R<ServiceVolume
         )));
     }
     let mut v = ServiceVolume {
-        target: dst.to_string(),
+        target: clean(Path::new(dst)).display().to_string(),
         ..Default::default()
     };
     match src {
-        None | Some("") => {
+        Some("") => {
+            return Err(bad(format!(
+                "invalid spec: {spec}: empty section between colons"
+            )))
+        }
+        None => {
             v.kind = "volume".into();
             v.volume = Some(VolumeVolume::default());
         }
@@ -886,7 +914,14 @@ fn volume_long(cx: &Cx, n: &Node, path: &str) -> R<ServiceVolume> {
         match e.key.as_str() {
             "type" => v.kind = string(&e.val, &kp)?,
             "source" => v.source = opt_string(&e.val, &kp)?,
-            "target" => v.target = string(&e.val, &kp)?,
+            "target" => {
+                let t = string(&e.val, &kp)?;
+                v.target = if t.starts_with('/') {
+                    clean(Path::new(&t)).display().to_string()
+                } else {
+                    t
+                };
+            }
             "read_only" => v.read_only = boolean(&e.val, &kp)?,
             "consistency" => v.consistency = opt_string(&e.val, &kp)?,
             "bind" => {
@@ -1051,6 +1086,10 @@ fn file_refs(cx: &mut Cx, svc: &str, n: &Node, path: &str, kind: RefKind) -> R<V
             }
             _ => return Err(type_err(it, &p, "a string or a mapping")),
         };
+        let mut r = r;
+        if kind == RefKind::Secret && r.target.is_none() {
+            r.target = Some(format!("/run/secrets/{}", r.source));
+        }
         cx.refs.push(Ref {
             service: svc.into(),
             kind,
@@ -1601,6 +1640,7 @@ fn build(cx: &Cx, n: &Node, path: &str) -> R<Option<Build>> {
         V::Map(_) => {}
         _ => return Err(type_err(n, path, "a string or a mapping")),
     }
+    let mut explicit_dockerfile = false;
     check_keys(
         n,
         path,
@@ -1635,7 +1675,10 @@ fn build(cx: &Cx, n: &Node, path: &str) -> R<Option<Build>> {
         let kp = join(path, &e.key);
         match e.key.as_str() {
             "context" => b.context = opt_string(&e.val, &kp)?.map(|s| context_path(cx, &s)),
-            "dockerfile" => b.dockerfile = opt_string(&e.val, &kp)?,
+            "dockerfile" => {
+                explicit_dockerfile = true;
+                b.dockerfile = opt_string(&e.val, &kp)?.filter(|d| !d.is_empty());
+            }
             "dockerfile_inline" => b.dockerfile_inline = opt_string(&e.val, &kp)?,
             "args" => b.args = mapping_with_equals(&e.val, &kp)?,
             "ssh" => {
@@ -1671,7 +1714,7 @@ fn build(cx: &Cx, n: &Node, path: &str) -> R<Option<Build>> {
     if b.context.is_none() {
         b.context = Some(cx.abs("."));
     }
-    if b.dockerfile.is_none() && b.dockerfile_inline.is_none() {
+    if b.dockerfile.is_none() && b.dockerfile_inline.is_none() && !explicit_dockerfile {
         b.dockerfile = Some("Dockerfile".into());
     }
     Ok(Some(b))
@@ -1912,8 +1955,59 @@ pub fn service(cx: &mut Cx, name: &str, n: &Node) -> R<Service> {
             ));
         }
     }
-    if s.image.is_none() && s.build.is_none() {
-        // compose-go only rejects this when the service is about to run; keep loading.
+    // compose-go's normalisation: services used through links, `service:` namespaces and
+    // volumes_from become dependencies (when not declared).
+    let mut implicit: Vec<(String, bool)> = Vec::new();
+    for l in &s.links {
+        implicit.push((l.split(':').next().unwrap_or(l).to_string(), true));
+    }
+    for ns in [&s.network_mode, &s.ipc, &s.pid, &s.uts, &s.cgroup]
+        .into_iter()
+        .flatten()
+    {
+        if let Some(dep) = ns.strip_prefix("service:") {
+            implicit.push((dep.to_string(), true));
+        }
+    }
+    for vf in &s.volumes_from {
+        if !vf.starts_with("container:") {
+            let name = vf.strip_prefix("service:").unwrap_or(vf);
+            implicit.push((name.split(':').next().unwrap_or(name).to_string(), false));
+        }
+    }
+    for (dep, restart) in implicit {
+        s.depends_on.entry(dep).or_insert(DependsOn {
+            condition: "service_started".into(),
+            restart,
+            required: true,
+        });
+    }
+    if let (Some(pf), Some(b)) = (&s.platform, &s.build) {
+        if !b.platforms.is_empty() && !b.platforms.contains(pf) {
+            return Err(LoadError::at(
+                &n.mark,
+                &path,
+                format!("service.build.platforms MUST include service.platform {pf:?}"),
+            ));
+        }
+    }
+    if let Some(lim) = s.deploy.as_ref().and_then(|d| d.resources.limits.as_ref()) {
+        let distinct = |a: &str, b: &str| {
+            LoadError::at(
+                &n.mark,
+                &path,
+                format!("can't set distinct values on '{a}' and 'deploy.resources.limits.{b}'"),
+            )
+        };
+        if s.mem_limit.is_some() && lim.memory.is_some() && s.mem_limit != lim.memory {
+            return Err(distinct("mem_limit", "memory"));
+        }
+        if s.cpus.is_some() && lim.cpus.is_some() && s.cpus != lim.cpus {
+            return Err(distinct("cpus", "cpus"));
+        }
+        if s.pids_limit.is_some() && lim.pids.is_some() && s.pids_limit != lim.pids {
+            return Err(distinct("pids_limit", "pids"));
+        }
     }
     Ok(s)
 }
@@ -2019,7 +2113,7 @@ pub fn network(n: &Node, path: &str, key: &str, project: &str) -> R<Network> {
     Ok(net)
 }
 
-pub fn volume(n: &Node, path: &str, key: &str, project: &str) -> R<Volume> {
+pub fn volume(cx: &Cx, n: &Node, path: &str, key: &str, project: &str) -> R<Volume> {
     check_keys(
         n,
         path,
@@ -2045,6 +2139,18 @@ pub fn volume(n: &Node, path: &str, key: &str, project: &str) -> R<Volume> {
                 _ => vol.external = boolean(v, &kp)?,
             },
             _ => {}
+        }
+    }
+    // A local bind-mounted volume's relative `device` is relative to the project.
+    let bind = vol
+        .driver_opts
+        .get("o")
+        .is_some_and(|o| o.split(',').any(|x| x == "bind"));
+    if bind && vol.driver.as_deref().unwrap_or("local") == "local" {
+        if let Some(dev) = vol.driver_opts.get_mut("device") {
+            if !dev.starts_with('/') {
+                *dev = cx.abs(if dev.is_empty() { "." } else { dev });
+            }
         }
     }
     vol.name = match name {

@@ -177,6 +177,16 @@ impl Reader<'_> {
 }
 
 pub fn load(opts: &LoadOptions) -> Result<Project, LoadError> {
+    load_impl(opts, true)
+}
+
+/// `load` without the consistency checks (compose-go's `SkipConsistencyCheck`): no
+/// reference, conflict or image/build checks. For fragments meant to be extended.
+pub fn load_unchecked(opts: &LoadOptions) -> Result<Project, LoadError> {
+    load_impl(opts, false)
+}
+
+fn load_impl(opts: &LoadOptions, consistency: bool) -> Result<Project, LoadError> {
     let cwd = convert::clean(&opts.working_dir);
     let pre_dir = opts
         .project_directory
@@ -292,7 +302,15 @@ pub fn load(opts: &LoadOptions) -> Result<Project, LoadError> {
             seen.push(u.clone());
         }
     }
-    build_project(opts, root, &project_dir, files, reader.env, warnings)
+    build_project(
+        opts,
+        root,
+        &project_dir,
+        files,
+        reader.env,
+        warnings,
+        consistency,
+    )
 }
 
 /// Project name: `-p`, `COMPOSE_PROJECT_NAME`, top-level `name:`, the project dir's basename.
@@ -344,6 +362,7 @@ pub(crate) fn build_project(
     files: Vec<PathBuf>,
     env: IndexMap<String, String>,
     mut warnings: Vec<String>,
+    consistency: bool,
 ) -> R<Project> {
     convert::check_keys(&root, "", convert::TOP_KEYS)?;
     if root.get("version").is_some() {
@@ -396,7 +415,7 @@ pub(crate) fn build_project(
         let path = format!("volumes.{}", e.key);
         p.volumes.insert(
             e.key.clone(),
-            convert::volume(&e.val, &path, &e.key, &name)?,
+            convert::volume(&cx, &e.val, &path, &e.key, &name)?,
         );
     }
     for e in section("secrets")? {
@@ -461,8 +480,24 @@ pub(crate) fn build_project(
     }
     p.profiles = active;
 
-    check_refs(&p, &cx.refs)?;
-    check_conflicts(&p, &cx)?;
+    if consistency {
+        for (k, s) in &p.services {
+            if s.image.is_none() && s.build.is_none() {
+                let mark = cx
+                    .service_marks
+                    .get(k)
+                    .cloned()
+                    .unwrap_or_else(|| Mark::synthetic(&Arc::from("")));
+                return Err(LoadError::at(
+                    &mark,
+                    format!("services.{k}"),
+                    format!("service {k:?} has neither an image nor a build context specified"),
+                ));
+            }
+        }
+        check_refs(&p, &cx.refs)?;
+        check_conflicts(&p, &cx)?;
+    }
 
     // The default network: services with neither networks nor network_mode join it.
     let mut need_default = false;
@@ -515,6 +550,8 @@ pub(crate) fn build_project(
         for k in selected {
             if let Some(s) = p.services.get_mut(&k) {
                 resolve_env_files(s, &p.environment)?;
+                // Resolved into `environment`: compose drops the list then.
+                s.env_file.clear();
             }
         }
     }

@@ -487,8 +487,7 @@ pub struct ServiceVolume {
 pub struct VolumeBind {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub propagation: Option<String>,
-    /// Default true (compose's opt-out); printed only when false.
-    #[serde(skip_serializing_if = "is_true")]
+    /// Create a missing host path (the short syntax sets it; compose prints it).
     pub create_host_path: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub selinux: Option<String>,

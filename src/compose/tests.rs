@@ -356,7 +356,12 @@ fn multiple_files_merge_with_compose_rules() {
 #[test]
 fn extends_corpus_cases() {
     let dir = corpus().join("compose-go/loader/testdata/extends");
-    let p = load(&opts_for(&dir.join("base.yaml"), &[])).unwrap();
+    // Upstream loads base.yaml without consistency checks (`with-port` has no image).
+    assert!(load(&opts_for(&dir.join("base.yaml"), &[]))
+        .unwrap_err()
+        .to_string()
+        .contains("neither an image nor a build context"));
+    let p = super::load::load_unchecked(&opts_for(&dir.join("base.yaml"), &[])).unwrap();
     assert_eq!(p.services["another"].image.as_deref(), Some("base"));
     assert!(p.services.contains_key("nil"));
     let wb = &p.services["with-build"];
@@ -527,7 +532,13 @@ fn env_file_merges_under_environment() {
     let s = &p.services["web"];
     assert_eq!(s.environment["A"].as_deref(), Some("from_file"));
     assert_eq!(s.environment["B"].as_deref(), Some("from_env"));
-    assert!(!s.env_file[1].required);
+    // Resolved into environment: compose drops env_file from the model then.
+    assert!(s.env_file.is_empty());
+    let mut o = d.opts();
+    o.resolve_env_files = false;
+    let p = load(&o).unwrap();
+    assert!(!p.services["web"].env_file[1].required);
+    assert_eq!(p.services["web"].environment.len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -578,7 +589,7 @@ fn short_syntax_commands_healthcheck_depends_on() {
 
 #[test]
 fn short_syntax_networks_secrets_misc() {
-    let p = one("services:\n  w:\n    image: x\n    networks:\n      front: {aliases: [web], ipv4_address: 10.0.0.5}\n      back:\n    secrets: [s1, {source: s2, target: /x, mode: 0440, uid: '1'}]\n    configs: [c1]\n    ulimits: {nofile: {soft: 1024, hard: 2048}, nproc: 65535}\n    sysctls: [net.core.somaxconn=1024]\n    labels: [a=b, c]\n    extra_hosts: ['h1:1.2.3.4', 'h2=::1']\n    devices: ['/dev/fuse', '/dev/a:/dev/b:r']\n    tmpfs: /run\n    mem_limit: 512m\n    shm_size: 1g\n    cpus: 0.5\n    deploy: {replicas: 3, resources: {limits: {memory: 1g, cpus: '1.5'}}, restart_policy: {condition: on-failure, max_attempts: 2, delay: 5s}, update_config: {parallelism: 1, order: start-first, delay: 10s}}\nnetworks: {front: {}, back: {}}\nsecrets: {s1: {file: ./s1}, s2: {environment: X}}\nconfigs: {c1: {content: hi}}\n").unwrap();
+    let p = one("services:\n  w:\n    image: x\n    networks:\n      front: {aliases: [web], ipv4_address: 10.0.0.5}\n      back:\n    secrets: [s1, {source: s2, target: /x, mode: 0440, uid: '1'}]\n    configs: [c1]\n    ulimits: {nofile: {soft: 1024, hard: 2048}, nproc: 65535}\n    sysctls: [net.core.somaxconn=1024]\n    labels: [a=b, c]\n    extra_hosts: ['h1:1.2.3.4', 'h2=::1']\n    devices: ['/dev/fuse', '/dev/a:/dev/b:r']\n    tmpfs: /run\n    mem_limit: 512m\n    shm_size: 1g\n    cpus: 0.5\n    deploy: {replicas: 3, resources: {limits: {memory: 512m, cpus: '0.5'}}, restart_policy: {condition: on-failure, max_attempts: 2, delay: 5s}, update_config: {parallelism: 1, order: start-first, delay: 10s}}\nnetworks: {front: {}, back: {}}\nsecrets: {s1: {file: ./s1}, s2: {environment: X}}\nconfigs: {c1: {content: hi}}\n").unwrap();
     let s = &p.services["w"];
     let front = s.networks["front"].as_ref().unwrap();
     assert_eq!(front.aliases, ["web"]);
@@ -598,7 +609,7 @@ fn short_syntax_networks_secrets_misc() {
     assert_eq!(s.cpus, Some(0.5));
     let d = s.deploy.as_ref().unwrap();
     assert_eq!(s.replicas(), 3);
-    assert_eq!(d.resources.limits.as_ref().unwrap().memory, Some(1 << 30));
+    assert_eq!(d.resources.limits.as_ref().unwrap().memory, Some(512 << 20));
     assert_eq!(d.restart_policy.as_ref().unwrap().max_attempts, Some(2));
     assert_eq!(
         d.update_config.as_ref().unwrap().order.as_deref(),

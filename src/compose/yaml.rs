@@ -591,27 +591,45 @@ fn needs_quotes(s: &str) -> bool {
     s.chars().any(|c| c.is_control() || c == '\u{feff}')
 }
 
+/// Would YAML read this plain scalar as a number (int, float, YAML 1.1 sexagesimal)?
 fn looks_numeric(s: &str) -> bool {
     let t = s.strip_prefix(['+', '-']).unwrap_or(s);
     if t.is_empty() {
         return false;
     }
-    if t.starts_with("0x") || t.starts_with("0o") || t.starts_with("0b") {
+    let digits = |x: &str| !x.is_empty() && x.chars().all(|c| c.is_ascii_digit() || c == '_');
+    if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0o")) {
+        return !h.is_empty() && h.chars().all(|c| c.is_ascii_hexdigit() || c == '_');
+    }
+    if let Some(b) = t.strip_prefix("0b") {
+        return !b.is_empty() && b.chars().all(|c| c == '0' || c == '1' || c == '_');
+    }
+    if digits(t) {
         return true;
     }
-    if t.chars().all(|c| c.is_ascii_digit() || c == '_') {
-        return true;
-    }
-    // floats / exponents / sexagesimal-like forms
-    let mut has_digit = false;
-    for c in t.chars() {
-        match c {
-            '0'..='9' => has_digit = true,
-            '.' | 'e' | 'E' | '+' | '-' | '_' | ':' => {}
-            _ => return false,
+    // float: digits[.digits][e[+-]digits] or .digits
+    let (mant, exp) = match t.find(['e', 'E']) {
+        Some(i) => (&t[..i], Some(&t[i + 1..])),
+        None => (t, None),
+    };
+    let mant_ok = match mant.split_once('.') {
+        Some((a, b)) => {
+            (a.is_empty() || digits(a))
+                && (b.is_empty() || digits(b))
+                && !(a.is_empty() && b.is_empty())
         }
+        None => digits(mant),
+    };
+    let exp_ok = match exp {
+        None => true,
+        Some(e) => digits(e.strip_prefix(['+', '-']).unwrap_or(e)),
+    };
+    if mant_ok && exp_ok {
+        return true;
     }
-    has_digit
+    // sexagesimal (YAML 1.1): 1:20, 190:20:30
+    let parts: Vec<&str> = t.split(':').collect();
+    parts.len() > 1 && parts.iter().all(|p| digits(p))
 }
 
 #[cfg(test)]
@@ -669,6 +687,28 @@ mod tests {
         assert!(parse("# only a comment\n", &Arc::from("t.yaml"))
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn quoting_follows_yaml_resolution() {
+        for q in [
+            "1", "1.5", "1e3", "0x1F", "true", "no", "null", "", " a", "a: b", "80:80", "-", "*x",
+            "#c",
+        ] {
+            assert!(needs_quotes(q), "{q:?} must be quoted");
+        }
+        for p in [
+            "127.0.0.1",
+            "1.2.3.4:80",
+            "nginx:latest",
+            "a b",
+            "/x/y",
+            "-p",
+            "1m30s",
+            "::1",
+        ] {
+            assert!(!needs_quotes(p), "{p:?} needs no quotes");
+        }
     }
 
     #[test]
