@@ -6,7 +6,6 @@
 //! limit of the `lowerdir=a:b:c` option string does not cap the layer count; older kernels get
 //! the classic mount(2) (and that limit).
 
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, UnmountFlags};
@@ -206,6 +205,5 @@ pub fn remove(dir: &Path) -> Result<(), ImageError> {
             Ok(_) => std::fs::remove_file(&p).ctx(|| format!("removing {}", p.display()))?,
         }
     }
-    let _ = dir.as_os_str().as_bytes();
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, CWD};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
 use sha2::{Digest, Sha256};
 
 use super::error::{ImageError, IoContext};
@@ -191,10 +191,6 @@ impl Unpacker {
                 return rustix::io::dup(fd).ctx(|| "dup".into());
             }
         }
-        let unsafe_entry = |why| ImageError::UnsafeEntry {
-            path: String::from_utf8_lossy(shown).into_owned(),
-            why,
-        };
         let mut cur = rustix::io::dup(&self.root).ctx(|| "dup".into())?;
         for c in comps {
             let next = match rustix::fs::openat2(
@@ -220,7 +216,6 @@ impl Unpacker {
             };
             cur = next;
         }
-        let _ = unsafe_entry;
         let keep = rustix::io::dup(&cur).ctx(|| "dup".into())?;
         self.cache = Some((comps.iter().map(|c| c.to_vec()).collect(), keep));
         Ok(cur)
@@ -562,7 +557,6 @@ pub fn unpack_tar(src: impl Read, target: &Path) -> Result<u64, ImageError> {
             let _ = rustix::fs::futimens(&fd, t);
         }
     }
-    let _ = CWD;
     Ok(count)
 }
 
