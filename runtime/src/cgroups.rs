@@ -120,12 +120,7 @@ impl Cgroup {
                 let mut tries = 0;
                 loop {
                     match fs::create_dir(&cur) {
-                        Ok(()) => {
-                            if ctrl == "cpuset" {
-                                init_cpuset(&cur)?;
-                            }
-                            break;
-                        }
+                        Ok(()) => break,
                         Err(e) if e.kind() == ErrorKind::AlreadyExists => break,
                         // A concurrent delete removed an empty parent under us: redo it.
                         Err(e) if e.kind() == ErrorKind::NotFound && tries < 20 => {
@@ -136,6 +131,10 @@ impl Cgroup {
                         }
                         Err(e) => return Err(cg_err(&cur)(e)),
                     }
+                }
+                // Every level, new or not: a concurrent creator may not have filled it yet.
+                if ctrl == "cpuset" {
+                    init_cpuset(&cur)?;
                 }
             }
             if self.version == Version::V2 {

@@ -722,6 +722,9 @@ pub fn exec(o: &ExecOpts) -> Result<i32> {
     }
     let spec = spec_of(&o.root, &o.id)?;
     let p = exec_process(&spec, o, rec.pid)?;
+    if p.args().as_ref().map(|a| a.is_empty()).unwrap_or(true) {
+        return Err(RuntimeError::InvalidSpec("process.args is empty".into()));
+    }
     let ns_order = [
         ("cgroup", CloneFlags::CLONE_NEWCGROUP),
         ("ipc", CloneFlags::CLONE_NEWIPC),
