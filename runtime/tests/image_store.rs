@@ -272,7 +272,7 @@ fn snapshots_share_layers_and_keep_writes_apart() {
     s.load(&save).unwrap();
     let image = s.get("berth-test/snap:1").unwrap().unwrap();
     let (a, b) = (t.path().join("containers/a"), t.path().join("containers/b"));
-    let ra = s.snapshot(&image, &a).unwrap();
+    let ra = s.snapshot("berth-test-a", &image, &a).unwrap();
     let rb = snapshot::mount(&image.layers, &b).unwrap();
     assert_eq!(ra, a.join("rootfs"));
     assert!(ra.join("bin/busybox").is_file() && rb.join("bin/busybox").is_file());
@@ -297,18 +297,38 @@ fn snapshots_share_layers_and_keep_writes_apart() {
     assert!(!ra.join("tmp/only-a").exists());
     snapshot::mount(&image.layers, &a).unwrap();
     assert_eq!(std::fs::read(ra.join("tmp/only-a")).unwrap(), b"a");
-    // The layers are in use: pruning keeps them even with the image gone.
-    s.remove("berth-test/snap:1").unwrap();
+    // Container a holds a lease: rmi is a conflict, rmi -f untags but keeps the image.
+    let r = s.remove("berth-test/snap:1");
+    assert!(matches!(r, Err(ImageError::InUse { .. })), "{r:?}");
+    s.remove_with("berth-test/snap:1", true).unwrap();
+    assert!(s.get("berth-test/snap:1").unwrap().is_none());
+    assert!(
+        s.get(&image.id).unwrap().is_some(),
+        "kept (untagged) while leased"
+    );
+    // Unmounted (a stopped container) but leased: prune keeps everything.
+    snapshot::unmount(&a).unwrap();
+    let rep = s.prune().unwrap();
+    assert!(rep.layers.is_empty() && rep.images.is_empty(), "{rep:?}");
+    assert!(image.layers.iter().all(|l| l.is_dir()));
+    // b is mounted without a lease: its mount alone protects the layers too.
+    s.remove_snapshot("berth-test-a", &a).unwrap();
+    s.prune().unwrap();
     assert!(
         image.layers.iter().all(|l| l.is_dir()),
-        "mounted layers survive rmi"
+        "mounted layers survive prune"
     );
-    snapshot::remove(&a).unwrap();
     snapshot::remove(&b).unwrap();
     assert!(mounts_under(t.path()).is_empty());
     assert!(!a.join("upper").exists() && !a.join("rootfs").exists());
-    s.prune().unwrap();
+    let rep = s.prune().unwrap();
+    assert_eq!(rep.images, vec![image.id.clone()]);
     assert!(image.layers.iter().all(|l| !l.exists()));
+    assert!(s.list().unwrap().is_empty());
+    assert!(matches!(
+        s.snapshot("../x", &image, &a),
+        Err(ImageError::Unsupported { .. })
+    ));
     // Removing twice is fine.
     snapshot::remove(&a).unwrap();
 }

@@ -254,7 +254,7 @@ pub fn rmi(args: &RmiArgs) -> anyhow::Result<u8> {
             code = 1;
             continue;
         };
-        match store.remove(r) {
+        match store.remove_with(r, args.force) {
             Ok(()) => {
                 if Reference::parse(r).is_ok()
                     && !r.starts_with("sha256:")

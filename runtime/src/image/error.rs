@@ -47,8 +47,11 @@ pub enum ImageError {
         status: u16,
         message: String,
     },
-    #[error("image {reference} is in use by a running snapshot (layer {layer})")]
-    InUse { reference: String, layer: String },
+    #[error("conflict: unable to remove {reference}: container {container} is using it")]
+    InUse {
+        reference: String,
+        container: String,
+    },
     #[error("{what}: {source}")]
     Mount {
         what: String,

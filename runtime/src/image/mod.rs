@@ -7,6 +7,7 @@
 //! layers/<diff_id hex>/  unpacked layer trees (overlay lowerdirs), shared by every image
 //! images.json            image records (+ images.lock, flock)
 //! gc.lock                shared by loads/pulls in progress, exclusive for prune
+//! leases/<container>.json  layers held by a container's snapshot (mounted or not)
 //! tmp/                   half-written entries; emptied by prune
 //! ```
 //! Every entry is written under a temporary name, synced, then renamed into place: a crash
@@ -99,6 +100,19 @@ pub(crate) struct Db {
     /// diff_id → unpacked size, for `images` sizes.
     #[serde(default)]
     pub layer_sizes: BTreeMap<String, u64>,
+}
+
+/// `leases/<container>.json`: what a container's snapshot holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct Lease {
+    image: String,
+    layers: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Leased {
+    images: BTreeMap<String, String>,
+    layers: BTreeSet<String>,
 }
 
 /// A held `flock`; released on drop.
@@ -535,6 +549,14 @@ impl ImageStore {
     /// digest, remove the record. Blobs and layers go with the next `prune`, unless a mounted
     /// snapshot still uses them.
     pub fn remove(&self, reference: &str) -> Result<(), ImageError> {
+        self.remove_with(reference, false)
+    }
+
+    /// `rmi [-f]`. An image a container snapshot holds (see [`ImageStore::snapshot`]) is not
+    /// removed: without `force` that is an [`ImageError::InUse`] error (as Docker's conflict),
+    /// with `force` it is untagged and kept until the container is gone.
+    pub fn remove_with(&self, reference: &str, force: bool) -> Result<(), ImageError> {
+        let leased = self.leased()?;
         self.update_db(|db| {
             let (id, how) = match Self::find(db, reference)? {
                 Some((rec, r)) => (rec.id.clone(), r),
@@ -560,6 +582,17 @@ impl ImageStore {
                 }
             }
             if !by_tag || (rec.repo_tags.is_empty() && rec.repo_digests.is_empty()) {
+                if let Some(c) = leased.images.get(&id) {
+                    if !force {
+                        return Err(ImageError::InUse {
+                            reference: reference.to_string(),
+                            container: c.clone(),
+                        });
+                    }
+                    rec.repo_tags.clear();
+                    rec.repo_digests.clear();
+                    return Ok(());
+                }
                 db.images.retain(|r| r.id != id);
             }
             Ok(())
@@ -576,7 +609,9 @@ impl ImageStore {
     fn gc(&self, dangling: bool) -> Result<PruneReport, ImageError> {
         let _gc = self.lock("gc.lock", true)?;
         let mut report = PruneReport::default();
-        let in_use = snapshot_layers_in_use(&self.root.join("layers"));
+        let mut in_use = snapshot_layers_in_use(&self.root.join("layers"));
+        let leased = self.leased()?;
+        in_use.extend(leased.layers.iter().cloned());
         let db = self.update_db(|db| {
             if dangling {
                 let mut keep = Vec::new();
@@ -585,6 +620,7 @@ impl ImageStore {
                         .layers
                         .iter()
                         .any(|l| in_use.contains(hex_of(l).unwrap_or("")));
+                    let used = used || leased.images.contains_key(&r.id);
                     if r.repo_tags.is_empty() && r.repo_digests.is_empty() && !used {
                         report.images.push(r.id.clone());
                     } else {
@@ -657,9 +693,93 @@ impl ImageStore {
         pull::pull(self, reference, opts, progress)
     }
 
-    /// Mount a container's snapshot of `image` under `dir` (returns `dir/rootfs`).
-    pub fn snapshot(&self, image: &Image, dir: &Path) -> Result<PathBuf, ImageError> {
+    /// Mount a container's snapshot of `image` under `dir` (returns `dir/rootfs`) and record a
+    /// lease: while it exists, `rmi` refuses the image (unless forced) and `prune` keeps its
+    /// layers, even when the snapshot is unmounted (a stopped container).
+    pub fn snapshot(
+        &self,
+        container_id: &str,
+        image: &Image,
+        dir: &Path,
+    ) -> Result<PathBuf, ImageError> {
+        let lease = self.lease_path(container_id)?;
+        let diff_ids: Vec<String> = image
+            .layers
+            .iter()
+            .filter_map(|l| {
+                l.file_name()
+                    .map(|n| format!("sha256:{}", n.to_string_lossy()))
+            })
+            .collect();
+        let data = serde_json::to_vec(&Lease {
+            image: image.id.clone(),
+            layers: diff_ids,
+        })
+        .map_err(|source| ImageError::Json {
+            what: "lease".into(),
+            source,
+        })?;
+        self.write_atomic(&lease, &data)?;
         snapshot::mount(&image.layers, dir)
+    }
+
+    /// Unmount and delete the container's snapshot, then drop its lease.
+    pub fn remove_snapshot(&self, container_id: &str, dir: &Path) -> Result<(), ImageError> {
+        snapshot::remove(dir)?;
+        let lease = self.lease_path(container_id)?;
+        match std::fs::remove_file(&lease) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).ctx(|| format!("removing {}", lease.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn lease_path(&self, container_id: &str) -> Result<PathBuf, ImageError> {
+        let ok = !container_id.is_empty()
+            && container_id.len() <= 255
+            && !container_id.starts_with('.')
+            && container_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !ok {
+            return Err(ImageError::Unsupported {
+                what: "container id",
+                value: container_id.to_string(),
+            });
+        }
+        let dir = self.root.join("leases");
+        std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        Ok(dir.join(format!("{container_id}.json")))
+    }
+
+    /// Image ids (→ a container holding it) and layer dir names held by leases.
+    fn leased(&self) -> Result<Leased, ImageError> {
+        let mut out = Leased::default();
+        let dir = self.root.join("leases");
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e).ctx(|| format!("reading {}", dir.display())),
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(container) = name.strip_suffix(".json") else {
+                continue;
+            };
+            let Ok(data) = std::fs::read(e.path()) else {
+                continue;
+            };
+            let Ok(l) = serde_json::from_slice::<Lease>(&data) else {
+                continue;
+            };
+            out.images.insert(l.image, container.to_string());
+            for d in l.layers {
+                out.layers
+                    .insert(d.trim_start_matches("sha256:").to_string());
+            }
+        }
+        Ok(out)
     }
 }
 
