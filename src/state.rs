@@ -206,7 +206,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         std::process::id()
     ));
     {
-        let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        // 0600: the record holds the environment the project was loaded with (it may carry
+        // secrets), so only root reads it.
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .with_context(|| format!("writing {}", tmp.display()))?
+        };
         f.write_all(bytes)?;
         f.sync_all()?;
     }

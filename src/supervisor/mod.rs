@@ -290,6 +290,13 @@ impl Supervisor {
 
     async fn save(&self) {
         let st = self.state.lock().await;
+        if st.containers.is_empty()
+            && st.networks.is_empty()
+            && !self.engine.paths.project(&self.project).exists()
+        {
+            // The record was removed on purpose (down, or a failed first up): keep it gone.
+            return;
+        }
         if let Err(e) = st.save(&self.engine.paths) {
             tracing::error!("saving state: {e:#}");
         }
@@ -422,18 +429,31 @@ impl Supervisor {
                     .cloned()
                     .collect()
             };
+            {
+                let mut st = self.state.lock().await;
+                st.networks
+                    .retain(|x| !nets.iter().any(|n| n.name == x.name));
+            }
+            self.refresh_dns().await;
             for n in nets {
-                let errs = self.engine.remove_network(&n).await;
-                for e in errs {
+                for e in self.engine.remove_network(&n).await {
                     tracing::warn!("{e}");
                 }
-                self.state
-                    .lock()
-                    .await
-                    .networks
-                    .retain(|x| x.name != n.name);
             }
-            self.apply_firewall().await.ok();
+            let empty = {
+                let st = self.state.lock().await;
+                st.containers.is_empty() && st.networks.is_empty()
+            };
+            if empty {
+                // Nothing of the project is left: no firewall chains, no record, no supervisor.
+                let _ = berth_network::firewall::remove(&self.project);
+                let _ = remove_project_files(&self.engine.paths, &self.project, false);
+                let _ = out.send(Reply::Message {
+                    text: "\u{0}exit".into(),
+                });
+            } else {
+                self.apply_firewall().await.ok();
+            }
         }
         result
     }
@@ -447,6 +467,29 @@ impl Supervisor {
         made_containers: &mut Vec<String>,
     ) -> anyhow::Result<()> {
         let selected: Vec<&ServicePlan> = plan.services.iter().collect();
+        // A published host port that something else holds is an error before anything starts.
+        {
+            let st = self.state.lock().await;
+            for s in &selected {
+                for p in &s.ports {
+                    let Some(hp) = p.host_port else { continue };
+                    let ours = st.containers.iter().any(|c| {
+                        c.ports
+                            .iter()
+                            .any(|r| r.host_port == hp && r.protocol == p.protocol)
+                    });
+                    if !ours {
+                        berth_network::firewall::check_port_free_for(
+                            Some(&self.project),
+                            &p.protocol,
+                            p.host_ip.as_deref(),
+                            hp,
+                        )
+                        .map_err(|e| anyhow!("service {}: {e}", s.name))?;
+                    }
+                }
+            }
+        }
         // Networks used by the selected services.
         let mut used: Vec<String> = Vec::new();
         for s in &selected {
@@ -1163,6 +1206,9 @@ impl Supervisor {
             (st.networks.clone(), st.volumes.clone())
         };
         let _ = berth_network::firewall::remove(&self.project);
+        // Stop answering DNS on the gateways before the networks go.
+        self.state.lock().await.networks.clear();
+        self.refresh_dns().await;
         for n in nets {
             progress(out, "network", &n.name, "Removing");
             for e in self.engine.remove_network(&n).await {
@@ -1170,7 +1216,6 @@ impl Supervisor {
             }
             progress(out, "network", &n.name, "Removed");
         }
-        self.dns.set_records(Default::default());
         if volumes {
             for v in vols.iter().filter(|v| !v.external) {
                 crate::engine::volumes::remove(&self.engine.paths, &v.name)?;
@@ -1184,28 +1229,51 @@ impl Supervisor {
     /// DNS: every running container answers on each of its networks under its service name,
     /// container name, hostname and aliases. Swapped in one piece.
     async fn refresh_dns(&self) {
+        // Lock order: the plan first, then the state.
+        let plan = self.plan.lock().await.clone();
         let st = self.state.lock().await;
         let mut records = berth_network::dns::Records::default();
+        records.set_upstreams(host_upstreams());
         for n in &st.networks {
             records.add_network(&n.key, n.gateway, n.internal);
+            records.set_subnet(&n.key, n.subnet);
         }
         for c in st.containers.iter().filter(|c| c.status == Status::Running) {
+            let svc = plan.as_ref().and_then(|p| p.service(&c.service));
+            let upstreams: Vec<std::net::SocketAddr> = svc
+                .map(|s| {
+                    s.dns
+                        .iter()
+                        .filter_map(|d| d.parse::<std::net::IpAddr>().ok())
+                        .map(|ip| (ip, 53).into())
+                        .collect()
+                })
+                .unwrap_or_default();
             for ep in &c.endpoints {
                 let mut names = vec![c.service.clone(), c.name.clone()];
+                if let Some(h) = svc.and_then(|s| s.hostname.clone()) {
+                    names.push(h);
+                }
                 names.extend(ep.aliases.iter().cloned());
                 records.add(&ep.network, &names, ep.ip);
+                if !upstreams.is_empty() {
+                    records.set_container_upstreams(ep.ip, upstreams.clone());
+                }
             }
         }
-        drop(st);
-        self.dns.set_records(records);
-        let nets: Vec<(String, std::net::Ipv4Addr)> = self
-            .state
-            .lock()
-            .await
+        let nets: Vec<(String, std::net::Ipv4Addr)> = st
             .networks
             .iter()
             .map(|n| (n.key.clone(), n.gateway))
             .collect();
+        drop(st);
+        // Swapped in one piece: a query sees the old records or the new ones, never a mix.
+        self.dns.set_records(records);
+        for (key, _) in self.dns.listeners() {
+            if !nets.iter().any(|(k, _)| *k == key) {
+                self.dns.remove_listener(&key);
+            }
+        }
         for (key, gw) in nets {
             if let Err(e) = self.dns.add_listener(&key, gw).await {
                 tracing::warn!("dns on {gw}: {e}");
@@ -1282,4 +1350,14 @@ pub fn remove_project_files(paths: &Paths, project: &str, _volumes: bool) -> any
         let _ = std::fs::remove_dir_all(&run);
     }
     Ok(())
+}
+
+/// Upstream resolvers for names outside the project: the host's resolv.conf.
+fn host_upstreams() -> Vec<std::net::SocketAddr> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let (servers, _, _) = berth_network::files::parse_resolv_conf(&text);
+    servers
+        .into_iter()
+        .map(|ip| std::net::SocketAddr::new(ip, 53))
+        .collect()
 }

@@ -1,0 +1,426 @@
+//! End-to-end: injection, volumes, secrets, restart policies, healthchecks, published ports,
+//! supervisor crash and adoption, attached `up` and Ctrl-C (as root, real containers).
+
+mod common;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn logs(b: &Berth, f: &std::path::Path, svc: &str) -> String {
+    b.ok(f, &["logs", "--no-log-prefix", svc])
+}
+
+#[test]
+fn environment_and_arguments_are_injected_exactly() {
+    let b = Berth::new();
+    let p = unique("env");
+    std::fs::write(
+        b.dir.path().join("app.env"),
+        "FROM_FILE=file\nOVERRIDDEN=file\n",
+    )
+    .unwrap();
+    let f = b.compose(
+        &p,
+        &format!(
+            r#"services:
+  show:
+    image: {IMAGE}
+    env_file: [app.env]
+    environment:
+      OVERRIDDEN: service
+      WITH_SPACE: "a b  c"
+    working_dir: /tmp
+    user: app
+    entrypoint: ["/bin/sh", "-c", "echo ARGS=$$0,$$1,$$2; echo CWD=$$(pwd); echo ID=$$(id -u):$$(id -g); env | sort | grep -E '^(FROM_FILE|OVERRIDDEN|WITH_SPACE|PATH|HOSTNAME)='", "first", "second arg"]
+"#
+        ),
+    );
+    b.ok(&f, &["up", "-d"]);
+    let out = wait_for("the output", Duration::from_secs(10), || {
+        let l = logs(&b, &f, "show");
+        l.contains("WITH_SPACE").then_some(l)
+    });
+    assert!(out.contains("ARGS=first,second arg,"), "{out}");
+    assert!(out.contains("CWD=/tmp"), "{out}");
+    assert!(out.contains("ID=1000:1000"), "{out}");
+    assert!(out.contains("FROM_FILE=file"), "{out}");
+    assert!(
+        out.contains("OVERRIDDEN=service"),
+        "environment beats env_file: {out}"
+    );
+    assert!(out.contains("WITH_SPACE=a b  c"), "{out}");
+    assert!(
+        out.contains("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        "image Env: {out}"
+    );
+    assert!(out.contains(&format!("HOSTNAME={p}-show-1")), "{out}");
+}
+
+#[test]
+fn named_volume_is_shared_and_survives_down_unless_v() {
+    let b = Berth::new();
+    let p = unique("vol");
+    let yaml = format!(
+        r#"services:
+  writer:
+    image: {IMAGE}
+    command: ["sh", "-c", "echo $$(date +%s%N) >> /data/log; sleep 30"]
+    volumes: [shared:/data]
+  reader:
+    image: {IMAGE}
+    depends_on: [writer]
+    command: ["sh", "-c", "sleep 0.5; cat /data/log; sleep 30"]
+    volumes:
+      - type: volume
+        source: shared
+        target: /data
+        read_only: true
+volumes:
+  shared:
+"#
+    );
+    let f = b.compose(&p, &yaml);
+    b.ok(&f, &["up", "-d"]);
+    wait_for(
+        "the reader to see the writer's line",
+        Duration::from_secs(10),
+        || {
+            let l = logs(&b, &f, "reader");
+            (!l.trim().is_empty()).then_some(())
+        },
+    );
+    let ro = b.ok(
+        &f,
+        &[
+            "exec",
+            "-T",
+            "reader",
+            "sh",
+            "-c",
+            "touch /data/x 2>&1; echo rc=$?",
+        ],
+    );
+    assert!(
+        ro.contains("Read-only file system"),
+        "read_only volume: {ro}"
+    );
+    b.ok(&f, &["down", "-t", "1"]);
+    b.ok(&f, &["up", "-d"]);
+    let lines = wait_for(
+        "two lines after the second up",
+        Duration::from_secs(10),
+        || {
+            let out = b.ok(&f, &["exec", "-T", "writer", "cat", "/data/log"]);
+            (out.lines().count() == 2).then_some(out)
+        },
+    );
+    assert_eq!(
+        lines.lines().count(),
+        2,
+        "the volume kept the first run's line"
+    );
+    b.ok(&f, &["down", "-v", "-t", "1"]);
+    assert!(
+        !b.root
+            .path()
+            .join(format!("data/volumes/{p}_shared"))
+            .exists(),
+        "down -v removes the volume"
+    );
+}
+
+#[test]
+fn bind_mounts_tmpfs_secrets_and_configs() {
+    let b = Berth::new();
+    let p = unique("mnt");
+    let host = b.dir.path().join("hostdir");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("in.txt"), "from host").unwrap();
+    std::fs::write(b.dir.path().join("secret.txt"), "s3cret").unwrap();
+    let f = b.compose(
+        &p,
+        &format!(
+            r#"services:
+  app:
+    image: {IMAGE}
+    command: ["sh", "-c", "cat /host/in.txt; echo; echo out > /host/out.txt; mount | grep ' /scratch ' ; stat -c '%a %u:%g' /run/secrets/token /etc/app.conf; cat /run/secrets/token; echo; cat /etc/app.conf; echo; sleep 30"]
+    volumes:
+      - ./hostdir:/host
+    tmpfs:
+      - /scratch:size=1m
+    secrets:
+      - source: token
+        mode: 0400
+        uid: "1000"
+    configs:
+      - source: appconf
+        target: /etc/app.conf
+secrets:
+  token:
+    file: ./secret.txt
+configs:
+  appconf:
+    content: "answer=42"
+"#
+        ),
+    );
+    b.ok(&f, &["up", "-d"]);
+    let out = wait_for("the output", Duration::from_secs(10), || {
+        let l = logs(&b, &f, "app");
+        l.contains("answer=42").then_some(l)
+    });
+    assert!(out.contains("from host"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(host.join("out.txt")).unwrap(),
+        "out\n",
+        "bind mount is writable"
+    );
+    assert!(out.contains("tmpfs on /scratch"), "{out}");
+    assert!(out.contains("400 1000:0"), "secret mode and uid: {out}");
+    assert!(out.contains("444 0:0"), "config default mode: {out}");
+    assert!(out.contains("s3cret"), "{out}");
+}
+
+#[test]
+fn restart_on_failure_retries_with_backoff_then_gives_up() {
+    let b = Berth::new();
+    let p = unique("rst");
+    let f = b.compose(
+        &p,
+        &format!(
+            r#"services:
+  failing:
+    image: {IMAGE}
+    command: ["sh", "-c", "echo run; exit 1"]
+    restart: on-failure:2
+"#
+        ),
+    );
+    b.ok(&f, &["up", "-d"]);
+    let st = wait_for("two restarts", Duration::from_secs(10), || {
+        let s = b.state(&p)?;
+        let c = s["containers"][0].clone();
+        (c["restart_count"] == 2 && c["status"] == "exited").then_some(c)
+    });
+    assert_eq!(st["exit_code"], 1);
+    std::thread::sleep(Duration::from_millis(800));
+    let runs = logs(&b, &f, "failing")
+        .lines()
+        .filter(|l| *l == "run")
+        .count();
+    assert_eq!(runs, 3, "one run and two restarts");
+    // Docker's backoff: 100 ms then 200 ms between the runs.
+    let raw = b.ok(&f, &["logs", "-t", "--no-log-prefix", "failing"]);
+    let times: Vec<f64> = raw
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|t| {
+            let secs = &t[17..t.len() - 1];
+            let mins: f64 = t[14..16].parse().ok()?;
+            Some(mins * 60.0 + secs.parse::<f64>().ok()?)
+        })
+        .collect();
+    assert_eq!(times.len(), 3, "{raw}");
+    let (d1, d2) = (times[1] - times[0], times[2] - times[1]);
+    assert!(
+        d1 >= 0.09 && d2 >= 0.19,
+        "delays of at least 100 ms then 200 ms: {d1:.3}s then {d2:.3}s"
+    );
+}
+
+#[test]
+fn healthy_gated_chain_starts_in_order() {
+    let b = Berth::new();
+    let p = unique("chain");
+    let f = b.compose(
+        &p,
+        &format!(
+            r#"services:
+  db:
+    image: {IMAGE}
+    init: true
+    command: ["sh", "-c", "sleep 1; touch /tmp/ready; sleep 30"]
+    healthcheck:
+      test: ["CMD", "test", "-f", "/tmp/ready"]
+      interval: 200ms
+      retries: 20
+  api:
+    image: {IMAGE}
+    init: true
+    command: ["sh", "-c", "date +%s%N; sleep 30"]
+    depends_on:
+      db:
+        condition: service_healthy
+"#
+        ),
+    );
+    let t0 = Instant::now();
+    b.ok(&f, &["up", "-d"]);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "up waited for db to be healthy"
+    );
+    let ps: serde_json::Value =
+        serde_json::from_str(&b.ok(&f, &["ps", "--format", "json"])).unwrap();
+    let db = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["Service"] == "db")
+        .unwrap();
+    assert_eq!(db["Health"], "healthy");
+    assert!(db["Status"].as_str().unwrap().contains("healthy"));
+}
+
+#[test]
+fn published_port_reaches_the_container_from_loopback() {
+    let b = Berth::new();
+    let p = unique("port");
+    let f = b.compose(
+        &p,
+        &format!(
+            r#"services:
+  web:
+    image: {IMAGE}
+    init: true
+    command: ["httpd", "-f", "-p", "80", "-h", "/www"]
+    ports: ["127.0.0.1::80"]
+"#
+        ),
+    );
+    b.ok(&f, &["up", "-d"]);
+    let mapping = b.ok(&f, &["port", "web", "80"]);
+    let port: u16 = mapping.trim().rsplit(':').next().unwrap().parse().unwrap();
+    let body = wait_for(
+        "an answer through the published port",
+        Duration::from_secs(10),
+        || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            use std::io::Write;
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+            let mut body = String::new();
+            s.read_to_string(&mut body).ok()?;
+            body.contains("hello from berth").then_some(body)
+        },
+    );
+    assert!(body.starts_with("HTTP/1."), "{body}");
+}
+
+#[test]
+fn supervisor_killed_then_up_adopts_and_down_cleans() {
+    let b = Berth::new();
+    let p = unique("adopt");
+    let f = b.compose(
+        &p,
+        &format!(
+            r#"services:
+  app:
+    image: {IMAGE}
+    init: true
+    command: ["sleep", "60"]
+"#
+        ),
+    );
+    b.ok(&f, &["up", "-d"]);
+    let st = b.state(&p).unwrap();
+    let pid = st["containers"][0]["pid"].as_i64().unwrap() as i32;
+    let sup: i32 = std::fs::read_to_string(
+        b.root
+            .path()
+            .join(format!("run/projects/{p}/supervisor.pid")),
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    // SAFETY: killing the supervisor we started.
+    unsafe { libc::kill(sup, libc::SIGKILL) };
+    wait_for("the supervisor to die", Duration::from_secs(5), || {
+        let s = std::fs::read_to_string(format!("/proc/{sup}/stat")).unwrap_or_default();
+        (s.is_empty() || s.contains(") Z")).then_some(())
+    });
+    // The container still runs; a second up adopts it instead of starting another.
+    b.ok(&f, &["up", "-d"]);
+    let st = b.state(&p).unwrap();
+    assert_eq!(st["containers"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        st["containers"][0]["pid"].as_i64().unwrap() as i32,
+        pid,
+        "the same process, adopted"
+    );
+    // Kill the new supervisor too: down must work without one.
+    let sup2: i32 = std::fs::read_to_string(
+        b.root
+            .path()
+            .join(format!("run/projects/{p}/supervisor.pid")),
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    unsafe { libc::kill(sup2, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(200));
+    b.ok(&f, &["down", "-t", "1"]);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists() || {
+            let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            s.contains(") Z")
+        }
+    );
+}
+
+#[test]
+fn attached_up_streams_logs_and_ctrl_c_stops_the_stack() {
+    let b = Berth::new();
+    let p = unique("attach");
+    let f = b.compose(
+        &p,
+        &format!(
+            r#"services:
+  ticker:
+    image: {IMAGE}
+    init: true
+    command: ["sh", "-c", "echo started; while true; do sleep 0.2; done"]
+"#
+        ),
+    );
+    let mut child = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["up", "--no-color"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    wait_for("the container to run", Duration::from_secs(10), || {
+        let s = b.state(&p)?;
+        (s["containers"][0]["status"] == "running").then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = wait_for("up to return", Duration::from_secs(15), || {
+        child.try_wait().ok().flatten()
+    });
+    let stdout = reader.join().unwrap();
+    assert!(
+        stdout.contains(&format!("{p}-ticker-1  | started")),
+        "logs with compose's prefix: {stdout:?}"
+    );
+    assert_eq!(status.code(), Some(130));
+    let st = b.state(&p).unwrap();
+    assert_eq!(
+        st["containers"][0]["status"], "exited",
+        "Ctrl-C stopped the stack"
+    );
+}
