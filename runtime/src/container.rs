@@ -909,7 +909,44 @@ pub fn run(o: &CreateOpts, detach: bool) -> Result<i32> {
     if detach {
         return Ok(0);
     }
-    let code = wait_child(pid);
+    let code = forward_signals_and_wait(pid);
     delete(&o.root, &o.id, true)?;
     Ok(code)
+}
+
+/// Foreground `run`: forward every signal we get (Ctrl-C, TERM, …) to the container's init
+/// and return its exit code, like runc's signal handler.
+fn forward_signals_and_wait(pid: i32) -> i32 {
+    use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let mut set = SigSet::all();
+    // Keep the synchronous fault signals deliverable.
+    for s in [
+        Signal::SIGSEGV,
+        Signal::SIGBUS,
+        Signal::SIGILL,
+        Signal::SIGFPE,
+    ] {
+        set.remove(s);
+    }
+    if sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).is_err() {
+        return wait_child(pid);
+    }
+    let child = Pid::from_raw(pid);
+    loop {
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(s @ WaitStatus::Exited(..)) | Ok(s @ WaitStatus::Signaled(..)) => {
+                return process::exit_status_to_code(s)
+            }
+            Err(nix::Error::ECHILD) => return 255,
+            _ => {}
+        }
+        match set.wait() {
+            Ok(Signal::SIGCHLD) => continue,
+            Ok(sig) => {
+                let _ = nix::sys::signal::kill(child, sig);
+            }
+            Err(_) => continue,
+        }
+    }
 }

@@ -3,7 +3,6 @@ mod common;
 
 use common::Ctr;
 use serde_json::json;
-use sha2::Digest;
 
 #[test]
 fn rootfs_with_proc_symlink_is_refused() {
@@ -108,8 +107,9 @@ fn leaked_fd_and_cwd_do_not_reach_the_host() {
     drop(host_dir);
 }
 
+/// The binary's bytes (compared directly: hashing 40 MB in a debug build takes seconds).
 fn sha(path: &std::path::Path) -> Vec<u8> {
-    sha2::Sha256::digest(std::fs::read(path).unwrap()).to_vec()
+    std::fs::read(path).unwrap()
 }
 
 #[test]
@@ -139,5 +139,5 @@ fn runtime_binary_cannot_be_overwritten_from_inside() {
     assert!(out.contains("r=1"), "{out}{err}");
     assert!(out.contains("self=1"), "{out}{err}");
     // And the exec path through `#!/proc/self/exe` runs a read-only copy: still unchanged.
-    assert_eq!(sha(bin), before);
+    assert!(sha(bin) == before, "the runtime binary changed");
 }
