@@ -39,6 +39,11 @@ struct Registry {
 
 impl Registry {
     fn start(htpasswd: Option<(&str, &str)>) -> Registry {
+        Self::start_with(htpasswd, None)
+    }
+
+    /// `tls`: (certificate, key) PEM files; the registry then speaks only HTTPS.
+    fn start_with(htpasswd: Option<(&str, &str)>, tls: Option<(&Path, &Path)>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut auth = String::new();
@@ -57,8 +62,11 @@ impl Registry {
             );
         }
         let cfg = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
-            dir.path().join("data").display()
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
+            dir.path().join("data").display(),
+            tls = tls
+                .map(|(c, k)| format!("  tls:\n    certificate: {}\n    key: {}\n", c.display(), k.display()))
+                .unwrap_or_default()
         );
         let cfgp = dir.path().join("config.yml");
         std::fs::write(&cfgp, cfg).unwrap();
@@ -524,6 +532,13 @@ fn serve(c: TcpStream, st: &FakeState, port: u16) {
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut r = BufReader::new(c.try_clone().unwrap());
     let mut w = c;
+    // A TLS ClientHello (berth probes HTTPS first on loopback): not spoken here, hang up.
+    if r.fill_buf()
+        .map(|b| b.first() == Some(&0x16))
+        .unwrap_or(true)
+    {
+        return;
+    }
     loop {
         let mut line = String::new();
         if r.read_line(&mut line).unwrap_or(0) == 0 {
@@ -747,4 +762,126 @@ fn bearer_token_flow_retries_and_tampered_blobs() {
         std::fs::read_dir(s3.root().join("layers")).unwrap().count(),
         0
     );
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn tls_registry_with_a_private_ca_from_certs_dir() {
+    for b in [
+        "/usr/bin/docker-registry",
+        "/usr/bin/skopeo",
+        "/usr/bin/openssl",
+    ] {
+        if !have(b) {
+            eprintln!("skipping: {b} missing");
+            return;
+        }
+    }
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=berth test CA",
+            ],
+        ]
+        .concat(),
+        d,
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "srv.key",
+                "-out",
+                "srv.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+        d,
+    );
+    std::fs::write(
+        d.join("ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ],
+        d,
+    );
+    let reg = Registry::start_with(None, Some((&d.join("srv.crt"), &d.join("srv.key"))));
+    let img = BuiltImage::new(
+        vec![LayerBuilder::new().busybox().tar()],
+        vec![Comp::Gzip],
+        "tls",
+    );
+    let lay = d.join("l");
+    img.oci_layout(&lay, "t");
+    push(&lay, "t", &format!("{}/tls/app:1", reg.host()), None, false);
+    let r = format!("{}/tls/app:1", reg.host());
+    let (_t2, s) = store();
+    // Unknown CA: HTTPS fails verification, plain HTTP is refused by the TLS-only registry.
+    let no_ca = PullOptions {
+        certs_dir: Some(d.join("empty-certs.d")),
+        ..Default::default()
+    };
+    assert!(s.pull(&r, &no_ca, &mut |_| {}).is_err());
+    // Docker's layout: certs.d/<host:port>/ca.crt.
+    let certs = d.join("certs.d").join(reg.host());
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(d.join("ca.crt"), certs.join("ca.crt")).unwrap();
+    let with_ca = PullOptions {
+        certs_dir: Some(d.join("certs.d")),
+        ..Default::default()
+    };
+    let got = s.pull(&r, &with_ca, &mut |_| {}).unwrap();
+    assert_eq!(got.id, img.id);
 }

@@ -29,6 +29,8 @@ pub struct PullOptions {
     /// Docker config file (`auths`); default `$DOCKER_CONFIG/config.json`, then
     /// `~/.docker/config.json`.
     pub docker_config: Option<PathBuf>,
+    /// Per-registry CA certificates, `<dir>/<registry>/*.crt` (default `/etc/docker/certs.d`).
+    pub certs_dir: Option<PathBuf>,
     /// Explicit credentials (user, password), used before the Docker config.
     pub credentials: Option<(String, String)>,
     /// Layers fetched at once (default 3, as Docker).
@@ -254,6 +256,60 @@ fn load_credentials(opts: &PullOptions, registry: &str) -> Option<(String, Strin
     docker_config_credentials(&v, registry)
 }
 
+/// Extra CAs for a registry, Docker style: `<certs_dir>/<registry>/*.crt` (default
+/// `/etc/docker/certs.d`), trusted along with the system bundle. `None`: the built-in roots.
+fn registry_roots(
+    opts: &PullOptions,
+    registry: &str,
+) -> Result<Option<ureq::tls::RootCerts>, ImageError> {
+    let base = opts
+        .certs_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/etc/docker/certs.d"));
+    let dir = base.join(registry);
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Ok(None);
+    };
+    let mut pems: Vec<Vec<u8>> = Vec::new();
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "crt") {
+            pems.push(std::fs::read(&p).map_err(|source| ImageError::Io {
+                context: format!("reading {}", p.display()),
+                source,
+            })?);
+        }
+    }
+    if pems.is_empty() {
+        return Ok(None);
+    }
+    for sys in [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+    ] {
+        if let Ok(b) = std::fs::read(sys) {
+            pems.push(b);
+            break;
+        }
+    }
+    let mut certs = Vec::new();
+    for pem in &pems {
+        for item in ureq::tls::parse_pem(pem) {
+            match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(ImageError::Registry {
+                        registry: registry.to_string(),
+                        message: format!("bad certificate in {}: {e}", dir.display()),
+                    })
+                }
+            }
+        }
+    }
+    Ok(Some(ureq::tls::RootCerts::new_with_certs(&certs)))
+}
+
 /// Why a request failed, and whether trying again may help.
 struct Failure {
     err: ImageError,
@@ -270,14 +326,17 @@ impl From<ImageError> for Failure {
 }
 
 impl Client {
-    fn new(r: &Reference, opts: &PullOptions) -> Client {
+    fn new(r: &Reference, opts: &PullOptions) -> Result<Client, ImageError> {
         let host = r.api_host().to_string();
         let insecure = is_local(&host)
             || opts
                 .insecure_registries
                 .iter()
                 .any(|i| i == &host || i == &r.registry);
-        let base = format!("{}://{}", if insecure { "http" } else { "https" }, host);
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(roots) = registry_roots(opts, &r.registry)? {
+            tls = tls.root_certs(roots);
+        }
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(10)
@@ -286,16 +345,35 @@ impl Client {
             .timeout_recv_response(Some(Duration::from_secs(60)))
             .timeout_per_read(Some(Duration::from_secs(60)))
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+            .tls_config(tls.build())
             .build();
-        Client {
-            agent: config.into(),
+        let agent: ureq::Agent = config.into();
+        // Insecure (and loopback) registries: HTTPS when it answers, else plain HTTP, as Docker
+        // does (berth still verifies the certificate when HTTPS is used).
+        let base = if insecure {
+            let https = format!("https://{host}");
+            let probe = agent
+                .get(format!("{https}/v2/"))
+                .config()
+                .timeout_global(Some(Duration::from_secs(5)))
+                .build()
+                .call();
+            match probe {
+                Ok(_) => https,
+                Err(_) => format!("http://{host}"),
+            }
+        } else {
+            format!("https://{host}")
+        };
+        Ok(Client {
+            agent,
             base,
             registry: r.registry.clone(),
             repository: r.repository.clone(),
             creds: load_credentials(opts, &r.registry),
             auth: Arc::new(Mutex::new(Auth::None)),
             retries: if opts.retries == 0 { 3 } else { opts.retries },
-        }
+        })
     }
 
     fn auth_header(&self) -> Option<String> {
@@ -661,7 +739,7 @@ pub(super) fn pull(
     progress: &mut dyn FnMut(PullProgress),
 ) -> Result<Image, ImageError> {
     let r = Reference::parse(reference)?;
-    let client = Client::new(&r, opts);
+    let client = Client::new(&r, opts)?;
     let (os, arch, variant) = match &opts.platform {
         Some(p) => parse_platform(p)?,
         None => host_platform(),
