@@ -2,7 +2,7 @@
 //!
 //! Global flags: `--root DIR` (default `/run/berth-runtime`), `--log FILE`, `--log-format F`,
 //! `--debug`, `--systemd-cgroup` (accepted, ignored). Commands: create, start, state, kill,
-//! delete, list, run, exec, ps, pause, resume.
+//! delete, list, run, exec, ps, pause, resume, stats (`events --stats`).
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -238,6 +238,24 @@ fn run_cli(argv: &[String]) -> Result<i32> {
                     println!("{p}");
                 }
             }
+            Ok(0)
+        }
+        "stats" | "events" => {
+            // `stats ID` and runc's `events --stats ID`: one JSON snapshot of the cgroup.
+            let mut id = None;
+            while let Some(x) = a.next() {
+                match x.as_str() {
+                    "--stats" => {}
+                    _ if x.starts_with('-') => {
+                        return Err(RuntimeError::Usage(format!("unknown flag {x}")))
+                    }
+                    _ => id = Some(x),
+                }
+            }
+            let id = id.ok_or_else(|| RuntimeError::Usage(format!("{cmd} ID")))?;
+            let s = container::stats(&root, &id)?;
+            let v = serde_json::json!({"type": "stats", "id": id, "data": s});
+            println!("{v}");
             Ok(0)
         }
         "pause" => {

@@ -443,6 +443,8 @@ fn init_inner(chan: &Chan, c: &InitCtx) -> Result<Never> {
     // The cwd must still be inside the container (CVE-2024-21626).
     check_cwd()?;
     chan.send(b"ready")?;
+    // From here on errors go to the container's stderr (see process::fail).
+    let _ = nix::sys::socket::shutdown(chan.0.as_raw_fd(), nix::sys::socket::Shutdown::Both);
     // Block until `start` opens the fifo for reading.
     let path = format!("/proc/self/fd/{}", c.fifo_fd.as_raw_fd());
     let w = nix::fcntl::open(

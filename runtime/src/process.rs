@@ -99,7 +99,11 @@ impl Chan {
 pub fn fail(chan: &Chan, e: &RuntimeError) -> ! {
     let mut msg = b"err:".to_vec();
     msg.extend_from_slice(e.to_string().as_bytes());
-    let _ = chan.send(&msg);
+    if chan.send(&msg).is_err() {
+        // The runtime no longer listens (the container was already reported ready): the
+        // container's stderr is the only place left.
+        eprintln!("berth-runtime: {e}");
+    }
     // SAFETY: _exit is always safe; it skips atexit handlers that belong to the parent.
     unsafe { libc::_exit(1) }
 }

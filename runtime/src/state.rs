@@ -116,7 +116,7 @@ pub fn save(root: &Path, rec: &Record) -> Result<()> {
 pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // comm may contain spaces and parentheses: split after the last ')'.
-    let rest = &s[s.rfind(')')? + 2..];
+    let rest = s.get(s.rfind(')')? + 2..)?;
     let mut it = rest.split_whitespace();
     let st = it.next()?.chars().next()?;
     // rest starts at field 3; starttime is field 22 -> index 19 from here.

@@ -149,6 +149,10 @@ fn in_process_api_and_stats() {
         .unwrap()
         .iter()
         .any(|s| s.id == c.id));
+    let cli: serde_json::Value =
+        serde_json::from_slice(&c.cli(&["events", "--stats", &c.id]).stdout).unwrap();
+    assert_eq!(cli["data"]["pids_limit"], 50);
+    assert_eq!(cli["type"], "stats");
     berth_runtime::kill(
         &c.root,
         &c.id,
