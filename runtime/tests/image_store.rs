@@ -101,6 +101,16 @@ fn loads_built_images_in_both_layouts_with_all_compressions() {
     let env = got.config.config().as_ref().unwrap().env().clone().unwrap();
     assert!(env.contains(&"LABEL=built".to_string()));
 
+    // The Docker 25+ flavour (symlinked layer.tar into blobs/) loads the same image.
+    let save25 = t.path().join("save25.tar");
+    img.docker_save_symlinked(&save25, "berth-test/built:25");
+    assert_eq!(
+        s.load(&save25).unwrap(),
+        vec!["docker.io/berth-test/built:25".to_string()]
+    );
+    assert_eq!(s.get("berth-test/built:25").unwrap().unwrap().id, img.id);
+    s.remove("berth-test/built:25").unwrap();
+
     // OCI layout directory, then the same as a tar archive and a gzipped tar archive.
     let oci = t.path().join("oci");
     img.oci_layout(&oci, "example.com/built:2");

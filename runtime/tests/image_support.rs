@@ -209,6 +209,49 @@ impl BuiltImage {
     }
 }
 
+impl BuiltImage {
+    /// A `docker save` archive as Docker 25+ writes it: blobs under `blobs/sha256/`, and the
+    /// legacy `<id>/layer.tar` paths as symlinks to them.
+    pub fn docker_save_symlinked(&self, path: &Path, tag: &str) {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut layer_paths = Vec::new();
+        for l in &self.layers {
+            let hex = &sha(l)[7..];
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(l.len() as u64);
+            b.append_data(&mut h, format!("blobs/sha256/{hex}"), &l[..])
+                .unwrap();
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_mode(0o777);
+            h.set_size(0);
+            b.append_link(
+                &mut h,
+                format!("{hex}/layer.tar"),
+                format!("../blobs/sha256/{hex}"),
+            )
+            .unwrap();
+            layer_paths.push(format!("{hex}/layer.tar"));
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(self.config.len() as u64);
+        b.append_data(
+            &mut h,
+            format!("blobs/sha256/{}", &self.id[7..]),
+            &self.config[..],
+        )
+        .unwrap();
+        let m = serde_json::to_vec(&serde_json::json!([{"Config": format!("blobs/sha256/{}", &self.id[7..]), "RepoTags": [tag], "Layers": layer_paths}])).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(m.len() as u64);
+        b.append_data(&mut h, "manifest.json", &m[..]).unwrap();
+        std::fs::write(path, b.into_inner().unwrap()).unwrap();
+    }
+}
+
 pub fn write_index(dir: &Path, manifests: &[serde_json::Value]) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
