@@ -368,6 +368,8 @@ impl PullUi {
     }
     fn line(&mut self, s: &str) {
         eprintln!("{s}");
+        // The layer block is redrawn below this line from now on.
+        self.drawn = 0;
     }
     fn set(&mut self, layer: &str, st: String, important: bool) {
         let id: String = layer
