@@ -11,23 +11,11 @@ use anyhow::Context;
 use oci_spec::runtime::Spec;
 use serde_json::{json, Value};
 
-/// Docker's default capability set (moby `oci/caps/defaults.go`).
-pub const DEFAULT_CAPS: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
+/// Docker's defaults live with the runtime, which enforces them.
+pub use berth_runtime::capabilities::DOCKER_DEFAULT_CAPS as DEFAULT_CAPS;
+pub use berth_runtime::rootfs::{
+    DOCKER_MASKED_PATHS as MASKED_PATHS, DOCKER_READONLY_PATHS as READONLY_PATHS,
+};
 
 /// Every capability the kernel knows (for `privileged` and `cap_add: ALL`).
 pub const ALL_CAPS: [&str; 41] = [
@@ -72,30 +60,6 @@ pub const ALL_CAPS: [&str; 41] = [
     "CAP_PERFMON",
     "CAP_BPF",
     "CAP_CHECKPOINT_RESTORE",
-];
-
-/// Docker's masked paths (moby `oci/defaults.go`).
-pub const MASKED_PATHS: [&str; 11] = [
-    "/proc/asound",
-    "/proc/acpi",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-];
-
-/// Docker's read-only paths.
-pub const READONLY_PATHS: [&str; 5] = [
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
 ];
 
 pub const DEFAULT_PIDS_LIMIT: i64 = 2048;
@@ -484,7 +448,10 @@ pub fn build(c: &ContainerConfig) -> anyhow::Result<Spec> {
     }
     let mut annotations = c.annotations.clone();
     if c.init {
-        annotations.insert("berth.init".into(), "true".into());
+        annotations.insert(
+            berth_runtime::container::INIT_ANNOTATION.into(),
+            "true".into(),
+        );
     }
     let mut spec = json!({
         "ociVersion": "1.0.2",

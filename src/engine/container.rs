@@ -72,86 +72,6 @@ pub fn resolve_env(image_env: &[String], svc: &ServicePlan) -> Vec<String> {
     map.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
-/// Resolve `user` (name|uid[:group|gid]) against the rootfs's /etc/passwd and /etc/group.
-pub fn resolve_user(rootfs: &Path, user: Option<&str>) -> anyhow::Result<(u32, u32, Vec<u32>)> {
-    let user = user.unwrap_or("").trim();
-    if user.is_empty() || user == "root" || user == "0" {
-        let extra = groups_of(rootfs, "root", 0);
-        return Ok((0, 0, extra));
-    }
-    let (u, g) = match user.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (user, None),
-    };
-    let passwd = std::fs::read_to_string(
-        volumes::resolve_in_root(rootfs, "/etc/passwd").unwrap_or_default(),
-    )
-    .unwrap_or_default();
-    let group =
-        std::fs::read_to_string(volumes::resolve_in_root(rootfs, "/etc/group").unwrap_or_default())
-            .unwrap_or_default();
-    let mut uid: Option<u32> = u.parse().ok();
-    let mut gid: Option<u32> = None;
-    let mut uname = None;
-    for line in passwd.lines() {
-        let f: Vec<&str> = line.split(':').collect();
-        if f.len() < 4 {
-            continue;
-        }
-        let matches = match uid {
-            Some(n) => f[2].parse::<u32>().ok() == Some(n),
-            None => f[0] == u,
-        };
-        if matches {
-            uid = f[2].parse().ok();
-            gid = f[3].parse().ok();
-            uname = Some(f[0].to_string());
-            break;
-        }
-    }
-    // A numeric uid need not exist in the image (Docker runs it with gid 0).
-    let uid =
-        uid.ok_or_else(|| anyhow!("unable to find user {u}: no matching entries in passwd file"))?;
-    if let Some(g) = g {
-        gid = match g.parse::<u32>() {
-            Ok(n) => Some(n),
-            Err(_) => Some(
-                group
-                    .lines()
-                    .map(|l| l.split(':').collect::<Vec<_>>())
-                    .find(|f| f.len() >= 3 && f[0] == g)
-                    .and_then(|f| f[2].parse().ok())
-                    .ok_or_else(|| {
-                        anyhow!("unable to find group {g}: no matching entries in group file")
-                    })?,
-            ),
-        };
-    }
-    let gid = gid.unwrap_or(0);
-    let extra = uname
-        .map(|n| groups_of(rootfs, &n, gid))
-        .unwrap_or_default();
-    Ok((uid, gid, extra))
-}
-
-fn groups_of(rootfs: &Path, user: &str, primary: u32) -> Vec<u32> {
-    let group =
-        std::fs::read_to_string(volumes::resolve_in_root(rootfs, "/etc/group").unwrap_or_default())
-            .unwrap_or_default();
-    let mut out = Vec::new();
-    for line in group.lines() {
-        let f: Vec<&str> = line.split(':').collect();
-        if f.len() >= 4 && f[3].split(',').any(|m| m == user) {
-            if let Ok(g) = f[2].parse::<u32>() {
-                if g != primary && !out.contains(&g) {
-                    out.push(g);
-                }
-            }
-        }
-    }
-    out
-}
-
 fn host_nofile_hard() -> u64 {
     let mut r = libc::rlimit {
         rlim_cur: 0,
@@ -162,19 +82,6 @@ fn host_nofile_hard() -> u64 {
         return spec::DEFAULT_NOFILE.1;
     }
     r.rlim_max
-}
-
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<u8> = s
-        .split(':')
-        .filter_map(|p| u8::from_str_radix(p, 16).ok())
-        .collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    let mut m = [0u8; 6];
-    m.copy_from_slice(&parts);
-    Some(m)
 }
 
 impl Engine {
@@ -251,10 +158,10 @@ impl Engine {
         })?;
         rec.image_id = image.id.clone();
         let rootfs = {
-            let layers = image.layers.clone();
-            let d = dir.clone();
-            tokio::task::spawn_blocking(move || berth_runtime::image::snapshot::mount(&layers, &d))
-                .await??
+            // Through the store, which records the lease so rmi/prune keep the layers.
+            let store = self.images.clone();
+            let (d, id, img) = (dir.clone(), rec.name.clone(), image.clone());
+            tokio::task::spawn_blocking(move || store.snapshot(&id, &img, &d)).await??
         };
         let icfg = image.config.config().clone().unwrap_or_default();
         let image_env: Vec<String> = icfg.env().clone().unwrap_or_default();
@@ -314,7 +221,10 @@ impl Engine {
                             } else {
                                 None
                             },
-                            mac: np.mac_address.as_deref().and_then(parse_mac),
+                            mac: np
+                                .mac_address
+                                .as_deref()
+                                .and_then(berth_network::endpoint::parse_mac),
                             mtu: None,
                         };
                         tokio::task::spawn_blocking(move || berth_network::endpoint::attach(&spec))
@@ -386,8 +296,9 @@ impl Engine {
         }
 
         // --- process
-        let (uid, gid, groups) =
-            resolve_user(&rootfs, svc.user.as_deref().or(icfg.user().as_deref()))?;
+        let user_spec = svc.user.as_deref().or(icfg.user().as_deref()).unwrap_or("");
+        let user = berth_runtime::user::resolve(&rootfs, user_spec, &[])?;
+        let (uid, gid, groups) = (user.uid, user.gid, user.additional_gids);
         let args = resolve_args(svc, &image_ep, &image_cmd);
         if args.is_empty() {
             bail!("no command specified (the image has no Cmd or Entrypoint)");
@@ -561,9 +472,8 @@ impl Engine {
             }
         }
         let dir = rec.dir.clone();
-        match tokio::task::spawn_blocking(move || berth_runtime::image::snapshot::remove(&dir))
-            .await
-        {
+        let (store, id) = (self.images.clone(), rec.name.clone());
+        match tokio::task::spawn_blocking(move || store.remove_snapshot(&id, &dir)).await {
             Ok(Err(e)) => errs.push(format!("snapshot: {e}")),
             Err(e) => errs.push(format!("snapshot: {e}")),
             _ => {}
@@ -631,54 +541,5 @@ mod tests {
         s.environment = vec![("B".into(), "svc".into()), ("C".into(), "new".into())];
         let env = resolve_env(&["PATH=/x".into(), "A=img".into(), "B=img".into()], &s);
         assert_eq!(env, vec!["PATH=/x", "A=img", "B=svc", "C=new"]);
-    }
-
-    #[test]
-    fn users_resolve_from_the_rootfs() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(d.path().join("etc")).unwrap();
-        std::fs::write(
-            d.path().join("etc/passwd"),
-            "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
-        )
-        .unwrap();
-        std::fs::write(
-            d.path().join("etc/group"),
-            "root:x:0:\napp:x:1000:\nwheel:x:10:app\naudio:x:29:app,other\n",
-        )
-        .unwrap();
-        assert_eq!(
-            resolve_user(d.path(), Some("app")).unwrap(),
-            (1000, 1000, vec![10, 29])
-        );
-        assert_eq!(
-            resolve_user(d.path(), Some("1000:wheel")).unwrap(),
-            (1000, 10, vec![29])
-        );
-        assert_eq!(
-            resolve_user(d.path(), Some("4242")).unwrap(),
-            (4242, 0, vec![])
-        );
-        assert_eq!(
-            resolve_user(d.path(), Some("4242:7")).unwrap(),
-            (4242, 7, vec![])
-        );
-        assert_eq!(resolve_user(d.path(), None).unwrap(), (0, 0, vec![]));
-        assert_eq!(
-            resolve_user(d.path(), Some("nobody"))
-                .unwrap_err()
-                .to_string(),
-            "unable to find user nobody: no matching entries in passwd file"
-        );
-        assert!(resolve_user(d.path(), Some("app:nogroup")).is_err());
-    }
-
-    #[test]
-    fn macs() {
-        assert_eq!(
-            parse_mac("02:42:ac:11:00:02"),
-            Some([2, 0x42, 0xac, 0x11, 0, 2])
-        );
-        assert_eq!(parse_mac("nope"), None);
     }
 }
