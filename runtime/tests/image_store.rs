@@ -100,6 +100,12 @@ fn loads_built_images_in_both_layouts_with_all_compressions() {
     assert_eq!(got.layers.len(), 3);
     let env = got.config.config().as_ref().unwrap().env().clone().unwrap();
     assert!(env.contains(&"LABEL=built".to_string()));
+    let hc = got.healthcheck.clone().expect("image healthcheck");
+    assert_eq!(hc.test, vec!["CMD-SHELL".to_string(), "true".into()]);
+    assert_eq!(
+        (hc.interval, hc.retries, hc.timeout),
+        (Some(2_000_000_000), Some(3), None)
+    );
 
     // The Docker 25+ flavour (symlinked layer.tar into blobs/) loads the same image.
     let save25 = t.path().join("save25.tar");

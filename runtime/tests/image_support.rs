@@ -109,7 +109,8 @@ pub fn config(diff_ids: &[String], cmd: &[&str], arch: &str, label: &str) -> Vec
         "created": "2026-11-23T10:00:00Z",
         "architecture": arch,
         "os": "linux",
-        "config": {"Env": ["PATH=/bin", format!("LABEL={label}")], "Cmd": cmd, "WorkingDir": "/"},
+        "config": {"Env": ["PATH=/bin", format!("LABEL={label}")], "Cmd": cmd, "WorkingDir": "/",
+            "Healthcheck": {"Test": ["CMD-SHELL", "true"], "Interval": 2_000_000_000u64, "Retries": 3}},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": []
     }))

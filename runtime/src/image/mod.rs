@@ -45,6 +45,33 @@ pub struct Image {
     pub config: oci_spec::image::ImageConfiguration,
     /// Unpacked layer directories, lowest first.
     pub layers: Vec<PathBuf>,
+    /// The Docker `HEALTHCHECK` of the image config (not part of the OCI config type).
+    pub healthcheck: Option<ImageHealthcheck>,
+}
+
+/// Docker's image `config.Healthcheck`; durations in nanoseconds, as Docker stores them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageHealthcheck {
+    /// `["NONE"]`, `["CMD", …]` or `["CMD-SHELL", "…"]`.
+    #[serde(default)]
+    pub test: Vec<String>,
+    #[serde(default)]
+    pub interval: Option<u64>,
+    #[serde(default)]
+    pub timeout: Option<u64>,
+    #[serde(default)]
+    pub start_period: Option<u64>,
+    #[serde(default)]
+    pub start_interval: Option<u64>,
+    #[serde(default)]
+    pub retries: Option<u32>,
+}
+
+fn image_healthcheck(raw: &[u8]) -> Option<ImageHealthcheck> {
+    let v: serde_json::Value = serde_json::from_slice(raw).ok()?;
+    let h = v.get("config")?.get("Healthcheck")?;
+    serde_json::from_value(h.clone()).ok()
 }
 
 /// One line of `berth images`.
@@ -438,6 +465,7 @@ impl ImageStore {
             reference,
             config,
             layers,
+            healthcheck: image_healthcheck(&raw),
         })
     }
 

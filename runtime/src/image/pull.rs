@@ -347,7 +347,11 @@ impl Client {
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
             .tls_config(tls.build())
             // Like Go's ProxyFromEnvironment: never through a proxy to loopback.
-            .proxy(if is_local(&host) { None } else { ureq::Proxy::try_from_env() })
+            .proxy(if is_local(&host) {
+                None
+            } else {
+                ureq::Proxy::try_from_env()
+            })
             .build();
         let agent: ureq::Agent = config.into();
         // Insecure (and loopback) registries: HTTPS when it answers, else plain HTTP, as Docker
