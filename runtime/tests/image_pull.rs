@@ -34,7 +34,7 @@ fn free_port() -> u16 {
 struct Registry {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Registry {
@@ -77,11 +77,7 @@ impl Registry {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let reg = Registry {
-            child,
-            port,
-            _dir: dir,
-        };
+        let reg = Registry { child, port, dir };
         let t = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -333,6 +329,46 @@ fn pulls_by_tag_digest_and_platform_from_docker_registry() {
         &mut |_| {},
     );
     assert!(matches!(r, Err(ImageError::NoPlatform { .. })), "{r:?}");
+    // A blob corrupted in the registry's storage is rejected and leaves nothing behind.
+    let bad = two_layer_image("corrupt-me");
+    let lay_bad = t.path().join("bad");
+    bad.oci_layout(&lay_bad, "bad");
+    push(
+        &lay_bad,
+        "bad",
+        &format!("{}/berth/bad:1", reg.host()),
+        None,
+        false,
+    );
+    let zst = sha(&compress(&bad.layers[1], Comp::Zstd).0);
+    let data = reg
+        .dir
+        .path()
+        .join("data/docker/registry/v2/blobs/sha256")
+        .join(&zst[7..9])
+        .join(&zst[7..])
+        .join("data");
+    let mut b = std::fs::read(&data).unwrap();
+    let n = b.len();
+    b[n - 5] ^= 0x55;
+    std::fs::write(&data, b).unwrap();
+    let r = s.pull(&format!("{}/berth/bad:1", reg.host()), &opts, &mut |_| {});
+    assert!(
+        matches!(
+            r,
+            Err(ImageError::DigestMismatch { .. }) | Err(ImageError::Io { .. })
+        ),
+        "{r:?}"
+    );
+    assert!(s
+        .get(&format!("{}/berth/bad:1", reg.host()))
+        .unwrap()
+        .is_none());
+    assert!(!s
+        .root()
+        .join("layers")
+        .join(&sha(&bad.layers[1])[7..])
+        .exists());
     // Docker schema2 manifest (gzip layers; skopeo converts the OCI manifest and config).
     let v2 = BuiltImage::new(
         vec![
