@@ -112,7 +112,7 @@ pub fn save(root: &Path, rec: &Record) -> Result<()> {
     fs::rename(&tmp, &dst).map_err(io_err("rename", &dst))
 }
 
-/// Field 22 (starttime) and field 3 (state) of /proc/<pid>/stat.
+/// Field 22 (starttime) and field 3 (state) of `/proc/<pid>/stat`.
 pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // comm may contain spaces and parentheses: split after the last ')'.
