@@ -122,7 +122,23 @@ fn print_images(list: &[ImageSummary], args: &ImagesArgs) {
             .map(|t| ago(now - t))
             .unwrap_or_else(|| "N/A".into());
         let tags: Vec<(String, String)> = if s.repo_tags.is_empty() {
-            vec![("<none>".into(), "<none>".into())]
+            // Pulled by digest: Docker shows the repository with a <none> tag.
+            let mut v: Vec<(String, String)> = s
+                .repo_digests
+                .iter()
+                .filter_map(|d| Reference::parse(d).ok())
+                .map(|r| {
+                    (
+                        familiar_name(&r.registry, &r.repository),
+                        "<none>".to_string(),
+                    )
+                })
+                .collect();
+            v.dedup();
+            if v.is_empty() {
+                v.push(("<none>".into(), "<none>".into()));
+            }
+            v
         } else {
             s.repo_tags
                 .iter()
