@@ -670,3 +670,57 @@ fn foreground_run_forwards_signals() {
         "run must delete the container"
     );
 }
+
+struct NetnsGuard(String);
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn network_namespace_joined_by_path_or_host() {
+    need_root!();
+    let name = format!("berth-t{}-ns", std::process::id());
+    let ok = std::process::Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "ip netns add");
+    let _g = NetnsGuard(name.clone());
+    let path = format!("/run/netns/{name}");
+    use std::os::unix::fs::MetadataExt;
+    let want = format!("net:[{}]", std::fs::metadata(&path).unwrap().ino());
+    let c = Ctr::new("netpath");
+    let mut spec = c.spec(&["readlink", "/proc/self/ns/net"]);
+    for ns in spec["linux"]["namespaces"].as_array_mut().unwrap() {
+        if ns["type"] == "network" {
+            ns["path"] = json!(path);
+        }
+    }
+    let (code, out, err) = c.run(&spec);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), want);
+    // The netns outlives the container.
+    assert!(std::path::Path::new(&path).exists());
+
+    // No network namespace at all: the host's (and /sys still mounts, bound from the host).
+    let c = Ctr::new("nethost");
+    let mut spec = c.spec(&[
+        "sh",
+        "-c",
+        "readlink /proc/self/ns/net; ls /sys/class/net | grep -c lo",
+    ]);
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "network");
+    let (code, out, err) = c.run(&spec);
+    assert_eq!(code, 0, "{err}");
+    let host = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert_eq!(out.lines().next().unwrap(), host.to_string_lossy());
+}
