@@ -824,6 +824,90 @@ mod tests {
         }
     }
 
+    /// A PAX extended header ('x') carrying `records` for the next entry.
+    fn pax(b: &mut tar::Builder<Vec<u8>>, records: &[(&str, &[u8])]) {
+        let mut data = Vec::new();
+        for (k, v) in records {
+            // "<len> <key>=<value>\n", len counting itself.
+            let body = [b" ", k.as_bytes(), b"=", v, b"\n"].concat();
+            let mut len = body.len() + 1;
+            while format!("{len}").len() + body.len() != len {
+                len += 1;
+            }
+            data.extend_from_slice(format!("{len}").as_bytes());
+            data.extend_from_slice(&body);
+        }
+        let mut h = tar::Header::new_ustar();
+        h.set_path("PaxHeaders/x").unwrap();
+        h.set_entry_type(tar::EntryType::XHeader);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_cksum();
+        b.append(&h, &data[..]).unwrap();
+    }
+
+    #[test]
+    fn ownership_xattrs_and_devices_as_root() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipping: needs root");
+            return;
+        }
+        let c = case();
+        let mut b = tar::Builder::new(Vec::new());
+        pax(
+            &mut b,
+            &[
+                ("uid", b"3000000"),
+                ("gid", b"3000001"),
+                ("SCHILY.xattr.user.berth", b"v"),
+                ("SCHILY.xattr.trusted.overlay.opaque", b"y"),
+            ],
+        );
+        let mut h = tar::Header::new_ustar();
+        h.set_path("owned").unwrap();
+        h.set_mode(0o2750);
+        h.set_size(1);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1);
+        h.set_cksum();
+        b.append(&h, &b"o"[..]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_path("null").unwrap();
+        h.set_entry_type(tar::EntryType::Char);
+        h.set_device_major(1).unwrap();
+        h.set_device_minor(3).unwrap();
+        h.set_mode(0o666);
+        h.set_size(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_cksum();
+        b.append(&h, std::io::empty()).unwrap();
+        let data = b.into_inner().unwrap();
+        unpack_tar(&data[..], &c.target).unwrap();
+        let m = std::fs::metadata(c.target.join("owned")).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o7777),
+            (3_000_000, 3_000_001, 0o2750)
+        );
+        assert_eq!(
+            xattr::get(c.target.join("owned"), "user.berth")
+                .unwrap()
+                .as_deref(),
+            Some(&b"v"[..])
+        );
+        assert_eq!(
+            xattr::get(c.target.join("owned"), "trusted.overlay.opaque").unwrap(),
+            None
+        );
+        let n = std::fs::symlink_metadata(c.target.join("null")).unwrap();
+        assert!(n.file_type().is_char_device());
+        assert_eq!(n.rdev(), rustix::fs::makedev(1, 3));
+        assert_eq!(n.mode() & 0o777, 0o666);
+    }
+
     #[test]
     fn clean_path_rules() {
         assert_eq!(
