@@ -31,6 +31,9 @@ use crate::state::{
 };
 use proto::{Reply, Request, UpOpts};
 
+/// How long a replica leaving service keeps serving in-flight requests before its stop signal.
+const DRAIN: Duration = Duration::from_millis(500);
+
 /// Progress sink of one request.
 type Out = mpsc::UnboundedSender<Reply>;
 
@@ -52,6 +55,8 @@ struct Live {
 struct Shared {
     /// Per container: its log writer (kept across restarts) and restart bookkeeping.
     logs: HashMap<String, Arc<StdMutex<LogWriter>>>,
+    /// Containers leaving service during a rollout: out of DNS and port backends, still running.
+    draining: std::collections::HashSet<String>,
     backoff: HashMap<String, Backoff>,
     live: HashMap<String, Live>,
 }
@@ -61,6 +66,8 @@ pub struct Supervisor {
     project: String,
     state: Mutex<ProjectState>,
     plan: Mutex<Option<ProjectPlan>>,
+    /// The plan before the current `up`, for rollbacks.
+    prev_plan: Mutex<Option<ProjectPlan>>,
     shared: StdMutex<Shared>,
     /// One state-changing operation at a time (up, down, stop…).
     op: Mutex<()>,
@@ -99,10 +106,12 @@ async fn serve(project: String) -> anyhow::Result<()> {
         project: project.clone(),
         state: Mutex::new(state),
         plan: Mutex::new(None),
+        prev_plan: Mutex::new(None),
         shared: StdMutex::new(Shared {
             logs: HashMap::new(),
             backoff: HashMap::new(),
             live: HashMap::new(),
+            draining: Default::default(),
         }),
         op: Mutex::new(()),
         dns: berth_network::dns::DnsServer::start(),
@@ -361,7 +370,10 @@ impl Supervisor {
             st.working_dir = plan.working_dir.clone();
             st.config_files = plan.config_files.clone();
         }
-        *self.plan.lock().await = Some(plan.clone());
+        let prev = self.plan.lock().await.replace(plan.clone());
+        if prev.is_some() {
+            *self.prev_plan.lock().await = prev;
+        }
         let made = self.converge(&plan, &opts, out).await;
         match made {
             Ok(()) => {
@@ -384,14 +396,13 @@ impl Supervisor {
         let _lock = ProjectLock::acquire(&self.engine.paths, &self.project)?;
         let mut made_networks: Vec<String> = Vec::new();
         let mut made_containers: Vec<String> = Vec::new();
-        let before: Vec<String> = self
-            .state
-            .lock()
-            .await
-            .containers
-            .iter()
-            .map(|c| c.name.clone())
-            .collect();
+        let (before, before_services): (Vec<String>, Vec<String>) = {
+            let st = self.state.lock().await;
+            (
+                st.containers.iter().map(|c| c.name.clone()).collect(),
+                st.containers.iter().map(|c| c.service.clone()).collect(),
+            )
+        };
         let result = self
             .converge_inner(plan, opts, out, &mut made_networks, &mut made_containers)
             .await;
@@ -411,6 +422,14 @@ impl Supervisor {
                     made_containers.push(n);
                 }
             }
+            // A service that was already running keeps what its rollout left (the rollout
+            // itself removed the replicas that failed, or rolled back).
+            let st = self.state.lock().await;
+            made_containers.retain(|n| {
+                st.container(n)
+                    .map(|c| !before_services.contains(&c.service))
+                    .unwrap_or(false)
+            });
         }
         if let Err(e) = &result {
             // A failed `up` removes what it made.
@@ -634,74 +653,280 @@ impl Supervisor {
             .iter()
             .find(|(s, _)| *s == svc.name)
             .map(|(_, n)| *n)
-            .unwrap_or(svc.replicas) as u32;
-        let existing: Vec<ContainerRecord> = {
-            let st = self.state.lock().await;
-            st.containers
-                .iter()
-                .filter(|c| c.service == svc.name && !c.oneoff)
-                .cloned()
-                .collect()
-        };
+            .unwrap_or(svc.replicas) as usize;
+        let mut existing: Vec<ContainerRecord> = self.service_containers(&svc.name).await;
+        existing.sort_by_key(|c| c.number);
         let mut made = Vec::new();
-        // Recreate changed containers (stop-first, like compose; rolling updates build on this).
-        for c in &existing {
-            let changed = c.config_hash != svc.config_hash;
-            if c.number > desired {
-                self.remove_one(&c.name, opts.timeout.map(Duration::from_secs), out)
-                    .await;
-                continue;
+        let timeout = opts.timeout.map(Duration::from_secs);
+        // Scale down first, outdated replicas before current ones, highest numbers first.
+        if existing.len() > desired {
+            let mut order = existing.clone();
+            order.sort_by_key(|c| {
+                (
+                    c.config_hash == svc.config_hash,
+                    std::cmp::Reverse(c.number),
+                )
+            });
+            for c in order.iter().take(existing.len() - desired) {
+                self.remove_one(&c.name, timeout, out).await;
             }
-            if (changed && !opts.no_recreate) || opts.force_recreate {
-                if changed {
+            existing = self.service_containers(&svc.name).await;
+        }
+        let outdated: Vec<ContainerRecord> = existing
+            .iter()
+            .filter(|c| {
+                opts.force_recreate || (!opts.no_recreate && c.config_hash != svc.config_hash)
+            })
+            .cloned()
+            .collect();
+        if !outdated.is_empty() {
+            for c in &outdated {
+                if c.config_hash != svc.config_hash {
                     let _ = out.send(Reply::Message {
                         text: format!("{}: configuration changed, recreating", c.name),
                     });
                 }
-                progress(out, "container", &c.name, "Recreate");
-                self.remove_one(&c.name, opts.timeout.map(Duration::from_secs), out)
-                    .await;
-                let name = self.create_one(plan, svc, c.number, out).await?;
-                made.push(name.clone());
-                if !opts.no_start {
-                    self.start_one(&name, out).await?;
-                }
-            } else if !opts.no_start {
-                let st = self
-                    .state
-                    .lock()
-                    .await
-                    .container(&c.name)
-                    .map(|c| (c.status, c.pid, c.pid_start));
-                if let Some((status, pid, start)) = st {
-                    let running = matches!(status, Status::Running | Status::Paused)
-                        && pid.is_some_and(|p| crate::state::pid_matches(p, start));
-                    if !running {
-                        self.start_one(&c.name, out).await?;
-                    } else {
-                        progress(out, "container", &c.name, "Running");
+            }
+            // Several replicas, or an explicit start-first order: roll replica by replica,
+            // gated on health. One replica with the default order: compose's stop-first.
+            if !opts.no_start && (svc.update.order_start_first || existing.len() > 1) {
+                self.roll(plan, svc, &outdated, opts, out, &mut made)
+                    .await?;
+            } else {
+                for c in &outdated {
+                    progress(out, "container", &c.name, "Recreate");
+                    self.remove_one(&c.name, timeout, out).await;
+                    let name = self.create_one(plan, svc, c.number, out).await?;
+                    made.push(name.clone());
+                    if !opts.no_start {
+                        self.start_one(&name, out).await?;
                     }
                 }
             }
         }
-        for n in 1..=desired {
-            let have = self
-                .state
-                .lock()
-                .await
-                .containers
-                .iter()
-                .any(|c| c.service == svc.name && c.number == n && !c.oneoff);
-            if have {
-                continue;
+        if !opts.no_start {
+            for c in self.service_containers(&svc.name).await {
+                let running = matches!(
+                    c.status,
+                    Status::Running | Status::Paused | Status::Restarting
+                ) && c
+                    .pid
+                    .is_some_and(|p| crate::state::pid_matches(p, c.pid_start));
+                if !running && !made.contains(&c.name) {
+                    self.start_one(&c.name, out).await?;
+                } else if running {
+                    progress(out, "container", &c.name, "Running");
+                }
             }
+        }
+        let have = self.service_containers(&svc.name).await.len();
+        for _ in have..desired {
+            let n = self.next_number(&svc.name).await;
             let name = self.create_one(plan, svc, n, out).await?;
             made.push(name.clone());
             if !opts.no_start {
                 self.start_one(&name, out).await?;
             }
         }
+        self.refresh_dns().await;
+        self.apply_firewall().await?;
         Ok(made)
+    }
+
+    async fn service_containers(&self, service: &str) -> Vec<ContainerRecord> {
+        let st = self.state.lock().await;
+        st.containers
+            .iter()
+            .filter(|c| c.service == service && !c.oneoff)
+            .cloned()
+            .collect()
+    }
+
+    /// New replicas take the next free number, as in compose.
+    async fn next_number(&self, service: &str) -> u32 {
+        let st = self.state.lock().await;
+        st.containers
+            .iter()
+            .filter(|c| c.service == service)
+            .map(|c| c.number)
+            .max()
+            .unwrap_or(0)
+            + 1
+    }
+
+    /// The containers that take traffic (DNS answers, published-port backends): running, not
+    /// draining, and healthy where they have a healthcheck. A service none of whose replicas
+    /// is healthy yet still answers with its starting ones, as Docker does.
+    fn serving_set(&self, st: &ProjectState) -> std::collections::HashSet<String> {
+        let draining = self.shared.lock().unwrap().draining.clone();
+        let up: Vec<&ContainerRecord> = st
+            .containers
+            .iter()
+            .filter(|c| c.status == Status::Running && !draining.contains(&c.name))
+            .collect();
+        let healthy = |c: &ContainerRecord| matches!(c.health.as_deref(), None | Some("healthy"));
+        let mut out = std::collections::HashSet::new();
+        for c in &up {
+            let service_has_healthy = up.iter().any(|o| o.service == c.service && healthy(o));
+            if healthy(c) || (!service_has_healthy && c.health.as_deref() == Some("starting")) {
+                out.insert(c.name.clone());
+            }
+        }
+        out
+    }
+
+    /// Wait until a new replica counts as up: healthy (with a healthcheck) or still running after
+    /// `monitor`. False if it exits, becomes unhealthy or times out.
+    async fn wait_ready(&self, name: &str, svc: &ServicePlan) -> bool {
+        let health = svc.healthcheck.as_ref().filter(|h| h.enabled());
+        let limit = match health {
+            Some(h) => {
+                h.start_period + (h.interval + h.timeout) * (h.retries + 1) + Duration::from_secs(2)
+            }
+            None => svc.update.monitor,
+        };
+        let deadline = Instant::now() + limit.min(Duration::from_secs(300));
+        loop {
+            let c = self.state.lock().await.container(name).cloned();
+            let Some(c) = c else { return false };
+            if c.status == Status::Exited || c.health.as_deref() == Some("unhealthy") {
+                return false;
+            }
+            if health.is_some() && c.health.as_deref() == Some("healthy") {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return health.is_none() && c.status == Status::Running;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Take a replica out of service (DNS, port backends), let in-flight requests finish, then
+    /// stop and remove it.
+    async fn retire(&self, name: &str, timeout: Option<Duration>, out: &Out) {
+        self.shared
+            .lock()
+            .unwrap()
+            .draining
+            .insert(name.to_string());
+        self.refresh_dns().await;
+        let _ = self.apply_firewall().await;
+        tokio::time::sleep(DRAIN).await;
+        self.remove_one(name, timeout, out).await;
+        self.shared.lock().unwrap().draining.remove(name);
+    }
+
+    /// A rolling update of `outdated` (Swarm's update_config on one host): batches of
+    /// `parallelism`, start-first or stop-first, each new replica gated on health, a failure
+    /// ratio, and pause / continue / rollback on failure.
+    async fn roll(
+        self: &Arc<Self>,
+        plan: &ProjectPlan,
+        svc: &ServicePlan,
+        outdated: &[ContainerRecord],
+        opts: &UpOpts,
+        out: &Out,
+        made: &mut Vec<String>,
+    ) -> anyhow::Result<()> {
+        let u = &svc.update;
+        let batch = if u.parallelism == 0 {
+            outdated.len()
+        } else {
+            u.parallelism as usize
+        };
+        let timeout = opts.timeout.map(Duration::from_secs);
+        let total = outdated.len();
+        let mut failures = 0usize;
+        // (new container, the old one it replaced) for the replicas already switched.
+        let mut switched: Vec<(String, ContainerRecord)> = Vec::new();
+        for (i, chunk) in outdated.chunks(batch).enumerate() {
+            if i > 0 && !u.delay.is_zero() {
+                tokio::time::sleep(u.delay).await;
+            }
+            let mut fresh: Vec<(String, ContainerRecord)> = Vec::new();
+            for old in chunk {
+                if !u.order_start_first {
+                    // stop-first: the other replicas keep serving meanwhile.
+                    self.retire(&old.name, timeout, out).await;
+                }
+                let n = self.next_number(&svc.name).await;
+                let name = self.create_one(plan, svc, n, out).await?;
+                made.push(name.clone());
+                self.start_one(&name, out).await?;
+                fresh.push((name, old.clone()));
+            }
+            for (name, old) in fresh {
+                if self.wait_ready(&name, svc).await {
+                    progress(out, "container", &name, "Healthy");
+                    if u.order_start_first {
+                        self.refresh_dns().await;
+                        self.apply_firewall().await?;
+                        self.retire(&old.name, timeout, out).await;
+                    }
+                    switched.push((name, old));
+                } else {
+                    failures += 1;
+                    let _ = out.send(Reply::Message {
+                        text: format!("{name}: new replica did not become ready"),
+                    });
+                    self.remove_one(&name, timeout, out).await;
+                    made.retain(|m| *m != name);
+                    if !u.order_start_first {
+                        // Its predecessor is gone: put one back on the old config when rolling back.
+                        switched.push((String::new(), old));
+                    }
+                }
+            }
+            if failures > 0 && failures as f64 / total as f64 > u.max_failure_ratio {
+                match u.failure_action.as_str() {
+                    "continue" => {}
+                    "rollback" => {
+                        self.rollback(plan, svc, &switched, out).await?;
+                        bail!("update of {} failed ({failures} of {total} replicas); rolled back to the previous configuration", svc.name);
+                    }
+                    _ => bail!(
+                        "update of {} paused: {failures} of {total} new replicas failed",
+                        svc.name
+                    ),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Put the replicas switched so far back on the previous configuration, start-first.
+    async fn rollback(
+        self: &Arc<Self>,
+        plan: &ProjectPlan,
+        svc: &ServicePlan,
+        switched: &[(String, ContainerRecord)],
+        out: &Out,
+    ) -> anyhow::Result<()> {
+        let prev = self.prev_plan.lock().await.clone();
+        let Some(prev_svc) = prev.as_ref().and_then(|p| p.service(&svc.name).cloned()) else {
+            bail!("no previous configuration of {} to roll back to", svc.name);
+        };
+        // The service runs its previous configuration again from now on.
+        if let Some(p) = self.plan.lock().await.as_mut() {
+            if let Some(s) = p.services.iter_mut().find(|s| s.name == svc.name) {
+                *s = prev_svc.clone();
+            }
+        }
+        for (new, _old) in switched {
+            let n = self.next_number(&svc.name).await;
+            let name = self.create_one(plan, &prev_svc, n, out).await?;
+            self.start_one(&name, out).await?;
+            if !self.wait_ready(&name, &prev_svc).await {
+                let _ = out.send(Reply::Message {
+                    text: format!("{name}: the previous configuration did not come back up either"),
+                });
+            }
+            if !new.is_empty() {
+                self.retire(new, None, out).await;
+            }
+        }
+        Ok(())
     }
 
     async fn wait_condition(
@@ -1238,7 +1463,8 @@ impl Supervisor {
             records.add_network(&n.key, n.gateway, n.internal);
             records.set_subnet(&n.key, n.subnet);
         }
-        for c in st.containers.iter().filter(|c| c.status == Status::Running) {
+        let ready = self.serving_set(&st);
+        for c in st.containers.iter().filter(|c| ready.contains(&c.name)) {
             let svc = plan.as_ref().and_then(|p| p.service(&c.service));
             let upstreams: Vec<std::net::SocketAddr> = svc
                 .map(|s| {
@@ -1283,6 +1509,7 @@ impl Supervisor {
 
     async fn apply_firewall(&self) -> anyhow::Result<()> {
         let st = self.state.lock().await;
+        let serving = self.serving_set(&st);
         let mut fw = berth_network::firewall::ProjectFirewall {
             project: self.project.clone(),
             networks: vec![],
@@ -1305,7 +1532,7 @@ impl Supervisor {
                 let e = ports
                     .entry((p.host_ip.clone(), p.host_port, p.protocol.clone()))
                     .or_default();
-                if c.status == Status::Running {
+                if serving.contains(&c.name) {
                     e.push((ip, p.target));
                 }
             }

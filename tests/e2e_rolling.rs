@@ -1,0 +1,184 @@
+//! End-to-end: replicas and zero-downtime rolling updates (as root, real containers).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn web_yaml(version: &str, health: &str) -> String {
+    format!(
+        r#"services:
+  web:
+    image: {IMAGE}
+    init: true
+    environment:
+      VERSION: "{version}"
+    command: ["sh", "-c", "echo $$VERSION > /www/version; exec httpd -f -p 80 -h /www"]
+    deploy:
+      replicas: 3
+      update_config:
+        parallelism: 1
+        order: start-first
+        failure_action: rollback
+    healthcheck:
+      test: ["CMD-SHELL", "{health}"]
+      interval: 200ms
+      timeout: 1s
+      retries: 3
+  client:
+    image: {IMAGE}
+    init: true
+    command: ["sh", "-c", "i=0; while [ $$i -lt 400 ]; do i=$$((i+1)); r=$$(timeout 2 wget -q -O- http://web/version 2>/dev/null) && echo OK $$r || echo FAIL; sleep 0.03; done; echo DONE; sleep 60"]
+"#
+    )
+}
+
+fn counts(log: &str) -> (usize, usize, usize, usize) {
+    let ok1 = log.lines().filter(|l| l.trim() == "OK v1").count();
+    let ok2 = log.lines().filter(|l| l.trim() == "OK v2").count();
+    let fail = log.lines().filter(|l| l.contains("FAIL")).count();
+    let done = log.lines().filter(|l| l.contains("DONE")).count();
+    (ok1, ok2, fail, done)
+}
+
+#[test]
+fn start_first_rollout_has_no_failed_request() {
+    let b = Berth::new();
+    let p = unique("roll");
+    let healthy = "wget -q -O /dev/null http://127.0.0.1/version";
+    let f = b.compose(&p, &web_yaml("v1", healthy));
+    b.ok(&f, &["up", "-d", "--wait"]);
+    let st = b.state(&p).unwrap();
+    let webs = |st: &serde_json::Value| -> Vec<serde_json::Value> {
+        st["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["service"] == "web")
+            .cloned()
+            .collect()
+    };
+    assert_eq!(webs(&st).len(), 3, "three replicas");
+    let old_hash = webs(&st)[0]["config_hash"].clone();
+    wait_for("the client to get answers", Duration::from_secs(20), || {
+        let l = b.ok(&f, &["logs", "--no-log-prefix", "client"]);
+        (counts(&l).0 >= 5).then_some(())
+    });
+    // Change the version and converge: a rolling update, replica by replica.
+    std::fs::write(&f, format!("name: {p}\n{}", web_yaml("v2", healthy))).unwrap();
+    b.ok(&f, &["up", "-d"]);
+    let st = b.state(&p).unwrap();
+    let w = webs(&st);
+    assert_eq!(w.len(), 3, "still three replicas after the rollout");
+    assert!(
+        w.iter().all(|c| c["config_hash"] != old_hash),
+        "all replicas run the new config"
+    );
+    let log = wait_for(
+        "the client to finish its loop",
+        Duration::from_secs(60),
+        || {
+            let l = b.ok(&f, &["logs", "--no-log-prefix", "client"]);
+            (counts(&l).3 == 1).then_some(l)
+        },
+    );
+    let (ok1, ok2, fail, _) = counts(&log);
+    assert_eq!(
+        fail, 0,
+        "no request failed during the rollout ({ok1} v1, {ok2} v2)"
+    );
+    assert!(
+        ok1 > 0 && ok2 > 0,
+        "answers switched from v1 to v2 ({ok1} v1, {ok2} v2)"
+    );
+    let last = log.lines().filter(|l| l.starts_with("OK")).last();
+    assert_eq!(
+        last.map(str::trim),
+        Some("OK v2"),
+        "after the rollout every answer is v2"
+    );
+}
+
+#[test]
+fn a_broken_version_rolls_back_and_keeps_serving() {
+    let b = Berth::new();
+    let p = unique("rollbk");
+    let healthy = "wget -q -O /dev/null http://127.0.0.1/version";
+    let f = b.compose(&p, &web_yaml("v1", healthy));
+    b.ok(&f, &["up", "-d", "--wait"]);
+    let st = b.state(&p).unwrap();
+    let old_hash = st["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["service"] == "web")
+        .unwrap()["config_hash"]
+        .clone();
+    wait_for("the client to get answers", Duration::from_secs(20), || {
+        let l = b.ok(&f, &["logs", "--no-log-prefix", "client"]);
+        (counts(&l).0 >= 5).then_some(())
+    });
+    // v2's healthcheck always fails: the rollout must roll back by itself.
+    std::fs::write(&f, format!("name: {p}\n{}", web_yaml("v2", "exit 1"))).unwrap();
+    let err = b.fails(&f, &["up", "-d"]);
+    assert!(err.contains("rolled back"), "{err}");
+    let st = b.state(&p).unwrap();
+    let webs: Vec<_> = st["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["service"] == "web")
+        .cloned()
+        .collect();
+    assert_eq!(
+        webs.len(),
+        3,
+        "the service never lost its replicas: {webs:?}"
+    );
+    assert!(
+        webs.iter()
+            .all(|c| c["config_hash"] == old_hash && c["status"] == "running"),
+        "all back on v1: {webs:?}"
+    );
+    let log = wait_for(
+        "the client to finish its loop",
+        Duration::from_secs(60),
+        || {
+            let l = b.ok(&f, &["logs", "--no-log-prefix", "client"]);
+            (counts(&l).3 == 1).then_some(l)
+        },
+    );
+    let (ok1, ok2, fail, _) = counts(&log);
+    assert_eq!(fail, 0, "requests kept succeeding ({ok1} v1, {ok2} v2)");
+    assert_eq!(ok2, 0, "the broken version never took traffic");
+}
+
+#[test]
+fn scale_up_and_down_on_a_running_project() {
+    let b = Berth::new();
+    let p = unique("scale");
+    let f = b.compose(
+        &p,
+        &format!(
+            r#"services:
+  worker:
+    image: {IMAGE}
+    init: true
+    command: ["sleep", "60"]
+"#
+        ),
+    );
+    b.ok(&f, &["up", "-d"]);
+    b.ok(&f, &["scale", "worker=3"]);
+    let names = b.ok(&f, &["ps", "-q"]);
+    assert_eq!(names.lines().count(), 3, "{names}");
+    assert!(names.contains(&format!("{p}-worker-3")));
+    b.ok(&f, &["up", "-d", "--scale", "worker=1"]);
+    let names = b.ok(&f, &["ps", "-q"]);
+    assert_eq!(
+        names.trim(),
+        format!("{p}-worker-1"),
+        "scaling down removes the highest numbers"
+    );
+}
