@@ -695,17 +695,19 @@ impl ImageStore {
                 report.layers.push(format!("sha256:{name}"));
             }
         }
-        // No load or pull is running (we hold gc.lock exclusively): tmp/ is garbage.
         let tdir = self.root.join("tmp");
-        for e in std::fs::read_dir(&tdir)
-            .ctx(|| format!("reading {}", tdir.display()))?
-            .flatten()
-        {
-            let _ = remove_tree(&e.path());
-        }
         self.update_db(|db| {
             db.layer_sizes
                 .retain(|k, _| layers.contains(k.trim_start_matches("sha256:")));
+            // No load or pull is running (gc.lock is ours) and no record update either
+            // (images.lock is held here, before this update writes its own temp file): tmp/
+            // holds only crash leftovers.
+            if let Ok(rd) = std::fs::read_dir(&tdir) {
+                for e in rd.flatten() {
+                    let _ = remove_tree(&e.path());
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
             Ok(())
         })?;
         Ok(report)
