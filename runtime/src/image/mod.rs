@@ -749,7 +749,21 @@ impl ImageStore {
             what: "lease".into(),
             source,
         })?;
-        self.write_atomic(&lease, &data)?;
+        // Written beside its final name (not in tmp/, which prune sweeps without this lock).
+        let n = TMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = lease.with_extension(format!("tmp-{}-{n}", std::process::id()));
+        let r = (|| {
+            let mut f = File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+            f.write_all(&data)
+                .ctx(|| format!("writing {}", tmp.display()))?;
+            f.sync_all().ctx(|| format!("syncing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &lease).ctx(|| format!("renaming into {}", lease.display()))?;
+            sync_parent(&lease)
+        })();
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r?;
         snapshot::mount(&image.layers, dir)
     }
 
