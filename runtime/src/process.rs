@@ -303,6 +303,45 @@ pub fn close_fds_except(keep: &[RawFd]) {
     }
 }
 
+/// The container starts with every signal at its default disposition and none blocked:
+/// neither Rust's ignored SIGPIPE nor whatever our caller ignored leaks in.
+pub fn reset_signals() {
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+    let act = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: raw rt_sigaction (glibc refuses its internal signals 32/33) with a valid
+        // struct; errors (invalid numbers) are harmless.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &act as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            )
+        };
+    }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
+}
+
 /// execve, never returning on success.
 pub fn exec(path: &Path, args: &[String], env: &[String]) -> RuntimeError {
     let p = match CString::new(path.as_os_str().as_bytes()) {
@@ -313,6 +352,7 @@ pub fn exec(path: &Path, args: &[String], env: &[String]) -> RuntimeError {
         (Ok(a), Ok(e)) => (a, e),
         (Err(x), _) | (_, Err(x)) => return x,
     };
+    reset_signals();
     match nix::unistd::execve(&p, &a, &e) {
         Err(source) => RuntimeError::Sys {
             op: format!("exec {}", path.display()),

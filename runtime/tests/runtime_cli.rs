@@ -506,6 +506,15 @@ fn rlimits_umask_oom_score_adj() {
     let (code, out, err) = c.run(&spec);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "1024\n4096\n0027\n300\n");
+    // No ignored or blocked signal leaks in (Rust ignores SIGPIPE in the runtime itself; the
+    // harness may ignore others). grep is the container's process itself, no shell between.
+    let c = Ctr::new("sigs");
+    let (code, out, err) = c.run(&c.spec(&["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
+    );
 }
 
 #[test]

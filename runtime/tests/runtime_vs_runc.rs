@@ -9,7 +9,7 @@ use common::Ctr;
 use serde_json::json;
 
 const PROBE: &str = "id; hostname; pwd; env | sort; \
-    grep -E '^(Cap|NoNewPrivs|Seccomp:)' /proc/self/status; ulimit -n; ulimit -Hn; umask; \
+    grep -E '^(Cap|NoNewPrivs|Seccomp:|SigIgn|SigBlk)' /proc/self/status; ulimit -n; ulimit -Hn; umask; \
     awk '{print $5, $6}' /proc/self/mountinfo | sort; ls -l /dev | awk '{print $1, $NF}'; \
     cat /proc/kcore 2>/dev/null | wc -c; echo b > /proc/sysrq-trigger 2>/dev/null; echo sysrq=$?; \
     touch /sys/x 2>/dev/null; echo sys=$?; touch /x 2>/dev/null; echo root=$?; \
@@ -26,7 +26,9 @@ fn runc_available() -> bool {
 /// Run the bundle under runc: (code, stdout).
 fn runc_run(c: &Ctr, id: &str) -> (i32, String, String) {
     let root = c.dir.path().join("runc-root");
-    let out = Command::new("runc")
+    let mut cmd = Command::new("runc");
+    clean_signals(&mut cmd);
+    let out = cmd
         .arg("--root")
         .arg(&root)
         .args(["run", "--bundle"])
@@ -45,6 +47,19 @@ fn runc_run(c: &Ctr, id: &str) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Both runtimes are started with default signal dispositions (the test harness inherits
+/// ignored signals from its environment; runc passes inherited ones on, berth resets them).
+fn clean_signals(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            berth_runtime::process::reset_signals();
+            Ok(())
+        });
+    }
 }
 
 /// runc also joins name=systemd and the unified hierarchy and leaves parents behind.
@@ -72,7 +87,20 @@ fn compare(tag: &str, tweak: impl Fn(&mut serde_json::Value)) {
     let c = Ctr::new(tag);
     let mut spec = c.spec(&["sh", "-c", PROBE]);
     tweak(&mut spec);
-    let (code, ours, err) = c.run(&spec);
+    c.write(&spec);
+    let mut cmd = c.cmd();
+    clean_signals(&mut cmd);
+    let out = cmd
+        .args(["run", "--bundle"])
+        .arg(&c.bundle)
+        .arg(&c.id)
+        .output()
+        .unwrap();
+    let (code, ours, err) = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert_eq!(code, 3, "berth: {err}");
     let runc_id = format!("{}-runc", c.id);
     let runc_cg = format!("{}-runc", c.cgroups_path);
