@@ -274,6 +274,16 @@ fn create_inner(
             cleanup.child = Some(pid);
             cg.add_pid(pid.as_raw())?;
             parent.send(b"go")?;
+            // A setup that hangs (a stuck mount source, say) must not hang the caller.
+            let limit = std::env::var("BERTH_RUNTIME_CREATE_TIMEOUT_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(120_000);
+            if !parent.wait_readable(limit) {
+                return Err(RuntimeError::Init(format!(
+                    "the container init did not finish its setup within {limit} ms"
+                )));
+            }
             let (msg, _) = parent.recv()?;
             if msg != b"ready" {
                 let text =

@@ -56,6 +56,27 @@ impl Chan {
         Ok(())
     }
 
+    /// Wait up to `ms` milliseconds for a message; false on timeout.
+    pub fn wait_readable(&self, ms: u32) -> bool {
+        use std::os::fd::AsFd;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms as u64);
+        loop {
+            let mut pfd = [nix::poll::PollFd::new(
+                self.0.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let t = nix::poll::PollTimeout::try_from(left.as_millis().min(60_000) as i32)
+                .unwrap_or(nix::poll::PollTimeout::MAX);
+            match nix::poll::poll(&mut pfd, t) {
+                Ok(n) if n > 0 => return true,
+                Ok(_) if left.is_zero() => return false,
+                Ok(_) | Err(nix::Error::EINTR) => continue,
+                Err(_) => return true, // let recv report it
+            }
+        }
+    }
+
     /// Receive one message (empty on EOF) and at most one passed fd.
     pub fn recv(&self) -> Result<(Vec<u8>, Option<OwnedFd>)> {
         let mut buf = vec![0u8; 65536];

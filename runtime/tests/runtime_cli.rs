@@ -733,3 +733,23 @@ fn network_namespace_joined_by_path_or_host() {
     let host = std::fs::read_link("/proc/self/ns/net").unwrap();
     assert_eq!(out.lines().next().unwrap(), host.to_string_lossy());
 }
+
+#[test]
+fn a_hanging_setup_times_out_and_is_cleaned_up() {
+    need_root!();
+    let c = Ctr::new("timeout");
+    c.write(&c.spec(&["true"]));
+    let out = c
+        .cmd()
+        .env("BERTH_RUNTIME_CREATE_TIMEOUT_MS", "1")
+        .args(["create", "--bundle"])
+        .arg(&c.bundle)
+        .arg(&c.id)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not finish its setup"), "{err}");
+    assert!(!c.root.join(&c.id).exists());
+    assert!(c.cgroup_dirs().is_empty());
+}
