@@ -108,6 +108,8 @@ pub enum Command {
     Image(ImageCmd),
     /// List running compose projects
     Ls(LsArgs),
+    /// Show the supervisor's events (rollouts, watcher reloads, restarts)
+    Events(EventsArgs),
     /// Generate shell completions
     Completion(CompletionArgs),
     /// Internal: the per-project supervisor (started by `up`)
@@ -376,6 +378,13 @@ pub enum ImageSub {
     Prune,
     /// List stored images
     Ls(ImagesArgs),
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct EventsArgs {
+    /// Output events as a stream of JSON objects
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Default, Args)]

@@ -182,3 +182,76 @@ fn scale_up_and_down_on_a_running_project() {
         "scaling down removes the highest numbers"
     );
 }
+
+#[test]
+fn the_watcher_converges_on_file_edits_and_ignores_invalid_ones() {
+    let b = Berth::new();
+    let p = unique("watch");
+    let one = format!(
+        r#"services:
+  a:
+    image: {IMAGE}
+    init: true
+    command: ["sleep", "60"]
+"#
+    );
+    let f = b.compose(&p, &one);
+    b.ok(&f, &["up", "-d", "--watch"]);
+    let running = |b: &Berth| -> Vec<String> {
+        let mut v: Vec<String> = b
+            .ok(&f, &["ps", "--services"])
+            .lines()
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(running(&b), vec!["a"]);
+    // Adding a service starts just that service.
+    let a_pid = b.state(&p).unwrap()["containers"][0]["pid"].clone();
+    let two = format!(
+        "{one}  b:\n    image: {IMAGE}\n    init: true\n    command: [\"sleep\", \"60\"]\n"
+    );
+    std::fs::write(&f, format!("name: {p}\n{two}")).unwrap();
+    wait_for("b to start", Duration::from_secs(15), || {
+        (running(&b) == vec!["a", "b"]).then_some(())
+    });
+    let st = b.state(&p).unwrap();
+    let a = st["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["service"] == "a")
+        .unwrap()
+        .clone();
+    assert_eq!(a["pid"], a_pid, "a was not touched");
+    // An invalid edit is reported and nothing running is touched.
+    std::fs::write(
+        &f,
+        format!("name: {p}\nservices:\n  a:\n    image: {IMAGE}\n    wrongField: 1\n"),
+    )
+    .unwrap();
+    let events = wait_for(
+        "the invalid edit to be reported",
+        Duration::from_secs(15),
+        || {
+            let o = b.cmd().args(["-p", &p, "events"]).output().unwrap();
+            let e = String::from_utf8_lossy(&o.stdout).to_string();
+            e.contains("invalid").then_some(e)
+        },
+    );
+    assert!(events.contains("nothing changed"), "{events}");
+    // (ps reads the record, not the file: both services still run)
+    let st = b.state(&p).unwrap();
+    assert_eq!(st["containers"].as_array().unwrap().len(), 2);
+    // Removing b (a fixed file) stops just b.
+    std::fs::write(&f, format!("name: {p}\n{one}")).unwrap();
+
+    wait_for("b to stop", Duration::from_secs(15), || {
+        let st = b.state(&p)?;
+        let n = st["containers"].as_array()?.len();
+        (n == 1).then_some(())
+    });
+    let st = b.state(&p).unwrap();
+    assert_eq!(st["containers"][0]["pid"], a_pid, "a still untouched");
+}

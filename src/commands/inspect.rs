@@ -243,3 +243,22 @@ pub fn ls(args: &LsArgs) -> anyhow::Result<u8> {
     }
     Ok(0)
 }
+
+/// `events`: what the supervisor recorded (rollouts, watcher reloads), oldest first.
+pub fn events(p: &ProjectOpts, args: &crate::cli::EventsArgs) -> anyhow::Result<u8> {
+    let paths = Paths::from_env();
+    let name = project_name(p)?;
+    let text = std::fs::read_to_string(paths.project(&name).join("events.log")).unwrap_or_default();
+    for line in text.lines() {
+        let (time, msg) = line.split_once(' ').unwrap_or((line, ""));
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"time": time, "project": name, "message": msg})
+            );
+        } else {
+            println!("{time} {msg}");
+        }
+    }
+    Ok(0)
+}

@@ -126,6 +126,8 @@ pub struct ServicePlan {
     pub healthcheck: Option<HealthPlan>,
     pub restart: Policy,
     pub secrets: Vec<FilePlan>,
+    /// env_file paths (watched for changes).
+    pub env_files: Vec<PathBuf>,
     pub configs: Vec<FilePlan>,
     pub log_max_size: Option<u64>,
     pub log_max_file: u32,
@@ -546,6 +548,7 @@ fn service_plan(
         healthcheck,
         restart,
         secrets: files(&s.secrets, &project.secrets, true)?,
+        env_files: s.env_file.iter().map(|e| e.path.clone()).collect(),
         configs: files(&s.configs, &project.configs, false)?,
         log_max_size: log_opts.get("max-size").and_then(|v| parse_bytes(v)),
         log_max_file: log_opts

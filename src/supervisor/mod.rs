@@ -6,6 +6,7 @@
 pub mod client;
 mod health;
 pub mod proto;
+mod watcher;
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -57,6 +58,8 @@ struct Shared {
     logs: HashMap<String, Arc<StdMutex<LogWriter>>>,
     /// Containers leaving service during a rollout: out of DNS and port backends, still running.
     draining: std::collections::HashSet<String>,
+    /// The file watcher runs (started by the first `up --watch`).
+    watching: bool,
     backoff: HashMap<String, Backoff>,
     live: HashMap<String, Live>,
 }
@@ -112,6 +115,7 @@ async fn serve(project: String) -> anyhow::Result<()> {
             backoff: HashMap::new(),
             live: HashMap::new(),
             draining: Default::default(),
+            watching: false,
         }),
         op: Mutex::new(()),
         dns: berth_network::dns::DnsServer::start(),
@@ -363,21 +367,31 @@ impl Supervisor {
         opts: UpOpts,
         out: &Out,
     ) -> anyhow::Result<()> {
-        let plan = crate::engine::plan::load_plan(&source, &opts.services)?;
+        // The whole project is what the supervisor keeps (restart policies, orphans); the
+        // services named on the command line (and their dependencies) are what converges now.
+        let full = crate::engine::plan::load_plan(&source, &[])?;
+        let plan = if opts.services.is_empty() {
+            full.clone()
+        } else {
+            crate::engine::plan::load_plan(&source, &opts.services)?
+        };
         {
             let mut st = self.state.lock().await;
             st.source = Some(source.clone());
             st.working_dir = plan.working_dir.clone();
             st.config_files = plan.config_files.clone();
         }
-        let prev = self.plan.lock().await.replace(plan.clone());
+        let prev = self.plan.lock().await.replace(full.clone());
         if prev.is_some() {
             *self.prev_plan.lock().await = prev;
         }
-        let made = self.converge(&plan, &opts, out).await;
+        let made = self.converge(&plan, &full, &opts, out).await;
         match made {
             Ok(()) => {
                 self.save().await;
+                if opts.watch {
+                    self.start_watch(&full);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -390,6 +404,7 @@ impl Supervisor {
     async fn converge(
         self: &Arc<Self>,
         plan: &ProjectPlan,
+        full: &ProjectPlan,
         opts: &UpOpts,
         out: &Out,
     ) -> anyhow::Result<()> {
@@ -404,7 +419,14 @@ impl Supervisor {
             )
         };
         let result = self
-            .converge_inner(plan, opts, out, &mut made_networks, &mut made_containers)
+            .converge_inner(
+                plan,
+                full,
+                opts,
+                out,
+                &mut made_networks,
+                &mut made_containers,
+            )
             .await;
         if result.is_err() {
             // Everything that exists now and did not before was made by this up, whether or not
@@ -480,6 +502,7 @@ impl Supervisor {
     async fn converge_inner(
         self: &Arc<Self>,
         plan: &ProjectPlan,
+        full: &ProjectPlan,
         opts: &UpOpts,
         out: &Out,
         made_networks: &mut Vec<String>,
@@ -568,7 +591,7 @@ impl Supervisor {
             let st = self.state.lock().await;
             st.containers
                 .iter()
-                .filter(|c| !c.oneoff && plan.service(&c.service).is_none())
+                .filter(|c| !c.oneoff && full.service(&c.service).is_none())
                 .map(|c| c.name.clone())
                 .collect()
         };
@@ -840,6 +863,15 @@ impl Supervisor {
         let mut failures = 0usize;
         // (new container, the old one it replaced) for the replicas already switched.
         let mut switched: Vec<(String, ContainerRecord)> = Vec::new();
+        self.event(&format!(
+            "rollout of {}: {total} replicas, parallelism {batch}, {}",
+            svc.name,
+            if u.order_start_first {
+                "start-first"
+            } else {
+                "stop-first"
+            }
+        ));
         for (i, chunk) in outdated.chunks(batch).enumerate() {
             if i > 0 && !u.delay.is_zero() {
                 tokio::time::sleep(u.delay).await;
