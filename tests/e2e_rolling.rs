@@ -92,7 +92,7 @@ fn start_first_rollout_has_no_failed_request() {
         ok1 > 0 && ok2 > 0,
         "answers switched from v1 to v2 ({ok1} v1, {ok2} v2)"
     );
-    let last = log.lines().filter(|l| l.starts_with("OK")).last();
+    let last = log.lines().rfind(|l| l.starts_with("OK"));
     assert_eq!(
         last.map(str::trim),
         Some("OK v2"),
