@@ -217,6 +217,8 @@ pub struct MountOpts {
     pub data: Vec<String>,
     pub bind: bool,
     pub recursive: bool,
+    /// `rro`, or `ro` on an `rbind`: every submount read-only too (mount_setattr).
+    pub recursive_ro: bool,
 }
 
 impl Default for MountOpts {
@@ -228,6 +230,7 @@ impl Default for MountOpts {
             data: Vec::new(),
             bind: false,
             recursive: false,
+            recursive_ro: false,
         }
     }
 }
@@ -266,6 +269,10 @@ pub fn parse_options(opts: &[String]) -> MountOpts {
                 m.bind = true;
                 m.recursive = true;
                 continue;
+            }
+            "rro" => {
+                m.recursive_ro = true;
+                (MsFlags::MS_RDONLY, MsFlags::empty())
             }
             "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
             | "runbindable" => {
@@ -395,6 +402,10 @@ fn mount_one(root: &OwnedFd, m: &Mount, ctx: &RootfsCtx) -> Result<()> {
             let t2 =
                 openat_in_root(root, &dest_rel, OFlags::PATH).map_err(io_err("open", &dest_abs))?;
             remount_bind(&fd_path(&t2), extra, &dest_abs)?;
+            if extra.contains(MsFlags::MS_RDONLY) && (opts.recursive || opts.recursive_ro) {
+                // Docker 25+: a read-only rbind is read-only all the way down.
+                recursive_readonly(&t2, &dest_abs)?;
+            }
         }
         apply_propagation(root, &dest_rel, &opts, &dest_abs)?;
         return Ok(());
@@ -443,6 +454,42 @@ fn apply_propagation(
     for p in &opts.propagation {
         let t = openat_in_root(root, dest_rel, OFlags::PATH).map_err(io_err("open", dest_abs))?;
         do_mount(None, &fd_path(&t), None, *p, None, dest_abs)?;
+    }
+    Ok(())
+}
+
+/// `mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY)` on the mount at `fd`.
+fn recursive_readonly(fd: &OwnedFd, what: &Path) -> Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let empty = c"";
+    // SAFETY: valid fd, NUL-terminated empty path with AT_EMPTY_PATH, struct of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(io_err("make read-only recursively", what)(
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }

@@ -753,3 +753,41 @@ fn a_hanging_setup_times_out_and_is_cleaned_up() {
     assert!(!c.root.join(&c.id).exists());
     assert!(c.cgroup_dirs().is_empty());
 }
+
+struct UmountGuard(std::path::PathBuf);
+
+impl Drop for UmountGuard {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn readonly_rbind_is_readonly_all_the_way_down() {
+    need_root!();
+    let host = tempfile::tempdir().unwrap();
+    let sub = host.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let _g = UmountGuard(sub.clone());
+    let c = Ctr::new("rro");
+    let mut spec = c.spec(&[
+        "sh",
+        "-c",
+        "touch /ro/top 2>/dev/null; echo top=$?; touch /ro/sub/x 2>/dev/null; echo sub=$?; touch /rw/sub/y; echo rw=$?",
+    ]);
+    let mounts = spec["mounts"].as_array_mut().unwrap();
+    mounts.push(json!({"destination": "/ro", "type": "bind", "source": host.path(), "options": ["rbind", "ro"]}));
+    mounts.push(json!({"destination": "/rw", "type": "bind", "source": host.path(), "options": ["rbind", "rw"]}));
+    let (code, out, err) = c.run(&spec);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "top=1\nsub=1\nrw=0\n");
+    assert!(sub.join("y").exists());
+}
