@@ -124,6 +124,8 @@ pub struct ServicePlan {
     pub dns_opt: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub healthcheck: Option<HealthPlan>,
+    /// `healthcheck: disable: true` (or test NONE): the image's HEALTHCHECK is not inherited.
+    pub healthcheck_disabled: bool,
     pub restart: Policy,
     pub secrets: Vec<FilePlan>,
     /// env_file paths (watched for changes).
@@ -546,6 +548,10 @@ fn service_plan(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         healthcheck,
+        healthcheck_disabled: s
+            .healthcheck
+            .as_ref()
+            .is_some_and(|h| h.disable || h.test.first().map(String::as_str) == Some("NONE")),
         restart,
         secrets: files(&s.secrets, &project.secrets, true)?,
         env_files: s.env_file.iter().map(|e| e.path.clone()).collect(),
@@ -561,6 +567,22 @@ fn service_plan(
         volumes_from: s.volumes_from.clone(),
         config_hash: crate::compose::hash::service_hash(s),
     })
+}
+
+/// The image's HEALTHCHECK (Docker's config, nanosecond durations) as a plan, for services that
+/// declare none.
+pub fn image_health(h: &berth_runtime::image::ImageHealthcheck) -> Option<HealthPlan> {
+    let ns =
+        |v: Option<u64>, d: Duration| v.filter(|n| *n > 0).map(Duration::from_nanos).unwrap_or(d);
+    let plan = HealthPlan {
+        test: h.test.clone(),
+        interval: ns(h.interval, Duration::from_secs(30)),
+        timeout: ns(h.timeout, Duration::from_secs(30)),
+        retries: h.retries.filter(|r| *r > 0).unwrap_or(3),
+        start_period: ns(h.start_period, Duration::ZERO),
+        start_interval: ns(h.start_interval, Duration::from_secs(5)),
+    };
+    plan.enabled().then_some(plan)
 }
 
 #[cfg(test)]

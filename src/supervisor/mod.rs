@@ -369,11 +369,14 @@ impl Supervisor {
     ) -> anyhow::Result<()> {
         // The whole project is what the supervisor keeps (restart policies, orphans); the
         // services named on the command line (and their dependencies) are what converges now.
-        let full = crate::engine::plan::load_plan(&source, &[])?;
+        let mut full = crate::engine::plan::load_plan(&source, &[])?;
+        self.inherit_image_healthchecks(&mut full).await;
         let plan = if opts.services.is_empty() {
             full.clone()
         } else {
-            crate::engine::plan::load_plan(&source, &opts.services)?
+            let mut p = crate::engine::plan::load_plan(&source, &opts.services)?;
+            self.inherit_image_healthchecks(&mut p).await;
+            p
         };
         {
             let mut st = self.state.lock().await;
@@ -754,6 +757,25 @@ impl Supervisor {
         self.refresh_dns().await;
         self.apply_firewall().await?;
         Ok(made)
+    }
+
+    /// Services without a healthcheck of their own take the image's HEALTHCHECK, as in Docker.
+    async fn inherit_image_healthchecks(&self, plan: &mut ProjectPlan) {
+        for s in plan
+            .services
+            .iter_mut()
+            .filter(|s| s.healthcheck.is_none() && !s.healthcheck_disabled)
+        {
+            let store = self.engine.images.clone();
+            let image = s.image.clone();
+            let img = tokio::task::spawn_blocking(move || store.get(&image)).await;
+            if let Ok(Ok(Some(img))) = img {
+                s.healthcheck = img
+                    .healthcheck
+                    .as_ref()
+                    .and_then(crate::engine::plan::image_health);
+            }
+        }
     }
 
     async fn service_containers(&self, service: &str) -> Vec<ContainerRecord> {
