@@ -614,7 +614,7 @@ pub fn kill(root: &Path, id: &str, sig: Signal, all: bool) -> Result<()> {
 pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
     let rec = match state::load(root, id) {
         Ok(r) => r,
-        Err(RuntimeError::NotFound(_)) if force => return Ok(()),
+        Err(RuntimeError::NotFound(_)) if force => return remove_partial(root, id),
         Err(e) => return Err(e),
     };
     let st = state::status(root, &rec);
@@ -637,6 +637,28 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         cg.remove()?;
     }
     let d = state::dir(root, id);
+    fs::remove_dir_all(&d).map_err(io_err("remove", &d))
+}
+
+/// A create that died before writing state.json (killed runtime): the state dir holds the
+/// spec copy, which names the cgroup. Remove both so the id can be used again.
+fn remove_partial(root: &Path, id: &str) -> Result<()> {
+    let d = state::dir(root, id);
+    if !d.exists() {
+        return Ok(());
+    }
+    if let Ok(spec) = spec_of(root, id) {
+        let path = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().clone())
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| crate::cgroups::default_path(id));
+        if let Ok(cg) = Cgroup::new(&path) {
+            cg.kill_all();
+            cg.remove()?;
+        }
+    }
     fs::remove_dir_all(&d).map_err(io_err("remove", &d))
 }
 

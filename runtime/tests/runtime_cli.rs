@@ -791,3 +791,26 @@ fn readonly_rbind_is_readonly_all_the_way_down() {
     assert_eq!(out, "top=1\nsub=1\nrw=0\n");
     assert!(sub.join("y").exists());
 }
+
+#[test]
+fn force_delete_removes_a_half_created_container() {
+    need_root!();
+    let c = Ctr::new("partial");
+    let spec = c.spec(&["true"]);
+    // What a runtime killed between mkdir and state.json leaves: the dir, the spec copy, the cgroup.
+    let d = c.root.join(&c.id);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+    berth_runtime::cgroups::Cgroup::new(&c.cgroups_path)
+        .unwrap()
+        .create()
+        .unwrap();
+    assert!(!c.cgroup_dirs().is_empty());
+    assert!(!c.cli(&["delete", &c.id]).status.success());
+    assert!(c.cli(&["delete", "--force", &c.id]).status.success());
+    assert!(!d.exists());
+    assert!(c.cgroup_dirs().is_empty());
+    // and the id is usable again
+    let (code, _, err) = c.run(&spec);
+    assert_eq!(code, 0, "{err}");
+}
