@@ -225,6 +225,45 @@ fn create_inner(
             "user namespaces are not supported yet".into(),
         ));
     }
+    // The time namespace too applies to children; offsets must be written before any
+    // process is in it.
+    if let Some(tns) = namespaces
+        .iter()
+        .find(|n| n.typ() == LinuxNamespaceType::Time)
+    {
+        let newtime = CloneFlags::from_bits_retain(libc::CLONE_NEWTIME);
+        match tns.path() {
+            Some(p) => {
+                let f = fs::File::open(p).map_err(io_err("open time namespace", p))?;
+                nix::sched::setns(f, newtime).map_err(sys_err("setns time"))?;
+            }
+            None => {
+                nix::sched::unshare(newtime).map_err(sys_err("unshare time"))?;
+                let offsets = spec
+                    .linux()
+                    .as_ref()
+                    .and_then(|l| l.time_offsets().clone())
+                    .unwrap_or_default();
+                let mut text = String::new();
+                for (clock, off) in &offsets {
+                    if clock != "monotonic" && clock != "boottime" {
+                        return Err(RuntimeError::InvalidSpec(format!(
+                            "time offset clock {clock}"
+                        )));
+                    }
+                    text.push_str(&format!(
+                        "{clock} {} {}\n",
+                        off.secs().unwrap_or(0),
+                        off.nanosecs().unwrap_or(0)
+                    ));
+                }
+                if !text.is_empty() {
+                    fs::write("/proc/self/timens_offsets", text)
+                        .map_err(io_err("write", "/proc/self/timens_offsets"))?;
+                }
+            }
+        }
+    }
     // The pid namespace applies to children: enter or create it here, before the fork.
     if let Some(pidns) = namespaces
         .iter()
@@ -352,7 +391,10 @@ fn init_inner(chan: &Chan, c: &InitCtx) -> Result<Never> {
     let mut cgroup_ns = false;
     for ns in &namespaces {
         let t = ns.typ();
-        if matches!(t, LinuxNamespaceType::Pid | LinuxNamespaceType::User) {
+        if matches!(
+            t,
+            LinuxNamespaceType::Pid | LinuxNamespaceType::User | LinuxNamespaceType::Time
+        ) {
             continue;
         }
         if t == LinuxNamespaceType::Cgroup {
@@ -775,6 +817,12 @@ pub fn exec(o: &ExecOpts) -> Result<i32> {
         }
         let fd = fs::File::open(&path).map_err(io_err("open namespace", &path))?;
         fds.push((fd, f));
+    }
+    let timens = format!("/proc/{}/ns/time", rec.pid);
+    if fs::read_link(&timens).ok() != own("time") && Path::new(&timens).exists() {
+        let f = fs::File::open(&timens).map_err(io_err("open namespace", &timens))?;
+        nix::sched::setns(f, CloneFlags::from_bits_retain(libc::CLONE_NEWTIME))
+            .map_err(sys_err("setns time"))?;
     }
     let pidns = format!("/proc/{}/ns/pid", rec.pid);
     if fs::read_link(&pidns).ok() != own("pid") {

@@ -814,3 +814,49 @@ fn force_delete_removes_a_half_created_container() {
     let (code, _, err) = c.run(&spec);
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn time_namespace_with_boottime_offset() {
+    need_root!();
+    let c = Ctr::new("timens");
+    let mut spec = c.spec(&["sleep", "30"]);
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "time"}));
+    spec["linux"]["timeOffsets"] = json!({"boottime": {"secs": 86400 * 365, "nanosecs": 0}});
+    let out = c.create(&spec);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(c.cli(&["start", &c.id]).status.success());
+    let host_up: f64 = std::fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // the exec'd process joins the container's time namespace too
+    let (code, out, err) = c.exec(&[
+        "sh",
+        "-c",
+        "readlink /proc/self/ns/time; cut -d' ' -f1 /proc/uptime",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let mut l = out.lines();
+    let ns = l.next().unwrap();
+    assert_ne!(
+        ns,
+        std::fs::read_link("/proc/self/ns/time")
+            .unwrap()
+            .to_string_lossy()
+    );
+    let up: f64 = l.next().unwrap().parse().unwrap();
+    assert!(
+        up - host_up > 86400.0 * 364.0,
+        "uptime {up} vs host {host_up}"
+    );
+}
