@@ -153,8 +153,10 @@ fn run_cli(argv: &[String]) -> Result<i32> {
             let id = pos
                 .first()
                 .ok_or_else(|| RuntimeError::Usage("kill ID [SIGNAL]".into()))?;
-            let sig = container::parse_signal(pos.get(1).map(String::as_str).unwrap_or("SIGTERM"))?;
-            container::kill(&root, id, sig, all)?;
+            let sig = container::parse_signal_number(
+                pos.get(1).map(String::as_str).unwrap_or("SIGTERM"),
+            )?;
+            container::kill_number(&root, id, sig, all)?;
             Ok(0)
         }
         "delete" => {

@@ -606,21 +606,54 @@ pub fn list(root: &Path) -> Result<Vec<State>> {
 
 /// `SIGTERM`, `TERM`, `term`, `15` → the signal.
 pub fn parse_signal(s: &str) -> Result<Signal> {
+    Signal::try_from(parse_signal_number(s)?).map_err(|_| RuntimeError::BadSignal(s.into()))
+}
+
+/// Like [`parse_signal`] but also real-time signals: `SIGRTMIN+3`, `RTMAX-1`, `37`
+/// (Compose `stop_signal` for systemd images).
+pub fn parse_signal_number(s: &str) -> Result<i32> {
+    let bad = || RuntimeError::BadSignal(s.into());
     if let Ok(n) = s.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| RuntimeError::BadSignal(s.into()));
+        return if (1..=libc::SIGRTMAX()).contains(&n) {
+            Ok(n)
+        } else {
+            Err(bad())
+        };
     }
     let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") {
-        up
-    } else {
-        format!("SIG{up}")
+    let name = up.strip_prefix("SIG").unwrap_or(&up);
+    let rt = |base: i32, rest: &str| -> Result<i32> {
+        let n = match rest {
+            "" => base,
+            r if r.starts_with('+') => base + r[1..].parse::<i32>().map_err(|_| bad())?,
+            r if r.starts_with('-') => base - r[1..].parse::<i32>().map_err(|_| bad())?,
+            _ => return Err(bad()),
+        };
+        if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&n) {
+            Ok(n)
+        } else {
+            Err(bad())
+        }
     };
-    name.parse::<Signal>()
-        .map_err(|_| RuntimeError::BadSignal(s.into()))
+    if let Some(rest) = name.strip_prefix("RTMIN") {
+        return rt(libc::SIGRTMIN(), rest);
+    }
+    if let Some(rest) = name.strip_prefix("RTMAX") {
+        return rt(libc::SIGRTMAX(), rest);
+    }
+    format!("SIG{name}")
+        .parse::<Signal>()
+        .map(|s| s as i32)
+        .map_err(|_| bad())
 }
 
 /// Send `sig` to the container's init (or, with `all`, to every process in its cgroup).
 pub fn kill(root: &Path, id: &str, sig: Signal, all: bool) -> Result<()> {
+    kill_number(root, id, sig as i32, all)
+}
+
+/// [`kill`] with a raw signal number (real-time signals included).
+pub fn kill_number(root: &Path, id: &str, signo: i32, all: bool) -> Result<()> {
     let rec = state::load(root, id)?;
     let st = state::status(root, &rec);
     if st == Status::Stopped {
@@ -630,20 +663,28 @@ pub fn kill(root: &Path, id: &str, sig: Signal, all: bool) -> Result<()> {
             wanted: "cannot signal a stopped container",
         });
     }
+    let send = |pid: i32| -> std::io::Result<()> {
+        // SAFETY: kill(2) with a pid and signal number.
+        if unsafe { libc::kill(pid, signo) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    let is_kill = signo == libc::SIGKILL;
     if all {
         if let Some(cg) = cgroup_of(&rec) {
             for p in cg.pids() {
-                let _ = nix::sys::signal::kill(Pid::from_raw(p), sig);
+                let _ = send(p);
             }
-            if sig == Signal::SIGKILL && cg.frozen() {
+            if is_kill && cg.frozen() {
                 let _ = cg.freeze(false);
             }
             return Ok(());
         }
     }
-    nix::sys::signal::kill(Pid::from_raw(rec.pid), sig)
-        .map_err(sys_err(format!("kill {}", rec.pid)))?;
-    if sig == Signal::SIGKILL && st == Status::Paused {
+    send(rec.pid).map_err(io_err("kill", format!("pid {}", rec.pid)))?;
+    if is_kill && st == Status::Paused {
         if let Some(cg) = cgroup_of(&rec) {
             let _ = cg.freeze(false);
         }
@@ -1030,5 +1071,30 @@ fn forward_signals_and_wait(pid: i32) -> i32 {
             }
             Err(_) => continue,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(parse_signal("SIGTERM").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("term").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
+        assert_eq!(
+            parse_signal_number("SIGRTMIN+3").unwrap(),
+            libc::SIGRTMIN() + 3
+        );
+        assert_eq!(
+            parse_signal_number("RTMAX-1").unwrap(),
+            libc::SIGRTMAX() - 1
+        );
+        assert_eq!(parse_signal_number("40").unwrap(), 40);
+        assert!(parse_signal_number("SIGNOPE").is_err());
+        assert!(parse_signal_number("0").is_err());
+        assert!(parse_signal_number("RTMIN+99").is_err());
+        assert!(parse_signal("40").is_err());
     }
 }

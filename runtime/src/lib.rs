@@ -43,7 +43,8 @@ mod tty;
 pub mod user;
 
 pub use container::{
-    delete, kill, list, parse_signal, pause, pids, resume, start, state, stats, INIT_ANNOTATION,
+    delete, kill, kill_number, list, parse_signal, parse_signal_number, pause, pids, resume, start,
+    state, stats, INIT_ANNOTATION,
 };
 pub use error::{Result, RuntimeError};
 pub use process::{exit_status_to_code, raw_status_to_code};
