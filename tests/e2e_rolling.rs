@@ -255,3 +255,106 @@ fn the_watcher_converges_on_file_edits_and_ignores_invalid_ones() {
     let st = b.state(&p).unwrap();
     assert_eq!(st["containers"][0]["pid"], a_pid, "a still untouched");
 }
+
+/// GET http://127.0.0.1:port/path once, with short timeouts.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    (body.starts_with("HTTP/1.") && body.lines().next().is_some_and(|l| l.contains(" 200")))
+        .then_some(body)
+}
+
+#[test]
+fn rollout_through_a_published_port_has_no_failed_request() {
+    let b = Berth::new();
+    let p = unique("pport");
+    let yaml = |v: &str| {
+        format!(
+            r#"services:
+  web:
+    image: {IMAGE}
+    init: true
+    environment:
+      VERSION: "{v}"
+    command: ["sh", "-c", "echo $$VERSION > /www/version; exec httpd -f -p 80 -h /www"]
+    ports: ["127.0.0.1::80"]
+    deploy:
+      replicas: 3
+      update_config:
+        parallelism: 1
+        order: start-first
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1/version"]
+      interval: 200ms
+      retries: 3
+"#
+        )
+    };
+    let f = b.compose(&p, &yaml("v1"));
+    b.ok(&f, &["up", "-d", "--wait"]);
+    let port: u16 = b
+        .ok(&f, &["port", "web", "80"])
+        .trim()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for i in 2..=3 {
+        let other: u16 = b
+            .ok(&f, &["port", "--index", &i.to_string(), "web", "80"])
+            .trim()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(other, port, "all replicas share one host port");
+    }
+    wait_for(
+        "the published port to answer",
+        Duration::from_secs(10),
+        || http_get(port, "/version"),
+    );
+    // A client on the host hammers the port (bounded: 600 requests) while the rollout runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let client = std::thread::spawn(move || {
+        let (mut ok, mut fail, mut v2) = (0, 0, 0);
+        for _ in 0..600 {
+            if s2.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            match http_get(port, "/version") {
+                Some(body) => {
+                    ok += 1;
+                    if body.trim_end().ends_with("v2") {
+                        v2 += 1;
+                    }
+                }
+                None => fail += 1,
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (ok, fail, v2)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&f, format!("name: {p}\n{}", yaml("v2"))).unwrap();
+    b.ok(&f, &["up", "-d"]);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, fail, v2) = client.join().unwrap();
+    assert_eq!(
+        fail, 0,
+        "no request through the published port failed ({ok} ok, {v2} from v2)"
+    );
+    assert!(v2 > 0, "answers switched to v2");
+    let body = http_get(port, "/version").unwrap();
+    assert!(body.trim_end().ends_with("v2"));
+}

@@ -487,7 +487,11 @@ impl Engine {
     }
 
     /// The published ports of a container, with free host ports picked where none was given.
-    pub fn assign_ports(&self, svc: &ServicePlan) -> anyhow::Result<Vec<PortRecord>> {
+    pub fn assign_ports(
+        &self,
+        svc: &ServicePlan,
+        siblings: &[PortRecord],
+    ) -> anyhow::Result<Vec<PortRecord>> {
         let mut out = Vec::new();
         for p in &svc.ports {
             let proto = if p.protocol.is_empty() {
@@ -495,9 +499,15 @@ impl Engine {
             } else {
                 p.protocol.clone()
             };
-            let host_port = match p.host_port {
-                Some(hp) => hp,
-                None => berth_network::firewall::pick_free_port(&proto, p.host_ip.as_deref())?,
+            let shared = siblings
+                .iter()
+                .find(|s| s.target == p.target && s.protocol == proto && s.host_ip == p.host_ip);
+            let host_port = match (p.host_port, shared) {
+                (Some(hp), _) => hp,
+                (None, Some(s)) => s.host_port,
+                (None, None) => {
+                    berth_network::firewall::pick_free_port(&proto, p.host_ip.as_deref())?
+                }
             };
             out.push(PortRecord {
                 host_ip: p.host_ip.clone(),

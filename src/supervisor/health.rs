@@ -92,6 +92,9 @@ pub fn spawn(sup: Arc<Supervisor>, name: String, h: HealthPlan, pid: i32) {
                 };
                 if changed {
                     sup.save().await;
+                    // Who takes traffic depends on health: DNS and port backends follow.
+                    sup.refresh_dns().await;
+                    let _ = sup.apply_firewall().await;
                     if hs == "unhealthy" {
                         sup.on_unhealthy(&name).await;
                     }

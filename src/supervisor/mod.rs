@@ -1081,7 +1081,15 @@ impl Supervisor {
             .engine
             .prepare_container(plan, svc, number, &networks, &snapshot)
             .await?;
-        rec.ports = self.engine.assign_ports(svc)?;
+        // Replicas share their service's host ports (one port spread over them all): reuse the
+        // port a sibling already has before picking a free one.
+        let siblings: Vec<crate::state::PortRecord> = snapshot
+            .containers
+            .iter()
+            .filter(|c| c.service == svc.name && !c.oneoff)
+            .flat_map(|c| c.ports.clone())
+            .collect();
+        rec.ports = self.engine.assign_ports(svc, &siblings)?;
         {
             let mut st = self.state.lock().await;
             st.containers.retain(|c| c.name != rec.name);
