@@ -57,7 +57,7 @@ pub fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn render(p: &super::Project) -> String {
-    crate::commands::config::render(p, crate::cli::Format::Yaml).unwrap()
+    super::render::render(p, false, true).unwrap()
 }
 
 /// Load, render, load the rendering, render again: identical.

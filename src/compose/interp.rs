@@ -38,6 +38,21 @@ pub fn substitute(
     lookup: &dyn Fn(&str) -> Option<String>,
     unset: &mut Vec<String>,
 ) -> Result<String, InterpError> {
+    substitute_at(s, lookup, unset, 0)
+}
+
+/// Nesting deeper than this is refused (it would only exhaust the stack).
+const MAX_DEPTH: usize = 32;
+
+fn substitute_at(
+    s: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    unset: &mut Vec<String>,
+    depth: usize,
+) -> Result<String, InterpError> {
+    if depth > MAX_DEPTH {
+        return Err(InterpError::Invalid(s.to_string()));
+    }
     if !s.contains('$') {
         return Ok(s.to_string());
     }
@@ -58,15 +73,15 @@ pub fn substitute(
             }
             Some('{') => {
                 // Find the matching brace, counting nested `{`/`}`.
-                let mut depth = 0usize;
+                let mut open = 0usize;
                 let mut j = i + 1;
                 let mut end = None;
                 while j < chars.len() {
                     match chars[j] {
-                        '{' => depth += 1,
+                        '{' => open += 1,
                         '}' => {
-                            depth -= 1;
-                            if depth == 0 {
+                            open -= 1;
+                            if open == 0 {
                                 end = Some(j);
                                 break;
                             }
@@ -79,7 +94,7 @@ pub fn substitute(
                     return Err(InterpError::Invalid(s.to_string()));
                 };
                 let inner: String = chars[i + 2..end].iter().collect();
-                out.push_str(&braced(&inner, s, lookup, unset)?);
+                out.push_str(&braced(&inner, s, lookup, unset, depth)?);
                 i = end + 1;
             }
             Some(&n) if is_name_start(n) => {
@@ -108,7 +123,11 @@ fn braced(
     whole: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
     unset: &mut Vec<String>,
+    depth: usize,
 ) -> Result<String, InterpError> {
+    let substitute = |a: &str, l: &dyn Fn(&str) -> Option<String>, u: &mut Vec<String>| {
+        substitute_at(a, l, u, depth + 1)
+    };
     let name_end = inner.find(|c: char| !is_name(c)).unwrap_or(inner.len());
     let name = &inner[..name_end];
     if name.is_empty() || !name.starts_with(is_name_start) {
@@ -255,6 +274,15 @@ mod tests {
             }
             assert_eq!(unset.len(), want, "{t:?}: {unset:?}");
         }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let t = format!("{}x{}", "${A:-".repeat(10_000), "}".repeat(10_000));
+        let mut unset = vec![];
+        assert!(substitute(&t, &|_: &str| None, &mut unset).is_err());
+        let t = format!("{}x{}", "${A:-".repeat(10), "}".repeat(10));
+        assert_eq!(substitute(&t, &|_: &str| None, &mut unset).unwrap(), "x");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod interp;
 pub mod load;
 pub mod merge;
 pub mod model;
+pub mod render;
 pub mod yaml;
 
 #[allow(unused_imports)] // the API other modules use

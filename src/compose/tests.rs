@@ -825,15 +825,15 @@ fn config_output_is_idempotent_for_the_kitchen_sink() {
         ("compose.yaml", "services:\n  w:\n    image: x\n    command: sh -c 'echo $$HOME'\n    ports: ['80', '8000-8001:9000-9001']\n    volumes: ['./d:/d:ro', 'v:/v:nocopy']\n    healthcheck: {test: [CMD, true], interval: 90s}\n    environment: {EMPTY: '', NULL: null, NUM: 1, BOOL: 'true'}\n    labels: {a: '0123', b: 'yes', c: 'null', d: ' pad', e: 'x: y', f: '#x'}\n    secrets: [{source: s, mode: 0400}]\n    deploy: {resources: {limits: {memory: 1.5g}}}\n    ulimits: {nofile: 1024}\nvolumes: {v: {}}\nsecrets: {s: {file: ./s1}}\n"),
     ]);
     let p = d.load().unwrap();
-    let out = crate::commands::config::render(&p, crate::cli::Format::Yaml).unwrap();
+    let out = super::render::render(&p, false, true).unwrap();
     let mut o = d.opts();
     o.files = vec!["-".into()];
     o.stdin = Some(out.clone());
     let p2 = load(&o).unwrap_or_else(|e| panic!("{e}\n{out}"));
-    let out2 = crate::commands::config::render(&p2, crate::cli::Format::Yaml).unwrap();
+    let out2 = super::render::render(&p2, false, true).unwrap();
     assert_eq!(out, out2);
     assert_eq!(p.services["w"].labels, p2.services["w"].labels);
-    let json = crate::commands::config::render(&p, crate::cli::Format::Json).unwrap();
+    let json = super::render::render(&p, true, true).unwrap();
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["services"]["w"]["ports"][1]["published"], "8000");
     assert_eq!(v["services"]["w"]["secrets"][0]["mode"], "0400");
@@ -877,7 +877,7 @@ fn full_example_matches_golden_in_key_places() {
     );
     o.project_name = Some("full_example_project_name".into());
     let p = load(&o).unwrap_or_else(|e| panic!("{e}"));
-    let out = crate::commands::config::render(&p, crate::cli::Format::Json).unwrap();
+    let out = super::render::render(&p, true, true).unwrap();
     let got: serde_json::Value = serde_json::from_str(&out).unwrap();
     let golden = std::fs::read_to_string(dir.join("full-example.expected.json"))
         .unwrap()

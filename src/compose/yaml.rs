@@ -165,13 +165,14 @@ pub fn parse(src: &str, file: &Arc<str>) -> Result<Option<Node>, LoadError> {
             Event::StreamEnd => break,
             Event::StreamStart | Event::DocumentStart(_) | Event::DocumentEnd | Event::Nothing => {}
             Event::Alias(id) => {
-                let node = match b.anchors.get(&id) {
-                    Some(n) => n.clone(),
+                let (node, size) = match b.anchors.get(&id) {
+                    Some((n, size)) => (n.clone(), *size),
                     None => return Err(b.err(&mark, "unknown anchor")),
                 };
-                b.alias_expansions += 1;
-                if b.alias_expansions > 10_000 {
-                    return Err(b.err(&mark, "too many alias expansions"));
+                // Billion-laughs guard: aliases may not expand the tree beyond a budget.
+                b.alias_expansions += size;
+                if b.alias_expansions > 1_000_000 {
+                    return Err(b.err(&mark, "aliases expand to too large a document"));
                 }
                 b.push_value(node, 0, &mark)?;
             }
@@ -251,7 +252,8 @@ struct Frame {
 
 struct Builder {
     file: Arc<str>,
-    anchors: HashMap<usize, Node>,
+    /// Anchored nodes with their size in nodes.
+    anchors: HashMap<usize, (Node, usize)>,
     stack: Vec<Frame>,
     docs: Vec<Node>,
     alias_expansions: usize,
@@ -269,7 +271,8 @@ impl Builder {
 
     fn push_value(&mut self, node: Node, anchor: usize, mark: &Mark) -> Result<(), LoadError> {
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            let size = node_size(&node);
+            self.anchors.insert(anchor, (node.clone(), size));
         }
         let Some(top) = self.stack.last_mut() else {
             self.docs.push(node);
@@ -316,6 +319,14 @@ impl Builder {
             _ => unreachable!("only collections are on the stack"),
         }
         Ok(())
+    }
+}
+
+fn node_size(n: &Node) -> usize {
+    match &n.v {
+        V::Seq(items) => 1 + items.iter().map(node_size).sum::<usize>(),
+        V::Map(m) => 1 + m.iter().map(|e| 1 + node_size(&e.val)).sum::<usize>(),
+        _ => 1,
     }
 }
 
@@ -709,6 +720,17 @@ mod tests {
         ] {
             assert!(!needs_quotes(p), "{p:?} needs no quotes");
         }
+    }
+
+    #[test]
+    fn alias_bombs_are_rejected() {
+        let mut src = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let prev = format!("*a{}", i - 1);
+            src.push_str(&format!("a{i}: &a{i} [{}]\n", vec![prev; 10].join(", ")));
+        }
+        let e = parse(&src, &Arc::from("t.yaml")).unwrap_err();
+        assert!(e.to_string().contains("too large"), "{e}");
     }
 
     #[test]
