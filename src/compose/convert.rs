@@ -576,7 +576,12 @@ impl Cx<'_> {
             p.to_string()
         };
         let pb = Path::new(&expanded);
-        if pb.is_absolute() && !p.starts_with('~') {
+        let b = expanded.as_bytes();
+        let windows = b.len() >= 3
+            && b[0].is_ascii_alphabetic()
+            && b[1] == b':'
+            && (b[2] == b'\\' || b[2] == b'/');
+        if windows || pb.is_absolute() && !p.starts_with('~') {
             // compose keeps absolute paths as written (only relative ones are joined).
             return expanded;
         }

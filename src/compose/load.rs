@@ -499,6 +499,11 @@ pub(crate) fn build_project(
         check_conflicts(&p, &cx)?;
     }
 
+    // Like docker compose, keep only the resources the enabled services use.
+    if consistency {
+        drop_unused_resources(&mut p);
+    }
+
     // The default network: services with neither networks nor network_mode join it.
     let mut need_default = false;
     for s in p.services.values_mut() {
@@ -560,6 +565,33 @@ pub(crate) fn build_project(
     warnings.extend(cx.warnings);
     p.warnings = warnings;
     Ok(p)
+}
+
+fn drop_unused_resources(p: &mut Project) {
+    let mut nets = Vec::new();
+    let mut vols = Vec::new();
+    let mut secrets = Vec::new();
+    let mut configs = Vec::new();
+    for s in p.services.values() {
+        nets.extend(s.networks.keys().cloned());
+        if s.networks.is_empty() && s.network_mode.is_none() {
+            nets.push("default".into());
+        }
+        for v in &s.volumes {
+            if v.kind == "volume" {
+                vols.extend(v.source.clone());
+            }
+        }
+        secrets.extend(s.secrets.iter().map(|r| r.source.clone()));
+        configs.extend(s.configs.iter().map(|r| r.source.clone()));
+        if let Some(b) = &s.build {
+            secrets.extend(b.secrets.iter().map(|r| r.source.clone()));
+        }
+    }
+    p.networks.retain(|k, _| nets.contains(k));
+    p.volumes.retain(|k, _| vols.contains(k));
+    p.secrets.retain(|k, _| secrets.contains(k));
+    p.configs.retain(|k, _| configs.contains(k));
 }
 
 /// Merge the service's env files under its `environment:` (which wins).

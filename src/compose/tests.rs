@@ -621,7 +621,9 @@ fn short_syntax_networks_secrets_misc() {
 
 #[test]
 fn default_network_and_names() {
-    let p = one("name: demo\nservices:\n  a: {image: x}\n  b: {image: y, network_mode: host}\nnetworks: {ext: {external: true}, named: {name: custom}}\nvolumes: {v: {}, e: {external: true}}\n").unwrap();
+    let p = one("name: demo\nservices:\n  a: {image: x}\n  b: {image: y, network_mode: host}\n  c: {image: z, networks: [ext, named], volumes: ['v:/v', 'e:/e']}\nnetworks: {ext: {external: true}, named: {name: custom}, unused: {}}\nvolumes: {v: {}, e: {external: true}, unused: {}}\n").unwrap();
+    // Unused resources are dropped, as docker compose does.
+    assert!(!p.networks.contains_key("unused") && !p.volumes.contains_key("unused"));
     assert_eq!(p.name, "demo");
     assert_eq!(
         p.services["a"].networks.keys().collect::<Vec<_>>(),
