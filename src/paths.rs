@@ -2,7 +2,7 @@
 //! (tests use a temporary root); by default persistent data lives under /var/lib/berth
 //! and runtime state (pids, sockets, netns mounts) under /run/berth.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, Clone)]
 pub struct Paths {
@@ -70,9 +70,4 @@ impl Paths {
     pub fn project_run(&self, project: &str) -> PathBuf {
         self.run.join("projects").join(project)
     }
-}
-
-/// Create a directory and its parents with mode 0700 for anything under the state root.
-pub fn ensure_dir(p: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(p)
 }

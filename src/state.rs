@@ -144,6 +144,9 @@ pub struct ContainerRecord {
     pub stopped_by_user: bool,
     #[serde(default)]
     pub oneoff: bool,
+    /// Anonymous volumes made for this container (removed with it).
+    #[serde(default)]
+    pub anon_volumes: Vec<String>,
 }
 
 impl ProjectState {

@@ -424,3 +424,75 @@ fn attached_up_streams_logs_and_ctrl_c_stops_the_stack() {
         "Ctrl-C stopped the stack"
     );
 }
+
+#[test]
+fn volumes_from_devices_stdin_open_and_network_modes() {
+    let b = Berth::new();
+    let p = unique("misc");
+    let f = b.compose(
+        &p,
+        &format!(
+            r#"services:
+  data:
+    image: {IMAGE}
+    init: true
+    command: ["sh", "-c", "echo shared > /data/x; sleep 60"]
+    volumes: [/data]
+  user:
+    image: {IMAGE}
+    init: true
+    depends_on: [data]
+    volumes_from: ["data:ro"]
+    devices: ["/dev/null:/dev/mynull"]
+    command: ["sh", "-c", "sleep 0.5; cat /data/x; ls -l /dev/mynull; sleep 60"]
+  reader:
+    image: {IMAGE}
+    stdin_open: true
+    command: ["cat"]
+  isolated:
+    image: {IMAGE}
+    init: true
+    network_mode: none
+    command: ["sh", "-c", "ip -o link | cut -d: -f2 | tr -d ' ' | sort | tr '\n' ,; echo; sleep 60"]
+"#
+        ),
+    );
+    b.ok(&f, &["up", "-d"]);
+    let out = wait_for("user's output", Duration::from_secs(10), || {
+        let l = logs(&b, &f, "user");
+        l.contains("mynull").then_some(l)
+    });
+    assert!(
+        out.contains("shared"),
+        "volumes_from shares the anonymous volume: {out}"
+    );
+    let dev = out.lines().find(|l| l.contains("/dev/mynull")).unwrap();
+    let fields: Vec<&str> = dev.split_whitespace().collect();
+    assert!(
+        dev.starts_with('c') && fields[4] == "1," && fields[5] == "3",
+        "char device 1:3: {dev}"
+    );
+    let ro = b.ok(
+        &f,
+        &[
+            "exec",
+            "-T",
+            "user",
+            "sh",
+            "-c",
+            "touch /data/y 2>&1; echo rc=$?",
+        ],
+    );
+    assert!(ro.contains("Read-only"), "volumes_from :ro: {ro}");
+    std::thread::sleep(Duration::from_millis(500));
+    let ps = b.ok(&f, &["ps", "--services", "--status", "running"]);
+    assert!(
+        ps.lines().any(|l| l == "reader"),
+        "cat on an open stdin keeps running: {ps}"
+    );
+    let links = wait_for("isolated's output", Duration::from_secs(10), || {
+        let l = logs(&b, &f, "isolated");
+        l.contains(',').then_some(l)
+    });
+    assert_eq!(links.trim(), "lo,", "network_mode none has only loopback");
+}

@@ -72,6 +72,62 @@ pub fn resolve_env(image_env: &[String], svc: &ServicePlan) -> Vec<String> {
     map.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
+/// Anonymous volumes: one per container and mount point.
+pub fn anon_volume_name(container: &str, target: &str) -> String {
+    hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(format!("{container}:{target}"))[..16])
+}
+
+/// The volumes and bind mounts of another container (volumes_from), read from its bundle;
+/// berth's own /etc files and secrets are not shared.
+fn shared_mounts(dir: &Path) -> anyhow::Result<Vec<MountSpec>> {
+    let spec: oci_spec::runtime::Spec =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)?;
+    let mut out = Vec::new();
+    for m in spec.mounts().clone().unwrap_or_default() {
+        let (Some(src), Some(kind)) = (m.source().clone(), m.typ().clone()) else {
+            continue;
+        };
+        let dst = m.destination().to_string_lossy().to_string();
+        if kind != "bind"
+            || src.starts_with(dir)
+            || ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"].contains(&dst.as_str())
+        {
+            continue;
+        }
+        out.push(MountSpec {
+            kind,
+            source: src.to_string_lossy().to_string(),
+            destination: dst,
+            options: m.options().clone().unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+/// `devices: ["/dev/x:/dev/y:rwm"]`: the node's type and numbers come from the host.
+fn device(src: &str, dst: &str, perms: &str) -> anyhow::Result<crate::spec::Device> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let md = std::fs::metadata(src).with_context(|| format!("device {src}"))?;
+    let kind = if md.file_type().is_char_device() {
+        'c'
+    } else if md.file_type().is_block_device() {
+        'b'
+    } else {
+        bail!("{src} is not a device");
+    };
+    let rdev = md.rdev();
+    Ok(crate::spec::Device {
+        path: dst.to_string(),
+        kind,
+        major: libc::major(rdev) as i64,
+        minor: libc::minor(rdev) as i64,
+        file_mode: md.mode() & 0o777,
+        uid: md.uid(),
+        gid: md.gid(),
+        permissions: perms.to_string(),
+    })
+}
+
 fn host_nofile_hard() -> u64 {
     let mut r = libc::rlimit {
         rlim_cur: 0,
@@ -119,6 +175,7 @@ impl Engine {
             health: None,
             stopped_by_user: false,
             oneoff: false,
+            anon_volumes: vec![],
         };
         match self
             .prepare_inner(plan, svc, &mut rec, networks, state)
@@ -295,6 +352,13 @@ impl Engine {
             mounts.push(MountSpec::bind(p.to_string_lossy(), &f.target, true));
         }
 
+        let mut mounts_from: Vec<MountSpec> = Vec::new();
+        rec.anon_volumes = svc
+            .mounts
+            .iter()
+            .filter(|m| m.kind == "volume" && m.source.is_none())
+            .map(|m| anon_volume_name(&rec.name, &m.target))
+            .collect();
         // --- process
         let user_spec = svc.user.as_deref().or(icfg.user().as_deref()).unwrap_or("");
         let user = berth_runtime::user::resolve(&rootfs, user_spec, &[])?;
@@ -321,7 +385,38 @@ impl Engine {
         c.additional_gids = groups;
         c.read_only = svc.read_only;
         c.netns = netns;
+        // volumes_from: the other container's volumes and binds, as its bundle has them.
+        for vf in &svc.volumes_from {
+            let (target, ro) = match vf.rsplit_once(':') {
+                Some((t, "ro")) => (t, true),
+                Some((t, "rw")) => (t, false),
+                _ => (vf.as_str(), false),
+            };
+            let other = match target.strip_prefix("container:") {
+                Some(name) => state.containers.iter().find(|c| c.name == name),
+                None => state
+                    .containers
+                    .iter()
+                    .filter(|c| c.service == target)
+                    .min_by_key(|c| c.number),
+            }
+            .ok_or_else(|| anyhow!("volumes_from {vf}: no such container"))?;
+            for m in shared_mounts(&other.dir)? {
+                let mut m = m;
+                if ro {
+                    m.options.retain(|o| o != "rw");
+                    m.options.push("ro".into());
+                }
+                mounts_from.push(m);
+            }
+        }
+        // The service's own mounts win over the ones it takes from others.
+        mounts_from.retain(|m| !mounts.iter().any(|x| x.destination == m.destination));
         c.mounts = mounts;
+        c.mounts.extend(mounts_from);
+        for (src, dst, perms) in &svc.devices {
+            c.devices.push(device(src, dst, perms)?);
+        }
         c.tty = svc.tty;
         c.init = svc.init;
         c.privileged = svc.privileged;
@@ -416,16 +511,7 @@ impl Engine {
                         .find(|v| v.key == *s)
                         .map(|v| v.name.clone())
                         .unwrap_or_else(|| s.clone()),
-                    None => {
-                        // Anonymous volume: one per container and mount point.
-                        let h = hex::encode(
-                            &<sha2::Sha256 as sha2::Digest>::digest(format!(
-                                "{}:{}",
-                                rec.name, m.target
-                            ))[..16],
-                        );
-                        h
-                    }
+                    None => anon_volume_name(&rec.name, &m.target),
                 };
                 let data = volumes::ensure(&self.paths, &name)?;
                 if !m.nocopy {
@@ -477,6 +563,11 @@ impl Engine {
             Ok(Err(e)) => errs.push(format!("snapshot: {e}")),
             Err(e) => errs.push(format!("snapshot: {e}")),
             _ => {}
+        }
+        for v in &rec.anon_volumes {
+            if let Err(e) = volumes::remove(&self.paths, v) {
+                errs.push(format!("volume {v}: {e}"));
+            }
         }
         if rec.dir.exists() {
             if let Err(e) = std::fs::remove_dir_all(&rec.dir) {

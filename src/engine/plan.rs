@@ -110,7 +110,8 @@ pub struct ServicePlan {
     pub security_opt: Vec<String>,
     pub shm_size: Option<u64>,
     pub tmpfs: Vec<String>,
-    pub devices: Vec<String>,
+    /// (host path, container path, cgroup permissions "rwm")
+    pub devices: Vec<(String, String, String)>,
     pub mem_limit: Option<i64>,
     pub mem_reservation: Option<i64>,
     pub cpus: Option<f64>,
@@ -521,7 +522,13 @@ fn service_plan(
         devices: s
             .devices
             .iter()
-            .map(|d| format!("{}:{}", d.source, d.target))
+            .map(|d| {
+                (
+                    d.source.clone(),
+                    d.target.clone(),
+                    d.permissions.clone().unwrap_or_else(|| "rwm".into()),
+                )
+            })
             .collect(),
         mem_limit: limits
             .as_ref()

@@ -122,10 +122,6 @@ impl Runtime {
         }
     }
 
-    pub async fn kill(&self, id: &str, signal: &str) -> anyhow::Result<()> {
-        self.simple(&["kill", id, signal]).await.map(|_| ())
-    }
-
     pub async fn pause(&self, id: &str) -> anyhow::Result<()> {
         self.simple(&["pause", id]).await.map(|_| ())
     }

@@ -50,7 +50,6 @@ fn progress(out: &Out, kind: &str, name: &str, state: &str) {
 struct Live {
     pidfd: Arc<OwnedFd>,
     exit: watch::Receiver<Option<Exit>>,
-    started: Instant,
 }
 
 struct Shared {
@@ -60,6 +59,8 @@ struct Shared {
     draining: std::collections::HashSet<String>,
     /// The file watcher runs (started by the first `up --watch`).
     watching: bool,
+    /// Write ends of the stdin pipes of `stdin_open` containers.
+    stdin: HashMap<String, OwnedFd>,
     backoff: HashMap<String, Backoff>,
     live: HashMap<String, Live>,
 }
@@ -116,6 +117,7 @@ async fn serve(project: String) -> anyhow::Result<()> {
             live: HashMap::new(),
             draining: Default::default(),
             watching: false,
+            stdin: HashMap::new(),
         }),
         op: Mutex::new(()),
         dns: berth_network::dns::DnsServer::start(),
@@ -967,7 +969,10 @@ impl Supervisor {
                 *s = prev_svc.clone();
             }
         }
-        for (new, _old) in switched {
+        for (i, (new, _old)) in switched.iter().enumerate() {
+            if i > 0 && !svc.rollback.delay.is_zero() {
+                tokio::time::sleep(svc.rollback.delay).await;
+            }
             let n = self.next_number(&svc.name).await;
             let name = self.create_one(plan, &prev_svc, n, out).await?;
             self.start_one(&name, out).await?;
@@ -1145,8 +1150,21 @@ impl Supervisor {
         };
         let (out_r, out_w) = pipe_pair()?;
         let (err_r, err_w) = pipe_pair()?;
+        // stdin_open: the container's stdin stays open (a pipe nobody writes to) instead of
+        // /dev/null, so programs that read stdin wait as they would under Docker.
+        let stdin = if svc.as_ref().is_some_and(|s| s.stdin_open) {
+            let (r, w) = pipe_pair()?;
+            self.shared
+                .lock()
+                .unwrap()
+                .stdin
+                .insert(name.to_string(), w);
+            std::process::Stdio::from(r)
+        } else {
+            std::process::Stdio::null()
+        };
         let io = CreateIo {
-            stdin: std::process::Stdio::null(),
+            stdin,
             stdout: out_w.into(),
             stderr: err_w.into(),
         };
@@ -1210,7 +1228,6 @@ impl Supervisor {
                 Live {
                     pidfd: pidfd.clone(),
                     exit: rx,
-                    started,
                 },
             );
         }
@@ -1394,6 +1411,7 @@ impl Supervisor {
             let mut sh = self.shared.lock().unwrap();
             sh.logs.remove(name);
             sh.backoff.remove(name);
+            sh.stdin.remove(name);
         }
         let _ = std::fs::remove_file(crate::logs::log_path(
             &self.engine.paths.project(&self.project),
@@ -1471,7 +1489,14 @@ impl Supervisor {
     ) -> anyhow::Result<()> {
         let names = self.containers_of(services).await;
         for n in names {
-            let running = self.shared.lock().unwrap().live.contains_key(&n);
+            let running = {
+                let mut sh = self.shared.lock().unwrap();
+                // A start by hand forgets the restart history (Docker does the same).
+                if let Some(b) = sh.backoff.get_mut(&n) {
+                    b.reset();
+                }
+                sh.live.contains_key(&n)
+            };
             if !running {
                 self.start_one(&n, out).await?;
             }
