@@ -658,9 +658,10 @@ fn check_refs(p: &Project, refs: &[Ref]) -> R<()> {
             continue;
         }
         let (ok, what) = match r.kind {
+            // `required: false` only tolerates a dependency disabled by profiles (compose-go).
             RefKind::Service => (
                 p.services.contains_key(&r.name)
-                    || (!r.required && !p.disabled_services.contains_key(&r.name)),
+                    || (!r.required && p.disabled_services.contains_key(&r.name)),
                 "service",
             ),
             RefKind::Network => (
@@ -674,12 +675,9 @@ fn check_refs(p: &Project, refs: &[Ref]) -> R<()> {
         if ok {
             continue;
         }
-        if r.kind == RefKind::Service && !r.required {
-            continue;
-        }
         let msg = match r.kind {
             RefKind::Service if p.disabled_services.contains_key(&r.name) => format!(
-                "service {:?} depends on service {:?} which is disabled by its profiles",
+                "service {:?} depends on undefined service {:?} (disabled by its profiles)",
                 r.service, r.name
             ),
             RefKind::Service => format!(

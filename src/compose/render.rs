@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::model::Project;
-use super::yaml::{self, Node, V};
+use super::yaml::{self, Entry, Node, V};
 
 /// Render like `docker compose config`. With `escape`, every `$` in a value is written `$$`,
 /// so that the output loads back to the same project (`config` of `config` is identical).
@@ -18,7 +18,8 @@ pub fn render(p: &Project, json: bool, escape: bool) -> Result<String, String> {
     }
     Ok(if json {
         json_shape(&mut node);
-        yaml::emit_json(&node) + "\n"
+        // No trailing newline, like docker compose.
+        yaml::emit_json(&node)
     } else {
         yaml::emit(&node)
     })
@@ -32,7 +33,21 @@ fn json_shape(root: &mut Node) {
         for e in svcs {
             for k in ["command", "entrypoint"] {
                 if e.val.get(k).is_none() {
-                    e.val.set(k, Node::new(V::Null, m.clone()));
+                    // At its place in compose's (alphabetical after `profiles`) field order.
+                    if let Some(entries) = e.val.as_map_mut() {
+                        let pos = entries
+                            .iter()
+                            .position(|x| x.key != "profiles" && x.key.as_str() > k)
+                            .unwrap_or(entries.len());
+                        entries.insert(
+                            pos,
+                            Entry {
+                                key: k.to_string(),
+                                kmark: m.clone(),
+                                val: Node::new(V::Null, m.clone()),
+                            },
+                        );
+                    }
                 }
             }
             if let Some(d) = e.val.get_mut("deploy") {
@@ -50,6 +65,10 @@ fn json_shape(root: &mut Node) {
                 e.val.set("ipam", Node::map(vec![], m.clone()));
             }
         }
+    }
+    // The project itself is marshalled as a map: top-level keys sorted.
+    if let Some(entries) = root.as_map_mut() {
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
     }
 }
 

@@ -759,8 +759,9 @@ fn error_undefined_references() {
         "undefined config \"cfg\"",
     );
     err("services:\n  web:\n    image: x\n    depends_on:\n      db: {condition: service_healthy}\n", 5, "services.web.depends_on.db", "depends on undefined service \"db\"");
-    // required: false tolerates a missing dependency.
-    assert!(one("services:\n  web:\n    image: x\n    depends_on:\n      db: {condition: service_started, required: false}\n").is_ok());
+    // required: false tolerates a dependency disabled by profiles, not an undefined one.
+    assert!(one("services:\n  web:\n    image: x\n    depends_on:\n      db: {condition: service_started, required: false}\n  db: {image: y, profiles: [x]}\n").is_ok());
+    err("services:\n  web:\n    image: x\n    depends_on:\n      db: {condition: service_started, required: false}\n", 5, "services.web.depends_on.db", "depends on undefined service \"db\"");
 }
 
 #[test]
