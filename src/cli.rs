@@ -110,6 +110,14 @@ pub enum Command {
     Ls(LsArgs),
     /// Show the supervisor's events (rollouts, watcher reloads, restarts)
     Events(EventsArgs),
+    /// Run a one-off command on a service
+    Run(RunArgs),
+    /// Block until the first container of each service stops, print their exit codes
+    Wait(WaitArgs),
+    /// Show the record of the project's containers (JSON)
+    Inspect(ServicesArg),
+    /// Roll a service back to the configuration it ran before the last change
+    Rollback(RollbackArgs),
     /// Generate shell completions
     Completion(CompletionArgs),
     /// Internal: the per-project supervisor (started by `up`)
@@ -378,6 +386,57 @@ pub enum ImageSub {
     Prune,
     /// List stored images
     Ls(ImagesArgs),
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    /// Automatically remove the container when it exits
+    #[arg(long)]
+    pub rm: bool,
+    /// Run the container in the background and print its name
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Set environment variables (repeatable)
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    /// Override the entrypoint of the image
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Assign a name to the container
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Run as this user
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Working directory inside the container
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// Don't start linked services
+    #[arg(long)]
+    pub no_deps: bool,
+    /// Run with the service's ports published
+    #[arg(long)]
+    pub service_ports: bool,
+    /// Disable pseudo-TTY allocation (berth's run never allocates one yet)
+    #[arg(short = 'T', long = "no-TTY")]
+    pub no_tty: bool,
+    pub service: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct WaitArgs {
+    /// Remove the project once the first container stops
+    #[arg(long)]
+    pub down_project: bool,
+    #[arg(required = true)]
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct RollbackArgs {
+    pub service: String,
 }
 
 #[derive(Debug, Clone, Default, Args)]

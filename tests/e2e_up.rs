@@ -108,3 +108,115 @@ fn a_failing_dependency_aborts_up_and_leaves_nothing() {
         .unwrap_or(0);
     assert_eq!(containers, 0, "a failed up removes what it made: {st:?}");
 }
+
+#[test]
+fn run_a_one_off_command_and_inspect() {
+    let b = Berth::new();
+    let p = unique("run");
+    let f = b.compose(
+        &p,
+        &format!(
+            r#"services:
+  db:
+    image: {IMAGE}
+    init: true
+    command: ["sleep", "60"]
+  tool:
+    image: {IMAGE}
+    depends_on: [db]
+    environment:
+      WHO: compose
+    command: ["echo", "default"]
+"#
+        ),
+    );
+    // run starts the dependencies, streams the output, exits with the command's code.
+    let out = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args([
+            "run",
+            "--rm",
+            "-e",
+            "EXTRA=1",
+            "tool",
+            "sh",
+            "-c",
+            "echo $WHO $EXTRA; nslookup db >/dev/null && echo db-resolves; exit 3",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "exit code of the one-off: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("compose 1"), "{stdout}");
+    assert!(stdout.contains("db-resolves"), "{stdout}");
+    let st = b.state(&p).unwrap();
+    let names: Vec<String> = st["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        vec![format!("{p}-db-1")],
+        "--rm removed the one-off; db was started for it"
+    );
+    // run -d prints the name and leaves it running.
+    let out = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args([
+            "run",
+            "-d",
+            "--name",
+            &format!("{p}-job"),
+            "tool",
+            "sh",
+            "-c",
+            "sleep 0.5; exit 4",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{p}-job")
+    );
+    let inspect = b.ok(&f, &["inspect", "db"]);
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(v[0]["service"], "db");
+}
+
+#[test]
+fn wait_prints_the_exit_code_when_the_service_stops() {
+    let b = Berth::new();
+    let p = unique("wait");
+    let f = b.compose(
+        &p,
+        &format!(
+            r#"services:
+  job:
+    image: {IMAGE}
+    command: ["sh", "-c", "sleep 0.5; exit 4"]
+"#
+        ),
+    );
+    b.ok(&f, &["up", "-d"]);
+    let out = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["wait", "job"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4");
+    assert_eq!(out.status.code(), Some(4));
+}

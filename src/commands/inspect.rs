@@ -262,3 +262,59 @@ pub fn events(p: &ProjectOpts, args: &crate::cli::EventsArgs) -> anyhow::Result<
     }
     Ok(0)
 }
+
+/// `wait SERVICE…`: block until the first container of each service stops; print exit codes.
+pub fn wait(p: &ProjectOpts, args: &crate::cli::WaitArgs) -> anyhow::Result<u8> {
+    let (paths, st) = load(p)?;
+    let name = st.name.clone();
+    let mut code = 0;
+    for svc in &args.services {
+        let first = find(
+            &st,
+            svc,
+            st.containers
+                .iter()
+                .filter(|c| c.service == *svc)
+                .map(|c| c.number)
+                .min()
+                .unwrap_or(1),
+        )?
+        .name
+        .clone();
+        loop {
+            let now = ProjectState::load(&paths, &name)?
+                .ok_or_else(|| anyhow!("project {name} is gone"))?;
+            let Some(c) = now.container(&first) else {
+                bail!("container {first} was removed")
+            };
+            // The supervisor records the exit code; without one, a vanished pid is all we know.
+            let recorded = c.status == Status::Exited;
+            let orphaned = !paths.supervisor_socket(&name).exists()
+                && crate::commands::ps::live_status(c) == Status::Exited;
+            if recorded || orphaned {
+                code = c.exit_code.unwrap_or(0);
+                println!("{code}");
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if args.down_project {
+            let down = crate::cli::DownArgs::default();
+            crate::commands::lifecycle::down(p, &down)?;
+            break;
+        }
+    }
+    Ok(code.clamp(0, 255) as u8)
+}
+
+/// `inspect [SERVICE…]`: the records of the project's containers, as JSON.
+pub fn inspect(p: &ProjectOpts, args: &ServicesArg) -> anyhow::Result<u8> {
+    let (_, st) = load(p)?;
+    let list: Vec<&ContainerRecord> = st
+        .containers
+        .iter()
+        .filter(|c| args.services.is_empty() || args.services.contains(&c.service))
+        .collect();
+    println!("{}", serde_json::to_string_pretty(&list)?);
+    Ok(0)
+}

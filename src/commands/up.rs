@@ -306,3 +306,166 @@ pub fn scale(p: &ProjectOpts, args: &crate::cli::ScaleArgs) -> anyhow::Result<u8
     call(client, &Request::Scale { source, scale }, "Running", false)?;
     Ok(0)
 }
+
+/// `berth run`: a one-off container; attached, its output is streamed and berth exits with its
+/// exit code (removing it first with --rm).
+pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result<u8> {
+    let paths = Paths::from_env();
+    let source = source_from(p)?;
+    let plan = load_plan(&source, &[])?;
+    if plan.service(&args.service).is_none() {
+        bail!("no such service: {}", args.service);
+    }
+    ensure_images(&paths, &plan, None)?;
+    let opts = crate::supervisor::proto::RunOpts {
+        service: args.service.clone(),
+        command: args.command.clone(),
+        entrypoint: args.entrypoint.as_ref().map(|e| shell_words(e)),
+        env: args.env.clone(),
+        name: args.name.clone(),
+        user: args.user.clone(),
+        workdir: args.workdir.clone(),
+        no_deps: args.no_deps,
+        service_ports: args.service_ports,
+    };
+    let client = Client::connect_or_start(&paths, &plan.name)?;
+    let mut name = None;
+    let mut ui = Progress::new("Running", is_tty());
+    let (ok, err, _) = client.call(&Request::Run { source, opts }, &mut |r| match r {
+        Reply::Progress { kind, name: n, .. } if kind == "oneoff" => name = Some(n.clone()),
+        // The one-off's own lines stay quiet, as in compose; dependencies show progress.
+        Reply::Progress {
+            kind,
+            name: n,
+            state,
+            ..
+        } if !n.contains("-run-") && args.name.as_deref() != Some(n) => ui.update(kind, n, state),
+        Reply::Message { text } => ui.message(text),
+        _ => {}
+    })?;
+    ui.finish();
+    if !ok {
+        let e = err.unwrap_or_default();
+        bail!("{}", e.strip_prefix("error: ").unwrap_or(&e));
+    }
+    let name = name.context("the supervisor did not name the container")?;
+    if args.detach {
+        println!("{name}");
+        return Ok(0);
+    }
+    install_sigint();
+    let project_dir = paths.project(&plan.name);
+    let mut printer = crate::commands::logs::Printer::new(false, false, false, &[]);
+    let mut tail = crate::commands::logs::Tailer::new(&project_dir);
+    let code = loop {
+        let st = ProjectState::load(&paths, &plan.name)?.unwrap_or_default();
+        let Some(c) = st.container(&name).cloned() else {
+            break 255;
+        };
+        let only = ProjectState {
+            containers: vec![c.clone()],
+            ..Default::default()
+        };
+        tail.pump(&only, &|_| true, &mut printer)?;
+        if c.status == Status::Exited {
+            std::thread::sleep(Duration::from_millis(30));
+            let st = ProjectState::load(&paths, &plan.name)?.unwrap_or_default();
+            let only = ProjectState {
+                containers: st.container(&name).into_iter().cloned().collect(),
+                ..Default::default()
+            };
+            tail.pump(&only, &|_| true, &mut printer)?;
+            break c.exit_code.unwrap_or(0);
+        }
+        if SIGINTS.load(Ordering::SeqCst) > 0 {
+            if let Some(c) = Client::connect(&paths, &plan.name) {
+                let _ = c.call(
+                    &Request::Kill {
+                        services: vec![],
+                        signal: "SIGKILL".into(),
+                    },
+                    &mut |_| {},
+                );
+            }
+            break 130;
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    };
+    if args.rm {
+        if let Some(c) = Client::connect(&paths, &plan.name) {
+            call(c, &Request::Rm { name: name.clone() }, "Removing", true)?;
+        }
+    }
+    Ok(code.clamp(0, 255) as u8)
+}
+
+/// `berth rollback SERVICE`.
+pub fn rollback(p: &ProjectOpts, args: &crate::cli::RollbackArgs) -> anyhow::Result<u8> {
+    let paths = Paths::from_env();
+    let source = source_from(p)?;
+    let name = crate::commands::project_name(p)?;
+    let client = Client::connect(&paths, &name)
+        .context("no supervisor runs for this project (berth up first)")?;
+    call(
+        client,
+        &Request::Rollback {
+            source,
+            service: args.service.clone(),
+        },
+        "Rolling back",
+        false,
+    )?;
+    Ok(0)
+}
+
+/// Split an `--entrypoint` string the way a shell would (quotes and backslashes).
+fn shell_words(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut have = false;
+    let mut chars = s.chars();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (None, c) if c.is_whitespace() => {
+                if have {
+                    out.push(std::mem::take(&mut cur));
+                    have = false;
+                }
+            }
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                have = true;
+            }
+            (Some(q), c) if c == q => quote = None,
+            (Some('\''), c) => cur.push(c),
+            (_, '\\') => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                    have = true;
+                }
+            }
+            (_, c) => {
+                cur.push(c);
+                have = true;
+            }
+        }
+    }
+    if have {
+        out.push(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn entrypoint_words() {
+        assert_eq!(
+            super::shell_words(r#"sh -c "echo 'a b'" x\ y"#),
+            vec!["sh", "-c", "echo 'a b'", "x y"]
+        );
+        assert_eq!(super::shell_words("  "), Vec::<String>::new());
+        assert_eq!(super::shell_words("''"), vec![""]);
+    }
+}

@@ -60,6 +60,15 @@ pub enum Request {
         source: ProjectSource,
         scale: Vec<(String, u64)>,
     },
+    /// A one-off container of `service` (`berth run`).
+    Run {
+        source: ProjectSource,
+        opts: RunOpts,
+    },
+    /// Remove one container (one-offs after `run --rm`).
+    Rm {
+        name: String,
+    },
     Rollback {
         source: ProjectSource,
         service: String,
@@ -84,4 +93,17 @@ pub enum Reply {
         error: Option<String>,
         code: i32,
     },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunOpts {
+    pub service: String,
+    pub command: Vec<String>,
+    pub entrypoint: Option<Vec<String>>,
+    pub env: Vec<String>,
+    pub name: Option<String>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    pub no_deps: bool,
+    pub service_ports: bool,
 }
