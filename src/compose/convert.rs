@@ -1962,25 +1962,40 @@ pub fn service(cx: &mut Cx, name: &str, n: &Node) -> R<Service> {
     }
     // compose-go's normalisation: services used through links, `service:` namespaces and
     // volumes_from become dependencies (when not declared).
-    let mut implicit: Vec<(String, bool)> = Vec::new();
+    let mut implicit: Vec<(String, bool, &str)> = Vec::new();
     for l in &s.links {
-        implicit.push((l.split(':').next().unwrap_or(l).to_string(), true));
+        implicit.push((l.split(':').next().unwrap_or(l).to_string(), true, "links"));
     }
-    for ns in [&s.network_mode, &s.ipc, &s.pid, &s.uts, &s.cgroup]
-        .into_iter()
-        .flatten()
-    {
-        if let Some(dep) = ns.strip_prefix("service:") {
-            implicit.push((dep.to_string(), true));
+    for (key, ns) in [
+        ("network_mode", &s.network_mode),
+        ("ipc", &s.ipc),
+        ("pid", &s.pid),
+        ("uts", &s.uts),
+        ("cgroup", &s.cgroup),
+    ] {
+        if let Some(dep) = ns.as_deref().and_then(|ns| ns.strip_prefix("service:")) {
+            implicit.push((dep.to_string(), true, key));
         }
     }
     for vf in &s.volumes_from {
         if !vf.starts_with("container:") {
             let name = vf.strip_prefix("service:").unwrap_or(vf);
-            implicit.push((name.split(':').next().unwrap_or(name).to_string(), false));
+            let name = name.split(':').next().unwrap_or(name).to_string();
+            implicit.push((name, false, "volumes_from"));
         }
     }
-    for (dep, restart) in implicit {
+    for (dep, restart, key) in implicit {
+        if !s.depends_on.contains_key(&dep) {
+            let mark = n.get(key).map(|k| k.mark.clone()).unwrap_or(n.mark.clone());
+            cx.refs.push(Ref {
+                service: name.into(),
+                kind: RefKind::Service,
+                name: dep.clone(),
+                mark,
+                path: join(&path, key),
+                required: true,
+            });
+        }
         s.depends_on.entry(dep).or_insert(DependsOn {
             condition: "service_started".into(),
             restart,

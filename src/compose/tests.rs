@@ -759,6 +759,13 @@ fn error_undefined_references() {
         "undefined config \"cfg\"",
     );
     err("services:\n  web:\n    image: x\n    depends_on:\n      db: {condition: service_healthy}\n", 5, "services.web.depends_on.db", "depends on undefined service \"db\"");
+    // Links imply a dependency (found by the fuzzer: it used to load, then not reload).
+    err(
+        "services:\n  web:\n    image: x\n    links: ['460:58432']\n",
+        4,
+        "services.web.links",
+        "depends on undefined service \"460\"",
+    );
     // required: false tolerates a dependency disabled by profiles, not an undefined one.
     assert!(one("services:\n  web:\n    image: x\n    depends_on:\n      db: {condition: service_started, required: false}\n  db: {image: y, profiles: [x]}\n").is_ok());
     err("services:\n  web:\n    image: x\n    depends_on:\n      db: {condition: service_started, required: false}\n", 5, "services.web.depends_on.db", "depends on undefined service \"db\"");
