@@ -24,12 +24,15 @@ fn web_yaml(version: &str, health: &str) -> String {
     healthcheck:
       test: ["CMD-SHELL", "{health}"]
       interval: 200ms
-      timeout: 1s
-      retries: 3
+      timeout: 3s
+      retries: 5
   client:
     image: {IMAGE}
     init: true
-    command: ["sh", "-c", "i=0; while [ $$i -lt 400 ]; do i=$$((i+1)); r=$$(timeout 2 wget -q -O- http://web/version 2>/dev/null) && echo OK $$r || echo FAIL; sleep 0.03; done; echo DONE; sleep 60"]
+    depends_on:
+      web:
+        condition: service_healthy
+    command: ["sh", "-c", "i=0; while [ $$i -lt 400 ]; do i=$$((i+1)); r=$$(timeout 10 wget -q -O- http://web/version 2>&1) && echo OK $$r || echo FAIL $$r; sleep 0.03; done; echo DONE; sleep 60"]
 "#
     )
 }
@@ -84,9 +87,10 @@ fn start_first_rollout_has_no_failed_request() {
         },
     );
     let (ok1, ok2, fail, _) = counts(&log);
+    let fails: Vec<&str> = log.lines().filter(|l| l.contains("FAIL")).collect();
     assert_eq!(
         fail, 0,
-        "no request failed during the rollout ({ok1} v1, {ok2} v2)"
+        "no request failed during the rollout ({ok1} v1, {ok2} v2): {fails:?}"
     );
     assert!(
         ok1 > 0 && ok2 > 0,
@@ -150,7 +154,11 @@ fn a_broken_version_rolls_back_and_keeps_serving() {
         },
     );
     let (ok1, ok2, fail, _) = counts(&log);
-    assert_eq!(fail, 0, "requests kept succeeding ({ok1} v1, {ok2} v2)");
+    let fails: Vec<&str> = log.lines().filter(|l| l.contains("FAIL")).collect();
+    assert_eq!(
+        fail, 0,
+        "requests kept succeeding ({ok1} v1, {ok2} v2): {fails:?}"
+    );
     assert_eq!(ok2, 0, "the broken version never took traffic");
 }
 

@@ -33,7 +33,7 @@ use crate::state::{
 use proto::{Reply, Request, UpOpts};
 
 /// How long a replica leaving service keeps serving in-flight requests before its stop signal.
-const DRAIN: Duration = Duration::from_millis(500);
+const DRAIN: Duration = Duration::from_secs(1);
 
 /// Progress sink of one request.
 type Out = mpsc::UnboundedSender<Reply>;
@@ -61,6 +61,8 @@ struct Shared {
     watching: bool,
     /// Write ends of the stdin pipes of `stdin_open` containers.
     stdin: HashMap<String, OwnedFd>,
+    /// The firewall rules last applied for the project.
+    last_fw: Option<berth_network::firewall::ProjectFirewall>,
     backoff: HashMap<String, Backoff>,
     live: HashMap<String, Live>,
 }
@@ -118,6 +120,7 @@ async fn serve(project: String) -> anyhow::Result<()> {
             draining: Default::default(),
             watching: false,
             stdin: HashMap::new(),
+            last_fw: None,
         }),
         op: Mutex::new(()),
         dns: berth_network::dns::DnsServer::start(),
@@ -507,6 +510,7 @@ impl Supervisor {
             if empty {
                 // Nothing of the project is left: no firewall chains, no record, no supervisor.
                 let _ = berth_network::firewall::remove(&self.project);
+                self.shared.lock().unwrap().last_fw = None;
                 let _ = remove_project_files(&self.engine.paths, &self.project, false);
                 let _ = out.send(Reply::Message {
                     text: "\u{0}exit".into(),
@@ -998,8 +1002,11 @@ impl Supervisor {
         let healthy = |c: &ContainerRecord| matches!(c.health.as_deref(), None | Some("healthy"));
         let mut out = std::collections::HashSet::new();
         for c in &up {
+            // A service with no healthy replica (all starting, or all failing their checks at
+            // once under load) still answers with what runs, as Docker does: never NXDOMAIN
+            // for a service that has running containers.
             let service_has_healthy = up.iter().any(|o| o.service == c.service && healthy(o));
-            if healthy(c) || (!service_has_healthy && c.health.as_deref() == Some("starting")) {
+            if healthy(c) || !service_has_healthy {
                 out.insert(c.name.clone());
             }
         }
@@ -1613,7 +1620,7 @@ impl Supervisor {
                 .iter()
                 .map(|n| self.stop_one(n, timeout.map(Duration::from_secs), out))
                 .collect();
-            futures_join_all(futs).await;
+            futures_util::future::join_all(futs).await;
         }
         Ok(())
     }
@@ -1661,7 +1668,7 @@ impl Supervisor {
                 .filter(|n| names.contains(n))
                 .map(|n| self.stop_one(n, timeout.map(Duration::from_secs), out))
                 .collect();
-            futures_join_all(futs).await;
+            futures_util::future::join_all(futs).await;
         }
         Ok(())
     }
@@ -1695,13 +1702,14 @@ impl Supervisor {
                 .iter()
                 .map(|n| self.remove_one(n, timeout.map(Duration::from_secs), out))
                 .collect();
-            futures_join_all(futs).await;
+            futures_util::future::join_all(futs).await;
         }
         let (nets, vols) = {
             let st = self.state.lock().await;
             (st.networks.clone(), st.volumes.clone())
         };
         let _ = berth_network::firewall::remove(&self.project);
+        self.shared.lock().unwrap().last_fw = None;
         // Stop answering DNS on the gateways before the networks go.
         self.state.lock().await.networks.clear();
         self.refresh_dns().await;
@@ -1821,19 +1829,24 @@ impl Supervisor {
             });
         }
         drop(st);
+        // Same rules as last applied: nothing to do (saves an nft transaction per service).
+        fw.ports.sort_by(|a, b| {
+            (a.host_port, a.protocol.as_str(), a.host_ip).cmp(&(
+                b.host_port,
+                b.protocol.as_str(),
+                b.host_ip,
+            ))
+        });
+        for p in fw.ports.iter_mut() {
+            p.backends.sort();
+        }
+        if self.shared.lock().unwrap().last_fw.as_ref() == Some(&fw) {
+            return Ok(());
+        }
+        let applied = fw.clone();
         tokio::task::spawn_blocking(move || berth_network::firewall::apply(&fw)).await??;
+        self.shared.lock().unwrap().last_fw = Some(applied);
         Ok(())
-    }
-}
-
-async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: Vec<F>) {
-    // A small join_all without pulling the futures crate: poll them all concurrently.
-    let mut set = Vec::new();
-    for f in futs {
-        set.push(Box::pin(f));
-    }
-    for f in set {
-        f.await;
     }
 }
 
