@@ -16,6 +16,8 @@ pub fn render(p: &Project, json: bool, escape: bool) -> Result<String, String> {
     if escape {
         escape_dollars(&mut node);
     }
+    // Go maps are printed sorted: bytewise by encoding/json, "naturally" by go-yaml.
+    sort_maps(&mut node, &mut Vec::new(), json);
     Ok(if json {
         json_shape(&mut node);
         // No trailing newline, like docker compose.
@@ -72,11 +74,155 @@ fn json_shape(root: &mut Node) {
     }
 }
 
+/// Paths of the model's maps (as opposed to structs, which keep their field order).
+const MAPS: &[&str] = &[
+    "services",
+    "networks",
+    "volumes",
+    "secrets",
+    "configs",
+    "services.*.environment",
+    "services.*.labels",
+    "services.*.annotations",
+    "services.*.depends_on",
+    "services.*.networks",
+    "services.*.sysctls",
+    "services.*.ulimits",
+    "services.*.storage_opt",
+    "services.*.build.args",
+    "services.*.build.labels",
+    "services.*.build.additional_contexts",
+    "services.*.deploy.labels",
+    "services.*.logging.options",
+    "services.*.networks.*.driver_opts",
+    "networks.*.driver_opts",
+    "networks.*.labels",
+    "networks.*.ipam.options",
+    "networks.*.ipam.config.*.aux_addresses",
+    "volumes.*.driver_opts",
+    "volumes.*.labels",
+    "secrets.*.labels",
+    "configs.*.labels",
+];
+
+fn is_map_path(path: &[String]) -> bool {
+    MAPS.iter().any(|pat| {
+        let parts: Vec<&str> = pat.split('.').collect();
+        parts.len() == path.len() && parts.iter().zip(path).all(|(p, s)| *p == "*" || p == s)
+    })
+}
+
+fn sort_maps(n: &mut Node, path: &mut Vec<String>, json: bool) {
+    let here = is_map_path(path);
+    match &mut n.v {
+        V::Map(entries) => {
+            if here {
+                if json {
+                    entries.sort_by(|a, b| a.key.cmp(&b.key));
+                } else {
+                    entries.sort_by(|a, b| go_yaml_key_order(&a.key, &b.key));
+                }
+            }
+            for e in entries {
+                path.push(e.key.clone());
+                sort_maps(&mut e.val, path, json);
+                path.pop();
+            }
+        }
+        V::Seq(items) => {
+            for it in items {
+                path.push("*".into());
+                sort_maps(it, path, json);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// go-yaml's map key order (`keyList.Less`): letters compare as runes, digit runs compare
+/// by value ("svc2" < "svc10"), a letter sorts after a non-letter unless inside a number.
+pub fn go_yaml_key_order(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let ar: Vec<char> = a.chars().collect();
+    let br: Vec<char> = b.chars().collect();
+    let less = |x: bool| if x { Ordering::Less } else { Ordering::Greater };
+    let mut digits = false;
+    let mut i = 0;
+    while i < ar.len() && i < br.len() {
+        if ar[i] == br[i] {
+            digits = ar[i].is_ascii_digit();
+            i += 1;
+            continue;
+        }
+        let al = ar[i].is_alphabetic();
+        let bl = br[i].is_alphabetic();
+        if al && bl {
+            return ar[i].cmp(&br[i]);
+        }
+        if al || bl {
+            return less(if digits { al } else { bl });
+        }
+        let (mut an, mut bn): (i128, i128) = (0, 0);
+        if ar[i] == '0' || br[i] == '0' {
+            let mut j = i;
+            while j > 0 && ar[j - 1].is_ascii_digit() {
+                j -= 1;
+                if ar[j] != '0' {
+                    an = 1;
+                    bn = 1;
+                    break;
+                }
+            }
+        }
+        let mut ai = i;
+        while ai < ar.len() && ar[ai].is_ascii_digit() {
+            an = an
+                .saturating_mul(10)
+                .saturating_add(ar[ai] as i128 - '0' as i128);
+            ai += 1;
+        }
+        let mut bi = i;
+        while bi < br.len() && br[bi].is_ascii_digit() {
+            bn = bn
+                .saturating_mul(10)
+                .saturating_add(br[bi] as i128 - '0' as i128);
+            bi += 1;
+        }
+        if an != bn {
+            return an.cmp(&bn);
+        }
+        if ai != bi {
+            return ai.cmp(&bi);
+        }
+        return ar[i].cmp(&br[i]);
+    }
+    ar.len().cmp(&br.len())
+}
+
 fn escape_dollars(n: &mut Node) {
     match &mut n.v {
         V::Scalar(s, false) if s.contains('$') => *s = s.replace('$', "$$"),
         V::Seq(items) => items.iter_mut().for_each(escape_dollars),
         V::Map(entries) => entries.iter_mut().for_each(|e| escape_dollars(&mut e.val)),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::go_yaml_key_order;
+
+    #[test]
+    fn go_yaml_orders_numbers_naturally() {
+        // The order docker compose v2.40 prints these labels in.
+        let mut v = vec![
+            "svc10", "svc2", "svc1", "b", "a", "A", "a_b", "a.b", "a1", "a01", "a-b", "1", "_z",
+        ];
+        v.sort_by(|a, b| go_yaml_key_order(a, b));
+        assert_eq!(
+            v,
+            ["_z", "1", "A", "a", "a-b", "a.b", "a_b", "a1", "a01", "b", "svc1", "svc2", "svc10"]
+        );
     }
 }
