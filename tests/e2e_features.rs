@@ -21,22 +21,7 @@ fn environment_and_arguments_are_injected_exactly() {
         "FROM_FILE=file\nOVERRIDDEN=file\n",
     )
     .unwrap();
-    let f = b.compose(
-        &p,
-        &format!(
-            r#"services:
-  show:
-    image: {IMAGE}
-    env_file: [app.env]
-    environment:
-      OVERRIDDEN: service
-      WITH_SPACE: "a b  c"
-    working_dir: /tmp
-    user: app
-    entrypoint: ["/bin/sh", "-c", "echo ARGS=$$0,$$1,$$2; echo CWD=$$(pwd); echo ID=$$(id -u):$$(id -g); env | sort | grep -E '^(FROM_FILE|OVERRIDDEN|WITH_SPACE|PATH|HOSTNAME)='", "first", "second arg"]
-"#
-        ),
-    );
+    let f = b.compose(&p, &stack("environment_and_arguments_are_injected_exactly"));
     b.ok(&f, &["up", "-d"]);
     let out = wait_for("the output", Duration::from_secs(10), || {
         let l = logs(&b, &f, "show");
@@ -62,26 +47,10 @@ fn environment_and_arguments_are_injected_exactly() {
 fn named_volume_is_shared_and_survives_down_unless_v() {
     let b = Berth::new();
     let p = unique("vol");
-    let yaml = format!(
-        r#"services:
-  writer:
-    image: {IMAGE}
-    command: ["sh", "-c", "echo $$(date +%s%N) >> /data/log; sleep 30"]
-    volumes: [shared:/data]
-  reader:
-    image: {IMAGE}
-    depends_on: [writer]
-    command: ["sh", "-c", "sleep 0.5; cat /data/log; sleep 30"]
-    volumes:
-      - type: volume
-        source: shared
-        target: /data
-        read_only: true
-volumes:
-  shared:
-"#
+    let f = b.compose(
+        &p,
+        &stack("named_volume_is_shared_and_survives_down_unless_v"),
     );
-    let f = b.compose(&p, &yaml);
     b.ok(&f, &["up", "-d"]);
     wait_for(
         "the reader to see the writer's line",
@@ -139,33 +108,7 @@ fn bind_mounts_tmpfs_secrets_and_configs() {
     std::fs::create_dir(&host).unwrap();
     std::fs::write(host.join("in.txt"), "from host").unwrap();
     std::fs::write(b.dir.path().join("secret.txt"), "s3cret").unwrap();
-    let f = b.compose(
-        &p,
-        &format!(
-            r#"services:
-  app:
-    image: {IMAGE}
-    command: ["sh", "-c", "cat /host/in.txt; echo; echo out > /host/out.txt; mount | grep ' /scratch ' ; stat -c '%a %u:%g' /run/secrets/token /etc/app.conf; cat /run/secrets/token; echo; cat /etc/app.conf; echo; sleep 30"]
-    volumes:
-      - ./hostdir:/host
-    tmpfs:
-      - /scratch:size=1m
-    secrets:
-      - source: token
-        mode: 0400
-        uid: "1000"
-    configs:
-      - source: appconf
-        target: /etc/app.conf
-secrets:
-  token:
-    file: ./secret.txt
-configs:
-  appconf:
-    content: "answer=42"
-"#
-        ),
-    );
+    let f = b.compose(&p, &stack("bind_mounts_tmpfs_secrets_and_configs"));
     b.ok(&f, &["up", "-d"]);
     let out = wait_for("the output", Duration::from_secs(10), || {
         let l = logs(&b, &f, "app");
@@ -189,14 +132,7 @@ fn restart_on_failure_retries_with_backoff_then_gives_up() {
     let p = unique("rst");
     let f = b.compose(
         &p,
-        &format!(
-            r#"services:
-  failing:
-    image: {IMAGE}
-    command: ["sh", "-c", "echo run; exit 1"]
-    restart: on-failure:2
-"#
-        ),
+        &stack("restart_on_failure_retries_with_backoff_then_gives_up"),
     );
     b.ok(&f, &["up", "-d"]);
     let st = wait_for("two restarts", Duration::from_secs(10), || {
@@ -234,28 +170,7 @@ fn restart_on_failure_retries_with_backoff_then_gives_up() {
 fn healthy_gated_chain_starts_in_order() {
     let b = Berth::new();
     let p = unique("chain");
-    let f = b.compose(
-        &p,
-        &format!(
-            r#"services:
-  db:
-    image: {IMAGE}
-    init: true
-    command: ["sh", "-c", "sleep 1; touch /tmp/ready; sleep 30"]
-    healthcheck:
-      test: ["CMD", "test", "-f", "/tmp/ready"]
-      interval: 200ms
-      retries: 20
-  api:
-    image: {IMAGE}
-    init: true
-    command: ["sh", "-c", "date +%s%N; sleep 30"]
-    depends_on:
-      db:
-        condition: service_healthy
-"#
-        ),
-    );
+    let f = b.compose(&p, &stack("healthy_gated_chain_starts_in_order"));
     let t0 = Instant::now();
     b.ok(&f, &["up", "-d"]);
     assert!(
@@ -280,15 +195,7 @@ fn published_port_reaches_the_container_from_loopback() {
     let p = unique("port");
     let f = b.compose(
         &p,
-        &format!(
-            r#"services:
-  web:
-    image: {IMAGE}
-    init: true
-    command: ["httpd", "-f", "-p", "80", "-h", "/www"]
-    ports: ["127.0.0.1::80"]
-"#
-        ),
+        &stack("published_port_reaches_the_container_from_loopback"),
     );
     b.ok(&f, &["up", "-d"]);
     let mapping = b.ok(&f, &["port", "web", "80"]);
@@ -315,14 +222,7 @@ fn supervisor_killed_then_up_adopts_and_down_cleans() {
     let p = unique("adopt");
     let f = b.compose(
         &p,
-        &format!(
-            r#"services:
-  app:
-    image: {IMAGE}
-    init: true
-    command: ["sleep", "60"]
-"#
-        ),
+        &stack("supervisor_killed_then_up_adopts_and_down_cleans"),
     );
     b.ok(&f, &["up", "-d"]);
     let st = b.state(&p).unwrap();
@@ -378,14 +278,7 @@ fn attached_up_streams_logs_and_ctrl_c_stops_the_stack() {
     let p = unique("attach");
     let f = b.compose(
         &p,
-        &format!(
-            r#"services:
-  ticker:
-    image: {IMAGE}
-    init: true
-    command: ["sh", "-c", "echo started; while true; do sleep 0.2; done"]
-"#
-        ),
+        &stack("attached_up_streams_logs_and_ctrl_c_stops_the_stack"),
     );
     let mut child = b
         .cmd()
@@ -431,31 +324,7 @@ fn volumes_from_devices_stdin_open_and_network_modes() {
     let p = unique("misc");
     let f = b.compose(
         &p,
-        &format!(
-            r#"services:
-  data:
-    image: {IMAGE}
-    init: true
-    command: ["sh", "-c", "echo shared > /data/x; sleep 60"]
-    volumes: [/data]
-  user:
-    image: {IMAGE}
-    init: true
-    depends_on: [data]
-    volumes_from: ["data:ro"]
-    devices: ["/dev/null:/dev/mynull"]
-    command: ["sh", "-c", "sleep 0.5; cat /data/x; ls -l /dev/mynull; sleep 60"]
-  reader:
-    image: {IMAGE}
-    stdin_open: true
-    command: ["cat"]
-  isolated:
-    image: {IMAGE}
-    init: true
-    network_mode: none
-    command: ["sh", "-c", "ip -o link | cut -d: -f2 | tr -d ' ' | sort | tr '\n' ,; echo; sleep 60"]
-"#
-        ),
+        &stack("volumes_from_devices_stdin_open_and_network_modes"),
     );
     b.ok(&f, &["up", "-d"]);
     let out = wait_for("user's output", Duration::from_secs(10), || {

@@ -10,18 +10,7 @@ use common::*;
 fn one_service_up_logs_down() {
     let b = Berth::new();
     let p = unique("one");
-    let f = b.compose(
-        &p,
-        &format!(
-            r#"services:
-  hello:
-    image: {IMAGE}
-    environment:
-      GREETING: "hi there"
-    command: ["sh", "-c", "echo $$GREETING from $$(hostname); echo to-stderr >&2; sleep 30"]
-"#
-        ),
-    );
+    let f = b.compose(&p, &stack("one_service_up_logs_down"));
     b.ok(&f, &["up", "-d"]);
     let logs = wait_for("the container's output", Duration::from_secs(10), || {
         let l = b.ok(&f, &["logs", "--no-log-prefix"]);
@@ -52,20 +41,7 @@ fn one_service_up_logs_down() {
 fn two_services_find_each_other_by_name() {
     let b = Berth::new();
     let p = unique("dns");
-    let f = b.compose(
-        &p,
-        &format!(
-            r#"services:
-  web:
-    image: {IMAGE}
-    command: ["httpd", "-f", "-p", "80", "-h", "/www"]
-  client:
-    image: {IMAGE}
-    depends_on: [web]
-    command: ["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do timeout 2 wget -q -O- http://web/ && break; sleep 0.3; done; sleep 30"]
-"#
-        ),
-    );
+    let f = b.compose(&p, &stack("two_services_find_each_other_by_name"));
     b.ok(&f, &["up", "-d"]);
     let logs = wait_for(
         "the client to fetch the page",
@@ -85,19 +61,7 @@ fn a_failing_dependency_aborts_up_and_leaves_nothing() {
     let p = unique("fail");
     let f = b.compose(
         &p,
-        &format!(
-            r#"services:
-  db:
-    image: {IMAGE}
-    command: ["sh", "-c", "exit 3"]
-  app:
-    image: {IMAGE}
-    command: ["sleep", "30"]
-    depends_on:
-      db:
-        condition: service_completed_successfully
-"#
-        ),
+        &stack("a_failing_dependency_aborts_up_and_leaves_nothing"),
     );
     let err = b.fails(&f, &["up", "-d"]);
     assert!(err.contains("db"), "the error names the dependency: {err}");
@@ -113,23 +77,7 @@ fn a_failing_dependency_aborts_up_and_leaves_nothing() {
 fn run_a_one_off_command_and_inspect() {
     let b = Berth::new();
     let p = unique("run");
-    let f = b.compose(
-        &p,
-        &format!(
-            r#"services:
-  db:
-    image: {IMAGE}
-    init: true
-    command: ["sleep", "60"]
-  tool:
-    image: {IMAGE}
-    depends_on: [db]
-    environment:
-      WHO: compose
-    command: ["echo", "default"]
-"#
-        ),
-    );
+    let f = b.compose(&p, &stack("run_a_one_off_command_and_inspect"));
     // run starts the dependencies, streams the output, exits with the command's code.
     let out = b
         .cmd()
@@ -201,13 +149,7 @@ fn wait_prints_the_exit_code_when_the_service_stops() {
     let p = unique("wait");
     let f = b.compose(
         &p,
-        &format!(
-            r#"services:
-  job:
-    image: {IMAGE}
-    command: ["sh", "-c", "sleep 0.5; exit 4"]
-"#
-        ),
+        &stack("wait_prints_the_exit_code_when_the_service_stops"),
     );
     b.ok(&f, &["up", "-d"]);
     let out = b

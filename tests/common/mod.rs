@@ -30,6 +30,15 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{n}", std::process::id() % 100000)
 }
 
+/// A conformance stack from `compose-files/e2e/NAME.yaml` (its text; `Berth::compose` adds the
+/// test's project name).
+pub fn stack(name: &str) -> String {
+    let p = repo_root()
+        .join("compose-files/e2e")
+        .join(format!("{name}.yaml"));
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

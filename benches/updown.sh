@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# berth's up/down benchmark on the peers' stacks (../shared/peers/gen-stacks.sh), and the
+# supervisor's memory per running container.
+# Usage: sudo benches/updown.sh [RUNS]     (default 5 runs per stack, after 1 warm-up)
+# Prints medians in seconds. Compare with ../shared/peers/RESULTS.md as ratios (see README).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+peers=${PEERS:-$here/../shared/peers}
+runs=${1:-5}
+cargo build --release --manifest-path "$here/Cargo.toml" --bin berth >/dev/null
+berth=$here/target/release/berth
+work=$(mktemp -d)
+export BERTH_ROOT=$work/root
+trap 'for d in "$work"/stacks/*/; do "$berth" -f "$d/compose.yaml" down -t 1 >/dev/null 2>&1 || true; done; rm -rf "$work"' EXIT
+STACKS=$work/stacks IMG=lab/busybox:1 bash "$peers/gen-stacks.sh" >/dev/null
+"$berth" load -q -i "$peers/images/lab-busybox-1.docker.tar"
+median() { sort -n | awk '{a[NR]=$1} END {m=int((NR+1)/2); if (NR%2) print a[m]; else printf "%.3f\n", (a[m]+a[m+1])/2}'; }
+now() { date +%s.%N; }
+printf '%-10s %10s %10s\n' stack "up -d (s)" "down (s)"
+for st in flat-1 flat-10 flat-50 chain-10; do
+  f=$work/stacks/$st/compose.yaml
+  ups=(); downs=()
+  for i in $(seq 0 "$runs"); do
+    t0=$(now); "$berth" -p "b$st" -f "$f" up -d >/dev/null 2>&1; t1=$(now)
+    "$berth" -p "b$st" -f "$f" down >/dev/null 2>&1; t2=$(now)
+    [ "$i" -eq 0 ] && continue   # warm-up
+    ups+=("$(echo "$t1 - $t0" | bc -l)"); downs+=("$(echo "$t2 - $t1" | bc -l)")
+  done
+  printf '%-10s %10.3f %10.3f\n' "$st" "$(printf '%s\n' "${ups[@]}" | median)" "$(printf '%s\n' "${downs[@]}" | median)"
+done
+# Supervisor memory (PSS) with 50 running containers versus 1.
+pss() { awk '/^Pss:/ {s+=$2} END {print s}' "/proc/$1/smaps_rollup"; }
+f1=$work/stacks/flat-1/compose.yaml f50=$work/stacks/flat-50/compose.yaml
+"$berth" -p m1 -f "$f1" up -d >/dev/null 2>&1
+"$berth" -p m50 -f "$f50" up -d >/dev/null 2>&1
+sleep 2
+p1=$(pss "$(cat "$BERTH_ROOT/run/projects/m1/supervisor.pid")")
+p50=$(pss "$(cat "$BERTH_ROOT/run/projects/m50/supervisor.pid")")
+echo "supervisor PSS: ${p1} KiB with 1 container, ${p50} KiB with 50 ($(( (p50 - p1) / 49 )) KiB per extra container)"
+"$berth" -p m1 -f "$f1" down >/dev/null 2>&1; "$berth" -p m50 -f "$f50" down >/dev/null 2>&1
