@@ -1043,16 +1043,28 @@ impl Supervisor {
     /// Take a replica out of service (DNS, port backends), let in-flight requests finish, then
     /// stop and remove it.
     async fn retire(&self, name: &str, timeout: Option<Duration>, out: &Out) {
+        self.retire_all(&[name.to_string()], timeout, out).await
+    }
+
+    /// Retire several replicas together: one DNS/port switch, one drain, parallel stops.
+    async fn retire_all(&self, names: &[String], timeout: Option<Duration>, out: &Out) {
+        if names.is_empty() {
+            return;
+        }
         self.shared
             .lock()
             .unwrap()
             .draining
-            .insert(name.to_string());
+            .extend(names.iter().cloned());
         self.refresh_dns().await;
         let _ = self.apply_firewall().await;
         tokio::time::sleep(DRAIN).await;
-        self.remove_one(name, timeout, out).await;
-        self.shared.lock().unwrap().draining.remove(name);
+        futures_util::future::join_all(names.iter().map(|n| self.remove_one(n, timeout, out)))
+            .await;
+        let mut sh = self.shared.lock().unwrap();
+        for n in names {
+            sh.draining.remove(n);
+        }
     }
 
     /// A rolling update of `outdated` (Swarm's update_config on one host): batches of
@@ -1092,24 +1104,28 @@ impl Supervisor {
                 tokio::time::sleep(u.delay).await;
             }
             let mut fresh: Vec<(String, ContainerRecord)> = Vec::new();
+            if !u.order_start_first {
+                // stop-first: the batch leaves first; the other replicas keep serving meanwhile.
+                let names: Vec<String> = chunk.iter().map(|c| c.name.clone()).collect();
+                self.retire_all(&names, timeout, out).await;
+            }
             for old in chunk {
-                if !u.order_start_first {
-                    // stop-first: the other replicas keep serving meanwhile.
-                    self.retire(&old.name, timeout, out).await;
-                }
                 let n = self.next_number(&svc.name).await;
                 let name = self.create_one(plan, svc, n, out).await?;
                 made.push(name.clone());
                 self.start_one(&name, out).await?;
                 fresh.push((name, old.clone()));
             }
-            for (name, old) in fresh {
-                if self.wait_ready(&name, svc).await {
+            // The batch's new replicas come up together; the old ones they replace leave together.
+            let ready =
+                futures_util::future::join_all(fresh.iter().map(|(n, _)| self.wait_ready(n, svc)))
+                    .await;
+            let mut leaving = Vec::new();
+            for ((name, old), ok) in fresh.into_iter().zip(ready) {
+                if ok {
                     progress(out, "container", &name, "Healthy");
                     if u.order_start_first {
-                        self.refresh_dns().await;
-                        self.apply_firewall().await?;
-                        self.retire(&old.name, timeout, out).await;
+                        leaving.push(old.name.clone());
                     }
                     switched.push((name, old));
                 } else {
@@ -1124,6 +1140,11 @@ impl Supervisor {
                         switched.push((String::new(), old));
                     }
                 }
+            }
+            if !leaving.is_empty() {
+                self.refresh_dns().await;
+                self.apply_firewall().await?;
+                self.retire_all(&leaving, timeout, out).await;
             }
             if failures > 0 && failures as f64 / total as f64 > u.max_failure_ratio {
                 match u.failure_action.as_str() {
