@@ -216,7 +216,7 @@ pub fn load_plan(
         interpolate: true,
         working_dir: source.working_dir.clone(),
         environment: source.environment.clone(),
-                resolve_env_files: true,
+        resolve_env_files: true,
         ..Default::default()
     };
     let project = crate::compose::load(&opts)?;
