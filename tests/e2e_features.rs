@@ -365,3 +365,99 @@ fn volumes_from_devices_stdin_open_and_network_modes() {
     });
     assert_eq!(links.trim(), "lo,", "network_mode none has only loopback");
 }
+
+#[test]
+fn restart_policies_always_unless_stopped_and_no() {
+    let b = Berth::new();
+    let p = unique("pol");
+    let f = b.compose(&p, &stack("restart_policies_always_unless_stopped_and_no"));
+    b.ok(&f, &["up", "-d"]);
+    let count = |svc: &str| -> u64 {
+        let st = b.state(&p).unwrap();
+        st["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["service"] == svc)
+            .unwrap()["restart_count"]
+            .as_u64()
+            .unwrap()
+    };
+    wait_for(
+        "always and unless-stopped to restart",
+        Duration::from_secs(15),
+        || (count("always") >= 2 && count("unless") >= 2).then_some(()),
+    );
+    assert_eq!(count("never"), 0, "restart: no never restarts");
+    // A container stopped by the user stays stopped, whatever its policy.
+    b.ok(&f, &["stop", "-t", "1", "unless", "always"]);
+    let (a, u) = (count("always"), count("unless"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        (count("always"), count("unless")),
+        (a, u),
+        "no restart after a user stop"
+    );
+    let st = b.state(&p).unwrap();
+    for c in st["containers"].as_array().unwrap() {
+        assert_eq!(c["status"], "exited", "{c}");
+    }
+    // start brings them back.
+    b.ok(&f, &["start", "unless"]);
+    wait_for("unless to run again", Duration::from_secs(10), || {
+        (count("unless") > u || {
+            let st = b.state(&p).unwrap();
+            st["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["service"] == "unless" && c["status"] == "running")
+        })
+        .then_some(())
+    });
+}
+
+#[test]
+fn logs_tail_follow_and_timestamps() {
+    let b = Berth::new();
+    let p = unique("logs");
+    let f = b.compose(&p, &stack("logs_tail_follow_and_timestamps"));
+    b.ok(&f, &["up", "-d"]);
+    wait_for("a few lines", Duration::from_secs(10), || {
+        let l = logs(&b, &f, "talker");
+        l.contains("line7").then_some(())
+    });
+    let tail = b.ok(&f, &["logs", "--no-log-prefix", "--tail", "2", "talker"]);
+    assert_eq!(tail.lines().count(), 2, "{tail}");
+    let n: Vec<u32> = tail
+        .lines()
+        .map(|l| l.trim_start_matches("line").parse().unwrap())
+        .collect();
+    assert_eq!(n[0] + 1, n[1], "the last two lines, in order: {tail}");
+    let ts = b.ok(&f, &["logs", "-t", "--tail", "1", "talker"]);
+    assert!(
+        ts.contains(&format!("{p}-talker-1  | 20")) && ts.contains('T') && ts.contains("Z line"),
+        "{ts}"
+    );
+    // -f keeps printing new lines as they come.
+    let mut child = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["logs", "-f", "--no-log-prefix", "--tail", "0", "talker"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = child.kill();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let _ = child.wait();
+    assert!(out.lines().count() >= 3, "followed new lines: {out:?}");
+    assert!(out.lines().all(|l| l.starts_with("line")), "{out:?}");
+}

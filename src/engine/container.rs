@@ -335,9 +335,23 @@ impl Engine {
                 .extend(opts.split(',').filter(|o| !o.is_empty()).map(String::from));
             mounts.push(ms);
         }
+        // Secrets and configs are copies in a per-container tmpfs (never on disk, never a bind
+        // of the host file), so the requested owner and mode always hold.
         let files_dir = dir.join("files");
-        for (i, f) in svc.secrets.iter().chain(svc.configs.iter()).enumerate() {
+        if !svc.secrets.is_empty() || !svc.configs.is_empty() {
             std::fs::create_dir_all(&files_dir)?;
+            nix::mount::mount(
+                Some("tmpfs"),
+                &files_dir,
+                Some("tmpfs"),
+                nix::mount::MsFlags::MS_NOSUID
+                    | nix::mount::MsFlags::MS_NODEV
+                    | nix::mount::MsFlags::MS_NOEXEC,
+                Some("mode=0700,size=16m"),
+            )
+            .with_context(|| format!("mounting a tmpfs on {}", files_dir.display()))?;
+        }
+        for (i, f) in svc.secrets.iter().chain(svc.configs.iter()).enumerate() {
             let p = files_dir.join(i.to_string());
             match (&f.file, &f.content) {
                 (Some(src), _) => {
@@ -568,6 +582,11 @@ impl Engine {
             if let Err(e) = volumes::remove(&self.paths, v) {
                 errs.push(format!("volume {v}: {e}"));
             }
+        }
+        let files = rec.dir.join("files");
+        match nix::mount::umount2(&files, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => errs.push(format!("unmounting {}: {e}", files.display())),
         }
         if rec.dir.exists() {
             if let Err(e) = std::fs::remove_dir_all(&rec.dir) {

@@ -1320,6 +1320,9 @@ impl Supervisor {
     /// Create the runtime container from its bundle and start it.
     async fn start_one(self: &Arc<Self>, name: &str, out: &Out) -> anyhow::Result<()> {
         progress(out, "container", name, "Starting");
+        // A start asked for (up, start, restart) lifts an earlier user stop; restarts by the
+        // policy go through `spawn` and keep it.
+        self.mark_user_stop(name, false).await;
         self.spawn(name)
             .await
             .with_context(|| format!("starting {name}"))?;
@@ -1395,7 +1398,6 @@ impl Supervisor {
                 c.started_at = Some(now_rfc3339());
                 c.finished_at = None;
                 c.exit_code = None;
-                c.stopped_by_user = false;
                 c.health = svc
                     .as_ref()
                     .and_then(|s| s.healthcheck.as_ref())
@@ -1419,6 +1421,17 @@ impl Supervisor {
                 let _ = proc::pidfd_send_signal(&pidfd, libc::SIGKILL);
                 return Err(e);
             }
+        }
+        // Stopped by the user while this run was being set up: end it now.
+        let stopped = self
+            .state
+            .lock()
+            .await
+            .container(name)
+            .map(|c| c.stopped_by_user)
+            .unwrap_or(false);
+        if stopped {
+            let _ = proc::pidfd_send_signal(&pidfd, libc::SIGKILL);
         }
         self.refresh_dns().await;
         if let Some(h) = svc
@@ -1525,6 +1538,16 @@ impl Supervisor {
                 .unwrap_or(false)
         };
         if !still {
+            // Stopped by the user during the delay: it stays exited.
+            let mut st = self.state.lock().await;
+            if let Some(c) = st
+                .container_mut(name)
+                .filter(|c| c.status == Status::Restarting)
+            {
+                c.status = Status::Exited;
+            }
+            drop(st);
+            self.save().await;
             return;
         }
         {
@@ -1542,6 +1565,16 @@ impl Supervisor {
     /// Stop one container: its stop signal, the grace period, then SIGKILL.
     async fn stop_one(&self, name: &str, timeout: Option<Duration>, out: &Out) {
         self.mark_user_stop(name, true).await;
+        {
+            // Waiting to be restarted: nothing runs, the stop just cancels the restart.
+            let mut st = self.state.lock().await;
+            if let Some(c) = st
+                .container_mut(name)
+                .filter(|c| c.status == Status::Restarting)
+            {
+                c.status = Status::Exited;
+            }
+        }
         let service = self
             .state
             .lock()
