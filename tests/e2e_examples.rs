@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
 
@@ -31,24 +30,12 @@ fn pagecount_counts_visits_across_replicas() {
         .replace("\"8080:80\"", "\"127.0.0.1::80\"");
     let f = b.compose(&p, &yaml);
     b.ok(&f, &["up", "-d", "--wait"]);
-    let port: u16 = b
-        .ok(&f, &["port", "web", "80"])
-        .trim()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port: u16 = b.port(&f, "web", 80, 1);
     let mut hosts = std::collections::BTreeSet::new();
     let mut counts = Vec::new();
     for _ in 0..12 {
         let body = wait_for("a page", Duration::from_secs(10), || {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-            s.write_all(b"GET /cgi-bin/index HTTP/1.0\r\n\r\n").ok()?;
-            let mut body = String::new();
-            s.read_to_string(&mut body).ok()?;
-            body.contains("viewed").then_some(body)
+            http_get(port, "/cgi-bin/index").filter(|b| b.contains("viewed"))
         });
         let line = body.lines().last().unwrap().to_string();
         // "Hello from pc…-web-2: this page has been viewed 7 times."

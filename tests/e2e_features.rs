@@ -198,20 +198,11 @@ fn published_port_reaches_the_container_from_loopback() {
         &stack("published_port_reaches_the_container_from_loopback"),
     );
     b.ok(&f, &["up", "-d"]);
-    let mapping = b.ok(&f, &["port", "web", "80"]);
-    let port: u16 = mapping.trim().rsplit(':').next().unwrap().parse().unwrap();
+    let port = b.port(&f, "web", 80, 1);
     let body = wait_for(
         "an answer through the published port",
         Duration::from_secs(10),
-        || {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-            use std::io::Write;
-            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-            s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
-            let mut body = String::new();
-            s.read_to_string(&mut body).ok()?;
-            body.contains("hello from berth").then_some(body)
-        },
+        || http_get(port, "/").filter(|b| b.contains("hello from berth")),
     );
     assert!(body.starts_with("HTTP/1."), "{body}");
 }

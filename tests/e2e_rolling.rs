@@ -264,20 +264,6 @@ fn the_watcher_converges_on_file_edits_and_ignores_invalid_ones() {
     assert_eq!(st["containers"][0]["pid"], a_pid, "a still untouched");
 }
 
-/// GET http://127.0.0.1:port/path once, with short timeouts.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    (body.starts_with("HTTP/1.") && body.lines().next().is_some_and(|l| l.contains(" 200")))
-        .then_some(body)
-}
-
 #[test]
 fn rollout_through_a_published_port_has_no_failed_request() {
     let b = Berth::new();
@@ -306,23 +292,9 @@ fn rollout_through_a_published_port_has_no_failed_request() {
     };
     let f = b.compose(&p, &yaml("v1"));
     b.ok(&f, &["up", "-d", "--wait"]);
-    let port: u16 = b
-        .ok(&f, &["port", "web", "80"])
-        .trim()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port: u16 = b.port(&f, "web", 80, 1);
     for i in 2..=3 {
-        let other: u16 = b
-            .ok(&f, &["port", "--index", &i.to_string(), "web", "80"])
-            .trim()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let other: u16 = b.port(&f, "web", 80, i);
         assert_eq!(other, port, "all replicas share one host port");
     }
     wait_for(

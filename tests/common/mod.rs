@@ -129,6 +129,25 @@ impl Berth {
         String::from_utf8_lossy(&out.stderr).to_string()
     }
 
+    /// The host port published for `service`'s `port` (`berth port`), replica `index`.
+    pub fn port(&self, file: &Path, service: &str, port: u16, index: u32) -> u16 {
+        let out = self.ok(
+            file,
+            &[
+                "port",
+                "--index",
+                &index.to_string(),
+                service,
+                &port.to_string(),
+            ],
+        );
+        out.trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("berth port printed {out:?}"))
+    }
+
     pub fn state(&self, project: &str) -> Option<serde_json::Value> {
         let p = self
             .root
@@ -219,4 +238,18 @@ pub fn leaks(root: &Path, projects: &[String]) -> Vec<String> {
         }
     }
     out
+}
+
+/// GET http://127.0.0.1:port/path once, with short timeouts; the response if it is a 200.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    (body.starts_with("HTTP/1.") && body.lines().next().is_some_and(|l| l.contains(" 200")))
+        .then_some(body)
 }
