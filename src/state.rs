@@ -30,6 +30,25 @@ pub struct ProjectState {
     pub volumes: Vec<VolumeRecord>,
     #[serde(default)]
     pub containers: Vec<ContainerRecord>,
+    /// Per service: the config hash of its latest generation and that generation's number
+    /// (1 for the first config, +1 on every change rolled out).
+    #[serde(default)]
+    pub generations: std::collections::BTreeMap<String, (String, u64)>,
+}
+
+impl ProjectState {
+    /// The generation number of `hash` for `service`, starting a new one if the hash changed.
+    pub fn generation(&mut self, service: &str, hash: &str) -> u64 {
+        let e = self
+            .generations
+            .entry(service.to_string())
+            .or_insert_with(|| (hash.to_string(), 1));
+        if e.0 != hash {
+            // Rolling back to the previous config still counts as a new generation.
+            *e = (hash.to_string(), e.1 + 1);
+        }
+        e.1
+    }
 }
 
 /// Everything needed to load the project again, exactly as the CLI did.

@@ -75,6 +75,10 @@ fn start_first_rollout_has_no_failed_request() {
     let w = webs(&st);
     assert_eq!(w.len(), 3, "still three replicas after the rollout");
     assert!(
+        w.iter().all(|c| c["generation"] == 2),
+        "ps shows generation 2 for every replica: {w:?}"
+    );
+    assert!(
         w.iter().all(|c| c["config_hash"] != old_hash),
         "all replicas run the new config"
     );

@@ -173,6 +173,7 @@ pub fn run(p: &ProjectOpts, args: &PsArgs) -> anyhow::Result<u8> {
                 })
                 .collect();
             let header = ["NAME", "IMAGE", "SERVICE", "STATUS", "PORTS"];
+            // (the config generation of each replica is in --format json: "Generation")
             let mut w = header.map(|h| h.len());
             for r in &rows {
                 for (i, c) in r.iter().enumerate() {

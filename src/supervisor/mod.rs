@@ -1309,6 +1309,7 @@ impl Supervisor {
         rec.ports = self.engine.assign_ports(svc, &siblings)?;
         {
             let mut st = self.state.lock().await;
+            rec.generation = st.generation(&svc.name, &svc.config_hash);
             st.containers.retain(|c| c.name != rec.name);
             st.containers.push(rec);
         }
