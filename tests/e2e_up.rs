@@ -52,6 +52,10 @@ fn two_services_find_each_other_by_name() {
         },
     );
     assert!(logs.contains(&format!("{p}-client-1")), "{logs}");
+    wait_for("a links alias to resolve", Duration::from_secs(15), || {
+        let l = b.ok(&f, &["logs", "linker"]);
+        l.contains("hello from berth").then_some(())
+    });
     b.ok(&f, &["down", "-t", "1"]);
 }
 

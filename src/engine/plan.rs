@@ -138,6 +138,8 @@ pub struct ServicePlan {
     pub update: UpdatePlan,
     pub rollback: UpdatePlan,
     pub volumes_from: Vec<String>,
+    /// `links`: (service, alias) — the alias resolves to the service in DNS.
+    pub links: Vec<(String, String)>,
     pub config_hash: String,
 }
 
@@ -572,6 +574,14 @@ fn service_plan(
         update: update_plan(s.deploy.as_ref().and_then(|d| d.update_config.as_ref())),
         rollback: update_plan(s.deploy.as_ref().and_then(|d| d.rollback_config.as_ref())),
         volumes_from: s.volumes_from.clone(),
+        links: s
+            .links
+            .iter()
+            .map(|l| match l.split_once(':') {
+                Some((svc, alias)) => (svc.to_string(), alias.to_string()),
+                None => (l.clone(), l.clone()),
+            })
+            .collect(),
         config_hash: crate::compose::hash::service_hash(s),
     })
 }

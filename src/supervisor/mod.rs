@@ -1815,6 +1815,17 @@ impl Supervisor {
                     names.push(h);
                 }
                 names.extend(ep.aliases.iter().cloned());
+                // `links: [SERVICE:ALIAS]` of any service make ALIAS another name of SERVICE
+                // (Docker scopes it to the linking container; berth answers it network-wide).
+                if let Some(p) = plan.as_ref() {
+                    for other in &p.services {
+                        for (target, alias) in &other.links {
+                            if *target == c.service && !names.contains(alias) {
+                                names.push(alias.clone());
+                            }
+                        }
+                    }
+                }
                 records.add(&ep.network, &names, ep.ip);
                 if !upstreams.is_empty() {
                     records.set_container_upstreams(ep.ip, upstreams.clone());
