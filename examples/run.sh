@@ -6,8 +6,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 name=${1:-hello}; shift || true
 [ -d "$here/$name" ] || { echo "no example named $name (see $here)" >&2; exit 1; }
-if ! [ -x /bin/busybox ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static nftables libseccomp-dev pkg-config >/dev/null
+# What a fresh Debian machine lacks: the build's libseccomp, nft for port publishing, and the
+# static busybox the example image is made of.
+if ! [ -x /bin/busybox ] || ! command -v nft >/dev/null || ! pkg-config --exists libseccomp 2>/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static nftables libseccomp-dev pkg-config iproute2 >/dev/null
 fi
 cargo build --release --manifest-path "$here/../Cargo.toml" --bin berth
 berth="$here/../target/release/berth"
