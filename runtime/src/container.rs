@@ -286,6 +286,10 @@ fn create_inner(
         )),
         None => None,
     };
+    if let Some(sc) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        // Compiled (or read from the cache) here, inherited by the init across the fork.
+        crate::seccomp::precompile(&o.root.join(".seccomp-cache"), sc)?;
+    }
     let (parent, child) = Chan::pair()?;
     // SAFETY: the CLI is single-threaded (checked by the caller); the child runs the init
     // sequence and never returns.
