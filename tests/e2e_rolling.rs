@@ -266,6 +266,18 @@ fn the_watcher_converges_on_file_edits_and_ignores_invalid_ones() {
     });
     let st = b.state(&p).unwrap();
     assert_eq!(st["containers"][0]["pid"], a_pid, "a still untouched");
+    // A fixed edit that changes a is rolled out to a.
+    let a_hash = st["containers"][0]["config_hash"].clone();
+    let changed = one.replace(
+        "command: [\"sleep\", \"60\"]",
+        "command: [\"sleep\", \"61\"]",
+    );
+    std::fs::write(&f, format!("name: {p}\n{changed}")).unwrap();
+    wait_for("a to run its new config", Duration::from_secs(15), || {
+        let st = b.state(&p)?;
+        let c = st["containers"].as_array()?.first()?.clone();
+        (c["config_hash"] != a_hash && c["status"] == "running").then_some(())
+    });
 }
 
 #[test]
