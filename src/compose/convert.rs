@@ -42,6 +42,16 @@ pub struct Cx<'a> {
     pub service_marks: IndexMap<String, Mark>,
 }
 
+impl Cx<'_> {
+    /// Where service `k` is declared (errors about the service as a whole point there).
+    pub fn service_mark(&self, k: &str) -> Mark {
+        self.service_marks
+            .get(k)
+            .cloned()
+            .unwrap_or_else(|| Mark::synthetic(&std::sync::Arc::from("")))
+    }
+}
+
 pub const SERVICE_KEYS: &[&str] = &[
     "annotations",
     "attach",

@@ -483,11 +483,7 @@ pub(crate) fn build_project(
     if consistency {
         for (k, s) in &p.services {
             if s.image.is_none() && s.build.is_none() {
-                let mark = cx
-                    .service_marks
-                    .get(k)
-                    .cloned()
-                    .unwrap_or_else(|| Mark::synthetic(&Arc::from("")));
+                let mark = cx.service_mark(k);
                 return Err(LoadError::at(
                     &mark,
                     format!("services.{k}"),
@@ -700,11 +696,7 @@ fn check_conflicts(p: &Project, cx: &Cx) -> R<()> {
     for (k, s) in &p.services {
         if let Some(cn) = &s.container_name {
             if let Some(other) = names.insert(cn, k) {
-                let mark = cx
-                    .service_marks
-                    .get(k)
-                    .cloned()
-                    .unwrap_or_else(|| Mark::synthetic(&Arc::from("")));
+                let mark = cx.service_mark(k);
                 return Err(LoadError::at(
                     &mark,
                     format!("services.{k}.container_name"),
@@ -712,11 +704,7 @@ fn check_conflicts(p: &Project, cx: &Cx) -> R<()> {
                 ));
             }
             if s.replicas() > 1 {
-                let mark = cx
-                    .service_marks
-                    .get(k)
-                    .cloned()
-                    .unwrap_or_else(|| Mark::synthetic(&Arc::from("")));
+                let mark = cx.service_mark(k);
                 return Err(LoadError::at(
                     &mark,
                     format!("services.{k}.container_name"),

@@ -197,34 +197,20 @@ pub fn parse(src: &str, file: &Arc<str>) -> Result<Option<Node>, LoadError> {
                 b.push_value(node, anchor, &mark)?;
             }
             Event::SequenceStart(anchor, tag) => {
-                b.stack.push(Frame {
-                    node: Node {
-                        v: V::Seq(Vec::new()),
-                        mark: mark.clone(),
-                        tag: tag.map(|t| t.suffix.to_string()),
-                    },
+                b.open(
+                    V::Seq(Vec::new()),
                     anchor,
-                    pending_key: None,
-                    merges: Vec::new(),
-                });
-                if b.stack.len() > 512 {
-                    return Err(b.err(&mark, "document nested too deeply"));
-                }
+                    tag.map(|t| t.suffix.to_string()),
+                    &mark,
+                )?;
             }
             Event::MappingStart(anchor, tag) => {
-                b.stack.push(Frame {
-                    node: Node {
-                        v: V::Map(Vec::new()),
-                        mark: mark.clone(),
-                        tag: tag.map(|t| t.suffix.to_string()),
-                    },
+                b.open(
+                    V::Map(Vec::new()),
                     anchor,
-                    pending_key: None,
-                    merges: Vec::new(),
-                });
-                if b.stack.len() > 512 {
-                    return Err(b.err(&mark, "document nested too deeply"));
-                }
+                    tag.map(|t| t.suffix.to_string()),
+                    &mark,
+                )?;
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let mut f = b.stack.pop().expect("balanced events");
@@ -260,6 +246,30 @@ struct Builder {
 }
 
 impl Builder {
+    /// Start a collection node (sequence or mapping); nesting is bounded.
+    fn open(
+        &mut self,
+        v: V,
+        anchor: usize,
+        tag: Option<String>,
+        mark: &Mark,
+    ) -> Result<(), LoadError> {
+        self.stack.push(Frame {
+            node: Node {
+                v,
+                mark: mark.clone(),
+                tag,
+            },
+            anchor,
+            pending_key: None,
+            merges: Vec::new(),
+        });
+        if self.stack.len() > 512 {
+            return Err(self.err(mark, "document nested too deeply"));
+        }
+        Ok(())
+    }
+
     fn err(&self, mark: &Mark, msg: &str) -> LoadError {
         LoadError::Yaml {
             file: self.file.to_string(),
