@@ -45,6 +45,18 @@ fn counts(log: &str) -> (usize, usize, usize, usize) {
     (ok1, ok2, fail, done)
 }
 
+/// The client's whole log once its bounded loop printed DONE.
+fn client_log_when_done(b: &Berth, f: &std::path::Path) -> String {
+    wait_for(
+        "the client to finish its loop",
+        Duration::from_secs(60),
+        || {
+            let l = b.ok(f, &["logs", "--no-log-prefix", "client"]);
+            (counts(&l).3 == 1).then_some(l)
+        },
+    )
+}
+
 #[test]
 fn start_first_rollout_has_no_failed_request() {
     let b = Berth::new();
@@ -82,14 +94,7 @@ fn start_first_rollout_has_no_failed_request() {
         w.iter().all(|c| c["config_hash"] != old_hash),
         "all replicas run the new config"
     );
-    let log = wait_for(
-        "the client to finish its loop",
-        Duration::from_secs(60),
-        || {
-            let l = b.ok(&f, &["logs", "--no-log-prefix", "client"]);
-            (counts(&l).3 == 1).then_some(l)
-        },
-    );
+    let log = client_log_when_done(&b, &f);
     let (ok1, ok2, fail, _) = counts(&log);
     let fails: Vec<&str> = log.lines().filter(|l| l.contains("FAIL")).collect();
     assert_eq!(
@@ -149,14 +154,7 @@ fn a_broken_version_rolls_back_and_keeps_serving() {
             .all(|c| c["config_hash"] == old_hash && c["status"] == "running"),
         "all back on v1: {webs:?}"
     );
-    let log = wait_for(
-        "the client to finish its loop",
-        Duration::from_secs(60),
-        || {
-            let l = b.ok(&f, &["logs", "--no-log-prefix", "client"]);
-            (counts(&l).3 == 1).then_some(l)
-        },
-    );
+    let log = client_log_when_done(&b, &f);
     let (ok1, ok2, fail, _) = counts(&log);
     let fails: Vec<&str> = log.lines().filter(|l| l.contains("FAIL")).collect();
     assert_eq!(
