@@ -40,7 +40,14 @@ pub struct BridgeInfo {
 pub const SWITCH_DIR: &str = "/run/berth-switch";
 /// The bridge and the uplink inside a switch namespace.
 pub(crate) const SWITCH_BRIDGE: &str = "switch";
-const SWITCH_UPLINK: &str = "uplink";
+pub(crate) const SWITCH_UPLINK: &str = "uplink";
+
+/// The address a switch gives itself for hairpinned published ports (see `firewall`): the
+/// source of the connections it DNATs back into its network, so that the backend's replies come
+/// back through the switch and are un-NATed there. Link-local, from the /24 that RFC 3927 keeps
+/// out of autoconfiguration; it lives only inside switch namespaces (containers reach it through
+/// their gateway and the switch takes those frames before they leave), never on the host.
+pub const HAIRPIN_SOURCE: Ipv4Addr = Ipv4Addr::new(169, 254, 255, 1);
 
 /// The switch namespace of network link `name`.
 pub fn switch_netns(name: &str) -> PathBuf {
@@ -61,9 +68,11 @@ pub fn switch_netns(name: &str) -> PathBuf {
 /// its own sysctl is turned off), so container-to-container traffic is bridged without ever
 /// meeting Docker's policy. Host-to-container traffic (published ports on 127.0.0.1 and on the
 /// host's addresses, the DNS server's replies) is locally generated in the host namespace and
-/// leaves by the uplink: it never crosses FORWARD either. Only truly routed traffic (containers
-/// to the outside, outside clients to a published port) crosses the host's FORWARD chain,
-/// exactly as for any other router on that host.
+/// leaves by the uplink: it never crosses FORWARD either. A container reaching a published port
+/// of its own network through a host address (hairpin) is served by the switch itself
+/// (`switch_l3`, `firewall`). Only truly routed traffic (containers to the outside, outside
+/// clients or other networks to a published port) crosses the host's FORWARD chain, exactly as
+/// for any other router on that host.
 ///
 /// If a real bridge called `spec.name` already exists in the host namespace (created by hand or
 /// by an older berth), it is used as it is.
@@ -100,6 +109,7 @@ pub fn ensure(spec: &BridgeSpec) -> Result<()> {
 }
 
 fn make_switch(host: &mut Nl, spec: &BridgeSpec) -> Result<()> {
+    crate::firewall::forget_switch(&spec.name);
     let ns = switch_netns(&spec.name);
     std::fs::create_dir_all(SWITCH_DIR).map_err(io_err(SWITCH_DIR))?;
     if !netns::is_mounted_ns(&ns) {
@@ -117,10 +127,8 @@ fn make_switch(host: &mut Nl, spec: &BridgeSpec) -> Result<()> {
         sw.set_link(up, false, None, Some(br))?;
         sw.set_link(up, true, None, None)?;
         sw.set_link(br, true, None, None)?;
-        // No netfilter for bridged frames in the switch (there are no rules there anyway).
         netns::run_in(&ns, || {
-            let _ = sysctl::ensure("net/bridge/bridge-nf-call-iptables", "0");
-            let _ = sysctl::ensure("net/bridge/bridge-nf-call-ip6tables", "0");
+            no_bridge_netfilter();
             Ok(())
         })?;
         host.require_index(&spec.name).map(|_| ())
@@ -131,10 +139,83 @@ fn make_switch(host: &mut Nl, spec: &BridgeSpec) -> Result<()> {
     res
 }
 
+/// No netfilter for bridged frames in the switch (calling thread's namespace): only the frames
+/// the switch's own bridge rules hand to its IP stack (hairpin, see `switch_l3`) meet its IP
+/// hooks. br_netfilter sets these to 1 in every namespace when it is loaded (Docker loads it,
+/// possibly after the switch was made), so they are set again whenever the switch's rules are.
+pub(crate) fn no_bridge_netfilter() {
+    let _ = sysctl::ensure("net/bridge/bridge-nf-call-iptables", "0");
+    let _ = sysctl::ensure("net/bridge/bridge-nf-call-ip6tables", "0");
+}
+
+/// The small IP side of a switch, for hairpinned published ports. To be called on a thread
+/// inside the switch namespace. Idempotent. Returns the uplink's MAC, the address the switch's
+/// bridge rules write into the frames they hand to this IP stack (a local address of the
+/// bridge, fixed for the switch's lifetime, unlike the bridge's own, which follows its ports).
+///
+/// Why: a container reaching a published port through one of the host's addresses would
+/// otherwise be DNATed by the host and routed straight back into its network, which crosses the
+/// host's FORWARD hook, where a foreign drop policy (Docker's) stops it. The switch does that
+/// DNAT itself instead (`firewall::switch_script`), and routes the connection within its own
+/// namespace, where no foreign rule exists. It needs: forwarding on (and no ICMP redirects: the
+/// connection goes back out of the interface it came in by), `HAIRPIN_SOURCE` on the bridge
+/// (the source it gives those connections), and a route to the network's subnet.
+pub(crate) fn switch_l3(subnet: Ipv4Net) -> Result<[u8; 6]> {
+    no_bridge_netfilter();
+    // ip_forward first: toggling it resets per-interface settings.
+    sysctl::ensure("net/ipv4/ip_forward", "1")?;
+    for conf in ["all", "default", SWITCH_BRIDGE] {
+        sysctl::ensure(&format!("net/ipv4/conf/{conf}/send_redirects"), "0")?;
+        sysctl::ensure(&format!("net/ipv4/conf/{conf}/rp_filter"), "0")?;
+    }
+    let mut nl = Nl::new()?;
+    let br = nl.require_index(SWITCH_BRIDGE)?;
+    nl.add_address(br, Ipv4Net::new(HAIRPIN_SOURCE, 32).expect("/32"))?;
+    add_link_route(&mut nl, subnet.trunc(), br, HAIRPIN_SOURCE)?;
+    let up = nl
+        .link_by_name(SWITCH_UPLINK)?
+        .ok_or_else(|| crate::Error::NoSuchLink(SWITCH_UPLINK.into()))?;
+    nl::link_mac(&up).ok_or_else(|| crate::Error::NoSuchLink(SWITCH_UPLINK.into()))
+}
+
+/// `ip route add DST dev OIF scope link src SRC` (exists already: fine).
+fn add_link_route(nl: &mut Nl, dst: Ipv4Net, oif: u32, src: Ipv4Addr) -> Result<()> {
+    use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+    use netlink_packet_route::route::{
+        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+        RouteType,
+    };
+    use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet;
+    msg.header.destination_prefix_length = dst.prefix_len();
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.protocol = RouteProtocol::Boot;
+    msg.header.scope = RouteScope::Link;
+    msg.header.kind = RouteType::Unicast;
+    msg.attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet(
+            dst.network(),
+        )));
+    msg.attributes
+        .push(RouteAttribute::PrefSource(RouteAddress::Inet(src)));
+    msg.attributes.push(RouteAttribute::Oif(oif));
+    match nl.request(
+        "add route",
+        RouteNetlinkMessage::NewRoute(msg),
+        NLM_F_CREATE | NLM_F_EXCL,
+    ) {
+        Ok(_) => Ok(()),
+        Err(e) if nl::is_errno(&e, libc::EEXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Delete the network's host link and its switch namespace (with everything still plugged into
 /// it). Missing is not an error.
 pub fn remove(name: &str) -> Result<()> {
     check_ifname(name)?;
+    crate::firewall::forget_switch(name);
     Nl::new()?.del_link(name)?;
     netns::remove(&switch_netns(name))
 }

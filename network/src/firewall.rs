@@ -26,13 +26,33 @@
 //!     `bridge::ensure`), where the host's iptables and its br_netfilter setting do not apply;
 //!   * published ports from the host (127.0.0.1 and the host's addresses): DNATed in the nat
 //!     output hook and sent out as locally generated traffic; replies are delivered locally
-//!     (INPUT). Neither crosses FORWARD.
+//!     (INPUT). Neither crosses FORWARD;
+//!   * hairpin (a container reaching a published port of its own network through one of the
+//!     host's addresses): served by the switch itself, see below.
+//!
+//! Hairpin in the switch. Each non-internal network's switch namespace gets its own small
+//! ruleset (tables `bridge berth` and `ip berth` there, replaced in one transaction by `apply`;
+//! they live and die with that namespace, nothing of them is in the host's ruleset):
+//!   * bridge prerouting: a frame from a container port to one of the host's addresses (a set,
+//!     refreshed on every `apply`) and to a published port whose backends are all in this
+//!     network is handed to the switch's own IP stack (destination MAC set to a local address
+//!     of the bridge), as is anything addressed to `bridge::HAIRPIN_SOURCE` (the replies);
+//!     DNS to the network's gateway never is;
+//!   * ip nat: the same DNAT as the host's, then SNAT to `bridge::HAIRPIN_SOURCE`, so the
+//!     backend's replies come back through the switch (via the container's gateway, whose
+//!     frames the first rule takes) and are un-NATed there. The switch routes the connection
+//!     back onto its bridge (`bridge::switch_l3`): no packet of it ever reaches the host.
+//!
+//! The backend sees `HAIRPIN_SOURCE` as the client's address (through the host it saw the
+//! gateway). TCP and UDP alike; each port of a range is a rule of its own.
 //!
 //! Traffic that really is routed by the host (containers to the outside world, outside clients
-//! or other networks to a published port, a container reaching a published port of the host)
-//! crosses FORWARD and is subject to Docker's policy, like any other router's on that host.
-//! Verified by hand with Debian's dockerd 20.10 running (policy drop, br_netfilter on): the
-//! kernel tests pass except the hairpin check, and a plain host bridge loses 100% of pings.
+//! or other networks to a published port, including a container reaching a published port of a
+//! container on another network through a host address) crosses FORWARD and is subject to
+//! Docker's policy, like any other router's on that host: netfilter has no way around a drop,
+//! and the two switches have no path to each other but through the host. Verified by hand with
+//! Debian's dockerd 20.10 running (policy drop, br_netfilter on): a plain host bridge loses
+//! 100% of pings.
 
 use std::fmt;
 use std::io::Write;
@@ -167,6 +187,26 @@ fn port_comment(p: Proto, host: Option<Ipv4Addr>, port: u16) -> String {
     )
 }
 
+/// `dnat` to one backend, or spread over several per connection; a bare counter for none.
+fn dnat_target(backends: &[(Ipv4Addr, u16)]) -> String {
+    match backends {
+        [] => "counter".to_string(),
+        [(a, port)] => format!("dnat ip to {a}:{port}"),
+        many => {
+            let elems: Vec<String> = many
+                .iter()
+                .enumerate()
+                .map(|(i, (a, port))| format!("{i} : {a} . {port}"))
+                .collect();
+            format!(
+                "dnat ip to numgen random mod {} map {{ {} }}",
+                many.len(),
+                elems.join(", ")
+            )
+        }
+    }
+}
+
 /// The whole transaction that replaces a project's content (pure; unit-tested).
 pub fn script(fw: &ProjectFirewall) -> Result<String> {
     let pre = chain_prefix(&fw.project);
@@ -257,22 +297,7 @@ pub fn script(fw: &ProjectFirewall) -> Result<String> {
             p.protocol,
             p.host_port
         );
-        let target = match p.backends.as_slice() {
-            [] => "counter".to_string(),
-            [(a, port)] => format!("dnat ip to {a}:{port}"),
-            many => {
-                let elems: Vec<String> = many
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (a, port))| format!("{i} : {a} . {port}"))
-                    .collect();
-                format!(
-                    "dnat ip to numgen random mod {} map {{ {} }}",
-                    many.len(),
-                    elems.join(", ")
-                )
-            }
-        };
+        let target = dnat_target(&p.backends);
         let comment = port_comment(p.protocol, host, p.host_port);
         s.push_str(&format!(
             "add rule {t} {pre}_pre {m} {target} comment \"{comment}\"\n"
@@ -282,6 +307,242 @@ pub fn script(fw: &ProjectFirewall) -> Result<String> {
         ));
     }
     Ok(s)
+}
+
+/// A published port the switch of a network serves itself (hairpin): the host address it is
+/// published on (None: all of them) and its rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Hairpin {
+    host: Option<Ipv4Addr>,
+    rule: PortRule,
+}
+
+/// The published ports that the switch of network `n` serves for its own containers: those
+/// whose every rule for that protocol and port (on an address a container can reach: not
+/// 127/8) forwards to backends all inside `n`. Others are left to the host, which serves them
+/// as before (routed, so through its FORWARD hook). None for internal networks.
+fn hairpin_ports(n: &NetRule, ports: &[PortRule]) -> Vec<Hairpin> {
+    if n.internal {
+        return vec![];
+    }
+    let reachable: Vec<(Option<Ipv4Addr>, &PortRule)> = ports
+        .iter()
+        .filter_map(|p| match wildcard(p.host_ip) {
+            Some(Some(a)) if a.is_loopback() => None,
+            Some(h) => Some((h, p)),
+            None => None,
+        })
+        .collect();
+    let served = |p: &PortRule| {
+        !p.backends.is_empty() && p.backends.iter().all(|(a, _)| n.subnet.contains(a))
+    };
+    reachable
+        .iter()
+        .filter(|(_, p)| {
+            reachable
+                .iter()
+                .filter(|(_, q)| q.protocol == p.protocol && q.host_port == p.host_port)
+                .all(|(_, q)| served(q))
+        })
+        .map(|(h, p)| Hairpin {
+            host: *h,
+            rule: (*p).clone(),
+        })
+        .collect()
+}
+
+/// The transaction that replaces the ruleset of network `n`'s switch namespace (see the module
+/// docs; pure, unit-tested): tables `bridge berth` and `ip berth`, or none at all when the
+/// switch serves no port. `hosts`: the host's addresses; `mac`: a local address of the switch's
+/// bridge (`bridge::switch_l3`).
+fn switch_script(n: &NetRule, ports: &[Hairpin], hosts: &[Ipv4Addr], mac: [u8; 6]) -> String {
+    let mut s = String::new();
+    for t in ["bridge berth", "ip berth"] {
+        s.push_str(&format!("add table {t}\ndelete table {t}\n"));
+    }
+    if ports.is_empty() {
+        return s;
+    }
+    let src = crate::bridge::HAIRPIN_SOURCE;
+    let to_stack = format!(
+        "ether daddr set {} meta pkttype set host accept",
+        crate::endpoint::format_mac(&mac)
+    );
+    let hosts_set = |t: &str| {
+        let mut s = format!("add set {t} hosts {{ type ipv4_addr; }}\n");
+        if !hosts.is_empty() {
+            let list: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+            s.push_str(&format!(
+                "add element {t} hosts {{ {} }}\n",
+                list.join(", ")
+            ));
+        }
+        s
+    };
+    let mut wild = vec![];
+    let mut pinned = vec![];
+    for h in ports {
+        let (proto, port) = (h.rule.protocol, h.rule.host_port);
+        match h.host {
+            None => wild.push(format!("{proto} . {port}")),
+            Some(a) => pinned.push(format!("{a} . {proto} . {port}")),
+        }
+    }
+    wild.sort();
+    wild.dedup();
+    pinned.sort();
+    pinned.dedup();
+
+    let b = "bridge berth";
+    s.push_str(&format!("add table {b}\n"));
+    s.push_str(&hosts_set(b));
+    s.push_str(&format!(
+        "add set {b} wild {{ type inet_proto . inet_service; }}\n"
+    ));
+    if !wild.is_empty() {
+        s.push_str(&format!("add element {b} wild {{ {} }}\n", wild.join(", ")));
+    }
+    s.push_str(&format!(
+        "add set {b} pinned {{ type ipv4_addr . inet_proto . inet_service; }}\n"
+    ));
+    if !pinned.is_empty() {
+        s.push_str(&format!(
+            "add element {b} pinned {{ {} }}\n",
+            pinned.join(", ")
+        ));
+    }
+    // Priority -300 (dstnat): before anything else of the bridge, which has no other rule.
+    s.push_str(&format!(
+        "add chain {b} pre {{ type filter hook prerouting priority -300; policy accept; }}\n"
+    ));
+    let rule = format!("add rule {b} pre");
+    s.push_str(&format!(
+        "{rule} iifname \"{}\" accept\n",
+        crate::bridge::SWITCH_UPLINK
+    ));
+    s.push_str(&format!("{rule} ip daddr {src} {to_stack}\n"));
+    s.push_str(&format!(
+        "{rule} ip daddr {} meta l4proto {{ tcp, udp }} th dport 53 accept\n",
+        n.subnet.trunc()
+    ));
+    s.push_str(&format!(
+        "{rule} ip daddr @hosts meta l4proto . th dport @wild {to_stack}\n"
+    ));
+    s.push_str(&format!(
+        "{rule} ip daddr . meta l4proto . th dport @pinned {to_stack}\n"
+    ));
+
+    let t = "ip berth";
+    s.push_str(&format!("add table {t}\n"));
+    s.push_str(&hosts_set(t));
+    s.push_str(&format!(
+        "add chain {t} pre {{ type nat hook prerouting priority dstnat; policy accept; }}\n"
+    ));
+    s.push_str(&format!(
+        "add chain {t} post {{ type nat hook postrouting priority srcnat; policy accept; }}\n"
+    ));
+    // In the host's order, so the same rule wins.
+    for h in ports {
+        let p = &h.rule;
+        let daddr = h
+            .host
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "@hosts".into());
+        s.push_str(&format!(
+            "add rule {t} pre ip daddr {daddr} meta l4proto {} th dport {} {} comment \"{}\"\n",
+            p.protocol,
+            p.host_port,
+            dnat_target(&p.backends),
+            port_comment(p.protocol, h.host, p.host_port)
+        ));
+    }
+    s.push_str(&format!(
+        "add rule {t} post ct status dnat snat ip to {src}\n"
+    ));
+    s
+}
+
+/// The host's IPv4 addresses a container can reach (127/8 cannot be).
+fn host_addresses() -> Result<Vec<Ipv4Addr>> {
+    let mut v: Vec<Ipv4Addr> = crate::nl::Nl::new()?
+        .dump_addresses()?
+        .into_iter()
+        .map(|(_, a)| a.addr())
+        .filter(|a| !a.is_loopback() && !a.is_unspecified())
+        .collect();
+    v.sort();
+    v.dedup();
+    Ok(v)
+}
+
+/// What this process last wrote into each switch: bridge name → (namespace identity, the
+/// script with a zero MAC). Saves an `nft` run per unchanged switch on every `apply`. A new
+/// namespace (other identity) is always written; `bridge` forgets the ones it removes or
+/// makes, since a namespace's inode number can come back.
+type Written = std::collections::HashMap<String, ((u64, u64), String)>;
+static WRITTEN: std::sync::Mutex<Option<Written>> = std::sync::Mutex::new(None);
+
+fn ns_identity(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+pub(crate) fn forget_switch(bridge: &str) {
+    if let Some(w) = WRITTEN.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        w.remove(bridge);
+    }
+}
+
+/// Rewrite the ruleset of each of the project's switches (see the module docs). A switch that
+/// cannot be set up is only logged: its containers then reach their published ports through
+/// the host, as without it.
+fn apply_switches(fw: &ProjectFirewall) {
+    let hosts = host_addresses().unwrap_or_else(|e| {
+        tracing::warn!("listing the host's addresses: {e}");
+        vec![]
+    });
+    for n in fw.networks.iter().filter(|n| !n.internal) {
+        let ns = crate::bridge::switch_netns(&n.bridge);
+        if !crate::netns::is_mounted_ns(&ns) {
+            continue; // a plain host bridge (external network): nothing of berth's in it
+        }
+        let ports = hairpin_ports(n, &fw.ports);
+        let id = ns_identity(&ns);
+        let fingerprint = switch_script(n, &ports, &hosts, [0; 6]);
+        let written = |w: &Option<Written>| {
+            w.as_ref()
+                .and_then(|w| w.get(&n.bridge))
+                .is_some_and(|(i, f)| Some(*i) == id && *f == fingerprint)
+        };
+        if written(&WRITTEN.lock().unwrap_or_else(|e| e.into_inner())) {
+            continue;
+        }
+        let (n2, hosts) = (n.clone(), hosts.clone());
+        let res = crate::netns::run_in(&ns, move || {
+            let mac = if ports.is_empty() {
+                crate::bridge::no_bridge_netfilter();
+                [0; 6]
+            } else {
+                crate::bridge::switch_l3(n2.subnet)?
+            };
+            nft(&["-f", "-"], Some(&switch_script(&n2, &ports, &hosts, mac))).map(|_| ())
+        });
+        let mut w = WRITTEN.lock().unwrap_or_else(|e| e.into_inner());
+        match (res, id) {
+            (Ok(()), Some(id)) => {
+                w.get_or_insert_with(Default::default)
+                    .insert(n.bridge.clone(), (id, fingerprint));
+            }
+            (res, _) => {
+                if let Some(w) = w.as_mut() {
+                    w.remove(&n.bridge);
+                }
+                if let Err(e) = res {
+                    tracing::warn!("hairpin rules of network {}: {e}", n.bridge);
+                }
+            }
+        }
+    }
 }
 
 /// Held for its flock; released on drop.
@@ -349,6 +610,7 @@ pub fn apply(fw: &ProjectFirewall) -> Result<()> {
             crate::sysctl::ensure(&key, "1")?;
         }
     }
+    apply_switches(fw);
     Ok(())
 }
 
@@ -633,6 +895,105 @@ mod tests {
         assert!(script(&f).unwrap().contains("th dport 8080 dnat"));
         f.ports[0].host_ip = Some("fe80::1".parse().unwrap());
         assert!(!script(&f).unwrap().contains("th dport 8080"));
+    }
+
+    #[test]
+    fn hairpin_ports_are_those_served_wholly_inside_the_network() {
+        let net = |internal| NetRule {
+            bridge: "berthbr00000001".into(),
+            subnet: "10.89.0.0/24".parse().unwrap(),
+            internal,
+        };
+        let rule = |host: Option<&str>, port, protocol, backends: &[&str]| PortRule {
+            host_ip: host.map(|h| h.parse().unwrap()),
+            host_port: port,
+            protocol,
+            backends: backends.iter().map(|b| (b.parse().unwrap(), 80)).collect(),
+        };
+        let ports = vec![
+            rule(None, 8080, Proto::Tcp, &["10.89.0.2"]),
+            rule(
+                Some("0.0.0.0"),
+                8080,
+                Proto::Udp,
+                &["10.89.0.2", "10.89.0.3"],
+            ),
+            rule(Some("192.0.2.2"), 8081, Proto::Tcp, &["10.89.0.2"]),
+            // Not reachable from a container: no rule needed, and no reason to leave 8082 out.
+            rule(Some("127.0.0.1"), 8082, Proto::Tcp, &["10.89.1.2"]),
+            rule(None, 8082, Proto::Tcp, &["10.89.0.4"]),
+            // Reserved without backends, backends elsewhere, one of two rules elsewhere.
+            rule(None, 9000, Proto::Tcp, &[]),
+            rule(None, 9001, Proto::Tcp, &["10.89.1.2"]),
+            rule(None, 9002, Proto::Tcp, &["10.89.0.2", "10.89.1.2"]),
+            rule(None, 9003, Proto::Tcp, &["10.89.0.2"]),
+            rule(Some("192.0.2.2"), 9003, Proto::Tcp, &["10.89.1.2"]),
+            rule(Some("fe80::1"), 9004, Proto::Tcp, &["10.89.0.2"]),
+        ];
+        let got: Vec<(Option<Ipv4Addr>, u16, Proto)> = hairpin_ports(&net(false), &ports)
+            .into_iter()
+            .map(|h| (h.host, h.rule.host_port, h.rule.protocol))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (None, 8080, Proto::Tcp),
+                (None, 8080, Proto::Udp),
+                (Some("192.0.2.2".parse().unwrap()), 8081, Proto::Tcp),
+                (None, 8082, Proto::Tcp),
+            ]
+        );
+        assert!(hairpin_ports(&net(true), &ports).is_empty());
+    }
+
+    #[test]
+    fn switch_script_hands_published_ports_and_replies_to_the_switch() {
+        let n = &fw().networks[0];
+        let ports = hairpin_ports(n, &fw().ports);
+        assert_eq!(ports.len(), 1, "{ports:?}");
+        let hosts: Vec<Ipv4Addr> = vec!["10.89.0.1".parse().unwrap(), "192.0.2.2".parse().unwrap()];
+        let mac = [2, 0, 0, 0, 0, 1];
+        let s = switch_script(n, &ports, &hosts, mac);
+        // Replaces whatever was there, in one transaction.
+        assert!(s.starts_with(
+            "add table bridge berth\ndelete table bridge berth\nadd table ip berth\ndelete table ip berth\n"
+        ));
+        for line in [
+            "add element bridge berth hosts { 10.89.0.1, 192.0.2.2 }",
+            "add element bridge berth wild { tcp . 8080 }",
+            "add rule bridge berth pre iifname \"uplink\" accept",
+            "add rule bridge berth pre ip daddr 169.254.255.1 ether daddr set 02:00:00:00:00:01 meta pkttype set host accept",
+            "add rule bridge berth pre ip daddr 10.89.0.0/24 meta l4proto { tcp, udp } th dport 53 accept",
+            "add rule bridge berth pre ip daddr @hosts meta l4proto . th dport @wild ether daddr set 02:00:00:00:00:01 meta pkttype set host accept",
+            "add rule ip berth pre ip daddr @hosts meta l4proto tcp th dport 8080 dnat ip to 10.89.0.2:80 comment \"berth-port tcp * 8080\"",
+            "add rule ip berth post ct status dnat snat ip to 169.254.255.1",
+        ] {
+            assert!(s.contains(&format!("{line}\n")), "{line}\n---\n{s}");
+        }
+        // The DNS exception comes before the redirects.
+        assert!(s.find("th dport 53 accept").unwrap() < s.find("@wild ether").unwrap());
+        // A pinned address and several backends.
+        let pinned = vec![Hairpin {
+            host: Some("192.0.2.2".parse().unwrap()),
+            rule: PortRule {
+                host_ip: Some("192.0.2.2".parse().unwrap()),
+                host_port: 53,
+                protocol: Proto::Udp,
+                backends: vec![
+                    ("10.89.0.2".parse().unwrap(), 53),
+                    ("10.89.0.3".parse().unwrap(), 53),
+                ],
+            },
+        }];
+        let s = switch_script(n, &pinned, &[], mac);
+        assert!(s.contains("add element bridge berth pinned { 192.0.2.2 . udp . 53 }\n"));
+        assert!(!s.contains("add element bridge berth hosts"));
+        assert!(s.contains("add rule ip berth pre ip daddr 192.0.2.2 meta l4proto udp th dport 53 dnat ip to numgen random mod 2 map { 0 : 10.89.0.2 . 53, 1 : 10.89.0.3 . 53 }"));
+        // Nothing to serve: the tables go.
+        assert_eq!(
+            switch_script(n, &[], &hosts, mac),
+            "add table bridge berth\ndelete table bridge berth\nadd table ip berth\ndelete table ip berth\n"
+        );
     }
 
     #[test]

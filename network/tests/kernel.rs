@@ -11,22 +11,6 @@ use berth_network::firewall::{self, NetRule, PortRule, ProjectFirewall, Proto};
 use berth_network::{bridge, ipam, netns};
 use common::*;
 
-/// Whether a table other than berth's has a forward-hook chain with policy drop (Docker's).
-fn foreign_forward_drop() -> bool {
-    let r = nft_ruleset();
-    let mut table = "";
-    for line in r.lines() {
-        let l = line.trim();
-        if l.starts_with("table ") {
-            table = l;
-        }
-        if l.contains("hook forward") && l.contains("policy drop") && !table.contains(" berth") {
-            return true;
-        }
-    }
-    false
-}
-
 fn ipam_in(dir: &std::path::Path) -> Arc<ipam::Ipam> {
     Arc::new(ipam::Ipam::open(&dir.join("ipam")).unwrap())
 }
@@ -203,18 +187,34 @@ fn published_tcp_and_udp_ports_reach_the_endpoint() {
             let r = udp_roundtrip(SocketAddr::new(IpAddr::V4(addr), udp_port), b"ping");
             assert_eq!(r.as_deref(), Some(&b"echo:ping"[..]), "udp via {addr}");
         }
-        // Hairpin: the container reaches itself through the host's published port. That
-        // connection is routed (it crosses the host's FORWARD hook), so a foreign drop policy
-        // there (Docker's) stops it, as it stops every router on that host; only checked when
-        // no such policy is present.
-        if foreign_forward_drop() {
-            eprintln!("a foreign FORWARD drop policy is present: hairpin not checked");
-        } else {
+        // Hairpin: the container reaches itself through the host's published port, on the
+        // host's address and on its gateway, TCP and UDP. Its switch serves that itself (see
+        // `coexists_with_a_forward_drop_policy`): the rules are there, and only there.
+        for addr in [host, net.gateway] {
             assert_eq!(
-                c.wget(&format!("http://{host}:{tcp_port}/"), 2).as_deref(),
-                Some("published")
+                c.wget(&format!("http://{addr}:{tcp_port}/"), 2).as_deref(),
+                Some("published"),
+                "tcp hairpin via {addr}"
+            );
+            let r = c.udp_roundtrip(SocketAddr::new(IpAddr::V4(addr), udp_port), b"hp");
+            assert_eq!(
+                r.as_deref(),
+                Some(&b"echo:hp"[..]),
+                "udp hairpin via {addr}"
             );
         }
+        let sw = nft_ruleset_in(&bridge::switch_netns(&net.bridge));
+        assert!(
+            sw.contains("table bridge berth") && sw.contains("table ip berth"),
+            "{sw}"
+        );
+        assert!(sw.contains(&format!("dport {tcp_port} dnat")), "{sw}");
+        let host_rules = nft_ruleset();
+        assert!(
+            !host_rules.contains("table bridge berth")
+                && !host_rules.contains(&bridge::HAIRPIN_SOURCE.to_string()),
+            "{host_rules}"
+        );
         // The port now counts as taken for every other project…
         let e = firewall::check_port_free("tcp", None, tcp_port).unwrap_err();
         assert!(matches!(e, berth_network::Error::PortInUse { .. }), "{e}");
@@ -235,6 +235,15 @@ fn published_tcp_and_udp_ports_reach_the_endpoint() {
         ));
         // …but not for itself (re-applying is fine).
         firewall::check_port_free_for(Some(&project), "tcp", None, tcp_port).unwrap();
+        firewall::apply(&fw).unwrap();
+        // No port left: the switch's tables go (and with the switch, everything of it).
+        firewall::apply(&ProjectFirewall {
+            ports: vec![],
+            ..fw.clone()
+        })
+        .unwrap();
+        let sw = nft_ruleset_in(&bridge::switch_netns(&net.bridge));
+        assert!(!sw.contains("berth"), "{sw}");
         firewall::apply(&fw).unwrap();
         // A port held by a host socket is refused before anything starts.
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -475,7 +484,9 @@ fn firewall_remove_is_idempotent_and_drops_the_table_when_last() {
 
 /// Docker's FORWARD policy DROP (with br_netfilter's bridge-nf-call-iptables=1, as on a host with
 /// Docker) simulated for this test's own links only, so concurrent tests are untouched: bridged
-/// container-to-container traffic and published ports reached from the host must still work.
+/// container-to-container traffic, published ports reached from the host, and hairpin (a
+/// container reaching a published port of its own network through a host address) must still
+/// work. (`tests/e2e_forward_drop.rs` in berth does the same with a real policy drop.)
 #[test]
 fn coexists_with_a_forward_drop_policy() {
     require_root();
@@ -483,9 +494,14 @@ fn coexists_with_a_forward_drop_policy() {
     let ipam = ipam_in(d.path());
     let project = uniq("coex");
     let net = Net::new(&ipam, false);
+    let other = Net::new(&ipam, false);
     let a = Ns::new(d.path(), &[&net]);
     let b = Ns::new(d.path(), &[&net]);
+    let c = Ns::new(d.path(), &[&other]);
     let _web = b.httpd(d.path(), "still here");
+    let _echo = b.udp_echo(7000, "echo:");
+    let _who = whoami_server(&b.path, 8081);
+    let _web_c = c.httpd(d.path(), "other network");
     let table = uniq("berthtestdrop");
     struct T(String);
     impl Drop for T {
@@ -496,11 +512,13 @@ fn coexists_with_a_forward_drop_policy() {
         }
     }
     let _t = T(table.clone());
-    let veths = format!("\"{}\", \"{}\"", a.links[0], b.links[0]);
+    let links = format!(
+        "\"{}\", \"{}\", \"{}\", \"{}\", \"{}\"",
+        net.bridge, other.bridge, a.links[0], b.links[0], c.links[0]
+    );
     let script = format!(
         "add table ip {table}\nadd chain ip {table} sim_forward {{ type filter hook forward priority filter; policy accept; }}\n\
-         add rule ip {table} sim_forward iifname {{ \"{br}\", {veths} }} drop\nadd rule ip {table} sim_forward oifname {{ \"{br}\", {veths} }} drop\n",
-        br = net.bridge
+         add rule ip {table} sim_forward iifname {{ {links} }} drop\nadd rule ip {table} sim_forward oifname {{ {links} }} drop\n"
     );
     let mut child = std::process::Command::new("nft")
         .args(["-f", "-"])
@@ -511,35 +529,75 @@ fn coexists_with_a_forward_drop_policy() {
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success());
     let port = firewall::pick_free_port("tcp", None).unwrap();
+    let udp_port = firewall::pick_free_port("udp", None).unwrap();
+    let who_port = firewall::pick_free_port("tcp", None).unwrap();
+    let other_port = firewall::pick_free_port("tcp", None).unwrap();
     let _fw = Fw(project.clone());
+    let host = host_address();
+    let rule = |protocol, host_ip, host_port, backends| PortRule {
+        host_ip,
+        host_port,
+        protocol,
+        backends,
+    };
     firewall::apply(&ProjectFirewall {
         project,
-        networks: vec![net.rule()],
-        ports: vec![PortRule {
-            host_ip: None,
-            host_port: port,
-            protocol: Proto::Tcp,
-            backends: vec![(b.ip(), 80)],
-        }],
+        networks: vec![net.rule(), other.rule()],
+        ports: vec![
+            rule(Proto::Tcp, None, port, vec![(b.ip(), 80)]),
+            rule(Proto::Udp, None, udp_port, vec![(b.ip(), 7000)]),
+            rule(
+                Proto::Tcp,
+                Some(IpAddr::V4(host)),
+                who_port,
+                vec![(b.ip(), 8081)],
+            ),
+            rule(Proto::Tcp, None, other_port, vec![(c.ip(), 80)]),
+        ],
     })
     .unwrap();
     assert_eq!(
         a.wget(&format!("http://{}/", b.ip()), 3).as_deref(),
         Some("still here")
     );
+    for addr in ["127.0.0.1".parse().unwrap(), host] {
+        assert_eq!(
+            host_wget(&format!("http://{addr}:{port}/")).as_deref(),
+            Some("still here")
+        );
+        assert_eq!(
+            host_wget(&format!("http://{addr}:{other_port}/")).as_deref(),
+            Some("other network")
+        );
+    }
+    // Hairpin, from a sibling and from the backend itself, TCP and UDP, on the host's address
+    // and on the gateway.
+    for (who, ns) in [("sibling", &a), ("backend", &b)] {
+        for addr in [host, net.gateway] {
+            assert_eq!(
+                ns.wget(&format!("http://{addr}:{port}/"), 3).as_deref(),
+                Some("still here"),
+                "tcp hairpin from the {who} via {addr}"
+            );
+            let r = ns.udp_roundtrip(SocketAddr::new(IpAddr::V4(addr), udp_port), b"hp");
+            assert_eq!(
+                r.as_deref(),
+                Some(&b"echo:hp"[..]),
+                "udp hairpin from the {who} via {addr}"
+            );
+        }
+    }
+    // A port published on one address only, and the address its backend sees: the switch's.
     assert_eq!(
-        host_wget(&format!("http://127.0.0.1:{port}/")).as_deref(),
-        Some("still here")
+        a.wget(&format!("http://{host}:{who_port}/"), 3).as_deref(),
+        Some(bridge::HAIRPIN_SOURCE.to_string().as_str())
     );
-    assert_eq!(
-        host_wget(&format!("http://{}:{port}/", host_address())).as_deref(),
-        Some("still here")
-    );
-    // The drop rule is live: routed traffic from the network (to the host's published port,
-    // DNATed back into the network) is stopped by it.
     assert!(a
-        .wget(&format!("http://{}:{port}/", host_address()), 1)
+        .wget(&format!("http://{}:{who_port}/", net.gateway), 1)
         .is_none());
+    // The drop rule is live: a published port of another network is reached through the host,
+    // which routes it (FORWARD), and the foreign policy stops it there.
+    assert!(a.wget(&format!("http://{host}:{other_port}/"), 1).is_none());
 }
 
 /// An external network: a plain bridge berth did not make (here made with `ip`, as a user or

@@ -189,6 +189,18 @@ impl Ns {
         panic!("httpd in {} did not come up", self.path.display());
     }
 
+    /// One datagram to `to` from inside the namespace (a thread in it); the reply.
+    pub fn udp_roundtrip(&self, to: SocketAddr, msg: &[u8]) -> Option<Vec<u8>> {
+        let ns = std::fs::File::open(&self.path).unwrap();
+        let msg = msg.to_vec();
+        std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+            udp_roundtrip(to, &msg)
+        })
+        .join()
+        .unwrap()
+    }
+
     /// A UDP echo server on `port` inside the namespace (a thread in that namespace).
     pub fn udp_echo(&self, port: u16, tag: &'static str) -> Echo {
         let ns = std::fs::File::open(&self.path).unwrap();
@@ -321,6 +333,17 @@ pub fn nft_ruleset() -> String {
             .stdout,
     )
     .into_owned()
+}
+
+/// `nft list ruleset` inside the namespace at `ns` (a switch's, say).
+pub fn nft_ruleset_in(ns: &Path) -> String {
+    let o = Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args(["nft", "list", "ruleset"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 pub fn mounts() -> String {

@@ -1,0 +1,277 @@
+//! End-to-end (root): berth under a foreign forward-drop policy, the way Docker leaves a host
+//! (iptables FORWARD policy DROP). The test makes its own nftables table with a base chain at the
+//! forward hook, priority 0, policy drop: in netfilter terms the same thing, since a drop in any
+//! base chain of a hook is final. It is global host state, so it is removed by a guard even when
+//! the test fails; other tests running meanwhile are meant to pass under it too.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn nft(script: &str) -> bool {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("running nft");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    child.wait().unwrap().success()
+}
+
+/// `table ip berthtest_drop_<pid>`: forward hook, priority 0, policy drop. Deleted on drop.
+struct ForwardDrop(String);
+
+impl ForwardDrop {
+    fn new() -> ForwardDrop {
+        // A run killed before its guard ran leaves its table behind: remove those of dead pids.
+        let list = Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .unwrap();
+        for line in String::from_utf8_lossy(&list.stdout).lines() {
+            let Some(pid) = line.trim().strip_prefix("table ip berthtest_drop_") else {
+                continue;
+            };
+            if pid.parse::<u32>().is_ok() && !std::path::Path::new("/proc").join(pid).exists() {
+                nft(&format!("delete table ip berthtest_drop_{pid}\n"));
+            }
+        }
+        let name = format!("berthtest_drop_{}", std::process::id());
+        let guard = ForwardDrop(name.clone());
+        assert!(nft(&format!(
+            "add table ip {name}\nadd chain ip {name} filter {{ type filter hook forward priority 0; policy drop; }}\n"
+        )));
+        guard
+    }
+}
+
+impl Drop for ForwardDrop {
+    fn drop(&mut self) {
+        let ok = nft(&format!("delete table ip {}\n", self.0));
+        if !std::thread::panicking() {
+            assert!(ok, "could not delete table ip {}", self.0);
+        }
+    }
+}
+
+/// The host's first global IPv4 address outside berth's links.
+fn host_address() -> Ipv4Addr {
+    let o = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .unwrap();
+    for line in String::from_utf8_lossy(&o.stdout).lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if w.len() > 3 && !w[1].starts_with("berth") && w[2] == "inet" {
+            return w[3].split('/').next().unwrap().parse().unwrap();
+        }
+    }
+    panic!("no global IPv4 address on the host");
+}
+
+/// GET http://addr:port/ from the host; the body of a 200.
+fn host_get(addr: Ipv4Addr, port: u16) -> Option<String> {
+    let to = SocketAddr::from((addr, port));
+    let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut r = String::new();
+    s.read_to_string(&mut r).ok()?;
+    (r.starts_with("HTTP/1.") && r.lines().next().is_some_and(|l| l.contains(" 200")))
+        .then(|| r.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+/// One datagram to `to` (from the calling thread's namespace); the reply.
+fn udp_roundtrip(to: SocketAddr, msg: &[u8]) -> Option<Vec<u8>> {
+    let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    for _ in 0..4 {
+        s.send_to(msg, to).ok()?;
+        let mut buf = [0u8; 1500];
+        if let Ok((n, _)) = s.recv_from(&mut buf) {
+            return Some(buf[..n].to_vec());
+        }
+    }
+    None
+}
+
+/// Run `f` on a thread inside the network namespace at `ns` (a container's).
+fn in_netns<T: Send + 'static>(ns: &PathBuf, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let file = std::fs::File::open(ns).unwrap();
+    std::thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// A UDP echo server on `port` in the namespace at `ns` until the returned flag is set.
+fn udp_echo(
+    ns: &PathBuf,
+    port: u16,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let file = std::fs::File::open(ns).unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let sock = UdpSocket::bind(("0.0.0.0", port)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        tx.send(()).unwrap();
+        let mut buf = [0u8; 1500];
+        // Bounded: a minute at most, whatever happens to the test.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !s2.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let mut reply = b"echo:".to_vec();
+                reply.extend_from_slice(&buf[..n]);
+                let _ = sock.send_to(&reply, from);
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    (stop, h)
+}
+
+#[test]
+fn published_ports_and_hairpin_work_under_a_forward_drop_policy() {
+    let b = Berth::new();
+    let _drop = ForwardDrop::new();
+    let p = unique("fwdrop");
+    let f = b.compose(
+        &p,
+        &stack("published_ports_and_hairpin_work_under_a_forward_drop_policy"),
+    );
+    b.ok(&f, &["up", "-d"]);
+    let tcp = b.port(&f, "web", 80, 1);
+    let out = b.ok(&f, &["port", "--protocol", "udp", "web", "7000"]);
+    let udp: u16 = out.trim().rsplit(':').next().unwrap().parse().unwrap();
+    let host = host_address();
+    let st = b.state(&p).unwrap();
+    let netns = |service: &str| -> PathBuf {
+        let c = st["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["service"] == service)
+            .unwrap();
+        PathBuf::from(c["netns"].as_str().unwrap())
+    };
+    let (web_ns, client_ns) = (netns("web"), netns("client"));
+    let (stop, echo) = udp_echo(&web_ns, 7000);
+
+    // Container to container, by service name (bridged inside the network's switch).
+    let body = wait_for(
+        "client to reach web by name",
+        Duration::from_secs(10),
+        || {
+            let o = b
+                .cmd()
+                .arg("-f")
+                .arg(&f)
+                .args([
+                    "exec",
+                    "-T",
+                    "client",
+                    "timeout",
+                    "3",
+                    "wget",
+                    "-q",
+                    "-O-",
+                    "http://web/",
+                ])
+                .output()
+                .unwrap();
+            o.status
+                .success()
+                .then(|| String::from_utf8_lossy(&o.stdout).to_string())
+        },
+    );
+    assert!(body.contains("hello from berth"), "{body}");
+
+    // The host to the published ports, on 127.0.0.1 and on its own address.
+    for addr in [Ipv4Addr::LOCALHOST, host] {
+        let body = host_get(addr, tcp);
+        assert!(
+            body.as_deref()
+                .is_some_and(|b| b.contains("hello from berth")),
+            "tcp {addr}:{tcp} from the host: {body:?}"
+        );
+        let r = udp_roundtrip(SocketAddr::new(IpAddr::V4(addr), udp), b"host");
+        assert_eq!(r.as_deref(), Some(&b"echo:host"[..]), "udp {addr}:{udp}");
+    }
+
+    // Hairpin: a container to the host's address and a published port of its network, from a
+    // sibling and from the backend itself.
+    for svc in ["client", "web"] {
+        let url = format!("http://{host}:{tcp}/");
+        let o = b
+            .cmd()
+            .arg("-f")
+            .arg(&f)
+            .args(["exec", "-T", svc, "timeout", "3", "wget", "-q", "-O-", &url])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("hello from berth"),
+            "tcp hairpin from {svc} to {url}: {} {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    for (svc, ns) in [("client", &client_ns), ("web", &web_ns)] {
+        let to = SocketAddr::new(IpAddr::V4(host), udp);
+        let r = in_netns(ns, move || udp_roundtrip(to, b"hairpin"));
+        assert_eq!(
+            r.as_deref(),
+            Some(&b"echo:hairpin"[..]),
+            "udp hairpin from {svc} to {to}"
+        );
+    }
+
+    // The policy really is in force: what the host does route is dropped. A published port of
+    // another network, reached from a container through the host's address, is such traffic
+    // (the host DNATs it and routes it from one network to the other): berth cannot serve that
+    // inside a switch, and the foreign policy stops it. From the host itself it works.
+    let other = b.port(&f, "other", 80, 1);
+    assert!(
+        host_get(host, other).is_some_and(|b| b.contains("hello from berth")),
+        "the other network's port from the host"
+    );
+    let url = format!("http://{host}:{other}/");
+    let o = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args([
+            "exec", "-T", "client", "timeout", "2", "wget", "-q", "-O-", &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success(),
+        "the forward drop policy is not in force: {url} reached from client"
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    echo.join().unwrap();
+    b.ok(&f, &["down", "-t", "1"]);
+}
