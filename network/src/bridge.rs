@@ -142,7 +142,9 @@ fn make_switch(host: &mut Nl, spec: &BridgeSpec) -> Result<()> {
 /// No netfilter for bridged frames in the switch (calling thread's namespace): only the frames
 /// the switch's own bridge rules hand to its IP stack (hairpin, see `switch_l3`) meet its IP
 /// hooks. br_netfilter sets these to 1 in every namespace when it is loaded (Docker loads it,
-/// possibly after the switch was made), so they are set again whenever the switch's rules are.
+/// possibly after the switch was made), so every `firewall::apply` sets them again. Until it
+/// does, hairpin still works except for a container reaching itself: br_netfilter then bridges
+/// the DNATed frame back towards the port it came in by, which a bridge never does.
 pub(crate) fn no_bridge_netfilter() {
     let _ = sysctl::ensure("net/bridge/bridge-nf-call-iptables", "0");
     let _ = sysctl::ensure("net/bridge/bridge-nf-call-ip6tables", "0");

@@ -515,6 +515,14 @@ fn apply_switches(fw: &ProjectFirewall) {
                 .is_some_and(|(i, f)| Some(*i) == id && *f == fingerprint)
         };
         if written(&WRITTEN.lock().unwrap_or_else(|e| e.into_inner())) {
+            // Unchanged; but br_netfilter, if loaded since (Docker loads it), has turned the
+            // switch's bridge-nf-call-iptables back on, which breaks a container reaching
+            // itself through its published port (the bridge will not send a frame back out of
+            // the port it came in by). Cheap to set again.
+            let _ = crate::netns::run_in(&ns, || {
+                crate::bridge::no_bridge_netfilter();
+                Ok(())
+            });
             continue;
         }
         let (n2, hosts) = (n.clone(), hosts.clone());

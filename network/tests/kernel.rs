@@ -600,6 +600,54 @@ fn coexists_with_a_forward_drop_policy() {
     assert!(a.wget(&format!("http://{host}:{other_port}/"), 1).is_none());
 }
 
+/// br_netfilter loaded after a switch was made (Docker starting after berth) turns the switch's
+/// bridge-nf-call-iptables on. Hairpin between two containers keeps working; a container reaching
+/// itself does again once the project's rules are applied again (even unchanged).
+#[test]
+fn hairpin_survives_br_netfilter_turned_on_in_the_switch() {
+    require_root();
+    if !std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
+        eprintln!("no br_netfilter in this kernel: nothing to check");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let ipam = ipam_in(d.path());
+    let project = uniq("brnf");
+    let net = Net::new(&ipam, false);
+    let a = Ns::new(d.path(), &[&net]);
+    let b = Ns::new(d.path(), &[&net]);
+    let _web = b.httpd(d.path(), "brnf");
+    let port = firewall::pick_free_port("tcp", None).unwrap();
+    let _fw = Fw(project.clone());
+    let fw = ProjectFirewall {
+        project,
+        networks: vec![net.rule()],
+        ports: vec![PortRule {
+            host_ip: None,
+            host_port: port,
+            protocol: Proto::Tcp,
+            backends: vec![(b.ip(), 80)],
+        }],
+    };
+    firewall::apply(&fw).unwrap();
+    let sw = bridge::switch_netns(&net.bridge);
+    let set = |v: &str| {
+        let o = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", sw.display()))
+            .args(["busybox", "sysctl", "-w"])
+            .arg(format!("net.bridge.bridge-nf-call-iptables={v}"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    set("1");
+    let url = format!("http://{}:{port}/", host_address());
+    assert_eq!(a.wget(&url, 3).as_deref(), Some("brnf"));
+    firewall::apply(&fw).unwrap();
+    assert_eq!(b.wget(&url, 3).as_deref(), Some("brnf"));
+    assert_eq!(a.wget(&url, 3).as_deref(), Some("brnf"));
+}
+
 /// An external network: a plain bridge berth did not make (here made with `ip`, as a user or
 /// another tool would), adopted into IPAM from its own address; endpoints plug straight into it.
 #[test]
