@@ -273,5 +273,17 @@ fn published_ports_and_hairpin_work_under_a_forward_drop_policy() {
 
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     echo.join().unwrap();
+    // The switches (and the hairpin rules inside them) go with the project.
+    let switches: Vec<PathBuf> = st["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| PathBuf::from("/run/berth-switch").join(n["bridge"].as_str().unwrap()))
+        .collect();
+    assert_eq!(switches.len(), 2, "{st}");
+    assert!(switches.iter().all(|s| s.exists()), "{switches:?}");
     b.ok(&f, &["down", "-t", "1"]);
+    for s in &switches {
+        assert!(!s.exists(), "{} left behind", s.display());
+    }
 }

@@ -320,9 +320,10 @@ struct Hairpin {
 /// The published ports that the switch of network `n` serves for its own containers: those
 /// whose every rule for that protocol and port (on an address a container can reach: not
 /// 127/8) forwards to backends all inside `n`. Others are left to the host, which serves them
-/// as before (routed, so through its FORWARD hook). None for internal networks.
+/// as before (routed, so through its FORWARD hook). None for internal networks, nor for a
+/// subnet that holds `bridge::HAIRPIN_SOURCE` (a container could have that address).
 fn hairpin_ports(n: &NetRule, ports: &[PortRule]) -> Vec<Hairpin> {
-    if n.internal {
+    if n.internal || n.subnet.contains(&crate::bridge::HAIRPIN_SOURCE) {
         return vec![];
     }
     let reachable: Vec<(Option<Ipv4Addr>, &PortRule)> = ports
@@ -468,7 +469,7 @@ fn host_addresses() -> Result<Vec<Ipv4Addr>> {
         .dump_addresses()?
         .into_iter()
         .map(|(_, a)| a.addr())
-        .filter(|a| !a.is_loopback() && !a.is_unspecified())
+        .filter(|a| !a.is_loopback() && !a.is_unspecified() && *a != crate::bridge::HAIRPIN_SOURCE)
         .collect();
     v.sort();
     v.dedup();
@@ -952,6 +953,11 @@ mod tests {
             ]
         );
         assert!(hairpin_ports(&net(true), &ports).is_empty());
+        let link_local = NetRule {
+            subnet: "169.254.0.0/16".parse().unwrap(),
+            ..net(false)
+        };
+        assert!(hairpin_ports(&link_local, &ports).is_empty());
     }
 
     #[test]
