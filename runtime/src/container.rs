@@ -388,6 +388,15 @@ fn init_inner(chan: &Chan, c: &InitCtx) -> Result<Never> {
         return Err(RuntimeError::Init("the runtime went away".into()));
     }
     nix::unistd::setsid().map_err(sys_err("setsid"))?;
+    let init = c
+        .spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(INIT_ANNOTATION))
+        .map(|v| v == "true")
+        .unwrap_or(false);
+    // The tiny init's image, made now: in the container's cgroup, before rlimits and seccomp.
+    let init_image = if init { process::init_image() } else { None };
     let linux = c.spec.linux().clone().unwrap_or_default();
     let namespaces = linux.namespaces().clone().unwrap_or_default();
     let mut unshare = CloneFlags::empty();
@@ -512,15 +521,8 @@ fn init_inner(chan: &Chan, c: &InitCtx) -> Result<Never> {
     nix::unistd::write(&w, b"0").map_err(sys_err("write exec fifo"))?;
     drop(w);
     process::cloexec_from(3);
-    let init = c
-        .spec
-        .annotations()
-        .as_ref()
-        .and_then(|a| a.get(INIT_ANNOTATION))
-        .map(|v| v == "true")
-        .unwrap_or(false);
     let e = if init {
-        process::mini_init(&exe, &args, &env)
+        process::mini_init(&exe, &args, &env, init_image.as_ref())
     } else {
         process::exec(&exe, &args, &env)
     };

@@ -327,6 +327,16 @@ pub fn close_fds_except(keep: &[RawFd]) {
 /// The container starts with every signal at its default disposition and none blocked:
 /// neither Rust's ignored SIGPIPE nor whatever our caller ignored leaks in.
 pub fn reset_signals() {
+    reset_dispositions();
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
+}
+
+/// Every signal back to its default disposition (the mask is left alone).
+fn reset_dispositions() {
     #[repr(C)]
     struct KernelSigaction {
         handler: usize,
@@ -356,11 +366,6 @@ pub fn reset_signals() {
             )
         };
     }
-    let _ = nix::sys::signal::sigprocmask(
-        nix::sys::signal::SigmaskHow::SIG_SETMASK,
-        Some(&nix::sys::signal::SigSet::empty()),
-        None,
-    );
 }
 
 /// execve, never returning on success.
@@ -383,11 +388,70 @@ pub fn exec(path: &Path, args: &[String], env: &[String]) -> RuntimeError {
     }
 }
 
+/// The container init (`init/berth-init.rs`, built by `build.rs`): a static executable of a
+/// few kilobytes, empty on targets it does not support.
+static INIT_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/berth-init"));
+
+/// A sealed, close-on-exec memfd holding the init image, to hand to [`mini_init`]. `None`
+/// when there is no image for this target or the kernel refuses (then `mini_init` reaps
+/// in-process).
+///
+/// Call it in the container's init process before the spec's rlimits (RLIMIT_FSIZE) and
+/// seccomp filter apply: the pages are charged to the container's cgroup, and only
+/// `execveat` is left to do under the filter.
+pub fn init_image() -> Option<OwnedFd> {
+    if INIT_IMAGE.is_empty() {
+        return None;
+    }
+    const MFD_EXEC: libc::c_uint = 0x10;
+    let name = c"berth-init";
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // SAFETY: memfd_create with a valid name; MFD_EXEC (Linux 6.3) keeps the file executable
+    // under vm.memfd_noexec=1; older kernels reject the flag and default to executable.
+    let mut fd = unsafe { libc::memfd_create(name.as_ptr(), flags | MFD_EXEC) };
+    if fd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // SAFETY: as above.
+        fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+    }
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a fresh fd from the kernel, owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut f = std::fs::File::from(fd);
+    std::io::Write::write_all(&mut f, INIT_IMAGE).ok()?;
+    let fd = OwnedFd::from(f);
+    // Nobody (not even a container process that gets hold of /proc/1/exe) can change it.
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl on our own fd.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return None;
+    }
+    Some(fd)
+}
+
 /// `berth.init=true`: stay as pid 1, run the user process as a child, reap every zombie,
 /// forward signals, and exit with the child's status (128+n for a signal).
-pub fn mini_init(path: &Path, args: &[String], env: &[String]) -> RuntimeError {
+///
+/// With `image` (from [`init_image`]) pid 1 executes the tiny static init from it, which does
+/// exactly that: a fresh image of a few pages, where staying in this process would keep a
+/// forked copy of the runtime (its heap, its relocated data: 0.5-2 MiB of private memory per
+/// container) alive as pid 1 for the container's lifetime. Re-executing the runtime binary
+/// instead is no option: after pivot_root its ELF interpreter and shared libraries would come
+/// from the container's rootfs. Signals stay blocked across the exec, so none sent meanwhile
+/// is lost. If the exec fails (an LSM or seccomp profile refusing execveat, say) the same loop
+/// runs here.
+pub fn mini_init(
+    path: &Path,
+    args: &[String],
+    env: &[String],
+    image: Option<&OwnedFd>,
+) -> RuntimeError {
     use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    if let Some(fd) = image {
+        exec_init_image(fd, path, args, env);
+    }
     let all = SigSet::all();
     let mut old = SigSet::empty();
     if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), Some(&mut old)) {
@@ -431,6 +495,54 @@ pub fn mini_init(path: &Path, args: &[String], env: &[String]) -> RuntimeError {
             }
         },
     }
+}
+
+/// execveat the init image as `berth-init PATH ARGS...` with `env`; returns only on failure.
+fn exec_init_image(fd: &OwnedFd, path: &Path, args: &[String], env: &[String]) {
+    let Ok(p) = CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
+    let (Ok(a), Ok(e)) = (cstrings(args), cstrings(env)) else {
+        return;
+    };
+    let mut argv: Vec<*const libc::c_char> = vec![c"berth-init".as_ptr(), p.as_ptr()];
+    argv.extend(a.iter().map(|s| s.as_ptr()));
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = e.iter().map(|s| s.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // The init blocks everything itself; blocking here already (the mask survives execve)
+    // closes the window before its first instruction. Raw rt_sigprocmask: glibc's would leave
+    // 32 and 33 open. Handlers do not survive an exec, ignored signals do: reset them so the
+    // user process starts from the defaults.
+    let all: u64 = !0;
+    let mut old: u64 = 0;
+    let set_mask = |new: &u64, old: *mut u64| {
+        // SAFETY: rt_sigprocmask with 8-byte kernel sigsets.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                new as *const u64,
+                old,
+                8usize,
+            )
+        }
+    };
+    set_mask(&all, &mut old);
+    reset_dispositions();
+    // SAFETY: execveat with NUL-terminated argv/envp arrays that outlive the call and an
+    // empty path on our own fd (AT_EMPTY_PATH).
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    set_mask(&old, std::ptr::null_mut());
 }
 
 fn drain_zombies() {
