@@ -11,11 +11,23 @@ use tokio::io::unix::AsyncFd;
 pub enum Exit {
     Code(i32),
     Signal(i32),
-    /// Not our child (adopted after a supervisor restart): it ended, the status is lost.
+    /// It ended, the status could not be learned (adopted after a supervisor restart and
+    /// reaped by someone else on a kernel older than 6.15, or gone before the adoption).
     Unknown,
 }
 
 impl Exit {
+    /// From a wait(2) status word.
+    pub fn from_wait_status(status: i32) -> Exit {
+        if libc::WIFEXITED(status) {
+            Exit::Code(libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            Exit::Signal(libc::WTERMSIG(status))
+        } else {
+            Exit::Unknown
+        }
+    }
+
     pub fn code(self) -> i32 {
         match self {
             Exit::Code(c) => c,
@@ -73,10 +85,90 @@ pub async fn wait_pidfd(pidfd: OwnedFd) -> std::io::Result<Exit> {
                 // Readable but not yet waitable: should not happen; poll again.
                 guard.clear_ready();
             }
-            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(Exit::Unknown),
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
+                return Ok(non_child_exit(&afd.get_ref().0).await)
+            }
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The exit status of a process that is not our child (adopted after a supervisor restart),
+/// once its pidfd reports the exit. Linux 6.15+ keeps it with the pidfd when the process is
+/// reaped (`PIDFD_INFO_EXIT`); until then (or on older kernels) the zombie's /proc stat shows
+/// it. Waits a little for the reaper, then gives up: `Unknown`.
+async fn non_child_exit(pidfd: &OwnedFd) -> Exit {
+    for _ in 0..20 {
+        let Some((pid, exit)) = pidfd_info(pidfd) else {
+            // Reaped, and the kernel keeps no status for pidfds.
+            return Exit::Unknown;
+        };
+        if let Some(status) = exit {
+            return Exit::from_wait_status(status);
+        }
+        // Not reaped yet: its zombie shows the status. Read between two looks at the pidfd
+        // that both find it unreaped, the pid was this process's all along.
+        let zombie = zombie_status(pid);
+        match pidfd_info(pidfd) {
+            Some((_, Some(status))) => return Exit::from_wait_status(status),
+            Some((_, None)) => {
+                if let Some(status) = zombie {
+                    return Exit::from_wait_status(status);
+                }
+            }
+            None => return Exit::Unknown,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Exit::Unknown
+}
+
+/// `ioctl(PIDFD_GET_INFO)`: (pid, wait status once reaped); None once reaped without a kept
+/// status (kernels before 6.15) or where the ioctl does not exist.
+fn pidfd_info(pidfd: &OwnedFd) -> Option<(i32, Option<i32>)> {
+    const PIDFD_INFO_PID: u64 = 1 << 0;
+    const PIDFD_INFO_EXIT: u64 = 1 << 3;
+    // struct pidfd_info (VER0, 64 bytes): mask, cgroupid, pid, tgid, ppid, 8 ids, exit_code.
+    #[repr(C)]
+    #[derive(Default)]
+    struct Info {
+        mask: u64,
+        cgroupid: u64,
+        pid: u32,
+        tgid: u32,
+        ppid: u32,
+        ids: [u32; 8],
+        exit_code: i32,
+    }
+    const _: () = assert!(std::mem::size_of::<Info>() == 64);
+    // _IOWR(PIDFS_IOCTL_MAGIC 0xFF, 11, struct pidfd_info)
+    const PIDFD_GET_INFO: u64 = (3 << 30) | (64 << 16) | (0xFF << 8) | 11;
+    let mut info = Info {
+        mask: PIDFD_INFO_PID | PIDFD_INFO_EXIT,
+        ..Default::default()
+    };
+    // SAFETY: the kernel fills at most the 64 bytes the request number announces.
+    let rc = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO as _, &mut info) };
+    if rc < 0 {
+        return None;
+    }
+    let exit = (info.mask & PIDFD_INFO_EXIT != 0).then_some(info.exit_code);
+    Some((info.pid as i32, exit))
+}
+
+/// A zombie's wait status (field 52 of /proc/PID/stat); None unless `pid` is a zombie.
+fn zombie_status(pid: i32) -> Option<i32> {
+    if pid <= 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.get(stat.rfind(')')? + 2..)?;
+    let mut f = after.split_whitespace();
+    if f.next()? != "Z" {
+        return None;
+    }
+    // Fields after the comm start at 3 (state); exit_code is field 52.
+    f.nth(52 - 4)?.parse().ok()
 }
 
 fn waitid_pidfd(fd: RawFd, extra: i32) -> std::io::Result<Option<Exit>> {
