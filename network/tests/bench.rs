@@ -30,6 +30,16 @@ fn dnsperf(
     query: &str,
     dir: &std::path::Path,
 ) -> (f64, f64, String) {
+    dnsperf_args(ns, server, query, dir, &["-c", "4", "-q", "64"])
+}
+
+fn dnsperf_args(
+    ns: &Ns,
+    server: std::net::Ipv4Addr,
+    query: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (f64, f64, String) {
     let file = dir.join(format!("q-{}", query.replace(' ', "_")));
     std::fs::write(&file, format!("{query}\n")).unwrap();
     let o = Command::new("timeout")
@@ -43,11 +53,8 @@ fn dnsperf(
             file.to_str().unwrap(),
             "-l",
             "5",
-            "-c",
-            "4",
-            "-q",
-            "64",
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -57,6 +64,15 @@ fn dnsperf(
         field(&out, "Average Latency (s):"),
         out,
     )
+}
+
+/// user+system CPU of this process (the DNS server's threads; nothing else runs meanwhile).
+fn self_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
 }
 
 fn iperf_client(prefix: &[&str], target: &str, port: u16) -> f64 {
@@ -169,6 +185,34 @@ fn bench_dns_and_throughput() {
     println!("dnsperf forwarded name (upstream TTL 0, so every query goes upstream): {q2:.0} q/s, avg latency {:.3} ms", l2 * 1e3);
     assert!(q1 > 0.0, "{out1}");
     assert!(q2 > 0.0, "{out2}");
+    // The way ../shared/peers/bench-dns.sh asks: dnsperf's defaults (one client thread, up to
+    // 100 queries in flight), then 1000 queries/s with per-query latencies.
+    let cpu0 = self_cpu_seconds();
+    let (q3, l3, out3) = dnsperf_args(&a, net.gateway, "web A", d.path(), &[]);
+    let cpu = self_cpu_seconds() - cpu0;
+    assert!(q3 > 0.0, "{out3}");
+    let done = field(&out3, "Queries completed:");
+    println!(
+        "dnsperf service name, dnsperf defaults: {q3:.0} q/s, avg latency {:.3} ms; server CPU {:.2} us/query",
+        l3 * 1e3,
+        cpu * 1e6 / done.max(1.0)
+    );
+    let (_, _, out4) = dnsperf_args(&a, net.gateway, "web A", d.path(), &["-Q", "1000", "-v"]);
+    let mut lat: Vec<f64> = out4
+        .lines()
+        .filter(|l| l.starts_with("> "))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .map(|s| s * 1e3)
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    assert!(lat.len() > 1000, "{out4}");
+    println!(
+        "dnsperf service name at 1000 q/s: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} answers)",
+        lat[lat.len() / 2],
+        lat[lat.len() * 99 / 100],
+        lat[lat.len() - 1],
+        lat.len()
+    );
 
     // iperf3: container to container over the network.
     let bpath = b.path.to_str().unwrap().to_string();
