@@ -54,17 +54,37 @@ impl LogWriter {
         })
     }
 
-    pub fn write_line(&mut self, stream: &str, line: &str, at: SystemTime) -> std::io::Result<()> {
-        let rec = LogLine {
-            t: format_time(at),
-            s: stream.to_string(),
-            l: line.to_string(),
-        };
-        let mut buf = serde_json::to_vec(&rec).map_err(std::io::Error::other)?;
-        buf.push(b'\n');
-        if let Some(max) = self.max_size {
-            if self.size > 0 && self.size + buf.len() as u64 > max {
-                self.rotate()?;
+    /// Append several lines of one stream with one write (rotating between lines as needed).
+    pub fn write_lines(
+        &mut self,
+        stream: &str,
+        lines: &[&[u8]],
+        at: SystemTime,
+    ) -> std::io::Result<()> {
+        #[derive(Serialize)]
+        struct Rec<'a> {
+            t: &'a str,
+            s: &'a str,
+            l: &'a str,
+        }
+        let t = format_time(at);
+        let mut buf: Vec<u8> = Vec::with_capacity(lines.iter().map(|l| l.len() + 64).sum());
+        for l in lines {
+            let mark = buf.len();
+            let l = String::from_utf8_lossy(l);
+            let rec = Rec {
+                t: &t,
+                s: stream,
+                l: &l,
+            };
+            serde_json::to_writer(&mut buf, &rec).map_err(std::io::Error::other)?;
+            buf.push(b'\n');
+            if let Some(max) = self.max_size {
+                if self.size + mark as u64 > 0 && self.size + buf.len() as u64 > max {
+                    self.file.write_all(&buf[..mark])?;
+                    buf.drain(..mark);
+                    self.rotate()?;
+                }
             }
         }
         self.file.write_all(&buf)?;
@@ -172,7 +192,8 @@ mod tests {
         let mut w = LogWriter::open(&p, Some(200), 3).unwrap();
         let t0 = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         for i in 0..20 {
-            w.write_line("stdout", &format!("line {i}"), t0 + Duration::from_secs(i))
+            let line = format!("line {i}");
+            w.write_lines("stdout", &[line.as_bytes()], t0 + Duration::from_secs(i))
                 .unwrap();
         }
         assert!(rotated(&p, 1).exists());
@@ -197,5 +218,29 @@ mod tests {
         );
         let since = select(all, Some(t0 + Duration::from_secs(18)), None, None);
         assert_eq!(since.len(), 2);
+    }
+
+    #[test]
+    fn write_lines_batches_and_rotates_between_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.log");
+        let mut w = LogWriter::open(&p, Some(300), 3).unwrap();
+        let t0 = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let owned: Vec<String> = (0..8).map(|i| format!("line {i}")).collect();
+        let lines: Vec<&[u8]> = owned.iter().map(|s| s.as_bytes()).collect();
+        w.write_lines("stderr", &lines, t0).unwrap();
+        assert!(rotated(&p, 1).exists(), "rotated within the batch");
+        for f in [p.clone(), rotated(&p, 1)] {
+            assert!(
+                std::fs::metadata(&f).unwrap().len() <= 300,
+                "{}",
+                f.display()
+            );
+        }
+        let all = read_all(&p);
+        let nums: Vec<u32> = all.iter().map(|l| l.l[5..].parse().unwrap()).collect();
+        assert!(nums.windows(2).all(|w| w[0] + 1 == w[1]), "{nums:?}");
+        assert_eq!(*nums.last().unwrap(), 7);
+        assert!(all.iter().all(|l| l.s == "stderr"));
     }
 }

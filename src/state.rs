@@ -166,6 +166,12 @@ pub struct ContainerRecord {
     /// Anonymous volumes made for this container (removed with it).
     #[serde(default)]
     pub anon_volumes: Vec<String>,
+    /// `logging.options` max-size and max-file, so that a supervisor adopting the running
+    /// container (before any `up` loads the plan) rotates its log as configured.
+    #[serde(default)]
+    pub log_max_size: Option<u64>,
+    #[serde(default)]
+    pub log_max_file: Option<u32>,
 }
 
 impl ProjectState {

@@ -176,6 +176,8 @@ impl Engine {
             stopped_by_user: false,
             oneoff: false,
             anon_volumes: vec![],
+            log_max_size: svc.log_max_size,
+            log_max_file: Some(svc.log_max_file),
         };
         match self
             .prepare_inner(plan, svc, &mut rec, networks, state)

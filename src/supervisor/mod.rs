@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch, Mutex};
 
-use crate::engine::io::{copy_to_log, pipe_pair};
+use crate::engine::io;
 use crate::engine::plan::{ProjectPlan, ServicePlan};
 use crate::engine::proc::{self, Exit};
 use crate::engine::restart::Backoff;
@@ -59,8 +59,6 @@ struct Shared {
     draining: std::collections::HashSet<String>,
     /// The file watcher runs (started by the first `up --watch`).
     watching: bool,
-    /// Write ends of the stdin pipes of `stdin_open` containers.
-    stdin: HashMap<String, OwnedFd>,
     /// The firewall rules last applied for the project.
     last_fw: Option<berth_network::firewall::ProjectFirewall>,
     backoff: HashMap<String, Backoff>,
@@ -119,7 +117,6 @@ async fn serve(project: String) -> anyhow::Result<()> {
             live: HashMap::new(),
             draining: Default::default(),
             watching: false,
-            stdin: HashMap::new(),
             last_fw: None,
         }),
         op: Mutex::new(()),
@@ -359,22 +356,43 @@ impl Supervisor {
     }
 
     /// After a supervisor restart: watch the containers that still run (same pid and start
-    /// time); their exit status is lost (not our children), which `ps` then shows as 255.
+    /// time) and copy their output again from their stream FIFOs, starting with what they
+    /// wrote while no supervisor read (it waited in the pipes). Not our children: the exit
+    /// status comes from the pidfd (see `proc::wait_pidfd`).
     async fn adopt(self: &Arc<Self>) {
         let recs: Vec<ContainerRecord> = self.state.lock().await.containers.clone();
         for c in recs {
             let (Some(pid), Status::Running | Status::Paused) = (c.pid, c.status) else {
                 continue;
             };
+            // The pidfd first, then the check: it then surely names the recorded process.
+            let fd = proc::pidfd_open(pid);
             if !crate::state::pid_matches(pid, c.pid_start) {
                 self.record_exit(&c.name, Exit::Unknown, None).await;
                 continue;
             }
-            let Ok(fd) = proc::pidfd_open(pid) else {
+            let Ok(fd) = fd else {
                 continue;
             };
-            let fd = Arc::new(fd);
-            self.watch_exit(&c.name, fd, Instant::now(), pid);
+            let mut drains = Vec::new();
+            match self.log_writer(&c.name, c.log_max_size, c.log_max_file.unwrap_or(1)) {
+                Ok(log) => {
+                    for stream in ["stdout", "stderr"] {
+                        // Absent for containers started before stream FIFOs existed.
+                        let path = io::fifo_path(&self.io_dir(), &c.name, stream);
+                        if let Ok(rd) = io::open_fifo_reader(&path) {
+                            drains.push(tokio::spawn(io::copy_to_log(
+                                rd,
+                                stream,
+                                log.clone(),
+                                None,
+                            )));
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("{}: opening its log: {e:#}", c.name),
+            }
+            self.watch_exit(&c.name, Arc::new(fd), Instant::now(), pid, drains);
         }
         self.refresh_dns().await;
     }
@@ -1343,39 +1361,20 @@ impl Supervisor {
         let svc = self.service_plan(&rec.service).await;
         // A previous run's runtime state (after an exit) goes first; the bundle stays.
         let _ = self.engine.runtime.delete(name, true).await;
-        let log = {
-            let mut sh = self.shared.lock().unwrap();
-            let project_dir = self.engine.paths.project(&self.project);
-            let (max_size, max_file) = svc
-                .as_ref()
-                .map(|s| (s.log_max_size, s.log_max_file))
-                .unwrap_or((None, 1));
-            match sh.logs.get(name) {
-                Some(l) => l.clone(),
-                None => {
-                    let w = LogWriter::open(
-                        &crate::logs::log_path(&project_dir, name),
-                        max_size,
-                        max_file,
-                    )?;
-                    let l = Arc::new(StdMutex::new(w));
-                    sh.logs.insert(name.to_string(), l.clone());
-                    l
-                }
-            }
-        };
-        let (out_r, out_w) = pipe_pair()?;
-        let (err_r, err_w) = pipe_pair()?;
+        let (max_size, max_file) = svc
+            .as_ref()
+            .map(|s| (s.log_max_size, s.log_max_file))
+            .unwrap_or((None, 1));
+        let log = self.log_writer(name, max_size, max_file)?;
+        // stdout/stderr: named FIFOs the container holds read-write, so its output outlives a
+        // supervisor crash (see engine::io); only the read sides stay here.
+        let io_dir = self.io_dir();
+        let (out_r, out_w) = io::fifo_pair(&io::fifo_path(&io_dir, name, "stdout"))?;
+        let (err_r, err_w) = io::fifo_pair(&io::fifo_path(&io_dir, name, "stderr"))?;
         // stdin_open: the container's stdin stays open (a pipe nobody writes to) instead of
         // /dev/null, so programs that read stdin wait as they would under Docker.
         let stdin = if svc.as_ref().is_some_and(|s| s.stdin_open) {
-            let (r, w) = pipe_pair()?;
-            self.shared
-                .lock()
-                .unwrap()
-                .stdin
-                .insert(name.to_string(), w);
-            std::process::Stdio::from(r)
+            std::process::Stdio::from(io::idle_stdin()?)
         } else {
             std::process::Stdio::null()
         };
@@ -1384,9 +1383,13 @@ impl Supervisor {
             stdout: out_w.into(),
             stderr: err_w.into(),
         };
+        // `create` hands the write sides to the container and drops ours with its command:
+        // the copies see EOF when the container's last process is gone.
         let pid = self.engine.runtime.create(name, &rec.dir, io, None).await?;
-        tokio::spawn(copy_to_log(out_r, "stdout", log.clone(), None));
-        tokio::spawn(copy_to_log(err_r, "stderr", log, None));
+        let drains = vec![
+            tokio::spawn(io::copy_to_log(out_r, "stdout", log.clone(), None)),
+            tokio::spawn(io::copy_to_log(err_r, "stderr", log, None)),
+        ];
         let pidfd = Arc::new(proc::pidfd_open(pid).context("opening the container's pidfd")?);
         // Record the run before starting it, so an instant exit is recorded after it, never
         // overwritten by it.
@@ -1408,7 +1411,7 @@ impl Supervisor {
         }
         self.save().await;
         let start = Instant::now();
-        self.watch_exit(name, pidfd.clone(), start, pid);
+        self.watch_exit(name, pidfd.clone(), start, pid, drains);
         if let Err(e) = self.engine.runtime.start(name).await {
             // A process that already ran and exited is not a failed start.
             let exited = self
@@ -1445,7 +1448,44 @@ impl Supervisor {
         Ok(())
     }
 
-    fn watch_exit(self: &Arc<Self>, name: &str, pidfd: Arc<OwnedFd>, started: Instant, pid: i32) {
+    /// The container's log writer, one per container across its runs.
+    fn log_writer(
+        &self,
+        name: &str,
+        max_size: Option<u64>,
+        max_file: u32,
+    ) -> anyhow::Result<Arc<StdMutex<LogWriter>>> {
+        let mut sh = self.shared.lock().unwrap();
+        if let Some(l) = sh.logs.get(name) {
+            return Ok(l.clone());
+        }
+        let project_dir = self.engine.paths.project(&self.project);
+        let w = LogWriter::open(
+            &crate::logs::log_path(&project_dir, name),
+            max_size,
+            max_file,
+        )?;
+        let l = Arc::new(StdMutex::new(w));
+        sh.logs.insert(name.to_string(), l.clone());
+        Ok(l)
+    }
+
+    /// Where the project's containers' stream FIFOs are.
+    fn io_dir(&self) -> PathBuf {
+        io::io_dir(&self.engine.paths.project_run(&self.project))
+    }
+
+    /// Wait for the container's exit; `drains` are its output copies, which finish once its
+    /// last process is gone: the exit is recorded after its output is in the log (bounded, in
+    /// case a process outside its pid namespace keeps the stream open).
+    fn watch_exit(
+        self: &Arc<Self>,
+        name: &str,
+        pidfd: Arc<OwnedFd>,
+        started: Instant,
+        pid: i32,
+        drains: Vec<tokio::task::JoinHandle<()>>,
+    ) {
         let (tx, rx) = watch::channel(None);
         {
             let mut sh = self.shared.lock().unwrap();
@@ -1467,6 +1507,8 @@ impl Supervisor {
             };
             let exit = proc::wait_pidfd(dup).await.unwrap_or(Exit::Unknown);
             let _ = tx.send(Some(exit));
+            let all = futures_util::future::join_all(drains);
+            let _ = tokio::time::timeout(Duration::from_secs(2), all).await;
             me.on_exit(&name, exit, started.elapsed(), pid).await;
         });
     }
@@ -1657,8 +1699,8 @@ impl Supervisor {
             let mut sh = self.shared.lock().unwrap();
             sh.logs.remove(name);
             sh.backoff.remove(name);
-            sh.stdin.remove(name);
         }
+        io::remove_fifos(&self.io_dir(), name);
         let _ = std::fs::remove_file(crate::logs::log_path(
             &self.engine.paths.project(&self.project),
             name,
