@@ -68,8 +68,17 @@ impl LogWriter {
             l: &'a str,
         }
         let t = format_time(at);
-        let mut buf: Vec<u8> = Vec::with_capacity(lines.iter().map(|l| l.len() + 64).sum());
+        // Written out in slices of about 64 KiB: a big batch of short lines must not make the
+        // supervisor's heap grow by ten times its size.
+        const FLUSH: usize = 64 * 1024;
+        let want: usize = lines.iter().map(|l| l.len() + 64).sum();
+        let mut buf: Vec<u8> = Vec::with_capacity(want.min(FLUSH + 1024));
         for l in lines {
+            if buf.len() >= FLUSH {
+                self.file.write_all(&buf)?;
+                self.size += buf.len() as u64;
+                buf.clear();
+            }
             let mark = buf.len();
             let l = String::from_utf8_lossy(l);
             let rec = Rec {
