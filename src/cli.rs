@@ -417,7 +417,8 @@ pub struct RunArgs {
     /// Run with the service's ports published
     #[arg(long)]
     pub service_ports: bool,
-    /// Disable pseudo-TTY allocation (berth's run never allocates one yet)
+    /// Disable pseudo-TTY allocation (also when stdin is not a terminal); berth's run keeps a
+    /// service's `tty: true` otherwise but never adds a tty, as it cannot attach stdin yet
     #[arg(short = 'T', long = "no-TTY")]
     pub no_tty: bool,
     pub service: String,

@@ -327,6 +327,9 @@ pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result
         workdir: args.workdir.clone(),
         no_deps: args.no_deps,
         service_ports: args.service_ports,
+        // compose run: a tty only when asked for and stdin is a terminal. berth cannot attach
+        // stdin yet, so it never adds one a service lacks; it only takes `tty: true` away.
+        no_tty: args.no_tty || !std::io::IsTerminal::is_terminal(&std::io::stdin()),
     };
     let client = Client::connect_or_start(&paths, &plan.name)?;
     let mut name = None;

@@ -73,6 +73,16 @@ pub fn resolve_env(image_env: &[String], svc: &ServicePlan) -> Vec<String> {
 }
 
 /// Anonymous volumes: one per container and mount point.
+/// Whether a bundle's process wants a terminal (`process.terminal`, from `tty: true`): the
+/// runtime then needs a console socket.
+pub fn bundle_terminal(bundle: &Path) -> bool {
+    std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.pointer("/process/terminal").and_then(|t| t.as_bool()))
+        .unwrap_or(false)
+}
+
 pub fn anon_volume_name(container: &str, target: &str) -> String {
     hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(format!("{container}:{target}"))[..16])
 }

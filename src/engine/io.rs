@@ -130,11 +130,149 @@ pub fn open_fifo_reader(path: &Path) -> std::io::Result<OwnedFd> {
     Ok(rd)
 }
 
-/// Remove a container's stream FIFOs.
+/// The console socket of a `tty: true` container (`io/<container>.console`); a name too long for
+/// a unix socket address is replaced by a hash of it.
+pub fn console_path(io_dir: &Path, container: &str) -> PathBuf {
+    let p = io_dir.join(format!("{container}.console"));
+    // sun_path holds 108 bytes with the NUL.
+    if p.as_os_str().len() < 108 {
+        return p;
+    }
+    use sha2::Digest;
+    let h = hex::encode(sha2::Sha256::digest(container.as_bytes()));
+    io_dir.join(format!("{}.console", &h[..16]))
+}
+
+/// The supervisor's end of a runc-style console socket (`create --console-socket`): the
+/// runtime connects to it before forking the init, and the init sends the pty master it made
+/// (in the container's devpts) with SCM_RIGHTS while it sets up, before `create` returns. The
+/// socket file (0600) goes when this is dropped.
+pub struct ConsoleSocket {
+    listener: std::os::unix::net::UnixListener,
+    path: PathBuf,
+}
+
+impl ConsoleSocket {
+    pub fn bind(path: &Path) -> std::io::Result<ConsoleSocket> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if let Some(d) = path.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)?;
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let listener = std::os::unix::net::UnixListener::bind(path)?;
+        let me = ConsoleSocket {
+            listener,
+            path: path.to_path_buf(),
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(me)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Once `create` has succeeded, the master waits in the socket's queue (a connection is
+    /// queued and its message sent without an accept): take it, waiting at most `limit`.
+    pub async fn receive(self, limit: Duration) -> std::io::Result<OwnedFd> {
+        let l = self.listener.try_clone()?;
+        tokio::task::spawn_blocking(move || recv_master(&l, limit))
+            .await
+            .map_err(std::io::Error::other)?
+        // `self` goes here: the socket file is removed.
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Wait (bounded) until `fd` is readable.
+fn poll_in(fd: RawFd, limit: Duration) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if n > 0 {
+            return Ok(());
+        }
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no pty master came over the console socket",
+            ));
+        }
+        let e = last_err();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+fn recv_master(l: &std::os::unix::net::UnixListener, limit: Duration) -> std::io::Result<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    poll_in(l.as_raw_fd(), limit)?;
+    let (conn, _) = l.accept()?;
+    poll_in(conn.as_raw_fd(), limit)?;
+    // runc sends the name ("/dev/ptmx") as the data and the master as the one right.
+    let mut name = [0u8; 256];
+    let mut cbuf = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut name)];
+    let m = loop {
+        match recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut cbuf),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(m) => break m,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut master = None;
+    for c in m.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for f in fds {
+                // SAFETY: the kernel just installed this fd for us.
+                let o = unsafe { OwnedFd::from_raw_fd(f) };
+                master.get_or_insert(o);
+            }
+        }
+    }
+    let master = master.ok_or_else(|| {
+        std::io::Error::other("the console socket got a message without a pty master")
+    })?;
+    // SAFETY: isatty on an fd we own.
+    if unsafe { libc::isatty(master.as_raw_fd()) } != 1 {
+        return Err(std::io::Error::other(
+            "the console socket got an fd that is not a terminal",
+        ));
+    }
+    Ok(master)
+}
+
+/// Remove a container's stream FIFOs (and a console socket left by a crash mid-create).
 pub fn remove_fifos(io_dir: &Path, container: &str) {
     for s in ["stdout", "stderr"] {
         let _ = std::fs::remove_file(fifo_path(io_dir, container, s));
     }
+    let _ = std::fs::remove_file(console_path(io_dir, container));
 }
 
 /// Optional live tap of a container's output (attached `up`, `run`).
@@ -198,14 +336,15 @@ fn read_exact_now(fd: RawFd, buf: &mut [u8]) -> std::io::Result<()> {
 }
 
 /// The pieces to log from the peeked bytes and how many bytes they cover. `all`: the writers are
-/// gone, so a trailing partial line is the last one.
-fn split_lines(buf: &[u8], all: bool) -> (Vec<&[u8]>, usize) {
+/// gone, so a trailing partial line is the last one. `keep_cr`: a tty's lines keep the `\r` of
+/// their CRLF (Docker logs a tty's output as the pty produced it).
+fn split_lines(buf: &[u8], all: bool, keep_cr: bool) -> (Vec<&[u8]>, usize) {
     let mut pieces = Vec::new();
     let mut start = 0;
     for (i, b) in buf.iter().enumerate() {
         if *b == b'\n' {
             let mut line = &buf[start..i];
-            if line.last() == Some(&b'\r') {
+            if !keep_cr && line.last() == Some(&b'\r') {
                 line = &line[..line.len() - 1];
             }
             if line.is_empty() {
@@ -278,7 +417,7 @@ fn step(
             return Err(e);
         }
         // The writers are gone (and the peek saw everything): a trailing partial line is final.
-        let (pieces, take) = split_lines(&s.buf, closed && n < PEEK);
+        let (pieces, take) = split_lines(&s.buf, closed && n < PEEK, false);
         if take == 0 {
             return Ok(Step::Wait);
         }
@@ -336,22 +475,162 @@ pub async fn copy_to_log(
     }
 }
 
+/// Log pieces of one stream and show them on the tap.
+fn emit(stream: &str, pieces: &[&[u8]], log: &Mutex<LogWriter>, tap: Option<&Tap>) {
+    if pieces.is_empty() {
+        return;
+    }
+    if let Ok(mut w) = log.lock() {
+        let _ = w.write_lines(stream, pieces, SystemTime::now());
+    }
+    if let Some(t) = tap {
+        for p in pieces {
+            t(stream, &String::from_utf8_lossy(p));
+        }
+    }
+}
+
+thread_local! {
+    static PTY_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One non-blocking read of the master: complete lines to the log, a partial line appended to
+/// `pending`. Ok(false): the pty is done (EOF, or EIO: every slave fd is closed).
+fn pty_step(
+    fd: RawFd,
+    pending: &mut Vec<u8>,
+    log: &Mutex<LogWriter>,
+    tap: Option<&Tap>,
+) -> std::io::Result<bool> {
+    PTY_BUF.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        buf.resize(MAX_LINE, 0);
+        // SAFETY: reading into a buffer of its length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+        if n < 0 {
+            let e = last_err();
+            return match e.raw_os_error() {
+                Some(libc::EIO) => Ok(false),
+                _ => Err(e),
+            };
+        }
+        if n == 0 {
+            return Ok(false);
+        }
+        let got = &buf[..n as usize];
+        if pending.is_empty() {
+            let (pieces, take) = split_lines(got, false, true);
+            emit("stdout", &pieces, log, tap);
+            pending.extend_from_slice(&got[take..]);
+        } else {
+            pending.extend_from_slice(got);
+            let (pieces, take) = split_lines(pending, false, true);
+            emit("stdout", &pieces, log, tap);
+            pending.drain(..take);
+        }
+        if pending.is_empty() {
+            // No buffer kept while the container is quiet.
+            *pending = Vec::new();
+        }
+        Ok(true)
+    })
+}
+
+/// Copy a `tty: true` container's terminal (the master of its pty) into its log as "stdout"
+/// (a tty has no separate stderr), lines ending in CRLF kept as the pty makes them (Docker
+/// does the same), until its last process has closed the pty: the master then reads EIO.
+///
+/// Unlike the stream FIFOs, the master is held only by the supervisor: a partial line waits
+/// here, and a killed supervisor closes the master, which hangs up the container's terminal
+/// (see `Supervisor::spawn`).
+pub async fn copy_pty_to_log(master: OwnedFd, log: Arc<Mutex<LogWriter>>, tap: Option<Tap>) {
+    // SAFETY: fcntl on an fd we own.
+    unsafe {
+        let fl = libc::fcntl(master.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(master.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+    // SAFETY: the AsyncFd owns the OwnedFd, which stays open (and the same fd) until the
+    // AsyncFd is dropped.
+    let Ok(afd) = (unsafe { AsyncFd::register_with_interest(master, Interest::READABLE) }) else {
+        return;
+    };
+    let fd = afd.get_ref().as_raw_fd();
+    let mut pending = Vec::new();
+    loop {
+        let Ok(mut g) = afd.readable().await else {
+            break;
+        };
+        match pty_step(fd, &mut pending, &log, tap.as_ref()) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => g.clear_ready(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    // The last line, even without its newline.
+    if !pending.is_empty() {
+        emit("stdout", &[&pending[..]], &log, tap.as_ref());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn lines_split_at_newlines_and_long_lines_in_pieces() {
-        let (p, n) = split_lines(b"a\r\nb\n\npart", false);
+        let (p, n) = split_lines(b"a\r\nb\n\npart", false, false);
         assert_eq!(p, vec![&b"a"[..], b"b", b""]);
         assert_eq!(n, 6);
-        let (p, n) = split_lines(b"a\npart", true);
+        let (p, _) = split_lines(b"a\r\nb\n", false, true);
+        assert_eq!(p, vec![&b"a\r"[..], b"b"]);
+        let (p, n) = split_lines(b"a\npart", true, false);
         assert_eq!(p, vec![&b"a"[..], b"part"]);
         assert_eq!(n, 6);
         let long = vec![b'x'; MAX_LINE * 2 + 5];
-        let (p, n) = split_lines(&long, false);
+        let (p, n) = split_lines(&long, false, false);
         assert_eq!(p.len(), 2);
         assert_eq!(n, MAX_LINE * 2, "the 5-byte rest waits for its newline");
+    }
+
+    /// A pty master: lines keep the pty's CRLF, a last partial line is logged at the end, and
+    /// the copy ends (EIO) once the slave is closed.
+    #[test]
+    fn pty_output_is_logged_until_the_slave_closes() {
+        let d = tempfile::tempdir().unwrap();
+        let logp = d.path().join("c.log");
+        let log = Arc::new(Mutex::new(LogWriter::open(&logp, None, 1).unwrap()));
+        let (mut m, mut sl) = (0, 0);
+        // SAFETY: openpty fills two fds.
+        let rc = unsafe {
+            libc::openpty(
+                &mut m,
+                &mut sl,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0);
+        // SAFETY: fresh fds.
+        let (master, slave) = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(sl)) };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let task = rt.spawn(copy_pty_to_log(master, log.clone(), None));
+        let mut w = std::fs::File::from(slave);
+        use std::io::Write;
+        w.write_all(b"one\ntw").unwrap();
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
+        w.write_all(b"o\nlast").unwrap();
+        drop(w);
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await })
+            .expect("EIO ends the copy once the slave is closed")
+            .unwrap();
+        // The line discipline turned \n into \r\n (onlcr); the CR stays.
+        assert_eq!(read_log(&logp), vec!["one\r", "two\r", "last"]);
     }
 
     fn read_log(p: &Path) -> Vec<String> {

@@ -908,6 +908,9 @@ impl Supervisor {
         if !o.service_ports {
             svc.ports.clear();
         }
+        if o.no_tty {
+            svc.tty = false;
+        }
         svc.restart = crate::engine::restart::Policy::default();
         svc.healthcheck = None;
         let slug: String = {
@@ -1366,30 +1369,80 @@ impl Supervisor {
             .map(|s| (s.log_max_size, s.log_max_file))
             .unwrap_or((None, 1));
         let log = self.log_writer(name, max_size, max_file)?;
-        // stdout/stderr: named FIFOs the container holds read-write, so its output outlives a
-        // supervisor crash (see engine::io); only the read sides stay here.
         let io_dir = self.io_dir();
-        let (out_r, out_w) = io::fifo_pair(&io::fifo_path(&io_dir, name, "stdout"))?;
-        let (err_r, err_w) = io::fifo_pair(&io::fifo_path(&io_dir, name, "stderr"))?;
-        // stdin_open: the container's stdin stays open (a pipe nobody writes to) instead of
-        // /dev/null, so programs that read stdin wait as they would under Docker.
-        let stdin = if svc.as_ref().is_some_and(|s| s.stdin_open) {
-            std::process::Stdio::from(io::idle_stdin()?)
+        // What the runtime will do: the bundle's own `process.terminal` (a one-off may differ
+        // from its service).
+        let (pid, drains) = if crate::engine::container::bundle_terminal(&rec.dir) {
+            // tty: true. The runtime makes a pty in the container and sends its master over a
+            // console socket; stdin, stdout and stderr are all the pty's slave. Its output
+            // goes to the log as "stdout". The supervisor holds the master for the container's
+            // life (reading; with stdin_open an `attach` would write to it; without, nothing
+            // is ever written, as Docker leaves a tty's input alone).
+            //
+            // Known limit: the master lives only in the supervisor (the runtime's init drops
+            // its copy once sent). A SIGKILLed supervisor closes it and the kernel hangs the
+            // terminal up: the session leader, the container's pid 1, gets SIGHUP. A command
+            // that is pid 1 without a handler ignores it (a pid namespace's init gets no
+            // default-action signals) and runs on, but its writes to the tty fail with EIO
+            // from then on (that output is lost) and an adopting supervisor has no pty to read
+            // (adopt finds no stream FIFOs). With `init: true` the init forwards the SIGHUP to
+            // the command, which by default dies: the container exits. A fix needs the runtime to leave a copy
+            // of the master in a container process for a new supervisor to take back with
+            // pidfd_getfd (and that process to never use it): not done.
+            let console = io::ConsoleSocket::bind(&io::console_path(&io_dir, name))?;
+            let cio = CreateIo {
+                stdin: std::process::Stdio::null(),
+                stdout: std::process::Stdio::null(),
+                stderr: std::process::Stdio::null(),
+            };
+            let pid = self
+                .engine
+                .runtime
+                .create(name, &rec.dir, cio, Some(console.path()))
+                .await?;
+            let master = match console.receive(Duration::from_secs(5)).await {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = self.engine.runtime.delete(name, true).await;
+                    return Err(e).context("receiving the container's pty master");
+                }
+            };
+            (
+                pid,
+                vec![tokio::spawn(io::copy_pty_to_log(master, log, None))],
+            )
         } else {
-            std::process::Stdio::null()
+            // stdout/stderr: named FIFOs the container holds read-write, so its output
+            // outlives a supervisor crash (see engine::io); only the read sides stay here.
+            let (out_r, out_w) = io::fifo_pair(&io::fifo_path(&io_dir, name, "stdout"))?;
+            let (err_r, err_w) = io::fifo_pair(&io::fifo_path(&io_dir, name, "stderr"))?;
+            // stdin_open: the container's stdin stays open (a pipe nobody writes to) instead
+            // of /dev/null, so programs that read stdin wait as they would under Docker.
+            let stdin = if svc.as_ref().is_some_and(|s| s.stdin_open) {
+                std::process::Stdio::from(io::idle_stdin()?)
+            } else {
+                std::process::Stdio::null()
+            };
+            let cio = CreateIo {
+                stdin,
+                stdout: out_w.into(),
+                stderr: err_w.into(),
+            };
+            // `create` hands the write sides to the container and drops ours with its
+            // command: the copies see EOF when the container's last process is gone.
+            let pid = self
+                .engine
+                .runtime
+                .create(name, &rec.dir, cio, None)
+                .await?;
+            (
+                pid,
+                vec![
+                    tokio::spawn(io::copy_to_log(out_r, "stdout", log.clone(), None)),
+                    tokio::spawn(io::copy_to_log(err_r, "stderr", log, None)),
+                ],
+            )
         };
-        let io = CreateIo {
-            stdin,
-            stdout: out_w.into(),
-            stderr: err_w.into(),
-        };
-        // `create` hands the write sides to the container and drops ours with its command:
-        // the copies see EOF when the container's last process is gone.
-        let pid = self.engine.runtime.create(name, &rec.dir, io, None).await?;
-        let drains = vec![
-            tokio::spawn(io::copy_to_log(out_r, "stdout", log.clone(), None)),
-            tokio::spawn(io::copy_to_log(err_r, "stderr", log, None)),
-        ];
         let pidfd = Arc::new(proc::pidfd_open(pid).context("opening the container's pidfd")?);
         // Record the run before starting it, so an instant exit is recorded after it, never
         // overwritten by it.

@@ -106,4 +106,8 @@ pub struct RunOpts {
     pub workdir: Option<String>,
     pub no_deps: bool,
     pub service_ports: bool,
+    /// `-T`, or a stdin that is not a terminal: no tty even if the service has `tty: true`
+    /// (compose run decides the tty itself).
+    #[serde(default)]
+    pub no_tty: bool,
 }
