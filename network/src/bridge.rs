@@ -180,6 +180,16 @@ pub(crate) fn switch_l3(subnet: Ipv4Net) -> Result<[u8; 6]> {
     nl::link_mac(&up).ok_or_else(|| crate::Error::NoSuchLink(SWITCH_UPLINK.into()))
 }
 
+/// Whether `switch_l3` ran in this switch (calling thread's namespace): `HAIRPIN_SOURCE` is on
+/// its bridge. False also when the addresses cannot be read (the caller then skips work that only
+/// a set-up switch needs).
+pub(crate) fn switch_has_l3() -> bool {
+    Nl::new()
+        .and_then(|mut nl| nl.dump_addresses())
+        .map(|a| a.iter().any(|(_, a)| a.addr() == HAIRPIN_SOURCE))
+        .unwrap_or(false)
+}
+
 /// `ip route add DST dev OIF scope link src SRC` (exists already: fine).
 fn add_link_route(nl: &mut Nl, dst: Ipv4Net, oif: u32, src: Ipv4Addr) -> Result<()> {
     use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
