@@ -61,6 +61,10 @@ struct Shared {
     watching: bool,
     /// The firewall rules last applied for the project.
     last_fw: Option<berth_network::firewall::ProjectFirewall>,
+    /// The project's rules were removed (`down`, or nothing left): an apply still queued
+    /// behind that removal (a container's exit seen during `down`) must not bring them back.
+    /// Cleared when an `up` starts.
+    fw_removed: bool,
     backoff: HashMap<String, Backoff>,
     live: HashMap<String, Live>,
 }
@@ -75,6 +79,8 @@ pub struct Supervisor {
     shared: StdMutex<Shared>,
     /// One state-changing operation at a time (up, down, stop…).
     op: Mutex<()>,
+    /// One firewall transaction at a time, so `last_fw` always describes what is in force.
+    fw: Mutex<()>,
     dns: berth_network::dns::DnsServer,
     shutdown: tokio::sync::Notify,
 }
@@ -118,8 +124,10 @@ async fn serve(project: String) -> anyhow::Result<()> {
             draining: Default::default(),
             watching: false,
             last_fw: None,
+            fw_removed: false,
         }),
         op: Mutex::new(()),
+        fw: Mutex::new(()),
         dns: berth_network::dns::DnsServer::start(),
         shutdown: tokio::sync::Notify::new(),
     });
@@ -449,6 +457,7 @@ impl Supervisor {
         out: &Out,
     ) -> anyhow::Result<()> {
         let _lock = ProjectLock::acquire(&self.engine.paths, &self.project)?;
+        self.shared.lock().unwrap().fw_removed = false;
         let mut made_networks: Vec<String> = Vec::new();
         let mut made_containers: Vec<String> = Vec::new();
         let (before, before_services): (Vec<String>, Vec<String>) = {
@@ -527,8 +536,7 @@ impl Supervisor {
             };
             if empty {
                 // Nothing of the project is left: no firewall chains, no record, no supervisor.
-                let _ = berth_network::firewall::remove(&self.project);
-                self.shared.lock().unwrap().last_fw = None;
+                self.remove_firewall().await;
                 let _ = remove_project_files(&self.engine.paths, &self.project, false);
                 let _ = out.send(Reply::Message {
                     text: "\u{0}exit".into(),
@@ -652,6 +660,31 @@ impl Supervisor {
             }
         }
 
+        // The networks exist: their rules (masquerade, isolation, ports of running replicas)
+        // go in while the containers are made, instead of after (an nft run is a third of a
+        // one-service `up`). The apply after the levels then only adds the new containers'
+        // published ports, or finds nothing changed.
+        let early_fw = {
+            let me = self.clone();
+            tokio::spawn(async move { me.apply_firewall().await })
+        };
+        let levels = self.converge_levels(plan, opts, out, made_containers).await;
+        // Over before anything else touches the rules (a failed `up` removes them).
+        let early = early_fw.await;
+        levels?;
+        early.map_err(|e| anyhow!("firewall task failed: {e}"))??;
+        self.apply_firewall().await?;
+        Ok(())
+    }
+
+    /// Start the plan's services level by level (independent services of a level at once).
+    async fn converge_levels(
+        self: &Arc<Self>,
+        plan: &ProjectPlan,
+        opts: &UpOpts,
+        out: &Out,
+        made_containers: &mut Vec<String>,
+    ) -> anyhow::Result<()> {
         for level in &plan.levels {
             let mut tasks = Vec::new();
             for svc_name in level {
@@ -687,7 +720,6 @@ impl Supervisor {
                 return Err(e);
             }
         }
-        self.apply_firewall().await?;
         Ok(())
     }
 
@@ -1353,6 +1385,8 @@ impl Supervisor {
     }
 
     async fn spawn(self: &Arc<Self>, name: &str) -> anyhow::Result<()> {
+        // A container starts: the project has rules again (see `fw_removed`).
+        self.shared.lock().unwrap().fw_removed = false;
         // Lock order: never hold `state` and `plan` together.
         let rec = self
             .state
@@ -1858,8 +1892,7 @@ impl Supervisor {
             let st = self.state.lock().await;
             (st.networks.clone(), st.volumes.clone())
         };
-        let _ = berth_network::firewall::remove(&self.project);
-        self.shared.lock().unwrap().last_fw = None;
+        self.remove_firewall().await;
         // Stop answering DNS on the gateways before the networks go.
         self.state.lock().await.networks.clear();
         self.refresh_dns().await;
@@ -1947,7 +1980,20 @@ impl Supervisor {
         }
     }
 
+    /// Remove the project's rules, and keep them removed until the next `up`.
+    async fn remove_firewall(&self) {
+        let _one = self.fw.lock().await;
+        let _ = berth_network::firewall::remove(&self.project);
+        let mut sh = self.shared.lock().unwrap();
+        sh.last_fw = None;
+        sh.fw_removed = true;
+    }
+
     async fn apply_firewall(&self) -> anyhow::Result<()> {
+        let _one = self.fw.lock().await;
+        if self.shared.lock().unwrap().fw_removed {
+            return Ok(());
+        }
         let st = self.state.lock().await;
         let serving = self.serving_set(&st);
         let mut fw = berth_network::firewall::ProjectFirewall {
