@@ -198,14 +198,26 @@ fn docker_compose() -> Option<PathBuf> {
             return Some(p);
         }
     }
-    let path = std::env::var_os("PATH")?;
+    // Else a v2 on PATH or installed as a docker CLI plugin. Debian's docker-compose 1.29 (a
+    // different loader, with no `config --format json`) is not the reference.
+    let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|d| d.join("docker-compose"))
+        .chain([
+            PathBuf::from("/usr/local/lib/docker/cli-plugins/docker-compose"),
+            PathBuf::from("/usr/lib/docker/cli-plugins/docker-compose"),
+        ])
         .find(|p| {
             Command::new(p)
-                .arg("version")
+                .args(["version", "--short"])
                 .output()
-                .map(|o| o.status.success())
+                .map(|o| {
+                    o.status.success()
+                        && String::from_utf8_lossy(&o.stdout)
+                            .trim()
+                            .trim_start_matches('v')
+                            .starts_with("2.")
+                })
                 .unwrap_or(false)
         })
 }
