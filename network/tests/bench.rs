@@ -68,9 +68,15 @@ fn dnsperf_args(
 
 /// user+system CPU of this process (the DNS server's threads; nothing else runs meanwhile).
 fn self_cpu_seconds() -> f64 {
+    cpu_seconds(libc::RUSAGE_SELF)
+}
+
+/// user+system CPU of `who` (RUSAGE_SELF, or RUSAGE_CHILDREN: the waited-for children, such
+/// as dnsperf).
+fn cpu_seconds(who: i32) -> f64 {
     // SAFETY: getrusage fills the struct.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    unsafe { libc::getrusage(who, &mut ru) };
     let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
     t(ru.ru_utime) + t(ru.ru_stime)
 }
@@ -187,15 +193,18 @@ fn bench_dns_and_throughput() {
     assert!(q2 > 0.0, "{out2}");
     // The way ../shared/peers/bench-dns.sh asks: dnsperf's defaults (one client thread, up to
     // 100 queries in flight), then 1000 queries/s with per-query latencies.
-    let cpu0 = self_cpu_seconds();
+    let (cpu0, client0) = (self_cpu_seconds(), cpu_seconds(libc::RUSAGE_CHILDREN));
     let (q3, l3, out3) = dnsperf_args(&a, net.gateway, "web A", d.path(), &[]);
     let cpu = self_cpu_seconds() - cpu0;
+    let client = cpu_seconds(libc::RUSAGE_CHILDREN) - client0;
     assert!(q3 > 0.0, "{out3}");
     let done = field(&out3, "Queries completed:");
     println!(
-        "dnsperf service name, dnsperf defaults: {q3:.0} q/s, avg latency {:.3} ms; server CPU {:.2} us/query",
+        "dnsperf service name, dnsperf defaults: {q3:.0} q/s, avg latency {:.3} ms; server CPU {:.2} us/query; dnsperf CPU {:.2} us/query ({:.2} cores over its 5 s)",
         l3 * 1e3,
-        cpu * 1e6 / done.max(1.0)
+        cpu * 1e6 / done.max(1.0),
+        client * 1e6 / done.max(1.0),
+        client / 5.0
     );
     let (_, _, out4) = dnsperf_args(&a, net.gateway, "web A", d.path(), &["-Q", "1000", "-v"]);
     let mut lat: Vec<f64> = out4
