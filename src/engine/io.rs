@@ -87,19 +87,8 @@ fn is_fifo(fd: &OwnedFd) -> bool {
 /// Make a new FIFO at `path` (replacing an earlier run's) and open it: (the supervisor's read
 /// side, non-blocking; the container's side, read-write). Both close-on-exec.
 pub fn fifo_pair(path: &Path) -> std::io::Result<(OwnedFd, OwnedFd)> {
-    if let Some(d) = path.parent() {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(d)?;
-    }
     // A fresh inode per run: a copy task still draining the previous run keeps the old one.
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
+    clear_io_path(path)?;
     let c = cpath(path)?;
     // SAFETY: a NUL-terminated path.
     if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } < 0 {
@@ -108,14 +97,23 @@ pub fn fifo_pair(path: &Path) -> std::io::Result<(OwnedFd, OwnedFd)> {
     // The container's side first: the reader then opens with a writer present, so it sees
     // EPOLLHUP when the last one goes.
     let rw = open_path(path, libc::O_RDWR | libc::O_NOFOLLOW)?;
-    let rd = open_path(path, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW)?;
-    if !is_fifo(&rd) {
-        return Err(std::io::Error::other(format!(
-            "{} is not a FIFO",
-            path.display()
-        )));
+    Ok((open_fifo_reader(path)?, rw))
+}
+
+/// Make the private (0700) directory of an io path and remove what an earlier run left there.
+fn clear_io_path(path: &Path) -> std::io::Result<()> {
+    if let Some(d) = path.parent() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)?;
     }
-    Ok((rd, rw))
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Open the read side of an existing stream FIFO again (a new supervisor adopting a container).
@@ -154,18 +152,8 @@ pub struct ConsoleSocket {
 
 impl ConsoleSocket {
     pub fn bind(path: &Path) -> std::io::Result<ConsoleSocket> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        if let Some(d) = path.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(d)?;
-        }
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        use std::os::unix::fs::PermissionsExt;
+        clear_io_path(path)?;
         let listener = std::os::unix::net::UnixListener::bind(path)?;
         let me = ConsoleSocket {
             listener,
