@@ -8,14 +8,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn supervisor_pid(b: &Berth, p: &str) -> i32 {
-    let f = b
-        .root
-        .path()
-        .join(format!("run/projects/{p}/supervisor.pid"));
-    std::fs::read_to_string(&f).unwrap().trim().parse().unwrap()
-}
-
 fn kill_and_reap_wait(pid: i32) {
     // SAFETY: killing the supervisor we started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -70,7 +62,7 @@ fn supervisor_killed_mid_stream_loses_no_output() {
     wait_for("output to flow", Duration::from_secs(30), || {
         (logged(&b, &p, &name) >= 200).then_some(())
     });
-    kill_and_reap_wait(supervisor_pid(&b, &p));
+    kill_and_reap_wait(b.supervisor_pid(&p));
     let at_kill = logged(&b, &p, &name);
     // No supervisor reads: the shell fills the pipe (64 KiB, ~640 lines) and then waits in
     // its write. It neither dies of SIGPIPE nor moves on.

@@ -8,15 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The pid of the project's supervisor, from its pid file.
-fn supervisor_pid(b: &Berth, p: &str) -> i32 {
-    let f = b
-        .root
-        .path()
-        .join(format!("run/projects/{p}/supervisor.pid"));
-    std::fs::read_to_string(&f).unwrap().trim().parse().unwrap()
-}
-
 fn logs(b: &Berth, f: &std::path::Path, svc: &str) -> String {
     b.ok(f, &["logs", "--no-log-prefix", svc])
 }
@@ -227,7 +218,7 @@ fn supervisor_killed_then_up_adopts_and_down_cleans() {
     b.ok(&f, &["up", "-d"]);
     let st = b.state(&p).unwrap();
     let pid = st["containers"][0]["pid"].as_i64().unwrap() as i32;
-    let sup = supervisor_pid(&b, &p);
+    let sup = b.supervisor_pid(&p);
     // SAFETY: killing the supervisor we started.
     unsafe { libc::kill(sup, libc::SIGKILL) };
     wait_for("the supervisor to die", Duration::from_secs(5), || {
@@ -244,7 +235,7 @@ fn supervisor_killed_then_up_adopts_and_down_cleans() {
         "the same process, adopted"
     );
     // Kill the new supervisor too: down must work without one.
-    let sup2 = supervisor_pid(&b, &p);
+    let sup2 = b.supervisor_pid(&p);
     // SAFETY: killing the supervisor we started.
     unsafe { libc::kill(sup2, libc::SIGKILL) };
     std::thread::sleep(Duration::from_millis(200));

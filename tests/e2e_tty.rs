@@ -212,15 +212,7 @@ fn a_killed_supervisor_hangs_up_the_tty_but_pid_1_runs_on() {
         |b: &Berth| -> serde_json::Value { b.state(&p).unwrap()["containers"][0]["pid"].clone() };
     let before = pid_of_term(&b);
     assert!(before.is_i64(), "{before}");
-    let pidf = b
-        .root
-        .path()
-        .join(format!("run/projects/{p}/supervisor.pid"));
-    let sup: i32 = std::fs::read_to_string(pidf)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let sup = b.supervisor_pid(&p);
     // SAFETY: killing the supervisor this test started.
     unsafe { libc::kill(sup, libc::SIGKILL) };
     wait_for("the supervisor to die", Duration::from_secs(5), || {

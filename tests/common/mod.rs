@@ -148,6 +148,15 @@ impl Berth {
             .unwrap_or_else(|| panic!("berth port printed {out:?}"))
     }
 
+    /// The pid of project `p`'s supervisor, from its pid file.
+    pub fn supervisor_pid(&self, p: &str) -> i32 {
+        let f = self
+            .root
+            .path()
+            .join(format!("run/projects/{p}/supervisor.pid"));
+        std::fs::read_to_string(&f).unwrap().trim().parse().unwrap()
+    }
+
     pub fn state(&self, project: &str) -> Option<serde_json::Value> {
         let p = self
             .root
