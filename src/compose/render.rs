@@ -163,6 +163,8 @@ pub fn go_yaml_key_order(a: &str, b: &str) -> std::cmp::Ordering {
         if al || bl {
             return less(if digits { al } else { bl });
         }
+        // A zero inside a number that already has a non-zero digit: both runs start at 1, as
+        // go-yaml's keyList.Less does.
         let (mut an, mut bn): (i128, i128) = (0, 0);
         if ar[i] == '0' || br[i] == '0' {
             let mut j = i;
@@ -175,20 +177,19 @@ pub fn go_yaml_key_order(a: &str, b: &str) -> std::cmp::Ordering {
                 }
             }
         }
-        let mut ai = i;
-        while ai < ar.len() && ar[ai].is_ascii_digit() {
-            an = an
-                .saturating_mul(10)
-                .saturating_add(ar[ai] as i128 - '0' as i128);
-            ai += 1;
-        }
-        let mut bi = i;
-        while bi < br.len() && br[bi].is_ascii_digit() {
-            bn = bn
-                .saturating_mul(10)
-                .saturating_add(br[bi] as i128 - '0' as i128);
-            bi += 1;
-        }
+        // The digit run starting at i: its value (on top of `start`) and where it ends.
+        let run = |r: &[char], start: i128| {
+            let mut n = start;
+            let mut k = i;
+            while k < r.len() && r[k].is_ascii_digit() {
+                n = n
+                    .saturating_mul(10)
+                    .saturating_add(r[k] as i128 - '0' as i128);
+                k += 1;
+            }
+            (n, k)
+        };
+        let ((an, ai), (bn, bi)) = (run(&ar, an), run(&br, bn));
         if an != bn {
             return an.cmp(&bn);
         }
