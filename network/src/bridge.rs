@@ -173,7 +173,7 @@ pub(crate) fn switch_l3(subnet: Ipv4Net) -> Result<[u8; 6]> {
     let mut nl = Nl::new()?;
     let br = nl.require_index(SWITCH_BRIDGE)?;
     nl.add_address(br, Ipv4Net::new(HAIRPIN_SOURCE, 32).expect("/32"))?;
-    add_link_route(&mut nl, subnet.trunc(), br, HAIRPIN_SOURCE)?;
+    nl.add_link_route(subnet.trunc(), br, HAIRPIN_SOURCE)?;
     let up = nl
         .link_by_name(SWITCH_UPLINK)?
         .ok_or_else(|| crate::Error::NoSuchLink(SWITCH_UPLINK.into()))?;
@@ -188,39 +188,6 @@ pub(crate) fn switch_has_l3() -> bool {
         .and_then(|mut nl| nl.dump_addresses())
         .map(|a| a.iter().any(|(_, a)| a.addr() == HAIRPIN_SOURCE))
         .unwrap_or(false)
-}
-
-/// `ip route add DST dev OIF scope link src SRC` (exists already: fine).
-fn add_link_route(nl: &mut Nl, dst: Ipv4Net, oif: u32, src: Ipv4Addr) -> Result<()> {
-    use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
-    use netlink_packet_route::route::{
-        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-        RouteType,
-    };
-    use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-    let mut msg = RouteMessage::default();
-    msg.header.address_family = AddressFamily::Inet;
-    msg.header.destination_prefix_length = dst.prefix_len();
-    msg.header.table = RouteHeader::RT_TABLE_MAIN;
-    msg.header.protocol = RouteProtocol::Boot;
-    msg.header.scope = RouteScope::Link;
-    msg.header.kind = RouteType::Unicast;
-    msg.attributes
-        .push(RouteAttribute::Destination(RouteAddress::Inet(
-            dst.network(),
-        )));
-    msg.attributes
-        .push(RouteAttribute::PrefSource(RouteAddress::Inet(src)));
-    msg.attributes.push(RouteAttribute::Oif(oif));
-    match nl.request(
-        "add route",
-        RouteNetlinkMessage::NewRoute(msg),
-        NLM_F_CREATE | NLM_F_EXCL,
-    ) {
-        Ok(_) => Ok(()),
-        Err(e) if nl::is_errno(&e, libc::EEXIST) => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 /// Delete the network's host link and its switch namespace (with everything still plugged into

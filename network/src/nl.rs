@@ -337,17 +337,49 @@ impl Nl {
     }
 
     pub fn add_default_route(&mut self, gateway: Ipv4Addr, oif: u32) -> Result<()> {
+        self.add_route(
+            "add default route",
+            RouteScope::Universe,
+            0,
+            vec![
+                RouteAttribute::Gateway(RouteAddress::Inet(gateway)),
+                RouteAttribute::Oif(oif),
+            ],
+        )
+    }
+
+    /// `ip route add DST dev OIF scope link src SRC`.
+    pub fn add_link_route(&mut self, dst: Ipv4Net, oif: u32, src: Ipv4Addr) -> Result<()> {
+        self.add_route(
+            "add route",
+            RouteScope::Link,
+            dst.prefix_len(),
+            vec![
+                RouteAttribute::Destination(RouteAddress::Inet(dst.network())),
+                RouteAttribute::PrefSource(RouteAddress::Inet(src)),
+                RouteAttribute::Oif(oif),
+            ],
+        )
+    }
+
+    /// A unicast route in the main table (exists already: fine).
+    fn add_route(
+        &mut self,
+        what: &str,
+        scope: RouteScope,
+        prefix_len: u8,
+        attributes: Vec<RouteAttribute>,
+    ) -> Result<()> {
         let mut msg = RouteMessage::default();
         msg.header.address_family = AddressFamily::Inet;
+        msg.header.destination_prefix_length = prefix_len;
         msg.header.table = RouteHeader::RT_TABLE_MAIN;
         msg.header.protocol = RouteProtocol::Boot;
-        msg.header.scope = RouteScope::Universe;
+        msg.header.scope = scope;
         msg.header.kind = RouteType::Unicast;
-        msg.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
-        msg.attributes.push(RouteAttribute::Oif(oif));
+        msg.attributes = attributes;
         match self.request(
-            "add default route",
+            what,
             RouteNetlinkMessage::NewRoute(msg),
             NLM_F_CREATE | NLM_F_EXCL,
         ) {
