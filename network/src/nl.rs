@@ -22,6 +22,14 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use crate::{Error, Result};
 
+/// Largest IPv4 GSO/GRO packet on berth's veths (BIG TCP, kernel 6.3+; older kernels ignore
+/// the attributes). A 64 KiB skb is the default; a 192 KiB one crosses the two veths and the
+/// bridge of a container-to-container path with a third of the per-packet work. Measured by
+/// alternating iperf3 runs on one stack: container-to-container went from ~0.9 to ~1.15 of a
+/// bare veth pair at the default size. Packets leaving through a device with a smaller limit
+/// are segmented by the kernel as usual.
+pub(crate) const BIG_TCP_IPV4_MAX: u32 = 192 * 1024;
+
 pub(crate) struct Nl {
     sock: Socket,
     seq: u32,
@@ -174,7 +182,8 @@ impl Nl {
         }
     }
 
-    /// Create a veth pair whose peer is made directly inside the namespace `peer_ns`.
+    /// Create a veth pair whose peer is made directly inside the namespace `peer_ns`. Both ends use
+    /// IPv4 BIG TCP (`BIG_TCP_IPV4_MAX`).
     pub fn add_veth(
         &mut self,
         host: &str,
@@ -200,6 +209,12 @@ impl Nl {
         if let Some(mtu) = mtu {
             msg.attributes.push(LinkAttribute::Mtu(mtu));
             peer_msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        for m in [&mut msg, &mut peer_msg] {
+            m.attributes
+                .push(LinkAttribute::GsoIpv4MaxSize(BIG_TCP_IPV4_MAX));
+            m.attributes
+                .push(LinkAttribute::GroIpv4MaxSize(BIG_TCP_IPV4_MAX));
         }
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
