@@ -151,6 +151,73 @@ fn udp_echo(
     (stop, h)
 }
 
+/// A "remote host": a namespace joined to the host by a veth pair on 198.18.N.0/30 (RFC 2544's
+/// benchmarking range), the host end .1, the remote .2 with its default route through the host.
+/// Deleted on drop.
+struct Remote {
+    ns: String,
+    host_if: String,
+    host: Ipv4Addr,
+    addr: Ipv4Addr,
+}
+
+impl Remote {
+    fn new() -> Remote {
+        let id = std::process::id();
+        let n = (id % 250) as u8;
+        let r = Remote {
+            ns: format!("berthtest-remote-{id}"),
+            host_if: format!("btr{}", id % 100_000_000),
+            host: Ipv4Addr::new(198, 18, n, 1),
+            addr: Ipv4Addr::new(198, 18, n, 2),
+        };
+        let ip = |args: &[&str]| {
+            let o = Command::new("ip").args(args).output().unwrap();
+            assert!(
+                o.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        let _ = Command::new("ip").args(["netns", "del", &r.ns]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &r.host_if])
+            .output();
+        ip(&["netns", "add", &r.ns]);
+        ip(&[
+            "link", "add", &r.host_if, "type", "veth", "peer", "name", "eth0", "netns", &r.ns,
+        ]);
+        ip(&["addr", "add", &format!("{}/30", r.host), "dev", &r.host_if]);
+        ip(&["link", "set", &r.host_if, "up"]);
+        let a = format!("{}/30", r.addr);
+        let h = r.host.to_string();
+        for args in [
+            vec!["addr", "add", &a, "dev", "eth0"],
+            vec!["link", "set", "eth0", "up"],
+            vec!["link", "set", "lo", "up"],
+            vec!["route", "add", "default", "via", &h],
+        ] {
+            let mut full = vec!["-n", r.ns.as_str()];
+            full.extend(args);
+            ip(&full);
+        }
+        r
+    }
+
+    fn netns(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.ns)
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
 #[test]
 fn published_ports_and_hairpin_work_under_a_forward_drop_policy() {
     let b = Berth::new();
@@ -247,29 +314,74 @@ fn published_ports_and_hairpin_work_under_a_forward_drop_policy() {
         );
     }
 
-    // The policy really is in force: what the host does route is dropped. A published port of
-    // another network, reached from a container through the host's address, is such traffic
-    // (the host DNATs it and routes it from one network to the other): berth cannot serve that
-    // inside a switch, and the foreign policy stops it. From the host itself it works.
+    // Clients the host would have to route: a published port of another network reached from
+    // a container through the host's address, and a client on another host. The kernel's DNAT
+    // would send both into the dropping FORWARD hook; berth's relay accepts them on the host
+    // and connects again from there (see berth_network::relay).
     let other = b.port(&f, "other", 80, 1);
     assert!(
         host_get(host, other).is_some_and(|b| b.contains("hello from berth")),
         "the other network's port from the host"
     );
     let url = format!("http://{host}:{other}/");
-    let o = b
-        .cmd()
-        .arg("-f")
-        .arg(&f)
-        .args([
-            "exec", "-T", "client", "timeout", "2", "wget", "-q", "-O-", &url,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        !o.status.success(),
-        "the forward drop policy is not in force: {url} reached from client"
+    let got = wait_for(
+        "the relay to serve another network's port",
+        Duration::from_secs(15),
+        || {
+            let o = b
+                .cmd()
+                .arg("-f")
+                .arg(&f)
+                .args([
+                    "exec", "-T", "client", "timeout", "2", "wget", "-q", "-O-", &url,
+                ])
+                .output()
+                .unwrap();
+            o.status
+                .success()
+                .then(|| String::from_utf8_lossy(&o.stdout).to_string())
+        },
     );
+    assert!(got.contains("hello from berth"), "{url} from client: {got}");
+    let remote = Remote::new();
+    for port in [tcp, other] {
+        let to = remote.host;
+        let got = in_netns(&remote.netns(), move || host_get(to, port));
+        assert!(
+            got.as_deref()
+                .is_some_and(|b| b.contains("hello from berth")),
+            "tcp {to}:{port} from a remote host: {got:?}"
+        );
+    }
+    let to = SocketAddr::new(IpAddr::V4(remote.host), udp);
+    let r = in_netns(&remote.netns(), move || udp_roundtrip(to, b"remote"));
+    assert_eq!(
+        r.as_deref(),
+        Some(&b"echo:remote"[..]),
+        "udp {to} from a remote host"
+    );
+
+    // The policy really is in force: what the host does route is dropped. A container reaching
+    // the remote host directly is such traffic (routed and masqueraded by the host).
+    let listener = {
+        let ns = std::fs::File::open(remote.netns()).unwrap();
+        let addr = remote.addr;
+        std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            std::net::TcpListener::bind((addr, 8099)).unwrap()
+        })
+        .join()
+        .unwrap()
+    };
+    let to = SocketAddr::from((remote.addr, 8099));
+    let routed = in_netns(&client_ns, move || {
+        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).is_ok()
+    });
+    assert!(
+        !routed,
+        "the forward drop policy is not in force: {to} reached from client"
+    );
+    drop(listener);
 
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     echo.join().unwrap();

@@ -52,7 +52,12 @@
 //! Docker's policy, like any other router's on that host: netfilter has no way around a drop,
 //! and the two switches have no path to each other but through the host. Verified by hand with
 //! Debian's dockerd 20.10 running (policy drop, br_netfilter on): a plain host bridge loses
-//! 100% of pings.
+//! 100% of pings. For published ports berth takes those clients off the routed path: when some
+//! other table's forward hook has policy drop (`routed_traffic_blocked`, looked at by the
+//! supervisor every few seconds), the project is applied with `relay` set, the prerouting rules
+//! only count, and the supervisor's userland relay (`crate::relay`) accepts the connections on
+//! the host and opens them again to the container. Containers reaching the outside world stay
+//! routed, and so stay under that policy.
 
 use std::fmt;
 use std::io::Write;
@@ -125,6 +130,11 @@ pub struct PortRule {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ProjectFirewall {
+    /// Published ports are served by the userland relay (`crate::relay`) for clients the host
+    /// would have to route: the nat prerouting hook counts them and leaves them to the relay's
+    /// sockets instead of DNATing them into a FORWARD hook that drops them (see
+    /// `routed_traffic_blocked`). Connections from the host itself keep their DNAT.
+    pub relay: bool,
     pub project: String,
     pub networks: Vec<NetRule>,
     pub ports: Vec<PortRule>,
@@ -299,8 +309,11 @@ pub fn script(fw: &ProjectFirewall) -> Result<String> {
         );
         let target = dnat_target(&p.backends);
         let comment = port_comment(p.protocol, host, p.host_port);
+        // The prerouting rule stays with its comment in relay mode: other projects find the
+        // port taken by it (`published_by_other`).
+        let pre_target = if fw.relay { "counter" } else { &target };
         s.push_str(&format!(
-            "add rule {t} {pre}_pre {m} {target} comment \"{comment}\"\n"
+            "add rule {t} {pre}_pre {m} {pre_target} comment \"{comment}\"\n"
         ));
         s.push_str(&format!(
             "add rule {t} {pre}_out {m} {target} comment \"{comment}\"\n"
@@ -629,6 +642,33 @@ pub fn apply(fw: &ProjectFirewall) -> Result<()> {
     Ok(())
 }
 
+/// Whether the host drops the traffic it routes for berth: some other table (Docker's
+/// iptables-nft `ip filter`, a firewall's own) has a base chain on the forward hook with policy
+/// drop. Its rules might accept berth's interfaces, but nothing berth can see says so, and the
+/// relay serves clients either way. Chains of legacy (non-nft) iptables are not visible here.
+pub fn routed_traffic_blocked() -> bool {
+    match nft(&["-j", "list", "chains"], None) {
+        Ok(out) => forward_drop_in(&out),
+        Err(_) => false,
+    }
+}
+
+/// `routed_traffic_blocked` on the output of `nft -j list chains` (pure; unit-tested).
+fn forward_drop_in(json: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return false;
+    };
+    let Some(items) = v["nftables"].as_array() else {
+        return false;
+    };
+    items.iter().any(|i| {
+        let c = &i["chain"];
+        c["hook"] == "forward"
+            && c["policy"] == "drop"
+            && !(c["family"] == "inet" && c["table"] == TABLE)
+    })
+}
+
 /// Chain names and published-port comments of the berth table; None if it does not exist.
 /// (chain names, (chain, rule comment) pairs)
 type Listing = (Vec<String>, Vec<(String, String)>);
@@ -816,6 +856,7 @@ mod tests {
 
     fn fw() -> ProjectFirewall {
         ProjectFirewall {
+            relay: false,
             project: "My-App".into(),
             networks: vec![
                 NetRule {
@@ -1014,6 +1055,45 @@ mod tests {
             switch_script(n, &[], &hosts, mac),
             "add table bridge berth\ndelete table bridge berth\nadd table ip berth\ndelete table ip berth\n"
         );
+    }
+
+    #[test]
+    fn relay_mode_counts_routed_clients_and_keeps_the_host_dnat() {
+        let mut f = fw();
+        f.relay = true;
+        let s = script(&f).unwrap();
+        let pre: Vec<&str> = s
+            .lines()
+            .filter(|l| l.contains("_pre ") && l.contains("dport 8080"))
+            .collect();
+        assert_eq!(pre.len(), 1, "{s}");
+        assert!(
+            pre[0].ends_with("counter comment \"berth-port tcp * 8080\""),
+            "{}",
+            pre[0]
+        );
+        assert!(!pre[0].contains("dnat"));
+        assert!(s
+            .lines()
+            .any(|l| l.contains("_out ") && l.contains("dport 8080 dnat ip to 10.89.0.2:80")));
+    }
+
+    #[test]
+    fn forward_drop_policies_of_other_tables_are_seen() {
+        let docker = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "handle": 2,
+              "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
+            {"chain": {"family": "ip", "table": "filter", "name": "DOCKER", "handle": 5}}]}"#;
+        assert!(forward_drop_in(docker));
+        let accept = docker.replace("\"drop\"", "\"accept\"");
+        assert!(!forward_drop_in(&accept));
+        // berth's own chains never count, whatever they do.
+        let own = r#"{"nftables": [{"chain": {"family": "inet", "table": "berth",
+            "name": "p_x_fwd", "hook": "forward", "prio": 0, "policy": "drop"}}]}"#;
+        assert!(!forward_drop_in(own));
+        let input = docker.replace("\"forward\"", "\"input\"");
+        assert!(!forward_drop_in(&input));
+        assert!(!forward_drop_in("not json"));
     }
 
     #[test]

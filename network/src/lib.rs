@@ -14,6 +14,8 @@ pub mod firewall;
 pub mod ipam;
 pub mod netns;
 mod nl;
+#[cfg(feature = "relay")]
+pub mod relay;
 mod sysctl;
 
 use std::net::Ipv4Addr;

@@ -159,6 +159,7 @@ fn published_tcp_and_udp_ports_reach_the_endpoint() {
         let udp_port = firewall::pick_free_port(Proto::Udp, None).unwrap();
         let _fw = Fw(project.clone());
         let fw = ProjectFirewall {
+            relay: false,
             project: project.clone(),
             networks: vec![net.rule()],
             ports: vec![
@@ -219,6 +220,7 @@ fn published_tcp_and_udp_ports_reach_the_endpoint() {
         let e = firewall::check_port_free("tcp", None, tcp_port).unwrap_err();
         assert!(matches!(e, berth_network::Error::PortInUse { .. }), "{e}");
         let clash = ProjectFirewall {
+            relay: false,
             project: uniq("clash"),
             networks: vec![],
             ports: vec![PortRule {
@@ -278,6 +280,7 @@ fn one_port_spreads_over_replicas_and_swaps_atomically() {
     let port = firewall::pick_free_port("tcp", None).unwrap();
     let _fw = Fw(project.clone());
     let mut fw = ProjectFirewall {
+        relay: false,
         project: project.clone(),
         networks: vec![net.rule()],
         ports: vec![PortRule {
@@ -322,6 +325,7 @@ fn internal_network_has_no_route_out() {
     let _web = other.httpd(d.path(), "outside");
     let _fw = Fw(project.clone());
     firewall::apply(&ProjectFirewall {
+        relay: false,
         project: project.clone(),
         networks: vec![inet.rule(), outer.rule()],
         ports: vec![],
@@ -368,6 +372,7 @@ fn networks_are_isolated_from_each_other() {
     let _web = b.httpd(d.path(), "b");
     let _fw = Fw(project.clone());
     firewall::apply(&ProjectFirewall {
+        relay: false,
         project,
         networks: vec![n1.rule(), n2.rule()],
         ports: vec![],
@@ -467,6 +472,7 @@ fn firewall_remove_is_idempotent_and_drops_the_table_when_last() {
     let p = uniq("rm");
     let _g = Fw(p.clone());
     firewall::apply(&ProjectFirewall {
+        relay: false,
         project: p.clone(),
         networks: vec![NetRule {
             bridge: "berthbrdeadbeef".into(),
@@ -541,6 +547,7 @@ fn coexists_with_a_forward_drop_policy() {
         backends,
     };
     firewall::apply(&ProjectFirewall {
+        relay: false,
         project,
         networks: vec![net.rule(), other.rule()],
         ports: vec![
@@ -620,6 +627,7 @@ fn hairpin_survives_br_netfilter_turned_on_in_the_switch() {
     let port = firewall::pick_free_port("tcp", None).unwrap();
     let _fw = Fw(project.clone());
     let fw = ProjectFirewall {
+        relay: false,
         project,
         networks: vec![net.rule()],
         ports: vec![PortRule {
@@ -771,6 +779,7 @@ fn outbound_traffic_is_masqueraded() {
     let _srv = whoami_server(&outside, 8080);
     let _fw = Fw(project.clone());
     firewall::apply(&ProjectFirewall {
+        relay: false,
         project,
         networks: vec![net.rule()],
         ports: vec![],
@@ -801,6 +810,7 @@ fn host_loopback_is_not_reachable_from_a_network() {
     l.set_nonblocking(true).unwrap();
     let _fw = Fw(project.clone());
     firewall::apply(&ProjectFirewall {
+        relay: false,
         project,
         networks: vec![net.rule()],
         ports: vec![],

@@ -82,8 +82,16 @@ pub struct Supervisor {
     /// One firewall transaction at a time, so `last_fw` always describes what is in force.
     fw: Mutex<()>,
     dns: berth_network::dns::DnsServer,
+    /// Serves published ports to clients the host would route, while it drops routed traffic
+    /// (`berth_network::relay`); empty otherwise.
+    relay: StdMutex<berth_network::relay::Relay>,
+    /// The last `firewall::routed_traffic_blocked`, refreshed by `watch_forward_policy`.
+    routed_blocked: std::sync::atomic::AtomicBool,
     shutdown: tokio::sync::Notify,
 }
+
+/// How often the host's forward policy is looked at again (Docker may start after `up`).
+const FORWARD_POLICY_CHECK: Duration = Duration::from_secs(10);
 
 /// Entry point of `berth __supervisor`.
 pub fn main(project: &str) -> anyhow::Result<u8> {
@@ -129,8 +137,11 @@ async fn serve(project: String) -> anyhow::Result<()> {
         op: Mutex::new(()),
         fw: Mutex::new(()),
         dns: berth_network::dns::DnsServer::start(),
+        relay: StdMutex::new(berth_network::relay::Relay::new()),
+        routed_blocked: std::sync::atomic::AtomicBool::new(false),
         shutdown: tokio::sync::Notify::new(),
     });
+    tokio::spawn(sup.clone().watch_forward_policy());
     sup.adopt().await;
     // No blanket reaper: container inits are reaped through their pidfds and tokio reaps the
     // runtime helpers it spawned; a `waitpid(-1)` here would steal their statuses.
@@ -1980,10 +1991,31 @@ impl Supervisor {
         }
     }
 
+    /// Look at the host's forward policy now and every `FORWARD_POLICY_CHECK`; when it starts
+    /// or stops dropping routed traffic, apply the firewall again (which moves the published
+    /// ports to or from the relay).
+    async fn watch_forward_policy(self: Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let blocked =
+                tokio::task::spawn_blocking(berth_network::firewall::routed_traffic_blocked)
+                    .await
+                    .unwrap_or(false);
+            if self.routed_blocked.swap(blocked, Ordering::SeqCst) != blocked {
+                tracing::info!("host forward policy drops routed traffic: {blocked}");
+                if let Err(e) = self.apply_firewall().await {
+                    tracing::warn!("firewall: {e:#}");
+                }
+            }
+            tokio::time::sleep(FORWARD_POLICY_CHECK).await;
+        }
+    }
+
     /// Remove the project's rules, and keep them removed until the next `up`.
     async fn remove_firewall(&self) {
         let _one = self.fw.lock().await;
         let _ = berth_network::firewall::remove(&self.project);
+        self.relay.lock().unwrap().clear();
         let mut sh = self.shared.lock().unwrap();
         sh.last_fw = None;
         sh.fw_removed = true;
@@ -1997,6 +2029,9 @@ impl Supervisor {
         let st = self.state.lock().await;
         let serving = self.serving_set(&st);
         let mut fw = berth_network::firewall::ProjectFirewall {
+            relay: self
+                .routed_blocked
+                .load(std::sync::atomic::Ordering::SeqCst),
             project: self.project.clone(),
             networks: vec![],
             ports: vec![],
@@ -2051,7 +2086,18 @@ impl Supervisor {
             return Ok(());
         }
         let applied = fw.clone();
+        let relay = fw.relay;
+        // Into relay mode: listen before the kernel stops DNATing routed clients; out of it:
+        // stop listening once the DNAT is back. (The ports were checked free before `up`.)
+        if relay {
+            if let Err(e) = self.relay.lock().unwrap().update(&fw.ports) {
+                tracing::warn!("relay: {e}");
+            }
+        }
         tokio::task::spawn_blocking(move || berth_network::firewall::apply(&fw)).await??;
+        if !relay {
+            self.relay.lock().unwrap().clear();
+        }
         self.shared.lock().unwrap().last_fw = Some(applied);
         Ok(())
     }
