@@ -361,8 +361,7 @@ fn published_ports_and_hairpin_work_under_a_forward_drop_policy() {
         "udp {to} from a remote host"
     );
 
-    // The policy really is in force: what the host does route is dropped. A container reaching
-    // the remote host directly is such traffic (routed and masqueraded by the host).
+    // Outbound TCP from a container is relayed too: the remote host sees the host's address.
     let listener = {
         let ns = std::fs::File::open(remote.netns()).unwrap();
         let addr = remote.addr;
@@ -373,15 +372,41 @@ fn published_ports_and_hairpin_work_under_a_forward_drop_policy() {
         .join()
         .unwrap()
     };
+    listener.set_nonblocking(true).unwrap();
     let to = SocketAddr::from((remote.addr, 8099));
-    let routed = in_netns(&client_ns, move || {
-        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).is_ok()
+    let sent = in_netns(&client_ns, move || {
+        let mut c = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3)).ok()?;
+        c.write_all(b"from a container").ok()?;
+        Some(c.local_addr().ok()?.ip())
     });
-    assert!(
-        !routed,
-        "the forward drop policy is not in force: {to} reached from client"
+    let client_ip = sent.expect("outbound TCP from a container under the drop policy");
+    let (mut conn, peer) = wait_for("the remote host to accept", Duration::from_secs(5), || {
+        listener.accept().ok()
+    });
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut got = vec![0u8; 16];
+    conn.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"from a container");
+    assert_eq!(peer.ip(), IpAddr::V4(remote.host), "seen from {peer}");
+    assert_ne!(peer.ip(), client_ip);
+
+    // The policy really is in force: what the host does route is dropped. UDP from a container
+    // to the remote host is such traffic (routed and masqueraded by the host, not relayed).
+    let (stop_r, echo_r) = udp_echo(&remote.netns(), 8098);
+    let to = SocketAddr::from((remote.addr, 8098));
+    assert_eq!(
+        udp_roundtrip(to, b"host").as_deref(),
+        Some(&b"echo:host"[..]),
+        "the remote echo from the host"
     );
-    drop(listener);
+    let routed = in_netns(&client_ns, move || udp_roundtrip(to, b"routed"));
+    assert_eq!(
+        routed, None,
+        "the forward drop policy is not in force: {to} answered a container"
+    );
+    stop_r.store(true, std::sync::atomic::Ordering::SeqCst);
+    echo_r.join().unwrap();
 
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     echo.join().unwrap();

@@ -135,6 +135,10 @@ pub struct ProjectFirewall {
     /// sockets instead of DNATing them into a FORWARD hook that drops them (see
     /// `routed_traffic_blocked`). Connections from the host itself keep their DNAT.
     pub relay: bool,
+    /// In relay mode: (network link, port of the relay's outbound listener on its gateway).
+    /// That network's TCP to destinations the host routes out of a non-berth interface is
+    /// redirected there (see `crate::relay`).
+    pub outbound: Vec<(String, u16)>,
     pub project: String,
     pub networks: Vec<NetRule>,
     pub ports: Vec<PortRule>,
@@ -281,6 +285,13 @@ pub fn script(fw: &ProjectFirewall) -> Result<String> {
         ));
         s.push_str(&format!(
             "{post} oifname \"{b}\" ip saddr {sn} ct status dnat masquerade\n"
+        ));
+    }
+    for (link, port) in &fw.outbound {
+        check_ifname(link)?;
+        s.push_str(&format!(
+            "add rule {t} {pre}_pre iifname \"{link}\" fib daddr type unicast fib daddr oifname != \"{}*\" meta l4proto tcp redirect to :{port}\n",
+            crate::LINK_PREFIX
         ));
     }
     let mut seen = std::collections::HashSet::new();
@@ -857,6 +868,7 @@ mod tests {
     fn fw() -> ProjectFirewall {
         ProjectFirewall {
             relay: false,
+            outbound: vec![],
             project: "My-App".into(),
             networks: vec![
                 NetRule {
@@ -1073,6 +1085,14 @@ mod tests {
             pre[0]
         );
         assert!(!pre[0].contains("dnat"));
+        f.outbound = vec![("berthbr00000001".into(), 40000)];
+        let s = script(&f).unwrap();
+        assert!(s.contains("add rule inet berth p_my_app_"), "{s}");
+        assert!(s.lines().any(|l| l.ends_with(
+            "_pre iifname \"berthbr00000001\" fib daddr type unicast fib daddr oifname != \"berth*\" meta l4proto tcp redirect to :40000"
+        )), "{s}");
+        f.outbound = vec![("bad name".into(), 1)];
+        assert!(script(&f).is_err());
         assert!(s
             .lines()
             .any(|l| l.contains("_out ") && l.contains("dport 8080 dnat ip to 10.89.0.2:80")));

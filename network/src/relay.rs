@@ -13,6 +13,13 @@
 //! The cost, as with Docker's own userland proxy: the container sees the host's address
 //! (the uplink gateway) as the client's, not the real client's.
 //!
+//! Outbound TCP goes the same way for the same reason: a container's connection to the outside
+//! world is routed by the host. In relay mode the nat prerouting hook redirects each network's
+//! outbound TCP (destinations the host routes out of a non-berth interface) to a listener of
+//! this relay on the network's gateway address; the relay reads the original destination from
+//! conntrack (`SO_ORIGINAL_DST`, as transparent proxies on REDIRECT do) and connects there from
+//! the host. UDP and ICMP to the outside are not relayed and stay under the host's policy.
+//!
 //! TCP: one task per connection, `copy_bidirectional`, a backend picked round-robin over the
 //! port's current backends, connect bounded by `CONNECT_TIMEOUT`. UDP: one connected socket per
 //! client address towards the backend, dropped after `UDP_IDLE` without traffic, at most
@@ -64,11 +71,26 @@ impl Drop for Port {
     }
 }
 
-/// The relay's listeners, one per published port. Dropping it closes them all (open TCP
-/// connections and UDP flows are tasks of their own and end with their peers or idle time).
+/// The outbound listener of one network.
+struct Outbound {
+    gateway: Ipv4Addr,
+    port: u16,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The relay's listeners, one per published port and one per network for outbound TCP.
+/// Dropping it closes them all (open TCP connections and UDP flows are tasks of their own and
+/// end with their peers or idle time).
 #[derive(Default)]
 pub struct Relay {
     ports: HashMap<PortKey, Port>,
+    outbound: HashMap<String, Outbound>,
 }
 
 fn key_of(p: &PortRule) -> Option<PortKey> {
@@ -134,9 +156,107 @@ impl Relay {
         }
     }
 
+    /// Listen for the redirected outbound TCP of exactly the networks `nets` (host link name,
+    /// gateway address): one listener per network on its gateway, an ephemeral port kept for as
+    /// long as the network is listed. Returns (link, port) for each network listened for,
+    /// sorted, for `firewall::ProjectFirewall::outbound`. Must run inside a tokio runtime.
+    pub fn update_outbound(&mut self, nets: &[(String, Ipv4Addr)]) -> Vec<(String, u16)> {
+        self.outbound
+            .retain(|link, o| nets.iter().any(|(l, g)| l == link && *g == o.gateway));
+        for (link, gateway) in nets {
+            if self.outbound.contains_key(link) {
+                continue;
+            }
+            match listen_outbound(*gateway) {
+                Ok((port, task)) => {
+                    self.outbound.insert(
+                        link.clone(),
+                        Outbound {
+                            gateway: *gateway,
+                            port,
+                            task,
+                        },
+                    );
+                }
+                Err(e) => tracing::warn!("relay: outbound listener on {gateway}: {e}"),
+            }
+        }
+        let mut v: Vec<(String, u16)> = self
+            .outbound
+            .iter()
+            .map(|(l, o)| (l.clone(), o.port))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Close every listener.
     pub fn clear(&mut self) {
         self.ports.clear();
+        self.outbound.clear();
+    }
+}
+
+fn listen_outbound(gateway: Ipv4Addr) -> std::io::Result<(u16, JoinHandle<()>)> {
+    let std = std::net::TcpListener::bind((gateway, 0))?;
+    std.set_nonblocking(true)?;
+    let port = std.local_addr()?.port();
+    let l = TcpListener::from_std(std)?;
+    Ok((port, tokio::spawn(serve_outbound(l))))
+}
+
+/// The destination a REDIRECTed connection was addressed to (conntrack's original tuple).
+pub fn original_destination(s: &TcpStream) -> std::io::Result<SocketAddrV4> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: getsockopt writes at most `len` bytes into `addr`, a plain C struct.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_IP,
+            libc::SO_ORIGINAL_DST,
+            (&mut addr as *mut libc::sockaddr_in).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+        u16::from_be(addr.sin_port),
+    ))
+}
+
+async fn serve_outbound(l: TcpListener) {
+    let own = l.local_addr().ok();
+    loop {
+        let (mut client, _) = match l.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("relay accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Only redirected connections have somewhere to go; one made to the listener itself
+        // (its original destination is the listener) is closed.
+        let Ok(to) = original_destination(&client) else {
+            continue;
+        };
+        if own == Some(SocketAddr::V4(to)) {
+            continue;
+        }
+        tokio::spawn(async move {
+            let up = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await;
+            let Ok(Ok(mut up)) = up else {
+                return; // the client sees its connection closed, as after a refusal
+            };
+            let _ = client.set_nodelay(true);
+            let _ = up.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+        });
     }
 }
 
@@ -421,6 +541,30 @@ mod tests {
                 assert_eq!(&buf[..n], format!("echo:{msg}").as_bytes());
             }
         }
+    }
+
+    #[tokio::test]
+    async fn outbound_listeners_follow_the_networks_and_refuse_direct_connections() {
+        let mut r = Relay::new();
+        let lo = Ipv4Addr::LOCALHOST;
+        let a = r.update_outbound(&[("berthbra".into(), lo), ("berthbrb".into(), lo)]);
+        assert_eq!(a.len(), 2);
+        assert_ne!(a[0].1, a[1].1);
+        // The same networks keep their ports; a gone one is closed.
+        let b = r.update_outbound(&[("berthbra".into(), lo)]);
+        assert_eq!(b, vec![a[0].clone()]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::net::TcpListener::bind((lo, a[1].1)).expect("the gone network's port is free");
+        // Not redirected: no original destination (no NAT), closed without data.
+        let mut c = TcpStream::connect((lo, b[0].1)).await.unwrap();
+        assert!(original_destination(&c).is_err());
+        let mut s = String::new();
+        let got = tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut s))
+            .await
+            .expect("closed in time");
+        assert!(matches!(got, Ok(0)) || got.is_err(), "{got:?} {s:?}");
+        r.clear();
+        assert!(r.update_outbound(&[]).is_empty());
     }
 
     #[tokio::test]

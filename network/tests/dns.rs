@@ -242,6 +242,7 @@ fn names_resolve_per_network_and_forward_to_the_local_upstream() {
     let _fw = Fw(project.clone());
     berth_network::firewall::apply(&berth_network::firewall::ProjectFirewall {
         relay: false,
+        outbound: vec![],
         project,
         networks: vec![front.rule()],
         ports: vec![berth_network::firewall::PortRule {

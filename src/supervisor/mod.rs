@@ -2028,10 +2028,24 @@ impl Supervisor {
         }
         let st = self.state.lock().await;
         let serving = self.serving_set(&st);
+        let relay = self
+            .routed_blocked
+            .load(std::sync::atomic::Ordering::SeqCst);
+        // Relay mode: the networks' outbound listeners first, so their ports are in the rules.
+        let outbound = if relay {
+            let nets: Vec<(String, std::net::Ipv4Addr)> = st
+                .networks
+                .iter()
+                .filter(|n| !n.internal)
+                .map(|n| (n.bridge.clone(), n.gateway))
+                .collect();
+            self.relay.lock().unwrap().update_outbound(&nets)
+        } else {
+            vec![]
+        };
         let mut fw = berth_network::firewall::ProjectFirewall {
-            relay: self
-                .routed_blocked
-                .load(std::sync::atomic::Ordering::SeqCst),
+            relay,
+            outbound,
             project: self.project.clone(),
             networks: vec![],
             ports: vec![],
@@ -2086,7 +2100,6 @@ impl Supervisor {
             return Ok(());
         }
         let applied = fw.clone();
-        let relay = fw.relay;
         // Into relay mode: listen before the kernel stops DNATing routed clients; out of it:
         // stop listening once the DNAT is back. (The ports were checked free before `up`.)
         if relay {
