@@ -233,6 +233,8 @@ fn bench_dns_and_throughput() {
     let project = uniq("bench");
     let _fw = Fw(project.clone());
     firewall::apply(&ProjectFirewall {
+        relay: false,
+        outbound: vec![],
         project,
         networks: vec![net.rule()],
         ports: vec![PortRule {
