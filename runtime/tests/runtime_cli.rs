@@ -460,12 +460,15 @@ fn check_init(tag: &str, deny_execveat: bool) -> (String, u64) {
     );
     // The orphan shows up as the init's second child, then goes away entirely: reaped, not
     // left as a zombie (a zombie stays in the children list and in /proc).
-    let kids = poll(5, || Some(children_of(init)).filter(|k| k.len() == 2))
-        .expect("the orphan was not reparented to the init");
-    let user = *kids
-        .iter()
-        .find(|p| cmdline(**p) == "sleep 30 ")
-        .unwrap_or_else(|| panic!("no user process among {kids:?}"));
+    // Both by their final command lines: pid 2 is `sh` until it execs `sleep 30`, and the
+    // subshell is briefly a second child before it exits.
+    let kids = poll(5, || {
+        let k = children_of(init);
+        let named = |c: &str| k.iter().any(|p| cmdline(*p) == c);
+        (k.len() == 2 && named("sleep 30 ") && named("sleep 1 ")).then_some(k)
+    })
+    .expect("the orphan was not reparented to the init");
+    let user = *kids.iter().find(|p| cmdline(**p) == "sleep 30 ").unwrap();
     let orphan = *kids.iter().find(|p| **p != user).unwrap();
     assert_eq!(cmdline(orphan), "sleep 1 ");
     poll(5, || {
