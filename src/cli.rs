@@ -96,6 +96,8 @@ pub enum Command {
     Scale(ScaleArgs),
     /// Execute a command in a running container
     Exec(ExecArgs),
+    /// Copy files/folders between a service container and the local filesystem
+    Cp(CpArgs),
     /// Pull service images
     Pull(ServicesArg),
     /// Load images from a `docker save` or OCI image-layout archive
@@ -340,6 +342,23 @@ pub struct ExecArgs {
     pub service: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct CpArgs {
+    /// Index of the container if service has multiple replicas
+    #[arg(long, default_value_t = 1)]
+    pub index: u32,
+    /// Archive mode (copy all uid/gid information)
+    #[arg(short, long)]
+    pub archive: bool,
+    /// Always follow symbol link in SRC_PATH
+    #[arg(short = 'L', long = "follow-link")]
+    pub follow_link: bool,
+    /// SERVICE:SRC_PATH or a local path
+    pub src: String,
+    /// SERVICE:DEST_PATH or a local path
+    pub dest: String,
 }
 
 #[derive(Debug, Clone, Default, Args)]

@@ -66,6 +66,8 @@ pub enum RuntimeError {
     NotFoundInPath(String),
     #[error("usage: {0}")]
     Usage(String),
+    #[error("{0}")]
+    Copy(String),
 }
 
 pub type Result<T> = std::result::Result<T, RuntimeError>;

@@ -32,6 +32,7 @@ pub mod capabilities;
 pub mod cgroups;
 pub mod cli;
 pub mod container;
+pub mod copy;
 pub mod error;
 pub mod image;
 pub mod process;

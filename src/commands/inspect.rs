@@ -1,11 +1,11 @@
-//! `exec`, `top`, `port`, `ls`: read the project record, talk to the runtime directly.
+//! `exec`, `cp`, `top`, `port`, `ls`: read the project record, talk to the runtime directly.
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 
 use anyhow::{anyhow, bail, Context};
 
-use crate::cli::{ExecArgs, LsArgs, PortArgs, ProjectOpts, ServicesArg, TableFormat};
+use crate::cli::{CpArgs, ExecArgs, LsArgs, PortArgs, ProjectOpts, ServicesArg, TableFormat};
 use crate::paths::Paths;
 use crate::state::{ContainerRecord, ProjectState, Status};
 
@@ -66,6 +66,70 @@ pub fn exec(p: &ProjectOpts, args: &ExecArgs) -> anyhow::Result<u8> {
     // Replace this process: exit status, signals and the terminal pass straight through.
     let err = cmd.exec();
     Err(err).context("running exec")
+}
+
+/// One side of `cp`: `SERVICE:PATH` in a container, or a local path. As docker's: a path
+/// starting with `/` or `.` is local whatever it holds, and so is one whose part before the
+/// first `:` is not a service of the project.
+fn cp_side<'a>(st: &ProjectState, arg: &'a str) -> Option<(&'a str, &'a str)> {
+    if arg.starts_with('/') || arg.starts_with('.') {
+        return None;
+    }
+    let (svc, path) = arg.split_once(':')?;
+    st.containers
+        .iter()
+        .any(|c| c.service == svc)
+        .then_some((svc, path))
+}
+
+/// `cp`: between a running service container and the host, in this process (no runtime
+/// re-exec: nothing forks; the container's files are reached through its pid 1's root).
+pub fn cp(p: &ProjectOpts, args: &CpArgs) -> anyhow::Result<u8> {
+    let (_paths, st) = load(p)?;
+    let (from, to) = (cp_side(&st, &args.src), cp_side(&st, &args.dest));
+    let opts = berth_runtime::copy::CopyOpts {
+        archive: args.archive,
+        follow_link: args.follow_link,
+    };
+    let (svc, inside) = match (from, to) {
+        (Some(_), Some(_)) => bail!("copying between services is not supported"),
+        (None, None) => bail!(
+            "one of {:?} and {:?} must be SERVICE:PATH (a service of this project)",
+            args.src,
+            args.dest
+        ),
+        (Some(s), None) | (None, Some(s)) => s,
+    };
+    if args.src == "-" || args.dest == "-" {
+        bail!("tar streams (\"-\") are not supported; give a local path");
+    }
+    let c = find(&st, svc, args.index)?;
+    let pid = match (crate::commands::ps::live_status(c), c.pid) {
+        (Status::Running, Some(pid)) => pid,
+        _ => bail!(
+            "container {} is not running (berth cp needs a running container)",
+            c.name
+        ),
+    };
+    let root = berth_runtime::copy::container_root(pid)?;
+    let path = if inside.is_empty() { "/" } else { inside };
+    let n = if from.is_some() {
+        berth_runtime::copy::copy_out(&root, path, std::path::Path::new(&args.dest), opts)
+            .with_context(|| format!("copying {}:{path} to {}", c.name, args.dest))?
+    } else {
+        berth_runtime::copy::copy_in(&root, std::path::Path::new(&args.src), path, opts)
+            .with_context(|| format!("copying {} to {}:{path}", args.src, c.name))?
+    };
+    if n.skipped > 0 {
+        eprintln!("skipped {} device or socket file(s)", n.skipped);
+    }
+    let what = if from.is_some() {
+        format!("{}:{path} to {}", c.name, args.dest)
+    } else {
+        format!("{} to {}:{path}", args.src, c.name)
+    };
+    eprintln!("Copied {what} ({} bytes)", n.bytes);
+    Ok(0)
 }
 
 /// `top`: compose's layout — the container name, then ps-style rows with host pids.

@@ -33,6 +33,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Unpause(args) => lifecycle::pause(&cli.project, &args, true),
         Command::Scale(args) => up::scale(&cli.project, &args),
         Command::Exec(args) => inspect::exec(&cli.project, &args),
+        Command::Cp(args) => inspect::cp(&cli.project, &args),
         Command::Top(args) => inspect::top(&cli.project, &args),
         Command::Port(args) => inspect::port(&cli.project, &args),
         Command::Ls(args) => inspect::ls(&args),

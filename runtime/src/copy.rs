@@ -1,0 +1,591 @@
+//! Copying files between the host and a running container (`cp`), with Docker's rules for
+//! where things land. The container side is reached through `/proc/<pid>/root`, so its volumes
+//! and tmpfs mounts are seen as the container sees them, and every path there is resolved with
+//! `openat2(RESOLVE_IN_ROOT)`: a symlink in the container (`/data -> /etc`, `../../..`) can
+//! only lead somewhere inside the container, never to the host. Below the first path, the tree
+//! is walked with `openat(O_NOFOLLOW)` one name at a time from directory fds, and symlinks are
+//! copied as symlinks.
+//!
+//! Ownership, as `docker cp`: files copied into the container are owned by root unless
+//! `archive` (then they keep the host's uid/gid); files copied out are owned by the caller
+//! unless `archive` (then they keep the container's). Modes are kept; devices and sockets are
+//! skipped (named pipes are made again).
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+
+use crate::error::{io_err, Result, RuntimeError};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CopyOpts {
+    /// Keep uid/gid (`cp -a`).
+    pub archive: bool,
+    /// Follow a symlink given as the source (`cp -L`).
+    pub follow_link: bool,
+}
+
+/// What was copied: regular files, directories, symlinks, and entries skipped (devices, sockets).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Copied {
+    pub files: u64,
+    pub dirs: u64,
+    pub links: u64,
+    pub bytes: u64,
+    pub skipped: u64,
+}
+
+fn bad(msg: String) -> RuntimeError {
+    RuntimeError::Copy(msg)
+}
+
+/// The container's root directory, as its pid 1 sees it.
+pub fn container_root(pid: i32) -> Result<OwnedFd> {
+    let p = PathBuf::from(format!("/proc/{pid}/root"));
+    rustix::fs::open(
+        &p,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err("open container root", &p)(e.into()))
+}
+
+/// A container path made relative to its root ("/a/b" and "a/b" alike); "." for the root.
+fn rel(path: &str) -> PathBuf {
+    let p: PathBuf = Path::new(path)
+        .components()
+        .filter(|c| !matches!(c, Component::RootDir))
+        .collect();
+    if p.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        p
+    }
+}
+
+/// The parent of a relative container path, "." at the top.
+fn parent_of(p: &Path) -> &Path {
+    match p.parent() {
+        Some(q) if !q.as_os_str().is_empty() => q,
+        _ => Path::new("."),
+    }
+}
+
+/// `path` ends in "/." (copy a directory's contents, not the directory).
+fn contents_only(path: &str) -> bool {
+    path == "." || path.ends_with("/.")
+}
+
+fn in_root(root: &OwnedFd, path: &Path, flags: OFlags) -> std::io::Result<OwnedFd> {
+    rustix::fs::openat2(
+        root.as_fd(),
+        path,
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(Into::into)
+}
+
+fn stat_fd(fd: &OwnedFd) -> std::io::Result<rustix::fs::Stat> {
+    rustix::fs::statat(
+        fd.as_fd(),
+        "",
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(Into::into)
+}
+
+fn file_type(st: &rustix::fs::Stat) -> FileType {
+    FileType::from_raw_mode(st.st_mode)
+}
+
+fn perm(st: &rustix::fs::Stat) -> u32 {
+    st.st_mode & 0o7777
+}
+
+/// Container → host. `src` is a path in the container; `dest` a host path (Docker's rules:
+/// an existing directory receives `src` under its own name, or its contents for "src/.").
+pub fn copy_out(root: &OwnedFd, src: &str, dest: &Path, o: CopyOpts) -> Result<Copied> {
+    let srel = rel(src);
+    let flags = if o.follow_link {
+        OFlags::PATH
+    } else {
+        OFlags::PATH | OFlags::NOFOLLOW
+    };
+    let fd = in_root(root, &srel, flags).map_err(io_err("container path", Path::new(src)))?;
+    let st = stat_fd(&fd).map_err(io_err("stat", Path::new(src)))?;
+    let is_dir = file_type(&st) == FileType::Directory;
+    let name = srel
+        .file_name()
+        .map(OsString::from)
+        .unwrap_or_else(|| OsString::from("root"));
+    let target = match fs::symlink_metadata(dest) {
+        Ok(m) if m.is_dir() => {
+            if is_dir && contents_only(src) {
+                dest.to_path_buf()
+            } else {
+                dest.join(&name)
+            }
+        }
+        Ok(_) if is_dir => {
+            return Err(bad(format!(
+                "cannot copy directory {src} onto the file {}",
+                dest.display()
+            )))
+        }
+        Ok(_) => dest.to_path_buf(),
+        Err(_) => {
+            if dest.as_os_str().as_bytes().ends_with(b"/") && !is_dir {
+                return Err(bad(format!("{} is not a directory", dest.display())));
+            }
+            let parent = dest
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !parent.is_dir() {
+                return Err(bad(format!("{}: no such directory", parent.display())));
+            }
+            dest.to_path_buf()
+        }
+    };
+    let mut n = Copied::default();
+    // Re-open the source as a readable fd (still the same inode: from the O_PATH fd).
+    out_entry(&fd, "", &st, &target, o, &mut n)?;
+    Ok(n)
+}
+
+/// Copy one container entry (`name` in directory `dir`, or `dir` itself when `name` is empty)
+/// to the host path `to`.
+fn out_entry(
+    dir: &OwnedFd,
+    name: &str,
+    st: &rustix::fs::Stat,
+    to: &Path,
+    o: CopyOpts,
+    n: &mut Copied,
+) -> Result<()> {
+    let open = |flags: OFlags| -> std::io::Result<OwnedFd> {
+        if name.is_empty() {
+            // "/proc/self/fd/N" reopening of an O_PATH fd, without following anything new.
+            rustix::fs::openat(
+                dir.as_fd(),
+                ".",
+                flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::empty(),
+            )
+            .or_else(|_| {
+                let p = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(dir));
+                rustix::fs::open(p.as_str(), flags | OFlags::CLOEXEC, Mode::empty())
+            })
+            .map_err(Into::into)
+        } else {
+            rustix::fs::openat(
+                dir.as_fd(),
+                name,
+                flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::empty(),
+            )
+            .map_err(Into::into)
+        }
+    };
+    let own = |p: &Path| -> Result<()> {
+        if o.archive {
+            std::os::unix::fs::lchown(p, Some(st.st_uid), Some(st.st_gid))
+                .map_err(io_err("chown", p))?;
+        }
+        Ok(())
+    };
+    match file_type(st) {
+        FileType::RegularFile => {
+            let src = open(OFlags::RDONLY).map_err(io_err("open", Path::new(name)))?;
+            let mut r = fs::File::from(src);
+            let _ = fs::remove_file(to).or_else(|e| match fs::symlink_metadata(to) {
+                Err(_) => Ok(()),
+                Ok(_) => Err(e),
+            });
+            let mut w = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(perm(st))
+                .open(to)
+                .map_err(io_err("create", to))?;
+            n.bytes += std::io::copy(&mut r, &mut w).map_err(io_err("copy to", to))?;
+            fs::set_permissions(to, fs::Permissions::from_mode(perm(st)))
+                .map_err(io_err("chmod", to))?;
+            own(to)?;
+            n.files += 1;
+        }
+        FileType::Directory => {
+            let d = open(OFlags::RDONLY | OFlags::DIRECTORY).map_err(io_err("open", to))?;
+            match fs::create_dir(to) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && to.is_dir() => {}
+                Err(e) => return Err(io_err("mkdir", to)(e)),
+            }
+            n.dirs += 1;
+            let entries = list(&d).map_err(io_err("read directory", to))?;
+            for e in entries {
+                let est = rustix::fs::statat(d.as_fd(), e.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|x| io_err("stat", &to.join(&e))(x.into()))?;
+                let Some(ename) = e.to_str() else {
+                    n.skipped += 1;
+                    continue;
+                };
+                out_entry(&d, ename, &est, &to.join(&e), o, n)?;
+            }
+            fs::set_permissions(to, fs::Permissions::from_mode(perm(st)))
+                .map_err(io_err("chmod", to))?;
+            own(to)?;
+        }
+        FileType::Symlink => {
+            let target = if name.is_empty() {
+                let p = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(dir));
+                rustix::fs::readlinkat(dir.as_fd(), "", Vec::new())
+                    .or_else(|_| rustix::fs::readlink(p.as_str(), Vec::new()))
+            } else {
+                rustix::fs::readlinkat(dir.as_fd(), name, Vec::new())
+            }
+            .map_err(|e| io_err("readlink", Path::new(name))(e.into()))?;
+            let _ = fs::remove_file(to);
+            std::os::unix::fs::symlink(OsStr::from_bytes(target.as_bytes()), to)
+                .map_err(io_err("symlink", to))?;
+            own(to)?;
+            n.links += 1;
+        }
+        FileType::Fifo => {
+            let _ = fs::remove_file(to);
+            nix::unistd::mkfifo(to, nix::sys::stat::Mode::from_bits_truncate(perm(st)))
+                .map_err(|e| io_err("mkfifo", to)(e.into()))?;
+            own(to)?;
+            n.files += 1;
+        }
+        _ => n.skipped += 1,
+    }
+    Ok(())
+}
+
+/// The names in a directory (without "." and ".."), sorted.
+fn list(d: &OwnedFd) -> std::io::Result<Vec<OsString>> {
+    let dup = d.try_clone()?;
+    let mut dir = rustix::fs::Dir::new(dup)?;
+    let mut v = Vec::new();
+    while let Some(e) = dir.read() {
+        let e = e?;
+        let name = e.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        v.push(OsStr::from_bytes(name).to_os_string());
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Host → container. `src` is a host path; `dest` a path in the container (Docker's rules, as
+/// for `copy_out`).
+pub fn copy_in(root: &OwnedFd, src: &Path, dest: &str, o: CopyOpts) -> Result<Copied> {
+    let meta = if o.follow_link {
+        fs::metadata(src)
+    } else {
+        fs::symlink_metadata(src)
+    }
+    .map_err(io_err("stat", src))?;
+    let is_dir = meta.is_dir();
+    let drel = rel(dest);
+    let name = src
+        .file_name()
+        .map(OsString::from)
+        .ok_or_else(|| bad(format!("{}: no file name to copy", src.display())))?;
+    // (directory fd in the container, name in it; None: the directory itself is the target)
+    let (dir, leaf): (OwnedFd, Option<OsString>) =
+        match in_root(root, &drel, OFlags::RDONLY | OFlags::DIRECTORY) {
+            Ok(d) => {
+                if is_dir && contents_only(&src.to_string_lossy()) {
+                    (d, None)
+                } else {
+                    (d, Some(name))
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) && !is_dir => {
+                let parent = parent_of(&drel);
+                let d = in_root(root, parent, OFlags::RDONLY | OFlags::DIRECTORY)
+                    .map_err(io_err("container directory", Path::new(dest)))?;
+                (d, Some(drel.file_name().unwrap().to_os_string()))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                if dest.ends_with('/') && !is_dir {
+                    return Err(bad(format!("{dest}: no such directory in the container")));
+                }
+                let parent = parent_of(&drel);
+                let d =
+                    in_root(root, parent, OFlags::RDONLY | OFlags::DIRECTORY).map_err(|_| {
+                        bad(format!(
+                            "{}: no such directory in the container",
+                            Path::new("/").join(parent).display()
+                        ))
+                    })?;
+                let leaf = drel
+                    .file_name()
+                    .ok_or_else(|| bad(format!("{dest}: not a file name")))?;
+                (d, Some(leaf.to_os_string()))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                return Err(bad(format!(
+                    "cannot copy directory {} onto the file {dest}",
+                    src.display()
+                )))
+            }
+            Err(e) => return Err(io_err("container path", Path::new(dest))(e)),
+        };
+    let mut n = Copied::default();
+    match leaf {
+        Some(l) => in_entry(&dir, &l, src, &meta, o, &mut n)?,
+        None => in_children(&dir, src, o, &mut n)?,
+    }
+    Ok(n)
+}
+
+fn in_children(dir: &OwnedFd, src: &Path, o: CopyOpts, n: &mut Copied) -> Result<()> {
+    let mut names: Vec<OsString> = fs::read_dir(src)
+        .map_err(io_err("read directory", src))?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    names.sort();
+    for name in names {
+        let p = src.join(&name);
+        let m = fs::symlink_metadata(&p).map_err(io_err("stat", &p))?;
+        in_entry(dir, &name, &p, &m, o, n)?;
+    }
+    Ok(())
+}
+
+/// Create `name` in the container directory `dir` from the host entry `src`.
+fn in_entry(
+    dir: &OwnedFd,
+    name: &OsStr,
+    src: &Path,
+    meta: &fs::Metadata,
+    o: CopyOpts,
+    n: &mut Copied,
+) -> Result<()> {
+    let shown = src;
+    let (uid, gid) = if o.archive {
+        (meta.uid(), meta.gid())
+    } else {
+        (0, 0)
+    };
+    let chown_at = |flags: AtFlags| -> Result<()> {
+        rustix::fs::chownat(
+            dir.as_fd(),
+            name,
+            Some(rustix::process::Uid::from_raw(uid)),
+            Some(rustix::process::Gid::from_raw(gid)),
+            flags,
+        )
+        .map_err(|e| io_err("chown in the container", shown)(e.into()))
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    let ft = meta.file_type();
+    if ft.is_file() {
+        let mut r = fs::File::open(src).map_err(io_err("open", src))?;
+        // O_NOFOLLOW: an existing symlink of that name in the container is an error, never a
+        // way out.
+        let fd = rustix::fs::openat(
+            dir.as_fd(),
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_bits_truncate(mode),
+        )
+        .map_err(|e| io_err("create in the container", shown)(e.into()))?;
+        let mut w = fs::File::from(fd);
+        let mut buf = vec![0u8; 128 * 1024];
+        loop {
+            let k = r.read(&mut buf).map_err(io_err("read", src))?;
+            if k == 0 {
+                break;
+            }
+            w.write_all(&buf[..k])
+                .map_err(io_err("write in the container", shown))?;
+            n.bytes += k as u64;
+        }
+        rustix::fs::fchown(
+            w.as_fd(),
+            Some(rustix::process::Uid::from_raw(uid)),
+            Some(rustix::process::Gid::from_raw(gid)),
+        )
+        .map_err(|e| io_err("chown in the container", shown)(e.into()))?;
+        rustix::fs::fchmod(w.as_fd(), Mode::from_bits_truncate(mode))
+            .map_err(|e| io_err("chmod in the container", shown)(e.into()))?;
+        n.files += 1;
+    } else if ft.is_dir() {
+        match rustix::fs::mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o700)) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(io_err("mkdir in the container", shown)(e.into())),
+        }
+        let sub = rustix::fs::openat(
+            dir.as_fd(),
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err("open in the container", shown)(e.into()))?;
+        n.dirs += 1;
+        in_children(&sub, src, o, n)?;
+        rustix::fs::fchown(
+            sub.as_fd(),
+            Some(rustix::process::Uid::from_raw(uid)),
+            Some(rustix::process::Gid::from_raw(gid)),
+        )
+        .map_err(|e| io_err("chown in the container", shown)(e.into()))?;
+        rustix::fs::fchmod(sub.as_fd(), Mode::from_bits_truncate(mode))
+            .map_err(|e| io_err("chmod in the container", shown)(e.into()))?;
+    } else if ft.is_symlink() {
+        let target = fs::read_link(src).map_err(io_err("readlink", src))?;
+        match rustix::fs::unlinkat(dir.as_fd(), name, AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(io_err("replace in the container", shown)(e.into())),
+        }
+        rustix::fs::symlinkat(&target, dir.as_fd(), name)
+            .map_err(|e| io_err("symlink in the container", shown)(e.into()))?;
+        chown_at(AtFlags::SYMLINK_NOFOLLOW)?;
+        n.links += 1;
+    } else if std::os::unix::fs::FileTypeExt::is_fifo(&ft) {
+        rustix::fs::mknodat(
+            dir.as_fd(),
+            name,
+            FileType::Fifo,
+            Mode::from_bits_truncate(mode),
+            0,
+        )
+        .map_err(|e| io_err("mkfifo in the container", shown)(e.into()))?;
+        chown_at(AtFlags::SYMLINK_NOFOLLOW)?;
+        n.files += 1;
+    } else {
+        n.skipped += 1;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_paths_are_relative_to_its_root() {
+        assert_eq!(rel("/"), PathBuf::from("."));
+        assert_eq!(rel(""), PathBuf::from("."));
+        assert_eq!(rel("/etc/hosts"), PathBuf::from("etc/hosts"));
+        assert_eq!(rel("etc/"), PathBuf::from("etc"));
+        assert_eq!(parent_of(&rel("/app.conf")), Path::new("."));
+        assert_eq!(parent_of(&rel("/etc/app.conf")), Path::new("etc"));
+        assert!(contents_only("/data/."));
+        assert!(contents_only("."));
+        assert!(!contents_only("/data"));
+        assert!(!contents_only("/data/.x"));
+    }
+
+    /// A fake "container root" in a temp dir: the rules of where things land, the escape
+    /// guard (a symlink pointing outside the root resolves inside it), ownership and modes.
+    #[test]
+    fn copies_both_ways_inside_the_root_only() {
+        let ctr = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let root = rustix::fs::open(
+            ctr.path(),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        // Container: /etc/conf (0640), /data/sub/f, /data/link -> f, /escape -> <outside dir>.
+        fs::create_dir_all(ctr.path().join("etc")).unwrap();
+        fs::write(ctr.path().join("etc/conf"), "inside").unwrap();
+        fs::set_permissions(
+            ctr.path().join("etc/conf"),
+            fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        fs::create_dir_all(ctr.path().join("data/sub")).unwrap();
+        fs::write(ctr.path().join("data/sub/f"), "deep").unwrap();
+        std::os::unix::fs::symlink("sub/f", ctr.path().join("data/link")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), ctr.path().join("escape")).unwrap();
+        fs::write(outside.path().join("secret"), "host secret").unwrap();
+        let o = CopyOpts::default();
+
+        // Out: a file into an existing directory lands under its own name, mode kept.
+        copy_out(&root, "/etc/conf", host.path(), o).unwrap();
+        let got = host.path().join("conf");
+        assert_eq!(fs::read_to_string(&got).unwrap(), "inside");
+        assert_eq!(
+            fs::metadata(&got).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        // A directory to a new name; its symlink stays a symlink.
+        let n = copy_out(&root, "/data", &host.path().join("d2"), o).unwrap();
+        assert_eq!((n.files, n.dirs, n.links), (1, 2, 1));
+        assert_eq!(
+            fs::read_to_string(host.path().join("d2/sub/f")).unwrap(),
+            "deep"
+        );
+        assert_eq!(
+            fs::read_link(host.path().join("d2/link")).unwrap(),
+            PathBuf::from("sub/f")
+        );
+        // "dir/." into an existing directory: the contents.
+        fs::create_dir(host.path().join("d3")).unwrap();
+        copy_out(&root, "/data/.", &host.path().join("d3"), o).unwrap();
+        assert!(host.path().join("d3/sub/f").exists());
+        // The symlink out of the root resolves inside it: no such file there.
+        assert!(copy_out(&root, "/escape/secret", &host.path().join("s"), o).is_err());
+        assert!(!host.path().join("s").exists());
+
+        // In: a file to a new name, owned by root, mode kept.
+        let hf = host.path().join("hostfile");
+        fs::write(&hf, "from host").unwrap();
+        fs::set_permissions(&hf, fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::chown(&hf, Some(1234), Some(1234)).unwrap();
+        copy_in(&root, &hf, "/etc/new", o).unwrap();
+        let m = fs::metadata(ctr.path().join("etc/new")).unwrap();
+        assert_eq!(
+            fs::read_to_string(ctr.path().join("etc/new")).unwrap(),
+            "from host"
+        );
+        assert_eq!((m.uid(), m.permissions().mode() & 0o777), (0, 0o600));
+        // -a keeps the host's owner.
+        copy_in(&root, &hf, "/etc/kept", CopyOpts { archive: true, ..o }).unwrap();
+        assert_eq!(
+            fs::metadata(ctr.path().join("etc/kept")).unwrap().uid(),
+            1234
+        );
+        // Into "/escape/": it resolves inside the root (a missing directory there), and the
+        // host directory it points at is untouched.
+        assert!(copy_in(&root, &hf, "/escape/", o).is_err());
+        assert!(copy_in(&root, &hf, "/escape/x", o).is_err());
+        assert!(!outside.path().join("hostfile").exists());
+        assert!(!outside.path().join("x").exists());
+        // Over an existing symlink: refused (O_NOFOLLOW), not followed.
+        std::os::unix::fs::symlink("/etc/conf", ctr.path().join("etc/trap")).unwrap();
+        assert!(copy_in(&root, &hf, "/etc/trap", o).is_err());
+        assert_eq!(
+            fs::read_to_string(ctr.path().join("etc/conf")).unwrap(),
+            "inside"
+        );
+        // A directory into an existing one, under its own name.
+        copy_in(&root, &host.path().join("d2"), "/data", o).unwrap();
+        assert_eq!(
+            fs::read_to_string(ctr.path().join("data/d2/sub/f")).unwrap(),
+            "deep"
+        );
+        // A file onto a missing directory path ("dir/"): an error.
+        assert!(copy_in(&root, &hf, "/nowhere/", o).is_err());
+    }
+}
