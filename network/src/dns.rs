@@ -926,6 +926,9 @@ fn udp_serve(
                 m += 1;
             }
         }
+        if gso && m > 2 {
+            group_by_client(m, &mut outs, &mut out_names, &mut out_lens);
+        }
         send_answers(
             fd,
             m,
@@ -973,6 +976,44 @@ impl SendBufs {
     }
 }
 
+/// Put answers `0..m` to the same client (and of the same length) next to each other, so
+/// that clients with several sockets in flight (dnsperf -c, a resolver pool) get GSO runs too.
+/// Stable: the answers to one client keep their order within one length.
+fn group_by_client(
+    m: usize,
+    outs: &mut [Vec<u8>],
+    names: &mut [libc::sockaddr_storage],
+    lens: &mut [libc::socklen_t],
+) {
+    let key = |k: usize| {
+        // SAFETY: the storage holds `lens[k]` (≤ its size) initialised bytes.
+        let b = unsafe {
+            std::slice::from_raw_parts(
+                (&names[k] as *const libc::sockaddr_storage).cast::<u8>(),
+                lens[k] as usize,
+            )
+        };
+        (b.to_vec(), outs[k].len())
+    };
+    let mut order: Vec<usize> = (0..m).collect();
+    let keys: Vec<(Vec<u8>, usize)> = (0..m).map(key).collect();
+    order.sort_by(|a, b| keys[*a].cmp(&keys[*b]));
+    if order.iter().enumerate().all(|(i, k)| i == *k) {
+        return;
+    }
+    let mut o2: Vec<Vec<u8>> = order
+        .iter()
+        .map(|&k| std::mem::take(&mut outs[k]))
+        .collect();
+    let n2: Vec<libc::sockaddr_storage> = order.iter().map(|&k| names[k]).collect();
+    let l2: Vec<libc::socklen_t> = order.iter().map(|&k| lens[k]).collect();
+    for i in 0..m {
+        outs[i] = std::mem::take(&mut o2[i]);
+        names[i] = n2[i];
+        lens[i] = l2[i];
+    }
+}
+
 /// Runs of consecutive answers to one client address with one length: (first, count). Each
 /// run longer than one goes out as a single UDP GSO send (pure; unit-tested).
 fn gso_runs(lens: &[usize], same_dest: impl Fn(usize, usize) -> bool) -> Vec<(usize, usize)> {
@@ -997,9 +1038,9 @@ fn gso_runs(lens: &[usize], same_dest: impl Fn(usize, usize) -> bool) -> Vec<(us
 /// Send answers `0..m`. Answers to one client with one length (a client that pipelines
 /// queries on one socket, as load generators and caching resolvers do) go out as one UDP GSO
 /// datagram train: one trip through routing, netfilter, the veths and the bridge for the whole
-/// run, cut into datagrams only at the client's socket. Without kernel support (`gso` is
-/// cleared on the first refusal) every answer is a message of its own. All messages of the
-/// batch go in one `sendmmsg`.
+/// run, cut into datagrams only at the client's socket (`group_by_client` first puts each
+/// client's answers together). Without kernel support (`gso` is cleared on the first refusal)
+/// every answer is a message of its own. All messages of the batch go in one `sendmmsg`.
 fn send_answers(
     fd: i32,
     m: usize,
@@ -1762,6 +1803,44 @@ mod tests {
         );
         let big = vec![30_000; 3];
         assert_eq!(gso_runs(&big, all_same), vec![(0, 2), (2, 1)]);
+    }
+
+    #[test]
+    fn answers_are_grouped_by_client_keeping_their_order() {
+        let addr = |port: u16| {
+            // SAFETY: all-zero is a valid sockaddr_storage.
+            let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: port.to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(Ipv4Addr::new(10, 0, 0, 2)).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: a sockaddr_in fits in a sockaddr_storage.
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
+            ss
+        };
+        let ports = [7u16, 9, 7, 9, 7];
+        let mut outs: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10]).collect();
+        let mut names: Vec<libc::sockaddr_storage> = ports.iter().map(|p| addr(*p)).collect();
+        let mut lens = vec![std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t; 5];
+        group_by_client(5, &mut outs, &mut names, &mut lens);
+        let order: Vec<u8> = outs.iter().map(|o| o[0]).collect();
+        assert_eq!(order, vec![0, 2, 4, 1, 3]);
+        let got: Vec<SocketAddr> = (0..5)
+            .map(|k| sockaddr_to_std(&names[k], lens[k]).unwrap())
+            .collect();
+        assert_eq!(got[0].port(), 7);
+        assert_eq!(got[2].port(), 7);
+        assert_eq!(got[3].port(), 9);
+        // Then one GSO run per client.
+        let sizes: Vec<usize> = outs.iter().map(|o| o.len()).collect();
+        assert_eq!(
+            gso_runs(&sizes, |a, b| got[a] == got[b]),
+            vec![(0, 3), (3, 2)]
+        );
     }
 
     /// A client pipelining many queries on one socket (as dnsperf and caching resolvers do):
