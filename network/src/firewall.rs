@@ -655,13 +655,116 @@ pub fn apply(fw: &ProjectFirewall) -> Result<()> {
 
 /// Whether the host drops the traffic it routes for berth: some other table (Docker's
 /// iptables-nft `ip filter`, a firewall's own) has a base chain on the forward hook with policy
-/// drop. Its rules might accept berth's interfaces, but nothing berth can see says so, and the
-/// relay serves clients either way. Chains of legacy (non-nft) iptables are not visible here.
+/// drop, or legacy iptables' FORWARD policy is drop (`legacy_forward_drop`). Their rules might
+/// accept berth's interfaces, but nothing berth can see says so, and the relay serves clients
+/// either way.
 pub fn routed_traffic_blocked() -> bool {
-    match nft(&["-j", "list", "chains"], None) {
+    let nft_drop = match nft(&["-j", "list", "chains"], None) {
         Ok(out) => forward_drop_in(&out),
         Err(_) => false,
+    };
+    nft_drop || legacy_forward_drop()
+}
+
+/// The FORWARD policy of legacy (non-nft) iptables is drop in the calling thread's network
+/// namespace: Docker on an iptables-legacy host (Ubuntu 20.04's default) or ufw's default
+/// forward policy. Read with `IPT_SO_GET_INFO`/`IPT_SO_GET_ENTRIES`, and only when the legacy
+/// filter table already exists there (asking for it would make the kernel create it).
+pub fn legacy_forward_drop() -> bool {
+    let names =
+        std::fs::read_to_string("/proc/thread-self/net/ip_tables_names").unwrap_or_default();
+    if !names.lines().any(|l| l.trim() == "filter") {
+        return false;
     }
+    legacy_filter_blob()
+        .map(|(underflow, blob)| legacy_policy_is_drop(&blob, underflow))
+        .unwrap_or(false)
+}
+
+const IPT_SO_GET_INFO: libc::c_int = 64;
+const IPT_SO_GET_ENTRIES: libc::c_int = 65;
+const NF_INET_FORWARD: usize = 2;
+
+/// (offset of the FORWARD policy entry, the filter table's entries) through getsockopt.
+fn legacy_filter_blob() -> std::io::Result<(usize, Vec<u8>)> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_RAW,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new socket nobody else owns.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // struct ipt_getinfo: name[32], valid_hooks, hook_entry[5], underflow[5], num_entries, size.
+    let mut info = [0u8; 84];
+    info[..6].copy_from_slice(b"filter");
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `info`.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            IPT_SO_GET_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let u32_at = |b: &[u8], o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().unwrap());
+    let valid_hooks = u32_at(&info, 32);
+    if valid_hooks & (1 << NF_INET_FORWARD) == 0 {
+        return Err(std::io::Error::from_raw_os_error(libc::ENOENT));
+    }
+    let underflow = u32_at(&info, 56 + 4 * NF_INET_FORWARD) as usize;
+    let size = u32_at(&info, 80) as usize;
+    // struct ipt_get_entries: name[32], size, then the entries (8-byte aligned: offset 40).
+    let mut buf = vec![0u8; 40 + size];
+    buf[..6].copy_from_slice(b"filter");
+    buf[32..36].copy_from_slice(&(size as u32).to_ne_bytes());
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: as above, for `buf`.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            IPT_SO_GET_ENTRIES,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((underflow, buf.split_off(40)))
+}
+
+/// The verdict of the standard target of the entry at `offset` is drop (pure; unit-tested).
+/// struct ipt_entry: ipt_ip (84 bytes), nfcache, target_offset u16 at 88, next_offset u16,
+/// comefrom, counters; the target at `target_offset`: a 32-byte xt_entry_target header (an
+/// empty name for the standard target) and then the verdict, `-NF_DROP - 1` = -1 for drop.
+fn legacy_policy_is_drop(entries: &[u8], offset: usize) -> bool {
+    let Some(t) = entries
+        .get(offset + 88..offset + 90)
+        .map(|b| u16::from_ne_bytes([b[0], b[1]]) as usize)
+    else {
+        return false;
+    };
+    let target = offset + t;
+    let (Some(name), Some(verdict)) = (
+        entries.get(target + 2..target + 31),
+        entries.get(target + 32..target + 36),
+    ) else {
+        return false;
+    };
+    let standard = name.iter().all(|b| *b == 0);
+    standard && i32::from_ne_bytes(verdict.try_into().unwrap()) == -1
 }
 
 /// `routed_traffic_blocked` on the output of `nft -j list chains` (pure; unit-tested).
@@ -1096,6 +1199,30 @@ mod tests {
         assert!(s
             .lines()
             .any(|l| l.contains("_out ") && l.contains("dport 8080 dnat ip to 10.89.0.2:80")));
+    }
+
+    #[test]
+    fn legacy_policy_entries_are_read() {
+        // Two entries: a rule (any target) and the policy entry at offset 152.
+        let entry = |verdict: i32, name: &[u8]| {
+            let mut e = vec![0u8; 112];
+            e[88..90].copy_from_slice(&112u16.to_ne_bytes()); // target_offset
+            e[90..92].copy_from_slice(&152u16.to_ne_bytes()); // next_offset
+            let mut t = vec![0u8; 40];
+            t[0..2].copy_from_slice(&40u16.to_ne_bytes());
+            t[2..2 + name.len()].copy_from_slice(name);
+            t[32..36].copy_from_slice(&verdict.to_ne_bytes());
+            e.extend(t);
+            e
+        };
+        let mut blob = entry(-2, b"");
+        blob.extend(entry(-1, b""));
+        assert!(legacy_policy_is_drop(&blob, 152));
+        assert!(!legacy_policy_is_drop(&blob, 0)); // accept
+        let mut named = entry(-1, b"DOCKER");
+        named.extend(entry(-2, b""));
+        assert!(!legacy_policy_is_drop(&named, 0)); // not the standard target
+        assert!(!legacy_policy_is_drop(&blob, 4000)); // out of range
     }
 
     #[test]

@@ -907,3 +907,78 @@ fn host_loopback_is_not_reachable_from_a_network() {
     );
     assert!(l.accept().is_err());
 }
+
+/// A legacy (non-nft) iptables FORWARD policy drop is seen, as Docker leaves it on an
+/// iptables-legacy host (and ufw by default). In a namespace of the test's own, never the
+/// host's tables; skipped without `iptables-legacy`.
+#[test]
+fn legacy_iptables_forward_drop_is_seen() {
+    require_root();
+    if std::process::Command::new("iptables-legacy")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no iptables-legacy");
+        return;
+    }
+    let name = format!("berthtest-legacy-{}", std::process::id());
+    struct G(String);
+    impl Drop for G {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &name])
+        .status();
+    assert!(std::process::Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .unwrap()
+        .success());
+    let _g = G(name.clone());
+    let path = std::path::PathBuf::from("/run/netns").join(&name);
+    let seen = |p: &std::path::Path| {
+        let f = std::fs::File::open(p).unwrap();
+        std::thread::spawn(move || {
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            firewall::legacy_forward_drop()
+        })
+        .join()
+        .unwrap()
+    };
+    let policy = |p: &str| {
+        assert!(std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &name,
+                "iptables-legacy",
+                "-P",
+                "FORWARD",
+                p
+            ])
+            .status()
+            .unwrap()
+            .success());
+    };
+    // No legacy filter table in a new namespace: nothing to see, and none is made by looking.
+    assert!(!seen(&path));
+    let tables = |p: &std::path::Path| {
+        let f = std::fs::File::open(p).unwrap();
+        std::thread::spawn(move || {
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            std::fs::read_to_string("/proc/thread-self/net/ip_tables_names").unwrap_or_default()
+        })
+        .join()
+        .unwrap()
+    };
+    assert!(!tables(&path).contains("filter"));
+    policy("DROP");
+    assert!(seen(&path));
+    policy("ACCEPT");
+    assert!(!seen(&path));
+}
