@@ -659,11 +659,121 @@ pub fn apply(fw: &ProjectFirewall) -> Result<()> {
 /// accept berth's interfaces, but nothing berth can see says so, and the relay serves clients
 /// either way.
 pub fn routed_traffic_blocked() -> bool {
-    let nft_drop = match nft(&["-j", "list", "chains"], None) {
-        Ok(out) => forward_drop_in(&out),
-        Err(_) => false,
+    let nft_drop = match nft_forward_drop() {
+        Ok(d) => d,
+        // No nf_tables netlink (an old kernel, a seccomp'd host): ask the nft binary.
+        Err(_) => match nft(&["-j", "list", "chains"], None) {
+            Ok(out) => forward_drop_in(&out),
+            Err(_) => false,
+        },
     };
     nft_drop || legacy_forward_drop()
+}
+
+/// The nftables half of `routed_traffic_blocked`, over nf_tables netlink only, in the calling
+/// thread's namespace.
+pub fn nft_forward_drop() -> std::io::Result<bool> {
+    Ok(forward_drop_in_dump(&nft_chain_dump()?))
+}
+
+const NETLINK_NETFILTER: isize = 12;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_GETCHAIN: u16 = 4;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+
+/// Every nftables chain of the calling thread's namespace, dumped over nf_tables netlink (what
+/// `nft list chains` asks, without starting nft: this runs every few seconds per project).
+/// The raw replies, for `forward_drop_in_dump`.
+fn nft_chain_dump() -> std::io::Result<Vec<Vec<u8>>> {
+    use netlink_sys::{Socket, SocketAddr};
+    let mut sock = Socket::new(NETLINK_NETFILTER)?;
+    sock.bind_auto()?;
+    sock.connect(&SocketAddr::new(0, 0))?;
+    // nlmsghdr (16 bytes) + nfgenmsg { family AF_UNSPEC, version 0, res_id 0 }.
+    let mut req = Vec::with_capacity(20);
+    req.extend_from_slice(&20u32.to_ne_bytes());
+    req.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETCHAIN).to_ne_bytes());
+    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    req.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    req.extend_from_slice(&[0, 0, 0, 0]);
+    sock.send(&req, 0)?;
+    let mut out = Vec::new();
+    loop {
+        let (data, _) = sock.recv_from_full()?;
+        if data.is_empty() {
+            return Ok(out);
+        }
+        let mut off = 0;
+        while off + 16 <= data.len() {
+            let len = u32::from_ne_bytes(data[off..off + 4].try_into().unwrap()) as usize;
+            let typ = u16::from_ne_bytes(data[off + 4..off + 6].try_into().unwrap());
+            if len < 16 || off + len > data.len() {
+                return Ok(out);
+            }
+            match typ as i32 {
+                libc::NLMSG_DONE => return Ok(out),
+                libc::NLMSG_ERROR => {
+                    let code = i32::from_ne_bytes(data[off + 16..off + 20].try_into().unwrap());
+                    if code != 0 {
+                        return Err(std::io::Error::from_raw_os_error(-code));
+                    }
+                }
+                _ => out.push(data[off..off + len].to_vec()),
+            }
+            off += (len + 3) & !3;
+        }
+    }
+}
+
+/// The netlink attributes in `b`: (type without flag bits, payload).
+fn nl_attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut v = Vec::new();
+    while b.len() >= 4 {
+        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
+        let typ = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
+        if len < 4 || len > b.len() {
+            break;
+        }
+        v.push((typ, &b[4..len]));
+        b = &b[((len + 3) & !3).min(b.len())..];
+    }
+    v
+}
+
+/// `forward_drop_in` for the replies of `nft_chain_dump` (pure; unit-tested): a chain of the
+/// ip, ip6 or inet family, not in berth's own table, on the forward hook, with policy drop.
+fn forward_drop_in_dump(msgs: &[Vec<u8>]) -> bool {
+    msgs.iter().any(|m| {
+        // nlmsghdr (16) + nfgenmsg (4), then the chain's attributes.
+        if m.len() < 20 || !matches!(i32::from(m[16]), libc::AF_INET | libc::AF_INET6 | 1) {
+            return false;
+        }
+        let (mut table, mut forward, mut drop) = ("", false, false);
+        for (t, v) in nl_attrs(&m[20..]) {
+            match t {
+                NFTA_CHAIN_TABLE => {
+                    table = std::str::from_utf8(v).unwrap_or("").trim_end_matches('\0')
+                }
+                NFTA_CHAIN_HOOK => {
+                    forward = nl_attrs(v).iter().any(|(ht, hv)| {
+                        *ht == NFTA_HOOK_HOOKNUM
+                            && hv.len() >= 4
+                            && u32::from_be_bytes(hv[..4].try_into().unwrap()) == 2
+                    })
+                }
+                // NF_DROP = 0
+                NFTA_CHAIN_POLICY => {
+                    drop = v.len() >= 4 && u32::from_be_bytes(v[..4].try_into().unwrap()) == 0
+                }
+                _ => {}
+            }
+        }
+        forward && drop && !(i32::from(m[16]) == 1 && table == TABLE)
+    })
 }
 
 /// The FORWARD policy of legacy (non-nft) iptables is drop in the calling thread's network
@@ -1199,6 +1309,42 @@ mod tests {
         assert!(s
             .lines()
             .any(|l| l.contains("_out ") && l.contains("dport 8080 dnat ip to 10.89.0.2:80")));
+    }
+
+    #[test]
+    fn forward_drop_chains_are_found_in_a_netlink_dump() {
+        let attr = |t: u16, v: &[u8]| {
+            let mut a = ((4 + v.len()) as u16).to_ne_bytes().to_vec();
+            a.extend_from_slice(&t.to_ne_bytes());
+            a.extend_from_slice(v);
+            while !a.len().is_multiple_of(4) {
+                a.push(0);
+            }
+            a
+        };
+        let chain = |family: u8, table: &str, hook: u32, policy: u32| {
+            let mut body = vec![family, 0, 0, 0];
+            body.extend(attr(NFTA_CHAIN_TABLE, format!("{table}\0").as_bytes()));
+            body.extend(attr(3, b"FORWARD\0"));
+            let hookattrs = [
+                attr(NFTA_HOOK_HOOKNUM, &hook.to_be_bytes()),
+                attr(2, &0u32.to_be_bytes()),
+            ]
+            .concat();
+            body.extend(attr(NFTA_CHAIN_HOOK | 0x8000, &hookattrs));
+            body.extend(attr(NFTA_CHAIN_POLICY, &policy.to_be_bytes()));
+            let mut m = vec![0u8; 16];
+            m.extend(body);
+            m
+        };
+        let ip = libc::AF_INET as u8;
+        assert!(forward_drop_in_dump(&[chain(ip, "filter", 2, 0)]));
+        assert!(!forward_drop_in_dump(&[chain(ip, "filter", 2, 1)])); // accept
+        assert!(!forward_drop_in_dump(&[chain(ip, "filter", 1, 0)])); // input
+        assert!(!forward_drop_in_dump(&[chain(1, "berth", 2, 0)])); // berth's own
+        assert!(forward_drop_in_dump(&[chain(1, "fw", 2, 0)])); // inet, another table
+        assert!(!forward_drop_in_dump(&[chain(7, "br", 2, 0)])); // bridge family
+        assert!(!forward_drop_in_dump(&[vec![0u8; 8]]));
     }
 
     #[test]

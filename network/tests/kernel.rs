@@ -933,7 +933,7 @@ fn legacy_iptables_forward_drop_is_seen() {
     }
     let _ = std::process::Command::new("ip")
         .args(["netns", "del", &name])
-        .status();
+        .output();
     assert!(std::process::Command::new("ip")
         .args(["netns", "add", &name])
         .status()
@@ -981,4 +981,63 @@ fn legacy_iptables_forward_drop_is_seen() {
     assert!(seen(&path));
     policy("ACCEPT");
     assert!(!seen(&path));
+}
+
+/// An nftables forward-hook chain with policy drop in another table is seen over netlink (the
+/// supervisor's check every 10 s), and berth's own table never counts. In a namespace of the
+/// test's own.
+#[test]
+fn nft_forward_drop_is_seen_over_netlink() {
+    require_root();
+    let name = format!("berthtest-nftdrop-{}", std::process::id());
+    struct G(String);
+    impl Drop for G {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &name])
+        .output();
+    assert!(std::process::Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .unwrap()
+        .success());
+    let _g = G(name.clone());
+    let path = std::path::PathBuf::from("/run/netns").join(&name);
+    let seen = || {
+        let f = std::fs::File::open(&path).unwrap();
+        std::thread::spawn(move || {
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            firewall::nft_forward_drop().expect("nf_tables netlink dump")
+        })
+        .join()
+        .unwrap()
+    };
+    let nft = |script: &str| {
+        let mut c = std::process::Command::new("ip")
+            .args(["netns", "exec", &name, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(c.wait().unwrap().success(), "{script}");
+    };
+    assert!(!seen());
+    nft("add table inet berth\nadd chain inet berth f { type filter hook forward priority 0; policy drop; }\n");
+    assert!(!seen(), "berth's own table counted");
+    nft("add table ip filter\nadd chain ip filter FORWARD { type filter hook forward priority 0; policy accept; }\n");
+    assert!(!seen(), "an accept policy counted");
+    nft("add chain ip filter FORWARD { policy drop; }\n");
+    assert!(seen());
+    nft("delete table ip filter\n");
+    assert!(!seen());
 }
