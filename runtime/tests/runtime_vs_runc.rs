@@ -83,7 +83,14 @@ fn cleanup_runc_cgroups(path: &str) {
     }
 }
 
+/// One comparison at a time: runc's `mkdir -p` of its cgroup is not safe against berth's (and
+/// `cleanup_runc_cgroups`') removal of empty parents under the shared /berth/rt-test-<pid>,
+/// which a comparison running beside it does (seen once in CI: runc's mkdir got ENOENT).
+/// berth's own `Cgroup::create` redoes a parent removed under it.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn compare(tag: &str, tweak: impl Fn(&mut serde_json::Value)) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let c = Ctr::new(tag);
     let mut spec = c.spec(&["sh", "-c", PROBE]);
     tweak(&mut spec);
