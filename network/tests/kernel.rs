@@ -1040,4 +1040,24 @@ fn nft_forward_drop_is_seen_over_netlink() {
     assert!(seen());
     nft("delete table ip filter\n");
     assert!(!seen());
+    // Docker's own way on an iptables-nft host (Debian's default): `iptables -P FORWARD DROP`.
+    if std::process::Command::new("iptables-nft")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let ipt = |p: &str| {
+            assert!(std::process::Command::new("ip")
+                .args(["netns", "exec", &name, "iptables-nft", "-P", "FORWARD", p])
+                .status()
+                .unwrap()
+                .success());
+        };
+        ipt("DROP");
+        assert!(seen(), "iptables-nft's FORWARD policy drop not seen");
+        ipt("ACCEPT");
+        assert!(!seen());
+    } else {
+        eprintln!("iptables-nft part skipped: no iptables-nft");
+    }
 }
