@@ -231,23 +231,32 @@ pub fn original_destination(s: &TcpStream) -> std::io::Result<SocketAddrV4> {
 
 async fn serve_outbound(l: TcpListener) {
     let own = l.local_addr().ok();
+    // Only redirected connections have somewhere to go; one made to the listener itself (its
+    // original destination is the listener) is closed.
+    serve_tcp_to(l, move |client| {
+        original_destination(client)
+            .ok()
+            .filter(|to| own != Some(SocketAddr::V4(*to)))
+    })
+    .await
+}
+
+/// Accept forever; each connection goes to `dest(client)` (closed when None), copied both ways
+/// in a task of its own, the connect bounded by `CONNECT_TIMEOUT`.
+async fn serve_tcp_to(l: TcpListener, dest: impl Fn(&TcpStream) -> Option<SocketAddrV4>) {
     loop {
         let (mut client, _) = match l.accept().await {
             Ok(c) => c,
             Err(e) => {
+                // EMFILE and the like: back off instead of spinning.
                 tracing::warn!("relay accept: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        // Only redirected connections have somewhere to go; one made to the listener itself
-        // (its original destination is the listener) is closed.
-        let Ok(to) = original_destination(&client) else {
+        let Some(to) = dest(&client) else {
             continue;
         };
-        if own == Some(SocketAddr::V4(to)) {
-            continue;
-        }
         tokio::spawn(async move {
             let up = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await;
             let Ok(Ok(mut up)) = up else {
@@ -284,29 +293,8 @@ fn listen(k: PortKey, backends: Arc<Backends>) -> std::io::Result<JoinHandle<()>
 }
 
 async fn serve_tcp(l: TcpListener, backends: Arc<Backends>) {
-    loop {
-        let (mut client, _) = match l.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // EMFILE and the like: back off instead of spinning.
-                tracing::warn!("relay accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Some(to) = backends.pick() else {
-            continue; // no backend running: refuse by closing
-        };
-        tokio::spawn(async move {
-            let up = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await;
-            let Ok(Ok(mut up)) = up else {
-                return;
-            };
-            let _ = client.set_nodelay(true);
-            let _ = up.set_nodelay(true);
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
-        });
-    }
+    // No backend running: refuse by closing.
+    serve_tcp_to(l, move |_| backends.pick()).await
 }
 
 struct Flow {
