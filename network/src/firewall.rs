@@ -659,15 +659,8 @@ pub fn apply(fw: &ProjectFirewall) -> Result<()> {
 /// accept berth's interfaces, but nothing berth can see says so, and the relay serves clients
 /// either way.
 pub fn routed_traffic_blocked() -> bool {
-    let nft_drop = match nft_forward_drop() {
-        Ok(d) => d,
-        // No nf_tables netlink (an old kernel, a seccomp'd host): ask the nft binary.
-        Err(_) => match nft(&["-j", "list", "chains"], None) {
-            Ok(out) => forward_drop_in(&out),
-            Err(_) => false,
-        },
-    };
-    nft_drop || legacy_forward_drop()
+    // Without nf_tables netlink there are no nftables chains to look at (nft itself uses it).
+    nft_forward_drop().unwrap_or(false) || legacy_forward_drop()
 }
 
 /// The nftables half of `routed_traffic_blocked`, over nf_tables netlink only, in the calling
@@ -744,7 +737,7 @@ fn nl_attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
     v
 }
 
-/// `forward_drop_in` for the replies of `nft_chain_dump` (pure; unit-tested): a chain of the
+/// `routed_traffic_blocked`'s nftables half on the replies of `nft_chain_dump` (pure; unit-tested): a chain of the
 /// ip, ip6 or inet family, not in berth's own table, on the forward hook, with policy drop.
 fn forward_drop_in_dump(msgs: &[Vec<u8>]) -> bool {
     msgs.iter().any(|m| {
@@ -813,20 +806,7 @@ fn legacy_filter_blob() -> std::io::Result<(usize, Vec<u8>)> {
     // struct ipt_getinfo: name[32], valid_hooks, hook_entry[5], underflow[5], num_entries, size.
     let mut info = [0u8; 84];
     info[..6].copy_from_slice(b"filter");
-    let mut len = info.len() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes into `info`.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IP,
-            IPT_SO_GET_INFO,
-            info.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    ip_getsockopt(&sock, IPT_SO_GET_INFO, &mut info)?;
     let u32_at = |b: &[u8], o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().unwrap());
     let valid_hooks = u32_at(&info, 32);
     if valid_hooks & (1 << NF_INET_FORWARD) == 0 {
@@ -838,13 +818,23 @@ fn legacy_filter_blob() -> std::io::Result<(usize, Vec<u8>)> {
     let mut buf = vec![0u8; 40 + size];
     buf[..6].copy_from_slice(b"filter");
     buf[32..36].copy_from_slice(&(size as u32).to_ne_bytes());
+    ip_getsockopt(&sock, IPT_SO_GET_ENTRIES, &mut buf)?;
+    Ok((underflow, buf.split_off(40)))
+}
+
+/// getsockopt(IPPROTO_IP, `opt`) into `buf` (which also carries the request).
+fn ip_getsockopt(
+    sock: &std::os::fd::OwnedFd,
+    opt: libc::c_int,
+    buf: &mut [u8],
+) -> std::io::Result<()> {
     let mut len = buf.len() as libc::socklen_t;
-    // SAFETY: as above, for `buf`.
+    // SAFETY: the kernel writes at most `len` bytes into `buf`.
     let rc = unsafe {
         libc::getsockopt(
             sock.as_raw_fd(),
             libc::IPPROTO_IP,
-            IPT_SO_GET_ENTRIES,
+            opt,
             buf.as_mut_ptr().cast(),
             &mut len,
         )
@@ -852,7 +842,7 @@ fn legacy_filter_blob() -> std::io::Result<(usize, Vec<u8>)> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok((underflow, buf.split_off(40)))
+    Ok(())
 }
 
 /// The verdict of the standard target of the entry at `offset` is drop (pure; unit-tested).
@@ -875,22 +865,6 @@ fn legacy_policy_is_drop(entries: &[u8], offset: usize) -> bool {
     };
     let standard = name.iter().all(|b| *b == 0);
     standard && i32::from_ne_bytes(verdict.try_into().unwrap()) == -1
-}
-
-/// `routed_traffic_blocked` on the output of `nft -j list chains` (pure; unit-tested).
-fn forward_drop_in(json: &str) -> bool {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
-        return false;
-    };
-    let Some(items) = v["nftables"].as_array() else {
-        return false;
-    };
-    items.iter().any(|i| {
-        let c = &i["chain"];
-        c["hook"] == "forward"
-            && c["policy"] == "drop"
-            && !(c["family"] == "inet" && c["table"] == TABLE)
-    })
 }
 
 /// Chain names and published-port comments of the berth table; None if it does not exist.
@@ -1369,24 +1343,6 @@ mod tests {
         named.extend(entry(-2, b""));
         assert!(!legacy_policy_is_drop(&named, 0)); // not the standard target
         assert!(!legacy_policy_is_drop(&blob, 4000)); // out of range
-    }
-
-    #[test]
-    fn forward_drop_policies_of_other_tables_are_seen() {
-        let docker = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
-            {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "handle": 2,
-              "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
-            {"chain": {"family": "ip", "table": "filter", "name": "DOCKER", "handle": 5}}]}"#;
-        assert!(forward_drop_in(docker));
-        let accept = docker.replace("\"drop\"", "\"accept\"");
-        assert!(!forward_drop_in(&accept));
-        // berth's own chains never count, whatever they do.
-        let own = r#"{"nftables": [{"chain": {"family": "inet", "table": "berth",
-            "name": "p_x_fwd", "hook": "forward", "prio": 0, "policy": "drop"}}]}"#;
-        assert!(!forward_drop_in(own));
-        let input = docker.replace("\"forward\"", "\"input\"");
-        assert!(!forward_drop_in(&input));
-        assert!(!forward_drop_in("not json"));
     }
 
     #[test]
