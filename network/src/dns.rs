@@ -985,19 +985,9 @@ fn group_by_client(
     names: &mut [libc::sockaddr_storage],
     lens: &mut [libc::socklen_t],
 ) {
-    let key = |k: usize| {
-        // SAFETY: the storage holds `lens[k]` (≤ its size) initialised bytes.
-        let b = unsafe {
-            std::slice::from_raw_parts(
-                (&names[k] as *const libc::sockaddr_storage).cast::<u8>(),
-                lens[k] as usize,
-            )
-        };
-        (b.to_vec(), outs[k].len())
-    };
+    let key = |k: usize| (addr_bytes(&names[k], lens[k]), outs[k].len());
     let mut order: Vec<usize> = (0..m).collect();
-    let keys: Vec<(Vec<u8>, usize)> = (0..m).map(key).collect();
-    order.sort_by(|a, b| keys[*a].cmp(&keys[*b]));
+    order.sort_by(|a, b| key(*a).cmp(&key(*b)));
     if order.iter().enumerate().all(|(i, k)| i == *k) {
         return;
     }
@@ -1012,6 +1002,13 @@ fn group_by_client(
         names[i] = n2[i];
         lens[i] = l2[i];
     }
+}
+
+/// The `len` bytes of a peer address that `recvmmsg` filled in.
+fn addr_bytes(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> &[u8] {
+    let n = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: `n` bytes of the storage, within its size.
+    unsafe { std::slice::from_raw_parts((ss as *const libc::sockaddr_storage).cast::<u8>(), n) }
 }
 
 /// Runs of consecutive answers to one client address with one length: (first, count). Each
@@ -1050,25 +1047,8 @@ fn send_answers(
     gso: &mut bool,
     b: &mut SendBufs,
 ) {
-    let same = |a: usize, c: usize| {
-        lens[a] == lens[c] && {
-            let n = lens[a] as usize;
-            // SAFETY: both storages are at least `n` (≤ its size) initialised bytes.
-            let x = unsafe {
-                std::slice::from_raw_parts(
-                    (&names[a] as *const libc::sockaddr_storage).cast::<u8>(),
-                    n,
-                )
-            };
-            let y = unsafe {
-                std::slice::from_raw_parts(
-                    (&names[c] as *const libc::sockaddr_storage).cast::<u8>(),
-                    n,
-                )
-            };
-            x == y
-        }
-    };
+    let same =
+        |a: usize, c: usize| addr_bytes(&names[a], lens[a]) == addr_bytes(&names[c], lens[c]);
     let sizes: Vec<usize> = outs[..m].iter().map(|o| o.len()).collect();
     let runs = if *gso {
         gso_runs(&sizes, same)
@@ -1081,7 +1061,27 @@ fn send_answers(
             iov_len: o.len(),
         };
     }
-    let mut msgs = Vec::with_capacity(runs.len());
+    if let Err(from) = send_runs(fd, &runs, &sizes, names, lens, b) {
+        // GSO refused (an old kernel, a path without checksum offload): stop using it and
+        // send the rest one answer per message.
+        *gso = false;
+        let single: Vec<(usize, usize)> = (from..m).map(|k| (k, 1)).collect();
+        let _ = send_runs(fd, &single, &sizes, names, lens, b);
+    }
+}
+
+/// One message per run (first answer, count) of the answers whose iovecs are in `b.iovs`, a
+/// run of more than one with a UDP_SEGMENT of its answers' size; all in `sendmmsg` calls. An
+/// answer that cannot go (its client vanished, say) is skipped, as a lost UDP answer the
+/// client retries. Err(first answer of the run) when the kernel refuses a GSO run.
+fn send_runs(
+    fd: i32,
+    runs: &[(usize, usize)],
+    sizes: &[usize],
+    names: &[libc::sockaddr_storage],
+    lens: &[libc::socklen_t],
+    b: &mut SendBufs,
+) -> std::result::Result<(), usize> {
     for (i, &(first, n)) in runs.iter().enumerate() {
         let h = &mut b.hdrs[i];
         h.msg_len = 0;
@@ -1109,73 +1109,23 @@ fn send_answers(
             h.msg_hdr.msg_control = std::ptr::null_mut();
             h.msg_hdr.msg_controllen = 0;
         }
-        msgs.push((first, n));
     }
     let mut sent = 0;
-    while sent < msgs.len() {
+    while sent < runs.len() {
         // SAFETY: headers sent.. point at live iovecs, names and control buffers.
         let r =
-            unsafe { libc::sendmmsg(fd, b.hdrs[sent..].as_mut_ptr(), (msgs.len() - sent) as _, 0) };
+            unsafe { libc::sendmmsg(fd, b.hdrs[sent..].as_mut_ptr(), (runs.len() - sent) as _, 0) };
         if r > 0 {
             sent += r as usize;
             continue;
         }
-        let (first, n) = msgs[sent];
+        let (first, n) = runs[sent];
         if n > 1 {
-            // GSO refused (an old kernel, a path without checksum offload): stop using it and
-            // send the rest one answer per message.
-            *gso = false;
-            let rest: Vec<usize> = msgs[sent..].iter().flat_map(|&(f, n)| f..f + n).collect();
-            debug_assert_eq!(rest[0], first);
-            return send_each(fd, &rest, outs, names, lens, b);
+            return Err(first);
         }
-        // The first pending answer cannot go (its client vanished, say): skip it, as a lost
-        // UDP answer the client retries.
         sent += 1;
     }
-}
-
-/// Send the answers `which`, one message each.
-fn send_each(
-    fd: i32,
-    which: &[usize],
-    outs: &mut [Vec<u8>],
-    names: &[libc::sockaddr_storage],
-    lens: &[libc::socklen_t],
-    b: &mut SendBufs,
-) {
-    for (i, &k) in which.iter().enumerate() {
-        b.iovs[i] = libc::iovec {
-            iov_base: outs[k].as_mut_ptr().cast(),
-            iov_len: outs[k].len(),
-        };
-    }
-    for (i, &k) in which.iter().enumerate() {
-        let h = &mut b.hdrs[i];
-        h.msg_len = 0;
-        h.msg_hdr.msg_name = (&names[k] as *const libc::sockaddr_storage)
-            .cast_mut()
-            .cast();
-        h.msg_hdr.msg_namelen = lens[k];
-        h.msg_hdr.msg_iov = &mut b.iovs[i];
-        h.msg_hdr.msg_iovlen = 1;
-        h.msg_hdr.msg_control = std::ptr::null_mut();
-        h.msg_hdr.msg_controllen = 0;
-        h.msg_hdr.msg_flags = 0;
-    }
-    let mut sent = 0;
-    while sent < which.len() {
-        // SAFETY: headers sent.. point at live buffers.
-        let r = unsafe {
-            libc::sendmmsg(
-                fd,
-                b.hdrs[sent..].as_mut_ptr(),
-                (which.len() - sent) as _,
-                0,
-            )
-        };
-        sent += if r > 0 { r as usize } else { 1 };
-    }
+    Ok(())
 }
 
 /// A hint to the scheduler that this thread runs briefly and wants to run soon after waking:
