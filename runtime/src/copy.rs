@@ -13,7 +13,6 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -157,7 +156,7 @@ pub fn copy_out(root: &OwnedFd, src: &str, dest: &Path, o: CopyOpts) -> Result<C
     };
     let mut n = Copied::default();
     // Re-open the source as a readable fd (still the same inode: from the O_PATH fd).
-    out_entry(&fd, "", &st, &target, o, &mut n)?;
+    out_entry(&fd, OsStr::new(""), &st, &target, o, &mut n)?;
     Ok(n)
 }
 
@@ -165,7 +164,7 @@ pub fn copy_out(root: &OwnedFd, src: &str, dest: &Path, o: CopyOpts) -> Result<C
 /// to the host path `to`.
 fn out_entry(
     dir: &OwnedFd,
-    name: &str,
+    name: &OsStr,
     st: &rustix::fs::Stat,
     to: &Path,
     o: CopyOpts,
@@ -173,18 +172,10 @@ fn out_entry(
 ) -> Result<()> {
     let open = |flags: OFlags| -> std::io::Result<OwnedFd> {
         if name.is_empty() {
-            // "/proc/self/fd/N" reopening of an O_PATH fd, without following anything new.
-            rustix::fs::openat(
-                dir.as_fd(),
-                ".",
-                flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-                Mode::empty(),
-            )
-            .or_else(|_| {
-                let p = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(dir));
-                rustix::fs::open(p.as_str(), flags | OFlags::CLOEXEC, Mode::empty())
-            })
-            .map_err(Into::into)
+            // Reopen the O_PATH fd itself (its magic link names the same inode: nothing new
+            // is resolved).
+            let p = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(dir));
+            rustix::fs::open(p.as_str(), flags | OFlags::CLOEXEC, Mode::empty()).map_err(Into::into)
         } else {
             rustix::fs::openat(
                 dir.as_fd(),
@@ -204,12 +195,10 @@ fn out_entry(
     };
     match file_type(st) {
         FileType::RegularFile => {
-            let src = open(OFlags::RDONLY).map_err(io_err("open", Path::new(name)))?;
+            let src = open(OFlags::RDONLY).map_err(io_err("open", to))?;
             let mut r = fs::File::from(src);
-            let _ = fs::remove_file(to).or_else(|e| match fs::symlink_metadata(to) {
-                Err(_) => Ok(()),
-                Ok(_) => Err(e),
-            });
+            // Replace, never write through, what is there (a host symlink, say).
+            let _ = fs::remove_file(to);
             let mut w = fs::OpenOptions::new()
                 .write(true)
                 .create(true)
@@ -235,25 +224,16 @@ fn out_entry(
             for e in entries {
                 let est = rustix::fs::statat(d.as_fd(), e.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|x| io_err("stat", &to.join(&e))(x.into()))?;
-                let Some(ename) = e.to_str() else {
-                    n.skipped += 1;
-                    continue;
-                };
-                out_entry(&d, ename, &est, &to.join(&e), o, n)?;
+                out_entry(&d, &e, &est, &to.join(&e), o, n)?;
             }
             fs::set_permissions(to, fs::Permissions::from_mode(perm(st)))
                 .map_err(io_err("chmod", to))?;
             own(to)?;
         }
         FileType::Symlink => {
-            let target = if name.is_empty() {
-                let p = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(dir));
-                rustix::fs::readlinkat(dir.as_fd(), "", Vec::new())
-                    .or_else(|_| rustix::fs::readlink(p.as_str(), Vec::new()))
-            } else {
-                rustix::fs::readlinkat(dir.as_fd(), name, Vec::new())
-            }
-            .map_err(|e| io_err("readlink", Path::new(name))(e.into()))?;
+            // An empty name reads the O_PATH symlink fd itself.
+            let target = rustix::fs::readlinkat(dir.as_fd(), name, Vec::new())
+                .map_err(|e| io_err("readlink", to)(e.into()))?;
             let _ = fs::remove_file(to);
             std::os::unix::fs::symlink(OsStr::from_bytes(target.as_bytes()), to)
                 .map_err(io_err("symlink", to))?;
@@ -376,7 +356,6 @@ fn in_entry(
     o: CopyOpts,
     n: &mut Copied,
 ) -> Result<()> {
-    let shown = src;
     let (uid, gid) = if o.archive {
         (meta.uid(), meta.gid())
     } else {
@@ -390,7 +369,7 @@ fn in_entry(
             Some(rustix::process::Gid::from_raw(gid)),
             flags,
         )
-        .map_err(|e| io_err("chown in the container", shown)(e.into()))
+        .map_err(|e| io_err("chown in the container", src)(e.into()))
     };
     let mode = meta.permissions().mode() & 0o7777;
     let ft = meta.file_type();
@@ -404,32 +383,16 @@ fn in_entry(
             OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_bits_truncate(mode),
         )
-        .map_err(|e| io_err("create in the container", shown)(e.into()))?;
+        .map_err(|e| io_err("create in the container", src)(e.into()))?;
         let mut w = fs::File::from(fd);
-        let mut buf = vec![0u8; 128 * 1024];
-        loop {
-            let k = r.read(&mut buf).map_err(io_err("read", src))?;
-            if k == 0 {
-                break;
-            }
-            w.write_all(&buf[..k])
-                .map_err(io_err("write in the container", shown))?;
-            n.bytes += k as u64;
-        }
-        rustix::fs::fchown(
-            w.as_fd(),
-            Some(rustix::process::Uid::from_raw(uid)),
-            Some(rustix::process::Gid::from_raw(gid)),
-        )
-        .map_err(|e| io_err("chown in the container", shown)(e.into()))?;
-        rustix::fs::fchmod(w.as_fd(), Mode::from_bits_truncate(mode))
-            .map_err(|e| io_err("chmod in the container", shown)(e.into()))?;
+        n.bytes += std::io::copy(&mut r, &mut w).map_err(io_err("copy into the container", src))?;
+        own_fd(&w, uid, gid, mode, src)?;
         n.files += 1;
     } else if ft.is_dir() {
         match rustix::fs::mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o700)) {
             Ok(()) => {}
             Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(io_err("mkdir in the container", shown)(e.into())),
+            Err(e) => return Err(io_err("mkdir in the container", src)(e.into())),
         }
         let sub = rustix::fs::openat(
             dir.as_fd(),
@@ -437,25 +400,18 @@ fn in_entry(
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| io_err("open in the container", shown)(e.into()))?;
+        .map_err(|e| io_err("open in the container", src)(e.into()))?;
         n.dirs += 1;
         in_children(&sub, src, o, n)?;
-        rustix::fs::fchown(
-            sub.as_fd(),
-            Some(rustix::process::Uid::from_raw(uid)),
-            Some(rustix::process::Gid::from_raw(gid)),
-        )
-        .map_err(|e| io_err("chown in the container", shown)(e.into()))?;
-        rustix::fs::fchmod(sub.as_fd(), Mode::from_bits_truncate(mode))
-            .map_err(|e| io_err("chmod in the container", shown)(e.into()))?;
+        own_fd(&sub, uid, gid, mode, src)?;
     } else if ft.is_symlink() {
         let target = fs::read_link(src).map_err(io_err("readlink", src))?;
         match rustix::fs::unlinkat(dir.as_fd(), name, AtFlags::empty()) {
             Ok(()) | Err(rustix::io::Errno::NOENT) => {}
-            Err(e) => return Err(io_err("replace in the container", shown)(e.into())),
+            Err(e) => return Err(io_err("replace in the container", src)(e.into())),
         }
         rustix::fs::symlinkat(&target, dir.as_fd(), name)
-            .map_err(|e| io_err("symlink in the container", shown)(e.into()))?;
+            .map_err(|e| io_err("symlink in the container", src)(e.into()))?;
         chown_at(AtFlags::SYMLINK_NOFOLLOW)?;
         n.links += 1;
     } else if std::os::unix::fs::FileTypeExt::is_fifo(&ft) {
@@ -466,13 +422,25 @@ fn in_entry(
             Mode::from_bits_truncate(mode),
             0,
         )
-        .map_err(|e| io_err("mkfifo in the container", shown)(e.into()))?;
+        .map_err(|e| io_err("mkfifo in the container", src)(e.into()))?;
         chown_at(AtFlags::SYMLINK_NOFOLLOW)?;
         n.files += 1;
     } else {
         n.skipped += 1;
     }
     Ok(())
+}
+
+/// Owner and mode of a file made in the container (after its content: a setuid bit survives).
+fn own_fd(fd: impl AsFd, uid: u32, gid: u32, mode: u32, src: &Path) -> Result<()> {
+    rustix::fs::fchown(
+        &fd,
+        Some(rustix::process::Uid::from_raw(uid)),
+        Some(rustix::process::Gid::from_raw(gid)),
+    )
+    .map_err(|e| io_err("chown in the container", src)(e.into()))?;
+    rustix::fs::fchmod(&fd, Mode::from_bits_truncate(mode))
+        .map_err(|e| io_err("chmod in the container", src)(e.into()))
 }
 
 #[cfg(test)]
@@ -540,6 +508,18 @@ mod tests {
             fs::read_link(host.path().join("d2/link")).unwrap(),
             PathBuf::from("sub/f")
         );
+        // A symlink given as the source stays a symlink (-L follows it).
+        copy_out(&root, "/data/link", &host.path().join("l1"), o).unwrap();
+        assert_eq!(
+            fs::read_link(host.path().join("l1")).unwrap(),
+            PathBuf::from("sub/f")
+        );
+        let follow = CopyOpts {
+            follow_link: true,
+            ..o
+        };
+        copy_out(&root, "/data/link", &host.path().join("l2"), follow).unwrap();
+        assert_eq!(fs::read_to_string(host.path().join("l2")).unwrap(), "deep");
         // "dir/." into an existing directory: the contents.
         fs::create_dir(host.path().join("d3")).unwrap();
         copy_out(&root, "/data/.", &host.path().join("d3"), o).unwrap();
