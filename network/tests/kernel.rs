@@ -922,65 +922,19 @@ fn legacy_iptables_forward_drop_is_seen() {
         eprintln!("skipped: no iptables-legacy");
         return;
     }
-    let name = format!("berthtest-legacy-{}", std::process::id());
-    struct G(String);
-    impl Drop for G {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &self.0])
-                .status();
-        }
-    }
-    let _ = std::process::Command::new("ip")
-        .args(["netns", "del", &name])
-        .output();
-    assert!(std::process::Command::new("ip")
-        .args(["netns", "add", &name])
-        .status()
-        .unwrap()
-        .success());
-    let _g = G(name.clone());
-    let path = std::path::PathBuf::from("/run/netns").join(&name);
-    let seen = |p: &std::path::Path| {
-        let f = std::fs::File::open(p).unwrap();
-        std::thread::spawn(move || {
-            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            firewall::legacy_forward_drop()
-        })
-        .join()
-        .unwrap()
-    };
-    let policy = |p: &str| {
-        assert!(std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &name,
-                "iptables-legacy",
-                "-P",
-                "FORWARD",
-                p
-            ])
-            .status()
-            .unwrap()
-            .success());
-    };
+    let ns = BareNs::new();
+    let seen = || in_netns(&ns.path, firewall::legacy_forward_drop);
+    let policy = |p: &str| assert!(ns.run(&["iptables-legacy", "-P", "FORWARD", p]));
     // No legacy filter table in a new namespace: nothing to see, and none is made by looking.
-    assert!(!seen(&path));
-    let tables = |p: &std::path::Path| {
-        let f = std::fs::File::open(p).unwrap();
-        std::thread::spawn(move || {
-            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            std::fs::read_to_string("/proc/thread-self/net/ip_tables_names").unwrap_or_default()
-        })
-        .join()
-        .unwrap()
-    };
-    assert!(!tables(&path).contains("filter"));
+    assert!(!seen());
+    let tables = in_netns(&ns.path, || {
+        std::fs::read_to_string("/proc/thread-self/net/ip_tables_names").unwrap_or_default()
+    });
+    assert!(!tables.contains("filter"));
     policy("DROP");
-    assert!(seen(&path));
+    assert!(seen());
     policy("ACCEPT");
-    assert!(!seen(&path));
+    assert!(!seen());
 }
 
 /// An nftables forward-hook chain with policy drop in another table is seen over netlink (the
@@ -989,47 +943,19 @@ fn legacy_iptables_forward_drop_is_seen() {
 #[test]
 fn nft_forward_drop_is_seen_over_netlink() {
     require_root();
-    let name = format!("berthtest-nftdrop-{}", std::process::id());
-    struct G(String);
-    impl Drop for G {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &self.0])
-                .status();
-        }
-    }
-    let _ = std::process::Command::new("ip")
-        .args(["netns", "del", &name])
-        .output();
-    assert!(std::process::Command::new("ip")
-        .args(["netns", "add", &name])
-        .status()
-        .unwrap()
-        .success());
-    let _g = G(name.clone());
-    let path = std::path::PathBuf::from("/run/netns").join(&name);
+    let ns = BareNs::new();
     let seen = || {
-        let f = std::fs::File::open(&path).unwrap();
-        std::thread::spawn(move || {
-            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        in_netns(&ns.path, || {
             firewall::nft_forward_drop().expect("nf_tables netlink dump")
         })
-        .join()
-        .unwrap()
     };
     let nft = |script: &str| {
-        let mut c = std::process::Command::new("ip")
-            .args(["netns", "exec", &name, "nft", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        c.stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        assert!(c.wait().unwrap().success(), "{script}");
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), script).unwrap();
+        assert!(
+            ns.run(&["nft", "-f", f.path().to_str().unwrap()]),
+            "{script}"
+        );
     };
     assert!(!seen());
     nft("add table inet berth\nadd chain inet berth f { type filter hook forward priority 0; policy drop; }\n");
@@ -1046,13 +972,7 @@ fn nft_forward_drop_is_seen_over_netlink() {
         .output()
         .is_ok()
     {
-        let ipt = |p: &str| {
-            assert!(std::process::Command::new("ip")
-                .args(["netns", "exec", &name, "iptables-nft", "-P", "FORWARD", p])
-                .status()
-                .unwrap()
-                .success());
-        };
+        let ipt = |p: &str| assert!(ns.run(&["iptables-nft", "-P", "FORWARD", p]));
         ipt("DROP");
         assert!(seen(), "iptables-nft's FORWARD policy drop not seen");
         ipt("ACCEPT");

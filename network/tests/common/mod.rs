@@ -387,3 +387,45 @@ pub fn whoami_server(ns_path: &Path, port: u16) -> Echo {
         handle: Some(h),
     }
 }
+
+/// Run `f` on a thread inside the network namespace at `path`; its result.
+pub fn in_netns<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = std::fs::File::open(path).unwrap();
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// An empty network namespace of the test's own (no links), removed when dropped.
+pub struct BareNs {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl BareNs {
+    pub fn new() -> BareNs {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ns");
+        netns::create(&path).unwrap();
+        BareNs { path, _dir: dir }
+    }
+
+    /// `args` run inside the namespace (nsenter); whether it succeeded.
+    pub fn run(&self, args: &[&str]) -> bool {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.path.display()))
+            .args(args)
+            .status()
+            .unwrap()
+            .success()
+    }
+}
+
+impl Drop for BareNs {
+    fn drop(&mut self) {
+        let _ = netns::remove(&self.path);
+    }
+}
