@@ -245,32 +245,25 @@ fn published_ports_and_hairpin_work_under_a_forward_drop_policy() {
     let (web_ns, client_ns) = (netns("web"), netns("client"));
     let (stop, echo) = udp_echo(&web_ns, 7000);
 
+    // `wget URL` in a service's container (3 s at most); the body when it succeeded.
+    let wget = |svc: &str, url: &str| {
+        let o = b
+            .cmd()
+            .arg("-f")
+            .arg(&f)
+            .args(["exec", "-T", svc, "timeout", "3", "wget", "-q", "-O-", url])
+            .output()
+            .unwrap();
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).to_string())
+    };
+
     // Container to container, by service name (bridged inside the network's switch).
     let body = wait_for(
         "client to reach web by name",
         Duration::from_secs(10),
-        || {
-            let o = b
-                .cmd()
-                .arg("-f")
-                .arg(&f)
-                .args([
-                    "exec",
-                    "-T",
-                    "client",
-                    "timeout",
-                    "3",
-                    "wget",
-                    "-q",
-                    "-O-",
-                    "http://web/",
-                ])
-                .output()
-                .unwrap();
-            o.status
-                .success()
-                .then(|| String::from_utf8_lossy(&o.stdout).to_string())
-        },
+        || wget("client", "http://web/"),
     );
     assert!(body.contains("hello from berth"), "{body}");
 
@@ -290,18 +283,11 @@ fn published_ports_and_hairpin_work_under_a_forward_drop_policy() {
     // sibling and from the backend itself.
     for svc in ["client", "web"] {
         let url = format!("http://{host}:{tcp}/");
-        let o = b
-            .cmd()
-            .arg("-f")
-            .arg(&f)
-            .args(["exec", "-T", svc, "timeout", "3", "wget", "-q", "-O-", &url])
-            .output()
-            .unwrap();
+        let got = wget(svc, &url);
         assert!(
-            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("hello from berth"),
-            "tcp hairpin from {svc} to {url}: {} {}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
+            got.as_deref()
+                .is_some_and(|b| b.contains("hello from berth")),
+            "tcp hairpin from {svc} to {url}: {got:?}"
         );
     }
     for (svc, ns) in [("client", &client_ns), ("web", &web_ns)] {
@@ -327,20 +313,7 @@ fn published_ports_and_hairpin_work_under_a_forward_drop_policy() {
     let got = wait_for(
         "the relay to serve another network's port",
         Duration::from_secs(15),
-        || {
-            let o = b
-                .cmd()
-                .arg("-f")
-                .arg(&f)
-                .args([
-                    "exec", "-T", "client", "timeout", "2", "wget", "-q", "-O-", &url,
-                ])
-                .output()
-                .unwrap();
-            o.status
-                .success()
-                .then(|| String::from_utf8_lossy(&o.stdout).to_string())
-        },
+        || wget("client", &url),
     );
     assert!(got.contains("hello from berth"), "{url} from client: {got}");
     let remote = Remote::new();
@@ -362,16 +335,10 @@ fn published_ports_and_hairpin_work_under_a_forward_drop_policy() {
     );
 
     // Outbound TCP from a container is relayed too: the remote host sees the host's address.
-    let listener = {
-        let ns = std::fs::File::open(remote.netns()).unwrap();
-        let addr = remote.addr;
-        std::thread::spawn(move || {
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            std::net::TcpListener::bind((addr, 8099)).unwrap()
-        })
-        .join()
-        .unwrap()
-    };
+    let addr = remote.addr;
+    let listener = in_netns(&remote.netns(), move || {
+        std::net::TcpListener::bind((addr, 8099)).unwrap()
+    });
     listener.set_nonblocking(true).unwrap();
     let to = SocketAddr::from((remote.addr, 8099));
     let sent = in_netns(&client_ns, move || {
