@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::Read;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -47,20 +47,8 @@ fn console_sockets(root: &Path) -> Vec<String> {
 }
 
 fn openpty() -> (OwnedFd, OwnedFd) {
-    let (mut m, mut s) = (0, 0);
-    // SAFETY: openpty fills two fds; no name, termios or size.
-    let rc = unsafe {
-        libc::openpty(
-            &mut m,
-            &mut s,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: fresh fds from the kernel.
-    unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
+    let p = nix::pty::openpty(None, None).expect("openpty");
+    (p.master, p.slave)
 }
 
 /// Run berth with a terminal as stdin and stdout (as a user at a shell would); its output.

@@ -589,20 +589,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let logp = d.path().join("c.log");
         let log = Arc::new(Mutex::new(LogWriter::open(&logp, None, 1).unwrap()));
-        let (mut m, mut sl) = (0, 0);
-        // SAFETY: openpty fills two fds.
-        let rc = unsafe {
-            libc::openpty(
-                &mut m,
-                &mut sl,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(rc, 0);
-        // SAFETY: fresh fds.
-        let (master, slave) = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(sl)) };
+        let p = nix::pty::openpty(None, None).unwrap();
+        let (master, slave) = (p.master, p.slave);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
