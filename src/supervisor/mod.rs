@@ -1431,9 +1431,9 @@ impl Supervisor {
             // default-action signals) and runs on, but its writes to the tty fail with EIO
             // from then on (that output is lost) and an adopting supervisor has no pty to read
             // (adopt finds no stream FIFOs). With `init: true` the init forwards the SIGHUP to
-            // the command, which by default dies: the container exits. A fix needs the runtime to leave a copy
-            // of the master in a container process for a new supervisor to take back with
-            // pidfd_getfd (and that process to never use it): not done.
+            // the command, which by default dies: the container exits. A fix needs the runtime
+            // to leave a copy of the master in a container process for a new supervisor to
+            // take back with pidfd_getfd (and that process to never use it): not done.
             let console = io::ConsoleSocket::bind(&io::console_path(&io_dir, name))?;
             let cio = CreateIo {
                 stdin: std::process::Stdio::null(),
