@@ -187,3 +187,42 @@ fn a_glibc_client_resolves_replicas_through_the_embedded_dns() {
     let (ok, out) = glibc_getent(&netns, &dir, &["hosts", "nosuchservice."]);
     assert!(!ok, "{out}");
 }
+
+/// A container in another's network namespace (`network_mode: service:`) uses that one's
+/// resolv.conf and hosts, as in Docker, so it resolves the project's names too.
+#[test]
+fn a_container_sharing_a_netns_shares_its_resolver() {
+    let b = Berth::new();
+    let p = unique("dnssh");
+    let f = b.compose(
+        &p,
+        &format!(
+            r#"services:
+  app:
+    image: {IMAGE}
+    init: true
+    command: ["sleep", "120"]
+  side:
+    image: {IMAGE}
+    init: true
+    network_mode: "service:app"
+    depends_on: [app]
+    command: ["sleep", "120"]
+"#
+        ),
+    );
+    b.ok(&f, &["up", "-d"]);
+    let cat = |svc: &str, file: &str| b.ok(&f, &["exec", "-T", svc, "cat", file]);
+    let resolv = cat("app", "/etc/resolv.conf");
+    assert!(resolv.contains("ndots:0"), "{resolv}");
+    assert_eq!(cat("side", "/etc/resolv.conf"), resolv);
+    assert_eq!(cat("side", "/etc/hosts"), cat("app", "/etc/hosts"));
+    let app_ip = containers(&b, &p, "app").remove(0).3;
+    let out = b.ok(
+        &f,
+        &[
+            "exec", "-T", "side", "timeout", "-s", "KILL", "10", "nslookup", "app",
+        ],
+    );
+    assert!(out.contains(&format!("Address: {app_ip}")), "{out}");
+}
