@@ -256,6 +256,9 @@ pub struct LogsArgs {
     /// Don't print prefix in logs
     #[arg(long)]
     pub no_log_prefix: bool,
+    /// Index of the container if service has multiple replicas (one SERVICE)
+    #[arg(long)]
+    pub index: Option<u32>,
     pub services: Vec<String>,
 }
 

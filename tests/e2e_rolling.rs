@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use common::*;
 
-fn web_yaml(version: &str, health: &str) -> String {
+/// The client fetches `http://web/version` by name through the embedded DNS (busybox wget,
+/// static glibc resolver, one lookup per fetch) `fetches` times, each bounded by `timeout`.
+fn web_yaml(version: &str, health: &str, fetches: u32) -> String {
     format!(
         r#"services:
   web:
@@ -32,17 +34,23 @@ fn web_yaml(version: &str, health: &str) -> String {
     depends_on:
       web:
         condition: service_healthy
-    command: ["sh", "-c", "i=0; while [ $$i -lt 400 ]; do i=$$((i+1)); r=$$(timeout 10 wget -q -O- http://web/version 2>&1) && echo OK $$r || echo FAIL $$r; sleep 0.03; done; echo DONE; sleep 60"]
+    command: ["sh", "-c", "i=0; while [ $$i -lt {fetches} ]; do i=$$((i+1)); r=$$(timeout 10 wget -q -O- http://web/version 2>&1) && echo OK $$r || echo FAIL $$r; sleep 0.03; done; echo DONE; sleep 60"]
 "#
     )
 }
 
 fn counts(log: &str) -> (usize, usize, usize, usize) {
-    let ok1 = log.lines().filter(|l| l.trim() == "OK v1").count();
-    let ok2 = log.lines().filter(|l| l.trim() == "OK v2").count();
+    let ok1 = ok(log, "v1");
+    let ok2 = ok(log, "v2");
     let fail = log.lines().filter(|l| l.contains("FAIL")).count();
     let done = log.lines().filter(|l| l.contains("DONE")).count();
     (ok1, ok2, fail, done)
+}
+
+fn ok(log: &str, version: &str) -> usize {
+    log.lines()
+        .filter(|l| l.trim() == format!("OK {version}"))
+        .count()
 }
 
 /// The client's whole log once its bounded loop printed DONE.
@@ -57,16 +65,20 @@ fn client_log_when_done(b: &Berth, f: &std::path::Path) -> String {
     )
 }
 
+/// Two rolling updates, one by `up -d` and one by the watcher (`up --watch`), while a client
+/// in the project fetches the service by name 1,500 times (issue 19): every fetch succeeds, and
+/// the answers go from v1 to v2 to v3.
 #[test]
-fn start_first_rollout_has_no_failed_request() {
+fn start_first_rollouts_by_up_and_by_the_watcher_have_no_failed_request() {
+    const FETCHES: usize = 1500;
     let b = Berth::new();
     let p = unique("roll");
     let healthy = "wget -q -O /dev/null http://127.0.0.1/version";
-    let f = b.compose(&p, &web_yaml("v1", healthy));
+    let yaml = |v: &str| web_yaml(v, healthy, FETCHES as u32);
+    let f = b.compose(&p, &yaml("v1"));
     b.ok(&f, &["up", "-d", "--wait"]);
-    let st = b.state(&p).unwrap();
-    let webs = |st: &serde_json::Value| -> Vec<serde_json::Value> {
-        st["containers"]
+    let webs = |b: &Berth| -> Vec<serde_json::Value> {
+        b.state(&p).unwrap()["containers"]
             .as_array()
             .unwrap()
             .iter()
@@ -74,42 +86,112 @@ fn start_first_rollout_has_no_failed_request() {
             .cloned()
             .collect()
     };
-    assert_eq!(webs(&st).len(), 3, "three replicas");
-    let old_hash = webs(&st)[0]["config_hash"].clone();
+    assert_eq!(webs(&b).len(), 3, "three replicas");
+    let v1_hash = webs(&b)[0]["config_hash"].clone();
     wait_for("the client to get answers", Duration::from_secs(20), || {
         let l = b.ok(&f, &["logs", "--no-log-prefix", "client"]);
         (counts(&l).0 >= 5).then_some(())
     });
-    // Change the version and converge: a rolling update, replica by replica.
-    std::fs::write(&f, format!("name: {p}\n{}", web_yaml("v2", healthy))).unwrap();
+    // Rollout 1: change the version and converge with `up -d`, replica by replica.
+    std::fs::write(&f, format!("name: {p}\n{}", yaml("v2"))).unwrap();
     b.ok(&f, &["up", "-d"]);
-    let st = b.state(&p).unwrap();
-    let w = webs(&st);
+    let w = webs(&b);
     assert_eq!(w.len(), 3, "still three replicas after the rollout");
     assert!(
         w.iter().all(|c| c["generation"] == 2),
         "ps shows generation 2 for every replica: {w:?}"
     );
     assert!(
-        w.iter().all(|c| c["config_hash"] != old_hash),
+        w.iter().all(|c| c["config_hash"] != v1_hash),
         "all replicas run the new config"
     );
-    let log = client_log_when_done(&b, &f);
+    let v2_hash = w[0]["config_hash"].clone();
+    wait_for("v2 answers", Duration::from_secs(20), || {
+        let l = b.ok(&f, &["logs", "--no-log-prefix", "client"]);
+        (ok(&l, "v2") >= 5).then_some(())
+    });
+    // Rollout 2: the watcher sees the edit and rolls it out by itself.
+    b.ok(&f, &["up", "-d", "--watch"]);
+    std::fs::write(&f, format!("name: {p}\n{}", yaml("v3"))).unwrap();
+    wait_for(
+        "the watcher to roll v3 out to every replica",
+        Duration::from_secs(120),
+        || {
+            let w = webs(&b);
+            (w.len() == 3
+                && w.iter().all(|c| {
+                    c["config_hash"] != v2_hash
+                        && c["config_hash"] != v1_hash
+                        && c["status"] == "running"
+                        && c["health"] == "healthy"
+                }))
+            .then_some(())
+        },
+    );
+    let log = b.ok(&f, &["logs", "--no-log-prefix", "client"]);
+    assert_eq!(
+        counts(&log).3,
+        0,
+        "the client was still fetching when both rollouts were over"
+    );
+
+    // Replica numbers after two rollouts are 7, 8, 9; --index 1..3 reaches them in order.
+    let mut numbers: Vec<u64> = webs(&b)
+        .iter()
+        .map(|c| c["number"].as_u64().unwrap())
+        .collect();
+    numbers.sort();
+    assert!(numbers[0] > 3, "rollouts gave new numbers: {numbers:?}");
+    for (i, n) in numbers.iter().enumerate() {
+        let host = b.ok(
+            &f,
+            &[
+                "exec",
+                "-T",
+                "--index",
+                &(i + 1).to_string(),
+                "web",
+                "hostname",
+            ],
+        );
+        assert_eq!(host.trim(), format!("{p}-web-{n}"), "--index {}", i + 1);
+    }
+    let err = b.fails(&f, &["exec", "-T", "--index", "4", "web", "true"]);
+    assert!(err.contains("1..3"), "{err}");
+    b.ok(&f, &["logs", "--index", "3", "web"]);
+
+    let log = wait_for(
+        "the client to finish its loop",
+        Duration::from_secs(300),
+        || {
+            let l = b.ok(&f, &["logs", "--no-log-prefix", "client"]);
+            (counts(&l).3 == 1).then_some(l)
+        },
+    );
     let (ok1, ok2, fail, _) = counts(&log);
+    let ok3 = ok(&log, "v3");
+    eprintln!("client fetches by name: {ok1} v1, {ok2} v2, {ok3} v3, {fail} failed");
     let fails: Vec<&str> = log.lines().filter(|l| l.contains("FAIL")).collect();
     assert_eq!(
         fail, 0,
-        "no request failed during the rollout ({ok1} v1, {ok2} v2): {fails:?}"
+        "no fetch failed during two rollouts ({ok1} v1, {ok2} v2, {ok3} v3): {fails:?}"
     );
+    assert_eq!(ok1 + ok2 + ok3, FETCHES, "every fetch answered");
     assert!(
-        ok1 > 0 && ok2 > 0,
-        "answers switched from v1 to v2 ({ok1} v1, {ok2} v2)"
+        ok1 > 0 && ok2 > 0 && ok3 > 0,
+        "answers went v1, v2, v3 ({ok1}, {ok2}, {ok3})"
     );
-    let last = log.lines().rfind(|l| l.starts_with("OK"));
+    let versions: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("OK "))
+        .collect();
+    let last_v1 = versions.iter().rposition(|v| *v == "v1").unwrap();
+    let first_v3 = versions.iter().position(|v| *v == "v3").unwrap();
+    assert!(last_v1 < first_v3, "no v1 answer after the first v3");
     assert_eq!(
-        last.map(str::trim),
-        Some("OK v2"),
-        "after the rollout every answer is v2"
+        versions.last(),
+        Some(&"v3"),
+        "after the rollouts every answer is v3"
     );
 }
 
@@ -118,7 +200,7 @@ fn a_broken_version_rolls_back_and_keeps_serving() {
     let b = Berth::new();
     let p = unique("rollbk");
     let healthy = "wget -q -O /dev/null http://127.0.0.1/version";
-    let f = b.compose(&p, &web_yaml("v1", healthy));
+    let f = b.compose(&p, &web_yaml("v1", healthy, 400));
     b.ok(&f, &["up", "-d", "--wait"]);
     let st = b.state(&p).unwrap();
     let old_hash = st["containers"]
@@ -133,7 +215,7 @@ fn a_broken_version_rolls_back_and_keeps_serving() {
         (counts(&l).0 >= 5).then_some(())
     });
     // v2's healthcheck always fails: the rollout must roll back by itself.
-    std::fs::write(&f, format!("name: {p}\n{}", web_yaml("v2", "exit 1"))).unwrap();
+    std::fs::write(&f, format!("name: {p}\n{}", web_yaml("v2", "exit 1", 400))).unwrap();
     let err = b.fails(&f, &["up", "-d"]);
     assert!(err.contains("rolled back"), "{err}");
     let st = b.state(&p).unwrap();

@@ -7,6 +7,13 @@
 //! resolv.conf) through one shared upstream socket with query-id remapping, and positive and
 //! negative answers are cached (TTL-bounded). Internal networks never forward.
 //!
+//! The answers have the shape of Docker's embedded server (127.0.0.11, compared packet by
+//! packet for issue 19): QR and RA set, RD echoed, no AA; every replica's A record in one
+//! answer, shuffled; a known name asked for another type (AAAA) is NOERROR with no record and
+//! no SOA in the authority section. Differences kept on purpose: TTL 0 (Docker 600, see
+//! `LOCAL_TTL`), unknown single-label names are NXDOMAIN here (Docker forwards them), and ANY
+//! gets the A records (Docker does not answer it).
+//!
 //! The records are an immutable snapshot in an `ArcSwap`: the supervisor builds a new
 //! `Records` and swaps it in one store, so a removed container disappears at once.
 
@@ -33,6 +40,12 @@ const MAX_CACHE: usize = 10_000;
 const MAX_CACHE_TTL: u32 = 300;
 const NEGATIVE_TTL: u32 = 30;
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// TTL of the project's own records. Docker's server says 600, aardvark-dns (podman) 0. berth
+/// keeps 0: a replica leaves DNS before it is stopped, and a client that caches answers for
+/// their TTL (nginx's `resolver`, a caching stub) would keep sending to a removed replica for
+/// ten minutes after a rolling update with 600. No resolver tried minds 0 (glibc static and
+/// dynamic, busybox nslookup; issue 19, where busybox wget's crash turned out to be its `-T`).
+pub const LOCAL_TTL: u32 = 0;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct NetRecords {
@@ -507,15 +520,16 @@ impl Inner {
         }
         let records = self.records.load();
         let answer = records.lookup_normed(network, requester, &name, RecordType::from(qtype));
-        let (aa, rcode) = match &answer {
-            Answer::A(_) | Answer::Ptr(_) | Answer::NoData => (0x04, 0),
-            Answer::NxDomain => (0x04, 3),
-            Answer::Refused => (0, 5),
+        let rcode = match &answer {
+            Answer::A(_) | Answer::Ptr(_) | Answer::NoData => 0,
+            Answer::NxDomain => 3,
+            Answer::Refused => 5,
             Answer::Forward(_) => return Fast::Slow,
         };
         out.clear();
         out.extend_from_slice(&q[..2]);
-        out.push(0x80 | aa | (flags & 0x01));
+        // QR, the query's RD echoed, no AA (as Docker's server); RA.
+        out.push(0x80 | (flags & 0x01));
         out.push(0x80 | rcode);
         out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
         out.extend_from_slice(&q[12..qend]);
@@ -528,7 +542,9 @@ impl Inner {
                         out[2] |= 0x02;
                         break;
                     }
-                    out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4]);
+                    out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+                    out.extend_from_slice(&LOCAL_TTL.to_be_bytes());
+                    out.extend_from_slice(&[0, 4]);
                     out.extend_from_slice(&a.octets());
                     count += 1;
                 }
@@ -543,7 +559,8 @@ impl Inner {
                     rdata.extend_from_slice(label.as_bytes());
                 }
                 rdata.push(0);
-                out.extend_from_slice(&[0xc0, 0x0c, 0, 12, 0, 1, 0, 0, 0, 0]);
+                out.extend_from_slice(&[0xc0, 0x0c, 0, 12, 0, 1]);
+                out.extend_from_slice(&LOCAL_TTL.to_be_bytes());
                 out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
                 out.extend_from_slice(&rdata);
                 count = 1;
@@ -594,29 +611,26 @@ impl Inner {
         match answer {
             Answer::A(mut addrs) => {
                 self.shuffle(&mut addrs);
-                resp.metadata.authoritative = true;
                 for a in addrs {
-                    resp.add_answer(Record::from_rdata(q.name().clone(), 0, RData::A(A(a))));
+                    resp.add_answer(Record::from_rdata(
+                        q.name().clone(),
+                        LOCAL_TTL,
+                        RData::A(A(a)),
+                    ));
                 }
             }
-            Answer::Ptr(n) => {
-                resp.metadata.authoritative = true;
-                match Name::from_ascii(format!("{n}.")) {
-                    Ok(target) => {
-                        resp.add_answer(Record::from_rdata(
-                            q.name().clone(),
-                            0,
-                            RData::PTR(PTR(target)),
-                        ));
-                    }
-                    Err(_) => resp.metadata.response_code = ResponseCode::ServFail,
+            Answer::Ptr(n) => match Name::from_ascii(format!("{n}.")) {
+                Ok(target) => {
+                    resp.add_answer(Record::from_rdata(
+                        q.name().clone(),
+                        LOCAL_TTL,
+                        RData::PTR(PTR(target)),
+                    ));
                 }
-            }
-            Answer::NoData => resp.metadata.authoritative = true,
-            Answer::NxDomain => {
-                resp.metadata.authoritative = true;
-                resp.metadata.response_code = ResponseCode::NXDomain;
-            }
+                Err(_) => resp.metadata.response_code = ResponseCode::ServFail,
+            },
+            Answer::NoData => {}
+            Answer::NxDomain => resp.metadata.response_code = ResponseCode::NXDomain,
             Answer::Refused => resp.metadata.response_code = ResponseCode::Refused,
             Answer::Forward(ups) => {
                 let key = (norm(&qname), u16::from(qtype));
@@ -1505,6 +1519,48 @@ mod tests {
         let mut v: Vec<String> = m.answers.iter().map(|r| r.to_string()).collect();
         v.sort();
         v
+    }
+
+    /// The header and sections Docker's server (dockerd 20.10) gave for a service of three
+    /// replicas, on both of berth's paths: A: NOERROR, QR RD RA, no AA, three records, nothing
+    /// in authority or additional; AAAA of the same name: NOERROR, no record, no SOA.
+    #[test]
+    fn answers_have_the_shape_of_dockers() {
+        let inner = server_with(recs());
+        for (qtype, rcode, count) in [
+            (RecordType::A, ResponseCode::NoError, 3),
+            (RecordType::AAAA, ResponseCode::NoError, 0),
+        ] {
+            for edns in [None, Some(1232)] {
+                let q = query_bytes(0x1234, "web.", qtype, edns);
+                let mut out = Vec::new();
+                assert_eq!(
+                    inner.answer_fast("front", None, &q, &mut out, 512),
+                    Fast::Answered
+                );
+                let Action::Reply(slow) = inner.handle("front", None, &q) else {
+                    panic!("no answer");
+                };
+                for wire in [out, slow] {
+                    let m = Message::from_vec(&wire).unwrap();
+                    let what = format!("{qtype:?} edns {edns:?}");
+                    assert_eq!(m.metadata.response_code, rcode, "{what}");
+                    assert!(!m.metadata.authoritative, "{what}: no AA, as Docker");
+                    assert!(m.metadata.recursion_desired, "{what}: RD echoed");
+                    assert!(m.metadata.recursion_available, "{what}");
+                    assert_eq!(m.answers.len(), count, "{what}");
+                    assert!(m.answers.iter().all(|a| a.ttl == LOCAL_TTL), "{what}");
+                    assert!(m.authorities.is_empty(), "{what}: no SOA on NODATA");
+                    assert!(m.additionals.is_empty(), "{what}");
+                }
+            }
+        }
+        // Without RD in the query, none in the answer.
+        let mut q = query_bytes(7, "web.", RecordType::A, None);
+        q[2] &= !0x01;
+        let mut out = Vec::new();
+        inner.answer_fast("front", None, &q, &mut out, 512);
+        assert!(!Message::from_vec(&out).unwrap().metadata.recursion_desired);
     }
 
     #[test]

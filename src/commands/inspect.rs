@@ -24,13 +24,38 @@ fn find<'a>(
     service: &str,
     index: u32,
 ) -> anyhow::Result<&'a ContainerRecord> {
-    if !st.containers.iter().any(|c| c.service == service) {
+    replica(&st.containers, service, index)
+}
+
+/// `--index N` of `exec`, `cp`, `port`, `logs`: the N-th (1-based) current replica of
+/// `service`, replicas ordered by their number. Compose numbers a service's replicas 1..N and
+/// keeps the numbers when it recreates; a berth rolling update starts each new replica beside
+/// the old one, so it takes the next free number (replicas 1, 2, 3 become 4, 5, 6), and
+/// `--index 1` still reaches the first of the replicas there are now. One-off `run`
+/// containers are not replicas.
+pub fn replica<'a>(
+    containers: &'a [ContainerRecord],
+    service: &str,
+    index: u32,
+) -> anyhow::Result<&'a ContainerRecord> {
+    let mut replicas: Vec<&ContainerRecord> = containers
+        .iter()
+        .filter(|c| c.service == service && !c.oneoff)
+        .collect();
+    if replicas.is_empty() {
         bail!("service {service:?} is not running");
     }
-    st.containers
-        .iter()
-        .find(|c| c.service == service && c.number == index && !c.oneoff)
-        .ok_or_else(|| anyhow!("service {service:?} has no container #{index}"))
+    replicas.sort_by_key(|c| c.number);
+    let n = replicas.len();
+    (index as usize)
+        .checked_sub(1)
+        .and_then(|i| replicas.get(i).copied())
+        .ok_or_else(|| {
+            anyhow!(
+                "service {service:?} has {n} replica{}: --index must be 1..{n}, not {index}",
+                if n == 1 { "" } else { "s" }
+            )
+        })
 }
 
 pub fn exec(p: &ProjectOpts, args: &ExecArgs) -> anyhow::Result<u8> {
@@ -381,4 +406,46 @@ pub fn inspect(p: &ProjectOpts, args: &ServicesArg) -> anyhow::Result<u8> {
         .collect();
     println!("{}", serde_json::to_string_pretty(&list)?);
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(service: &str, number: u32, oneoff: bool) -> ContainerRecord {
+        serde_json::from_value(serde_json::json!({
+            "name": format!("p-{service}-{number}"), "service": service, "number": number,
+            "config_hash": "h", "image": "i", "image_id": "i", "dir": "/x",
+            "status": "running", "oneoff": oneoff,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn index_is_the_nth_current_replica_by_number() {
+        // After a rolling update of three replicas: numbers 4, 5, 6 (kept out of order in the
+        // record), a one-off `run` container and another service.
+        let cs = vec![
+            rec("web", 6, false),
+            rec("web", 4, false),
+            rec("db", 1, false),
+            rec("web", 7, true),
+            rec("web", 5, false),
+        ];
+        let names: Vec<&str> = (1..=3)
+            .map(|i| replica(&cs, "web", i).unwrap().name.as_str())
+            .collect();
+        assert_eq!(names, ["p-web-4", "p-web-5", "p-web-6"]);
+        assert_eq!(replica(&cs, "db", 1).unwrap().name, "p-db-1");
+        // Before any rollout the index is the number, as in compose.
+        let fresh: Vec<_> = (1..=3).map(|n| rec("web", n, false)).collect();
+        for i in 1..=3 {
+            assert_eq!(replica(&fresh, "web", i).unwrap().number, i);
+        }
+        let e = replica(&cs, "web", 4).unwrap_err().to_string();
+        assert!(e.contains("has 3 replicas") && e.contains("1..3"), "{e}");
+        assert!(replica(&cs, "web", 0).is_err());
+        let e = replica(&cs, "cache", 1).unwrap_err().to_string();
+        assert!(e.contains("not running"), "{e}");
+    }
 }

@@ -89,10 +89,21 @@ pub fn run(p: &ProjectOpts, args: &LogsArgs) -> anyhow::Result<u8> {
         ),
     };
     let selected = |svc: &str| args.services.is_empty() || args.services.iter().any(|s| s == svc);
+    // `--index N`: only the N-th current replica of the one service named.
+    let only = match (args.index, args.services.as_slice()) {
+        (None, _) => None,
+        (Some(i), [svc]) => Some(
+            super::inspect::replica(&state.containers, svc, i)?
+                .name
+                .clone(),
+        ),
+        (Some(_), _) => anyhow::bail!("--index needs exactly one SERVICE"),
+    };
     let containers: Vec<(String, String)> = state
         .containers
         .iter()
         .filter(|c| selected(&c.service))
+        .filter(|c| only.as_ref().is_none_or(|n| *n == c.name))
         .map(|c| (c.name.clone(), c.service.clone()))
         .collect();
     let color =
@@ -125,7 +136,29 @@ pub fn run(p: &ProjectOpts, args: &LogsArgs) -> anyhow::Result<u8> {
     if !args.follow {
         return Ok(0);
     }
-    follow(&paths, &name, &project_dir, &mut printer, &selected, until)
+    match only {
+        Some(n) => {
+            let one = |_: &str| true;
+            follow(
+                &paths,
+                &name,
+                &project_dir,
+                &mut printer,
+                &one,
+                until,
+                Some(&n),
+            )
+        }
+        None => follow(
+            &paths,
+            &name,
+            &project_dir,
+            &mut printer,
+            &selected,
+            until,
+            None,
+        ),
+    }
 }
 
 /// Follows the log files of a project's containers from where it last read, picking up new
@@ -219,15 +252,19 @@ pub fn follow(
     printer: &mut Printer,
     selected: &dyn Fn(&str) -> bool,
     until: Option<SystemTime>,
+    only_container: Option<&str>,
 ) -> anyhow::Result<u8> {
     let mut tail = Tailer::new(project_dir);
     if let Some(state) = ProjectState::load(paths, project)? {
         tail.skip_existing(&state);
     }
     loop {
-        let Some(state) = ProjectState::load(paths, project)? else {
+        let Some(mut state) = ProjectState::load(paths, project)? else {
             return Ok(0);
         };
+        if let Some(n) = only_container {
+            state.containers.retain(|c| c.name == n);
+        }
         if !tail.pump_until(&state, selected, printer, until)? {
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -243,6 +243,8 @@ impl Engine {
         // --- network namespace and endpoints
         let mut nameservers: Vec<String> = Vec::new();
         let mut my_addrs: Vec<Ipv4Addr> = Vec::new();
+        // Sharing another container's netns: its hosts and resolv.conf too, as Docker does.
+        let mut shared_etc: Option<std::path::PathBuf> = None;
         let netns = match svc.network_mode.as_deref() {
             Some("host") => NetNs::Host,
             Some(m) if m.starts_with("service:") || m.starts_with("container:") => {
@@ -251,9 +253,10 @@ impl Engine {
                     .containers
                     .iter()
                     .find(|c| (m.starts_with("service:") && c.service == other) || c.name == other)
-                    .and_then(|c| c.netns.clone())
+                    .filter(|c| c.netns.is_some())
                     .ok_or_else(|| anyhow!("network_mode {m}: no running container to share"))?;
-                NetNs::Path(target)
+                shared_etc = Some(target.dir.clone());
+                NetNs::Path(target.netns.clone().unwrap_or_default())
             }
             mode => {
                 let ns = self.paths.netns(&rec.name);
@@ -309,16 +312,33 @@ impl Engine {
         };
 
         // --- /etc files
-        let etc_hosts = if matches!(netns, NetNs::Host) {
+        let shared = |f: &str| {
+            shared_etc
+                .as_ref()
+                .and_then(|d| std::fs::read_to_string(d.join(f)).ok())
+        };
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let etc_hosts = if let Some(h) = shared("hosts") {
+            h
+        } else if matches!(netns, NetNs::Host) {
             std::fs::read_to_string("/etc/hosts").unwrap_or_default()
         } else {
             berth_network::files::hosts(&hostname, &my_addrs, &svc.extra_hosts)
         };
         std::fs::write(dir.join("hosts"), etc_hosts)?;
-        let resolv = if matches!(netns, NetNs::Host) || nameservers.is_empty() {
-            std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+        let resolv = if let Some(r) = shared("resolv.conf") {
+            r
+        } else if matches!(netns, NetNs::Host) || nameservers.is_empty() {
+            host_resolv
         } else {
-            berth_network::files::resolv_conf(&nameservers, &svc.dns_search, &svc.dns_opt)
+            // Docker's layout behind its embedded server: ndots:0, the host's search domains
+            // and options unless the service sets its own.
+            let (search, options) = berth_network::files::embedded_search_and_options(
+                &host_resolv,
+                &svc.dns_search,
+                &svc.dns_opt,
+            );
+            berth_network::files::resolv_conf(&nameservers, &search, &options)
         };
         std::fs::write(dir.join("resolv.conf"), resolv)?;
         std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
