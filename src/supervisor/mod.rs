@@ -208,7 +208,7 @@ impl Supervisor {
                 },
                 Err(e) => Reply::Done {
                     ok: false,
-                    error: Some(crate::commands::render_error(&e)),
+                    error: Some(crate::errors::render_error(&e)),
                     code: 1,
                 },
             };
