@@ -4,6 +4,8 @@
 //! CLI commands talk to it over a unix socket (see `proto`).
 
 pub mod client;
+mod adopt;
+mod exits;
 mod health;
 mod publish;
 pub mod proto;
@@ -370,48 +372,6 @@ impl Supervisor {
         if let Some(l) = sh.live.get(name) {
             let _ = proc::pidfd_send_signal(&l.pidfd, sig);
         }
-    }
-
-    /// After a supervisor restart: watch the containers that still run (same pid and start
-    /// time) and copy their output again from their stream FIFOs, starting with what they
-    /// wrote while no supervisor read (it waited in the pipes). Not our children: the exit
-    /// status comes from the pidfd (see `proc::wait_pidfd`).
-    async fn adopt(self: &Arc<Self>) {
-        let recs: Vec<ContainerRecord> = self.state.lock().await.containers.clone();
-        for c in recs {
-            let (Some(pid), Status::Running | Status::Paused) = (c.pid, c.status) else {
-                continue;
-            };
-            // The pidfd first, then the check: it then surely names the recorded process.
-            let fd = proc::pidfd_open(pid);
-            if !crate::state::pid_matches(pid, c.pid_start) {
-                self.record_exit(&c.name, Exit::Unknown, None).await;
-                continue;
-            }
-            let Ok(fd) = fd else {
-                continue;
-            };
-            let mut drains = Vec::new();
-            match self.log_writer(&c.name, c.log_max_size, c.log_max_file.unwrap_or(1)) {
-                Ok(log) => {
-                    for stream in ["stdout", "stderr"] {
-                        // Absent for containers started before stream FIFOs existed.
-                        let path = io::fifo_path(&self.io_dir(), &c.name, stream);
-                        if let Ok(rd) = io::open_fifo_reader(&path) {
-                            drains.push(tokio::spawn(io::copy_to_log(
-                                rd,
-                                stream,
-                                log.clone(),
-                                None,
-                            )));
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!("{}: opening its log: {e:#}", c.name),
-            }
-            self.watch_exit(&c.name, Arc::new(fd), Instant::now(), pid, drains);
-        }
-        self.refresh_dns().await;
     }
 
     /// Load the plan from the CLI's source, then converge.
@@ -1583,98 +1543,6 @@ impl Supervisor {
             let _ = tokio::time::timeout(Duration::from_secs(2), all).await;
             me.on_exit(&name, exit, started.elapsed(), pid).await;
         });
-    }
-
-    /// Record the end of the run of `pid` (a later run of the same container is left alone).
-    async fn record_exit(&self, name: &str, exit: Exit, pid: Option<i32>) {
-        {
-            let mut st = self.state.lock().await;
-            if let Some(c) = st
-                .container_mut(name)
-                .filter(|c| pid.is_none() || c.pid == pid)
-            {
-                c.status = Status::Exited;
-                c.exit_code = Some(exit.code());
-                c.finished_at = Some(now_rfc3339());
-                c.pid = None;
-                c.pid_start = None;
-                if c.health.is_some() {
-                    c.health = None;
-                }
-            }
-        }
-        self.save().await;
-    }
-
-    async fn on_exit(self: &Arc<Self>, name: &str, exit: Exit, ran_for: Duration, pid: i32) {
-        self.record_exit(name, exit, Some(pid)).await;
-        let newer_run = self
-            .state
-            .lock()
-            .await
-            .container(name)
-            .map(|c| c.pid.is_some())
-            .unwrap_or(true);
-        if newer_run {
-            return;
-        }
-        self.refresh_dns().await;
-        let _ = self.apply_firewall().await;
-        let (user_stop, service) = {
-            let st = self.state.lock().await;
-            match st.container(name) {
-                Some(c) => (c.stopped_by_user, c.service.clone()),
-                None => return,
-            }
-        };
-        let policy = self
-            .service_plan(&service)
-            .await
-            .map(|s| s.restart)
-            .unwrap_or_default();
-        let delay = {
-            let mut sh = self.shared.lock().unwrap();
-            sh.live.remove(name);
-            let b = sh.backoff.entry(name.to_string()).or_default();
-            b.on_exit(&policy, exit.code(), ran_for, user_stop, Instant::now())
-        };
-        let Some(delay) = delay else { return };
-        tracing::info!(
-            "{name} exited with {}; restarting in {delay:?}",
-            exit.code()
-        );
-        self.set_status(name, Status::Restarting).await;
-        tokio::time::sleep(delay).await;
-        // Stopped by the user while we waited?
-        let still = {
-            let st = self.state.lock().await;
-            st.container(name)
-                .map(|c| !c.stopped_by_user && c.status == Status::Restarting)
-                .unwrap_or(false)
-        };
-        if !still {
-            // Stopped by the user during the delay: it stays exited.
-            let mut st = self.state.lock().await;
-            if let Some(c) = st
-                .container_mut(name)
-                .filter(|c| c.status == Status::Restarting)
-            {
-                c.status = Status::Exited;
-            }
-            drop(st);
-            self.save().await;
-            return;
-        }
-        {
-            let mut st = self.state.lock().await;
-            if let Some(c) = st.container_mut(name) {
-                c.restart_count += 1;
-            }
-        }
-        if let Err(e) = self.spawn(name).await {
-            tracing::error!("restarting {name}: {e:#}");
-            self.set_status(name, Status::Exited).await;
-        }
     }
 
     /// Stop one container: its stop signal, the grace period, then SIGKILL.
