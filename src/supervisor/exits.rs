@@ -33,7 +33,13 @@ impl Supervisor {
         self.save().await;
     }
 
-    pub(super) async fn on_exit(self: &Arc<Self>, name: &str, exit: Exit, ran_for: Duration, pid: i32) {
+    pub(super) async fn on_exit(
+        self: &Arc<Self>,
+        name: &str,
+        exit: Exit,
+        ran_for: Duration,
+        pid: i32,
+    ) {
         self.record_exit(name, exit, Some(pid)).await;
         let newer_run = self
             .state
