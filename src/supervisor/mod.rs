@@ -10,6 +10,7 @@ mod health;
 mod lifecycle;
 pub mod proto;
 mod publish;
+mod rollout;
 mod spawn;
 mod watcher;
 
@@ -32,9 +33,6 @@ use crate::logs::LogWriter;
 use crate::paths::Paths;
 use crate::state::{ContainerRecord, ProjectLock, ProjectSource, ProjectState, Status};
 use proto::{Reply, Request, UpOpts};
-
-/// How long a replica leaving service keeps serving in-flight requests before its stop signal.
-const DRAIN: Duration = Duration::from_secs(1);
 
 /// Progress sink of one request.
 type Out = mpsc::UnboundedSender<Reply>;
@@ -945,49 +943,6 @@ impl Supervisor {
         Ok(())
     }
 
-    /// `berth rollback SERVICE`: roll the service back to the configuration it ran before the
-    /// last `up` that changed it.
-    async fn rollback_by_hand(
-        self: &Arc<Self>,
-        source: ProjectSource,
-        service: &str,
-        out: &Out,
-    ) -> anyhow::Result<()> {
-        let prev = self
-            .prev_plan
-            .lock()
-            .await
-            .clone()
-            .ok_or_else(|| anyhow!("no previous configuration recorded for this project"))?;
-        let prev_svc = prev
-            .service(service)
-            .cloned()
-            .ok_or_else(|| anyhow!("{service} did not exist in the previous configuration"))?;
-        let current = self.service_containers(service).await;
-        if current
-            .iter()
-            .all(|c| c.config_hash == prev_svc.config_hash)
-        {
-            bail!("{service} already runs its previous configuration");
-        }
-        let _ = source;
-        if let Some(p) = self.plan.lock().await.as_mut() {
-            if let Some(s) = p.services.iter_mut().find(|s| s.name == service) {
-                *s = prev_svc.clone();
-            }
-        }
-        let plan = self.plan.lock().await.clone().unwrap_or(prev.clone());
-        let outdated: Vec<ContainerRecord> = current
-            .into_iter()
-            .filter(|c| c.config_hash != prev_svc.config_hash)
-            .collect();
-        let mut made = Vec::new();
-        let opts = UpOpts::default();
-        self.event(&format!("rollback of {service} requested by hand"));
-        self.roll(&plan, &prev_svc, &outdated, &opts, out, &mut made)
-            .await
-    }
-
     async fn service_containers(&self, service: &str) -> Vec<ContainerRecord> {
         let st = self.state.lock().await;
         st.containers
@@ -1007,193 +962,6 @@ impl Supervisor {
             .max()
             .unwrap_or(0)
             + 1
-    }
-
-    /// Wait until a new replica counts as up: healthy (with a healthcheck) or still running after
-    /// `monitor`. False if it exits, becomes unhealthy or times out.
-    async fn wait_ready(&self, name: &str, svc: &ServicePlan) -> bool {
-        let health = svc.healthcheck.as_ref().filter(|h| h.enabled());
-        let limit = match health {
-            Some(h) => {
-                h.start_period + (h.interval + h.timeout) * (h.retries + 1) + Duration::from_secs(2)
-            }
-            None => svc.update.monitor,
-        };
-        let deadline = Instant::now() + limit.min(Duration::from_secs(300));
-        loop {
-            let c = self.state.lock().await.container(name).cloned();
-            let Some(c) = c else { return false };
-            if c.status == Status::Exited || c.health.as_deref() == Some("unhealthy") {
-                return false;
-            }
-            if health.is_some() && c.health.as_deref() == Some("healthy") {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return health.is_none() && c.status == Status::Running;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// Take a replica out of service (DNS, port backends), let in-flight requests finish, then
-    /// stop and remove it.
-    async fn retire(&self, name: &str, timeout: Option<Duration>, out: &Out) {
-        self.retire_all(&[name.to_string()], timeout, out).await
-    }
-
-    /// Retire several replicas together: one DNS/port switch, one drain, parallel stops.
-    async fn retire_all(&self, names: &[String], timeout: Option<Duration>, out: &Out) {
-        if names.is_empty() {
-            return;
-        }
-        self.shared
-            .lock()
-            .unwrap()
-            .draining
-            .extend(names.iter().cloned());
-        self.refresh_dns().await;
-        let _ = self.apply_firewall().await;
-        tokio::time::sleep(DRAIN).await;
-        futures_util::future::join_all(names.iter().map(|n| self.remove_one(n, timeout, out)))
-            .await;
-        let mut sh = self.shared.lock().unwrap();
-        for n in names {
-            sh.draining.remove(n);
-        }
-    }
-
-    /// A rolling update of `outdated` (Swarm's update_config on one host): batches of
-    /// `parallelism`, start-first or stop-first, each new replica gated on health, a failure
-    /// ratio, and pause / continue / rollback on failure.
-    async fn roll(
-        self: &Arc<Self>,
-        plan: &ProjectPlan,
-        svc: &ServicePlan,
-        outdated: &[ContainerRecord],
-        opts: &UpOpts,
-        out: &Out,
-        made: &mut Vec<String>,
-    ) -> anyhow::Result<()> {
-        let u = &svc.update;
-        let batch = if u.parallelism == 0 {
-            outdated.len()
-        } else {
-            u.parallelism as usize
-        };
-        let timeout = opts.timeout.map(Duration::from_secs);
-        let total = outdated.len();
-        let mut failures = 0usize;
-        // (new container, the old one it replaced) for the replicas already switched.
-        let mut switched: Vec<(String, ContainerRecord)> = Vec::new();
-        self.event(&format!(
-            "rollout of {}: {total} replicas, parallelism {batch}, {}",
-            svc.name,
-            if u.order_start_first {
-                "start-first"
-            } else {
-                "stop-first"
-            }
-        ));
-        for (i, chunk) in outdated.chunks(batch).enumerate() {
-            if i > 0 && !u.delay.is_zero() {
-                tokio::time::sleep(u.delay).await;
-            }
-            let mut fresh: Vec<(String, ContainerRecord)> = Vec::new();
-            if !u.order_start_first {
-                // stop-first: the batch leaves first; the other replicas keep serving meanwhile.
-                let names: Vec<String> = chunk.iter().map(|c| c.name.clone()).collect();
-                self.retire_all(&names, timeout, out).await;
-            }
-            for old in chunk {
-                let n = self.next_number(&svc.name).await;
-                let name = self.create_one(plan, svc, n, out).await?;
-                made.push(name.clone());
-                self.start_one(&name, out).await?;
-                fresh.push((name, old.clone()));
-            }
-            // The batch's new replicas come up together; the old ones they replace leave together.
-            let ready =
-                futures_util::future::join_all(fresh.iter().map(|(n, _)| self.wait_ready(n, svc)))
-                    .await;
-            let mut leaving = Vec::new();
-            for ((name, old), ok) in fresh.into_iter().zip(ready) {
-                if ok {
-                    progress(out, "container", &name, "Healthy");
-                    if u.order_start_first {
-                        leaving.push(old.name.clone());
-                    }
-                    switched.push((name, old));
-                } else {
-                    failures += 1;
-                    let _ = out.send(Reply::Message {
-                        text: format!("{name}: new replica did not become ready"),
-                    });
-                    self.remove_one(&name, timeout, out).await;
-                    made.retain(|m| *m != name);
-                    if !u.order_start_first {
-                        // Its predecessor is gone: put one back on the old config when rolling back.
-                        switched.push((String::new(), old));
-                    }
-                }
-            }
-            if !leaving.is_empty() {
-                self.refresh_dns().await;
-                self.apply_firewall().await?;
-                self.retire_all(&leaving, timeout, out).await;
-            }
-            if failures > 0 && failures as f64 / total as f64 > u.max_failure_ratio {
-                match u.failure_action.as_str() {
-                    "continue" => {}
-                    "rollback" => {
-                        self.rollback(plan, svc, &switched, out).await?;
-                        bail!("update of {} failed ({failures} of {total} replicas); rolled back to the previous configuration", svc.name);
-                    }
-                    _ => bail!(
-                        "update of {} paused: {failures} of {total} new replicas failed",
-                        svc.name
-                    ),
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Put the replicas switched so far back on the previous configuration, start-first.
-    async fn rollback(
-        self: &Arc<Self>,
-        plan: &ProjectPlan,
-        svc: &ServicePlan,
-        switched: &[(String, ContainerRecord)],
-        out: &Out,
-    ) -> anyhow::Result<()> {
-        let prev = self.prev_plan.lock().await.clone();
-        let Some(prev_svc) = prev.as_ref().and_then(|p| p.service(&svc.name).cloned()) else {
-            bail!("no previous configuration of {} to roll back to", svc.name);
-        };
-        // The service runs its previous configuration again from now on.
-        if let Some(p) = self.plan.lock().await.as_mut() {
-            if let Some(s) = p.services.iter_mut().find(|s| s.name == svc.name) {
-                *s = prev_svc.clone();
-            }
-        }
-        for (i, (new, _old)) in switched.iter().enumerate() {
-            if i > 0 && !svc.rollback.delay.is_zero() {
-                tokio::time::sleep(svc.rollback.delay).await;
-            }
-            let n = self.next_number(&svc.name).await;
-            let name = self.create_one(plan, &prev_svc, n, out).await?;
-            self.start_one(&name, out).await?;
-            if !self.wait_ready(&name, &prev_svc).await {
-                let _ = out.send(Reply::Message {
-                    text: format!("{name}: the previous configuration did not come back up either"),
-                });
-            }
-            if !new.is_empty() {
-                self.retire(new, None, out).await;
-            }
-        }
-        Ok(())
     }
 
     async fn wait_condition(
