@@ -1,7 +1,8 @@
 //! Rolling updates (Swarm's `update_config` on one host) and rollbacks (`rollback_config`,
 //! automatic on `failure_action: rollback`, or `berth rollback SERVICE` by hand): batches,
 //! start-first or stop-first, each new replica gated on health or `monitor`, the failure
-//! ratio, retiring replicas (out of DNS and port backends, drain, stop).
+//! ratio, retiring replicas (out of DNS and port backends, drain, stop). The decisions are
+//! `engine::rollout`'s pure functions; this file carries them out.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +12,8 @@ use anyhow::{anyhow, bail};
 use super::proto::{Reply, UpOpts};
 use super::{progress, Out, Supervisor};
 use crate::engine::plan::{ProjectPlan, ServicePlan};
-use crate::state::{ContainerRecord, ProjectSource, Status};
+use crate::engine::rollout::{self, Readiness, Rollout, Verdict};
+use crate::state::{ContainerRecord, ProjectSource};
 
 /// How long a replica leaving service keeps serving in-flight requests before its stop signal.
 const DRAIN: Duration = Duration::from_secs(1);
@@ -64,26 +66,20 @@ impl Supervisor {
     /// `monitor`. False if it exits, becomes unhealthy or times out.
     pub(super) async fn wait_ready(&self, name: &str, svc: &ServicePlan) -> bool {
         let health = svc.healthcheck.as_ref().filter(|h| h.enabled());
-        let limit = match health {
-            Some(h) => {
-                h.start_period + (h.interval + h.timeout) * (h.retries + 1) + Duration::from_secs(2)
-            }
-            None => svc.update.monitor,
-        };
-        let deadline = Instant::now() + limit.min(Duration::from_secs(300));
+        let deadline = Instant::now() + rollout::ready_limit(health, svc.update.monitor);
         loop {
             let c = self.state.lock().await.container(name).cloned();
             let Some(c) = c else { return false };
-            if c.status == Status::Exited || c.health.as_deref() == Some("unhealthy") {
-                return false;
+            match rollout::readiness(
+                health.is_some(),
+                c.status,
+                c.health.as_deref(),
+                Instant::now() >= deadline,
+            ) {
+                Readiness::Ready => return true,
+                Readiness::Failed => return false,
+                Readiness::Waiting => tokio::time::sleep(Duration::from_millis(25)).await,
             }
-            if health.is_some() && c.health.as_deref() == Some("healthy") {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return health.is_none() && c.status == Status::Running;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 
@@ -127,31 +123,28 @@ impl Supervisor {
         made: &mut Vec<String>,
     ) -> anyhow::Result<()> {
         let u = &svc.update;
-        let batch = if u.parallelism == 0 {
-            outdated.len()
-        } else {
-            u.parallelism as usize
-        };
         let timeout = opts.timeout.map(Duration::from_secs);
-        let total = outdated.len();
-        let mut failures = 0usize;
+        let mut rollout = Rollout::new(u, outdated.len());
+        let total = rollout.total();
         // (new container, the old one it replaced) for the replicas already switched.
         let mut switched: Vec<(String, ContainerRecord)> = Vec::new();
         self.event(&format!(
-            "rollout of {}: {total} replicas, parallelism {batch}, {}",
+            "rollout of {}: {total} replicas, parallelism {}, {}",
             svc.name,
+            rollout.batch_size(),
             if u.order_start_first {
                 "start-first"
             } else {
                 "stop-first"
             }
         ));
-        for (i, chunk) in outdated.chunks(batch).enumerate() {
-            if i > 0 && !u.delay.is_zero() {
-                tokio::time::sleep(u.delay).await;
+        while let Some(batch) = rollout.next_batch() {
+            if !batch.delay.is_zero() {
+                tokio::time::sleep(batch.delay).await;
             }
+            let chunk = &outdated[batch.replicas];
             let mut fresh: Vec<(String, ContainerRecord)> = Vec::new();
-            if !u.order_start_first {
+            if batch.stop_first {
                 // stop-first: the batch leaves first; the other replicas keep serving meanwhile.
                 let names: Vec<String> = chunk.iter().map(|c| c.name.clone()).collect();
                 self.retire_all(&names, timeout, out).await;
@@ -171,18 +164,18 @@ impl Supervisor {
             for ((name, old), ok) in fresh.into_iter().zip(ready) {
                 if ok {
                     progress(out, "container", &name, "Healthy");
-                    if u.order_start_first {
+                    if !batch.stop_first {
                         leaving.push(old.name.clone());
                     }
                     switched.push((name, old));
                 } else {
-                    failures += 1;
+                    rollout.failed();
                     let _ = out.send(Reply::Message {
                         text: format!("{name}: new replica did not become ready"),
                     });
                     self.remove_one(&name, timeout, out).await;
                     made.retain(|m| *m != name);
-                    if !u.order_start_first {
+                    if batch.stop_first {
                         // Its predecessor is gone: put one back on the old config when rolling back.
                         switched.push((String::new(), old));
                     }
@@ -193,18 +186,17 @@ impl Supervisor {
                 self.apply_firewall().await?;
                 self.retire_all(&leaving, timeout, out).await;
             }
-            if failures > 0 && failures as f64 / total as f64 > u.max_failure_ratio {
-                match u.failure_action.as_str() {
-                    "continue" => {}
-                    "rollback" => {
-                        self.rollback(plan, svc, &switched, out).await?;
-                        bail!("update of {} failed ({failures} of {total} replicas); rolled back to the previous configuration", svc.name);
-                    }
-                    _ => bail!(
-                        "update of {} paused: {failures} of {total} new replicas failed",
-                        svc.name
-                    ),
+            let failures = rollout.failures();
+            match rollout.verdict() {
+                Verdict::Go => {}
+                Verdict::Rollback => {
+                    self.rollback(plan, svc, &switched, out).await?;
+                    bail!("update of {} failed ({failures} of {total} replicas); rolled back to the previous configuration", svc.name);
                 }
+                Verdict::Pause => bail!(
+                    "update of {} paused: {failures} of {total} new replicas failed",
+                    svc.name
+                ),
             }
         }
         Ok(())
@@ -229,8 +221,9 @@ impl Supervisor {
             }
         }
         for (i, (new, _old)) in switched.iter().enumerate() {
-            if i > 0 && !svc.rollback.delay.is_zero() {
-                tokio::time::sleep(svc.rollback.delay).await;
+            let delay = rollout::rollback_delay(&svc.rollback, i);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
             }
             let n = self.next_number(&svc.name).await;
             let name = self.create_one(plan, &prev_svc, n, out).await?;

@@ -10,6 +10,7 @@ use anyhow::bail;
 use super::proto::{Reply, UpOpts};
 use super::{progress, Out, Supervisor};
 use crate::engine::plan::{ProjectPlan, ServicePlan};
+use crate::engine::rollout::{self, Replace};
 use crate::state::{ContainerRecord, Status};
 
 impl Supervisor {
@@ -46,15 +47,12 @@ impl Supervisor {
         let timeout = opts.timeout.map(Duration::from_secs);
         // Scale down first, outdated replicas before current ones, highest numbers first.
         if existing.len() > desired {
-            let mut order = existing.clone();
-            order.sort_by_key(|c| {
-                (
-                    c.config_hash == svc.config_hash,
-                    std::cmp::Reverse(c.number),
-                )
-            });
-            for c in order.iter().take(existing.len() - desired) {
-                self.remove_one(&c.name, timeout, out).await;
+            let have: Vec<(String, u32, String)> = existing
+                .iter()
+                .map(|c| (c.name.clone(), c.number, c.config_hash.clone()))
+                .collect();
+            for name in rollout::scale_down(&have, desired, &svc.config_hash) {
+                self.remove_one(&name, timeout, out).await;
             }
             existing = self.service_containers(&svc.name).await;
         }
@@ -75,7 +73,8 @@ impl Supervisor {
             }
             // Several replicas, or an explicit start-first order: roll replica by replica,
             // gated on health. One replica with the default order: compose's stop-first.
-            if !opts.no_start && (svc.update.order_start_first || existing.len() > 1) {
+            let how = rollout::replace_strategy(&svc.update, existing.len(), opts.no_start);
+            if how == Replace::Rolling {
                 self.roll(plan, svc, &outdated, opts, out, &mut made)
                     .await?;
             } else {
