@@ -14,7 +14,9 @@ pub fn render_error(e: &anyhow::Error) -> String {
 mod tests {
     #[test]
     fn renders_the_chain_top_first() {
-        let e = anyhow::anyhow!("root cause").context("middle").context("top");
+        let e = anyhow::anyhow!("root cause")
+            .context("middle")
+            .context("top");
         assert_eq!(
             super::render_error(&e),
             "error: top\n  caused by: middle\n  caused by: root cause"
