@@ -14,6 +14,7 @@ mod commands;
 #[allow(dead_code)]
 mod compose;
 mod engine;
+mod errors;
 mod logs;
 mod paths;
 mod spec;
@@ -42,7 +43,7 @@ fn main() -> ExitCode {
     match commands::dispatch(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("{}", commands::render_error(&e));
+            eprintln!("{}", errors::render_error(&e));
             ExitCode::from(1)
         }
     }

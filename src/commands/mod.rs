@@ -11,14 +11,10 @@ pub mod logs;
 pub mod ps;
 pub mod up;
 
-/// Render an error chain the way berth prints it: the top message, then each cause.
-pub fn render_error(e: &anyhow::Error) -> String {
-    let mut s = format!("error: {e}");
-    for cause in e.chain().skip(1) {
-        s.push_str(&format!("\n  caused by: {cause}"));
-    }
-    s
-}
+/// Kept here for callers in the commands; the function lives below both the CLI and the
+/// supervisor.
+#[allow(unused_imports)]
+pub use crate::errors::render_error;
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {

@@ -12,6 +12,7 @@ pub mod network;
 pub mod plan;
 pub mod proc;
 pub mod restart;
+pub mod rollout;
 pub mod runtime;
 pub mod volumes;
 

@@ -273,4 +273,136 @@ mod tests {
             Condition::Always
         );
     }
+
+    /// The restart decision across the `restart:` / `deploy.restart_policy` matrix: each row a
+    /// policy and a sequence of exits (code, how long the run lasted, stopped by the user,
+    /// seconds since the first exit), and the decision after each (a delay in ms, or no
+    /// restart).
+    #[test]
+    fn restart_matrix() {
+        let r = |s: &str| Policy::parse_restart(s).unwrap();
+        let d = |c: &str, delay: Option<u64>, max: Option<u64>, window: Option<u64>| {
+            Policy::from_deploy(Some(c), delay.map(ms), max, window.map(Duration::from_secs))
+        };
+        const S: u64 = 1000; // a run of 1 s
+        const L: u64 = 10_000; // a run long enough to reset the backoff
+        #[allow(clippy::type_complexity)]
+        let rows: Vec<(&str, Policy, Vec<(i32, u64, bool, u64)>, Vec<Option<u64>>)> = vec![
+            (
+                "no: never",
+                r("no"),
+                vec![(1, S, false, 0), (0, S, false, 1)],
+                vec![None, None],
+            ),
+            (
+                "always: exit 0 too",
+                r("always"),
+                vec![(0, S, false, 0), (0, S, false, 0)],
+                vec![Some(100), Some(200)],
+            ),
+            (
+                "always: user stop wins",
+                r("always"),
+                vec![(137, S, true, 0)],
+                vec![None],
+            ),
+            (
+                "unless-stopped: like always",
+                r("unless-stopped"),
+                vec![(1, S, false, 0), (2, S, false, 0)],
+                vec![Some(100), Some(200)],
+            ),
+            (
+                "unless-stopped: user stop",
+                r("unless-stopped"),
+                vec![(143, S, true, 0)],
+                vec![None],
+            ),
+            (
+                "on-failure: 0 is success",
+                r("on-failure"),
+                vec![(0, S, false, 0), (3, S, false, 0)],
+                vec![None, Some(100)],
+            ),
+            (
+                "on-failure:2 gives up",
+                r("on-failure:2"),
+                vec![(1, S, false, 0), (1, S, false, 0), (1, S, false, 0)],
+                vec![Some(100), Some(200), None],
+            ),
+            (
+                "on-failure:1 count survives a long run",
+                r("on-failure:1"),
+                vec![(1, L, false, 0), (1, L, false, 60)],
+                vec![Some(100), None],
+            ),
+            (
+                "long run resets the doubling",
+                r("always"),
+                vec![(1, S, false, 0), (1, S, false, 0), (1, L, false, 0)],
+                vec![Some(100), Some(200), Some(100)],
+            ),
+            (
+                "deploy any: fixed delay",
+                d("any", Some(700), None, None),
+                vec![(0, S, false, 0), (1, S, false, 0)],
+                vec![Some(700), Some(700)],
+            ),
+            (
+                "deploy none",
+                d("none", Some(700), None, None),
+                vec![(1, S, false, 0)],
+                vec![None],
+            ),
+            (
+                "deploy on-failure: success stays",
+                d("on-failure", None, None, None),
+                vec![(0, S, false, 0)],
+                vec![None],
+            ),
+            (
+                "deploy max_attempts 2",
+                d("any", Some(10), Some(2), None),
+                vec![(1, S, false, 0), (1, S, false, 1), (1, S, false, 2)],
+                vec![Some(10), Some(10), None],
+            ),
+            (
+                "deploy max_attempts 0 = unlimited",
+                d("any", Some(10), Some(0), None),
+                vec![(1, S, false, 0); 5],
+                vec![Some(10); 5],
+            ),
+            // Window 30 s, 1 attempt: the second exit inside the window is refused, the third
+            // after the window expired is allowed again.
+            (
+                "window expiry",
+                d("any", Some(10), Some(1), Some(30)),
+                vec![(1, S, false, 0), (1, S, false, 29), (1, S, false, 31)],
+                vec![Some(10), None, Some(10)],
+            ),
+            (
+                "window: attempts age out one by one",
+                d("on-failure", Some(5), Some(2), Some(10)),
+                vec![
+                    (1, S, false, 0),
+                    (1, S, false, 5),
+                    (1, S, false, 9),
+                    (1, S, false, 11),
+                ],
+                vec![Some(5), Some(5), None, Some(5)],
+            ),
+        ];
+        let t0 = Instant::now();
+        for (case, policy, exits, want) in rows {
+            let mut b = Backoff::default();
+            let got: Vec<Option<u64>> = exits
+                .iter()
+                .map(|&(code, ran, user, at)| {
+                    b.on_exit(&policy, code, ms(ran), user, t0 + Duration::from_secs(at))
+                        .map(|d| d.as_millis() as u64)
+                })
+                .collect();
+            assert_eq!(got, want, "{case}");
+        }
+    }
 }

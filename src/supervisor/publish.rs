@@ -1,0 +1,241 @@
+//! What the project shows to the outside and to its own containers: the DNS records (which
+//! containers serve, under which names, on which networks), the project's nftables rules and
+//! published ports (DNAT or the userland relay), and the watch on the host's forward policy
+//! that switches between the two.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Supervisor;
+use crate::state::{ContainerRecord, ProjectState, Status};
+
+/// How often the host's forward policy is looked at again (Docker may start after `up`).
+const FORWARD_POLICY_CHECK: Duration = Duration::from_secs(10);
+
+impl Supervisor {
+    /// The containers that take traffic (DNS answers, published-port backends): running, not
+    /// draining, and healthy where they have a healthcheck. A service none of whose replicas
+    /// is healthy yet still answers with its starting ones, as Docker does.
+    pub(super) fn serving_set(&self, st: &ProjectState) -> std::collections::HashSet<String> {
+        let draining = self.shared.lock().unwrap().draining.clone();
+        let up: Vec<&ContainerRecord> = st
+            .containers
+            .iter()
+            .filter(|c| c.status == Status::Running && !draining.contains(&c.name))
+            .collect();
+        let healthy = |c: &ContainerRecord| matches!(c.health.as_deref(), None | Some("healthy"));
+        let mut out = std::collections::HashSet::new();
+        for c in &up {
+            // A service with no healthy replica (all starting, or all failing their checks at
+            // once under load) still answers with what runs, as Docker does: never NXDOMAIN
+            // for a service that has running containers.
+            let service_has_healthy = up.iter().any(|o| o.service == c.service && healthy(o));
+            if healthy(c) || !service_has_healthy {
+                out.insert(c.name.clone());
+            }
+        }
+        out
+    }
+
+    /// DNS: every running container answers on each of its networks under its service name,
+    /// container name, hostname and aliases. Swapped in one piece.
+    pub(super) async fn refresh_dns(&self) {
+        // Lock order: the plan first, then the state.
+        let plan = self.plan.lock().await.clone();
+        let st = self.state.lock().await;
+        let mut records = berth_network::dns::Records::default();
+        records.set_upstreams(host_upstreams());
+        for n in &st.networks {
+            records.add_network(&n.key, n.gateway, n.internal);
+            records.set_subnet(&n.key, n.subnet);
+        }
+        let ready = self.serving_set(&st);
+        for c in st.containers.iter().filter(|c| ready.contains(&c.name)) {
+            let svc = plan.as_ref().and_then(|p| p.service(&c.service));
+            let upstreams: Vec<std::net::SocketAddr> = svc
+                .map(|s| {
+                    s.dns
+                        .iter()
+                        .filter_map(|d| d.parse::<std::net::IpAddr>().ok())
+                        .map(|ip| (ip, 53).into())
+                        .collect()
+                })
+                .unwrap_or_default();
+            for ep in &c.endpoints {
+                let mut names = vec![c.service.clone(), c.name.clone()];
+                if let Some(h) = svc.and_then(|s| s.hostname.clone()) {
+                    names.push(h);
+                }
+                names.extend(ep.aliases.iter().cloned());
+                // `links: [SERVICE:ALIAS]` of any service make ALIAS another name of SERVICE
+                // (Docker scopes it to the linking container; berth answers it network-wide).
+                if let Some(p) = plan.as_ref() {
+                    for other in &p.services {
+                        for (target, alias) in &other.links {
+                            if *target == c.service && !names.contains(alias) {
+                                names.push(alias.clone());
+                            }
+                        }
+                    }
+                }
+                records.add(&ep.network, &names, ep.ip);
+                if !upstreams.is_empty() {
+                    records.set_container_upstreams(ep.ip, upstreams.clone());
+                }
+            }
+        }
+        let nets: Vec<(String, std::net::Ipv4Addr)> = st
+            .networks
+            .iter()
+            .map(|n| (n.key.clone(), n.gateway))
+            .collect();
+        drop(st);
+        // Swapped in one piece: a query sees the old records or the new ones, never a mix.
+        self.dns.set_records(records);
+        for (key, _) in self.dns.listeners() {
+            if !nets.iter().any(|(k, _)| *k == key) {
+                self.dns.remove_listener(&key);
+            }
+        }
+        for (key, gw) in nets {
+            if let Err(e) = self.dns.add_listener(&key, gw).await {
+                tracing::warn!("dns on {gw}: {e}");
+            }
+        }
+    }
+
+    /// Look at the host's forward policy now and every `FORWARD_POLICY_CHECK`; when it starts
+    /// or stops dropping routed traffic, apply the firewall again (which moves the published
+    /// ports to or from the relay).
+    pub(super) async fn watch_forward_policy(self: Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let blocked =
+                tokio::task::spawn_blocking(berth_network::firewall::routed_traffic_blocked)
+                    .await
+                    .unwrap_or(false);
+            if self.routed_blocked.swap(blocked, Ordering::SeqCst) != blocked {
+                tracing::info!("host forward policy drops routed traffic: {blocked}");
+                if let Err(e) = self.apply_firewall().await {
+                    tracing::warn!("firewall: {e:#}");
+                }
+            }
+            tokio::time::sleep(FORWARD_POLICY_CHECK).await;
+        }
+    }
+
+    /// Remove the project's rules, and keep them removed until the next `up`.
+    pub(super) async fn remove_firewall(&self) {
+        let _one = self.fw.lock().await;
+        let _ = berth_network::firewall::remove(&self.project);
+        self.relay.lock().unwrap().clear();
+        let mut sh = self.shared.lock().unwrap();
+        sh.last_fw = None;
+        sh.fw_removed = true;
+    }
+
+    pub(super) async fn apply_firewall(&self) -> anyhow::Result<()> {
+        let _one = self.fw.lock().await;
+        if self.shared.lock().unwrap().fw_removed {
+            return Ok(());
+        }
+        let st = self.state.lock().await;
+        let serving = self.serving_set(&st);
+        let relay = self
+            .routed_blocked
+            .load(std::sync::atomic::Ordering::SeqCst);
+        // Relay mode: the networks' outbound listeners first, so their ports are in the rules.
+        let outbound = if relay {
+            let nets: Vec<(String, std::net::Ipv4Addr)> = st
+                .networks
+                .iter()
+                .filter(|n| !n.internal)
+                .map(|n| (n.bridge.clone(), n.gateway))
+                .collect();
+            self.relay.lock().unwrap().update_outbound(&nets)
+        } else {
+            vec![]
+        };
+        let mut fw = berth_network::firewall::ProjectFirewall {
+            relay,
+            outbound,
+            project: self.project.clone(),
+            networks: vec![],
+            ports: vec![],
+        };
+        for n in &st.networks {
+            fw.networks.push(berth_network::firewall::NetRule {
+                bridge: n.bridge.clone(),
+                subnet: n.subnet,
+                internal: n.internal,
+            });
+        }
+        type Backends = Vec<(std::net::Ipv4Addr, u16)>;
+        let mut ports: HashMap<(Option<String>, u16, String), Backends> = HashMap::new();
+        for c in st.containers.iter() {
+            let Some(ip) = c.endpoints.first().map(|e| e.ip) else {
+                continue;
+            };
+            for p in &c.ports {
+                let e = ports
+                    .entry((p.host_ip.clone(), p.host_port, p.protocol.clone()))
+                    .or_default();
+                if serving.contains(&c.name) {
+                    e.push((ip, p.target));
+                }
+            }
+        }
+        for ((host_ip, host_port, proto), backends) in ports {
+            fw.ports.push(berth_network::firewall::PortRule {
+                host_ip: host_ip.and_then(|h| h.parse().ok()),
+                host_port,
+                protocol: if proto == "udp" {
+                    berth_network::firewall::Proto::Udp
+                } else {
+                    berth_network::firewall::Proto::Tcp
+                },
+                backends,
+            });
+        }
+        drop(st);
+        // Same rules as last applied: nothing to do (saves an nft transaction per service).
+        fw.ports.sort_by(|a, b| {
+            (a.host_port, a.protocol.as_str(), a.host_ip).cmp(&(
+                b.host_port,
+                b.protocol.as_str(),
+                b.host_ip,
+            ))
+        });
+        for p in fw.ports.iter_mut() {
+            p.backends.sort();
+        }
+        if self.shared.lock().unwrap().last_fw.as_ref() == Some(&fw) {
+            return Ok(());
+        }
+        let applied = fw.clone();
+        // Into relay mode: listen before the kernel stops DNATing routed clients; out of it:
+        // stop listening once the DNAT is back. (The ports were checked free before `up`.)
+        if relay {
+            if let Err(e) = self.relay.lock().unwrap().update(&fw.ports) {
+                tracing::warn!("relay: {e}");
+            }
+        }
+        tokio::task::spawn_blocking(move || berth_network::firewall::apply(&fw)).await??;
+        if !relay {
+            self.relay.lock().unwrap().clear();
+        }
+        self.shared.lock().unwrap().last_fw = Some(applied);
+        Ok(())
+    }
+}
+
+/// Upstream resolvers for names outside the project: the host's resolv.conf.
+fn host_upstreams() -> Vec<std::net::SocketAddr> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let (servers, _, _) = berth_network::files::parse_resolv_conf(&text);
+    servers
+        .into_iter()
+        .map(|ip| std::net::SocketAddr::new(ip, 53))
+        .collect()
+}

@@ -1,0 +1,236 @@
+//! Running one container's process: the runtime's `create` (re-exec of `berth __runtime`)
+//! with its output wired to stream FIFOs or a pty, the in-process `start`, the log writer
+//! kept across runs, and the pidfd wait that hands the exit to `exits.rs`.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use tokio::sync::watch;
+
+use super::{health, Live, Supervisor};
+use crate::engine::io;
+use crate::engine::proc::{self, Exit};
+use crate::engine::runtime::CreateIo;
+use crate::logs::LogWriter;
+use crate::state::{now_rfc3339, Status};
+
+impl Supervisor {
+    pub(super) async fn spawn(self: &Arc<Self>, name: &str) -> anyhow::Result<()> {
+        // A container starts: the project has rules again (see `fw_removed`).
+        self.shared.lock().unwrap().fw_removed = false;
+        // Lock order: never hold `state` and `plan` together.
+        let rec = self
+            .state
+            .lock()
+            .await
+            .container(name)
+            .cloned()
+            .ok_or_else(|| anyhow!("no such container {name}"))?;
+        let svc = self.service_plan(&rec.service).await;
+        // A previous run's runtime state (after an exit) goes first; the bundle stays.
+        let _ = self.engine.runtime.delete(name, true).await;
+        let (max_size, max_file) = svc
+            .as_ref()
+            .map(|s| (s.log_max_size, s.log_max_file))
+            .unwrap_or((None, 1));
+        let log = self.log_writer(name, max_size, max_file)?;
+        let io_dir = self.io_dir();
+        // What the runtime will do: the bundle's own `process.terminal` (a one-off may differ
+        // from its service).
+        let (pid, drains) = if crate::engine::container::bundle_terminal(&rec.dir) {
+            // tty: true. The runtime makes a pty in the container and sends its master over a
+            // console socket; stdin, stdout and stderr are all the pty's slave. Its output
+            // goes to the log as "stdout". The supervisor holds the master for the container's
+            // life (reading; with stdin_open an `attach` would write to it; without, nothing
+            // is ever written, as Docker leaves a tty's input alone).
+            //
+            // Known limit: the master lives only in the supervisor (the runtime's init drops
+            // its copy once sent). A SIGKILLed supervisor closes it and the kernel hangs the
+            // terminal up: the session leader, the container's pid 1, gets SIGHUP. A command
+            // that is pid 1 without a handler ignores it (a pid namespace's init gets no
+            // default-action signals) and runs on, but its writes to the tty fail with EIO
+            // from then on (that output is lost) and an adopting supervisor has no pty to read
+            // (adopt finds no stream FIFOs). With `init: true` the init forwards the SIGHUP to
+            // the command, which by default dies: the container exits. A fix needs the runtime
+            // to leave a copy of the master in a container process for a new supervisor to
+            // take back with pidfd_getfd (and that process to never use it): not done.
+            let console = io::ConsoleSocket::bind(&io::console_path(&io_dir, name))?;
+            let cio = CreateIo {
+                stdin: std::process::Stdio::null(),
+                stdout: std::process::Stdio::null(),
+                stderr: std::process::Stdio::null(),
+            };
+            let pid = self
+                .engine
+                .runtime
+                .create(name, &rec.dir, cio, Some(console.path()))
+                .await?;
+            let master = match console.receive(Duration::from_secs(5)).await {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = self.engine.runtime.delete(name, true).await;
+                    return Err(e).context("receiving the container's pty master");
+                }
+            };
+            (
+                pid,
+                vec![tokio::spawn(io::copy_pty_to_log(master, log, None))],
+            )
+        } else {
+            // stdout/stderr: named FIFOs the container holds read-write, so its output
+            // outlives a supervisor crash (see engine::io); only the read sides stay here.
+            let (out_r, out_w) = io::fifo_pair(&io::fifo_path(&io_dir, name, "stdout"))?;
+            let (err_r, err_w) = io::fifo_pair(&io::fifo_path(&io_dir, name, "stderr"))?;
+            // stdin_open: the container's stdin stays open (a pipe nobody writes to) instead
+            // of /dev/null, so programs that read stdin wait as they would under Docker.
+            let stdin = if svc.as_ref().is_some_and(|s| s.stdin_open) {
+                std::process::Stdio::from(io::idle_stdin()?)
+            } else {
+                std::process::Stdio::null()
+            };
+            let cio = CreateIo {
+                stdin,
+                stdout: out_w.into(),
+                stderr: err_w.into(),
+            };
+            // `create` hands the write sides to the container and drops ours with its
+            // command: the copies see EOF when the container's last process is gone.
+            let pid = self
+                .engine
+                .runtime
+                .create(name, &rec.dir, cio, None)
+                .await?;
+            (
+                pid,
+                vec![
+                    tokio::spawn(io::copy_to_log(out_r, "stdout", log.clone(), None)),
+                    tokio::spawn(io::copy_to_log(err_r, "stderr", log, None)),
+                ],
+            )
+        };
+        let pidfd = Arc::new(proc::pidfd_open(pid).context("opening the container's pidfd")?);
+        // Record the run before starting it, so an instant exit is recorded after it, never
+        // overwritten by it.
+        {
+            let mut st = self.state.lock().await;
+            if let Some(c) = st.container_mut(name) {
+                c.status = Status::Running;
+                c.pid = Some(pid);
+                c.pid_start = crate::state::pid_start_time(pid);
+                c.started_at = Some(now_rfc3339());
+                c.finished_at = None;
+                c.exit_code = None;
+                c.health = svc
+                    .as_ref()
+                    .and_then(|s| s.healthcheck.as_ref())
+                    .filter(|h| h.enabled())
+                    .map(|_| "starting".to_string());
+            }
+        }
+        self.save().await;
+        let start = Instant::now();
+        self.watch_exit(name, pidfd.clone(), start, pid, drains);
+        if let Err(e) = self.engine.runtime.start(name).await {
+            // A process that already ran and exited is not a failed start.
+            let exited = self
+                .state
+                .lock()
+                .await
+                .container(name)
+                .map(|c| c.status == Status::Exited)
+                .unwrap_or(false);
+            if !exited {
+                let _ = proc::pidfd_send_signal(&pidfd, libc::SIGKILL);
+                return Err(e);
+            }
+        }
+        // Stopped by the user while this run was being set up: end it now.
+        let stopped = self
+            .state
+            .lock()
+            .await
+            .container(name)
+            .map(|c| c.stopped_by_user)
+            .unwrap_or(false);
+        if stopped {
+            let _ = proc::pidfd_send_signal(&pidfd, libc::SIGKILL);
+        }
+        self.refresh_dns().await;
+        if let Some(h) = svc
+            .as_ref()
+            .and_then(|s| s.healthcheck.clone())
+            .filter(|h| h.enabled())
+        {
+            health::spawn(self.clone(), name.to_string(), h, pid);
+        }
+        Ok(())
+    }
+
+    /// The container's log writer, one per container across its runs.
+    pub(super) fn log_writer(
+        &self,
+        name: &str,
+        max_size: Option<u64>,
+        max_file: u32,
+    ) -> anyhow::Result<Arc<StdMutex<LogWriter>>> {
+        let mut sh = self.shared.lock().unwrap();
+        if let Some(l) = sh.logs.get(name) {
+            return Ok(l.clone());
+        }
+        let project_dir = self.engine.paths.project(&self.project);
+        let w = LogWriter::open(
+            &crate::logs::log_path(&project_dir, name),
+            max_size,
+            max_file,
+        )?;
+        let l = Arc::new(StdMutex::new(w));
+        sh.logs.insert(name.to_string(), l.clone());
+        Ok(l)
+    }
+
+    /// Where the project's containers' stream FIFOs are.
+    pub(super) fn io_dir(&self) -> PathBuf {
+        io::io_dir(&self.engine.paths.project_run(&self.project))
+    }
+
+    /// Wait for the container's exit; `drains` are its output copies, which finish once its
+    /// last process is gone: the exit is recorded after its output is in the log (bounded, in
+    /// case a process outside its pid namespace keeps the stream open).
+    pub(super) fn watch_exit(
+        self: &Arc<Self>,
+        name: &str,
+        pidfd: Arc<OwnedFd>,
+        started: Instant,
+        pid: i32,
+        drains: Vec<tokio::task::JoinHandle<()>>,
+    ) {
+        let (tx, rx) = watch::channel(None);
+        {
+            let mut sh = self.shared.lock().unwrap();
+            sh.live.insert(
+                name.to_string(),
+                Live {
+                    pidfd: pidfd.clone(),
+                    exit: rx,
+                },
+            );
+        }
+        let me = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            // The wait needs its own fd: the pidfd is shared for signals.
+            let dup = match pidfd.try_clone() {
+                Ok(d) => d,
+                Err(_) => return,
+            };
+            let exit = proc::wait_pidfd(dup).await.unwrap_or(Exit::Unknown);
+            let _ = tx.send(Some(exit));
+            let all = futures_util::future::join_all(drains);
+            let _ = tokio::time::timeout(Duration::from_secs(2), all).await;
+            me.on_exit(&name, exit, started.elapsed(), pid).await;
+        });
+    }
+}
