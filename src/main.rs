@@ -14,6 +14,7 @@ mod commands;
 #[allow(dead_code)]
 mod compose;
 mod engine;
+mod export;
 mod logs;
 mod paths;
 mod spec;
