@@ -6,6 +6,8 @@
 //! `leftovers` walks the service's serialised model for everything else, which is reported
 //! once per service and field (`--strict` turns those reports into an error).
 
+#[cfg(test)]
+mod corpus_tests;
 pub mod k8s;
 pub mod lint;
 pub mod swarm;
