@@ -195,7 +195,8 @@ pub fn to_node(v: &Value) -> Node {
         Value::String(s) => V::Scalar(s.clone(), false),
         Value::Array(a) => V::Seq(a.iter().map(to_node).collect()),
         Value::Object(o) => V::Map(
-            o.iter()
+            ordered(o)
+                .into_iter()
                 .map(|(k, v)| Entry {
                     key: k.clone(),
                     kmark: m.clone(),
@@ -205,6 +206,15 @@ pub fn to_node(v: &Value) -> Node {
         ),
     };
     Node::new(n, m)
+}
+
+/// Keys as Kubernetes manifests are usually written: `apiVersion`, `kind`, `metadata`,
+/// `name` first, then the rest in order.
+fn ordered(o: &serde_json::Map<String, Value>) -> Vec<(&String, &Value)> {
+    const FIRST: [&str; 4] = ["apiVersion", "kind", "metadata", "name"];
+    let mut v: Vec<(&String, &Value)> = o.iter().collect();
+    v.sort_by_key(|(k, _)| FIRST.iter().position(|f| f == k).unwrap_or(FIRST.len()));
+    v
 }
 
 /// Several objects as one YAML stream (`---` between documents).
@@ -301,5 +311,12 @@ mod tests {
             json!({"e": []}),
         ]);
         assert_eq!(s, "a: \"80\"\nb: 80\nc: \"yes\"\nd: true\n---\ne: []\n");
+        let s = yaml_stream(&[
+            json!({"spec": 1, "kind": "K", "apiVersion": "v1", "metadata": {"name": "web", "labels": {}}}),
+        ]);
+        assert_eq!(
+            s,
+            "apiVersion: v1\nkind: K\nmetadata:\n  name: web\n  labels: {}\nspec: 1\n"
+        );
     }
 }
