@@ -927,6 +927,15 @@ pub fn export(p: &Project, o: &Options) -> (Vec<Value>, Report) {
                     "{dep:?} is a Job; a Pod cannot wait for a Job's completion without API access, so both start together"));
                 continue;
             }
+            if dp.kind == "Job" {
+                // Its pod is gone once it has run: a wait for its Service could hang forever.
+                r.unmapped(
+                    Some(k),
+                    &format!("{path}.condition"),
+                    format!("{dep:?} is a Job; it may have finished before this pod starts, so nothing waits for it"),
+                );
+                continue;
+            }
             if !dp.service {
                 r.unmapped(
                     Some(k),

@@ -156,6 +156,13 @@ services:
     assert!(find(&docs, "DaemonSet", "node")["spec"]["replicas"].is_null());
     // Waiting for a Job's completion cannot be expressed: reported, never silent.
     assert!(r.names(Level::Unmapped, Some("web"), "depends_on.migrate.condition"));
+    // Nor can waiting for a Job to have started (it may be gone already).
+    let (docs, r) =
+        k8s("services: {once: {image: x, restart: \"no\"}, app: {image: y, depends_on: [once]}}");
+    assert!(r.names(Level::Unmapped, Some("app"), "depends_on.once.condition"));
+    assert!(
+        find(&docs, "Deployment", "app")["spec"]["template"]["spec"]["initContainers"].is_null()
+    );
     assert!(!docs
         .iter()
         .any(|d| d["spec"]["template"]["spec"]["initContainers"].is_array()));
