@@ -186,9 +186,7 @@ fn one_shot(key: &str, s: &Service, p: &Project, selected: &BTreeSet<String>) ->
         .and_then(|r| r.condition.as_deref())
         .unwrap_or("");
     r == "no"
-        || r.starts_with("on-failure")
         || rp == "none"
-        || rp == "on-failure"
         || p.services.iter().any(|(k, o)| {
             selected.contains(k)
                 && o.depends_on
@@ -1026,9 +1024,11 @@ pub fn export(p: &Project, o: &Options) -> (Vec<Value>, Report) {
                 }
             }
             kind => {
+                // A long-running service; on-failure keeps its meaning only for a clean exit.
+                const ON_FAILURE: &str = "on-failure: a Deployment's pods are restarted whatever their exit status, without a limit";
                 match s.restart.as_deref() {
                     Some("always") | Some("unless-stopped") | None => used.add("restart"),
-                    _ => {}
+                    Some(_) => r.unmapped(Some(k), "restart", ON_FAILURE),
                 }
                 if let Some(c) = s
                     .deploy
@@ -1038,6 +1038,8 @@ pub fn export(p: &Project, o: &Options) -> (Vec<Value>, Report) {
                 {
                     if c == "any" {
                         used.add("deploy.restart_policy.condition");
+                    } else {
+                        r.unmapped(Some(k), "deploy.restart_policy.condition", ON_FAILURE);
                     }
                 }
                 spec.insert("selector".into(), json!({"matchLabels": sel_labels}));

@@ -145,7 +145,14 @@ services:
     assert_eq!(m["apiVersion"], "batch/v1");
     assert_eq!(m["spec"]["backoffLimit"], 0);
     assert_eq!(m["spec"]["template"]["spec"]["restartPolicy"], "Never");
-    let rt = find(&docs, "Job", "retry");
+    // on-failure is a long-running service that Kubernetes restarts on any exit: reported.
+    assert!(has(&docs, "Deployment", "retry"));
+    assert!(r.names(Level::Unmapped, Some("retry"), "restart"));
+    // A one-shot that a dependant waits for, retried on failure: a Job with a backoff limit.
+    let (jobs, _) = k8s(
+        "services: {m: {image: x, restart: \"on-failure:3\"}, w: {image: y, depends_on: {m: {condition: service_completed_successfully}}}}",
+    );
+    let rt = find(&jobs, "Job", "m");
     assert_eq!(rt["spec"]["backoffLimit"], 3);
     assert_eq!(rt["spec"]["template"]["spec"]["restartPolicy"], "OnFailure");
     // No restart key, but a dependant waits for its completion: a Job too.
