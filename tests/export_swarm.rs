@@ -443,3 +443,66 @@ fn exported_stack_deploys_on_swarm_and_keeps_update_and_restart_settings() {
     let left = e.stop();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// Every stack of the corpus that exports, read by `docker stack deploy` itself (docker/cli
+/// 20.10's loader and v3.9 schema run before it contacts a daemon; the socket here does not
+/// exist): no schema error, and no "Ignoring unsupported/deprecated options" either, since
+/// berth removes and reports all of those.
+#[test]
+fn corpus_swarm_exports_pass_docker_stack_deploys_loader() {
+    assert!(
+        Path::new(DOCKER).exists(),
+        "{DOCKER} missing: apt-get install docker.io (see .ci/run)"
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    let mut dirs = vec![
+        root.join("../shared/compose-corpus"),
+        root.join("examples"),
+        root.join("compose-files"),
+    ];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if matches!(p.extension().and_then(|x| x.to_str()), Some("yml" | "yaml")) {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let out = tempfile::tempdir().unwrap();
+    let nosock = format!("unix://{}/no.sock", out.path().display());
+    let (mut checked, mut failures) = (0, Vec::new());
+    for (i, f) in files.iter().enumerate() {
+        let stack = out.path().join(format!("{i}.yml"));
+        let o = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .current_dir(f.parent().unwrap())
+            .arg("-f")
+            .arg(f)
+            .args(["export", "swarm", "-o"])
+            .arg(&stack)
+            .output()
+            .unwrap();
+        if !o.status.success() {
+            // Files that do not load (the corpus holds invalid ones on purpose).
+            assert!(String::from_utf8_lossy(&o.stderr).contains("error"));
+            continue;
+        }
+        checked += 1;
+        let d = Command::new(DOCKER)
+            .args(["stack", "deploy", "-c"])
+            .arg(&stack)
+            .arg("x")
+            .env("DOCKER_HOST", &nosock)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&d.stderr);
+        if !err.contains("Cannot connect to the Docker daemon") || err.contains("Ignoring") {
+            failures.push(format!("{}: {err}", f.display()));
+        }
+    }
+    assert!(checked >= 125, "only {checked} stacks exported");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

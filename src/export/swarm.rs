@@ -28,7 +28,6 @@ const KEEP: &[&str] = &[
     "domainname",
     "entrypoint",
     "environment",
-    "expose",
     "extra_hosts",
     "healthcheck",
     "hostname",
@@ -254,6 +253,9 @@ pub fn export(p: &Project, o: &Options) -> (Value, Report) {
         }
         if !s.env_file.is_empty() {
             // Its contents are already in `environment`.
+        }
+        if m.remove("expose").is_some() {
+            r.note(Some(k), "expose", "removed (deprecated for stacks): services on a network reach each other on any port");
         }
         for h in HANDLED {
             m.remove(*h);
