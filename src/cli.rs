@@ -122,6 +122,8 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Generate shell completions
     Completion(CompletionArgs),
+    /// Export the project for another engine: `export k8s` (manifests), `export swarm` (a stack file)
+    Export(ExportArgs),
     /// Internal: the per-project supervisor (started by `up`)
     #[command(name = "__supervisor", hide = true)]
     Supervisor(SupervisorArgs),
@@ -480,6 +482,50 @@ pub struct LsArgs {
     /// Format the output
     #[arg(long, value_enum, default_value_t = TableFormat::Table)]
     pub format: TableFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// `k8s` or `swarm`
+    pub target: String,
+    /// Services to export (k8s; default: all, plus what they depend on)
+    pub services: Vec<String>,
+    /// Output: a directory (k8s: one file per object), a file (swarm), or `-` (stdout, the default)
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
+    /// Namespace of every object (k8s; a Namespace object is emitted too)
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Oldest Kubernetes version the manifests target (k8s)
+    #[arg(long, default_value = "1.30")]
+    pub k8s_version: String,
+    /// Fail when a Compose field has no meaning for the target (they are always reported)
+    #[arg(long)]
+    pub strict: bool,
+    /// Export bind mounts as hostPath volumes (k8s)
+    #[arg(long)]
+    pub allow_hostpath: bool,
+    /// Service type of published ports (k8s)
+    #[arg(long, value_enum, default_value_t = PublishKind::NodePort)]
+    pub publish: PublishKind,
+    /// Registry that locally built images are pushed to: their image becomes REGISTRY/NAME
+    #[arg(long)]
+    pub registry: Option<String>,
+    /// Storage requested by each PersistentVolumeClaim (k8s)
+    #[arg(long, default_value = "1Gi")]
+    pub volume_size: String,
+    /// Image of the init containers that wait for a dependency (k8s)
+    #[arg(long, default_value = "busybox:1.36")]
+    pub wait_image: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum PublishKind {
+    #[default]
+    #[value(name = "NodePort", alias = "nodeport")]
+    NodePort,
+    #[value(name = "LoadBalancer", alias = "loadbalancer")]
+    LoadBalancer,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -15,6 +15,7 @@ mod commands;
 mod compose;
 mod engine;
 mod errors;
+mod export;
 mod logs;
 mod paths;
 mod spec;

@@ -4,6 +4,7 @@
 use crate::cli::{Cli, Command};
 
 pub mod config;
+pub mod export;
 pub mod image;
 pub mod inspect;
 pub mod lifecycle;
@@ -46,6 +47,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Rmi(args) => image::rmi(&args),
         Command::Image(cmd) => image::image_cmd(&cmd),
         Command::Pull(args) => image::pull(&cli.project, &args),
+        Command::Export(args) => export::run(&cli.project, &args),
         Command::Completion(args) => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
