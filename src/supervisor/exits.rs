@@ -53,18 +53,23 @@ impl Supervisor {
         }
         self.refresh_dns().await;
         let _ = self.apply_firewall().await;
-        let (user_stop, service) = {
+        let (user_stop, service, recorded) = {
             let st = self.state.lock().await;
             match st.container(name) {
-                Some(c) => (c.stopped_by_user, c.service.clone()),
+                Some(c) => (c.stopped_by_user, c.service.clone(), c.restart.clone()),
                 None => return,
             }
         };
-        let policy = self
-            .service_plan(&service)
-            .await
-            .map(|s| s.restart)
-            .unwrap_or_default();
+        // The policy the container was made with (a one-off has none; an adopting supervisor
+        // has no plan yet); the service's for records older than that field.
+        let policy = match recorded {
+            Some(p) => p,
+            None => self
+                .service_plan(&service)
+                .await
+                .map(|s| s.restart)
+                .unwrap_or_default(),
+        };
         let delay = {
             let mut sh = self.shared.lock().unwrap();
             sh.live.remove(name);

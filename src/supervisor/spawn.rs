@@ -35,7 +35,8 @@ impl Supervisor {
         let (max_size, max_file) = svc
             .as_ref()
             .map(|s| (s.log_max_size, s.log_max_file))
-            .unwrap_or((None, 1));
+            // No plan yet (an adopting supervisor): what the container was made with.
+            .unwrap_or((rec.log_max_size, rec.log_max_file.unwrap_or(1)));
         let log = self.log_writer(name, max_size, max_file)?;
         let io_dir = self.io_dir();
         // What the runtime will do: the bundle's own `process.terminal` (a one-off may differ
