@@ -98,6 +98,21 @@ pub fn keeper_of(pid: i32) -> Option<i32> {
     is_keeper.then_some(ppid)
 }
 
+/// Whether a keeper recorded the exit of `pid` (started at `start`), without taking it.
+pub fn has_record(paths: &Paths, project: &str, pid: i32, start: Option<u64>) -> bool {
+    let dir = exits_dir(paths, project);
+    match start {
+        Some(s) => dir.join(format!("{pid}-{s}")).exists(),
+        None => std::fs::read_dir(&dir).is_ok_and(|rd| {
+            rd.flatten().any(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(&format!("{pid}-")))
+            })
+        }),
+    }
+}
+
 /// The exit of the container process `pid` (started at `start`) that a keeper reaped, if one
 /// did. Taken once: the record is removed.
 pub fn recorded_exit(paths: &Paths, project: &str, pid: i32, start: Option<u64>) -> Option<Exit> {
