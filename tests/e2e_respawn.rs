@@ -127,9 +127,14 @@ fn a_dead_supervisor_is_reported_then_respawned_by_the_next_command() {
     // Both containers die while no supervisor runs.
     kill(once, libc::SIGTERM);
     kill(always, libc::SIGKILL);
-    wait_for("both containers to end", Duration::from_secs(10), || {
-        (gone(once) && gone(always)).then_some(())
-    });
+    // Reaped, not left as zombies whose status a new supervisor could still read: the exit
+    // codes below come from the supervisor's keeper, which reaped them.
+    let reaped = |pid: i32| !std::path::Path::new(&format!("/proc/{pid}")).exists();
+    wait_for(
+        "both containers to be reaped",
+        Duration::from_secs(10),
+        || (reaped(once) && reaped(always)).then_some(()),
+    );
 
     // The next command brings a supervisor back.
     let (list, err) = ps(&b, &f, true);
