@@ -172,6 +172,10 @@ pub struct ContainerRecord {
     pub log_max_size: Option<u64>,
     #[serde(default)]
     pub log_max_file: Option<u32>,
+    /// The restart policy it was made with, for a supervisor that adopts it before any `up`
+    /// loads the plan (after the previous supervisor died).
+    #[serde(default)]
+    pub restart: Option<crate::engine::restart::Policy>,
 }
 
 impl ProjectState {

@@ -160,6 +160,8 @@ pub fn cp(p: &ProjectOpts, args: &CpArgs) -> anyhow::Result<u8> {
 /// `top`: compose's layout — the container name, then ps-style rows with host pids.
 pub fn top(p: &ProjectOpts, args: &ServicesArg) -> anyhow::Result<u8> {
     let (paths, st) = load(p)?;
+    crate::supervisor::respawn::check(&paths, &st.name, "top");
+    let (paths, st) = load(p)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -282,6 +284,8 @@ pub fn ls(args: &LsArgs) -> anyhow::Result<u8> {
     let paths = Paths::from_env();
     let mut rows = Vec::new();
     for st in ProjectState::list(&paths)? {
+        let supervisor = crate::supervisor::respawn::check(&paths, &st.name, "ls");
+        let st = ProjectState::load(&paths, &st.name)?.unwrap_or(st);
         let mut counts: Vec<(String, usize)> = Vec::new();
         for c in &st.containers {
             let s = crate::commands::ps::live_status(c).as_str().to_string();
@@ -305,7 +309,7 @@ pub fn ls(args: &LsArgs) -> anyhow::Result<u8> {
             .map(|f| f.display().to_string())
             .collect::<Vec<_>>()
             .join(",");
-        rows.push((st.name.clone(), status, files));
+        rows.push((st.name.clone(), status, files, supervisor.as_str()));
     }
     if args.quiet {
         for r in rows {
@@ -317,7 +321,9 @@ pub fn ls(args: &LsArgs) -> anyhow::Result<u8> {
         TableFormat::Json => {
             let v: Vec<serde_json::Value> = rows
                 .iter()
-                .map(|(n, s, f)| serde_json::json!({"Name": n, "Status": s, "ConfigFiles": f}))
+                .map(|(n, s, f, sup)| {
+                    serde_json::json!({"Name": n, "Status": s, "ConfigFiles": f, "Supervisor": sup})
+                })
                 .collect();
             println!("{}", serde_json::to_string(&v)?);
         }
@@ -325,7 +331,7 @@ pub fn ls(args: &LsArgs) -> anyhow::Result<u8> {
             let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(4);
             let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(6);
             println!("{:<w0$}   {:<w1$}   CONFIG FILES", "NAME", "STATUS");
-            for (n, s, f) in rows {
+            for (n, s, f, _) in rows {
                 println!("{n:<w0$}   {s:<w1$}   {f}");
             }
         }
@@ -337,6 +343,7 @@ pub fn ls(args: &LsArgs) -> anyhow::Result<u8> {
 pub fn events(p: &ProjectOpts, args: &crate::cli::EventsArgs) -> anyhow::Result<u8> {
     let paths = Paths::from_env();
     let name = project_name(p)?;
+    crate::supervisor::respawn::check(&paths, &name, "events");
     let text = std::fs::read_to_string(paths.project(&name).join("events.log")).unwrap_or_default();
     for line in text.lines() {
         let (time, msg) = line.split_once(' ').unwrap_or((line, ""));

@@ -26,6 +26,8 @@ pub fn down(p: &ProjectOpts, args: &DownArgs) -> anyhow::Result<u8> {
             std::fs::read_to_string(paths.project_run(&name).join("supervisor.pid"))
                 .ok()
                 .and_then(|s| s.trim().parse().ok());
+        // Its keeper (its parent, see supervisor/keeper.rs) goes with it.
+        let keeper = pid.and_then(crate::supervisor::keeper::keeper_of);
         let req = Request::Down {
             volumes: args.volumes,
             remove_orphans: args.remove_orphans,
@@ -45,7 +47,9 @@ pub fn down(p: &ProjectOpts, args: &DownArgs) -> anyhow::Result<u8> {
                 })
                 .unwrap_or(false)
         };
-        while (paths.supervisor_socket(&name).exists() || pid.is_some_and(alive))
+        while (paths.supervisor_socket(&name).exists()
+            || pid.is_some_and(alive)
+            || keeper.is_some_and(alive))
             && Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(5));

@@ -67,6 +67,7 @@ impl Printer {
 pub fn run(p: &ProjectOpts, args: &LogsArgs) -> anyhow::Result<u8> {
     let paths = Paths::from_env();
     let name = project_name(p)?;
+    crate::supervisor::respawn::check(&paths, &name, "logs");
     let Some(state) = ProjectState::load(&paths, &name)? else {
         anyhow::bail!("no such project: {name}");
     };

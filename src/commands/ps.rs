@@ -27,6 +27,8 @@ pub struct PsEntry {
     #[serde(rename = "ID")]
     pub id: String,
     pub generation: u64,
+    /// The project's supervisor: running, respawned (by this command), not running.
+    pub supervisor: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -96,6 +98,7 @@ pub fn entries(state: &ProjectState) -> Vec<PsEntry> {
                     .collect(),
                 id: c.name.clone(),
                 generation: c.generation,
+                supervisor: String::new(),
             }
         })
         .collect()
@@ -112,11 +115,15 @@ fn capitalize(s: &str) -> String {
 pub fn run(p: &ProjectOpts, args: &PsArgs) -> anyhow::Result<u8> {
     let paths = Paths::from_env();
     let name = project_name(p)?;
+    let supervisor = crate::supervisor::respawn::check(&paths, &name, "ps");
     let state = ProjectState::load(&paths, &name)?.unwrap_or_else(|| ProjectState {
         name: name.clone(),
         ..Default::default()
     });
     let mut list = entries(&state);
+    for e in list.iter_mut() {
+        e.supervisor = supervisor.as_str().to_string();
+    }
     if !args.all {
         list.retain(|e| e.state == "running" || e.state == "paused" || e.state == "restarting");
     }

@@ -188,6 +188,7 @@ impl Engine {
             anon_volumes: vec![],
             log_max_size: svc.log_max_size,
             log_max_file: Some(svc.log_max_file),
+            restart: Some(svc.restart.clone()),
         };
         match self
             .prepare_inner(plan, svc, &mut rec, networks, state)

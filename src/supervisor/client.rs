@@ -28,6 +28,16 @@ impl Client {
         if let Some(c) = Client::connect(paths, project) {
             return Ok(c);
         }
+        Client::start(paths, project, None)
+    }
+
+    /// Start a detached supervisor (its keeper, see `keeper.rs`) and connect to it.
+    /// `respawned_by`: the command that found the previous one dead (logged in `events`).
+    pub fn start(
+        paths: &Paths,
+        project: &str,
+        respawned_by: Option<&str>,
+    ) -> anyhow::Result<Client> {
         let run = paths.project_run(project);
         std::fs::create_dir_all(&run)?;
         std::fs::create_dir_all(paths.project(project))?;
@@ -38,6 +48,9 @@ impl Client {
             .context("opening the supervisor log")?;
         let mut cmd = Command::new(crate::engine::runtime::self_exe());
         cmd.arg("__supervisor").arg("--project").arg(project);
+        if let Some(by) = respawned_by {
+            cmd.env(super::respawn::RESPAWNED_BY_ENV, by);
+        }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -60,6 +73,15 @@ impl Client {
                 return Ok(c);
             }
             if let Ok(Some(st)) = child.try_wait() {
+                if st.success() {
+                    // Another supervisor serves the project (started by a concurrent
+                    // command): connect to it.
+                    if Instant::now() > deadline {
+                        bail!("the supervisor did not start within 10 s");
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
                 bail!(
                     "the supervisor exited at start ({st}); see {}",
                     paths.project(project).join("supervisor.log").display()

@@ -53,24 +53,52 @@ impl Supervisor {
         }
         self.refresh_dns().await;
         let _ = self.apply_firewall().await;
-        let (user_stop, service) = {
+        self.apply_restart_policy(name, exit, ran_for, false).await;
+    }
+
+    /// The restart policy after an exit (recorded already): restart after the backoff's
+    /// delay, or leave it exited. `unsupervised`: it exited while no supervisor ran (found on
+    /// adoption); the decision is logged in `events`.
+    pub(super) async fn apply_restart_policy(
+        self: &Arc<Self>,
+        name: &str,
+        exit: Exit,
+        ran_for: Duration,
+        unsupervised: bool,
+    ) {
+        let (user_stop, service, recorded) = {
             let st = self.state.lock().await;
             match st.container(name) {
-                Some(c) => (c.stopped_by_user, c.service.clone()),
+                Some(c) => (c.stopped_by_user, c.service.clone(), c.restart.clone()),
                 None => return,
             }
         };
-        let policy = self
-            .service_plan(&service)
-            .await
-            .map(|s| s.restart)
-            .unwrap_or_default();
+        // The policy the container was made with (a one-off has none; an adopting supervisor
+        // has no plan yet); the service's for records older than that field.
+        let policy = match recorded {
+            Some(p) => p,
+            None => self
+                .service_plan(&service)
+                .await
+                .map(|s| s.restart)
+                .unwrap_or_default(),
+        };
         let delay = {
             let mut sh = self.shared.lock().unwrap();
             sh.live.remove(name);
             let b = sh.backoff.entry(name.to_string()).or_default();
             b.on_exit(&policy, exit.code(), ran_for, user_stop, Instant::now())
         };
+        if unsupervised {
+            self.event(&format!(
+                "{name} exited with {} while no supervisor ran; {}",
+                exit.code(),
+                match delay {
+                    Some(d) => format!("restart policy: restarting in {d:?}"),
+                    None => "restart policy: it stays exited".to_string(),
+                }
+            ));
+        }
         let Some(delay) = delay else { return };
         tracing::info!(
             "{name} exited with {}; restarting in {delay:?}",

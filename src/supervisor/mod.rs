@@ -23,10 +23,12 @@ pub mod client;
 mod converge;
 mod exits;
 mod health;
+pub mod keeper;
 mod lifecycle;
 mod oneoff;
 pub mod proto;
 mod publish;
+pub mod respawn;
 mod rollout;
 mod service;
 mod spawn;
@@ -84,6 +86,8 @@ struct Shared {
     fw_removed: bool,
     backoff: HashMap<String, Backoff>,
     live: HashMap<String, Live>,
+    /// Containers being started right now (see `spawn`).
+    starting: std::collections::HashSet<String>,
 }
 
 pub struct Supervisor {
@@ -107,8 +111,12 @@ pub struct Supervisor {
     shutdown: tokio::sync::Notify,
 }
 
-/// Entry point of `berth __supervisor`.
+/// Entry point of `berth __supervisor`: the keeper (see `keeper.rs`), which starts the
+/// supervisor proper as its child.
 pub fn main(project: &str) -> anyhow::Result<u8> {
+    if !keeper::is_supervisor() {
+        return keeper::run(project);
+    }
     proc::set_child_subreaper().context("becoming a child subreaper")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -123,6 +131,12 @@ async fn serve(project: String) -> anyhow::Result<()> {
     let paths = Paths::from_env();
     let sock = paths.supervisor_socket(&project);
     std::fs::create_dir_all(sock.parent().unwrap())?;
+    // One supervisor per project: two CLI commands that both found none (a respawn and an
+    // `up`) may each start one; the second leaves quietly and its CLI talks to the first.
+    let Some(_one) = sole_supervisor(&paths.project_run(&project).join("supervisor.lock"))? else {
+        tracing::info!("another supervisor serves project {project}");
+        return Ok(());
+    };
     let _ = std::fs::remove_file(&sock);
     let listener =
         UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
@@ -143,6 +157,7 @@ async fn serve(project: String) -> anyhow::Result<()> {
             logs: HashMap::new(),
             backoff: HashMap::new(),
             live: HashMap::new(),
+            starting: Default::default(),
             draining: Default::default(),
             watching: false,
             last_fw: None,
@@ -408,6 +423,27 @@ impl Supervisor {
             .unwrap_or(0)
             + 1
     }
+}
+
+/// An exclusive lock on `path` held for the life of the returned file; None if another process
+/// holds it.
+fn sole_supervisor(path: &std::path::Path) -> anyhow::Result<Option<std::fs::File>> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(None);
+        }
+        return Err(e).with_context(|| format!("locking {}", path.display()));
+    }
+    Ok(Some(f))
 }
 
 /// Remove the project's record and logs (and its run dir).

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use tokio::sync::watch;
 
-use super::{health, Live, Supervisor};
+use super::{health, keeper, Live, Supervisor};
 use crate::engine::io;
 use crate::engine::proc::{self, Exit};
 use crate::engine::runtime::CreateIo;
@@ -19,6 +19,11 @@ use crate::state::{now_rfc3339, Status};
 
 impl Supervisor {
     pub(super) async fn spawn(self: &Arc<Self>, name: &str) -> anyhow::Result<()> {
+        // One start of a container at a time: a restart by the policy and a start asked for
+        // (`up` right after an adoption, `start`) may meet; the second finds it starting.
+        let Some(_starting) = Starting::claim(self, name) else {
+            return Ok(());
+        };
         // A container starts: the project has rules again (see `fw_removed`).
         self.shared.lock().unwrap().fw_removed = false;
         // Lock order: never hold `state` and `plan` together.
@@ -35,7 +40,8 @@ impl Supervisor {
         let (max_size, max_file) = svc
             .as_ref()
             .map(|s| (s.log_max_size, s.log_max_file))
-            .unwrap_or((None, 1));
+            // No plan yet (an adopting supervisor): what the container was made with.
+            .unwrap_or((rec.log_max_size, rec.log_max_file.unwrap_or(1)));
         let log = self.log_writer(name, max_size, max_file)?;
         let io_dir = self.io_dir();
         // What the runtime will do: the bundle's own `process.terminal` (a one-off may differ
@@ -226,11 +232,48 @@ impl Supervisor {
                 Ok(d) => d,
                 Err(_) => return,
             };
-            let exit = proc::wait_pidfd(dup).await.unwrap_or(Exit::Unknown);
+            let mut exit = proc::wait_pidfd(dup).await.unwrap_or(Exit::Unknown);
+            if exit == Exit::Unknown {
+                // Adopted, and reaped by the keeper before the kernel told us: its record.
+                let start = me
+                    .state
+                    .lock()
+                    .await
+                    .container(&name)
+                    .and_then(|c| c.pid_start);
+                if let Some(e) = keeper::recorded_exit(&me.engine.paths, &me.project, pid, start) {
+                    exit = e;
+                }
+            }
             let _ = tx.send(Some(exit));
             let all = futures_util::future::join_all(drains);
             let _ = tokio::time::timeout(Duration::from_secs(2), all).await;
             me.on_exit(&name, exit, started.elapsed(), pid).await;
         });
+    }
+}
+
+/// A container being started (see `spawn`); released when dropped.
+struct Starting<'a> {
+    sup: &'a Supervisor,
+    name: String,
+}
+
+impl<'a> Starting<'a> {
+    fn claim(sup: &'a Supervisor, name: &str) -> Option<Starting<'a>> {
+        let mut sh = sup.shared.lock().unwrap();
+        if !sh.starting.insert(name.to_string()) {
+            return None;
+        }
+        Some(Starting {
+            sup,
+            name: name.to_string(),
+        })
+    }
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.sup.shared.lock().unwrap().starting.remove(&self.name);
     }
 }
