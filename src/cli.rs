@@ -327,6 +327,15 @@ pub struct ExecArgs {
     /// Disable pseudo-TTY allocation
     #[arg(short = 'T', long = "no-TTY")]
     pub no_tty: bool,
+    /// Keep STDIN open (the default, as in compose; accepted for `exec -it`)
+    #[arg(short = 'i', long, hide = true)]
+    pub interactive: bool,
+    /// Allocate a pseudo-TTY (the default on a terminal, as in compose; accepted for `exec -it`)
+    #[arg(short = 't', long, hide = true)]
+    pub tty: bool,
+    /// Override the key sequence for detaching from a container (default ctrl-p,ctrl-q)
+    #[arg(long)]
+    pub detach_keys: Option<String>,
     /// Set environment variables (repeatable)
     #[arg(short, long = "env")]
     pub env: Vec<String>,

@@ -47,9 +47,6 @@ pub fn exec(p: &ProjectOpts, args: &ExecArgs) -> anyhow::Result<u8> {
     let tty = !args.no_tty
         && std::io::IsTerminal::is_terminal(&std::io::stdin())
         && console::Term::stdout().is_term();
-    if tty {
-        cmd.arg("--tty");
-    }
     if args.detach {
         cmd.arg("--detach");
     }
@@ -62,6 +59,23 @@ pub fn exec(p: &ProjectOpts, args: &ExecArgs) -> anyhow::Result<u8> {
     if let Some(w) = &args.workdir {
         cmd.arg("--cwd").arg(w);
     }
+    let detach_keys = crate::commands::tty::parse_detach_keys(
+        args.detach_keys
+            .as_deref()
+            .unwrap_or(crate::commands::tty::DEFAULT_DETACH_KEYS),
+    )?;
+    if tty && !args.detach {
+        // A real terminal both ways: the runtime sends us the pty master over a console
+        // socket and waits for the process; we relay the caller's terminal to it.
+        let console = paths
+            .project_run(&st.name)
+            .join("io")
+            .join(format!("exec-{}.console", std::process::id()));
+        cmd.arg("--tty").arg("--console-socket").arg(&console);
+        cmd.arg(&c.name).args(&args.command);
+        return crate::commands::tty::run_attached(cmd, &console, &detach_keys);
+    }
+    // A detached exec gets no terminal: nobody would hold its master.
     cmd.arg(&c.name).args(&args.command);
     // Replace this process: exit status, signals and the terminal pass straight through.
     let err = cmd.exec();

@@ -9,6 +9,7 @@ pub mod inspect;
 pub mod lifecycle;
 pub mod logs;
 pub mod ps;
+pub mod tty;
 pub mod up;
 
 /// Render an error chain the way berth prints it: the top message, then each cause.
