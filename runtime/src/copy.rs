@@ -443,6 +443,102 @@ fn own_fd(fd: impl AsFd, uid: u32, gid: u32, mode: u32, src: &Path) -> Result<()
         .map_err(|e| io_err("chmod in the container", src)(e.into()))
 }
 
+/// Open the container directory `path` (relative), making the missing ones (0755, root's)
+/// one at a time; each step is resolved in the root, so a symlink cannot lead out.
+fn mkdir_p_in(root: &OwnedFd, path: &Path) -> Result<OwnedFd> {
+    let mut done = PathBuf::new();
+    let mut dir = in_root(root, Path::new("."), OFlags::RDONLY | OFlags::DIRECTORY)
+        .map_err(io_err("container root", Path::new("/")))?;
+    for c in path.components() {
+        let Component::Normal(name) = c else {
+            continue;
+        };
+        match rustix::fs::mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(io_err("mkdir in the container", &done.join(name))(e.into())),
+        }
+        done.push(name);
+        dir = in_root(root, &done, OFlags::RDONLY | OFlags::DIRECTORY)
+            .map_err(io_err("container directory", &Path::new("/").join(&done)))?;
+    }
+    Ok(dir)
+}
+
+/// Remove `name` in `dir`, a directory with everything under it (never following a symlink).
+fn remove_at(dir: &OwnedFd, name: &OsStr) -> Result<()> {
+    let what = Path::new(name);
+    match rustix::fs::unlinkat(dir.as_fd(), name, AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => return Ok(()),
+        Err(rustix::io::Errno::ISDIR) | Err(rustix::io::Errno::PERM) => {}
+        Err(e) => return Err(io_err("remove in the container", what)(e.into())),
+    }
+    let sub = rustix::fs::openat(
+        dir.as_fd(),
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err("open in the container", what)(e.into()))?;
+    for child in names_in(&sub)? {
+        remove_at(&sub, &child)?;
+    }
+    match rustix::fs::unlinkat(dir.as_fd(), name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(io_err("remove in the container", what)(e.into())),
+    }
+}
+
+/// The names in an open directory (without "." and "..").
+fn names_in(dir: &OwnedFd) -> Result<Vec<OsString>> {
+    let d = rustix::fs::Dir::read_from(dir).map_err(|e| bad(format!("read directory: {e}")))?;
+    let mut out = Vec::new();
+    for e in d {
+        let e = e.map_err(|e| bad(format!("read directory: {e}")))?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            out.push(OsStr::from_bytes(n).to_os_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Put the host entry `src` at exactly `dest` in the container (`berth watch`'s sync):
+/// missing parents are made, an entry of another kind (or a symlink) there is replaced, a
+/// file is rewritten, a directory's contents are merged. Owned by root, modes kept.
+pub fn sync_in(root: &OwnedFd, src: &Path, dest: &str) -> Result<Copied> {
+    let drel = rel(dest);
+    let leaf = drel
+        .file_name()
+        .ok_or_else(|| bad(format!("{dest}: not a file name")))?
+        .to_os_string();
+    let meta = fs::symlink_metadata(src).map_err(io_err("stat", src))?;
+    let dir = mkdir_p_in(root, parent_of(&drel))?;
+    if let Ok(st) = rustix::fs::statat(dir.as_fd(), &leaf, AtFlags::SYMLINK_NOFOLLOW) {
+        let there = file_type(&st);
+        let same = (there == FileType::RegularFile && meta.is_file())
+            || (there == FileType::Directory && meta.is_dir());
+        if !same {
+            remove_at(&dir, &leaf)?;
+        }
+    }
+    let mut n = Copied::default();
+    in_entry(&dir, &leaf, src, &meta, CopyOpts::default(), &mut n)?;
+    Ok(n)
+}
+
+/// Remove `dest` (recursively) from the container; already absent is not an error.
+pub fn remove_in(root: &OwnedFd, dest: &str) -> Result<()> {
+    let drel = rel(dest);
+    let Some(leaf) = drel.file_name() else {
+        return Err(bad(format!("{dest}: will not remove the container's root")));
+    };
+    match in_root(root, parent_of(&drel), OFlags::RDONLY | OFlags::DIRECTORY) {
+        Ok(dir) => remove_at(&dir, leaf),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => Ok(()),
+        Err(e) => Err(io_err("container path", Path::new(dest))(e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -567,5 +663,52 @@ mod tests {
         );
         // A file onto a missing directory path ("dir/"): an error.
         assert!(copy_in(&root, &hf, "/nowhere/", o).is_err());
+    }
+
+    /// watch's sync: exact placement with parents made, kind changes, removal, and no way
+    /// out of the root through a symlink on the way.
+    #[test]
+    fn sync_in_and_remove_in_stay_inside_the_root() {
+        let ctr = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let root = rustix::fs::open(
+            ctr.path(),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(outside.path(), ctr.path().join("escape")).unwrap();
+        fs::write(host.path().join("f"), "v1").unwrap();
+        sync_in(&root, &host.path().join("f"), "/app/deep/f.txt").unwrap();
+        assert_eq!(
+            fs::read_to_string(ctr.path().join("app/deep/f.txt")).unwrap(),
+            "v1"
+        );
+        fs::write(host.path().join("f"), "v2").unwrap();
+        sync_in(&root, &host.path().join("f"), "/app/deep/f.txt").unwrap();
+        assert_eq!(
+            fs::read_to_string(ctr.path().join("app/deep/f.txt")).unwrap(),
+            "v2"
+        );
+        // A directory replaces a file of the same name, contents merged in.
+        fs::create_dir_all(host.path().join("d/e")).unwrap();
+        fs::write(host.path().join("d/e/g"), "g").unwrap();
+        sync_in(&root, &host.path().join("d"), "/app/deep/f.txt").unwrap();
+        assert_eq!(
+            fs::read_to_string(ctr.path().join("app/deep/f.txt/e/g")).unwrap(),
+            "g"
+        );
+        // Through the symlink: resolved inside the root (where that path does not exist),
+        // so the host directory is never written.
+        assert!(sync_in(&root, &host.path().join("f"), "/escape/x").is_err());
+        assert!(!outside.path().join("x").exists());
+        remove_in(&root, "/app/deep").unwrap();
+        assert!(!ctr.path().join("app/deep").exists());
+        assert!(ctr.path().join("app").exists());
+        remove_in(&root, "/app/deep/none").unwrap();
+        remove_in(&root, "/escape").unwrap();
+        assert!(outside.path().exists(), "only the link goes");
+        assert!(remove_in(&root, "/").is_err());
     }
 }
