@@ -120,6 +120,8 @@ pub enum Command {
     Inspect(ServicesArg),
     /// Roll a service back to the configuration it ran before the last change
     Rollback(RollbackArgs),
+    /// Watch the build context for services and sync, restart or exec when files change
+    Watch(WatchArgs),
     /// Generate shell completions
     Completion(CompletionArgs),
     /// Internal: the per-project supervisor (started by `up`)
@@ -486,6 +488,17 @@ pub struct LsArgs {
     /// Format the output
     #[arg(long, value_enum, default_value_t = TableFormat::Table)]
     pub format: TableFormat,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct WatchArgs {
+    /// Do not start the services before watching
+    #[arg(long)]
+    pub no_up: bool,
+    /// Hide the sync lines
+    #[arg(long)]
+    pub quiet: bool,
+    pub services: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -11,6 +11,7 @@ pub mod logs;
 pub mod ps;
 pub mod tty;
 pub mod up;
+pub mod watch;
 
 /// Render an error chain the way berth prints it: the top message, then each cause.
 pub fn render_error(e: &anyhow::Error) -> String {
@@ -51,6 +52,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Rmi(args) => image::rmi(&args),
         Command::Image(cmd) => image::image_cmd(&cmd),
         Command::Pull(args) => image::pull(&cli.project, &args),
+        Command::Watch(args) => watch::run(&cli.project, &args),
         Command::Completion(args) => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
