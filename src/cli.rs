@@ -122,6 +122,10 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Watch the build context for services and sync, restart or exec when files change
     Watch(WatchArgs),
+    /// Bring back, after a reboot, the projects that were up (restart: always/unless-stopped)
+    Resume(ResumeArgs),
+    /// Install or remove the systemd unit that runs `berth resume` at boot
+    Systemd(SystemdArgs),
     /// Generate shell completions
     Completion(CompletionArgs),
     /// Internal: the per-project supervisor (started by `up`)
@@ -499,6 +503,35 @@ pub struct WatchArgs {
     #[arg(long)]
     pub quiet: bool,
     pub services: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct ResumeArgs {
+    /// Only say what would be resumed
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only these projects (default: every project with a record)
+    pub projects: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SystemdArgs {
+    #[command(subcommand)]
+    pub command: SystemdCmd,
+    /// Print the unit (install) or its path (uninstall) instead of writing anything
+    #[arg(long, alias = "dry-run", global = true)]
+    pub print: bool,
+    /// Directory for the unit (default /etc/systemd/system; systemctl is not run with this)
+    #[arg(long, global = true)]
+    pub unit_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum SystemdCmd {
+    /// Write and enable berth-resume.service
+    Install,
+    /// Disable and remove berth-resume.service
+    Uninstall,
 }
 
 #[derive(Debug, Clone, Args)]
