@@ -443,6 +443,92 @@ fn own_fd(fd: impl AsFd, uid: u32, gid: u32, mode: u32, src: &Path) -> Result<()
         .map_err(|e| io_err("chmod in the container", src)(e.into()))
 }
 
+/// A container's root given as a host directory (a stopped container's mounted snapshot).
+pub fn open_root(dir: &Path) -> Result<OwnedFd> {
+    rustix::fs::open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err("open container root", dir)(e.into()))
+}
+
+/// A private scratch directory for tar streams, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Scratch> {
+        let tmpl = std::env::temp_dir().join("berth-cp-XXXXXX");
+        let p = nix::unistd::mkdtemp(&tmpl)
+            .map_err(|e| io_err("make a scratch directory", &tmpl)(e.into()))?;
+        Ok(Scratch(p))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Container → tar stream (`cp SERVICE:SRC -`): the entry `src` under its own name, as
+/// `docker cp` writes it; ownership and modes as in the container.
+pub fn tar_out(root: &OwnedFd, src: &str, w: impl std::io::Write, o: CopyOpts) -> Result<Copied> {
+    let scratch = Scratch::new()?;
+    let o = CopyOpts { archive: true, ..o };
+    let n = copy_out(root, src, &scratch.0, o)?;
+    let mut b = tar::Builder::new(w);
+    b.follow_symlinks(false);
+    b.mode(tar::HeaderMode::Complete);
+    let mut names: Vec<OsString> = fs::read_dir(&scratch.0)
+        .map_err(io_err("read directory", &scratch.0))?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    names.sort();
+    for name in names {
+        let p = scratch.0.join(&name);
+        let m = fs::symlink_metadata(&p).map_err(io_err("stat", &p))?;
+        if m.is_dir() {
+            b.append_dir_all(&name, &p)
+        } else {
+            b.append_path_with_name(&p, &name)
+        }
+        .map_err(io_err("write the tar stream", &p))?;
+    }
+    b.into_inner()
+        .and_then(|mut w| w.flush())
+        .map_err(io_err("write the tar stream", Path::new("-")))?;
+    Ok(n)
+}
+
+/// Tar stream → container (`cp - SERVICE:DEST`): the archive is extracted into the existing
+/// directory `dest`, ownership kept from the archive (as `docker cp -`).
+pub fn tar_in(root: &OwnedFd, r: impl std::io::Read, dest: &str) -> Result<Copied> {
+    match in_root(root, &rel(dest), OFlags::RDONLY | OFlags::DIRECTORY) {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+            return Err(bad(format!(
+                "{dest}: the destination of a tar stream must be a directory"
+            )))
+        }
+        Err(e) => return Err(io_err("container directory", Path::new(dest))(e)),
+    }
+    let scratch = Scratch::new()?;
+    let mut a = tar::Archive::new(r);
+    a.set_preserve_permissions(true);
+    a.set_preserve_ownerships(true);
+    a.set_overwrite(true);
+    // unpack keeps every entry inside the scratch directory (no "..", no absolute paths, no
+    // writing through a symlink it made); the copy into the container then resolves in its root.
+    a.unpack(&scratch.0)
+        .map_err(io_err("read the tar stream", Path::new("-")))?;
+    let o = CopyOpts {
+        archive: true,
+        follow_link: false,
+    };
+    copy_in(root, &scratch.0.join("."), dest, o)
+}
+
 /// Open the container directory `path` (relative), making the missing ones (0755, root's)
 /// one at a time; each step is resolved in the root, so a symlink cannot lead out.
 fn mkdir_p_in(root: &OwnedFd, path: &Path) -> Result<OwnedFd> {
