@@ -28,6 +28,9 @@ const STACK: &str = r#"services:
           target: /etc/cfg
           exec:
             command: ["sh", "-c", "cat /etc/cfg/c.conf > /tmp/reloaded"]
+        - action: sync+restart
+          path: ./rst
+          target: /rst
 "#;
 
 struct Watch {
@@ -96,6 +99,7 @@ fn watch_syncs_edits_into_the_container() {
     let dir = b.dir.path();
     std::fs::create_dir_all(dir.join("src")).unwrap();
     std::fs::create_dir_all(dir.join("cfg")).unwrap();
+    std::fs::create_dir_all(dir.join("rst")).unwrap();
     std::fs::write(dir.join("src/a.txt"), "v1").unwrap();
 
     // watch brings the project up itself.
@@ -157,6 +161,26 @@ fn watch_syncs_edits_into_the_container() {
     assert_eq!(
         std::fs::read_to_string(in_ctr(&b, &p, "/etc/cfg/c.conf")).unwrap(),
         "level=3"
+    );
+
+    // sync+restart: the file, then a new pid 1 that sees it.
+    let pid = |b: &Berth| b.state(&p).unwrap()["containers"][0]["pid"].as_i64();
+    let before = pid(&b).unwrap();
+    std::fs::write(dir.join("rst/flag"), "on").unwrap();
+    wait_for(
+        "the restart after the sync",
+        Duration::from_secs(15),
+        || {
+            let now = pid(&b)?;
+            (now != before
+                && std::fs::read_to_string(format!("/proc/{now}/root/rst/flag")).ok()? == "on")
+                .then_some(())
+        },
+    );
+    assert!(
+        w.log().contains("Restarting service \"box\""),
+        "{}",
+        w.log()
     );
     drop(w);
 
