@@ -120,6 +120,12 @@ pub enum Command {
     Inspect(ServicesArg),
     /// Roll a service back to the configuration it ran before the last change
     Rollback(RollbackArgs),
+    /// Watch the build context for services and sync, restart or exec when files change
+    Watch(WatchArgs),
+    /// Bring back, after a reboot, the projects that were up (restart: always/unless-stopped)
+    Resume(ResumeArgs),
+    /// Install or remove the systemd unit that runs `berth resume` at boot
+    Systemd(SystemdArgs),
     /// Generate shell completions
     Completion(CompletionArgs),
     /// Export the project for another engine: `export k8s` (manifests), `export swarm` (a stack file)
@@ -332,6 +338,15 @@ pub struct ExecArgs {
     /// Disable pseudo-TTY allocation
     #[arg(short = 'T', long = "no-TTY")]
     pub no_tty: bool,
+    /// Keep STDIN open (the default, as in compose; accepted for `exec -it`)
+    #[arg(short = 'i', long, hide = true)]
+    pub interactive: bool,
+    /// Allocate a pseudo-TTY (the default on a terminal, as in compose; accepted for `exec -it`)
+    #[arg(short = 't', long, hide = true)]
+    pub tty: bool,
+    /// Override the key sequence for detaching from a container (default ctrl-p,ctrl-q)
+    #[arg(long)]
+    pub detach_keys: Option<String>,
     /// Set environment variables (repeatable)
     #[arg(short, long = "env")]
     pub env: Vec<String>,
@@ -482,6 +497,46 @@ pub struct LsArgs {
     /// Format the output
     #[arg(long, value_enum, default_value_t = TableFormat::Table)]
     pub format: TableFormat,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct WatchArgs {
+    /// Do not start the services before watching
+    #[arg(long)]
+    pub no_up: bool,
+    /// Hide the sync lines
+    #[arg(long)]
+    pub quiet: bool,
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct ResumeArgs {
+    /// Only say what would be resumed
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only these projects (default: every project with a record)
+    pub projects: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SystemdArgs {
+    #[command(subcommand)]
+    pub command: SystemdCmd,
+    /// Print the unit (install) or its path (uninstall) instead of writing anything
+    #[arg(long, alias = "dry-run", global = true)]
+    pub print: bool,
+    /// Directory for the unit (default /etc/systemd/system; systemctl is not run with this)
+    #[arg(long, global = true)]
+    pub unit_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum SystemdCmd {
+    /// Write and enable berth-resume.service
+    Install,
+    /// Disable and remove berth-resume.service
+    Uninstall,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -30,6 +30,10 @@ fn main() -> ExitCode {
         let code = berth_runtime::cli::main(args[2..].to_vec());
         return ExitCode::from(code.clamp(0, 255) as u8);
     }
+    if args.get(1).map(|a| a == "__pty-drain").unwrap_or(false) {
+        // Holds a detached `exec -it`'s terminal open (see commands/tty.rs).
+        return ExitCode::from(commands::tty::drain());
+    }
     init_tracing();
     let cli = cli::Cli::parse();
     if !matches!(cli.command, cli::Command::Supervisor(_)) {

@@ -1,4 +1,5 @@
-//! End-to-end (root): `berth cp` between the host and running service containers.
+//! End-to-end (root): `berth cp` between the host and service containers, running or stopped,
+//! and tar streams.
 
 mod common;
 
@@ -113,8 +114,165 @@ fn cp_copies_both_ways_and_stays_inside_the_container() {
     assert!(e.contains("no such directory in the container"), "{e}");
     let e = b.fails(&f, &["cp", file.to_str().unwrap(), "/tmp/x"]);
     assert!(e.contains("SERVICE:PATH"), "{e}");
+    // A stopped container: copying out works (its snapshot), into a read-only one does not.
     b.ok(&f, &["stop", "-t", "1", "ro"]);
-    let e = b.fails(&f, &["cp", "ro:/etc/hostname", out.to_str().unwrap()]);
-    assert!(e.contains("is not running"), "{e}");
+    let got = host.path().join("ro-passwd");
+    b.ok(&f, &["cp", "ro:/etc/passwd", got.to_str().unwrap()]);
+    assert!(std::fs::read_to_string(&got).unwrap().starts_with("root:"));
+    let e = b.fails(&f, &["cp", file.to_str().unwrap(), "ro:/app.conf"]);
+    assert!(e.contains("read-only root filesystem"), "{e}");
     b.ok(&f, &["down", "-v", "-t", "1"]);
+}
+
+/// `cp` from and into a stopped container (its snapshot: what it wrote survives, what we copy
+/// in is there when it starts again) and tar streams both ways (`-`), ownership kept.
+#[test]
+fn cp_with_a_stopped_container_and_tar_streams() {
+    let b = Berth::new();
+    let p = unique("cps");
+    let f = b.compose(
+        &p,
+        "services:\n  box:\n    image: berth-test/busybox:1\n    init: true\n    command: [\"sh\", \"-c\", \"echo at-run > /made && exec sleep 120\"]\n",
+    );
+    b.ok(&f, &["up", "-d"]);
+    let host = tempfile::tempdir().unwrap();
+    wait_for("the container's file", Duration::from_secs(10), || {
+        let o = b
+            .cmd()
+            .args([
+                "-f",
+                f.to_str().unwrap(),
+                "exec",
+                "-T",
+                "box",
+                "cat",
+                "/made",
+            ])
+            .output()
+            .ok()?;
+        (String::from_utf8_lossy(&o.stdout).trim() == "at-run").then_some(())
+    });
+
+    // Tar in: a directory with an owner and a mode, into an existing directory.
+    let src = host.path().join("src");
+    std::fs::create_dir_all(src.join("dir")).unwrap();
+    std::fs::write(src.join("dir/a"), "from-tar").unwrap();
+    let tarball = host.path().join("in.tar");
+    let st = std::process::Command::new("tar")
+        .args(["--owner=1234", "--group=4321", "-cf"])
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&src)
+        .arg("dir")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = b
+        .cmd()
+        .args(["-f", f.to_str().unwrap(), "cp", "-", "box:/tmp"])
+        .stdin(std::fs::File::open(&tarball).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exec = |args: &[&str]| {
+        let mut v = vec!["exec", "-T", "box"];
+        v.extend_from_slice(args);
+        b.ok(&f, &v)
+    };
+    assert_eq!(exec(&["cat", "/tmp/dir/a"]), "from-tar");
+    assert_eq!(
+        exec(&["stat", "-c", "%u:%g", "/tmp/dir/a"]).trim(),
+        "1234:4321"
+    );
+    // A tar stream needs a directory to land in.
+    let out = b
+        .cmd()
+        .args(["-f", f.to_str().unwrap(), "cp", "-", "box:/made"])
+        .stdin(std::fs::File::open(&tarball).unwrap())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("must be a directory"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Tar out: the entry under its own name, the container's owner kept.
+    let out = b
+        .cmd()
+        .args(["-f", f.to_str().unwrap(), "cp", "box:/tmp/dir", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = tar_list(&out.stdout);
+    assert!(
+        listed.contains("1234/4321") && listed.contains("dir/a"),
+        "{listed}"
+    );
+
+    // Stopped: what it wrote comes out; what goes in is there after start.
+    b.ok(&f, &["stop", "-t", "1"]);
+    let made = host.path().join("made");
+    b.ok(&f, &["cp", "box:/made", made.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&made).unwrap(), "at-run\n");
+    let out = b
+        .cmd()
+        .args(["-f", f.to_str().unwrap(), "cp", "box:/tmp/dir/a", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        tar_list(&out.stdout).contains(" a"),
+        "{}",
+        tar_list(&out.stdout)
+    );
+    let conf = host.path().join("new.conf");
+    std::fs::write(&conf, "copied-while-stopped").unwrap();
+    b.ok(&f, &["cp", conf.to_str().unwrap(), "box:/etc/new.conf"]);
+    b.ok(&f, &["start", "box"]);
+    wait_for("box running again", Duration::from_secs(10), || {
+        let o = b
+            .cmd()
+            .args([
+                "-f",
+                f.to_str().unwrap(),
+                "exec",
+                "-T",
+                "box",
+                "cat",
+                "/etc/new.conf",
+            ])
+            .output()
+            .ok()?;
+        (String::from_utf8_lossy(&o.stdout) == "copied-while-stopped").then_some(())
+    });
+    b.ok(&f, &["down", "-t", "1"]);
+}
+
+/// `tar -tv` of an archive in memory.
+fn tar_list(bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut c = std::process::Command::new("tar")
+        .args(["--numeric-owner", "-tvf", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(bytes).unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success(), "not a tar stream");
+    String::from_utf8_lossy(&o.stdout).to_string()
 }

@@ -443,6 +443,188 @@ fn own_fd(fd: impl AsFd, uid: u32, gid: u32, mode: u32, src: &Path) -> Result<()
         .map_err(|e| io_err("chmod in the container", src)(e.into()))
 }
 
+/// A container's root given as a host directory (a stopped container's mounted snapshot).
+pub fn open_root(dir: &Path) -> Result<OwnedFd> {
+    rustix::fs::open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err("open container root", dir)(e.into()))
+}
+
+/// A private scratch directory for tar streams, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Scratch> {
+        let tmpl = std::env::temp_dir().join("berth-cp-XXXXXX");
+        let p = nix::unistd::mkdtemp(&tmpl)
+            .map_err(|e| io_err("make a scratch directory", &tmpl)(e.into()))?;
+        Ok(Scratch(p))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Container → tar stream (`cp SERVICE:SRC -`): the entry `src` under its own name, as
+/// `docker cp` writes it; ownership and modes as in the container.
+pub fn tar_out(root: &OwnedFd, src: &str, w: impl std::io::Write, o: CopyOpts) -> Result<Copied> {
+    let scratch = Scratch::new()?;
+    let o = CopyOpts { archive: true, ..o };
+    let n = copy_out(root, src, &scratch.0, o)?;
+    let mut b = tar::Builder::new(w);
+    b.follow_symlinks(false);
+    b.mode(tar::HeaderMode::Complete);
+    let mut names: Vec<OsString> = fs::read_dir(&scratch.0)
+        .map_err(io_err("read directory", &scratch.0))?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    names.sort();
+    for name in names {
+        let p = scratch.0.join(&name);
+        let m = fs::symlink_metadata(&p).map_err(io_err("stat", &p))?;
+        if m.is_dir() {
+            b.append_dir_all(&name, &p)
+        } else {
+            b.append_path_with_name(&p, &name)
+        }
+        .map_err(io_err("write the tar stream", &p))?;
+    }
+    b.into_inner()
+        .and_then(|mut w| w.flush())
+        .map_err(io_err("write the tar stream", Path::new("-")))?;
+    Ok(n)
+}
+
+/// Tar stream → container (`cp - SERVICE:DEST`): the archive is extracted into the existing
+/// directory `dest`, ownership kept from the archive (as `docker cp -`).
+pub fn tar_in(root: &OwnedFd, r: impl std::io::Read, dest: &str) -> Result<Copied> {
+    match in_root(root, &rel(dest), OFlags::RDONLY | OFlags::DIRECTORY) {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+            return Err(bad(format!(
+                "{dest}: the destination of a tar stream must be a directory"
+            )))
+        }
+        Err(e) => return Err(io_err("container directory", Path::new(dest))(e)),
+    }
+    let scratch = Scratch::new()?;
+    let mut a = tar::Archive::new(r);
+    a.set_preserve_permissions(true);
+    a.set_preserve_ownerships(true);
+    a.set_overwrite(true);
+    // unpack keeps every entry inside the scratch directory (no "..", no absolute paths, no
+    // writing through a symlink it made); the copy into the container then resolves in its root.
+    a.unpack(&scratch.0)
+        .map_err(io_err("read the tar stream", Path::new("-")))?;
+    let o = CopyOpts {
+        archive: true,
+        follow_link: false,
+    };
+    copy_in(root, &scratch.0.join("."), dest, o)
+}
+
+/// Open the container directory `path` (relative), making the missing ones (0755, root's)
+/// one at a time; each step is resolved in the root, so a symlink cannot lead out.
+fn mkdir_p_in(root: &OwnedFd, path: &Path) -> Result<OwnedFd> {
+    let mut done = PathBuf::new();
+    let mut dir = in_root(root, Path::new("."), OFlags::RDONLY | OFlags::DIRECTORY)
+        .map_err(io_err("container root", Path::new("/")))?;
+    for c in path.components() {
+        let Component::Normal(name) = c else {
+            continue;
+        };
+        match rustix::fs::mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(io_err("mkdir in the container", &done.join(name))(e.into())),
+        }
+        done.push(name);
+        dir = in_root(root, &done, OFlags::RDONLY | OFlags::DIRECTORY)
+            .map_err(io_err("container directory", &Path::new("/").join(&done)))?;
+    }
+    Ok(dir)
+}
+
+/// Remove `name` in `dir`, a directory with everything under it (never following a symlink).
+fn remove_at(dir: &OwnedFd, name: &OsStr) -> Result<()> {
+    let what = Path::new(name);
+    match rustix::fs::unlinkat(dir.as_fd(), name, AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => return Ok(()),
+        Err(rustix::io::Errno::ISDIR) | Err(rustix::io::Errno::PERM) => {}
+        Err(e) => return Err(io_err("remove in the container", what)(e.into())),
+    }
+    let sub = rustix::fs::openat(
+        dir.as_fd(),
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err("open in the container", what)(e.into()))?;
+    for child in names_in(&sub)? {
+        remove_at(&sub, &child)?;
+    }
+    match rustix::fs::unlinkat(dir.as_fd(), name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(io_err("remove in the container", what)(e.into())),
+    }
+}
+
+/// The names in an open directory (without "." and "..").
+fn names_in(dir: &OwnedFd) -> Result<Vec<OsString>> {
+    let d = rustix::fs::Dir::read_from(dir).map_err(|e| bad(format!("read directory: {e}")))?;
+    let mut out = Vec::new();
+    for e in d {
+        let e = e.map_err(|e| bad(format!("read directory: {e}")))?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            out.push(OsStr::from_bytes(n).to_os_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Put the host entry `src` at exactly `dest` in the container (`berth watch`'s sync):
+/// missing parents are made, an entry of another kind (or a symlink) there is replaced, a
+/// file is rewritten, a directory's contents are merged. Owned by root, modes kept.
+pub fn sync_in(root: &OwnedFd, src: &Path, dest: &str) -> Result<Copied> {
+    let drel = rel(dest);
+    let leaf = drel
+        .file_name()
+        .ok_or_else(|| bad(format!("{dest}: not a file name")))?
+        .to_os_string();
+    let meta = fs::symlink_metadata(src).map_err(io_err("stat", src))?;
+    let dir = mkdir_p_in(root, parent_of(&drel))?;
+    if let Ok(st) = rustix::fs::statat(dir.as_fd(), &leaf, AtFlags::SYMLINK_NOFOLLOW) {
+        let there = file_type(&st);
+        let same = (there == FileType::RegularFile && meta.is_file())
+            || (there == FileType::Directory && meta.is_dir());
+        if !same {
+            remove_at(&dir, &leaf)?;
+        }
+    }
+    let mut n = Copied::default();
+    in_entry(&dir, &leaf, src, &meta, CopyOpts::default(), &mut n)?;
+    Ok(n)
+}
+
+/// Remove `dest` (recursively) from the container; already absent is not an error.
+pub fn remove_in(root: &OwnedFd, dest: &str) -> Result<()> {
+    let drel = rel(dest);
+    let Some(leaf) = drel.file_name() else {
+        return Err(bad(format!("{dest}: will not remove the container's root")));
+    };
+    match in_root(root, parent_of(&drel), OFlags::RDONLY | OFlags::DIRECTORY) {
+        Ok(dir) => remove_at(&dir, leaf),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => Ok(()),
+        Err(e) => Err(io_err("container path", Path::new(dest))(e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -567,5 +749,52 @@ mod tests {
         );
         // A file onto a missing directory path ("dir/"): an error.
         assert!(copy_in(&root, &hf, "/nowhere/", o).is_err());
+    }
+
+    /// watch's sync: exact placement with parents made, kind changes, removal, and no way
+    /// out of the root through a symlink on the way.
+    #[test]
+    fn sync_in_and_remove_in_stay_inside_the_root() {
+        let ctr = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let root = rustix::fs::open(
+            ctr.path(),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(outside.path(), ctr.path().join("escape")).unwrap();
+        fs::write(host.path().join("f"), "v1").unwrap();
+        sync_in(&root, &host.path().join("f"), "/app/deep/f.txt").unwrap();
+        assert_eq!(
+            fs::read_to_string(ctr.path().join("app/deep/f.txt")).unwrap(),
+            "v1"
+        );
+        fs::write(host.path().join("f"), "v2").unwrap();
+        sync_in(&root, &host.path().join("f"), "/app/deep/f.txt").unwrap();
+        assert_eq!(
+            fs::read_to_string(ctr.path().join("app/deep/f.txt")).unwrap(),
+            "v2"
+        );
+        // A directory replaces a file of the same name, contents merged in.
+        fs::create_dir_all(host.path().join("d/e")).unwrap();
+        fs::write(host.path().join("d/e/g"), "g").unwrap();
+        sync_in(&root, &host.path().join("d"), "/app/deep/f.txt").unwrap();
+        assert_eq!(
+            fs::read_to_string(ctr.path().join("app/deep/f.txt/e/g")).unwrap(),
+            "g"
+        );
+        // Through the symlink: resolved inside the root (where that path does not exist),
+        // so the host directory is never written.
+        assert!(sync_in(&root, &host.path().join("f"), "/escape/x").is_err());
+        assert!(!outside.path().join("x").exists());
+        remove_in(&root, "/app/deep").unwrap();
+        assert!(!ctr.path().join("app/deep").exists());
+        assert!(ctr.path().join("app").exists());
+        remove_in(&root, "/app/deep/none").unwrap();
+        remove_in(&root, "/escape").unwrap();
+        assert!(outside.path().exists(), "only the link goes");
+        assert!(remove_in(&root, "/").is_err());
     }
 }

@@ -72,9 +72,6 @@ pub fn exec(p: &ProjectOpts, args: &ExecArgs) -> anyhow::Result<u8> {
     let tty = !args.no_tty
         && std::io::IsTerminal::is_terminal(&std::io::stdin())
         && console::Term::stdout().is_term();
-    if tty {
-        cmd.arg("--tty");
-    }
     if args.detach {
         cmd.arg("--detach");
     }
@@ -87,6 +84,23 @@ pub fn exec(p: &ProjectOpts, args: &ExecArgs) -> anyhow::Result<u8> {
     if let Some(w) = &args.workdir {
         cmd.arg("--cwd").arg(w);
     }
+    let detach_keys = crate::commands::tty::parse_detach_keys(
+        args.detach_keys
+            .as_deref()
+            .unwrap_or(crate::commands::tty::DEFAULT_DETACH_KEYS),
+    )?;
+    if tty && !args.detach {
+        // A real terminal both ways: the runtime sends us the pty master over a console
+        // socket and waits for the process; we relay the caller's terminal to it.
+        let console = paths
+            .project_run(&st.name)
+            .join("io")
+            .join(format!("exec-{}.console", std::process::id()));
+        cmd.arg("--tty").arg("--console-socket").arg(&console);
+        cmd.arg(&c.name).args(&args.command);
+        return crate::commands::tty::run_attached(cmd, &console, &detach_keys);
+    }
+    // A detached exec gets no terminal: nobody would hold its master.
     cmd.arg(&c.name).args(&args.command);
     // Replace this process: exit status, signals and the terminal pass straight through.
     let err = cmd.exec();
@@ -107,10 +121,13 @@ fn cp_side<'a>(st: &ProjectState, arg: &'a str) -> Option<(&'a str, &'a str)> {
         .then_some((svc, path))
 }
 
-/// `cp`: between a running service container and the host, in this process (no runtime
-/// re-exec: nothing forks; the container's files are reached through its pid 1's root).
+/// `cp`: between a service container and the host, in this process (no runtime re-exec:
+/// nothing forks). A running container's files are reached through its pid 1's root; a
+/// stopped one's through its snapshot (the image layers and its own upper dir), mounted in a
+/// private mount namespace of this process when it is not mounted already. `-` on the host
+/// side is a tar stream on stdin/stdout, as `docker compose cp`.
 pub fn cp(p: &ProjectOpts, args: &CpArgs) -> anyhow::Result<u8> {
-    let (_paths, st) = load(p)?;
+    let (paths, st) = load(p)?;
     let (from, to) = (cp_side(&st, &args.src), cp_side(&st, &args.dest));
     let opts = berth_runtime::copy::CopyOpts {
         archive: args.archive,
@@ -125,25 +142,44 @@ pub fn cp(p: &ProjectOpts, args: &CpArgs) -> anyhow::Result<u8> {
         ),
         (Some(s), None) | (None, Some(s)) => s,
     };
-    if args.src == "-" || args.dest == "-" {
-        bail!("tar streams (\"-\") are not supported; give a local path");
-    }
     let c = find(&st, svc, args.index)?;
-    let pid = match (crate::commands::ps::live_status(c), c.pid) {
-        (Status::Running, Some(pid)) => pid,
-        _ => bail!(
-            "container {} is not running (berth cp needs a running container)",
-            c.name
-        ),
+    let live = crate::commands::ps::live_status(c);
+    let running = matches!(live, Status::Running | Status::Paused) && c.pid.is_some();
+    let root = match c.pid {
+        Some(pid) if running => berth_runtime::copy::container_root(pid)?,
+        _ => stopped_root(&paths, c)?,
     };
-    let root = berth_runtime::copy::container_root(pid)?;
     let path = if inside.is_empty() { "/" } else { inside };
-    let n = if from.is_some() {
-        berth_runtime::copy::copy_out(&root, path, std::path::Path::new(&args.dest), opts)
-            .with_context(|| format!("copying {}:{path} to {}", c.name, args.dest))?
+    let stream = if from.is_some() {
+        args.dest == "-"
     } else {
-        berth_runtime::copy::copy_in(&root, std::path::Path::new(&args.src), path, opts)
-            .with_context(|| format!("copying {} to {}:{path}", args.src, c.name))?
+        args.src == "-"
+    };
+    let n = match (from.is_some(), stream) {
+        (true, true) => {
+            let out = std::io::stdout();
+            berth_runtime::copy::tar_out(&root, path, out.lock(), opts)
+                .with_context(|| format!("copying {}:{path} to a tar stream", c.name))?
+        }
+        (true, false) => {
+            berth_runtime::copy::copy_out(&root, path, std::path::Path::new(&args.dest), opts)
+                .with_context(|| format!("copying {}:{path} to {}", c.name, args.dest))?
+        }
+        (false, _) if !running && read_only_root(c) => {
+            bail!(
+                "container {} has a read-only root filesystem (read_only: true)",
+                c.name
+            )
+        }
+        (false, true) => {
+            let input = std::io::stdin();
+            berth_runtime::copy::tar_in(&root, input.lock(), path)
+                .with_context(|| format!("copying a tar stream to {}:{path}", c.name))?
+        }
+        (false, false) => {
+            berth_runtime::copy::copy_in(&root, std::path::Path::new(&args.src), path, opts)
+                .with_context(|| format!("copying {} to {}:{path}", args.src, c.name))?
+        }
     };
     if n.skipped > 0 {
         eprintln!("skipped {} device or socket file(s)", n.skipped);
@@ -155,6 +191,52 @@ pub fn cp(p: &ProjectOpts, args: &CpArgs) -> anyhow::Result<u8> {
     };
     eprintln!("Copied {what} ({} bytes)", n.bytes);
     Ok(0)
+}
+
+/// The bundle says the root is read-only (a running container's kernel says it by itself).
+fn read_only_root(c: &ContainerRecord) -> bool {
+    std::fs::read(c.dir.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["root"]["readonly"].as_bool())
+        .unwrap_or(false)
+}
+
+/// The root of a container that is not running: its snapshot (image layers + its upper dir).
+/// Mounted in a mount namespace private to this process when it is not mounted on the host,
+/// so nothing is left mounted when `cp` exits, whatever happens. Its volumes are not mounted
+/// there (they are reachable on the host under the data root).
+fn stopped_root(paths: &Paths, c: &ContainerRecord) -> anyhow::Result<std::os::fd::OwnedFd> {
+    let rootfs = c.dir.join("rootfs");
+    if berth_runtime::image::snapshot::is_mountpoint(&rootfs) {
+        return Ok(berth_runtime::copy::open_root(&rootfs)?);
+    }
+    if !c.dir.join("upper").is_dir() {
+        bail!(
+            "container {} has no snapshot under {}",
+            c.name,
+            c.dir.display()
+        );
+    }
+    let store = berth_runtime::image::ImageStore::open(&paths.images())?;
+    let image = store
+        .get(&c.image_id)?
+        .or(store.get(&c.image)?)
+        .ok_or_else(|| anyhow!("image {} of container {} is gone", c.image, c.name))?;
+    // Single-threaded here (no tokio in cp), as unshare(CLONE_NEWNS) requires.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .context("a private mount namespace for the stopped container's snapshot")?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("making the mounts private")?;
+    let rootfs = berth_runtime::image::snapshot::mount(&image.layers, &c.dir)
+        .with_context(|| format!("mounting the snapshot of {}", c.name))?;
+    Ok(berth_runtime::copy::open_root(&rootfs)?)
 }
 
 /// `top`: compose's layout — the container name, then ps-style rows with host pids.

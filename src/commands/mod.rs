@@ -10,7 +10,10 @@ pub mod inspect;
 pub mod lifecycle;
 pub mod logs;
 pub mod ps;
+pub mod resume;
+pub mod tty;
 pub mod up;
+pub mod watch;
 
 /// Kept here for callers in the commands; the function lives below both the CLI and the
 /// supervisor.
@@ -48,6 +51,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Image(cmd) => image::image_cmd(&cmd),
         Command::Pull(args) => image::pull(&cli.project, &args),
         Command::Export(args) => export::run(&cli.project, &args),
+        Command::Watch(args) => watch::run(&cli.project, &args),
+        Command::Resume(args) => resume::resume(&args),
+        Command::Systemd(args) => resume::systemd(&args),
         Command::Completion(args) => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

@@ -1761,6 +1761,138 @@ fn logging(n: &Node, path: &str) -> R<Option<Logging>> {
     Ok(Some(l))
 }
 
+/// `develop: {watch: [rules]}`.
+fn develop(cx: &Cx, n: &Node, path: &str) -> R<Option<Develop>> {
+    if n.is_null() {
+        return Ok(None);
+    }
+    check_keys(n, path, &["watch"])?;
+    let mut d = Develop::default();
+    for e in map_of(n, path)? {
+        let kp = join(path, &e.key);
+        if e.key != "watch" {
+            continue;
+        }
+        let V::Seq(items) = &e.val.v else {
+            if e.val.is_null() {
+                continue;
+            }
+            return Err(type_err(&e.val, &kp, "a list of watch rules"));
+        };
+        for (i, it) in items.iter().enumerate() {
+            d.watch.push(watch_rule(cx, it, &idx(&kp, i))?);
+        }
+    }
+    Ok(Some(d))
+}
+
+fn watch_rule(cx: &Cx, n: &Node, path: &str) -> R<WatchRule> {
+    if !matches!(n.v, V::Map(_)) {
+        return Err(type_err(n, path, "a mapping"));
+    }
+    check_keys(
+        n,
+        path,
+        &[
+            "action",
+            "path",
+            "target",
+            "ignore",
+            "include",
+            "initial_sync",
+            "exec",
+        ],
+    )?;
+    let mut r = WatchRule::default();
+    let mut have_path = false;
+    for e in map_of(n, path)? {
+        let kp = join(path, &e.key);
+        match e.key.as_str() {
+            "action" => {
+                let a = string(&e.val, &kp)?;
+                if !matches!(
+                    a.as_str(),
+                    "sync" | "sync+restart" | "sync+exec" | "rebuild" | "restart"
+                ) {
+                    return Err(LoadError::at(
+                        &e.val.mark,
+                        kp,
+                        format!("invalid watch action {a:?}: must be sync, sync+restart, sync+exec, rebuild or restart"),
+                    ));
+                }
+                r.action = a;
+            }
+            "path" => {
+                r.path = cx.abs(&string(&e.val, &kp)?);
+                have_path = true;
+            }
+            "target" => r.target = opt_string(&e.val, &kp)?,
+            "ignore" => r.ignore = string_or_list(&e.val, &kp)?,
+            "include" => r.include = string_or_list(&e.val, &kp)?,
+            "initial_sync" => r.initial_sync = boolean(&e.val, &kp)?,
+            "exec" => {
+                check_keys(
+                    &e.val,
+                    &kp,
+                    &[
+                        "command",
+                        "user",
+                        "privileged",
+                        "working_dir",
+                        "environment",
+                    ],
+                )?;
+                let mut x = WatchExec::default();
+                for f in map_of(&e.val, &kp)? {
+                    let fp = join(&kp, &f.key);
+                    match f.key.as_str() {
+                        "command" => x.command = shell_command(&f.val, &fp)?.unwrap_or_default(),
+                        "user" => x.user = opt_string(&f.val, &fp)?,
+                        "privileged" => x.privileged = boolean(&f.val, &fp)?,
+                        "working_dir" => x.working_dir = opt_string(&f.val, &fp)?,
+                        "environment" => x.environment = mapping_with_equals(&f.val, &fp)?,
+                        _ => {}
+                    }
+                }
+                r.exec = Some(x);
+            }
+            _ => {}
+        }
+    }
+    if r.action.is_empty() {
+        return Err(LoadError::at(
+            &n.mark,
+            path,
+            "a watch rule needs an action".to_string(),
+        ));
+    }
+    if !have_path {
+        return Err(LoadError::at(
+            &n.mark,
+            path,
+            "a watch rule needs a path".to_string(),
+        ));
+    }
+    if r.action.starts_with("sync") && r.target.is_none() {
+        return Err(LoadError::at(
+            &n.mark,
+            path,
+            format!(
+                "a {} rule needs a target (the path in the container)",
+                r.action
+            ),
+        ));
+    }
+    if r.action == "sync+exec" && r.exec.as_ref().is_none_or(|x| x.command.is_empty()) {
+        return Err(LoadError::at(
+            &n.mark,
+            path,
+            "a sync+exec rule needs exec.command".to_string(),
+        ));
+    }
+    Ok(r)
+}
+
 /// A service definition (after merge/extends) → `Service`.
 pub fn service(cx: &mut Cx, name: &str, n: &Node) -> R<Service> {
     let path = format!("services.{name}");
@@ -1843,6 +1975,7 @@ pub fn service(cx: &mut Cx, name: &str, n: &Node) -> R<Service> {
             }
             "links" => s.links = list(v, &kp)?,
             "logging" => s.logging = logging(v, &kp)?,
+            "develop" => s.develop = develop(cx, v, &kp)?,
             "mac_address" => s.mac_address = opt_string(v, &kp)?,
             "mem_limit" => s.mem_limit = opt_bytes(v, &kp)?,
             "mem_reservation" => s.mem_reservation = opt_bytes(v, &kp)?,

@@ -14,6 +14,8 @@ pub fn service_hash(s: &Service) -> String {
     c.pull_policy = None;
     c.depends_on.clear();
     c.profiles.clear();
+    // Watch rules are for `berth watch`; the container does not change with them.
+    c.develop = None;
     if let Some(d) = c.deploy.as_mut() {
         d.replicas = None;
     }

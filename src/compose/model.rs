@@ -305,6 +305,8 @@ pub struct Service {
     pub links: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logging: Option<Logging>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub develop: Option<Develop>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_bytes")]
     pub mem_limit: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_bytes")]
@@ -685,6 +687,45 @@ impl Ulimit {
             None => (self.soft.unwrap_or(0), self.hard.unwrap_or(0)),
         }
     }
+}
+
+/// `develop:` (Compose Specification, development section): the `watch` rules `berth watch`
+/// follows.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Develop {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub watch: Vec<WatchRule>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct WatchRule {
+    /// sync, sync+restart, sync+exec or rebuild.
+    pub action: String,
+    /// Absolute host path (resolved against the project directory).
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ignore: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub initial_sync: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec: Option<WatchExec>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct WatchExec {
+    pub command: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub environment: IndexMap<String, Option<String>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]

@@ -920,3 +920,52 @@ fn full_example_matches_golden_in_key_places() {
     }
     let _ = HashMap::<(), ()>::new();
 }
+
+// ---------------------------------------------------------------------------------------------
+// develop.watch
+
+#[test]
+fn develop_watch_rules_are_kept_with_absolute_paths() {
+    let d = Dir::new(&[(
+        "compose.yaml",
+        "services:\n  w:\n    image: x\n    develop:\n      watch:\n        - action: sync\n          path: ./src\n          target: /app\n          ignore: [node_modules/]\n          initial_sync: true\n        - action: sync+exec\n          path: cfg\n          target: /etc/x\n          exec:\n            command: kill -HUP 1\n            user: root\n",
+    )]);
+    let mut p = d.load().unwrap_or_else(|e| panic!("{e}"));
+    let s = p.services.shift_remove("w").unwrap();
+    let w = &s.develop.as_ref().unwrap().watch;
+    assert_eq!(w.len(), 2);
+    assert_eq!(w[0].action, "sync");
+    assert_eq!(w[0].path, d.path().join("src").display().to_string());
+    assert_eq!(w[0].target.as_deref(), Some("/app"));
+    assert_eq!(w[0].ignore, vec!["node_modules/"]);
+    assert!(w[0].initial_sync);
+    let x = w[1].exec.as_ref().unwrap();
+    assert_eq!(x.command, vec!["kill", "-HUP", "1"]);
+    assert_eq!(x.user.as_deref(), Some("root"));
+    // Watch rules do not recreate containers.
+    let mut t = s.clone();
+    t.develop = None;
+    assert_eq!(super::hash::service_hash(&s), super::hash::service_hash(&t));
+}
+
+#[test]
+fn develop_watch_errors_name_the_rule() {
+    err(
+        "services:\n  w:\n    image: x\n    develop:\n      watch:\n        - action: copy\n          path: .\n",
+        6,
+        "services.w.develop.watch[0].action",
+        "invalid watch action \"copy\"",
+    );
+    err(
+        "services:\n  w:\n    image: x\n    develop:\n      watch:\n        - action: sync\n          path: .\n",
+        6,
+        "services.w.develop.watch[0]",
+        "needs a target",
+    );
+    err(
+        "services:\n  w:\n    image: x\n    develop:\n      watch:\n        - action: sync\n          path: .\n          target: /a\n          ignored: [x]\n",
+        9,
+        "services.w.develop.watch[0].ignored",
+        "did you mean \"ignore\"",
+    );
+}

@@ -1,0 +1,229 @@
+//! End-to-end: a simulated reboot. Every process of the project is killed (containers and the
+//! supervisor), the kernel state a reboot takes away is taken away (mounts under the state
+//! root, the project's cgroups and nftables chains, the run directory itself), and
+//! `berth resume` must bring back exactly the services Docker would: `always` ones (even
+//! stopped by the user) and `unless-stopped` ones the user had not stopped, with their named
+//! volumes' data; the others stay stopped; `down` then leaves nothing.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+const STACK: &str = r#"services:
+  always:
+    image: berth-test/busybox:1
+    command: ["sleep", "3600"]
+    init: true
+    restart: always
+    volumes: ["data:/data"]
+  unless:
+    image: berth-test/busybox:1
+    command: ["sleep", "3600"]
+    init: true
+    restart: unless-stopped
+  unless_stopped:
+    image: berth-test/busybox:1
+    command: ["sleep", "3600"]
+    init: true
+    restart: unless-stopped
+  always_stopped:
+    image: berth-test/busybox:1
+    command: ["sleep", "3600"]
+    init: true
+    restart: always
+  never:
+    image: berth-test/busybox:1
+    command: ["sleep", "3600"]
+    init: true
+  onfail:
+    image: berth-test/busybox:1
+    command: ["sleep", "3600"]
+    init: true
+    restart: on-failure
+volumes:
+  data: {}
+"#;
+
+fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// What a reboot does to berth's state: no processes, no mounts, no cgroups, no nftables
+/// rules of the project, an empty /run.
+fn simulate_reboot(b: &Berth, p: &str) {
+    let st = b.state(p).unwrap();
+    let mut pids = vec![b.supervisor_pid(p) as i64];
+    for c in st["containers"].as_array().unwrap() {
+        if let Some(pid) = c["pid"].as_i64() {
+            pids.push(pid);
+        }
+    }
+    for pid in &pids {
+        // SAFETY: signalling processes of this test's own project.
+        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+    }
+    wait_for("every process to die", Duration::from_secs(10), || {
+        pids.iter().all(|p| !alive(*p)).then_some(())
+    });
+    // Mounts under the state root, deepest first (overlay roots, netns files, tmpfs).
+    let root = b.root.path().to_string_lossy().to_string();
+    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(String::from))
+        .filter(|m| m.starts_with(&root))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in &mounts {
+        let c = std::ffi::CString::new(m.as_str()).unwrap();
+        // SAFETY: unmounting a path under this test's private root.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+    // The project's cgroups (empty now), deepest first, in every hierarchy (v1 and v2).
+    let mut dirs = vec![];
+    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let mut stack = vec![h.path().join("berth").join(p)];
+        if !stack[0].is_dir() {
+            continue;
+        }
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                }
+            }
+            dirs.push(d);
+        }
+    }
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.as_os_str().len()));
+    for d in dirs {
+        std::fs::remove_dir(&d).unwrap_or_else(|e| panic!("rmdir {}: {e}", d.display()));
+    }
+    berth_network::firewall::remove(p).unwrap();
+    std::fs::remove_dir_all(b.root.path().join("run")).unwrap();
+}
+
+fn states(b: &Berth, f: &Path) -> Vec<(String, String)> {
+    let ps: serde_json::Value =
+        serde_json::from_str(&b.ok(f, &["ps", "-a", "--format", "json"])).unwrap();
+    let mut v: Vec<(String, String)> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["Service"].as_str().unwrap().to_string(),
+                c["State"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn resume_after_a_simulated_reboot_brings_back_exactly_docker_s_set() {
+    let b = Berth::new();
+    let p = unique("resume");
+    let f = b.compose(&p, STACK);
+    b.ok(&f, &["up", "-d"]);
+    b.ok(
+        &f,
+        &["exec", "-T", "always", "sh", "-c", "echo kept > /data/f"],
+    );
+    b.ok(&f, &["stop", "-t", "1", "unless_stopped", "always_stopped"]);
+
+    // Nothing to do while the supervisor runs.
+    let out = b.cmd().args(["resume"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("its supervisor runs"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    simulate_reboot(&b, &p);
+    // --dry-run says what would come back and does nothing.
+    let out = b.cmd().args(["resume", "--dry-run"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("project {p}: resuming ")))
+        .unwrap_or_else(|| panic!("{err}"));
+    let mut said: Vec<&str> = line.split(", ").collect();
+    said.sort();
+    assert_eq!(said, ["always", "always_stopped", "unless"], "{err}");
+    assert!(!b
+        .root
+        .path()
+        .join("run/projects")
+        .join(&p)
+        .join("supervisor.sock")
+        .exists());
+
+    let out = b.cmd().args(["resume"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "resume failed: {err}");
+
+    let want = vec![
+        ("always".to_string(), "running".to_string()),
+        ("always_stopped".to_string(), "running".to_string()),
+        ("never".to_string(), "exited".to_string()),
+        ("onfail".to_string(), "exited".to_string()),
+        ("unless".to_string(), "running".to_string()),
+        ("unless_stopped".to_string(), "exited".to_string()),
+    ];
+    assert_eq!(states(&b, &f), want, "resume said: {err}");
+    let data = b.ok(&f, &["exec", "-T", "always", "cat", "/data/f"]);
+    assert_eq!(data.trim(), "kept", "the named volume's data came back");
+    // The resumed containers are on the network again: names resolve.
+    b.ok(&f, &["exec", "-T", "unless", "nslookup", "always"]);
+
+    b.ok(&f, &["down", "-v", "-t", "1"]);
+    assert!(b.state(&p).is_none());
+    let l = leaks(b.root.path(), std::slice::from_ref(&p));
+    assert!(l.is_empty(), "{l:#?}");
+}
+
+#[test]
+fn systemd_install_writes_and_uninstall_removes_the_unit() {
+    let b = Berth::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = b.run(&["systemd", "install", "--print"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success());
+    let exe = env!("CARGO_BIN_EXE_berth");
+    assert!(
+        text.contains(&format!("\nExecStart={exe} resume\n")),
+        "{text}"
+    );
+    assert!(text.contains("\nAfter=network-online.target"), "{text}");
+    assert!(text.contains(&format!(
+        "\nEnvironment=BERTH_ROOT={}\n",
+        b.root.path().display()
+    )));
+    let out = b.run(&["systemd", "install", "--unit-dir", d]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unit = dir.path().join("berth-resume.service");
+    assert_eq!(std::fs::read_to_string(&unit).unwrap(), text);
+    let out = b.run(&["systemd", "uninstall", "--unit-dir", d]);
+    assert!(out.status.success());
+    assert!(!unit.exists());
+}
