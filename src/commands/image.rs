@@ -8,7 +8,7 @@ use berth_runtime::image::reference::{familiar, familiar_name, Reference};
 use berth_runtime::image::{Image, ImageStore, ImageSummary, PullOptions, PullProgress};
 
 use crate::cli::{
-    ImageCmd, ImageSub, ImagesArgs, LoadArgs, ProjectOpts, RmiArgs, ServicesArg, TableFormat,
+    ImageCmd, ImageSub, ImagesArgs, LoadArgs, ProjectOpts, PullArgs, RmiArgs, TableFormat,
 };
 use crate::paths::Paths;
 
@@ -345,9 +345,31 @@ pub fn pull_options() -> PullOptions {
 
 /// `berth pull [SERVICE...]`: pull the image of each (selected) service, as `docker compose
 /// pull` does; services whose `pull_policy` is `build` or `never` are skipped.
-pub fn pull(p: &ProjectOpts, args: &ServicesArg) -> anyhow::Result<u8> {
+pub fn pull(p: &ProjectOpts, args: &PullArgs) -> anyhow::Result<u8> {
     let store = open_store()?;
-    let services = project_images(p, &args.services)?;
+    let mut only = args.services.clone();
+    if args.include_deps && !only.is_empty() {
+        let opts = crate::compose::LoadOptions::from_cli(p);
+        let project = crate::compose::load(&opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut i = 0;
+        while i < only.len() {
+            if let Some(s) = project.services.get(&only[i]) {
+                for d in s.depends_on.keys() {
+                    if !only.contains(d) {
+                        only.push(d.clone());
+                    }
+                }
+            }
+            i += 1;
+        }
+    }
+    let services = project_images(p, &only)?;
+    if let Some(pol) = &args.policy {
+        if pol != "missing" && pol != "always" {
+            anyhow::bail!("invalid --policy {pol:?}: want missing or always");
+        }
+    }
+    let quiet = args.quiet || crate::ui::progress_quiet();
     let mut code = 0;
     let mut done: Vec<String> = Vec::new();
     for (svc, image, policy) in services {
@@ -355,9 +377,23 @@ pub fn pull(p: &ProjectOpts, args: &ServicesArg) -> anyhow::Result<u8> {
             continue;
         }
         done.push(image.clone());
-        if let Err(e) = pull_one(&store, &image) {
+        if args.policy.as_deref() == Some("missing") && store.get(&image)?.is_some() {
+            continue;
+        }
+        let r = if quiet {
+            store
+                .pull(&image, &pull_options(), &mut |_| {})
+                .map(|_| ())
+                .with_context(|| format!("pulling {image}"))
+        } else {
+            pull_one(&store, &image).map(|_| ())
+        };
+        if let Err(e) = r {
             eprintln!("{svc}: {}", crate::commands::render_error(&e));
-            code = 1;
+            // compose: a failed pull fails the command unless --ignore-pull-failures.
+            if !args.ignore_pull_failures {
+                code = 1;
+            }
         }
     }
     Ok(code)
