@@ -95,6 +95,9 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
     let paths = Paths::from_env();
     let source = source_from(p)?;
     let plan = load_plan(&source, &args.services)?;
+    for w in &plan.warnings {
+        eprintln!("WARN[0000] {w}");
+    }
     let mut scale = Vec::new();
     for s in &args.scale {
         let (svc, n) = s

@@ -174,6 +174,8 @@ pub struct ProjectPlan {
     pub volumes: Vec<VolumePlan>,
     /// Services in start order, grouped in levels that may start in parallel.
     pub levels: Vec<Vec<String>>,
+    /// The loader's warnings (obsolete `version`, unset variables, dropped shell tails…).
+    pub warnings: Vec<String>,
 }
 
 impl ProjectPlan {
@@ -222,7 +224,9 @@ pub fn load_plan(
         ..Default::default()
     };
     let project = crate::compose::load(&opts)?;
-    from_model(&project, services)
+    let mut plan = from_model(&project, services)?;
+    plan.warnings = project.warnings.clone();
+    Ok(plan)
 }
 
 fn dur(d: &Option<crate::compose::model::Duration>) -> Option<Duration> {
