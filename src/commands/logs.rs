@@ -93,6 +93,7 @@ pub fn run(p: &ProjectOpts, args: &LogsArgs) -> anyhow::Result<u8> {
         .containers
         .iter()
         .filter(|c| selected(&c.service))
+        .filter(|c| args.index.is_none_or(|i| c.number == i && !c.oneoff))
         .map(|c| (c.name.clone(), c.service.clone()))
         .collect();
     let color =
@@ -125,7 +126,15 @@ pub fn run(p: &ProjectOpts, args: &LogsArgs) -> anyhow::Result<u8> {
     if !args.follow {
         return Ok(0);
     }
-    follow(&paths, &name, &project_dir, &mut printer, &selected, until)
+    follow(
+        &paths,
+        &name,
+        &project_dir,
+        &mut printer,
+        &selected,
+        until,
+        args.index,
+    )
 }
 
 /// Follows the log files of a project's containers from where it last read, picking up new
@@ -219,15 +228,20 @@ pub fn follow(
     printer: &mut Printer,
     selected: &dyn Fn(&str) -> bool,
     until: Option<SystemTime>,
+    index: Option<u32>,
 ) -> anyhow::Result<u8> {
     let mut tail = Tailer::new(project_dir);
     if let Some(state) = ProjectState::load(paths, project)? {
         tail.skip_existing(&state);
     }
     loop {
-        let Some(state) = ProjectState::load(paths, project)? else {
+        let Some(mut state) = ProjectState::load(paths, project)? else {
             return Ok(0);
         };
+        if let Some(i) = index {
+            // --index: only that replica.
+            state.containers.retain(|c| c.number == i && !c.oneoff);
+        }
         if !tail.pump_until(&state, selected, printer, until)? {
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -46,6 +46,26 @@ pub fn is_tty() -> bool {
 
 /// Make sure every image the plan needs is in the store (loaded or pulled).
 pub fn ensure_images(paths: &Paths, plan: &ProjectPlan, pull: Option<&str>) -> anyhow::Result<()> {
+    ensure_images_with(paths, plan, pull, crate::ui::progress_quiet())
+}
+
+/// [`ensure_images`], pulling without progress lines when `quiet` (`--quiet-pull`).
+pub fn ensure_images_with(
+    paths: &Paths,
+    plan: &ProjectPlan,
+    pull: Option<&str>,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let pull_one = |store: &berth_runtime::image::ImageStore, image: &str| {
+        if quiet {
+            store
+                .pull(image, &crate::commands::image::pull_options(), &mut |_| {})
+                .map(|_| ())
+                .with_context(|| format!("pulling {image}"))
+        } else {
+            crate::commands::image::pull_one(store, image).map(|_| ())
+        }
+    };
     let store = berth_runtime::image::ImageStore::open(&paths.images())?;
     for s in &plan.services {
         if s.image.is_empty() {
@@ -61,12 +81,8 @@ pub fn ensure_images(paths: &Paths, plan: &ProjectPlan, pull: Option<&str>) -> a
                 "image {} not found locally and pull policy is never",
                 s.image
             ),
-            "always" => {
-                crate::commands::image::pull_one(&store, &s.image)?;
-            }
-            _ if !have => {
-                crate::commands::image::pull_one(&store, &s.image)?;
-            }
+            "always" => pull_one(&store, &s.image)?,
+            _ if !have => pull_one(&store, &s.image)?,
             _ => {}
         }
     }
@@ -111,7 +127,12 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
         }
         scale.push((svc.to_string(), n));
     }
-    ensure_images(&paths, &plan, args.pull.as_deref())?;
+    ensure_images_with(
+        &paths,
+        &plan,
+        args.pull.as_deref(),
+        args.quiet_pull || crate::ui::progress_quiet(),
+    )?;
     let opts = UpOpts {
         services: args.services.clone(),
         scale,
@@ -124,6 +145,7 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
         wait_timeout: args.wait_timeout,
         timeout: args.timeout,
         watch: args.watch,
+        always_recreate_deps: args.always_recreate_deps,
     };
     let client = Client::connect_or_start(&paths, &plan.name)?;
     call(
@@ -181,6 +203,22 @@ fn wait_healthy(paths: &Paths, project: &str, timeout: Option<Duration>) -> anyh
     }
 }
 
+/// The services whose output attached `up` prints, as compose chooses them: `--attach` if
+/// given, else the services named (with their dependencies under `--attach-dependencies`), else
+/// all; minus `--no-attach`.
+pub fn attached_services(plan: &ProjectPlan, args: &UpArgs) -> Vec<String> {
+    let mut sel: Vec<String> = if !args.attach.is_empty() {
+        args.attach.clone()
+    } else if args.services.is_empty() || args.attach_dependencies {
+        // `plan` holds the named services and their dependencies.
+        plan.services.iter().map(|s| s.name.clone()).collect()
+    } else {
+        args.services.clone()
+    };
+    sel.retain(|s| !args.no_attach.contains(s));
+    sel
+}
+
 /// Attached mode: print every container's output with compose's prefixes until all containers
 /// have exited; Ctrl-C stops the stack gracefully, a second Ctrl-C kills it.
 fn attach(p: &ProjectOpts, paths: &Paths, plan: &ProjectPlan, args: &UpArgs) -> anyhow::Result<u8> {
@@ -188,16 +226,12 @@ fn attach(p: &ProjectOpts, paths: &Paths, plan: &ProjectPlan, args: &UpArgs) -> 
     let project = plan.name.clone();
     let color =
         !args.no_color && console::Term::stdout().is_term() && p.ansi != crate::cli::Ansi::Never;
-    let selected: Vec<String> = if args.services.is_empty() {
-        plan.services.iter().map(|s| s.name.clone()).collect()
-    } else {
-        args.services.clone()
-    };
+    let selected = attached_services(plan, args);
     let names: Vec<String> = ProjectState::load(paths, &project)?
         .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
         .unwrap_or_default();
     let mut printer =
-        crate::commands::logs::Printer::new(color, !args.no_log_prefix, false, &names);
+        crate::commands::logs::Printer::new(color, !args.no_log_prefix, args.timestamps, &names);
     let project_dir = paths.project(&project);
     let mut tail = crate::commands::logs::Tailer::new(&project_dir);
     let mut reported: Vec<String> = Vec::new();
@@ -312,31 +346,134 @@ pub fn scale(p: &ProjectOpts, args: &crate::cli::ScaleArgs) -> anyhow::Result<u8
 
 /// `berth run`: a one-off container; attached, its output is streamed and berth exits with its
 /// exit code (removing it first with --rm).
+/// The compose override that `run -v/-p/-l/--cap-add/--cap-drop/-i` stand for: compose applies
+/// them to the service's config for the one-off container, and so does this file, loaded after
+/// the project's own files (`-p` replaces the ports, as compose).
+pub fn run_override(args: &crate::cli::RunArgs) -> Option<String> {
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let list = |v: &[String]| v.iter().map(|x| q(x)).collect::<Vec<_>>().join(", ");
+    let mut body = String::new();
+    if !args.volumes.is_empty() {
+        body.push_str(&format!("    volumes: [{}]\n", list(&args.volumes)));
+    }
+    if !args.publish.is_empty() {
+        body.push_str(&format!("    ports: !override [{}]\n", list(&args.publish)));
+    }
+    if !args.labels.is_empty() {
+        let labels: Vec<String> = args
+            .labels
+            .iter()
+            .map(|l| match l.split_once('=') {
+                Some((k, v)) => format!("{}: {}", q(k), q(v)),
+                None => format!("{}: \"\"", q(l)),
+            })
+            .collect();
+        body.push_str(&format!("    labels: {{{}}}\n", labels.join(", ")));
+    }
+    if !args.cap_add.is_empty() {
+        body.push_str(&format!("    cap_add: [{}]\n", list(&args.cap_add)));
+    }
+    if !args.cap_drop.is_empty() {
+        body.push_str(&format!("    cap_drop: [{}]\n", list(&args.cap_drop)));
+    }
+    if args.interactive {
+        body.push_str("    stdin_open: true\n");
+    }
+    if body.is_empty() {
+        return None;
+    }
+    Some(format!("services:\n  {}:\n{body}", q(&args.service)))
+}
+
+/// Removes the temporary override file when `run` is done with it.
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result<u8> {
     let paths = Paths::from_env();
-    let source = source_from(p)?;
+    let mut source = source_from(p)?;
     let plan = load_plan(&source, &[])?;
     if plan.service(&args.service).is_none() {
         bail!("no such service: {}", args.service);
     }
-    ensure_images(&paths, &plan, None)?;
+    let _override = match run_override(args) {
+        Some(yaml) => {
+            // The project's files first (found as `up` finds them), then the override.
+            if source.files.is_empty() {
+                source.files = plan.config_files.clone();
+            }
+            let f = std::env::temp_dir().join(format!(
+                "berth-run-{}-{}.yaml",
+                plan.name,
+                std::process::id()
+            ));
+            std::fs::write(&f, yaml).with_context(|| format!("writing {}", f.display()))?;
+            source.files.push(f.clone());
+            // Validate now: a bad -v or -p is the user's error, reported before anything runs.
+            load_plan(&source, &[]).context("applying run's -v/-p/-l/--cap-add options")?;
+            Some(TempFile(f))
+        }
+        None => None,
+    };
+    // --env-from-file first, so that -e wins over it.
+    let mut env = Vec::new();
+    for f in &args.env_from_file {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let vars = crate::compose::dotenv::parse(&text, &|k| std::env::var(k).ok())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        for (k, v) in vars {
+            env.push(format!("{k}={}", v.unwrap_or_default()));
+        }
+    }
+    env.extend(args.env.iter().cloned());
+    if let Some(pol) = &args.pull {
+        if !matches!(pol.as_str(), "always" | "missing" | "never") {
+            bail!("invalid --pull {pol:?}: want always, missing or never");
+        }
+    }
+    let only = ProjectPlan {
+        services: plan
+            .services
+            .iter()
+            .filter(|s| s.name == args.service)
+            .cloned()
+            .collect(),
+        ..Default::default()
+    };
+    let quiet = args.quiet_pull || args.quiet || crate::ui::progress_quiet();
+    ensure_images_with(&paths, &only, args.pull.as_deref(), quiet)?;
+    ensure_images_with(&paths, &plan, None, quiet)?;
+    if args.remove_orphans {
+        if let Some(st) = ProjectState::load(&paths, &plan.name)? {
+            if Client::connect(&paths, &plan.name).is_some() {
+                crate::commands::lifecycle::remove_orphans(p, &paths, &st.name)?;
+            }
+        }
+    }
     let opts = crate::supervisor::proto::RunOpts {
         service: args.service.clone(),
         command: args.command.clone(),
         entrypoint: args.entrypoint.as_ref().map(|e| shell_words(e)),
-        env: args.env.clone(),
+        env,
         name: args.name.clone(),
         user: args.user.clone(),
         workdir: args.workdir.clone(),
         no_deps: args.no_deps,
-        service_ports: args.service_ports,
+        // `-p` ports are the one-off's ports: the override replaced the service's with them.
+        service_ports: args.service_ports || !args.publish.is_empty(),
         // compose run: a tty only when asked for and stdin is a terminal. berth cannot attach
         // stdin yet, so it never adds one a service lacks; it only takes `tty: true` away.
         no_tty: args.no_tty || !std::io::IsTerminal::is_terminal(&std::io::stdin()),
     };
     let client = Client::connect_or_start(&paths, &plan.name)?;
     let mut name = None;
-    let mut ui = Progress::new("Running", is_tty());
+    let mut ui = Progress::new("Running", is_tty()).quiet(args.quiet);
     let (ok, err, _) = client.call(&Request::Run { source, opts }, &mut |r| match r {
         Reply::Progress { kind, name: n, .. } if kind == "oneoff" => name = Some(n.clone()),
         // The one-off's own lines stay quiet, as in compose; dependencies show progress.
@@ -356,7 +493,9 @@ pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result
     }
     let name = name.context("the supervisor did not name the container")?;
     if args.detach {
-        println!("{name}");
+        if !args.quiet {
+            println!("{name}");
+        }
         return Ok(0);
     }
     install_sigint();
