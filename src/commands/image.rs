@@ -71,9 +71,60 @@ pub fn images(p: &ProjectOpts, args: &ImagesArgs) -> anyhow::Result<u8> {
                 .collect();
             list.retain(|s| ids.contains(&s.id));
         }
+        if args.format == TableFormat::Json && !args.quiet {
+            // compose's shape: one object per container of the project.
+            if let Ok(name) = crate::commands::project_name(p) {
+                let paths = Paths::from_env();
+                if let Some(st) = crate::state::ProjectState::load(&paths, &name)? {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&container_images(&store, &st)?)?
+                    );
+                    return Ok(0);
+                }
+            }
+        }
     }
     print_images(&list, args);
     Ok(0)
+}
+
+/// `images --format json` as compose prints it: per container, `ID`, `ContainerName`,
+/// `Repository`, `Tag`, `Platform`, `Size`, `Created`.
+pub fn container_images(
+    store: &ImageStore,
+    st: &crate::state::ProjectState,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let list = store.list()?;
+    let (os, arch, variant) = berth_runtime::image::host_platform();
+    let platform = match variant {
+        Some(v) => format!("{os}/{arch}/{v}"),
+        None => format!("{os}/{arch}"),
+    };
+    let mut out = Vec::new();
+    for c in &st.containers {
+        let sum = list.iter().find(|s| s.id == c.image_id);
+        let (repo, tag) = match Reference::parse(&c.image) {
+            Ok(r) => (
+                familiar_name(&r.registry, &r.repository),
+                r.tag.unwrap_or_default(),
+            ),
+            Err(_) => (c.image.clone(), String::new()),
+        };
+        let mut v = serde_json::json!({
+            "ID": c.image_id,
+            "ContainerName": c.name,
+            "Repository": repo,
+            "Tag": tag,
+            "Platform": platform,
+            "Size": sum.map(|s| s.size).unwrap_or(0),
+        });
+        if let Some(created) = sum.and_then(|s| s.created.clone()) {
+            v["Created"] = created.into();
+        }
+        out.push(v);
+    }
+    Ok(out)
 }
 
 fn print_images(list: &[ImageSummary], args: &ImagesArgs) {
