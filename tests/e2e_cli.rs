@@ -214,3 +214,214 @@ fn dry_run_changes_nothing() {
     assert!(!o.status.success(), "the dry exec ran nothing");
     b.ok(&f, &["down", "-v", "-t", "1"]);
 }
+
+#[test]
+fn new_commands_on_real_containers() {
+    let b = Berth::new();
+    let p = unique("cmds");
+    let f = b.compose(&p, &stack("new_commands_on_real_containers"));
+    b.ok(&f, &["up", "-d"]);
+    wait_for("both replicas' output", Duration::from_secs(10), || {
+        let l = b.ok(&f, &["logs", "--no-log-prefix", "web"]);
+        (l.matches("started").count() >= 2).then_some(())
+    });
+
+    // ps: filters and Go templates.
+    let names = b.ok(&f, &["ps", "--format", "{{.Name}} {{.State}}"]);
+    assert_eq!(
+        names.lines().collect::<Vec<_>>(),
+        [format!("{p}-web-1 running"), format!("{p}-web-2 running")],
+        "{names}"
+    );
+    let table = b.ok(&f, &["ps", "--format", "table {{.Name}}\\t{{.Ports}}"]);
+    let mut rows = table.lines();
+    let header = rows.next().unwrap();
+    assert!(
+        header.starts_with("NAME") && header.contains("PORTS"),
+        "{table}"
+    );
+    assert!(rows.next().unwrap().contains("->80/tcp"), "{table}");
+    let exited = b.ok(
+        &f,
+        &[
+            "ps",
+            "-a",
+            "--filter",
+            "status=exited",
+            "--format",
+            "{{.Service}}",
+        ],
+    );
+    assert_eq!(exited.trim(), "once", "{exited}");
+    assert!(b
+        .fails(&f, &["ps", "--filter", "colour=red"])
+        .contains("supported filters"));
+    assert!(b
+        .fails(&f, &["ps", "--format", "{{range .Publishers}}x{{end}}"])
+        .contains("unsupported"));
+
+    // rm: only stopped containers, unless -s.
+    let out = b.ok(&f, &["rm", "-f"]);
+    assert!(out.is_empty());
+    let all = json_lines(&b.ok(&f, &["ps", "-a", "--format", "json"]));
+    assert_eq!(
+        all.as_array().unwrap().len(),
+        2,
+        "the exited `once` is gone: {all}"
+    );
+    assert!(all
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["Service"] == "web"));
+
+    // volumes.
+    let vols = json_lines(&b.ok(&f, &["volumes", "--format", "json"]));
+    let v = &vols.as_array().unwrap()[0];
+    assert_eq!(v["Name"], format!("{p}_data"));
+    assert_eq!(v["Driver"], "local");
+    assert!(Path::new(v["Mountpoint"].as_str().unwrap()).is_dir(), "{v}");
+    assert_eq!(b.ok(&f, &["volumes", "-q"]).trim(), format!("{p}_data"));
+    assert_eq!(b.ok(&f, &["volumes", "-q", "once"]).trim(), "");
+
+    // stats: live figures from the cgroups.
+    b.ok(
+        &f,
+        &[
+            "exec",
+            "-T",
+            "web",
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/data/blk bs=1M count=4 && sync",
+        ],
+    );
+    let stats = json_lines(&b.ok(&f, &["stats", "--no-stream", "--format", "json"]));
+    let s = stats.as_array().unwrap();
+    assert_eq!(s.len(), 2, "{stats}");
+    for r in s {
+        for k in [
+            "BlockIO",
+            "CPUPerc",
+            "Container",
+            "ID",
+            "MemPerc",
+            "MemUsage",
+            "Name",
+            "NetIO",
+            "PIDs",
+        ] {
+            assert!(r.get(k).is_some(), "{k} in {r}");
+        }
+        let pids: u32 = r["PIDs"].as_str().unwrap().parse().unwrap();
+        assert!(pids >= 2, "init and the shell at least: {r}");
+        assert!(!r["MemUsage"].as_str().unwrap().starts_with("0B"), "{r}");
+        assert!(r["CPUPerc"].as_str().unwrap().ends_with('%'));
+    }
+    let one = b.ok(
+        &f,
+        &["stats", "--no-stream", "--format", "{{.Name}}", "web"],
+    );
+    assert_eq!(one.lines().count(), 2);
+
+    // exec --privileged: every capability; without it Docker's default set.
+    let caps = |priv_: bool| {
+        let mut a = vec!["exec", "-T"];
+        if priv_ {
+            a.push("--privileged");
+        }
+        a.extend(["web", "grep", "CapEff", "/proc/self/status"]);
+        u64::from_str_radix(b.ok(&f, &a).split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    let (plain, privileged) = (caps(false), caps(true));
+    assert_eq!(plain.count_ones(), 14, "docker's 14 default capabilities");
+    assert!(privileged.count_ones() > 37, "{privileged:x}");
+    // --no-tty and --no-TTY are the same flag.
+    assert_eq!(
+        b.ok(&f, &["exec", "--no-tty", "web", "echo", "a"]).trim(),
+        "a"
+    );
+    assert_eq!(
+        b.ok(&f, &["exec", "--no-TTY", "web", "echo", "a"]).trim(),
+        "a"
+    );
+
+    // logs --index: one replica.
+    let l2 = b.ok(&f, &["logs", "--index", "2", "web"]);
+    assert!(
+        l2.lines().all(|l| l.starts_with(&format!("{p}-web-2"))),
+        "{l2}"
+    );
+    assert!(!l2.is_empty());
+
+    // run -v / -l / --cap-add / --env-from-file / -p.
+    let host = b.dir.path().join("shared");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("f"), "from the host").unwrap();
+    let envf = b.dir.path().join("run.env");
+    std::fs::write(&envf, "FROM_FILE=yes\n").unwrap();
+    let vol = format!("{}:/mnt", host.display());
+    let out = b.ok(
+        &f,
+        &[
+            "run",
+            "--rm",
+            "-T",
+            "-v",
+            &vol,
+            "-l",
+            "team=qa",
+            "--cap-add",
+            "NET_ADMIN",
+            "--env-from-file",
+            envf.to_str().unwrap(),
+            "web",
+            "sh",
+            "-c",
+            "cat /mnt/f; echo; echo $FROM_FILE; grep CapEff /proc/self/status",
+        ],
+    );
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("from the host"), "{out}");
+    assert_eq!(lines.next(), Some("yes"), "{out}");
+    let eff =
+        u64::from_str_radix(lines.next().unwrap().split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert_ne!(eff & (1 << 12), 0, "CAP_NET_ADMIN added: {eff:x}");
+    let det = b.ok(
+        &f,
+        &[
+            "run", "-d", "-p", "18473:80", "-l", "team=qa", "web", "sleep", "30",
+        ],
+    );
+    let oneoff = det.trim().to_string();
+    let st = b.state(&p).unwrap();
+    let rec = st["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == oneoff.as_str())
+        .unwrap_or_else(|| panic!("{oneoff} in {st}"))
+        .clone();
+    assert_eq!(rec["ports"][0]["host_port"], 18473, "{rec}");
+    let spec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(Path::new(rec["dir"].as_str().unwrap()).join("config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        spec["annotations"]["team"], "qa",
+        "labels reach the container: {}",
+        spec["annotations"]
+    );
+    b.ok(&f, &["rm", "-s", "-f", "web"]);
+    assert!(
+        b.ok(&f, &["ps", "-a", "-q"]).trim().is_empty(),
+        "rm -s removed the running ones"
+    );
+
+    // version, as compose prints it.
+    assert_eq!(
+        b.ok(&f, &["version", "--short"]).trim(),
+        env!("CARGO_PKG_VERSION")
+    );
+    b.ok(&f, &["down", "-v", "-t", "1"]);
+}

@@ -54,9 +54,20 @@ pub fn exec(p: &ProjectOpts, args: &ExecArgs) -> anyhow::Result<u8> {
         cmd.arg("--detach");
     }
     if args.privileged {
-        // docker exec --privileged: every capability for this process.
-        for c in ALL_CAPS {
-            cmd.arg("--cap").arg(format!("CAP_{c}"));
+        // docker exec --privileged: every capability berth itself may hold (its bounding set:
+        // a host may withhold some even from root), for this process.
+        let bounding = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("CapBnd:"))
+                    .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+            })
+            .unwrap_or(u64::MAX);
+        for (i, c) in ALL_CAPS.iter().enumerate() {
+            if bounding & (1 << i) != 0 {
+                cmd.arg("--cap").arg(format!("CAP_{c}"));
+            }
         }
     }
     for e in &args.env {

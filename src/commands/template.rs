@@ -150,7 +150,7 @@ fn parse_action(a: &str, src: &str) -> anyhow::Result<Part> {
     };
     if let Some(f) = &func {
         if !matches!(f.as_str(), "json" | "upper" | "lower" | "title" | "index") {
-            bail!("template: function {f:?} not defined (in --format {src:?})");
+            bail!("unsupported template function {f:?} in --format {src:?} (berth supports {{{{.Field}}}}, json, upper, lower, title, index)");
         }
     }
     let path: Vec<String> = field
