@@ -425,3 +425,213 @@ fn new_commands_on_real_containers() {
     );
     b.ok(&f, &["down", "-v", "-t", "1"]);
 }
+
+/// A `docker-registry` on 127.0.0.1 (Debian's), killed and reaped on drop.
+struct Registry {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Option<Registry> {
+        if !Path::new("/usr/bin/docker-registry").exists() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let r = Registry {
+            child,
+            port,
+            _dir: dir,
+        };
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "registry did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(r)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET a registry path on loopback (plain HTTP/1.0), returning the body.
+fn registry_get(port: u16, path: &str, accept: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nAccept: {accept}\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    let (head, body) = r.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{head}"
+    );
+    body.to_string()
+}
+
+#[test]
+fn export_commit_push_and_publish_through_a_local_registry() {
+    let b = Berth::new();
+    let Some(reg) = Registry::start() else {
+        eprintln!("SKIPPED: docker-registry is not installed");
+        return;
+    };
+    let p = unique("pub");
+    let f = b.compose(
+        &p,
+        &stack("commit_push_and_publish_through_a_local_registry"),
+    );
+    b.ok(&f, &["up", "-d"]);
+    b.ok(
+        &f,
+        &[
+            "exec",
+            "-T",
+            "app",
+            "sh",
+            "-c",
+            "echo committed > /marker && rm /etc/passwd",
+        ],
+    );
+
+    // export: the merged filesystem, with the change and without the removed file.
+    let tar = b.dir.path().join("fs.tar");
+    b.ok(&f, &["export", "app", "-o", tar.to_str().unwrap()]);
+    let list = Command::new("tar").arg("-tf").arg(&tar).output().unwrap();
+    assert!(list.status.success());
+    let names: BTreeSet<String> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .map(|l| l.trim_end_matches('/').to_string())
+        .collect();
+    let m = Command::new("tar")
+        .arg("-xOf")
+        .arg(&tar)
+        .arg("marker")
+        .output()
+        .unwrap();
+    let marker = String::from_utf8_lossy(&m.stdout).into_owned();
+    assert_eq!(marker, "committed\n");
+    assert!(names.contains("bin/busybox"), "{names:?}");
+    assert!(!names.contains("etc/passwd"), "removed in the container");
+    assert!(!names.iter().any(|n| n.contains(".wh.")));
+
+    // commit: the container's changes as a new image, tagged for the registry.
+    let image = format!("127.0.0.1:{}/berth/committed:1", reg.port);
+    let id = b.ok(
+        &f,
+        &[
+            "commit",
+            "-m",
+            "a marker",
+            "-c",
+            "ENV COMMITTED=1",
+            "app",
+            &image,
+        ],
+    );
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    let imgs = b.ok(&f, &["images", "-a", "--format", "json"]);
+    assert!(imgs.contains("berth/committed"), "{imgs}");
+
+    // push: a compose file that uses the committed image.
+    let q = unique("pushed");
+    let g = b.compose(
+        &q,
+        &format!(
+            "services:\n  app:\n    image: {image}\n    command: [\"sh\", \"-c\", \"cat /marker; echo $$COMMITTED; ls /etc/passwd 2>/dev/null || echo no-passwd; sleep 30\"]\n    init: true\n"
+        ),
+    );
+    let pushed = b.ok(&g, &["push"]);
+    assert!(pushed.is_empty(), "progress goes to stderr: {pushed}");
+    // A fresh state root pulls it from the registry and runs it.
+    let fresh = Berth::new();
+    let g2 = fresh.compose(
+        &q,
+        &std::fs::read_to_string(&g)
+            .unwrap()
+            .replacen(&format!("name: {q}\n"), "", 1),
+    );
+    fresh.ok(&g2, &["pull"]);
+    fresh.ok(&g2, &["up", "-d"]);
+    let logs = wait_for("the pulled image's output", Duration::from_secs(10), || {
+        let l = fresh.ok(&g2, &["logs", "--no-log-prefix"]);
+        l.contains("no-passwd").then_some(l)
+    });
+    assert_eq!(
+        logs.lines().collect::<Vec<_>>(),
+        ["committed", "1", "no-passwd"],
+        "{logs}"
+    );
+    fresh.ok(&g2, &["down", "-t", "1"]);
+
+    // publish: the compose file as an OCI artifact, as compose publishes it.
+    let repo = format!("127.0.0.1:{}/berth/app:v1", reg.port);
+    b.ok(&f, &["publish", &repo]);
+    let m: serde_json::Value = serde_json::from_str(&registry_get(
+        reg.port,
+        "/v2/berth/app/manifests/v1",
+        "application/vnd.oci.image.manifest.v1+json",
+    ))
+    .unwrap();
+    assert_eq!(
+        m["artifactType"], "application/vnd.docker.compose.project",
+        "{m}"
+    );
+    let layer = &m["layers"][0];
+    assert_eq!(
+        layer["mediaType"],
+        "application/vnd.docker.compose.file+yaml"
+    );
+    assert_eq!(
+        layer["annotations"]["com.docker.compose.file"],
+        f.file_name().unwrap().to_str().unwrap()
+    );
+    let blob = registry_get(
+        reg.port,
+        &format!("/v2/berth/app/blobs/{}", layer["digest"].as_str().unwrap()),
+        "*/*",
+    );
+    assert_eq!(blob, std::fs::read_to_string(&f).unwrap());
+    // A service with environment variables is refused without --with-env.
+    let h = b.compose(
+        &unique("env"),
+        "services:\n  app:\n    image: berth-test/busybox:1\n    environment:\n      SECRET: x\n",
+    );
+    assert!(b.fails(&h, &["publish", &repo]).contains("--with-env"));
+    b.ok(&f, &["down", "-t", "1"]);
+}
