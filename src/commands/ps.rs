@@ -89,7 +89,7 @@ pub fn entries(state: &ProjectState) -> Vec<PsEntry> {
                 service: c.service.clone(),
                 project: state.name.clone(),
                 image: c.image.clone(),
-                command: String::new(),
+                command: command_of(c),
                 created_at: c.started_at.clone().unwrap_or_default(),
                 running_for: running_for(c.started_at.as_deref()),
                 names: c.name.clone(),
@@ -123,6 +123,25 @@ pub fn entries(state: &ProjectState) -> Vec<PsEntry> {
             }
         })
         .collect()
+}
+
+/// The container's command line as docker shows it (`"sleep 300"`, quoted), from its bundle.
+fn command_of(c: &ContainerRecord) -> String {
+    let args = std::fs::read(c.dir.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| {
+            v.pointer("/process/args")
+                .and_then(|a| a.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+        })
+        .unwrap_or_default();
+    serde_json::to_string(&args).unwrap_or_default()
 }
 
 /// Docker's `PORTS` cell: `0.0.0.0:8080->80/tcp, …`.
