@@ -96,14 +96,16 @@ fn note_no_effect(cli: &Cli) {
             flags.push("--quiet-build");
         }
     }
-    if cli.project.all_resources {
-        flags.push("--all-resources");
+    if cli.project.compatibility {
+        // Not yet: compose v1 names (`project_service_1`) are decided by the supervisor.
+        flags.push("--compatibility");
+    }
+    if cli.project.parallel != -1 {
+        // Not yet: the supervisor starts each dependency level fully in parallel.
+        flags.push("--parallel");
     }
     if !flags.is_empty() {
-        eprintln!(
-            "warning: {} has no effect with berth (no BuildKit, no Docker Desktop)",
-            flags.join(", ")
-        );
+        eprintln!("warning: {} has no effect with berth", flags.join(", "));
     }
 }
 

@@ -536,7 +536,7 @@ pub(crate) fn build_project(
     }
 
     // Like docker compose, keep only the resources the enabled services use.
-    if consistency {
+    if consistency && !opts.all_resources {
         drop_unused_resources(&mut p);
     }
 

@@ -997,3 +997,17 @@ fn string_command_with_shell_operators_warns_with_service_and_tail() {
     )]);
     assert!(d.load().unwrap().warnings.is_empty());
 }
+
+#[test]
+fn all_resources_keeps_what_no_service_uses() {
+    let d = Dir::new(&[(
+        "compose.yaml",
+        "services:\n  web:\n    image: busybox\nvolumes:\n  unused: {}\nnetworks:\n  lonely: {}\n",
+    )]);
+    let p = d.load().unwrap();
+    assert!(!p.volumes.contains_key("unused") && !p.networks.contains_key("lonely"));
+    let mut o = d.opts();
+    o.all_resources = true;
+    let p = load(&o).unwrap();
+    assert!(p.volumes.contains_key("unused") && p.networks.contains_key("lonely"));
+}
