@@ -414,7 +414,14 @@ pub fn pull(p: &ProjectOpts, args: &PullArgs) -> anyhow::Result<u8> {
             i += 1;
         }
     }
-    let services = project_images(p, &only)?;
+    let mut services = project_images(p, &only)?;
+    if args.ignore_buildable {
+        // Services with a `build:` section: their image is built, not pulled.
+        let mut o = crate::compose::LoadOptions::from_cli(p);
+        o.resolve_env_files = false;
+        let project = crate::compose::load(&o).map_err(|e| anyhow::anyhow!("{e}"))?;
+        services.retain(|(svc, _, _)| project.services.get(svc).is_none_or(|s| s.build.is_none()));
+    }
     if let Some(pol) = &args.policy {
         if pol != "missing" && pol != "always" {
             anyhow::bail!("invalid --policy {pol:?}: want missing or always");

@@ -60,11 +60,12 @@ pub fn live_status(c: &ContainerRecord) -> Status {
     }
 }
 
-pub fn entries(state: &ProjectState) -> Vec<PsEntry> {
+/// The rows of `ps`; one-off (`run`) containers only with `oneoffs` (`ps -a`, as compose).
+pub fn entries_with(state: &ProjectState, oneoffs: bool) -> Vec<PsEntry> {
     state
         .containers
         .iter()
-        .filter(|c| !c.oneoff)
+        .filter(|c| oneoffs || !c.oneoff)
         .map(|c| {
             let st = live_status(c);
             let status = match st {
@@ -240,7 +241,7 @@ pub fn run(p: &ProjectOpts, args: &PsArgs) -> anyhow::Result<u8> {
         name: name.clone(),
         ..Default::default()
     });
-    let mut list = entries(&state);
+    let mut list = entries_with(&state, args.all);
     if !args.all {
         list.retain(|e| e.state == "running" || e.state == "paused" || e.state == "restarting");
     }
