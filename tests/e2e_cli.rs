@@ -823,3 +823,78 @@ fn output_shapes_match_compose() {
     assert!(later.trim().is_empty(), "--since filters: {later}");
     b.ok(&f, &["down", "-t", "1"]);
 }
+
+#[test]
+fn up_always_recreate_deps_and_attach_flags() {
+    let b = Berth::new();
+    let p = unique("deps");
+    let f = b.compose(&p, &stack("up_always_recreate_deps_and_attach_flags"));
+    b.ok(&f, &["up", "-d"]);
+    let pid = |svc: &str| -> i64 {
+        b.state(&p).unwrap()["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["service"] == svc)
+            .unwrap()["pid"]
+            .as_i64()
+            .unwrap()
+    };
+    let (db, app) = (pid("db"), pid("app"));
+    b.ok(&f, &["up", "-d", "app"]);
+    assert_eq!(
+        (pid("db"), pid("app")),
+        (db, app),
+        "nothing changed, nothing recreated"
+    );
+    b.ok(&f, &["up", "-d", "--always-recreate-deps", "app"]);
+    assert_ne!(pid("db"), db, "the dependency was recreated");
+    assert_eq!(pid("app"), app, "the service itself was not");
+    b.ok(&f, &["down", "-t", "1"]);
+
+    // Attached up with --no-attach db --timestamps: app's lines only, each with a time.
+    let mut child = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["up", "--no-attach", "db", "--timestamps", "--no-color"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut s);
+        s
+    });
+    wait_for("app's output", Duration::from_secs(15), || {
+        let o = b
+            .cmd()
+            .arg("-f")
+            .arg(&f)
+            .args(["logs", "app"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .contains("app-ran")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    b.ok(&f, &["down", "-t", "1"]);
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let printed = reader.join().unwrap();
+    assert!(printed.contains("app-ran"), "{printed}");
+    assert!(
+        !printed.contains("db-ready"),
+        "db is not attached: {printed}"
+    );
+    let line = printed.lines().find(|l| l.contains("app-ran")).unwrap();
+    let after_prefix = line.split_once("| ").unwrap().1;
+    assert!(after_prefix.starts_with("20"), "a timestamp first: {line}");
+}

@@ -145,8 +145,33 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
         wait_timeout: args.wait_timeout,
         timeout: args.timeout,
         watch: args.watch,
-        always_recreate_deps: args.always_recreate_deps,
     };
+    let deps = if args.always_recreate_deps {
+        dependencies_of(&plan, &args.services)
+    } else {
+        vec![]
+    };
+    if !deps.is_empty() {
+        // --always-recreate-deps: the dependencies first, recreated whatever their config.
+        let client = Client::connect_or_start(&paths, &plan.name)?;
+        let dep_opts = UpOpts {
+            services: deps,
+            no_deps: true,
+            force_recreate: true,
+            no_start: args.no_start,
+            timeout: args.timeout,
+            ..Default::default()
+        };
+        call(
+            client,
+            &Request::Up {
+                source: source.clone(),
+                opts: dep_opts,
+            },
+            "Running",
+            false,
+        )?;
+    }
     let client = Client::connect_or_start(&paths, &plan.name)?;
     call(
         client,
@@ -201,6 +226,37 @@ fn wait_healthy(paths: &Paths, project: &str, timeout: Option<Duration>) -> anyh
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The services that `services` (all when empty) depend on, transitively: those
+/// `--always-recreate-deps` recreates.
+pub fn dependencies_of(plan: &ProjectPlan, services: &[String]) -> Vec<String> {
+    let roots: Vec<&str> = if services.is_empty() {
+        plan.services.iter().map(|s| s.name.as_str()).collect()
+    } else {
+        services.iter().map(String::as_str).collect()
+    };
+    let mut out: Vec<String> = Vec::new();
+    let mut todo: Vec<String> = roots
+        .iter()
+        .filter_map(|r| plan.service(r))
+        .flat_map(|s| s.depends_on.iter().map(|d| d.0.clone()))
+        .collect();
+    while let Some(d) = todo.pop() {
+        if out.contains(&d) {
+            continue;
+        }
+        if let Some(s) = plan.service(&d) {
+            todo.extend(s.depends_on.iter().map(|x| x.0.clone()));
+        }
+        out.push(d);
+    }
+    // Start order, as the plan's levels give it.
+    plan.services
+        .iter()
+        .filter(|s| out.contains(&s.name))
+        .map(|s| s.name.clone())
+        .collect()
 }
 
 /// The services whose output attached `up` prints, as compose chooses them: `--attach` if

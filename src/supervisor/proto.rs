@@ -18,10 +18,6 @@ pub struct UpOpts {
     pub wait_timeout: Option<u64>,
     pub timeout: Option<u64>,
     pub watch: bool,
-    /// `up --always-recreate-deps`: recreate the containers of the named services'
-    /// dependencies even when their config did not change (to be honoured by the supervisor).
-    #[serde(default)]
-    pub always_recreate_deps: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
