@@ -852,6 +852,16 @@ fn up_always_recreate_deps_and_attach_flags() {
     assert_eq!(pid("app"), app, "the service itself was not");
     b.ok(&f, &["down", "-t", "1"]);
 
+    // --compatibility: compose v1 container names.
+    b.ok(&f, &["--compatibility", "up", "-d"]);
+    let names = b.ok(&f, &["ps", "--format", "{{.Name}}"]);
+    assert_eq!(
+        names.lines().collect::<BTreeSet<_>>(),
+        BTreeSet::from([format!("{p}_app_1").as_str(), format!("{p}_db_1").as_str()]),
+        "{names}"
+    );
+    b.ok(&f, &["down", "-t", "1"]);
+
     // Attached up with --no-attach db --timestamps: app's lines only, each with a time.
     let mut child = b
         .cmd()

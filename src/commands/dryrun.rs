@@ -127,10 +127,7 @@ pub fn plan_lines(p: &ProjectOpts, cmd: &Command) -> anyhow::Result<Vec<String>>
                     .and_then(|(_, n)| n.parse().ok())
                     .unwrap_or(s.replicas);
                 for i in 1..=scale {
-                    let name = match &s.container_name {
-                        Some(n) => n.clone(),
-                        None => format!("{}-{}-{i}", plan.name, s.name),
-                    };
+                    let name = crate::engine::container::container_name(&plan.name, s, i as u32);
                     match st.container(&name) {
                         Some(c) if c.config_hash == s.config_hash && !a.force_recreate => {
                             if running(c) {

@@ -96,10 +96,6 @@ fn note_no_effect(cli: &Cli) {
             flags.push("--quiet-build");
         }
     }
-    if cli.project.compatibility {
-        // Not yet: compose v1 names (`project_service_1`) are decided by the supervisor.
-        flags.push("--compatibility");
-    }
     if cli.project.parallel != -1 {
         // Not yet: the supervisor starts each dependency level fully in parallel.
         flags.push("--parallel");

@@ -36,7 +36,13 @@ pub fn source_from(p: &ProjectOpts) -> anyhow::Result<ProjectSource> {
         env_files: p.env_files.clone(),
         profiles: p.profiles.clone(),
         working_dir: std::env::current_dir()?,
-        environment: std::env::vars().collect(),
+        environment: {
+            let mut env: std::collections::HashMap<String, String> = std::env::vars().collect();
+            if p.compatibility {
+                env.insert("COMPOSE_COMPATIBILITY".into(), "true".into());
+            }
+            env
+        },
     })
 }
 

@@ -141,6 +141,9 @@ pub struct ServicePlan {
     /// `links`: (service, alias) — the alias resolves to the service in DNS.
     pub links: Vec<(String, String)>,
     pub config_hash: String,
+    /// `--compatibility` / `COMPOSE_COMPATIBILITY`: compose v1 container names
+    /// (`project_service_1`).
+    pub compat_names: bool,
 }
 
 /// A resolved network of the project.
@@ -226,6 +229,15 @@ pub fn load_plan(
     let project = crate::compose::load(&opts)?;
     let mut plan = from_model(&project, services)?;
     plan.warnings = project.warnings.clone();
+    if source
+        .environment
+        .get("COMPOSE_COMPATIBILITY")
+        .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "True"))
+    {
+        for s in &mut plan.services {
+            s.compat_names = true;
+        }
+    }
     Ok(plan)
 }
 
@@ -587,6 +599,7 @@ fn service_plan(
             })
             .collect(),
         config_hash: crate::compose::hash::service_hash(s),
+        compat_names: false,
     })
 }
 
