@@ -96,10 +96,6 @@ fn note_no_effect(cli: &Cli) {
             flags.push("--quiet-build");
         }
     }
-    if cli.project.parallel != -1 {
-        // Not yet: the supervisor starts each dependency level fully in parallel.
-        flags.push("--parallel");
-    }
     if !flags.is_empty() {
         eprintln!("warning: {} has no effect with berth", flags.join(", "));
     }

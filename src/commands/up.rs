@@ -41,6 +41,9 @@ pub fn source_from(p: &ProjectOpts) -> anyhow::Result<ProjectSource> {
             if p.compatibility {
                 env.insert("COMPOSE_COMPATIBILITY".into(), "true".into());
             }
+            if p.parallel > 0 {
+                env.insert("COMPOSE_PARALLEL_LIMIT".into(), p.parallel.to_string());
+            }
             env
         },
     })

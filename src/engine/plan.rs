@@ -238,7 +238,25 @@ pub fn load_plan(
             s.compat_names = true;
         }
     }
+    // `--parallel N` / COMPOSE_PARALLEL_LIMIT: at most N services start (and stop) at once;
+    // each level of independent services is cut into consecutive groups of N.
+    if let Some(n) = source
+        .environment
+        .get("COMPOSE_PARALLEL_LIMIT")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        plan.levels = limit_parallelism(&plan.levels, n);
+    }
     Ok(plan)
+}
+
+/// Cut each level into consecutive groups of at most `n` services (dependency order kept).
+pub fn limit_parallelism(levels: &[Vec<String>], n: usize) -> Vec<Vec<String>> {
+    levels
+        .iter()
+        .flat_map(|l| l.chunks(n.max(1)).map(<[String]>::to_vec))
+        .collect()
 }
 
 fn dur(d: &Option<crate::compose::model::Duration>) -> Option<Duration> {
@@ -630,5 +648,20 @@ mod tests {
         assert_eq!(parse_bytes("64MB"), Some(64 << 20));
         assert_eq!(parse_bytes("100"), Some(100));
         assert_eq!(parse_bytes("x"), None);
+    }
+}
+
+#[cfg(test)]
+mod parallel_tests {
+    #[test]
+    fn parallel_limit_cuts_levels_in_order() {
+        let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let levels = vec![l(&["a", "b", "c"]), l(&["d"])];
+        assert_eq!(
+            super::limit_parallelism(&levels, 2),
+            vec![l(&["a", "b"]), l(&["c"]), l(&["d"])]
+        );
+        assert_eq!(super::limit_parallelism(&levels, 1).len(), 4);
+        assert_eq!(super::limit_parallelism(&levels, 10), levels);
     }
 }
