@@ -366,7 +366,7 @@ pub fn image_cmd(cmd: &ImageCmd) -> anyhow::Result<u8> {
 
 /// Pull one image, drawing `docker pull`-style progress on stderr.
 pub fn pull_one(store: &ImageStore, reference: &str) -> anyhow::Result<Image> {
-    let tty = console::Term::stderr().is_term();
+    let tty = crate::ui::effective_tty(console::Term::stderr().is_term());
     let mut ui = PullUi::new(tty);
     let shown = Reference::parse(reference)
         .map(|r| r.familiar())
@@ -477,6 +477,13 @@ impl PullUi {
         }
     }
     fn line(&mut self, s: &str) {
+        if crate::ui::progress_quiet() {
+            return;
+        }
+        if crate::ui::progress_json() {
+            eprintln!("{}", crate::ui::json_event("", "", s));
+            return;
+        }
         eprintln!("{s}");
         // The layer block is redrawn below this line from now on.
         self.drawn = 0;
@@ -492,6 +499,15 @@ impl PullUi {
         }
         let changed = self.state.get(&id) != Some(&st);
         self.state.insert(id.clone(), st.clone());
+        if crate::ui::progress_quiet() {
+            return;
+        }
+        if crate::ui::progress_json() {
+            if important && changed {
+                eprintln!("{}", crate::ui::json_event(&id, &st, &st));
+            }
+            return;
+        }
         if self.tty {
             if important || self.last.elapsed().as_millis() >= 100 {
                 self.redraw();
