@@ -852,6 +852,39 @@ fn up_always_recreate_deps_and_attach_flags() {
     assert_eq!(pid("app"), app, "the service itself was not");
     b.ok(&f, &["down", "-t", "1"]);
 
+    // --progress json: every progress line is a JSON object in compose's jsonMessage fields.
+    let o = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["--progress", "json", "up", "-d"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    let events: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["id"] == format!("Container {p}-db-1").as_str() && e["status"] == "Started"),
+        "{err}"
+    );
+    let quiet = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["--progress", "quiet", "stop"])
+        .output()
+        .unwrap();
+    assert!(
+        quiet.status.success() && quiet.stderr.is_empty(),
+        "{quiet:?}"
+    );
+    b.ok(&f, &["down", "-t", "1"]);
+
     // --compatibility: compose v1 container names.
     b.ok(&f, &["--compatibility", "up", "-d"]);
     let names = b.ok(&f, &["ps", "--format", "{{.Name}}"]);
