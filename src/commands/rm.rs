@@ -63,15 +63,16 @@ pub fn run(p: &ProjectOpts, args: &RmArgs) -> anyhow::Result<u8> {
             return Ok(0);
         }
     }
-    let client = Client::connect_or_start(&paths, &name)?;
+    // Started if needed (the record can outlive a supervisor); one request per container.
+    let mut client = Some(Client::connect_or_start(&paths, &name)?);
     for c in &list {
         // The supervisor's Rm stops a running container first (only reached with --stop).
-        let client = match Client::connect(&paths, &name) {
+        let cl = match client.take().or_else(|| Client::connect(&paths, &name)) {
             Some(c) => c,
             None => bail!("the supervisor of {name} went away"),
         };
         call(
-            client,
+            cl,
             &Request::Rm {
                 name: c.name.clone(),
             },
@@ -79,7 +80,6 @@ pub fn run(p: &ProjectOpts, args: &RmArgs) -> anyhow::Result<u8> {
             false,
         )?;
     }
-    drop(client);
     Ok(0)
 }
 
