@@ -504,6 +504,27 @@ fn registry_get(port: u16, path: &str, accept: &str) -> String {
     body.to_string()
 }
 
+/// The digest of a manifest, from the registry's `Docker-Content-Digest` header.
+fn registry_get_digest(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "HEAD {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nAccept: application/vnd.oci.image.manifest.v1+json\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    r.lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("docker-content-digest"))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no digest header: {r}"))
+}
+
 #[test]
 fn export_commit_push_and_publish_through_a_local_registry() {
     let b = Berth::new();
@@ -627,6 +648,35 @@ fn export_commit_push_and_publish_through_a_local_registry() {
         "*/*",
     );
     assert_eq!(blob, std::fs::read_to_string(&f).unwrap());
+    // --resolve-image-digests: the pushed image, pinned, in one more compose file.
+    let pinned_repo = format!("127.0.0.1:{}/berth/pinned:v1", reg.port);
+    b.ok(&g, &["publish", "--resolve-image-digests", &pinned_repo]);
+    let m: serde_json::Value = serde_json::from_str(&registry_get(
+        reg.port,
+        "/v2/berth/pinned/manifests/v1",
+        "application/vnd.oci.image.manifest.v1+json",
+    ))
+    .unwrap();
+    let pins = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["annotations"]["com.docker.compose.file"] == "image-digests.yaml")
+        .unwrap_or_else(|| panic!("{m}"));
+    let pins = registry_get(
+        reg.port,
+        &format!(
+            "/v2/berth/pinned/blobs/{}",
+            pins["digest"].as_str().unwrap()
+        ),
+        "*/*",
+    );
+    let manifest_digest = registry_get_digest(reg.port, "/v2/berth/committed/manifests/1");
+    assert_eq!(
+        pins,
+        format!("services:\n  app:\n    image: {image}@{manifest_digest}\n"),
+        "pinned to the pushed manifest"
+    );
     // A service with environment variables is refused without --with-env.
     let h = b.compose(
         &unique("env"),

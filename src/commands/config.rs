@@ -107,7 +107,7 @@ pub fn variables(text: &str, out: &mut std::collections::BTreeMap<String, Variab
 }
 
 /// `image@sha256:…` for each service whose image berth's store has (`--resolve-image-digests`).
-fn pin_digests(p: &mut Project) -> anyhow::Result<()> {
+pub fn pin_digests(p: &mut Project) -> anyhow::Result<()> {
     let store = berth_runtime::image::ImageStore::open(&crate::paths::Paths::from_env().images())?;
     let list = store.list()?;
     for (name, s) in p.services.iter_mut() {
@@ -122,10 +122,19 @@ fn pin_digests(p: &mut Project) -> anyhow::Result<()> {
                 "service {name}: image {image} is not in berth's store (berth pull first)"
             )
         })?;
-        let digest = list
+        // The digest in the image's own repository (an image pulled from one registry and
+        // pushed to another has one per repository).
+        let name = berth_runtime::image::Reference::parse(&image)
+            .map(|r| r.name())
+            .unwrap_or_default();
+        let digests = list
             .iter()
             .find(|x| x.id == img.id)
-            .and_then(|x| x.repo_digests.first())
+            .map(|x| x.repo_digests.clone())
+            .unwrap_or_default();
+        let digest = digests
+            .iter()
+            .find(|d| d.split_once('@').is_some_and(|(n, _)| n == name))
             .and_then(|d| d.split_once('@').map(|x| x.1.to_string()))
             .ok_or_else(|| {
                 anyhow::anyhow!("service {name}: image {image} has no registry digest (it was loaded or committed, not pulled)")

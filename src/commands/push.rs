@@ -151,6 +151,25 @@ pub fn publish(p: &ProjectOpts, args: &PublishArgs) -> anyhow::Result<u8> {
             }),
         ));
     }
+    if args.resolve_image_digests {
+        // compose adds the pinned images as one more compose file (an override).
+        let mut pinned = project.clone();
+        super::config::pin_digests(&mut pinned)?;
+        let mut y = String::from("services:\n");
+        for (n, s) in &pinned.services {
+            if let Some(i) = &s.image {
+                y.push_str(&format!("  {n}:\n    image: {i}\n"));
+            }
+        }
+        layers.push((
+            FILE_TYPE.to_string(),
+            y.into_bytes(),
+            serde_json::json!({
+                "com.docker.compose.file": "image-digests.yaml",
+                "com.docker.compose.version": env!("CARGO_PKG_VERSION"),
+            }),
+        ));
+    }
     if args.with_env {
         for s in project.services.values() {
             for e in &s.env_file {

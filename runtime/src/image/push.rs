@@ -260,6 +260,16 @@ pub(super) fn push(
     progress(PushProgress::Manifest {
         digest: digest.clone(),
     });
+    // As docker does after a push: the image now has a digest in that repository.
+    let repo_digest = r.with_digest(&digest);
+    store.update_db(|db| {
+        if let Some(rec) = db.images.iter_mut().find(|x| x.id == img.id) {
+            if !rec.repo_digests.contains(&repo_digest) {
+                rec.repo_digests.push(repo_digest.clone());
+            }
+        }
+        Ok(())
+    })?;
     Ok(digest)
 }
 
