@@ -98,10 +98,13 @@ pub fn plan_lines(p: &ProjectOpts, cmd: &Command) -> anyhow::Result<Vec<String>>
             let store = paths.images();
             for s in &plan.services {
                 // Read-only peek: the store is not opened (opening creates its directories).
-                let have = store.join("images.json").exists()
-                    && std::fs::read_to_string(store.join("images.json"))
-                        .map(|t| t.contains(&s.image))
-                        .unwrap_or(false);
+                let full = berth_runtime::image::Reference::parse(&s.image)
+                    .ok()
+                    .and_then(|r| r.tagged())
+                    .unwrap_or_else(|| s.image.clone());
+                let have = std::fs::read_to_string(store.join("images.json"))
+                    .map(|t| t.contains(&format!("\"{full}\"")))
+                    .unwrap_or(false);
                 if !have || a.pull.as_deref() == Some("always") {
                     o.res("Image", &s.image, "Pulling");
                 }
