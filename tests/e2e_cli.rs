@@ -226,6 +226,11 @@ fn new_commands_on_real_containers() {
         (l.matches("started").count() >= 2).then_some(())
     });
 
+    wait_for("`once` to exit", Duration::from_secs(10), || {
+        let o = b.ok(&f, &["ps", "-a", "--filter", "status=exited", "-q"]);
+        (!o.trim().is_empty()).then_some(())
+    });
+
     // ps: filters and Go templates.
     let names = b.ok(&f, &["ps", "--format", "{{.Name}} {{.State}}"]);
     assert_eq!(
