@@ -157,8 +157,13 @@ fn dry_run_changes_nothing() {
     }
     assert!(nft().contains(&p), "the real up made its nft chains");
 
-    // On a running project: every mutating command, dry, changes nothing.
-    let before = tree(b.root.path());
+    // On a running project: every mutating command, dry, changes nothing. First let the
+    // supervisor finish its own writes (two equal snapshots in a row).
+    let before = wait_for("a settled state dir", Duration::from_secs(10), || {
+        let a = tree(b.root.path());
+        std::thread::sleep(Duration::from_millis(300));
+        (tree(b.root.path()) == a).then_some(a)
+    });
     let switch_before: Vec<String> = made.iter().map(|l| switch_links(l)).collect();
     let nft_before = nft();
     let dry: &[&[&str]] = &[
