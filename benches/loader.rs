@@ -16,6 +16,7 @@ mod cli {
         pub project_directory: Option<std::path::PathBuf>,
         pub env_files: Vec<std::path::PathBuf>,
         pub profiles: Vec<String>,
+        pub all_resources: bool,
     }
 }
 

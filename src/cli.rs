@@ -38,8 +38,33 @@ pub struct ProjectOpts {
     #[arg(long = "profile")]
     pub profiles: Vec<String>,
     /// Control when to print ANSI control characters
-    #[arg(long, value_enum, default_value_t = Ansi::Auto)]
+    #[arg(long, value_enum, default_value_t = Ansi::Auto, global = true)]
     pub ansi: Ansi,
+    /// Execute command in dry run mode: print what would be done, change nothing
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+    /// Set type of progress output (auto, tty, plain, json, quiet)
+    #[arg(long, value_enum, global = true)]
+    pub progress: Option<ProgressMode>,
+    /// Control max parallelism, -1 for unlimited
+    #[arg(long, default_value_t = -1, global = true, allow_negative_numbers = true)]
+    pub parallel: i64,
+    /// Run compose in backward compatibility mode (`_` instead of `-` in container names)
+    #[arg(long, global = true)]
+    pub compatibility: bool,
+    /// Include all resources, even those not used by services
+    #[arg(long, global = true)]
+    pub all_resources: bool,
+}
+
+/// `--progress`: compose's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    Auto,
+    Tty,
+    Plain,
+    Json,
+    Quiet,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -85,7 +110,7 @@ pub enum Command {
     /// Start services
     Start(ServicesArg),
     /// Restart services
-    Restart(StopArgs),
+    Restart(RestartArgs),
     /// Force stop service containers
     Kill(KillArgs),
     /// Pause services
@@ -99,7 +124,7 @@ pub enum Command {
     /// Copy files/folders between a service container and the local filesystem
     Cp(CpArgs),
     /// Pull service images
-    Pull(ServicesArg),
+    Pull(PullArgs),
     /// Load images from a `docker save` or OCI image-layout archive
     Load(LoadArgs),
     /// List images used by the created containers, or all stored images with --all
@@ -128,8 +153,23 @@ pub enum Command {
     Systemd(SystemdArgs),
     /// Generate shell completions
     Completion(CompletionArgs),
-    /// Export the project for another engine: `export k8s` (manifests), `export swarm` (a stack file)
+    /// Removes stopped service containers
+    Rm(RmArgs),
+    /// Show the berth version information
+    Version(VersionArgs),
+    /// Display a live stream of container(s) resource usage statistics
+    Stats(StatsArgs),
+    /// List volumes
+    Volumes(VolumesArgs),
+    /// Push service images
+    Push(PushArgs),
+    /// Publish compose application (as an OCI artifact)
+    Publish(PublishArgs),
+    /// Export a service container's filesystem as a tar archive (`export SERVICE`), or the
+    /// project for another engine: `export k8s` (manifests), `export swarm` (a stack file)
     Export(ExportArgs),
+    /// Create a new image from a service container's changes
+    Commit(CommitArgs),
     /// Internal: the per-project supervisor (started by `up`)
     #[command(name = "__supervisor", hide = true)]
     Supervisor(SupervisorArgs),
@@ -167,6 +207,33 @@ pub struct ConfigArgs {
     /// Save to file (default: stdout)
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// Print model variables and default values
+    #[arg(long)]
+    pub variables: bool,
+    /// Print environment used for interpolation
+    #[arg(long)]
+    pub environment: bool,
+    /// Pin image tags to digests (images in berth's store)
+    #[arg(long)]
+    pub resolve_image_digests: bool,
+    /// Produces an override file with image digests
+    #[arg(long)]
+    pub lock_image_digests: bool,
+    /// Print the model names, one per line
+    #[arg(long)]
+    pub models: bool,
+    /// Don't check model consistency
+    #[arg(long)]
+    pub no_consistency: bool,
+    /// Don't resolve service env files
+    #[arg(long)]
+    pub no_env_resolution: bool,
+    /// Don't normalize compose model
+    #[arg(long)]
+    pub no_normalize: bool,
+    /// Don't resolve file paths
+    #[arg(long)]
+    pub no_path_resolution: bool,
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -222,6 +289,36 @@ pub struct UpArgs {
     /// Watch the compose files and roll out changes
     #[arg(long)]
     pub watch: bool,
+    /// Recreate anonymous volumes instead of retrieving data from the previous containers
+    #[arg(short = 'V', long)]
+    pub renew_anon_volumes: bool,
+    /// Restrict attaching to the specified services (repeatable)
+    #[arg(long)]
+    pub attach: Vec<String>,
+    /// Do not attach (stream logs) to the specified services (repeatable)
+    #[arg(long)]
+    pub no_attach: Vec<String>,
+    /// Automatically attach to log output of dependent services
+    #[arg(long)]
+    pub attach_dependencies: bool,
+    /// Show timestamps
+    #[arg(long)]
+    pub timestamps: bool,
+    /// Pull without printing progress information
+    #[arg(long)]
+    pub quiet_pull: bool,
+    /// Suppress the build output
+    #[arg(long)]
+    pub quiet_build: bool,
+    /// Recreate dependent containers
+    #[arg(long, conflicts_with = "no_recreate")]
+    pub always_recreate_deps: bool,
+    /// Assume "yes" as answer to all prompts and run non-interactively
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// Docker Desktop's interactive shortcuts (accepted, no effect here)
+    #[arg(long)]
+    pub menu: bool,
     pub services: Vec<String>,
 }
 
@@ -284,9 +381,18 @@ pub struct PsArgs {
     /// Filter services by status (repeatable)
     #[arg(long)]
     pub status: Vec<String>,
-    /// Format the output
-    #[arg(long, value_enum, default_value_t = TableFormat::Table)]
-    pub format: TableFormat,
+    /// Format the output: table, json, `table TEMPLATE` or a Go template (`{{.Name}}`)
+    #[arg(long, default_value = "table")]
+    pub format: String,
+    /// Filter services by a property (status=..., source=...)
+    #[arg(long)]
+    pub filter: Vec<String>,
+    /// Don't truncate output
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// Include orphaned services (not declared by project)
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub orphans: bool,
     pub services_filter: Vec<String>,
 }
 
@@ -304,7 +410,21 @@ pub struct StopArgs {
 }
 
 #[derive(Debug, Clone, Default, Args)]
+pub struct RestartArgs {
+    /// Specify a shutdown timeout in seconds
+    #[arg(short, long)]
+    pub timeout: Option<u64>,
+    /// Don't restart dependent services
+    #[arg(long)]
+    pub no_deps: bool,
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
 pub struct ScaleArgs {
+    /// Don't start linked services
+    #[arg(long)]
+    pub no_deps: bool,
     /// SERVICE=NUM pairs
     #[arg(required = true)]
     pub scale: Vec<String>,
@@ -315,6 +435,9 @@ pub struct KillArgs {
     /// SIGNAL to send to the container
     #[arg(short, long, default_value = "SIGKILL")]
     pub signal: String,
+    /// Remove containers for services not defined in the Compose file
+    #[arg(long)]
+    pub remove_orphans: bool,
     pub services: Vec<String>,
 }
 
@@ -335,8 +458,8 @@ pub struct ExecArgs {
     /// Detached mode: run command in the background
     #[arg(short, long)]
     pub detach: bool,
-    /// Disable pseudo-TTY allocation
-    #[arg(short = 'T', long = "no-TTY")]
+    /// Disable pseudo-TTY allocation (also spelled --no-TTY)
+    #[arg(short = 'T', long = "no-tty", alias = "no-TTY")]
     pub no_tty: bool,
     /// Keep STDIN open (the default, as in compose; accepted for `exec -it`)
     #[arg(short = 'i', long, hide = true)]
@@ -347,6 +470,9 @@ pub struct ExecArgs {
     /// Override the key sequence for detaching from a container (default ctrl-p,ctrl-q)
     #[arg(long)]
     pub detach_keys: Option<String>,
+    /// Give extended privileges to the process (all capabilities, no seccomp)
+    #[arg(long)]
+    pub privileged: bool,
     /// Set environment variables (repeatable)
     #[arg(short, long = "env")]
     pub env: Vec<String>,
@@ -369,6 +495,9 @@ pub struct CpArgs {
     /// Index of the container if service has multiple replicas
     #[arg(long, default_value_t = 1)]
     pub index: u32,
+    /// Include containers created by the run command
+    #[arg(long)]
+    pub all: bool,
     /// Archive mode (copy all uid/gid information)
     #[arg(short, long)]
     pub archive: bool,
@@ -458,8 +587,47 @@ pub struct RunArgs {
     pub service_ports: bool,
     /// Disable pseudo-TTY allocation (also when stdin is not a terminal); berth's run keeps a
     /// service's `tty: true` otherwise but never adds a tty, as it cannot attach stdin yet
-    #[arg(short = 'T', long = "no-TTY")]
+    #[arg(short = 'T', long = "no-TTY", alias = "no-tty")]
     pub no_tty: bool,
+    /// Bind mount a volume (repeatable)
+    #[arg(short = 'v', long = "volume")]
+    pub volumes: Vec<String>,
+    /// Publish a container's port(s) to the host (repeatable)
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
+    /// Add or override a label (repeatable)
+    #[arg(short = 'l', long = "label")]
+    pub labels: Vec<String>,
+    /// Add Linux capabilities
+    #[arg(long, value_delimiter = ',')]
+    pub cap_add: Vec<String>,
+    /// Drop Linux capabilities
+    #[arg(long, value_delimiter = ',')]
+    pub cap_drop: Vec<String>,
+    /// Keep STDIN open even if not attached
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Use the service's network aliases in the network(s) the container connects to
+    #[arg(long)]
+    pub use_aliases: bool,
+    /// Set environment variables from file (repeatable)
+    #[arg(long)]
+    pub env_from_file: Vec<PathBuf>,
+    /// Pull image before running ("always"|"missing"|"never")
+    #[arg(long)]
+    pub pull: Option<String>,
+    /// Don't print anything to STDOUT
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Pull without printing progress information
+    #[arg(long)]
+    pub quiet_pull: bool,
+    /// Suppress progress output from the build process
+    #[arg(long)]
+    pub quiet_build: bool,
+    /// Remove containers for services not defined in the Compose file
+    #[arg(long)]
+    pub remove_orphans: bool,
     pub service: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -484,6 +652,13 @@ pub struct EventsArgs {
     /// Output events as a stream of JSON objects
     #[arg(long)]
     pub json: bool,
+    /// Show all events created since timestamp (RFC 3339, unix seconds, or relative: 10m)
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Stream events until this timestamp
+    #[arg(long)]
+    pub until: Option<String>,
+    pub services: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -497,6 +672,138 @@ pub struct LsArgs {
     /// Format the output
     #[arg(long, value_enum, default_value_t = TableFormat::Table)]
     pub format: TableFormat,
+    /// Filter output based on conditions provided (name=...)
+    #[arg(long)]
+    pub filter: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct PullArgs {
+    /// Pull without printing progress information
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Apply pull policy ("missing"|"always")
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Pull what it can and ignores images with pull failures
+    #[arg(long)]
+    pub ignore_pull_failures: bool,
+    /// Also pull services declared as dependencies
+    #[arg(long)]
+    pub include_deps: bool,
+    /// Ignore images that can be built
+    #[arg(long)]
+    pub ignore_buildable: bool,
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct RmArgs {
+    /// Don't ask to confirm removal
+    #[arg(short, long)]
+    pub force: bool,
+    /// Stop the containers, if required, before removing
+    #[arg(short, long)]
+    pub stop: bool,
+    /// Remove any anonymous volumes attached to containers
+    #[arg(short, long)]
+    pub volumes: bool,
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct VersionArgs {
+    /// Format the output. Values: [pretty | json]
+    #[arg(short, long, default_value = "pretty")]
+    pub format: String,
+    /// Shows only berth's version number
+    #[arg(long)]
+    pub short: bool,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct StatsArgs {
+    /// Show all containers (default shows just running)
+    #[arg(short, long)]
+    pub all: bool,
+    /// Format output: table, json, `table TEMPLATE` or a Go template
+    #[arg(long, default_value = "table")]
+    pub format: String,
+    /// Disable streaming stats and only pull the first result
+    #[arg(long)]
+    pub no_stream: bool,
+    /// Do not truncate output
+    #[arg(long)]
+    pub no_trunc: bool,
+    pub service: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct VolumesArgs {
+    /// Format output: table, json, `table TEMPLATE` or a Go template
+    #[arg(long, default_value = "table")]
+    pub format: String,
+    /// Only display volume names
+    #[arg(short, long)]
+    pub quiet: bool,
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct PushArgs {
+    /// Push what it can and ignores images with push failures
+    #[arg(long)]
+    pub ignore_push_failures: bool,
+    /// Also push images of services declared as dependencies
+    #[arg(long)]
+    pub include_deps: bool,
+    /// Push without printing progress information
+    #[arg(short, long)]
+    pub quiet: bool,
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct PublishArgs {
+    /// Published compose application (includes referenced images)
+    #[arg(long)]
+    pub app: bool,
+    /// OCI image/artifact specification version (1.0 or 1.1)
+    #[arg(long)]
+    pub oci_version: Option<String>,
+    /// Pin image tags to digests
+    #[arg(long)]
+    pub resolve_image_digests: bool,
+    /// Include environment variables in the published OCI artifact
+    #[arg(long)]
+    pub with_env: bool,
+    /// Assume "yes" as answer to all prompts
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// The repository to publish to (`registry/name:tag`)
+    pub repository: String,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct CommitArgs {
+    /// Author (e.g., "John Hannibal Smith <hannibal@a-team.com>")
+    #[arg(short, long)]
+    pub author: Option<String>,
+    /// Apply Dockerfile instruction to the created image (ENV, LABEL, CMD, ENTRYPOINT, WORKDIR, USER, EXPOSE)
+    #[arg(short, long)]
+    pub change: Vec<String>,
+    /// Index of the container if service has multiple replicas
+    #[arg(long, default_value_t = 1)]
+    pub index: u32,
+    /// Commit message
+    #[arg(short, long)]
+    pub message: Option<String>,
+    /// Pause container during commit
+    #[arg(short, long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub pause: bool,
+    pub service: String,
+    /// REPOSITORY[:TAG]
+    pub repository: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -504,6 +811,9 @@ pub struct WatchArgs {
     /// Do not start the services before watching
     #[arg(long)]
     pub no_up: bool,
+    /// Prune dangling images on rebuild (what a `rebuild` rule leaves behind)
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub prune: bool,
     /// Hide the sync lines
     #[arg(long)]
     pub quiet: bool,
@@ -541,13 +851,17 @@ pub enum SystemdCmd {
 
 #[derive(Debug, Clone, Args)]
 pub struct ExportArgs {
-    /// `k8s` or `swarm`
+    /// `k8s`, `swarm`, or a SERVICE whose container's filesystem is written as a tar
     pub target: String,
     /// Services to export (k8s; default: all, plus what they depend on)
     pub services: Vec<String>,
-    /// Output: a directory (k8s: one file per object), a file (swarm), or `-` (stdout, the default)
+    /// Output: a directory (k8s: one file per object), a file (swarm, a service's tar), or `-`
+    /// (stdout, the default)
     #[arg(short = 'o', long)]
     pub output: Option<PathBuf>,
+    /// Index of the container if service has multiple replicas (`export SERVICE`)
+    #[arg(long, default_value_t = 1)]
+    pub index: u32,
     /// Namespace of every object (k8s; a Namespace object is emitted too)
     #[arg(long)]
     pub namespace: Option<String>,

@@ -2,7 +2,60 @@
 //! container with its state and elapsed time, redrawn in place; plain lines otherwise.
 
 use std::io::Write;
+use std::sync::OnceLock;
 use std::time::Instant;
+
+use crate::cli::{Ansi, ProgressMode};
+
+/// The global `--progress` and `--ansi` choice, set once by the CLI before any output.
+static MODE: OnceLock<(Option<ProgressMode>, Ansi)> = OnceLock::new();
+
+pub fn configure(progress: Option<ProgressMode>, ansi: Ansi) {
+    let _ = MODE.set((progress, ansi));
+}
+
+fn mode() -> (Option<ProgressMode>, Ansi) {
+    MODE.get().copied().unwrap_or((None, Ansi::Auto))
+}
+
+/// Whether `--progress`/`--ansi` ask for quiet progress.
+pub fn progress_quiet() -> bool {
+    mode().0 == Some(ProgressMode::Quiet)
+}
+
+/// Whether progress is drawn as JSON lines.
+pub fn progress_json() -> bool {
+    mode().0 == Some(ProgressMode::Json)
+}
+
+/// Apply `--progress` and `--ansi` to the caller's terminal guess: `tty` forces the redrawn
+/// block, `plain` and `--ansi never` force plain lines, `--ansi always` forces escapes.
+pub fn effective_tty(tty: bool) -> bool {
+    match mode() {
+        (Some(ProgressMode::Plain | ProgressMode::Json | ProgressMode::Quiet), _) => false,
+        (_, Ansi::Never) => false,
+        (Some(ProgressMode::Tty), _) | (_, Ansi::Always) => true,
+        _ => tty,
+    }
+}
+
+/// One compose `--progress json` line (the fields of compose's `jsonMessage`).
+pub fn json_event(id: &str, status: &str, text: &str) -> String {
+    let mut m = serde_json::Map::new();
+    if crate::commands::dryrun::active() {
+        m.insert("dry-run".into(), true.into());
+    }
+    if !id.is_empty() {
+        m.insert("id".into(), id.into());
+    }
+    if !status.is_empty() {
+        m.insert("status".into(), status.into());
+    }
+    if !text.is_empty() {
+        m.insert("text".into(), text.into());
+    }
+    serde_json::Value::Object(m).to_string()
+}
 
 struct Row {
     kind: String,
@@ -39,16 +92,16 @@ fn done_state(s: &str) -> bool {
 impl Progress {
     pub fn new(title: &str, tty: bool) -> Progress {
         Progress {
-            tty,
+            tty: effective_tty(tty),
             title: title.to_string(),
             rows: Vec::new(),
             drawn: 0,
-            quiet: false,
+            quiet: progress_quiet(),
         }
     }
 
     pub fn quiet(mut self, q: bool) -> Self {
-        self.quiet = q;
+        self.quiet = q || progress_quiet();
         self
     }
 
@@ -74,7 +127,9 @@ impl Progress {
                 elapsed: 0.0,
             }),
         }
-        if self.tty {
+        if progress_json() {
+            eprintln!("{}", json_event(&format!("{label} {name}"), state, state));
+        } else if self.tty {
             self.redraw();
         } else {
             // Plain mode: compose's `--progress plain` lines.
@@ -83,7 +138,9 @@ impl Progress {
     }
 
     pub fn message(&mut self, text: &str) {
-        if self.tty && self.drawn > 0 {
+        if progress_json() {
+            eprintln!("{}", json_event("", "", text));
+        } else if self.tty && self.drawn > 0 {
             // Print above the block, then redraw it.
             self.clear();
             eprintln!("{text}");

@@ -177,8 +177,7 @@ fn healthy_gated_chain_starts_in_order() {
         t0.elapsed() >= Duration::from_millis(900),
         "up waited for db to be healthy"
     );
-    let ps: serde_json::Value =
-        serde_json::from_str(&b.ok(&f, &["ps", "--format", "json"])).unwrap();
+    let ps: serde_json::Value = json_lines(&b.ok(&f, &["ps", "--format", "json"]));
     let db = ps
         .as_array()
         .unwrap()

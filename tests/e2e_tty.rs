@@ -120,8 +120,7 @@ fn tty_services_run_on_a_pty_and_log_its_output() {
         assert_eq!(r["s"], "stdout", "{r}");
         assert!(r["l"].as_str().unwrap().ends_with('\r'), "{r}");
     }
-    let ps: serde_json::Value =
-        serde_json::from_str(&b.ok(&f, &["ps", "--format", "json", "term"])).unwrap();
+    let ps: serde_json::Value = json_lines(&b.ok(&f, &["ps", "--format", "json", "term"]));
     assert_eq!(ps[0]["State"], "running", "{ps}");
     // The socket went once the master was received.
     assert!(
@@ -209,8 +208,7 @@ fn a_killed_supervisor_hangs_up_the_tty_but_pid_1_runs_on() {
     });
     std::thread::sleep(Duration::from_millis(500));
     b.ok(&f, &["up", "-d", "term"]);
-    let ps: serde_json::Value =
-        serde_json::from_str(&b.ok(&f, &["ps", "--format", "json"])).unwrap();
+    let ps: serde_json::Value = json_lines(&b.ok(&f, &["ps", "--format", "json"]));
     assert_eq!(ps[0]["State"], "running", "{ps}");
     assert_eq!(pid_of_term(&b), before, "adopted, not restarted");
     b.ok(&f, &["down", "-t", "1"]);

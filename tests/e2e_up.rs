@@ -20,8 +20,7 @@ fn one_service_up_logs_down() {
         logs.contains(&format!("hi there from {p}-hello-1")),
         "{logs}"
     );
-    let ps: serde_json::Value =
-        serde_json::from_str(&b.ok(&f, &["ps", "--format", "json"])).unwrap();
+    let ps: serde_json::Value = json_lines(&b.ok(&f, &["ps", "--format", "json"]));
     let row = &ps.as_array().unwrap()[0];
     assert_eq!(row["Name"], format!("{p}-hello-1"));
     assert_eq!(row["Service"], "hello");

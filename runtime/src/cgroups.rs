@@ -375,6 +375,18 @@ impl Cgroup {
                     .and_then(|t| keyed(&t, "oom_kill"))
                     .unwrap_or(0);
                 s.cpu_usage_ns = num(&self.dir_of("cpuacct"), "cpuacct.usage").unwrap_or(0);
+                s.memory_inactive_file = m
+                    .as_ref()
+                    .and_then(|d| fs::read_to_string(d.join("memory.stat")).ok())
+                    .and_then(|t| keyed(&t, "total_inactive_file"))
+                    .unwrap_or(0);
+                (s.blkio_read, s.blkio_write) = self
+                    .dir_of("blkio")
+                    .and_then(|d| {
+                        fs::read_to_string(d.join("blkio.throttle.io_service_bytes")).ok()
+                    })
+                    .map(|t| parse_blkio_v1(&t))
+                    .unwrap_or((0, 0));
                 let p = self.dir_of("pids");
                 s.pids_current = num(&p, "pids.current").unwrap_or(0);
                 s.pids_limit = num(&p, "pids.max");
@@ -395,6 +407,16 @@ impl Cgroup {
                     .and_then(|d| fs::read_to_string(d.join("cpu.stat")).ok())
                     .unwrap_or_default();
                 s.cpu_usage_ns = keyed(&cpu, "usage_usec").unwrap_or(0) * 1000;
+                s.memory_inactive_file = d
+                    .as_ref()
+                    .and_then(|d| fs::read_to_string(d.join("memory.stat")).ok())
+                    .and_then(|t| keyed(&t, "inactive_file"))
+                    .unwrap_or(0);
+                (s.blkio_read, s.blkio_write) = d
+                    .as_ref()
+                    .and_then(|d| fs::read_to_string(d.join("io.stat")).ok())
+                    .map(|t| parse_io_stat_v2(&t))
+                    .unwrap_or((0, 0));
                 s.pids_current = num(&d, "pids.current").unwrap_or(0);
                 s.pids_limit = num(&d, "pids.max");
             }
@@ -476,6 +498,47 @@ pub struct Stats {
     pub cpu_usage_ns: u64,
     pub pids_current: u64,
     pub pids_limit: Option<u64>,
+    /// Page cache that could be dropped (`total_inactive_file` / `inactive_file`): `docker
+    /// stats` shows usage minus this.
+    #[serde(default)]
+    pub memory_inactive_file: u64,
+    /// Bytes read from and written to block devices.
+    #[serde(default)]
+    pub blkio_read: u64,
+    #[serde(default)]
+    pub blkio_write: u64,
+}
+
+/// Sum v1 `blkio.throttle.io_service_bytes` lines (`MAJ:MIN Read N`) into (read, write).
+pub fn parse_blkio_v1(text: &str) -> (u64, u64) {
+    let (mut r, mut w) = (0, 0);
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if let [_, op, n] = f.as_slice() {
+            let n: u64 = n.parse().unwrap_or(0);
+            match *op {
+                "Read" => r += n,
+                "Write" => w += n,
+                _ => {}
+            }
+        }
+    }
+    (r, w)
+}
+
+/// Sum v2 `io.stat` lines (`MAJ:MIN rbytes=N wbytes=N …`) into (read, write).
+pub fn parse_io_stat_v2(text: &str) -> (u64, u64) {
+    let (mut r, mut w) = (0, 0);
+    for l in text.lines() {
+        for kv in l.split_whitespace().skip(1) {
+            match kv.split_once('=') {
+                Some(("rbytes", n)) => r += n.parse::<u64>().unwrap_or(0),
+                Some(("wbytes", n)) => w += n.parse::<u64>().unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    (r, w)
 }
 
 fn keyed(text: &str, key: &str) -> Option<u64> {
@@ -580,6 +643,16 @@ mod tests {
         assert_eq!(c.rel, PathBuf::from("berth/p/c1"));
         assert!(Cgroup::new("/berth/../etc").is_err());
         assert!(Cgroup::new("/").is_err());
+    }
+
+    #[test]
+    fn block_io_both_layouts() {
+        let v1 = "8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 0\n8:0 Total 12288\n8:16 Read 1\nTotal 12289\n";
+        assert_eq!(parse_blkio_v1(v1), (4097, 8192));
+        let v2 =
+            "8:0 rbytes=1000 wbytes=2000 rios=1 wios=2 dbytes=0 dios=0\n259:0 rbytes=5 wbytes=0\n";
+        assert_eq!(parse_io_stat_v2(v2), (1005, 2000));
+        assert_eq!(parse_io_stat_v2(""), (0, 0));
     }
 
     #[test]

@@ -921,3 +921,103 @@ fn tls_registry_with_a_private_ca_from_certs_dir() {
     let got = s.pull(&r, &with_ca, &mut |_| {}).unwrap();
     assert_eq!(got.id, img.id);
 }
+
+/// `ImageStore::push`: a stored image (loaded from a docker-save archive) goes to a real
+/// registry and comes back through a pull into another store with the same files, modes,
+/// symlinks and whiteouts; a second push finds every blob already there.
+#[test]
+fn pushes_a_stored_image_and_pulls_it_back() {
+    use berth_runtime::image::push::PushProgress;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    if !have("/usr/bin/docker-registry") {
+        eprintln!("skipping: docker-registry missing");
+        return;
+    }
+    if !is_root() {
+        // Unpacking a whiteout (a 0/0 character device) needs CAP_MKNOD.
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let reg = Registry::start(None);
+    let img = BuiltImage::new(
+        vec![
+            LayerBuilder::new()
+                .dir("srv")
+                .file("srv/a", 0o644, b"one")
+                .file("srv/gone", 0o644, b"x")
+                .symlink("srv/l", "a")
+                .tar(),
+            LayerBuilder::new()
+                .dir("srv")
+                .file("srv/.wh.gone", 0o644, b"")
+                .file("srv/b", 0o600, b"two")
+                .tar(),
+        ],
+        vec![Comp::Gzip, Comp::Zstd],
+        "pushme",
+    );
+    let t = tempfile::tempdir().unwrap();
+    let archive = t.path().join("img.tar");
+    img.docker_save(&archive, "berth/src:1");
+    let (_t1, s1) = store();
+    s1.load(&archive).unwrap();
+    let target = format!("{}/berth/pushed:v2", reg.host());
+    let mut first = Vec::new();
+    let digest = s1
+        .push("berth/src:1", &target, &PullOptions::default(), &mut |p| {
+            first.push(p)
+        })
+        .unwrap();
+    assert_eq!(
+        first
+            .iter()
+            .filter(|p| matches!(p, PushProgress::Pushed { .. }))
+            .count(),
+        2,
+        "{first:?}"
+    );
+    let mut again = Vec::new();
+    let digest2 = s1
+        .push("berth/src:1", &target, &PullOptions::default(), &mut |p| {
+            again.push(p)
+        })
+        .unwrap();
+    assert_eq!(digest, digest2, "the same image gives the same manifest");
+    assert_eq!(
+        again
+            .iter()
+            .filter(|p| matches!(p, PushProgress::Exists { .. }))
+            .count(),
+        2,
+        "{again:?}"
+    );
+
+    let (_t2, s2) = store();
+    let (events, mut cb) = collect();
+    let got = s2.pull(&target, &PullOptions::default(), &mut cb).unwrap();
+    let resolved = events.lock().unwrap().iter().find_map(|e| match e {
+        PullProgress::Resolved { digest, .. } => Some(digest.clone()),
+        _ => None,
+    });
+    assert_eq!(resolved.as_deref(), Some(digest.as_str()));
+    assert_eq!(got.layers.len(), 2);
+    let (low, top) = (&got.layers[0], &got.layers[1]);
+    assert_eq!(std::fs::read(low.join("srv/a")).unwrap(), b"one");
+    assert_eq!(
+        std::fs::read_link(low.join("srv/l")).unwrap(),
+        Path::new("a")
+    );
+    let b = std::fs::metadata(top.join("srv/b")).unwrap();
+    assert_eq!(b.permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read(top.join("srv/b")).unwrap(), b"two");
+    let wh = std::fs::symlink_metadata(top.join("srv/gone")).unwrap();
+    assert!(
+        wh.file_type().is_char_device() && wh.rdev() == 0,
+        "the whiteout survives the round trip"
+    );
+    let orig = s1.get("berth/src:1").unwrap().unwrap();
+    assert_eq!(
+        got.config.config().as_ref().and_then(|c| c.cmd().clone()),
+        orig.config.config().as_ref().and_then(|c| c.cmd().clone())
+    );
+}

@@ -16,10 +16,19 @@ use crate::export::{self, k8s, swarm, Level, Report};
 pub fn run(project: &ProjectOpts, args: &ExportArgs) -> anyhow::Result<u8> {
     let target = args.target.as_str();
     if target != "k8s" && target != "swarm" {
-        eprintln!(
-            "error: export {target:?}: expected `k8s` or `swarm` (exporting a service container's filesystem is `berth export SERVICE -o FILE`, not available in this build)"
+        // compose's `export SERVICE`: the container's filesystem as a tar.
+        if !args.services.is_empty() {
+            anyhow::bail!(
+                "berth export takes one SERVICE (or `k8s`/`swarm` followed by services), got {:?}",
+                std::iter::once(target).chain(args.services.iter().map(String::as_str)).collect::<Vec<_>>()
+            );
+        }
+        return super::container_export::export_container(
+            project,
+            target,
+            args.index,
+            args.output.as_deref(),
         );
-        return Ok(2);
     }
     let mut opts = LoadOptions::from_cli(project);
     opts.services = args.services.clone();

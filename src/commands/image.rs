@@ -8,7 +8,7 @@ use berth_runtime::image::reference::{familiar, familiar_name, Reference};
 use berth_runtime::image::{Image, ImageStore, ImageSummary, PullOptions, PullProgress};
 
 use crate::cli::{
-    ImageCmd, ImageSub, ImagesArgs, LoadArgs, ProjectOpts, RmiArgs, ServicesArg, TableFormat,
+    ImageCmd, ImageSub, ImagesArgs, LoadArgs, ProjectOpts, PullArgs, RmiArgs, TableFormat,
 };
 use crate::paths::Paths;
 
@@ -71,9 +71,60 @@ pub fn images(p: &ProjectOpts, args: &ImagesArgs) -> anyhow::Result<u8> {
                 .collect();
             list.retain(|s| ids.contains(&s.id));
         }
+        if args.format == TableFormat::Json && !args.quiet {
+            // compose's shape: one object per container of the project.
+            if let Ok(name) = crate::commands::project_name(p) {
+                let paths = Paths::from_env();
+                if let Some(st) = crate::state::ProjectState::load(&paths, &name)? {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&container_images(&store, &st)?)?
+                    );
+                    return Ok(0);
+                }
+            }
+        }
     }
     print_images(&list, args);
     Ok(0)
+}
+
+/// `images --format json` as compose prints it: per container, `ID`, `ContainerName`,
+/// `Repository`, `Tag`, `Platform`, `Size`, `Created`.
+pub fn container_images(
+    store: &ImageStore,
+    st: &crate::state::ProjectState,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let list = store.list()?;
+    let (os, arch, variant) = berth_runtime::image::host_platform();
+    let platform = match variant {
+        Some(v) => format!("{os}/{arch}/{v}"),
+        None => format!("{os}/{arch}"),
+    };
+    let mut out = Vec::new();
+    for c in &st.containers {
+        let sum = list.iter().find(|s| s.id == c.image_id);
+        let (repo, tag) = match Reference::parse(&c.image) {
+            Ok(r) => (
+                familiar_name(&r.registry, &r.repository),
+                r.tag.unwrap_or_default(),
+            ),
+            Err(_) => (c.image.clone(), String::new()),
+        };
+        let mut v = serde_json::json!({
+            "ID": c.image_id,
+            "ContainerName": c.name,
+            "Repository": repo,
+            "Tag": tag,
+            "Platform": platform,
+            "Size": sum.map(|s| s.size).unwrap_or(0),
+        });
+        if let Some(created) = sum.and_then(|s| s.created.clone()) {
+            v["Created"] = created.into();
+        }
+        out.push(v);
+    }
+    Ok(out)
 }
 
 fn print_images(list: &[ImageSummary], args: &ImagesArgs) {
@@ -315,7 +366,7 @@ pub fn image_cmd(cmd: &ImageCmd) -> anyhow::Result<u8> {
 
 /// Pull one image, drawing `docker pull`-style progress on stderr.
 pub fn pull_one(store: &ImageStore, reference: &str) -> anyhow::Result<Image> {
-    let tty = console::Term::stderr().is_term();
+    let tty = crate::ui::effective_tty(console::Term::stderr().is_term());
     let mut ui = PullUi::new(tty);
     let shown = Reference::parse(reference)
         .map(|r| r.familiar())
@@ -345,9 +396,38 @@ pub fn pull_options() -> PullOptions {
 
 /// `berth pull [SERVICE...]`: pull the image of each (selected) service, as `docker compose
 /// pull` does; services whose `pull_policy` is `build` or `never` are skipped.
-pub fn pull(p: &ProjectOpts, args: &ServicesArg) -> anyhow::Result<u8> {
+pub fn pull(p: &ProjectOpts, args: &PullArgs) -> anyhow::Result<u8> {
     let store = open_store()?;
-    let services = project_images(p, &args.services)?;
+    let mut only = args.services.clone();
+    if args.include_deps && !only.is_empty() {
+        let opts = crate::compose::LoadOptions::from_cli(p);
+        let project = crate::compose::load(&opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut i = 0;
+        while i < only.len() {
+            if let Some(s) = project.services.get(&only[i]) {
+                for d in s.depends_on.keys() {
+                    if !only.contains(d) {
+                        only.push(d.clone());
+                    }
+                }
+            }
+            i += 1;
+        }
+    }
+    let mut services = project_images(p, &only)?;
+    if args.ignore_buildable {
+        // Services with a `build:` section: their image is built, not pulled.
+        let mut o = crate::compose::LoadOptions::from_cli(p);
+        o.resolve_env_files = false;
+        let project = crate::compose::load(&o).map_err(|e| anyhow::anyhow!("{e}"))?;
+        services.retain(|(svc, _, _)| project.services.get(svc).is_none_or(|s| s.build.is_none()));
+    }
+    if let Some(pol) = &args.policy {
+        if pol != "missing" && pol != "always" {
+            anyhow::bail!("invalid --policy {pol:?}: want missing or always");
+        }
+    }
+    let quiet = args.quiet || crate::ui::progress_quiet();
     let mut code = 0;
     let mut done: Vec<String> = Vec::new();
     for (svc, image, policy) in services {
@@ -355,9 +435,23 @@ pub fn pull(p: &ProjectOpts, args: &ServicesArg) -> anyhow::Result<u8> {
             continue;
         }
         done.push(image.clone());
-        if let Err(e) = pull_one(&store, &image) {
+        if args.policy.as_deref() == Some("missing") && store.get(&image)?.is_some() {
+            continue;
+        }
+        let r = if quiet {
+            store
+                .pull(&image, &pull_options(), &mut |_| {})
+                .map(|_| ())
+                .with_context(|| format!("pulling {image}"))
+        } else {
+            pull_one(&store, &image).map(|_| ())
+        };
+        if let Err(e) = r {
             eprintln!("{svc}: {}", crate::commands::render_error(&e));
-            code = 1;
+            // compose: a failed pull fails the command unless --ignore-pull-failures.
+            if !args.ignore_pull_failures {
+                code = 1;
+            }
         }
     }
     Ok(code)
@@ -383,6 +477,13 @@ impl PullUi {
         }
     }
     fn line(&mut self, s: &str) {
+        if crate::ui::progress_quiet() {
+            return;
+        }
+        if crate::ui::progress_json() {
+            eprintln!("{}", crate::ui::json_event("", "", s));
+            return;
+        }
         eprintln!("{s}");
         // The layer block is redrawn below this line from now on.
         self.drawn = 0;
@@ -398,6 +499,15 @@ impl PullUi {
         }
         let changed = self.state.get(&id) != Some(&st);
         self.state.insert(id.clone(), st.clone());
+        if crate::ui::progress_quiet() {
+            return;
+        }
+        if crate::ui::progress_json() {
+            if important && changed {
+                eprintln!("{}", crate::ui::json_event(&id, &st, &st));
+            }
+            return;
+        }
         if self.tty {
             if important || self.last.elapsed().as_millis() >= 100 {
                 self.redraw();

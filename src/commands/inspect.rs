@@ -75,6 +75,23 @@ pub fn exec(p: &ProjectOpts, args: &ExecArgs) -> anyhow::Result<u8> {
     if args.detach {
         cmd.arg("--detach");
     }
+    if args.privileged {
+        // docker exec --privileged: every capability berth itself may hold (its bounding set:
+        // a host may withhold some even from root), for this process.
+        let bounding = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("CapBnd:"))
+                    .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+            })
+            .unwrap_or(u64::MAX);
+        for (i, c) in ALL_CAPS.iter().enumerate() {
+            if bounding & (1 << i) != 0 {
+                cmd.arg("--cap").arg(format!("CAP_{c}"));
+            }
+        }
+    }
     for e in &args.env {
         cmd.arg("--env").arg(e);
     }
@@ -106,6 +123,51 @@ pub fn exec(p: &ProjectOpts, args: &ExecArgs) -> anyhow::Result<u8> {
     let err = cmd.exec();
     Err(err).context("running exec")
 }
+
+/// Every Linux capability (up to CAP_CHECKPOINT_RESTORE, Linux 5.9).
+const ALL_CAPS: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
 
 /// One side of `cp`: `SERVICE:PATH` in a container, or a local path. As docker's: a path
 /// starting with `/` or `.` is local whatever it holds, and so is one whose part before the
@@ -142,7 +204,16 @@ pub fn cp(p: &ProjectOpts, args: &CpArgs) -> anyhow::Result<u8> {
         ),
         (Some(s), None) | (None, Some(s)) => s,
     };
-    let c = find(&st, svc, args.index)?;
+    let c = if args.all {
+        // --all: one-off (`run`) containers count too.
+        st.containers
+            .iter()
+            .filter(|c| c.service == svc)
+            .find(|c| c.number == args.index || c.oneoff)
+            .ok_or_else(|| anyhow!("service {svc:?} has no container #{}", args.index))?
+    } else {
+        find(&st, svc, args.index)?
+    };
     let live = crate::commands::ps::live_status(c);
     let running = matches!(live, Status::Running | Status::Paused) && c.pid.is_some();
     let root = match c.pid {
@@ -362,6 +433,21 @@ pub fn port(p: &ProjectOpts, args: &PortArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// `ls --filter name=X` (compose's only filter): projects whose name contains X.
+fn ls_filter_ok(filters: &[String], name: &str) -> anyhow::Result<bool> {
+    for f in filters {
+        match f.split_once('=') {
+            Some(("name", v)) => {
+                if !name.contains(v) {
+                    return Ok(false);
+                }
+            }
+            _ => bail!("invalid --filter {f:?}: the supported filter is name=VALUE"),
+        }
+    }
+    Ok(true)
+}
+
 pub fn ls(args: &LsArgs) -> anyhow::Result<u8> {
     let paths = Paths::from_env();
     let mut rows = Vec::new();
@@ -378,6 +464,9 @@ pub fn ls(args: &LsArgs) -> anyhow::Result<u8> {
         }
         let running = counts.iter().any(|(k, _)| k == "running");
         if !args.all && !running {
+            continue;
+        }
+        if !ls_filter_ok(&args.filter, &st.name)? {
             continue;
         }
         let status = counts
@@ -427,18 +516,94 @@ pub fn events(p: &ProjectOpts, args: &crate::cli::EventsArgs) -> anyhow::Result<
     let name = project_name(p)?;
     crate::supervisor::respawn::check(&paths, &name, "events");
     let text = std::fs::read_to_string(paths.project(&name).join("events.log")).unwrap_or_default();
+    let now = std::time::SystemTime::now();
+    let bound = |s: &Option<String>, what: &str| -> anyhow::Result<Option<std::time::SystemTime>> {
+        s.as_deref()
+            .map(|v| {
+                crate::logs::parse_since(v, now).ok_or_else(|| anyhow!("invalid --{what} {v:?}"))
+            })
+            .transpose()
+    };
+    let (since, until) = (bound(&args.since, "since")?, bound(&args.until, "until")?);
+    let st = ProjectState::load(&paths, &name)?.unwrap_or_default();
     for line in text.lines() {
         let (time, msg) = line.split_once(' ').unwrap_or((line, ""));
+        let t = crate::logs::parse_since(time, now);
+        if since.is_some_and(|s| t.is_some_and(|t| t < s))
+            || until.is_some_and(|u| t.is_some_and(|t| t > u))
+        {
+            continue;
+        }
+        let ev = event_fields(&st, &name, time, msg);
+        if !args.services.is_empty() && !args.services.contains(&ev.service) {
+            continue;
+        }
         if args.json {
-            println!(
-                "{}",
-                serde_json::json!({"time": time, "project": name, "message": msg})
-            );
+            println!("{}", serde_json::to_string(&ev)?);
         } else {
             println!("{time} {msg}");
         }
     }
     Ok(0)
+}
+
+/// One `events --json` object: compose's fields (`time`, `type`, `action`, `id`, `service`,
+/// `attributes`), plus berth's `project` and the supervisor's `message`.
+#[derive(Debug, serde::Serialize)]
+pub struct EventJson {
+    pub time: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub action: String,
+    pub id: String,
+    pub service: String,
+    pub attributes: std::collections::BTreeMap<String, String>,
+    pub project: String,
+    pub message: String,
+}
+
+/// Read an events.log line: `container NAME STATE` progress lines become container events
+/// (action: the state in lower case); anything else (rollouts, reloads) a project event.
+pub fn event_fields(st: &ProjectState, project: &str, time: &str, msg: &str) -> EventJson {
+    let w: Vec<&str> = msg.splitn(3, ' ').collect();
+    let (kind, id, action) = match w.as_slice() {
+        [k @ ("container" | "network" | "volume"), n, s] if !s.contains(' ') => {
+            (k.to_string(), n.to_string(), s.to_lowercase())
+        }
+        _ => (
+            "project".to_string(),
+            project.to_string(),
+            "message".to_string(),
+        ),
+    };
+    let service = if kind == "container" {
+        st.container(&id)
+            .map(|c| c.service.clone())
+            .unwrap_or_else(|| {
+                // A removed container: `<project>-<service>-<n>`.
+                id.strip_prefix(&format!("{project}-"))
+                    .and_then(|r| r.rsplit_once('-').map(|x| x.0.to_string()))
+                    .unwrap_or_default()
+            })
+    } else {
+        msg.strip_prefix("rollout of ")
+            .or_else(|| msg.strip_prefix("rollback of "))
+            .and_then(|r| r.split([':', ' ']).next())
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut attributes = std::collections::BTreeMap::new();
+    attributes.insert("name".to_string(), id.clone());
+    EventJson {
+        time: time.to_string(),
+        kind,
+        action,
+        id,
+        service,
+        attributes,
+        project: project.to_string(),
+        message: msg.to_string(),
+    }
 }
 
 /// `wait SERVICE…`: block until the first container of each service stops; print exit codes.
@@ -536,5 +701,40 @@ mod tests {
         assert!(replica(&cs, "web", 0).is_err());
         let e = replica(&cs, "cache", 1).unwrap_err().to_string();
         assert!(e.contains("not running"), "{e}");
+    }
+
+    #[test]
+    fn events_log_lines_become_compose_events() {
+        let st = ProjectState::default();
+        let e = event_fields(
+            &st,
+            "p",
+            "2026-01-01T00:00:00Z",
+            "container p-web-2 Started",
+        );
+        assert_eq!(
+            (
+                e.kind.as_str(),
+                e.id.as_str(),
+                e.action.as_str(),
+                e.service.as_str()
+            ),
+            ("container", "p-web-2", "started", "web")
+        );
+        let e = event_fields(
+            &st,
+            "p",
+            "t",
+            "rollout of api: 3 replicas, parallelism 1, stop-first",
+        );
+        assert_eq!((e.kind.as_str(), e.service.as_str()), ("project", "api"));
+        assert_eq!(e.action, "message");
+        let v = serde_json::to_value(&e).unwrap();
+        for k in ["time", "type", "action", "id", "service", "attributes"] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+        assert!(ls_filter_ok(&["name=ab".into()], "xaby").unwrap());
+        assert!(!ls_filter_ok(&["name=zz".into()], "xaby").unwrap());
+        assert!(ls_filter_ok(&["status=x".into()], "a").is_err());
     }
 }

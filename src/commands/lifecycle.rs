@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
-use crate::cli::{DownArgs, KillArgs, ProjectOpts, ServicesArg, StopArgs};
+use crate::cli::{DownArgs, KillArgs, ProjectOpts, RestartArgs, ServicesArg, StopArgs};
 use crate::engine::proc;
 use crate::engine::Engine;
 use crate::paths::Paths;
@@ -163,12 +163,42 @@ pub fn start(p: &ProjectOpts, args: &ServicesArg) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-pub fn restart(p: &ProjectOpts, args: &StopArgs) -> anyhow::Result<u8> {
+/// `services` plus, transitively, the services that depend on them (compose restarts those too
+/// unless `--no-deps`), in file order.
+pub fn with_dependents(project: &crate::compose::Project, services: &[String]) -> Vec<String> {
+    let mut want: Vec<String> = services.to_vec();
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for (n, s) in &project.services {
+            if !want.contains(n) && s.depends_on.keys().any(|d| want.contains(d)) {
+                want.push(n.clone());
+                changed = true;
+            }
+        }
+    }
+    project
+        .services
+        .keys()
+        .filter(|n| want.contains(n))
+        .cloned()
+        .collect()
+}
+
+pub fn restart(p: &ProjectOpts, args: &RestartArgs) -> anyhow::Result<u8> {
+    let mut services = args.services.clone();
+    if !args.no_deps && !services.is_empty() {
+        let mut o = crate::compose::LoadOptions::from_cli(p);
+        o.resolve_env_files = false;
+        if let Ok(project) = crate::compose::load(&o) {
+            services = with_dependents(&project, &services);
+        }
+    }
     let (_, _, c) = supervisor(p)?;
     call(
         c,
         &Request::Restart {
-            services: args.services.clone(),
+            services,
             timeout: args.timeout,
         },
         "Restarting",
@@ -178,7 +208,7 @@ pub fn restart(p: &ProjectOpts, args: &StopArgs) -> anyhow::Result<u8> {
 }
 
 pub fn kill(p: &ProjectOpts, args: &KillArgs) -> anyhow::Result<u8> {
-    let (_, _, c) = supervisor(p)?;
+    let (paths, name, c) = supervisor(p)?;
     call(
         c,
         &Request::Kill {
@@ -188,7 +218,37 @@ pub fn kill(p: &ProjectOpts, args: &KillArgs) -> anyhow::Result<u8> {
         "Killing",
         false,
     )?;
+    if args.remove_orphans {
+        remove_orphans(p, &paths, &name)?;
+    }
     Ok(0)
+}
+
+/// Remove the containers of services the compose file no longer declares.
+pub fn remove_orphans(p: &ProjectOpts, paths: &Paths, name: &str) -> anyhow::Result<()> {
+    let mut o = crate::compose::LoadOptions::from_cli(p);
+    o.resolve_env_files = false;
+    let project = crate::compose::load(&o).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let Some(st) = ProjectState::load(paths, name)? else {
+        return Ok(());
+    };
+    for c in st
+        .containers
+        .iter()
+        .filter(|c| !c.oneoff && !project.services.contains_key(&c.service))
+    {
+        if let Some(client) = Client::connect(paths, name) {
+            call(
+                client,
+                &Request::Rm {
+                    name: c.name.clone(),
+                },
+                "Removing",
+                false,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 pub fn pause(p: &ProjectOpts, args: &ServicesArg, resume: bool) -> anyhow::Result<u8> {

@@ -4,15 +4,22 @@
 use crate::cli::{Cli, Command};
 
 pub mod config;
+pub mod container_export;
+pub mod dryrun;
 pub mod export;
 pub mod image;
 pub mod inspect;
 pub mod lifecycle;
 pub mod logs;
 pub mod ps;
+pub mod push;
 pub mod resume;
+pub mod rm;
+pub mod stats;
+pub mod template;
 pub mod tty;
 pub mod up;
+pub mod version;
 pub mod watch;
 
 /// Kept here for callers in the commands; the function lives below both the CLI and the
@@ -21,6 +28,11 @@ pub mod watch;
 pub use crate::errors::render_error;
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    crate::ui::configure(cli.project.progress, cli.project.ansi);
+    note_no_effect(&cli);
+    if cli.project.dry_run && dryrun::is_mutating(&cli.command) {
+        return dryrun::run(&cli.project, &cli.command);
+    }
     match cli.command {
         Command::Config(args) => config::run(&cli.project, &args),
         Command::Up(args) => up::run(&cli.project, &args),
@@ -50,16 +62,45 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Rmi(args) => image::rmi(&args),
         Command::Image(cmd) => image::image_cmd(&cmd),
         Command::Pull(args) => image::pull(&cli.project, &args),
-        Command::Export(args) => export::run(&cli.project, &args),
         Command::Watch(args) => watch::run(&cli.project, &args),
         Command::Resume(args) => resume::resume(&args),
         Command::Systemd(args) => resume::systemd(&args),
+        Command::Rm(args) => rm::run(&cli.project, &args),
+        Command::Version(args) => version::run(&args),
+        Command::Stats(args) => stats::run(&cli.project, &args),
+        Command::Volumes(args) => rm::volumes(&cli.project, &args),
+        Command::Push(args) => push::push(&cli.project, &args),
+        Command::Publish(args) => push::publish(&cli.project, &args),
+        Command::Export(args) => export::run(&cli.project, &args),
+        Command::Commit(args) => container_export::commit(&cli.project, &args),
         Command::Completion(args) => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
             clap_complete::generate(args.shell, &mut cmd, "berth", &mut std::io::stdout());
             Ok(0)
         }
+    }
+}
+
+/// Flags that only mean something to BuildKit or Docker Desktop are accepted so that scripts do
+/// not break; say once on stderr that they change nothing here.
+fn note_no_effect(cli: &Cli) {
+    let mut flags = Vec::new();
+    if let Command::Up(a) = &cli.command {
+        if a.menu {
+            flags.push("--menu");
+        }
+        if a.quiet_build {
+            flags.push("--quiet-build");
+        }
+    }
+    if let Command::Run(a) = &cli.command {
+        if a.quiet_build {
+            flags.push("--quiet-build");
+        }
+    }
+    if !flags.is_empty() {
+        eprintln!("warning: {} has no effect with berth", flags.join(", "));
     }
 }
 

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use crate::cli::{ProjectOpts, PsArgs, TableFormat};
+use crate::cli::{ProjectOpts, PsArgs};
 use crate::paths::Paths;
 use crate::state::{pid_matches, ContainerRecord, ProjectState, Status};
 
@@ -29,6 +29,16 @@ pub struct PsEntry {
     pub generation: u64,
     /// The project's supervisor: running, respawned (by this command), not running.
     pub supervisor: String,
+    /// The docker CLI's container context fields, which compose's `ps --format` also has.
+    pub created_at: String,
+    pub running_for: String,
+    pub names: String,
+    pub labels: String,
+    pub local_volumes: String,
+    pub mounts: String,
+    pub networks: String,
+    pub ports: String,
+    pub size: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,11 +62,12 @@ pub fn live_status(c: &ContainerRecord) -> Status {
     }
 }
 
-pub fn entries(state: &ProjectState) -> Vec<PsEntry> {
+/// The rows of `ps`; one-off (`run`) containers only with `oneoffs` (`ps -a`, as compose).
+pub fn entries_with(state: &ProjectState, oneoffs: bool) -> Vec<PsEntry> {
     state
         .containers
         .iter()
-        .filter(|c| !c.oneoff)
+        .filter(|c| oneoffs || !c.oneoff)
         .map(|c| {
             let st = live_status(c);
             let status = match st {
@@ -81,7 +92,21 @@ pub fn entries(state: &ProjectState) -> Vec<PsEntry> {
                 service: c.service.clone(),
                 project: state.name.clone(),
                 image: c.image.clone(),
-                command: String::new(),
+                command: command_of(c),
+                created_at: c.started_at.clone().unwrap_or_default(),
+                running_for: running_for(c.started_at.as_deref()),
+                names: c.name.clone(),
+                labels: String::new(),
+                local_volumes: c.anon_volumes.len().to_string(),
+                mounts: c.anon_volumes.join(","),
+                networks: c
+                    .endpoints
+                    .iter()
+                    .map(|e| e.network_name.clone())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                ports: ports_string(&c.ports),
+                size: "0B".into(),
                 state: st.as_str().to_string(),
                 health: c.health.clone().unwrap_or_default(),
                 exit_code: c.exit_code.unwrap_or(0),
@@ -104,6 +129,106 @@ pub fn entries(state: &ProjectState) -> Vec<PsEntry> {
         .collect()
 }
 
+/// The container's command line as docker shows it (`"sleep 300"`, quoted), from its bundle.
+fn command_of(c: &ContainerRecord) -> String {
+    let args = std::fs::read(c.dir.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| {
+            v.pointer("/process/args")
+                .and_then(|a| a.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+        })
+        .unwrap_or_default();
+    serde_json::to_string(&args).unwrap_or_default()
+}
+
+/// Docker's `PORTS` cell: `0.0.0.0:8080->80/tcp, …`.
+fn ports_string(ports: &[crate::state::PortRecord]) -> String {
+    ports
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{}->{}/{}",
+                p.host_ip.as_deref().unwrap_or("0.0.0.0"),
+                p.host_port,
+                p.target,
+                p.protocol
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `RunningFor`: "5 seconds ago", as Docker's go-units HumanDuration words it.
+fn running_for(started: Option<&str>) -> String {
+    let now = std::time::SystemTime::now();
+    let Some(t) = started.and_then(|s| crate::logs::parse_since(s, now)) else {
+        return String::new();
+    };
+    let secs = now.duration_since(t).map(|d| d.as_secs()).unwrap_or(0);
+    let d = match secs {
+        0 => "Less than a second".to_string(),
+        1 => "1 second".to_string(),
+        s if s < 60 => format!("{s} seconds"),
+        s if s < 120 => "About a minute".to_string(),
+        s if s < 3600 => format!("{} minutes", s / 60),
+        s if s < 7200 => "About an hour".to_string(),
+        s if s < 48 * 3600 => format!("{} hours", s / 3600),
+        s => format!("{} days", s / 86400),
+    };
+    format!("{d} ago")
+}
+
+/// `--filter KEY=VALUE`: `status` (as compose), `service`, `name`, and `source`: `compose` for
+/// the containers of declared services, `orphan` for those of services no longer declared.
+fn filter_ok(f: &str, e: &PsEntry, declared: &Option<Vec<String>>) -> anyhow::Result<bool> {
+    let (k, v) = f
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("invalid --filter {f:?}: want KEY=VALUE"))?;
+    Ok(match k {
+        "status" => e.state == v,
+        "service" => e.service == v,
+        "name" => e.name.contains(v),
+        "source" => {
+            let orphan = declared.as_ref().is_some_and(|d| !d.contains(&e.service));
+            match v {
+                "compose" => !orphan,
+                "orphan" => orphan,
+                _ => anyhow::bail!("invalid --filter {f:?}: source is compose or orphan"),
+            }
+        }
+        _ => anyhow::bail!(
+            "invalid --filter {f:?}: supported filters are status, service, name and source"
+        ),
+    })
+}
+
+/// The services the compose file declares, or `None` if it cannot be loaded.
+fn declared_services(p: &ProjectOpts) -> Option<Vec<String>> {
+    let mut opts = crate::compose::LoadOptions::from_cli(p);
+    opts.resolve_env_files = false;
+    crate::compose::load(&opts)
+        .ok()
+        .map(|pr| pr.services.keys().cloned().collect())
+}
+
+/// Docker's header names for the fields whose header is not their name in capitals.
+pub fn header_name(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "ID" => "CONTAINER ID",
+        "RunningFor" => "CREATED",
+        "CreatedAt" => "CREATED AT",
+        "LocalVolumes" => "LOCAL VOLUMES",
+        _ => return None,
+    })
+}
+
 fn capitalize(s: &str) -> String {
     let mut c = s.chars();
     match c.next() {
@@ -120,7 +245,7 @@ pub fn run(p: &ProjectOpts, args: &PsArgs) -> anyhow::Result<u8> {
         name: name.clone(),
         ..Default::default()
     });
-    let mut list = entries(&state);
+    let mut list = entries_with(&state, args.all);
     for e in list.iter_mut() {
         e.supervisor = supervisor.as_str().to_string();
     }
@@ -133,6 +258,27 @@ pub fn run(p: &ProjectOpts, args: &PsArgs) -> anyhow::Result<u8> {
     if !args.services_filter.is_empty() {
         list.retain(|e| args.services_filter.contains(&e.service));
     }
+    let needs_model = !args.orphans || args.filter.iter().any(|f| f.starts_with("source="));
+    let declared = if needs_model {
+        declared_services(p)
+    } else {
+        None
+    };
+    if !args.orphans {
+        if let Some(d) = &declared {
+            list.retain(|e| d.contains(&e.service));
+        }
+    }
+    for f in &args.filter {
+        let mut keep = Vec::new();
+        for e in list {
+            if filter_ok(f, &e, &declared)? {
+                keep.push(e);
+            }
+        }
+        list = keep;
+    }
+    let format = super::template::parse(&args.format)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.services {
@@ -151,11 +297,17 @@ pub fn run(p: &ProjectOpts, args: &PsArgs) -> anyhow::Result<u8> {
         }
         return Ok(0);
     }
-    match args.format {
-        TableFormat::Json => {
-            writeln!(out, "{}", serde_json::to_string(&list)?)?;
-        }
-        TableFormat::Table => {
+    let rows: Vec<serde_json::Value> = list
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()?;
+    drop(out);
+    if super::template::print(&format, &rows, &header_name)? {
+        return Ok(0);
+    }
+    let mut out = stdout.lock();
+    {
+        {
             let rows: Vec<[String; 5]> = list
                 .iter()
                 .map(|e| {

@@ -36,7 +36,16 @@ pub fn source_from(p: &ProjectOpts) -> anyhow::Result<ProjectSource> {
         env_files: p.env_files.clone(),
         profiles: p.profiles.clone(),
         working_dir: std::env::current_dir()?,
-        environment: std::env::vars().collect(),
+        environment: {
+            let mut env: std::collections::HashMap<String, String> = std::env::vars().collect();
+            if p.compatibility {
+                env.insert("COMPOSE_COMPATIBILITY".into(), "true".into());
+            }
+            if p.parallel > 0 {
+                env.insert("COMPOSE_PARALLEL_LIMIT".into(), p.parallel.to_string());
+            }
+            env
+        },
     })
 }
 
@@ -46,6 +55,26 @@ pub fn is_tty() -> bool {
 
 /// Make sure every image the plan needs is in the store (loaded or pulled).
 pub fn ensure_images(paths: &Paths, plan: &ProjectPlan, pull: Option<&str>) -> anyhow::Result<()> {
+    ensure_images_with(paths, plan, pull, crate::ui::progress_quiet())
+}
+
+/// [`ensure_images`], pulling without progress lines when `quiet` (`--quiet-pull`).
+pub fn ensure_images_with(
+    paths: &Paths,
+    plan: &ProjectPlan,
+    pull: Option<&str>,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let pull_one = |store: &berth_runtime::image::ImageStore, image: &str| {
+        if quiet {
+            store
+                .pull(image, &crate::commands::image::pull_options(), &mut |_| {})
+                .map(|_| ())
+                .with_context(|| format!("pulling {image}"))
+        } else {
+            crate::commands::image::pull_one(store, image).map(|_| ())
+        }
+    };
     let store = berth_runtime::image::ImageStore::open(&paths.images())?;
     for s in &plan.services {
         if s.image.is_empty() {
@@ -61,12 +90,8 @@ pub fn ensure_images(paths: &Paths, plan: &ProjectPlan, pull: Option<&str>) -> a
                 "image {} not found locally and pull policy is never",
                 s.image
             ),
-            "always" => {
-                crate::commands::image::pull_one(&store, &s.image)?;
-            }
-            _ if !have => {
-                crate::commands::image::pull_one(&store, &s.image)?;
-            }
+            "always" => pull_one(&store, &s.image)?,
+            _ if !have => pull_one(&store, &s.image)?,
             _ => {}
         }
     }
@@ -95,6 +120,9 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
     let paths = Paths::from_env();
     let source = source_from(p)?;
     let plan = load_plan(&source, &args.services)?;
+    for w in &plan.warnings {
+        eprintln!("WARN[0000] {w}");
+    }
     let mut scale = Vec::new();
     for s in &args.scale {
         let (svc, n) = s
@@ -108,7 +136,12 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
         }
         scale.push((svc.to_string(), n));
     }
-    ensure_images(&paths, &plan, args.pull.as_deref())?;
+    ensure_images_with(
+        &paths,
+        &plan,
+        args.pull.as_deref(),
+        args.quiet_pull || crate::ui::progress_quiet(),
+    )?;
     let opts = UpOpts {
         services: args.services.clone(),
         scale,
@@ -122,6 +155,32 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
         timeout: args.timeout,
         watch: args.watch,
     };
+    let deps = if args.always_recreate_deps {
+        dependencies_of(&plan, &args.services)
+    } else {
+        vec![]
+    };
+    if !deps.is_empty() {
+        // --always-recreate-deps: the dependencies first, recreated whatever their config.
+        let client = Client::connect_or_start(&paths, &plan.name)?;
+        let dep_opts = UpOpts {
+            services: deps,
+            no_deps: true,
+            force_recreate: true,
+            no_start: args.no_start,
+            timeout: args.timeout,
+            ..Default::default()
+        };
+        call(
+            client,
+            &Request::Up {
+                source: source.clone(),
+                opts: dep_opts,
+            },
+            "Running",
+            false,
+        )?;
+    }
     let client = Client::connect_or_start(&paths, &plan.name)?;
     call(
         client,
@@ -178,6 +237,53 @@ fn wait_healthy(paths: &Paths, project: &str, timeout: Option<Duration>) -> anyh
     }
 }
 
+/// The services that `services` (all when empty) depend on, transitively: those
+/// `--always-recreate-deps` recreates.
+pub fn dependencies_of(plan: &ProjectPlan, services: &[String]) -> Vec<String> {
+    let roots: Vec<&str> = if services.is_empty() {
+        plan.services.iter().map(|s| s.name.as_str()).collect()
+    } else {
+        services.iter().map(String::as_str).collect()
+    };
+    let mut out: Vec<String> = Vec::new();
+    let mut todo: Vec<String> = roots
+        .iter()
+        .filter_map(|r| plan.service(r))
+        .flat_map(|s| s.depends_on.iter().map(|d| d.0.clone()))
+        .collect();
+    while let Some(d) = todo.pop() {
+        if out.contains(&d) {
+            continue;
+        }
+        if let Some(s) = plan.service(&d) {
+            todo.extend(s.depends_on.iter().map(|x| x.0.clone()));
+        }
+        out.push(d);
+    }
+    // Start order, as the plan's levels give it.
+    plan.services
+        .iter()
+        .filter(|s| out.contains(&s.name))
+        .map(|s| s.name.clone())
+        .collect()
+}
+
+/// The services whose output attached `up` prints, as compose chooses them: `--attach` if
+/// given, else the services named (with their dependencies under `--attach-dependencies`), else
+/// all; minus `--no-attach`.
+pub fn attached_services(plan: &ProjectPlan, args: &UpArgs) -> Vec<String> {
+    let mut sel: Vec<String> = if !args.attach.is_empty() {
+        args.attach.clone()
+    } else if args.services.is_empty() || args.attach_dependencies {
+        // `plan` holds the named services and their dependencies.
+        plan.services.iter().map(|s| s.name.clone()).collect()
+    } else {
+        args.services.clone()
+    };
+    sel.retain(|s| !args.no_attach.contains(s));
+    sel
+}
+
 /// Attached mode: print every container's output with compose's prefixes until all containers
 /// have exited; Ctrl-C stops the stack gracefully, a second Ctrl-C kills it.
 fn attach(p: &ProjectOpts, paths: &Paths, plan: &ProjectPlan, args: &UpArgs) -> anyhow::Result<u8> {
@@ -185,16 +291,12 @@ fn attach(p: &ProjectOpts, paths: &Paths, plan: &ProjectPlan, args: &UpArgs) -> 
     let project = plan.name.clone();
     let color =
         !args.no_color && console::Term::stdout().is_term() && p.ansi != crate::cli::Ansi::Never;
-    let selected: Vec<String> = if args.services.is_empty() {
-        plan.services.iter().map(|s| s.name.clone()).collect()
-    } else {
-        args.services.clone()
-    };
+    let selected = attached_services(plan, args);
     let names: Vec<String> = ProjectState::load(paths, &project)?
         .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
         .unwrap_or_default();
     let mut printer =
-        crate::commands::logs::Printer::new(color, !args.no_log_prefix, false, &names);
+        crate::commands::logs::Printer::new(color, !args.no_log_prefix, args.timestamps, &names);
     let project_dir = paths.project(&project);
     let mut tail = crate::commands::logs::Tailer::new(&project_dir);
     let mut reported: Vec<String> = Vec::new();
@@ -309,31 +411,134 @@ pub fn scale(p: &ProjectOpts, args: &crate::cli::ScaleArgs) -> anyhow::Result<u8
 
 /// `berth run`: a one-off container; attached, its output is streamed and berth exits with its
 /// exit code (removing it first with --rm).
+/// The compose override that `run -v/-p/-l/--cap-add/--cap-drop/-i` stand for: compose applies
+/// them to the service's config for the one-off container, and so does this file, loaded after
+/// the project's own files (`-p` replaces the ports, as compose).
+pub fn run_override(args: &crate::cli::RunArgs) -> Option<String> {
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let list = |v: &[String]| v.iter().map(|x| q(x)).collect::<Vec<_>>().join(", ");
+    let mut body = String::new();
+    if !args.volumes.is_empty() {
+        body.push_str(&format!("    volumes: [{}]\n", list(&args.volumes)));
+    }
+    if !args.publish.is_empty() {
+        body.push_str(&format!("    ports: !override [{}]\n", list(&args.publish)));
+    }
+    if !args.labels.is_empty() {
+        let labels: Vec<String> = args
+            .labels
+            .iter()
+            .map(|l| match l.split_once('=') {
+                Some((k, v)) => format!("{}: {}", q(k), q(v)),
+                None => format!("{}: \"\"", q(l)),
+            })
+            .collect();
+        body.push_str(&format!("    labels: {{{}}}\n", labels.join(", ")));
+    }
+    if !args.cap_add.is_empty() {
+        body.push_str(&format!("    cap_add: [{}]\n", list(&args.cap_add)));
+    }
+    if !args.cap_drop.is_empty() {
+        body.push_str(&format!("    cap_drop: [{}]\n", list(&args.cap_drop)));
+    }
+    if args.interactive {
+        body.push_str("    stdin_open: true\n");
+    }
+    if body.is_empty() {
+        return None;
+    }
+    Some(format!("services:\n  {}:\n{body}", q(&args.service)))
+}
+
+/// Removes the temporary override file when `run` is done with it.
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result<u8> {
     let paths = Paths::from_env();
-    let source = source_from(p)?;
+    let mut source = source_from(p)?;
     let plan = load_plan(&source, &[])?;
     if plan.service(&args.service).is_none() {
         bail!("no such service: {}", args.service);
     }
-    ensure_images(&paths, &plan, None)?;
+    let _override = match run_override(args) {
+        Some(yaml) => {
+            // The project's files first (found as `up` finds them), then the override.
+            if source.files.is_empty() {
+                source.files = plan.config_files.clone();
+            }
+            let f = std::env::temp_dir().join(format!(
+                "berth-run-{}-{}.yaml",
+                plan.name,
+                std::process::id()
+            ));
+            std::fs::write(&f, yaml).with_context(|| format!("writing {}", f.display()))?;
+            source.files.push(f.clone());
+            // Validate now: a bad -v or -p is the user's error, reported before anything runs.
+            load_plan(&source, &[]).context("applying run's -v/-p/-l/--cap-add options")?;
+            Some(TempFile(f))
+        }
+        None => None,
+    };
+    // --env-from-file first, so that -e wins over it.
+    let mut env = Vec::new();
+    for f in &args.env_from_file {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let vars = crate::compose::dotenv::parse(&text, &|k| std::env::var(k).ok())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        for (k, v) in vars {
+            env.push(format!("{k}={}", v.unwrap_or_default()));
+        }
+    }
+    env.extend(args.env.iter().cloned());
+    if let Some(pol) = &args.pull {
+        if !matches!(pol.as_str(), "always" | "missing" | "never") {
+            bail!("invalid --pull {pol:?}: want always, missing or never");
+        }
+    }
+    let only = ProjectPlan {
+        services: plan
+            .services
+            .iter()
+            .filter(|s| s.name == args.service)
+            .cloned()
+            .collect(),
+        ..Default::default()
+    };
+    let quiet = args.quiet_pull || args.quiet || crate::ui::progress_quiet();
+    ensure_images_with(&paths, &only, args.pull.as_deref(), quiet)?;
+    ensure_images_with(&paths, &plan, None, quiet)?;
+    if args.remove_orphans {
+        if let Some(st) = ProjectState::load(&paths, &plan.name)? {
+            if Client::connect(&paths, &plan.name).is_some() {
+                crate::commands::lifecycle::remove_orphans(p, &paths, &st.name)?;
+            }
+        }
+    }
     let opts = crate::supervisor::proto::RunOpts {
         service: args.service.clone(),
         command: args.command.clone(),
         entrypoint: args.entrypoint.as_ref().map(|e| shell_words(e)),
-        env: args.env.clone(),
+        env,
         name: args.name.clone(),
         user: args.user.clone(),
         workdir: args.workdir.clone(),
         no_deps: args.no_deps,
-        service_ports: args.service_ports,
+        // `-p` ports are the one-off's ports: the override replaced the service's with them.
+        service_ports: args.service_ports || !args.publish.is_empty(),
         // compose run: a tty only when asked for and stdin is a terminal. berth cannot attach
         // stdin yet, so it never adds one a service lacks; it only takes `tty: true` away.
         no_tty: args.no_tty || !std::io::IsTerminal::is_terminal(&std::io::stdin()),
     };
     let client = Client::connect_or_start(&paths, &plan.name)?;
     let mut name = None;
-    let mut ui = Progress::new("Running", is_tty());
+    let mut ui = Progress::new("Running", is_tty()).quiet(args.quiet);
     let (ok, err, _) = client.call(&Request::Run { source, opts }, &mut |r| match r {
         Reply::Progress { kind, name: n, .. } if kind == "oneoff" => name = Some(n.clone()),
         // The one-off's own lines stay quiet, as in compose; dependencies show progress.
@@ -353,7 +558,9 @@ pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result
     }
     let name = name.context("the supervisor did not name the container")?;
     if args.detach {
-        println!("{name}");
+        if !args.quiet {
+            println!("{name}");
+        }
         return Ok(0);
     }
     install_sigint();

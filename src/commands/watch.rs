@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use notify::{RecursiveMode, Watcher};
 
-use crate::cli::{ProjectOpts, StopArgs, UpArgs, WatchArgs};
+use crate::cli::{ProjectOpts, RestartArgs, UpArgs, WatchArgs};
 use crate::compose::model::WatchRule;
 use crate::paths::Paths;
 use crate::state::{ProjectState, Status};
@@ -279,8 +279,10 @@ fn apply(
             };
             crate::commands::lifecycle::restart(
                 &po,
-                &StopArgs {
+                &RestartArgs {
                     timeout: None,
+                    // compose watch restarts the service alone, not what depends on it.
+                    no_deps: true,
                     services: vec![w.service.clone()],
                 },
             )?;

@@ -499,12 +499,36 @@ fn file_mode(n: &Node, path: &str) -> R<u32> {
 
 /// mattn/go-shellwords-style split (what compose uses for string `command`/`entrypoint`).
 pub fn shell_split(s: &str) -> Result<Vec<String>, String> {
+    shell_split_tail(s).map(|(w, _)| w)
+}
+
+/// As go-shellwords' `Parse`: the words up to the first unquoted shell operator (`;`, `&`,
+/// `|`, `<`, `>`), and what it dropped from there on (`None` if nothing). A word of digits
+/// right before `>` is a redirection's fd and is dropped with it (`2>log`).
+pub fn shell_split_tail(s: &str) -> Result<(Vec<String>, Option<String>), String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut have = false;
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
+    let mut it = s.char_indices();
+    let mut word_start = 0usize;
+    while let Some((at, c)) = it.next() {
+        let mut chars = it.by_ref().map(|(_, c)| c);
+        if !have {
+            word_start = at;
+        }
         match c {
+            ';' | '&' | '|' | '<' | '>' => {
+                let mut from = at;
+                if c == '>' && have && cur.chars().next().is_some_and(|d| d.is_ascii_digit()) {
+                    // `2>file`: the fd goes with the redirection.
+                    have = false;
+                    from = word_start;
+                }
+                if have {
+                    out.push(std::mem::take(&mut cur));
+                }
+                return Ok((out, Some(s[from..].trim().to_string())));
+            }
             ' ' | '\t' | '\n' | '\r' => {
                 if have {
                     out.push(std::mem::take(&mut cur));
@@ -557,15 +581,27 @@ pub fn shell_split(s: &str) -> Result<Vec<String>, String> {
     if have {
         out.push(cur);
     }
-    Ok(out)
+    Ok((out, None))
 }
 
-fn shell_command(n: &Node, path: &str) -> R<Option<Vec<String>>> {
+/// A string `command`/`entrypoint` split as compose splits it; when compose would silently
+/// drop the part from a shell operator on, berth runs the same words but says so.
+fn shell_command(cx: &mut Cx, service: &str, n: &Node, path: &str) -> R<Option<Vec<String>>> {
     match &n.v {
         V::Null => Ok(None),
-        V::Scalar(s, _) => shell_split(s)
-            .map(Some)
-            .map_err(|e| LoadError::at(&n.mark, path, e)),
+        V::Scalar(s, _) => {
+            let (words, tail) = shell_split_tail(s).map_err(|e| LoadError::at(&n.mark, path, e))?;
+            if let Some(tail) = tail.filter(|t| !t.is_empty()) {
+                let key = path.rsplit('.').next().unwrap_or(path);
+                cx.warnings.push(format!(
+                    "service {service:?}: {key} {s:?} contains a shell operator; as docker compose \
+                     does, only {words:?} runs and {tail:?} is dropped. To run it all through a \
+                     shell write {key}: {}",
+                    serde_json::to_string(&["sh", "-c", s.as_str()]).unwrap_or_default()
+                ));
+            }
+            Ok(Some(words))
+        }
         V::Seq(_) => list(n, path).map(Some),
         _ => Err(type_err(n, path, "a string or a list of strings")),
     }
@@ -1762,7 +1798,7 @@ fn logging(n: &Node, path: &str) -> R<Option<Logging>> {
 }
 
 /// `develop: {watch: [rules]}`.
-fn develop(cx: &Cx, n: &Node, path: &str) -> R<Option<Develop>> {
+fn develop(cx: &mut Cx, service: &str, n: &Node, path: &str) -> R<Option<Develop>> {
     if n.is_null() {
         return Ok(None);
     }
@@ -1780,13 +1816,13 @@ fn develop(cx: &Cx, n: &Node, path: &str) -> R<Option<Develop>> {
             return Err(type_err(&e.val, &kp, "a list of watch rules"));
         };
         for (i, it) in items.iter().enumerate() {
-            d.watch.push(watch_rule(cx, it, &idx(&kp, i))?);
+            d.watch.push(watch_rule(cx, service, it, &idx(&kp, i))?);
         }
     }
     Ok(Some(d))
 }
 
-fn watch_rule(cx: &Cx, n: &Node, path: &str) -> R<WatchRule> {
+fn watch_rule(cx: &mut Cx, service: &str, n: &Node, path: &str) -> R<WatchRule> {
     if !matches!(n.v, V::Map(_)) {
         return Err(type_err(n, path, "a mapping"));
     }
@@ -1846,7 +1882,9 @@ fn watch_rule(cx: &Cx, n: &Node, path: &str) -> R<WatchRule> {
                 for f in map_of(&e.val, &kp)? {
                     let fp = join(&kp, &f.key);
                     match f.key.as_str() {
-                        "command" => x.command = shell_command(&f.val, &fp)?.unwrap_or_default(),
+                        "command" => {
+                            x.command = shell_command(cx, service, &f.val, &fp)?.unwrap_or_default()
+                        }
                         "user" => x.user = opt_string(&f.val, &fp)?,
                         "privileged" => x.privileged = boolean(&f.val, &fp)?,
                         "working_dir" => x.working_dir = opt_string(&f.val, &fp)?,
@@ -1916,7 +1954,7 @@ pub fn service(cx: &mut Cx, name: &str, n: &Node) -> R<Service> {
             "cap_drop" => s.cap_drop = list(v, &kp)?,
             "cgroup" => s.cgroup = opt_string(v, &kp)?,
             "cgroup_parent" => s.cgroup_parent = opt_string(v, &kp)?,
-            "command" => s.command = shell_command(v, &kp)?,
+            "command" => s.command = shell_command(cx, name, v, &kp)?,
             "configs" => s.configs = file_refs(cx, name, v, &kp, RefKind::Config)?,
             "container_name" => s.container_name = opt_string(v, &kp)?,
             "cpu_count" => s.cpu_count = Some(int(v, &kp)?),
@@ -1936,7 +1974,7 @@ pub fn service(cx: &mut Cx, name: &str, n: &Node) -> R<Service> {
             "dns_opt" => s.dns_opt = list(v, &kp)?,
             "dns_search" => s.dns_search = string_or_list(v, &kp)?,
             "domainname" => s.domainname = opt_string(v, &kp)?,
-            "entrypoint" => s.entrypoint = shell_command(v, &kp)?,
+            "entrypoint" => s.entrypoint = shell_command(cx, name, v, &kp)?,
             "env_file" => s.env_file = env_files(cx, v, &kp)?,
             "environment" => s.environment = mapping_with_equals(v, &kp)?,
             "expose" => s.expose = list(v, &kp)?,
@@ -1975,7 +2013,7 @@ pub fn service(cx: &mut Cx, name: &str, n: &Node) -> R<Service> {
             }
             "links" => s.links = list(v, &kp)?,
             "logging" => s.logging = logging(v, &kp)?,
-            "develop" => s.develop = develop(cx, v, &kp)?,
+            "develop" => s.develop = develop(cx, name, v, &kp)?,
             "mac_address" => s.mac_address = opt_string(v, &kp)?,
             "mem_limit" => s.mem_limit = opt_bytes(v, &kp)?,
             "mem_reservation" => s.mem_reservation = opt_bytes(v, &kp)?,
@@ -2470,6 +2508,30 @@ mod tests {
             ["sh", "-c", "echo \"a b\"", "x\"y", "z w"]
         );
         assert_eq!(shell_split("a ''").unwrap(), ["a", ""]);
+        // Shell operators end the words, as go-shellwords (checked against docker compose
+        // v2.40's `config`): the rest is returned as the dropped tail.
+        let t = |s: &str| shell_split_tail(s).unwrap();
+        assert_eq!(
+            t("echo a && echo b"),
+            (vec!["echo".into(), "a".into()], Some("&& echo b".into()))
+        );
+        assert_eq!(t("echo hi;rm x").0, ["echo", "hi"]);
+        assert_eq!(t("echo \"a && b\" && c").0, ["echo", "a && b"]);
+        assert_eq!(
+            t("echo hi>out"),
+            (vec!["echo".into(), "hi".into()], Some(">out".into()))
+        );
+        assert_eq!(
+            t("echo hi 2>out"),
+            (vec!["echo".into(), "hi".into()], Some("2>out".into()))
+        );
+        assert_eq!(t("a|b").0, ["a"]);
+        assert_eq!(
+            t("echo 'x;y' z"),
+            (vec!["echo".into(), "x;y".into(), "z".into()], None)
+        );
+        assert_eq!(t("echo a\\;b").0, ["echo", "a;b"]);
+        assert_eq!(t("a #b").0, ["a", "#b"]);
         assert!(shell_split("'open").is_err());
     }
 }

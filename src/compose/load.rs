@@ -265,6 +265,43 @@ fn load_impl(opts: &LoadOptions, consistency: bool) -> Result<Project, LoadError
     for (k, v) in &opts.environment {
         env.insert(k.clone(), v.clone());
     }
+    // As compose: ${COMPOSE_PROJECT_NAME} is the project's name while interpolating. `-p`
+    // wins over the environment and .env; without either, the file's literal top-level
+    // `name:` or the directory's name. That default is only seen by interpolation: it is
+    // taken out again so that the name itself is still decided by `project_name`.
+    const CPN: &str = "COMPOSE_PROJECT_NAME";
+    let mut derived_name = false;
+    if let Some(n) = &opts.project_name {
+        env.insert(CPN.into(), n.clone());
+    } else if env.get(CPN).is_none_or(|v| v.is_empty()) {
+        let from_file = files
+            .first()
+            .filter(|f| *f != Path::new("-"))
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|src| {
+                super::yaml::parse(&src, &std::sync::Arc::from(""))
+                    .ok()
+                    .flatten()
+            })
+            .and_then(|root| {
+                root.get("name")
+                    .and_then(|n| n.scalar().map(str::to_string))
+            })
+            .filter(|n| !n.contains('$'))
+            .map(|n| normalize_project_name(&n));
+        let name = from_file.filter(|n| !n.is_empty()).unwrap_or_else(|| {
+            normalize_project_name(
+                &project_dir
+                    .file_name()
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or_default(),
+            )
+        });
+        if !name.is_empty() {
+            env.insert(CPN.into(), name);
+            derived_name = true;
+        }
+    }
     let mut reader = Reader {
         opts,
         env,
@@ -292,6 +329,9 @@ fn load_impl(opts: &LoadOptions, consistency: bool) -> Result<Project, LoadError
     let mut root = merged.expect("at least one file");
     super::merge::strip_reset(&mut root);
     super::merge::enforce_unicity(&mut root);
+    if derived_name {
+        reader.env.shift_remove(CPN);
+    }
     let mut warnings = std::mem::take(&mut reader.warnings);
     let mut seen = Vec::new();
     for u in &reader.unset {
@@ -496,7 +536,7 @@ pub(crate) fn build_project(
     }
 
     // Like docker compose, keep only the resources the enabled services use.
-    if consistency {
+    if consistency && !opts.all_resources {
         drop_unused_resources(&mut p);
     }
 

@@ -32,6 +32,8 @@ pub struct LoadOptions {
     pub resolve_env_files: bool,
     /// Content for `-f -`; read from the process stdin when `None`.
     pub stdin: Option<String>,
+    /// `--all-resources`: keep networks, volumes, secrets and configs no service uses.
+    pub all_resources: bool,
 }
 
 impl LoadOptions {
@@ -49,6 +51,7 @@ impl LoadOptions {
             environment: std::env::vars().collect(),
             resolve_env_files: true,
             stdin: None,
+            all_resources: p.all_resources,
         }
     }
 }

@@ -968,4 +968,93 @@ fn develop_watch_errors_name_the_rule() {
         "services.w.develop.watch[0].ignored",
         "did you mean \"ignore\"",
     );
+#[test]
+fn project_name_flag_is_compose_project_name_during_interpolation() {
+    let d = Dir::new(&[
+        (".env", "COMPOSE_PROJECT_NAME=fromdotenv\n"),
+        (
+            "compose.yaml",
+            "services:\n  web:\n    image: busybox\n    environment:\n      P: ${COMPOSE_PROJECT_NAME}\n",
+        ),
+    ]);
+    let env_of = |p: &Project| {
+        p.services["web"].environment["P"]
+            .clone()
+            .unwrap_or_default()
+    };
+    // -p wins over the .env, for the name and for interpolation (as docker compose v2.40).
+    let mut o = d.opts();
+    o.project_name = Some("cliname".into());
+    let p = load(&o).unwrap();
+    assert_eq!(p.name, "cliname");
+    assert_eq!(env_of(&p), "cliname");
+    // Without -p the .env decides both.
+    let p = d.load().unwrap();
+    assert_eq!(p.name, "fromdotenv");
+    assert_eq!(env_of(&p), "fromdotenv");
+    // Neither: the file's `name:`, else the directory's name, and no "not set" warning.
+    let d = Dir::new(&[(
+        "compose.yaml",
+        "name: fromfile\nservices:\n  web:\n    image: busybox\n    environment:\n      P: ${COMPOSE_PROJECT_NAME}\n",
+    )]);
+    let p = d.load().unwrap();
+    assert_eq!(
+        (p.name.as_str(), env_of(&p).as_str()),
+        ("fromfile", "fromfile")
+    );
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    assert!(!p.environment.contains_key("COMPOSE_PROJECT_NAME"));
+}
+
+#[test]
+fn string_command_with_shell_operators_warns_with_service_and_tail() {
+    let d = Dir::new(&[(
+        "compose.yaml",
+        "services:\n  app:\n    image: busybox\n    command: migrate && serve --port 80\n    entrypoint: run.sh; echo done\n",
+    )]);
+    let p = d.load().unwrap();
+    let s = &p.services["app"];
+    assert_eq!(s.command.as_deref(), Some(&["migrate".to_string()][..]));
+    assert_eq!(s.entrypoint.as_deref(), Some(&["run.sh".to_string()][..]));
+    let w: Vec<&String> = p
+        .warnings
+        .iter()
+        .filter(|w| w.contains("shell operator"))
+        .collect();
+    assert_eq!(w.len(), 2, "{:?}", p.warnings);
+    assert!(
+        w[0].contains("\"app\"") && w[0].contains("\"&& serve --port 80\""),
+        "{}",
+        w[0]
+    );
+    assert!(
+        w[0].contains(r#"["sh","-c","migrate && serve --port 80"]"#),
+        "{}",
+        w[0]
+    );
+    assert!(
+        w[1].contains("entrypoint") && w[1].contains("\"; echo done\""),
+        "{}",
+        w[1]
+    );
+    // A list form, or operators in quotes, say nothing.
+    let d = Dir::new(&[(
+        "compose.yaml",
+        "services:\n  app:\n    image: busybox\n    command: [\"sh\", \"-c\", \"a && b\"]\n    entrypoint: echo 'a;b'\n",
+    )]);
+    assert!(d.load().unwrap().warnings.is_empty());
+}
+
+#[test]
+fn all_resources_keeps_what_no_service_uses() {
+    let d = Dir::new(&[(
+        "compose.yaml",
+        "services:\n  web:\n    image: busybox\nvolumes:\n  unused: {}\nnetworks:\n  lonely: {}\n",
+    )]);
+    let p = d.load().unwrap();
+    assert!(!p.volumes.contains_key("unused") && !p.networks.contains_key("lonely"));
+    let mut o = d.opts();
+    o.all_resources = true;
+    let p = load(&o).unwrap();
+    assert!(p.volumes.contains_key("unused") && p.networks.contains_key("lonely"));
 }

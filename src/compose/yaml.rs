@@ -132,7 +132,123 @@ fn is_null_plain(s: &str) -> bool {
 
 /// Parse one YAML document (compose reads the first; more than one is an error).
 /// `Ok(None)` for an empty stream (only comments).
+///
+/// go-yaml (compose) accepts continuation lines of a flow collection that are less indented
+/// than YAML allows, such as a `]` under its key; saphyr rejects them with "invalid
+/// indentation". Only then is the document parsed again with those lines indented enough
+/// ([`indent_flow_lines`]): files that parse as they are never go through the rewrite.
 pub fn parse(src: &str, file: &Arc<str>) -> Result<Option<Node>, LoadError> {
+    match parse_exact(src, file) {
+        Err(e) if matches!(&e, LoadError::Yaml { message, .. } if message.contains("indentation")) =>
+        {
+            match indent_flow_lines(src) {
+                // Report the original error, positioned in the original text.
+                Some(fixed) => parse_exact(&fixed, file).map_err(|_| e),
+                None => Err(e),
+            }
+        }
+        r => r,
+    }
+}
+
+/// Indent every line that continues a flow collection (`[` / `{` opened on an earlier line) to
+/// one column past the content of the line that opened it, as go-yaml tolerates. Quotes,
+/// comments and block scalars are skipped; line breaks are kept, so line numbers stay true.
+/// `None` when nothing needed a change.
+pub fn indent_flow_lines(src: &str) -> Option<String> {
+    let mut out = String::with_capacity(src.len() + 64);
+    let mut depth = 0usize;
+    let mut min_indent = 0usize;
+    let mut quote: Option<char> = None;
+    let mut block_scalar: Option<usize> = None;
+    let mut changed = false;
+    for line in src.split_inclusive('\n') {
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        let body = line.trim_end_matches(['\n', '\r']);
+        if let Some(parent) = block_scalar {
+            if body.trim().is_empty() || indent > parent {
+                out.push_str(line);
+                continue;
+            }
+            block_scalar = None;
+        }
+        let mut line_out = line.to_string();
+        if depth > 0 && quote.is_none() && indent < min_indent && !body.trim().is_empty() {
+            line_out = format!("{}{}", " ".repeat(min_indent), &line[indent..]);
+            changed = true;
+        }
+        // Where a value can start at depth 0: after `- ` markers and a `key:`.
+        let bytes: Vec<char> = body.chars().collect();
+        let mut i = 0;
+        let mut value_start = depth == 0;
+        let mut content_col = indent;
+        while i < bytes.len() {
+            let c = bytes[i];
+            if let Some(q) = quote {
+                if q == '"' && c == '\\' {
+                    i += 2;
+                    continue;
+                }
+                if c == q {
+                    if q == '\'' && bytes.get(i + 1) == Some(&'\'') {
+                        i += 2;
+                        continue;
+                    }
+                    quote = None;
+                }
+                i += 1;
+                continue;
+            }
+            match c {
+                '#' if i == 0 || bytes[i - 1] == ' ' || bytes[i - 1] == '\t' => break,
+                '"' | '\'' if depth > 0 || value_start || i == indent => quote = Some(c),
+                '[' | '{' if depth > 0 || value_start => {
+                    if depth == 0 {
+                        min_indent = content_col + 1;
+                    }
+                    depth += 1;
+                }
+                ']' | '}' if depth > 0 => depth -= 1,
+                '-' if depth == 0 && bytes.get(i + 1).is_none_or(|n| *n == ' ') && value_start => {
+                    content_col = i + 2;
+                }
+                ':' if depth == 0 && bytes.get(i + 1).is_none_or(|n| *n == ' ') => {
+                    value_start = true;
+                }
+                ' ' | '\t' => {}
+                '&' | '!' if depth == 0 && value_start => {
+                    // An anchor or tag before the value: skip the token.
+                    while i + 1 < bytes.len() && bytes[i + 1] != ' ' {
+                        i += 1;
+                    }
+                }
+                '|' | '>' if depth == 0 && value_start => {
+                    block_scalar = Some(indent);
+                    break;
+                }
+                _ if depth == 0 => {
+                    value_start = false;
+                    if i == indent || bytes[..i].iter().all(|c| *c == ' ' || *c == '-') {
+                        content_col = i;
+                    }
+                    // A plain key or scalar: run to its end (a `:` may follow).
+                    while i + 1 < bytes.len()
+                        && !(bytes[i + 1] == ':' && bytes.get(i + 2).is_none_or(|n| *n == ' '))
+                        && !(bytes[i + 1] == ' ' && bytes.get(i + 2) == Some(&'#'))
+                    {
+                        i += 1;
+                    }
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        out.push_str(&line_out);
+    }
+    changed.then_some(out)
+}
+
+fn parse_exact(src: &str, file: &Arc<str>) -> Result<Option<Node>, LoadError> {
     let mut b = Builder {
         file: file.clone(),
         anchors: HashMap::new(),
@@ -659,6 +775,46 @@ mod tests {
 
     fn p(s: &str) -> Node {
         parse(s, &Arc::from("t.yaml")).unwrap().unwrap()
+    }
+
+    #[test]
+    fn flow_sequence_with_comments_and_a_dedented_close_is_accepted() {
+        // As go-yaml (docker compose) reads it; saphyr alone says "invalid indentation".
+        let src = "services:\n  web:\n    healthcheck:\n      test: [\n        \"CMD\",\n        # the probe\n        \"curl\", \"-f\",\n        # its target\n        \"http://x/#a\"\n    ]\n    image: \"a [b\"\n";
+        let n = p(src);
+        let test = n
+            .get("services")
+            .and_then(|s| s.get("web"))
+            .and_then(|w| w.get("healthcheck"))
+            .and_then(|h| h.get("test"))
+            .unwrap();
+        let V::Seq(items) = &test.v else {
+            panic!("not a sequence: {test:?}")
+        };
+        let items: Vec<_> = items.iter().map(|i| i.scalar().unwrap()).collect();
+        assert_eq!(items, ["CMD", "curl", "-f", "http://x/#a"]);
+        // Positions stay those of the original text.
+        let image = n
+            .get("services")
+            .unwrap()
+            .get("web")
+            .unwrap()
+            .entry("image")
+            .unwrap();
+        assert_eq!(image.kmark.line, 11);
+        // Under a list item and in a flow mapping too.
+        let n = p("x:\n  - {a: 1,\n  # c\n  b: 2\n  }\n");
+        let V::Seq(items) = &n.get("x").unwrap().v else {
+            panic!()
+        };
+        assert_eq!(items[0].get("b").unwrap().scalar(), Some("2"));
+        // Block scalars are text, not flow collections.
+        let n = p("a: |\n  [x\nb: [1,\n 2]\n");
+        assert_eq!(n.get("a").unwrap().scalar(), Some("[x\n"));
+        // Nothing to fix: no rewrite.
+        assert_eq!(indent_flow_lines("a: [1, 2]\nb: c\n"), None);
+        // A real indentation error is still reported where it is.
+        assert!(parse("a:\n  b: 1\n c: 2\n", &Arc::from("t.yaml")).is_err());
     }
 
     #[test]

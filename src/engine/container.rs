@@ -20,6 +20,7 @@ use crate::state::{
 pub fn container_name(project: &str, svc: &ServicePlan, number: u32) -> String {
     match &svc.container_name {
         Some(n) => n.clone(),
+        None if svc.compat_names => format!("{project}_{}_{number}", svc.name),
         None => format!("{project}-{}-{number}", svc.name),
     }
 }

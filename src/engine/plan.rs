@@ -141,6 +141,9 @@ pub struct ServicePlan {
     /// `links`: (service, alias) — the alias resolves to the service in DNS.
     pub links: Vec<(String, String)>,
     pub config_hash: String,
+    /// `--compatibility` / `COMPOSE_COMPATIBILITY`: compose v1 container names
+    /// (`project_service_1`).
+    pub compat_names: bool,
 }
 
 /// A resolved network of the project.
@@ -174,6 +177,8 @@ pub struct ProjectPlan {
     pub volumes: Vec<VolumePlan>,
     /// Services in start order, grouped in levels that may start in parallel.
     pub levels: Vec<Vec<String>>,
+    /// The loader's warnings (obsolete `version`, unset variables, dropped shell tails…).
+    pub warnings: Vec<String>,
 }
 
 impl ProjectPlan {
@@ -222,7 +227,36 @@ pub fn load_plan(
         ..Default::default()
     };
     let project = crate::compose::load(&opts)?;
-    from_model(&project, services)
+    let mut plan = from_model(&project, services)?;
+    plan.warnings = project.warnings.clone();
+    if source
+        .environment
+        .get("COMPOSE_COMPATIBILITY")
+        .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "True"))
+    {
+        for s in &mut plan.services {
+            s.compat_names = true;
+        }
+    }
+    // `--parallel N` / COMPOSE_PARALLEL_LIMIT: at most N services start (and stop) at once;
+    // each level of independent services is cut into consecutive groups of N.
+    if let Some(n) = source
+        .environment
+        .get("COMPOSE_PARALLEL_LIMIT")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        plan.levels = limit_parallelism(&plan.levels, n);
+    }
+    Ok(plan)
+}
+
+/// Cut each level into consecutive groups of at most `n` services (dependency order kept).
+pub fn limit_parallelism(levels: &[Vec<String>], n: usize) -> Vec<Vec<String>> {
+    levels
+        .iter()
+        .flat_map(|l| l.chunks(n.max(1)).map(<[String]>::to_vec))
+        .collect()
 }
 
 fn dur(d: &Option<crate::compose::model::Duration>) -> Option<Duration> {
@@ -583,6 +617,7 @@ fn service_plan(
             })
             .collect(),
         config_hash: crate::compose::hash::service_hash(s),
+        compat_names: false,
     })
 }
 
@@ -613,5 +648,20 @@ mod tests {
         assert_eq!(parse_bytes("64MB"), Some(64 << 20));
         assert_eq!(parse_bytes("100"), Some(100));
         assert_eq!(parse_bytes("x"), None);
+    }
+}
+
+#[cfg(test)]
+mod parallel_tests {
+    #[test]
+    fn parallel_limit_cuts_levels_in_order() {
+        let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let levels = vec![l(&["a", "b", "c"]), l(&["d"])];
+        assert_eq!(
+            super::limit_parallelism(&levels, 2),
+            vec![l(&["a", "b"]), l(&["c"]), l(&["d"])]
+        );
+        assert_eq!(super::limit_parallelism(&levels, 1).len(), 4);
+        assert_eq!(super::limit_parallelism(&levels, 10), levels);
     }
 }

@@ -262,3 +262,15 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     (body.starts_with("HTTP/1.") && body.lines().next().is_some_and(|l| l.contains(" 200")))
         .then_some(body)
 }
+
+/// `ps --format json` prints JSON Lines (one object per container), as docker compose v2.21+
+/// does: read them into one array.
+#[allow(dead_code)]
+pub fn json_lines(text: &str) -> serde_json::Value {
+    serde_json::Value::Array(
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect(),
+    )
+}

@@ -16,7 +16,9 @@
 pub mod error;
 mod load;
 pub mod manifest;
+pub mod pack;
 pub mod pull;
+pub mod push;
 pub mod reference;
 pub mod snapshot;
 pub mod unpack;
@@ -711,6 +713,94 @@ impl ImageStore {
             Ok(())
         })?;
         Ok(report)
+    }
+
+    /// A new image from `base` plus one layer (an uncompressed tar at `layer_tar`, e.g. made by
+    /// [`pack::pack`] from a container's upper dir), with `edit` applied to the config JSON
+    /// (author, history, CMD/ENV changes); tagged `reference` if given. Returns the image id.
+    pub fn commit(
+        &self,
+        base: &str,
+        layer_tar: &Path,
+        reference: Option<&str>,
+        edit: &dyn Fn(&mut serde_json::Value),
+    ) -> Result<String, ImageError> {
+        let _w = self.writer_lock()?;
+        let db = self.snapshot_db()?;
+        let (rec, _) =
+            Self::find(&db, base)?.ok_or_else(|| ImageError::NotFound(format!("image {base}")))?;
+        let rec = rec.clone();
+        let (diff_id, _) = pack::sha256_file(layer_tar)?;
+        let f = File::open(layer_tar).ctx(|| format!("opening {}", layer_tar.display()))?;
+        let u = self.unpack_layer(f, None, &diff_id)?;
+        let mut config: serde_json::Value = serde_json::from_slice(&self.read_blob(&rec.id)?)
+            .map_err(|source| ImageError::Json {
+                what: format!("image config {}", rec.id),
+                source,
+            })?;
+        if let Some(ids) = config
+            .pointer_mut("/rootfs/diff_ids")
+            .and_then(|v| v.as_array_mut())
+        {
+            ids.push(diff_id.clone().into());
+        } else {
+            config["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": [diff_id.clone()]});
+        }
+        edit(&mut config);
+        let data = serde_json::to_vec(&config).map_err(|source| ImageError::Json {
+            what: "image config".into(),
+            source,
+        })?;
+        let id = unpack::sha256_hex(&data);
+        self.put_blob(&id, &data)?;
+        let mut layers = rec.layers.clone();
+        layers.push(diff_id.clone());
+        let repo_tags = match reference {
+            Some(r) => vec![Reference::parse(r)?
+                .tagged()
+                .unwrap_or_else(|| r.to_string())],
+            None => vec![],
+        };
+        self.add_record(
+            ImageRecord {
+                id: id.clone(),
+                manifest: None,
+                index: None,
+                repo_tags,
+                repo_digests: vec![],
+                layers,
+                size: 0,
+                created: config
+                    .get("created")
+                    .and_then(|c| c.as_str())
+                    .map(str::to_string),
+                added: 0,
+            },
+            &[(diff_id, u.size)],
+        )?;
+        Ok(id)
+    }
+
+    /// The raw config JSON of a stored image.
+    pub fn config_json(&self, reference: &str) -> Result<serde_json::Value, ImageError> {
+        let img = self
+            .get(reference)?
+            .ok_or_else(|| ImageError::NotFound(format!("image {reference}")))?;
+        serde_json::from_slice(&self.read_blob(&img.id)?).map_err(|source| ImageError::Json {
+            what: format!("image config {}", img.id),
+            source,
+        })
+    }
+
+    /// Push a stored image to a registry (see [`push`]).
+    pub fn push(
+        &self,
+        local: &str,
+        target: &str,
+        opts: &PullOptions,
+        progress: &mut dyn FnMut(push::PushProgress),
+    ) -> Result<String, ImageError> {
+        push::push(self, local, target, opts, progress)
     }
 
     /// Pull from a registry (see [`pull`]).

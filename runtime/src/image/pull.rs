@@ -79,11 +79,11 @@ enum Auth {
 
 /// One registry + repository, with the auth state shared by the layer threads.
 #[derive(Clone)]
-struct Client {
-    agent: ureq::Agent,
-    base: String,
-    registry: String,
-    repository: String,
+pub(super) struct Client {
+    pub(super) agent: ureq::Agent,
+    pub(super) base: String,
+    pub(super) registry: String,
+    pub(super) repository: String,
     creds: Option<(String, String)>,
     auth: Arc<Mutex<Auth>>,
     retries: u32,
@@ -326,7 +326,7 @@ impl From<ImageError> for Failure {
 }
 
 impl Client {
-    fn new(r: &Reference, opts: &PullOptions) -> Result<Client, ImageError> {
+    pub(super) fn new(r: &Reference, opts: &PullOptions) -> Result<Client, ImageError> {
         let host = r.api_host().to_string();
         let insecure = is_local(&host)
             || opts
@@ -382,7 +382,7 @@ impl Client {
         })
     }
 
-    fn auth_header(&self) -> Option<String> {
+    pub(super) fn auth_header(&self) -> Option<String> {
         match &*self.auth.lock().unwrap_or_else(|e| e.into_inner()) {
             Auth::None => None,
             Auth::Basic(b) => Some(format!("Basic {b}")),
@@ -398,7 +398,7 @@ impl Client {
     }
 
     /// Answer a 401 challenge: fetch a token (bearer) or use the configured credentials (basic).
-    fn authenticate(&self, challenge: &str) -> Result<(), ImageError> {
+    pub(super) fn authenticate(&self, challenge: &str) -> Result<(), ImageError> {
         let auth_err = |m: String| ImageError::Auth {
             registry: self.registry.clone(),
             message: m,
@@ -673,7 +673,7 @@ fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String>
         .map(str::to_string)
 }
 
-fn registry_message(body: &[u8]) -> String {
+pub(super) fn registry_message(body: &[u8]) -> String {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
         if let Some(errs) = v.get("errors").and_then(|e| e.as_array()) {
             let msgs: Vec<String> = errs
