@@ -822,9 +822,6 @@ pub struct WatchArgs {
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct ResumeArgs {
-    /// Only say what would be resumed
-    #[arg(long)]
-    pub dry_run: bool,
     /// Only these projects (default: every project with a record)
     pub projects: Vec<String>,
 }
@@ -833,8 +830,9 @@ pub struct ResumeArgs {
 pub struct SystemdArgs {
     #[command(subcommand)]
     pub command: SystemdCmd,
-    /// Print the unit (install) or its path (uninstall) instead of writing anything
-    #[arg(long, alias = "dry-run", global = true)]
+    /// Print the unit (install) or its path (uninstall) instead of writing anything (the global
+    /// --dry-run does the same)
+    #[arg(long, global = true)]
     pub print: bool,
     /// Directory for the unit (default /etc/systemd/system; systemctl is not run with this)
     #[arg(long, global = true)]

@@ -20,7 +20,9 @@ pub fn run(project: &ProjectOpts, args: &ExportArgs) -> anyhow::Result<u8> {
         if !args.services.is_empty() {
             anyhow::bail!(
                 "berth export takes one SERVICE (or `k8s`/`swarm` followed by services), got {:?}",
-                std::iter::once(target).chain(args.services.iter().map(String::as_str)).collect::<Vec<_>>()
+                std::iter::once(target)
+                    .chain(args.services.iter().map(String::as_str))
+                    .collect::<Vec<_>>()
             );
         }
         return super::container_export::export_container(

@@ -63,8 +63,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Image(cmd) => image::image_cmd(&cmd),
         Command::Pull(args) => image::pull(&cli.project, &args),
         Command::Watch(args) => watch::run(&cli.project, &args),
-        Command::Resume(args) => resume::resume(&args),
-        Command::Systemd(args) => resume::systemd(&args),
+        Command::Resume(args) => resume::resume(&args, cli.project.dry_run),
+        Command::Systemd(mut args) => {
+            args.print |= cli.project.dry_run;
+            resume::systemd(&args)
+        }
         Command::Rm(args) => rm::run(&cli.project, &args),
         Command::Version(args) => version::run(&args),
         Command::Stats(args) => stats::run(&cli.project, &args),

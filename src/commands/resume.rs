@@ -27,14 +27,14 @@ pub fn comes_back(condition: &Condition, c: &ContainerRecord) -> bool {
     }
 }
 
-pub fn resume(args: &ResumeArgs) -> anyhow::Result<u8> {
+pub fn resume(args: &ResumeArgs, dry_run: bool) -> anyhow::Result<u8> {
     let paths = Paths::from_env();
     let mut failed = 0;
     for st in ProjectState::list(&paths)? {
         if !args.projects.is_empty() && !args.projects.contains(&st.name) {
             continue;
         }
-        match resume_project(&paths, &st, args.dry_run) {
+        match resume_project(&paths, &st, dry_run) {
             Ok(()) => {}
             Err(e) => {
                 failed += 1;

@@ -968,6 +968,8 @@ fn develop_watch_errors_name_the_rule() {
         "services.w.develop.watch[0].ignored",
         "did you mean \"ignore\"",
     );
+}
+
 #[test]
 fn project_name_flag_is_compose_project_name_during_interpolation() {
     let d = Dir::new(&[
