@@ -220,6 +220,15 @@ fn exec_it_is_a_real_terminal_both_ways() {
     });
     assert!(!shown.contains("/dev/pts"), "{shown:?}");
 
+    // A command that cannot start: the runtime's error reaches the caller, the status is not 0
+    // and the terminal is left as it was.
+    let t = Terminal::spawn(&b, &f, &["exec", "box", "no-such-command"]);
+    let slave = t.slave.try_clone().unwrap();
+    let (code, err) = t.wait();
+    assert_ne!(code, 0);
+    assert!(err.contains("no-such-command"), "{err}");
+    assert_eq!(lflags(&slave), cooked, "terminal mode restored");
+
     // A bad --detach-keys is a clear error.
     let e = b.fails(&f, &["exec", "--detach-keys", "ctrl-1", "box", "true"]);
     assert!(e.contains("invalid detach key \"ctrl-1\""), "{e}");
