@@ -220,6 +220,26 @@ fn exec_it_is_a_real_terminal_both_ways() {
     });
     assert!(!shown.contains("/dev/pts"), "{shown:?}");
 
+    // A caller whose stdin is not a terminal gets no tty (as compose) and its stdin is the
+    // process's.
+    let mut c = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["exec", "box", "sh", "-c", "tty; cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut i = c.stdin.take().unwrap();
+        i.write_all(b"piped-in\n").unwrap();
+    }
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "not a tty\npiped-in\n");
+
     // A command that cannot start: the runtime's error reaches the caller, the status is not 0
     // and the terminal is left as it was.
     let t = Terminal::spawn(&b, &f, &["exec", "box", "no-such-command"]);
