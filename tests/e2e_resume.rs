@@ -191,6 +191,14 @@ fn resume_after_a_simulated_reboot_brings_back_exactly_docker_s_set() {
     // The resumed containers are on the network again: names resolve.
     b.ok(&f, &["exec", "-T", "unless", "nslookup", "always"]);
 
+    // A container that stayed stopped across the reboot can be started again.
+    b.ok(&f, &["start", "never"]);
+    let st = states(&b, &f);
+    assert!(
+        st.contains(&("never".to_string(), "running".to_string())),
+        "{st:?}"
+    );
+
     // Only the supervisor dies (no reboot): resume adopts the running containers, the same
     // processes, instead of recreating them.
     let pid_of = |svc: &str| -> i64 {

@@ -121,6 +121,56 @@ fn resume_project(paths: &Paths, st: &ProjectState, dry_run: bool) -> anyhow::Re
     Ok(())
 }
 
+/// `berth start` after a reboot: containers that stayed stopped across it have lost their
+/// kernel side (their network namespace file is gone with /run), which the supervisor's start
+/// path needs; they are made again from the same config first (as `resume` does), and the
+/// start that follows finds them running. Containers without a namespace file of their own
+/// (`network_mode: host`) are left to the start path.
+pub fn recreate_after_reboot(
+    p: &crate::cli::ProjectOpts,
+    services: &[String],
+) -> anyhow::Result<()> {
+    let paths = Paths::from_env();
+    let name = crate::commands::project_name(p)?;
+    let Some(st) = ProjectState::load(&paths, &name)? else {
+        return Ok(());
+    };
+    let Some(source) = &st.source else {
+        return Ok(());
+    };
+    let mut stale: Vec<String> = Vec::new();
+    for c in st.containers.iter().filter(|c| !c.oneoff) {
+        if !services.is_empty() && !services.contains(&c.service) {
+            continue;
+        }
+        let ns_gone = c.netns.as_ref().is_some_and(|ns| !ns.exists());
+        let running = crate::commands::ps::live_status(c) == crate::state::Status::Running;
+        if ns_gone && !running && !stale.contains(&c.service) {
+            stale.push(c.service.clone());
+        }
+    }
+    if stale.is_empty() {
+        return Ok(());
+    }
+    let client = Client::connect_or_start(&paths, &name)?;
+    let opts = UpOpts {
+        services: stale,
+        no_deps: true,
+        force_recreate: true,
+        ..Default::default()
+    };
+    crate::commands::up::call(
+        client,
+        &Request::Up {
+            source: source.clone(),
+            opts,
+        },
+        "Running",
+        false,
+    )?;
+    Ok(())
+}
+
 /// After a reboot a container's network namespace file (or, without one, its rootfs mount)
 /// is gone with the rest of its kernel state.
 fn kernel_side_gone(c: &ContainerRecord) -> bool {
