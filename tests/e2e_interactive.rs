@@ -42,6 +42,15 @@ impl Terminal {
     /// `berth -f F ARGS…` with a fresh 24x80 pty as its controlling terminal and stdio.
     fn spawn(b: &Berth, f: &Path, args: &[&str]) -> Terminal {
         let p = nix::pty::openpty(None, None).expect("openpty");
+        // openpty(3) does not set close-on-exec: without it berth would inherit the master of
+        // its own terminal and never see it hang up.
+        for fd in [&p.master, &p.slave] {
+            // SAFETY: F_SETFD on fds we own.
+            assert_eq!(
+                unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) },
+                0
+            );
+        }
         set_size(&p.master, 24, 80);
         let mut cmd = b.cmd();
         cmd.arg("-f")
@@ -219,6 +228,70 @@ fn exec_it_is_a_real_terminal_both_ways() {
         s.contains("not a tty").then_some(s)
     });
     assert!(!shown.contains("/dev/pts"), "{shown:?}");
+
+    // A caller whose stdin is not a terminal gets no tty (as compose) and its stdin is the
+    // process's.
+    let mut c = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["exec", "box", "sh", "-c", "tty; cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut i = c.stdin.take().unwrap();
+        i.write_all(b"piped-in\n").unwrap();
+    }
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "not a tty\npiped-in\n");
+
+    // The terminal hangs up (SIGHUP, as when the window closes): berth restores the mode and
+    // ends with 128+1; the session's shell loses its terminal.
+    let t = Terminal::spawn(&b, &f, &["exec", "box", "sh"]);
+    t.type_(b"echo $$ > /tmp/hup.pid; echo hu\"\"p-ready\r");
+    t.expect(0, "hup-ready");
+    let slave = t.slave.try_clone().unwrap();
+    // SAFETY: signalling the berth process this test spawned.
+    unsafe { libc::kill(t.child.id() as i32, libc::SIGHUP) };
+    let (code, err) = t.wait();
+    assert_eq!(code, 129, "stderr: {err}");
+    assert_eq!(lflags(&slave), cooked, "terminal mode restored");
+    wait_for(
+        "the shell to lose its terminal",
+        Duration::from_secs(10),
+        || {
+            let o = b
+                .cmd()
+                .arg("-f")
+                .arg(&f)
+                .args([
+                    "exec",
+                    "-T",
+                    "box",
+                    "sh",
+                    "-c",
+                    "kill -0 $(cat /tmp/hup.pid) || echo gone",
+                ])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&o.stdout)
+                .contains("gone")
+                .then_some(())
+        },
+    );
+
+    // A command that cannot start: the runtime's error reaches the caller, the status is not 0
+    // and the terminal is left as it was.
+    let t = Terminal::spawn(&b, &f, &["exec", "box", "no-such-command"]);
+    let slave = t.slave.try_clone().unwrap();
+    let (code, err) = t.wait();
+    assert_ne!(code, 0);
+    assert!(err.contains("no-such-command"), "{err}");
+    assert_eq!(lflags(&slave), cooked, "terminal mode restored");
 
     // A bad --detach-keys is a clear error.
     let e = b.fails(&f, &["exec", "--detach-keys", "ctrl-1", "box", "true"]);

@@ -191,6 +191,42 @@ fn resume_after_a_simulated_reboot_brings_back_exactly_docker_s_set() {
     // The resumed containers are on the network again: names resolve.
     b.ok(&f, &["exec", "-T", "unless", "nslookup", "always"]);
 
+    // A container that stayed stopped across the reboot can be started again.
+    b.ok(&f, &["start", "never"]);
+    let st = states(&b, &f);
+    assert!(
+        st.contains(&("never".to_string(), "running".to_string())),
+        "{st:?}"
+    );
+
+    // Only the supervisor dies (no reboot): resume adopts the running containers, the same
+    // processes, instead of recreating them.
+    let pid_of = |svc: &str| -> i64 {
+        b.state(&p).unwrap()["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["service"] == svc)
+            .unwrap()["pid"]
+            .as_i64()
+            .unwrap()
+    };
+    let before = pid_of("always");
+    let sup = b.supervisor_pid(&p);
+    // SAFETY: killing the supervisor this test started.
+    unsafe { libc::kill(sup, libc::SIGKILL) };
+    wait_for("the supervisor to die", Duration::from_secs(5), || {
+        (!alive(sup as i64)).then_some(())
+    });
+    let out = b.cmd().args(["resume", &p]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(pid_of("always"), before, "adopted, not recreated");
+    assert!(alive(before));
+
     b.ok(&f, &["down", "-v", "-t", "1"]);
     assert!(b.state(&p).is_none());
     let l = leaks(b.root.path(), std::slice::from_ref(&p));

@@ -222,11 +222,16 @@ fn docker_compose() -> Option<PathBuf> {
         })
 }
 
-/// Drop what berth does not model on purpose (x- extensions, develop/watch, entitlements).
+/// Drop what berth does not model on purpose (x- extensions, entitlements) and compose-go's
+/// `exec: {command: null}` on every watch rule without exec.
 fn normalise(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(m) => {
-            m.retain(|k, _| !k.starts_with("x-") && k != "develop" && k != "entitlements");
+            m.retain(|k, v| {
+                !k.starts_with("x-")
+                    && k != "entitlements"
+                    && !(k == "exec" && v.get("command").is_some_and(|c| c.is_null()))
+            });
             m.values_mut().for_each(normalise);
         }
         serde_json::Value::Array(a) => a.iter_mut().for_each(normalise),

@@ -58,13 +58,20 @@ fn resume_project(paths: &Paths, st: &ProjectState, dry_run: bool) -> anyhow::Re
     };
     let plan = crate::engine::plan::load_plan(source, &[])
         .context("loading the project as it was brought up")?;
-    let mut services: Vec<String> = Vec::new();
+    // Per service: does it come back, and is its containers' kernel side gone (a reboot) or
+    // still there (only the supervisor died: its containers are adopted, not recreated)?
+    let mut services: Vec<(String, bool)> = Vec::new();
     for c in &st.containers {
         let Some(sp) = plan.service(&c.service) else {
             continue;
         };
-        if comes_back(&sp.restart.condition, c) && !services.contains(&c.service) {
-            services.push(c.service.clone());
+        if !comes_back(&sp.restart.condition, c) {
+            continue;
+        }
+        let gone = kernel_side_gone(c);
+        match services.iter_mut().find(|(s, _)| *s == c.service) {
+            Some(e) => e.1 |= gone,
+            None => services.push((c.service.clone(), gone)),
         }
     }
     if services.is_empty() {
@@ -74,20 +81,81 @@ fn resume_project(paths: &Paths, st: &ProjectState, dry_run: bool) -> anyhow::Re
         );
         return Ok(());
     }
-    eprintln!("project {}: resuming {}", st.name, services.join(", "));
+    let names: Vec<&str> = services.iter().map(|(s, _)| s.as_str()).collect();
+    eprintln!("project {}: resuming {}", st.name, names.join(", "));
     if dry_run {
         return Ok(());
     }
     crate::commands::up::ensure_images(paths, &plan, Some("never"))?;
-    let client = Client::connect_or_start(paths, &st.name)?;
+    for recreate in [true, false] {
+        let group: Vec<String> = services
+            .iter()
+            .filter(|(_, g)| *g == recreate)
+            .map(|(s, _)| s.clone())
+            .collect();
+        if group.is_empty() {
+            continue;
+        }
+        let client = Client::connect_or_start(paths, &st.name)?;
+        let opts = UpOpts {
+            services: group,
+            // As Docker's daemon: each container comes back on its own policy, dependencies
+            // without one stay as they are.
+            no_deps: true,
+            // After a reboot the containers' kernel side (mounts, netns, veths, runtime
+            // state) is gone and the supervisor's start path expects it, so they are made
+            // again from the same config (named volumes and bind mounts keep the data).
+            force_recreate: recreate,
+            ..Default::default()
+        };
+        crate::commands::up::call(
+            client,
+            &Request::Up {
+                source: source.clone(),
+                opts,
+            },
+            "Running",
+            false,
+        )?;
+    }
+    Ok(())
+}
+
+/// `berth start` after a reboot: containers that stayed stopped across it have lost their
+/// kernel side (their network namespace file is gone with /run), which the supervisor's start
+/// path needs; they are made again from the same config first (as `resume` does), and the
+/// start that follows finds them running. Containers without a namespace file of their own
+/// (`network_mode: host`) are left to the start path.
+pub fn recreate_after_reboot(
+    p: &crate::cli::ProjectOpts,
+    services: &[String],
+) -> anyhow::Result<()> {
+    let paths = Paths::from_env();
+    let name = crate::commands::project_name(p)?;
+    let Some(st) = ProjectState::load(&paths, &name)? else {
+        return Ok(());
+    };
+    let Some(source) = &st.source else {
+        return Ok(());
+    };
+    let mut stale: Vec<String> = Vec::new();
+    for c in st.containers.iter().filter(|c| !c.oneoff) {
+        if !services.is_empty() && !services.contains(&c.service) {
+            continue;
+        }
+        let ns_gone = c.netns.as_ref().is_some_and(|ns| !ns.exists());
+        let running = crate::commands::ps::live_status(c) == crate::state::Status::Running;
+        if ns_gone && !running && !stale.contains(&c.service) {
+            stale.push(c.service.clone());
+        }
+    }
+    if stale.is_empty() {
+        return Ok(());
+    }
+    let client = Client::connect_or_start(&paths, &name)?;
     let opts = UpOpts {
-        services,
-        // As Docker's daemon: each container comes back on its own policy, dependencies
-        // without one stay as they are.
+        services: stale,
         no_deps: true,
-        // After a reboot the containers' kernel side (mounts, netns, veths, runtime state) is
-        // gone; the supervisor's start path expects it, so they are made again from the same
-        // config (named volumes and bind mounts keep the data).
         force_recreate: true,
         ..Default::default()
     };
@@ -101,6 +169,15 @@ fn resume_project(paths: &Paths, st: &ProjectState, dry_run: bool) -> anyhow::Re
         false,
     )?;
     Ok(())
+}
+
+/// After a reboot a container's network namespace file (or, without one, its rootfs mount)
+/// is gone with the rest of its kernel state.
+fn kernel_side_gone(c: &ContainerRecord) -> bool {
+    match &c.netns {
+        Some(ns) => !ns.exists(),
+        None => !berth_runtime::image::snapshot::is_mountpoint(&c.dir.join("rootfs")),
+    }
 }
 
 pub const UNIT_NAME: &str = "berth-resume.service";

@@ -245,12 +245,13 @@ pub fn run_attached(
     if let Some(d) = console.parent() {
         std::fs::create_dir_all(d)?;
     }
-    let listener = UnixListener::bind(console)
-        .with_context(|| format!("binding the console socket {}", console.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(console, std::fs::Permissions::from_mode(0o600))?;
-    }
+    // Made 0600 from the start (umask around bind, still single-threaded here): nobody else
+    // may connect and hand us a terminal of their own.
+    let old_mask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(console);
+    nix::sys::stat::umask(old_mask);
+    let listener =
+        listener.with_context(|| format!("binding the console socket {}", console.display()))?;
     // Its own process group: the terminal's signals (and its hang-up) are for us, not for the
     // runtime, which waits for the process and gives us its status.
     // Its stderr comes to us through a pipe we copy, not as our own fd: after a detach the

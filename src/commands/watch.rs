@@ -120,7 +120,7 @@ pub fn run(p: &ProjectOpts, args: &WatchArgs) -> anyhow::Result<u8> {
 
     // initial_sync: everything under the rule's path, once, before following edits.
     for w in &watched {
-        for r in w.rules.iter().filter(|r| r.initial_sync) {
+        for r in w.rules.iter().filter(|r| r.wants_initial_sync()) {
             let files = walk(Path::new(&r.path));
             let batch: Vec<PathBuf> = files.into_iter().filter(|f| !is_ignored(w, r, f)).collect();
             if !batch.is_empty() {

@@ -1894,6 +1894,20 @@ fn watch_rule(cx: &mut Cx, service: &str, n: &Node, path: &str) -> R<WatchRule> 
                 }
                 r.exec = Some(x);
             }
+            k if k.starts_with("x-") => {
+                if let V::Scalar(v, _) = &e.val.v {
+                    let val = match parse_bool(v) {
+                        Some(b) if matches!(v.as_str(), "true" | "false") => {
+                            serde_json::Value::Bool(b)
+                        }
+                        _ => match v.parse::<i64>() {
+                            Ok(n) => serde_json::Value::from(n),
+                            Err(_) => serde_json::Value::String(v.clone()),
+                        },
+                    };
+                    r.extensions.insert(k.to_string(), val);
+                }
+            }
             _ => {}
         }
     }

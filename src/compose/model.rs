@@ -225,6 +225,9 @@ pub struct Service {
     pub attach: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub build: Option<Build>,
+    // compose-go's place for it: right after build.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub develop: Option<Develop>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cap_add: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -308,8 +311,6 @@ pub struct Service {
     pub links: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logging: Option<Logging>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub develop: Option<Develop>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_bytes")]
     pub mem_limit: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_bytes")]
@@ -702,20 +703,32 @@ pub struct Develop {
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct WatchRule {
-    /// sync, sync+restart, sync+exec or rebuild.
-    pub action: String,
     /// Absolute host path (resolved against the project directory).
     pub path: String,
+    /// sync, sync+restart, sync+exec, rebuild or restart.
+    pub action: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec: Option<WatchExec>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ignore: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub include: Vec<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub initial_sync: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exec: Option<WatchExec>,
+    /// `x-` keys of the rule (scalars), kept as compose's YAML output keeps them
+    /// (`x-initialSync` is the earlier name of `initial_sync`).
+    #[serde(flatten)]
+    pub extensions: IndexMap<String, serde_json::Value>,
+}
+
+impl WatchRule {
+    /// `initial_sync`, or its earlier name `x-initialSync` (as compose reads it).
+    pub fn wants_initial_sync(&self) -> bool {
+        self.initial_sync
+            || self.extensions.get("x-initialSync") == Some(&serde_json::Value::Bool(true))
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
