@@ -839,7 +839,7 @@ fn output_shapes_match_compose() {
     assert_eq!(img["Tag"], "1");
     assert!(img["ID"].as_str().unwrap().starts_with("sha256:"));
 
-    // ls: one JSON array of {Name, Status, ConfigFiles}; --filter name=.
+    // ls: one JSON array of {Name, Status, ConfigFiles} (+ Supervisor); --filter name=.
     let ls: serde_json::Value = serde_json::from_str(&b.ok(
         &f,
         &["ls", "--format", "json", "--filter", &format!("name={p}")],
@@ -847,7 +847,13 @@ fn output_shapes_match_compose() {
     .unwrap();
     let ls = ls.as_array().unwrap();
     assert_eq!(ls.len(), 1, "{ls:?}");
-    assert_eq!(keys(&ls[0]), set(&["ConfigFiles", "Name", "Status"]));
+    // compose's three fields, plus berth's "Supervisor" (issue 20: whether the project's
+    // supervisor runs), which scripts reading compose's fields ignore.
+    assert_eq!(
+        keys(&ls[0]),
+        set(&["ConfigFiles", "Name", "Status", "Supervisor"])
+    );
+    assert_eq!(ls[0]["Supervisor"], "running");
     assert_eq!(ls[0]["Status"], "running(1)");
     assert_eq!(ls[0]["ConfigFiles"], f.to_str().unwrap());
     let none = b.ok(
