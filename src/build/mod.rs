@@ -1,0 +1,5 @@
+//! `build:`: images from Dockerfiles, built by berth itself (parser, `.dockerignore`,
+//! executor on overlay snapshots, layer cache).
+
+pub mod dockerfile;
+pub mod ignore;
