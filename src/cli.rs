@@ -122,6 +122,10 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Generate shell completions
     Completion(CompletionArgs),
+    /// Build or rebuild services' images from their Dockerfiles
+    Build(BuildArgs),
+    /// Build cache maintenance
+    Builder(BuilderCmd),
     /// Internal: the per-project supervisor (started by `up`)
     #[command(name = "__supervisor", hide = true)]
     Supervisor(SupervisorArgs),
@@ -214,6 +218,12 @@ pub struct UpArgs {
     /// Watch the compose files and roll out changes
     #[arg(long)]
     pub watch: bool,
+    /// Build images before starting containers
+    #[arg(long, conflicts_with = "no_build")]
+    pub build: bool,
+    /// Don't build an image, even if it's missing
+    #[arg(long)]
+    pub no_build: bool,
     pub services: Vec<String>,
 }
 
@@ -277,6 +287,38 @@ pub struct PsArgs {
     #[arg(long, value_enum, default_value_t = TableFormat::Table)]
     pub format: TableFormat,
     pub services_filter: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct BuildArgs {
+    /// Do not use cache when building the image
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Always attempt to pull a newer version of the base images
+    #[arg(long)]
+    pub pull: bool,
+    /// Set build-time variables for services (KEY=VALUE, or KEY from the environment)
+    #[arg(long)]
+    pub build_arg: Vec<String>,
+    /// Don't print anything to stdout or stderr
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Set type of progress output (auto, tty, plain, quiet)
+    #[arg(long)]
+    pub progress: Option<String>,
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BuilderCmd {
+    #[command(subcommand)]
+    pub command: BuilderSub,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BuilderSub {
+    /// Remove the build cache
+    Prune,
 }
 
 #[derive(Debug, Clone, Default, Args)]

@@ -8,8 +8,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-// The executor and commands land in the next steps.
-#[allow(dead_code)]
 mod build;
 mod cli;
 mod commands;

@@ -2,4 +2,6 @@
 //! executor on overlay snapshots, layer cache).
 
 pub mod dockerfile;
+pub mod exec;
+pub mod fsutil;
 pub mod ignore;

@@ -3,6 +3,7 @@
 
 use crate::cli::{Cli, Command};
 
+pub mod build;
 pub mod config;
 pub mod image;
 pub mod inspect;
@@ -50,6 +51,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Rmi(args) => image::rmi(&args),
         Command::Image(cmd) => image::image_cmd(&cmd),
         Command::Pull(args) => image::pull(&cli.project, &args),
+        Command::Build(args) => build::build(&cli.project, &args),
+        Command::Builder(cmd) => match cmd.command {
+            crate::cli::BuilderSub::Prune => build::builder_prune(),
+        },
         Command::Completion(args) => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

@@ -108,6 +108,7 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
         }
         scale.push((svc.to_string(), n));
     }
+    crate::commands::build::for_up(&paths, &source, &args.services, args.build, args.no_build)?;
     ensure_images(&paths, &plan, args.pull.as_deref())?;
     let opts = UpOpts {
         services: args.services.clone(),
@@ -301,6 +302,7 @@ pub fn scale(p: &ProjectOpts, args: &crate::cli::ScaleArgs) -> anyhow::Result<u8
         }
         scale.push((svc.to_string(), n));
     }
+    crate::commands::build::for_up(&paths, &source, &[], false, false)?;
     ensure_images(&paths, &plan, None)?;
     let client = Client::connect_or_start(&paths, &plan.name)?;
     call(client, &Request::Scale { source, scale }, "Running", false)?;
@@ -316,6 +318,7 @@ pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result
     if plan.service(&args.service).is_none() {
         bail!("no such service: {}", args.service);
     }
+    crate::commands::build::for_up(&paths, &source, &[], false, false)?;
     ensure_images(&paths, &plan, None)?;
     let opts = crate::supervisor::proto::RunOpts {
         service: args.service.clone(),

@@ -803,6 +803,11 @@ impl ImageStore {
         self.gc(false).map(|_| ())
     }
 
+    /// Remove every blob and layer no image (or hold, or snapshot) refers to; images stay.
+    pub fn prune_layers(&self) -> Result<PruneReport, ImageError> {
+        self.gc(false)
+    }
+
     /// Remove untagged images and every blob and layer no image refers to.
     pub fn prune(&self) -> Result<PruneReport, ImageError> {
         self.gc(true)
