@@ -139,7 +139,13 @@ fn options_for(
             (None, None, Some(c)) => SecretSource::Content(c.clone().into_bytes()),
             _ => bail!("{}: secret {:?} has no source", what("secrets"), r.source),
         };
-        let id = r.target.clone().unwrap_or_else(|| r.source.clone());
+        // `target` names the secret's id in the Dockerfile (the loader may have filled in a
+        // service-style default path, which is not an id).
+        let id = r
+            .target
+            .clone()
+            .filter(|t| !t.starts_with('/'))
+            .unwrap_or_else(|| r.source.clone());
         secrets.insert(id, src);
     }
     let mut extra_hosts = Vec::new();
