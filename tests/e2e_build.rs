@@ -479,3 +479,55 @@ fn built_image_runs_under_up() {
     );
     b.ok(&f, &["down"]);
 }
+
+#[test]
+fn pagecount_build_example_runs() {
+    let b = Berth::new();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // The base image examples/run.sh makes (plain busybox, no app files).
+    let tar = b.dir.path().join("base.tar");
+    let st = std::process::Command::new(root.join("examples/mkimage.sh"))
+        .arg(&tar)
+        .arg("berth-example/busybox:1")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = b.run(&["load", "-q", "-i", tar.to_str().unwrap()]);
+    assert!(out.status.success());
+    let dir = root.join("examples/pagecount-build");
+    let yaml = std::fs::read_to_string(dir.join("compose.yaml")).unwrap();
+    let p = unique("pcb");
+    // The example as shipped, with the test's project name, its own image tag, a free port.
+    let yaml = yaml
+        .replace("name: pagecount-build\n", "")
+        .replace("pagecount-app:1", &format!("{p}-app:1"))
+        .replace("./app", dir.join("app").to_str().unwrap())
+        .replace("\"8080:80\"", "\"127.0.0.1::80\"");
+    let f = b.compose(&p, &yaml);
+    let out = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["up", "-d", "--wait"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err.matches("Built (").count(),
+        1,
+        "one image for two services: {err}"
+    );
+    let port = b.port(&f, "web", 80, 1);
+    for i in 1..=3 {
+        let body = wait_for("a page", Duration::from_secs(10), || {
+            http_get(port, "/cgi-bin/index").filter(|b| b.contains("viewed"))
+        });
+        assert!(body.contains(&format!("viewed {i} times")), "{body}");
+    }
+    let index = http_get(port, "/index.html").unwrap();
+    assert!(
+        index.contains("berth page count, built by berth build"),
+        "{index}"
+    );
+}
