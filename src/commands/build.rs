@@ -435,3 +435,69 @@ pub fn builder_prune() -> anyhow::Result<u8> {
     );
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The corpus stacks with `build:` load, plan, and either give a build job per image or a
+    /// clear error naming the service and `build.context` (the corpus ships no app sources).
+    #[test]
+    fn corpus_stacks_with_build_load_and_plan() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/compose-corpus/awesome-compose");
+        let mut stacks = 0;
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let f = ["compose.yaml", "compose.yml"]
+                .iter()
+                .map(|n| e.path().join(n))
+                .find(|p| p.is_file());
+            let Some(f) = f else { continue };
+            let opts = crate::compose::LoadOptions {
+                files: vec![f.clone()],
+                interpolate: true,
+                working_dir: e.path(),
+                environment: [("HOME".to_string(), "/home/tester".to_string())]
+                    .into_iter()
+                    .collect(),
+                resolve_env_files: false,
+                ..Default::default()
+            };
+            let Ok(project) = crate::compose::load(&opts) else {
+                continue;
+            };
+            if !project.services.values().any(|s| s.build.is_some()) {
+                continue;
+            }
+            stacks += 1;
+            let plan = crate::engine::plan::from_model(&project, &[])
+                .unwrap_or_else(|e| panic!("{}: {e:#}", f.display()));
+            for (name, s) in &project.services {
+                if s.build.is_none() {
+                    continue;
+                }
+                let want = image_name(&project, s);
+                let planned = plan.services.iter().find(|p| &p.name == name).unwrap();
+                assert_eq!(planned.image, want, "{}", f.display());
+                if s.image.is_none() {
+                    assert_eq!(want, format!("{}-{name}", project.name));
+                }
+                match jobs(&project, std::slice::from_ref(name), &BTreeMap::new()) {
+                    Ok(j) => assert_eq!(j[0].image, want),
+                    Err(e) => {
+                        let e = format!("{e:#}");
+                        assert!(
+                            e.contains(&format!("service {name:?}: build.context")),
+                            "{}: {e}",
+                            f.display()
+                        );
+                    }
+                }
+            }
+        }
+        assert!(
+            stacks >= 20,
+            "only {stacks} corpus stacks with build: loaded"
+        );
+    }
+}

@@ -265,4 +265,56 @@ mod tests {
         let s = seen.iter().find(|(p, _)| p == "c-sym").unwrap();
         assert_eq!(s.1, tar::EntryType::Symlink);
     }
+
+    #[test]
+    fn commit_add_image_hold_and_prune() {
+        use crate::image::ImageStore;
+        let root = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(root.path()).unwrap();
+        let changes = tempfile::tempdir().unwrap();
+        std::fs::write(changes.path().join("a.txt"), b"layer one").unwrap();
+        let guard = store.write_guard().unwrap();
+        let l1 = store.commit_dir(changes.path()).unwrap();
+        assert_eq!(l1.entries, 1);
+        // The same tree again is the same layer.
+        assert_eq!(
+            store.commit_dir(changes.path()).unwrap().diff_id,
+            l1.diff_id
+        );
+        let dir = store.layer_dir(&l1.diff_id).unwrap();
+        assert_eq!(std::fs::read(dir.join("a.txt")).unwrap(), b"layer one");
+        std::fs::write(changes.path().join("a.txt"), b"layer two").unwrap();
+        let l2 = store.commit_dir(changes.path()).unwrap();
+        assert_ne!(l1.diff_id, l2.diff_id);
+        let cfg = serde_json::json!({
+            "architecture": "amd64", "os": "linux", "config": {"Cmd": ["/a.txt"]},
+            "rootfs": {"type": "layers", "diff_ids": [l1.diff_id]}
+        });
+        let id = store
+            .add_image(
+                &serde_json::to_vec(&cfg).unwrap(),
+                &["example/built:1".into()],
+            )
+            .unwrap();
+        drop(guard);
+        let img = store.get("example/built:1").unwrap().unwrap();
+        assert_eq!(img.id, id);
+        assert_eq!(img.layers, vec![dir.clone()]);
+        // l2 is held: prune keeps it; released, it goes; l1 stays with its image.
+        store
+            .hold_layers("test-cache", std::slice::from_ref(&l2.diff_id))
+            .unwrap();
+        store.prune().unwrap();
+        assert!(store.layer_dir(&l2.diff_id).is_some());
+        store.release_hold("test-cache").unwrap();
+        let rep = store.prune().unwrap();
+        assert_eq!(rep.layers, vec![l2.diff_id.clone()]);
+        assert!(store.layer_dir(&l1.diff_id).is_some());
+        // A config naming a missing layer is refused.
+        let bad = serde_json::json!({"architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [l2.diff_id]}});
+        assert!(store
+            .add_image(&serde_json::to_vec(&bad).unwrap(), &[])
+            .is_err());
+    }
 }
