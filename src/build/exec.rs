@@ -209,6 +209,10 @@ struct CacheEntry {
     created: String,
 }
 
+/// Set by the CLI's SIGINT handler: the build stops before its next step (a running RUN gets
+/// the signal from the runtime, which forwards it, and fails). Cleanup runs either way.
+pub static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 pub fn cache_dir(paths: &Paths) -> PathBuf {
     paths.data.join("build-cache")
 }
@@ -733,6 +737,9 @@ impl Builder<'_> {
         total: usize,
     ) -> anyhow::Result<()> {
         let kw = ins.keyword.as_str();
+        if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+            bail!("{}: build interrupted", self.file);
+        }
         let id = self.next_step(stage, n, total, &ins.original);
         let t0 = Instant::now();
         let esc = self.df.escape;

@@ -209,11 +209,26 @@ pub fn jobs(
     Ok(out)
 }
 
+extern "C" fn on_sigint(_: libc::c_int) {
+    exec::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Ctrl-C stops the build cleanly (snapshots unmounted, namespaces removed) instead of killing
+/// berth in the middle of a step. A caught signal is reset by exec, so the runtime child still
+/// receives and forwards it to the RUN.
+fn install_sigint() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+    }
+}
+
 /// Run the builds, independent ones in parallel; returns the image ids (in job order).
 pub fn run_jobs(paths: &Paths, jobs: &[Job], mode: ProgressMode) -> anyhow::Result<Vec<String>> {
     if jobs.is_empty() {
         return Ok(vec![]);
     }
+    install_sigint();
     let out = Mutex::new(());
     let results: Vec<anyhow::Result<exec::Outcome>> = std::thread::scope(|sc| {
         let handles: Vec<_> = jobs
