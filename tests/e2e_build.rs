@@ -44,12 +44,16 @@ fn runs(log: &str) -> usize {
     started.difference(&cached).count()
 }
 
-/// The image config (JSON) of `name:latest` in the test's store.
+/// The image config (JSON) of `name` (`:latest` unless tagged) in the test's store.
 fn image_config(b: &Berth, name: &str) -> serde_json::Value {
     let images = b.root.path().join("data/images");
     let db: serde_json::Value =
         serde_json::from_slice(&std::fs::read(images.join("images.json")).unwrap()).unwrap();
-    let suffix = format!("/{name}:latest");
+    let suffix = if name.contains(':') {
+        format!("/{name}")
+    } else {
+        format!("/{name}:latest")
+    };
     let rec = db["images"]
         .as_array()
         .unwrap()
@@ -114,11 +118,13 @@ echo heredoc-ran > /srv/app/heredoc.txt
 ls /srv/app/src > /srv/app/src-list.txt
 EOF
 COPY <<-NOTE /srv/app/note.txt
-	flavour is ${FLAVOUR}
+	flavour is ${FLAVOUR}, 'quoted' "too"
 	NOTE
 
-FROM base AS final
+FROM --platform=$TARGETPLATFORM base AS final
+MAINTAINER someone@example.com
 COPY --from=base /srv/app/build-info.txt /info.txt
+RUN ["/bin/sh", "-c", "echo exec-form > /exec.txt"]
 SHELL ["/bin/sh", "-ec"]
 RUN test "$(cat /info.txt)" = "mode=special flavour=special"
 EXPOSE 8080 53/udp
@@ -165,7 +171,7 @@ fn every_instruction_multistage_ignore_and_cache() {
         "services:\n  app:\n    build:\n      context: ./app\n      args:\n        FLAVOUR: special\n",
     );
     let log = build(&b, &f, &[]);
-    assert_eq!(runs(&log), 3, "{log}");
+    assert_eq!(runs(&log), 4, "{log}");
     let cfg = image_config(&b, &format!("{p}-app"));
     let c = &cfg["config"];
     assert_eq!(c["WorkingDir"], "/srv/app");
@@ -217,7 +223,12 @@ fn every_instruction_multistage_ignore_and_cache() {
     );
     assert_eq!(read("info.txt"), "mode=special flavour=special\n");
     assert_eq!(read("srv/app/heredoc.txt"), "heredoc-ran\n");
-    assert_eq!(read("srv/app/note.txt"), "flavour is special\n");
+    assert_eq!(
+        read("srv/app/note.txt"),
+        "flavour is special, 'quoted' \"too\"\n"
+    );
+    assert_eq!(read("exec.txt"), "exec-form\n");
+    assert_eq!(cfg["author"], "someone@example.com");
     assert_eq!(read("opt/bundle/inside/hello.txt"), "from a tar\n");
     // .dockerignore: *.key out, keep.key back in.
     assert_eq!(
@@ -264,13 +275,13 @@ fn every_instruction_multistage_ignore_and_cache() {
     // One source file changes: the heredoc RUN after `COPY src/` and the last stage's RUN rerun,
     // the first RUN (before it) does not.
     write(&ctx, "src/util.txt", "util v2\n");
-    assert_eq!(runs(&build(&b, &f, &[])), 2);
+    assert_eq!(runs(&build(&b, &f, &[])), 3);
     assert_eq!(count(), 1);
     // A build arg changes: everything after its ARG reruns.
     let log = build(&b, &f, &["--build-arg", "FLAVOUR=special"]);
     assert_eq!(runs(&log), 0, "the same value as compose's: {log}");
     // --no-cache runs all of them.
-    assert_eq!(runs(&build(&b, &f, &["--no-cache"])), 3);
+    assert_eq!(runs(&build(&b, &f, &["--no-cache"])), 4);
     assert_eq!(count(), 2);
 
     // ONBUILD triggers run in a child build.
@@ -293,7 +304,18 @@ fn every_instruction_multistage_ignore_and_cache() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(runs(&build(&b, &f, &[])), 3);
+    assert_eq!(runs(&build(&b, &f, &[])), 4);
+
+    // `target:` builds only the stages it needs.
+    let ft = b.compose(
+        &unique("bldt"),
+        "services:\n  t:\n    build:\n      context: ./app\n      target: base\n      args:\n        FLAVOUR: special\n    image: berth-test/target:1\n",
+    );
+    let log = build(&b, &ft, &[]);
+    assert_eq!(runs(&log), 0, "the base stage is cached: {log}");
+    assert!(!log.contains("final"), "{log}");
+    let cfg = image_config(&b, "berth-test/target:1");
+    assert!(cfg["config"]["User"].as_str().unwrap_or("").is_empty());
 }
 
 #[test]

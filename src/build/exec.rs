@@ -1748,7 +1748,8 @@ impl Builder<'_> {
         // Unquoted: variables expand, quotes stay (a here-document, not a word).
         let mut out = String::new();
         for line in h.content.split_inclusive('\n') {
-            let escaped = line.replace('"', "\\\"").replace('\'', "\\'");
+            // Single quotes are literal inside double quotes: only `"` needs escaping.
+            let escaped = line.replace('"', "\\\"");
             let v = dockerfile::process_word(
                 &format!("\"{}\"", escaped.trim_end_matches('\n')),
                 env,
