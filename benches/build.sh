@@ -45,7 +45,7 @@ printf 'services:\n  app:\n    build: ./app\n    image: bench/app:1\n' > "$work/
 
 median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f", m}'; }
 now() { date +%s.%N; }
-t() { local s e; s=$(now); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; "$@" >&2 || true; exit 1; }; e=$(now); echo "$e - $s" | bc; }
+t() { local s e; s=$(now); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; "$@" >&2 || true; exit 1; }; e=$(now); awk -v s="$s" -v e="$e" 'BEGIN { printf "%.3f", e - s }'; }
 
 declare -A res
 for r in $(seq 1 "$runs"); do

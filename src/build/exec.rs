@@ -970,8 +970,12 @@ impl Builder<'_> {
 
     fn cache_put(&self, key: &str, e: &CacheEntry) -> anyhow::Result<()> {
         let p = self.cache_path(key);
-        std::fs::create_dir_all(p.parent().expect("parent"))?;
-        crate::state::write_atomic(&p, &serde_json::to_vec(e)?)?;
+        let dir = p.parent().expect("parent");
+        std::fs::create_dir_all(dir)?;
+        // A temp name of this build's own: parallel builds may write the same entry.
+        let tmp = dir.join(format!(".{key}.{}", rand_id()));
+        std::fs::write(&tmp, serde_json::to_vec(e)?)?;
+        std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))?;
         Ok(())
     }
 
@@ -1516,17 +1520,18 @@ impl Builder<'_> {
                 let stage = self
                     .stage_index(f)
                     .and_then(|j| self.done.get(&j).map(|s| (j, s)));
-                let (layers, key) = match stage {
-                    Some((_, s)) => (s.layers.clone(), s.key.clone()),
+                // The key takes the content of the files read there, not the stage's whole key:
+                // a change elsewhere in that stage does not rerun this copy (as BuildKit).
+                let layers = match stage {
+                    Some((_, s)) => s.layers.clone(),
                     None => {
                         if f.parse::<usize>().is_ok() {
                             return Err(self.err(ins, format!("stage {f} not found")));
                         }
                         let img = self.image_for(f, ins)?;
-                        (img.config.rootfs().diff_ids().to_vec(), img.id.clone())
+                        img.config.rootfs().diff_ids().to_vec()
                     }
                 };
-                hasher.update(key.as_bytes());
                 Some((self.work(&layers)?, true))
             }
         };
@@ -1595,8 +1600,9 @@ impl Builder<'_> {
         let from_ctx = from_root.is_none();
         for (host, rel) in &sources {
             let filter = |r: &str| !from_ctx || !ig.excluded(r);
-            let base = rel.clone();
-            fsutil::content_hash(host, &base, &|r: &str| filter(r), &mut hasher)?;
+            // Context paths are relative to the context (the filter matches them); sources of
+            // another stage or image are named by the instruction text in the key.
+            fsutil::content_hash(host, rel, &|r: &str| filter(r), !from_ctx, &mut hasher)?;
         }
         for h in &ins.heredocs {
             hasher.update(h.name.as_bytes());

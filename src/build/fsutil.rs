@@ -240,17 +240,23 @@ pub fn walk_context(root: &Path, ignore: &Ignore) -> anyhow::Result<Vec<String>>
 }
 
 /// The content hash of what a copy of `src` reads: names, types, modes, link targets and file
-/// contents (not times or owners, as BuildKit), of entries `filter` keeps.
+/// contents (not times, as BuildKit), owners only with `owners` (a copy that keeps them), of
+/// entries `filter` keeps.
 pub fn content_hash(
     src: &Path,
     rel: &str,
     filter: &dyn Fn(&str) -> bool,
+    owners: bool,
     h: &mut Sha256,
 ) -> anyhow::Result<()> {
     let m = std::fs::symlink_metadata(src).with_context(|| format!("stat {}", src.display()))?;
     h.update(rel.as_bytes());
     h.update([0]);
     h.update((m.mode() & 0o177777).to_le_bytes());
+    if owners {
+        h.update(m.uid().to_le_bytes());
+        h.update(m.gid().to_le_bytes());
+    }
     if m.is_dir() {
         let mut names: Vec<_> = std::fs::read_dir(src)?
             .map(|e| e.map(|e| e.file_name()))
@@ -263,7 +269,7 @@ pub fn content_hash(
                 format!("{rel}/{}", n.to_string_lossy())
             };
             if filter(&r) {
-                content_hash(&src.join(&n), &r, filter, h)?;
+                content_hash(&src.join(&n), &r, filter, owners, h)?;
             }
         }
     } else if m.file_type().is_symlink() {
