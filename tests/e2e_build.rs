@@ -553,3 +553,24 @@ fn pagecount_build_example_runs() {
         "{index}"
     );
 }
+
+#[test]
+fn inline_dockerfile_extra_hosts_and_isolated_network() {
+    let b = Berth::new();
+    let p = unique("binl");
+    std::fs::create_dir_all(b.dir.path().join("empty")).unwrap();
+    let f = b.compose(
+        &p,
+        "services:\n  i:\n    build:\n      context: ./empty\n      extra_hosts:\n        - \"myhost=10.1.2.3\"\n      dockerfile_inline: |\n        FROM berth-test/busybox:1\n        RUN grep -q '10.1.2.3.*myhost' /etc/hosts\n        # Only loopback: the build network is private.\n        RUN test \"$(ls /sys/class/net)\" = lo && echo isolated > /net.txt\n",
+    );
+    let log = build(&b, &f, &[]);
+    assert_eq!(runs(&log), 2, "{log}");
+    let cfg = image_config(&b, &format!("{p}-i"));
+    let layers = layer_dirs(&b, &cfg);
+    assert_eq!(
+        std::fs::read_to_string(layers.last().unwrap().join("net.txt")).unwrap(),
+        "isolated\n"
+    );
+    // The /etc/hosts of the build is not the image's.
+    assert!(!layers[1..].iter().any(|l| l.join("etc/hosts").exists()));
+}
