@@ -766,10 +766,14 @@ impl Builder<'_> {
                         .cloned()
                         .or(default)
                         .or_else(|| self.globals.get(&k).cloned());
-                    if let Some(v) = v {
-                        st.args.insert(k, v);
-                    } else {
-                        st.args.insert(k, String::new());
+                    // Declared without a value and not given: unset (not an empty variable).
+                    match v {
+                        Some(v) => {
+                            st.args.insert(k, v);
+                        }
+                        None => {
+                            st.args.remove(&k);
+                        }
                     }
                 }
             }
