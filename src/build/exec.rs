@@ -350,6 +350,8 @@ pub struct Builder<'a> {
 struct Work {
     dir: PathBuf,
     netns: Option<PathBuf>,
+    /// A tmpfs holding the RUN's secrets (never on disk).
+    tmpfs: Option<PathBuf>,
 }
 
 impl Work {
@@ -362,6 +364,9 @@ impl Drop for Work {
     fn drop(&mut self) {
         if let Some(ns) = &self.netns {
             let _ = berth_network::netns::remove(ns);
+        }
+        if let Some(t) = &self.tmpfs {
+            let _ = nix::mount::umount2(t, nix::mount::MntFlags::MNT_DETACH);
         }
         let _ = berth_runtime::image::snapshot::remove(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -1011,7 +1016,11 @@ impl Builder<'_> {
     fn work(&self, layers: &[String]) -> anyhow::Result<Work> {
         let dir = self.paths.data.join("build").join(rand_id());
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let w = Work { dir, netns: None };
+        let w = Work {
+            dir,
+            netns: None,
+            tmpfs: None,
+        };
         let dirs = self.layer_dirs(layers)?;
         berth_runtime::image::snapshot::mount(&dirs, &w.dir)?;
         Ok(w)
@@ -1305,6 +1314,20 @@ impl Builder<'_> {
         // Files the RUN sees but that never go into a layer.
         let files = w.dir.join("files");
         std::fs::create_dir_all(&files)?;
+        if mounts.iter().any(|m| matches!(m, RunMount::Secret { .. })) {
+            // Secrets live in memory only, like the engine's.
+            nix::mount::mount(
+                Some("tmpfs"),
+                &files,
+                Some("tmpfs"),
+                nix::mount::MsFlags::MS_NOSUID
+                    | nix::mount::MsFlags::MS_NODEV
+                    | nix::mount::MsFlags::MS_NOEXEC,
+                Some("mode=0700,size=16m"),
+            )
+            .with_context(|| format!("mounting a tmpfs on {}", files.display()))?;
+            w.tmpfs = Some(files.clone());
+        }
         match network {
             Network::Host => {
                 c.netns = NetNs::Host;
