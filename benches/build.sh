@@ -21,6 +21,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+[ -n "${KEEP:-}" ] && trap - EXIT && echo "work dir: $work"
 
 # The project: a "dependency" stage, a "compile" stage reading 400 source files, a slim final stage.
 "$here/examples/mkimage.sh" "$work/base.tar" bench/busybox:1 >/dev/null

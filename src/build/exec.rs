@@ -1022,7 +1022,7 @@ impl Builder<'_> {
             tmpfs: None,
         };
         let dirs = self.layer_dirs(layers)?;
-        berth_runtime::image::snapshot::mount(&dirs, &w.dir)?;
+        berth_runtime::image::snapshot::mount_volatile(&dirs, &w.dir)?;
         Ok(w)
     }
 

@@ -335,7 +335,6 @@ impl ImageStore {
         Ok(self.root.join("blobs/sha256").join(hex_of(digest)?))
     }
 
-    #[allow(dead_code)]
     pub(crate) fn has_blob(&self, digest: &str) -> bool {
         self.blob_path(digest).map(|p| p.is_file()).unwrap_or(false)
     }
@@ -635,6 +634,12 @@ impl ImageStore {
                 }
             }
         }
+        // The same image under the same tags (a rebuild that changed nothing): no write at all.
+        if let Some(r) = self.snapshot_db()?.images.iter().find(|r| r.id == id) {
+            if repo_tags.iter().all(|t| r.repo_tags.contains(t)) && self.has_blob(&id) {
+                return Ok(id);
+            }
+        }
         self.put_blob(&id, config)?;
         let rec = ImageRecord {
             id: id.clone(),
@@ -658,6 +663,9 @@ impl ImageStore {
             what: "layer hold".into(),
             source,
         })?;
+        if std::fs::read(&p).is_ok_and(|old| old == data) {
+            return Ok(());
+        }
         self.write_atomic(&p, &data)
     }
 
