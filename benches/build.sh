@@ -61,7 +61,7 @@ for r in $(seq 1 "$runs"); do
   unset BERTH_ROOT
   if [ "${PEERS:-0}" = 1 ]; then
     docker-compose -p bbench -f "$work/compose.yaml" down --rmi all >/dev/null 2>&1 || true
-    docker builder prune -af >/dev/null 2>&1
+    docker builder prune -af >/dev/null 2>&1 || true
     docker load -q -i "$work/base.tar" >/dev/null
     export DOCKER_BUILDKIT=1 COMPOSE_BAKE=false
     res[docker_cold]+="$(t docker-compose -p bbench -f "$work/compose.yaml" build --progress plain) "

@@ -572,16 +572,59 @@ impl ImageStore {
     /// files) into a layer of the store, via a tar in `tmp/` (see [`diff`]). An existing layer
     /// with the same diff_id is reused.
     pub fn commit_dir(&self, dir: &Path) -> Result<LayerInfo, ImageError> {
-        let tmp = self.tmp_path("commit");
-        let r = (|| {
-            let f = File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
-            let entries = diff::write_layer_tar(dir, f)?;
-            self.import_layer_tar(&tmp).map(|mut l| {
-                l.entries = entries;
-                l
+        // The tar streams through a pipe into the unpacker, which hashes it (the diff_id) as it
+        // writes the layer under tmp/: no tar file, one pass over the data.
+        let tmp = self.tmp_path("layer");
+        std::fs::create_dir(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+        if let Err(e) =
+            std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        {
+            let _ = remove_tree(&tmp);
+            return Err(e).ctx(|| format!("chmod {}", tmp.display()));
+        }
+        let (reader, writer) = match std::io::pipe() {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = remove_tree(&tmp);
+                return Err(e).ctx(|| "creating a pipe".into());
+            }
+        };
+        let r = std::thread::scope(|sc| {
+            let producer = sc.spawn(move || diff::write_layer_tar(dir, writer));
+            let mut reader = reader;
+            let unpacked = unpack::unpack_blob(&mut reader, &tmp);
+            // Drain what is left so the writer never writes into a closed pipe (SIGPIPE).
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+            drop(reader);
+            let entries = producer.join().unwrap_or_else(|_| {
+                Err(ImageError::Archive {
+                    path: dir.display().to_string(),
+                    why: "the layer writer panicked".into(),
+                })
+            });
+            let u = unpacked?;
+            let entries = entries?;
+            let dest = self.layer_path(&u.diff_id)?;
+            if !dest.is_dir() {
+                let d = File::open(&tmp).ctx(|| format!("opening {}", tmp.display()))?;
+                rustix::fs::syncfs(d.as_fd()).ctx(|| format!("syncfs {}", tmp.display()))?;
+                match std::fs::rename(&tmp, &dest) {
+                    Ok(()) => sync_parent(&dest)?,
+                    Err(_) if dest.is_dir() => {}
+                    Err(e) => return Err(e).ctx(|| format!("renaming into {}", dest.display())),
+                }
+                self.update_db(|db| {
+                    db.layer_sizes.insert(u.diff_id.clone(), u.size);
+                    Ok(())
+                })?;
+            }
+            Ok(LayerInfo {
+                diff_id: u.diff_id,
+                size: u.size,
+                entries,
             })
-        })();
-        let _ = std::fs::remove_file(&tmp);
+        });
+        let _ = remove_tree(&tmp);
         r
     }
 
