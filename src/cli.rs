@@ -170,6 +170,10 @@ pub enum Command {
     Export(ExportArgs),
     /// Create a new image from a service container's changes
     Commit(CommitArgs),
+    /// Build or rebuild services' images from their Dockerfiles
+    Build(BuildArgs),
+    /// Build cache maintenance
+    Builder(BuilderCmd),
     /// Internal: the per-project supervisor (started by `up`)
     #[command(name = "__supervisor", hide = true)]
     Supervisor(SupervisorArgs),
@@ -319,6 +323,12 @@ pub struct UpArgs {
     /// Docker Desktop's interactive shortcuts (accepted, no effect here)
     #[arg(long)]
     pub menu: bool,
+    /// Build images before starting containers
+    #[arg(long, conflicts_with = "no_build")]
+    pub build: bool,
+    /// Don't build an image, even if it's missing
+    #[arg(long)]
+    pub no_build: bool,
     pub services: Vec<String>,
 }
 
@@ -394,6 +404,62 @@ pub struct PsArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub orphans: bool,
     pub services_filter: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct BuildArgs {
+    /// Do not use cache when building the image
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Always attempt to pull a newer version of the base images
+    #[arg(long)]
+    pub pull: bool,
+    /// Set build-time variables for services (KEY=VALUE, or KEY from the environment)
+    #[arg(long)]
+    pub build_arg: Vec<String>,
+    /// Don't print anything to stdout or stderr
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Also build the services the named ones depend on
+    #[arg(long)]
+    pub with_dependencies: bool,
+    /// Push the service images after building them
+    #[arg(long)]
+    pub push: bool,
+    /// Check the build configuration (the Dockerfiles parse, the contexts exist) without building
+    #[arg(long)]
+    pub check: bool,
+    /// SSH agent sockets or keys for the build (not supported: refused when given)
+    #[arg(long)]
+    pub ssh: Option<String>,
+    /// BuildKit builder to use (accepted, no effect: berth builds itself)
+    #[arg(long)]
+    pub builder: Option<String>,
+    /// Memory limit for the build container (accepted, no effect)
+    #[arg(short = 'm', long)]
+    pub memory: Option<String>,
+    /// Print the equivalent bake file (accepted, no effect)
+    #[arg(long)]
+    pub print: bool,
+    /// Add a provenance attestation (accepted, no effect)
+    #[arg(long)]
+    pub provenance: Option<String>,
+    /// Add an SBOM attestation (accepted, no effect)
+    #[arg(long)]
+    pub sbom: Option<String>,
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BuilderCmd {
+    #[command(subcommand)]
+    pub command: BuilderSub,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BuilderSub {
+    /// Remove the build cache
+    Prune,
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -561,6 +627,9 @@ pub struct RunArgs {
     /// Automatically remove the container when it exits
     #[arg(long)]
     pub rm: bool,
+    /// Build the service's image before starting the container
+    #[arg(long)]
+    pub build: bool,
     /// Run the container in the background and print its name
     #[arg(short, long)]
     pub detach: bool,

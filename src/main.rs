@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod build;
 mod cli;
 mod commands;
 // Parts of the loader's API are used only by its tests and by commands still to come.

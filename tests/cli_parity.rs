@@ -15,15 +15,10 @@ const NOT_COMPOSE: &[&str] = &["bridge"];
 /// Commands and flags other engineers are adding on their branches right now (issues 13, 14,
 /// 15). The lead empties these lists when their branches are merged; nothing else belongs here.
 const OWNED_ELSEWHERE_COMMANDS: &[&str] = &[
-    "build",  // issue 13 (image builds)
     "attach", // issue 15
     "create", // issue 15
 ];
-const OWNED_ELSEWHERE_FLAGS: &[(&str, &str)] = &[
-    ("up", "--build"),    // issue 13
-    ("up", "--no-build"), // issue 13
-    ("run", "--build"),   // issue 13 (the same build step for `run`)
-];
+const OWNED_ELSEWHERE_FLAGS: &[(&str, &str)] = &[];
 
 fn docker_compose() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("BERTH_DOCKER_COMPOSE") {

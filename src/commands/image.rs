@@ -346,6 +346,10 @@ pub fn image_cmd(cmd: &ImageCmd) -> anyhow::Result<u8> {
     match &cmd.command {
         ImageSub::Prune => {
             let store = open_store()?;
+            // The build cache goes too (its layers are held from prune until then).
+            let paths = crate::paths::Paths::from_env();
+            crate::build::exec::prune_cache(&paths)?;
+            store.release_hold("build-cache")?;
             let rep = store.prune()?;
             for i in &rep.images {
                 println!("deleted: {i}");

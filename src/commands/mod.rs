@@ -3,6 +3,7 @@
 
 use crate::cli::{Cli, Command};
 
+pub mod build;
 pub mod config;
 pub mod container_export;
 pub mod dryrun;
@@ -76,6 +77,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Publish(args) => push::publish(&cli.project, &args),
         Command::Export(args) => export::run(&cli.project, &args),
         Command::Commit(args) => container_export::commit(&cli.project, &args),
+        Command::Build(args) => build::build(&cli.project, &args),
+        Command::Builder(cmd) => match cmd.command {
+            crate::cli::BuilderSub::Prune => build::builder_prune(),
+        },
         Command::Completion(args) => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
@@ -100,6 +105,19 @@ fn note_no_effect(cli: &Cli) {
     if let Command::Run(a) = &cli.command {
         if a.quiet_build {
             flags.push("--quiet-build");
+        }
+    }
+    if let Command::Build(a) = &cli.command {
+        for (set, name) in [
+            (a.builder.is_some(), "--builder"),
+            (a.memory.is_some(), "--memory"),
+            (a.print, "--print"),
+            (a.provenance.is_some(), "--provenance"),
+            (a.sbom.is_some(), "--sbom"),
+        ] {
+            if set {
+                flags.push(name);
+            }
         }
     }
     if !flags.is_empty() {

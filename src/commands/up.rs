@@ -136,6 +136,7 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
         }
         scale.push((svc.to_string(), n));
     }
+    crate::commands::build::for_up(&paths, &source, &args.services, args.build, args.no_build)?;
     ensure_images_with(
         &paths,
         &plan,
@@ -403,6 +404,7 @@ pub fn scale(p: &ProjectOpts, args: &crate::cli::ScaleArgs) -> anyhow::Result<u8
         }
         scale.push((svc.to_string(), n));
     }
+    crate::commands::build::for_up(&paths, &source, &[], false, false)?;
     ensure_images(&paths, &plan, None)?;
     let client = Client::connect_or_start(&paths, &plan.name)?;
     call(client, &Request::Scale { source, scale }, "Running", false)?;
@@ -511,6 +513,7 @@ pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result
             .collect(),
         ..Default::default()
     };
+    crate::commands::build::for_up(&paths, &source, &[], args.build, false)?;
     let quiet = args.quiet_pull || args.quiet || crate::ui::progress_quiet();
     ensure_images_with(&paths, &only, args.pull.as_deref(), quiet)?;
     ensure_images_with(&paths, &plan, None, quiet)?;

@@ -1679,7 +1679,7 @@ fn env_files(cx: &Cx, n: &Node, path: &str) -> R<Vec<EnvFile>> {
     Ok(out)
 }
 
-fn build(cx: &Cx, n: &Node, path: &str) -> R<Option<Build>> {
+fn build(cx: &mut Cx, svc: &str, n: &Node, path: &str) -> R<Option<Build>> {
     let mut b = Build::default();
     match &n.v {
         V::Null => return Ok(None),
@@ -1759,6 +1759,15 @@ fn build(cx: &Cx, n: &Node, path: &str) -> R<Option<Build>> {
             "tags" => b.tags = list(&e.val, &kp)?,
             "platforms" => b.platforms = list(&e.val, &kp)?,
             "privileged" => b.privileged = boolean(&e.val, &kp)?,
+            // Build secrets: the id is `target` if given, else the source name.
+            "secrets" => {
+                b.secrets = file_refs(cx, svc, &e.val, &kp, RefKind::Secret)?;
+                for r in &mut b.secrets {
+                    if r.target.as_deref() == Some(&format!("/run/secrets/{}", r.source)) {
+                        r.target = None;
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -1963,7 +1972,7 @@ pub fn service(cx: &mut Cx, name: &str, n: &Node) -> R<Service> {
         match e.key.as_str() {
             "annotations" => s.annotations = mapping(v, &kp)?,
             "attach" => s.attach = Some(boolean(v, &kp)?),
-            "build" => s.build = build(cx, v, &kp)?,
+            "build" => s.build = build(cx, name, v, &kp)?,
             "cap_add" => s.cap_add = list(v, &kp)?,
             "cap_drop" => s.cap_drop = list(v, &kp)?,
             "cgroup" => s.cgroup = opt_string(v, &kp)?,

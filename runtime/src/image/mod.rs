@@ -9,10 +9,12 @@
 //! gc.lock                shared by loads/pulls in progress, exclusive for prune
 //! leases/<container>.json  layers held by a container's snapshot (mounted or not)
 //! tmp/                   half-written entries; emptied by prune
+//! holds/<holder>.json    layers a holder (a build cache) keeps from prune
 //! ```
 //! Every entry is written under a temporary name, synced, then renamed into place: a crash
 //! leaves at most garbage in `tmp/`, never a half-written blob, layer or record.
 
+pub mod diff;
 pub mod error;
 mod load;
 pub mod manifest;
@@ -146,6 +148,20 @@ struct Leased {
 
 /// A held `flock`; released on drop.
 pub(crate) struct Lock(#[allow(dead_code)] File);
+
+/// Held while a writer adds layers no image record names yet (see [`ImageStore::write_guard`]).
+pub struct WriteGuard(#[allow(dead_code)] Lock);
+
+/// A layer added to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerInfo {
+    /// `sha256:` of the uncompressed tar.
+    pub diff_id: String,
+    /// Size of the tar in bytes.
+    pub size: u64,
+    /// Entries in the tar (0: the directory was empty).
+    pub entries: u64,
+}
 
 pub struct ImageStore {
     root: PathBuf,
@@ -321,7 +337,6 @@ impl ImageStore {
         Ok(self.root.join("blobs/sha256").join(hex_of(digest)?))
     }
 
-    #[allow(dead_code)]
     pub(crate) fn has_blob(&self, digest: &str) -> bool {
         self.blob_path(digest).map(|p| p.is_file()).unwrap_or(false)
     }
@@ -535,6 +550,216 @@ impl ImageStore {
         }
     }
 
+    // ---- building images ------------------------------------------------------------------
+
+    /// Keep prune away while layers are added that no record names yet: a prune waits until
+    /// the guard is dropped. Hold it from the first [`ImageStore::commit_dir`] to
+    /// [`ImageStore::add_image`] (or [`ImageStore::hold_layers`]).
+    pub fn write_guard(&self) -> Result<WriteGuard, ImageError> {
+        Ok(WriteGuard(self.writer_lock()?))
+    }
+
+    /// The unpacked directory of a layer in the store, if present.
+    pub fn layer_dir(&self, diff_id: &str) -> Option<PathBuf> {
+        let p = self.layer_path(diff_id).ok()?;
+        p.is_dir().then_some(p)
+    }
+
+    /// The raw config JSON of an image (Docker's fields included: Healthcheck, Shell, OnBuild).
+    pub fn config_json(&self, image: &Image) -> Result<Vec<u8>, ImageError> {
+        self.read_blob(&image.id)
+    }
+
+    /// Turn a directory of changes (an overlay upper dir with its whiteouts, or a tree of new
+    /// files) into a layer of the store, via a tar in `tmp/` (see [`diff`]). An existing layer
+    /// with the same diff_id is reused.
+    pub fn commit_dir(&self, dir: &Path) -> Result<LayerInfo, ImageError> {
+        // The tar streams through a pipe into the unpacker, which hashes it (the diff_id) as it
+        // writes the layer under tmp/: no tar file, one pass over the data.
+        let tmp = self.tmp_path("layer");
+        std::fs::create_dir(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+        if let Err(e) =
+            std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        {
+            let _ = remove_tree(&tmp);
+            return Err(e).ctx(|| format!("chmod {}", tmp.display()));
+        }
+        let (reader, writer) = match std::io::pipe() {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = remove_tree(&tmp);
+                return Err(e).ctx(|| "creating a pipe".into());
+            }
+        };
+        let r = std::thread::scope(|sc| {
+            let producer = sc.spawn(move || diff::write_layer_tar(dir, writer));
+            let mut reader = reader;
+            let unpacked = unpack::unpack_blob(&mut reader, &tmp);
+            // Drain what is left so the writer never writes into a closed pipe (SIGPIPE).
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+            drop(reader);
+            let entries = producer.join().unwrap_or_else(|_| {
+                Err(ImageError::Archive {
+                    path: dir.display().to_string(),
+                    why: "the layer writer panicked".into(),
+                })
+            });
+            let u = unpacked?;
+            let entries = entries?;
+            let dest = self.layer_path(&u.diff_id)?;
+            if !dest.is_dir() {
+                let d = File::open(&tmp).ctx(|| format!("opening {}", tmp.display()))?;
+                rustix::fs::syncfs(d.as_fd()).ctx(|| format!("syncfs {}", tmp.display()))?;
+                match std::fs::rename(&tmp, &dest) {
+                    Ok(()) => sync_parent(&dest)?,
+                    Err(_) if dest.is_dir() => {}
+                    Err(e) => return Err(e).ctx(|| format!("renaming into {}", dest.display())),
+                }
+                self.update_db(|db| {
+                    db.layer_sizes.insert(u.diff_id.clone(), u.size);
+                    Ok(())
+                })?;
+            }
+            Ok(LayerInfo {
+                diff_id: u.diff_id,
+                size: u.size,
+                entries,
+            })
+        });
+        let _ = remove_tree(&tmp);
+        r
+    }
+
+    /// Add an uncompressed layer tar to the store (unpacked once; reused if present).
+    pub fn import_layer_tar(&self, tar: &Path) -> Result<LayerInfo, ImageError> {
+        let f = File::open(tar).ctx(|| format!("opening {}", tar.display()))?;
+        let (diff_id, size) = unpack::HashReader::new(std::io::BufReader::new(f))
+            .finish()
+            .ctx(|| format!("reading {}", tar.display()))?;
+        if !self.has_layer(&diff_id) {
+            let f = File::open(tar).ctx(|| format!("opening {}", tar.display()))?;
+            let u = self.unpack_layer(f, None, &diff_id)?;
+            self.update_db(|db| {
+                db.layer_sizes.insert(diff_id.clone(), u.size);
+                Ok(())
+            })?;
+        }
+        Ok(LayerInfo {
+            diff_id,
+            size,
+            entries: 0,
+        })
+    }
+
+    /// Record an image made from `config` (an OCI/Docker image config JSON whose
+    /// `rootfs.diff_ids` are all in the store) under `tags`; returns its id.
+    pub fn add_image(&self, config: &[u8], tags: &[String]) -> Result<String, ImageError> {
+        let id = unpack::sha256_hex(config);
+        let parsed: oci_spec::image::ImageConfiguration =
+            serde_json::from_slice(config).map_err(|source| ImageError::Json {
+                what: "image config".into(),
+                source,
+            })?;
+        let layers: Vec<String> = parsed.rootfs().diff_ids().to_vec();
+        for l in &layers {
+            if !self.has_layer(l) {
+                return Err(ImageError::NotFound(format!("layer {l}")));
+            }
+        }
+        let mut repo_tags = Vec::new();
+        for t in tags {
+            let r = Reference::parse(t)?;
+            match r.tagged() {
+                Some(t) => repo_tags.push(t),
+                None => {
+                    return Err(ImageError::Unsupported {
+                        what: "image name (a tag is needed)",
+                        value: t.clone(),
+                    })
+                }
+            }
+        }
+        // The same image under the same tags (a rebuild that changed nothing): no write at all.
+        if let Some(r) = self.snapshot_db()?.images.iter().find(|r| r.id == id) {
+            if repo_tags.iter().all(|t| r.repo_tags.contains(t)) && self.has_blob(&id) {
+                return Ok(id);
+            }
+        }
+        self.put_blob(&id, config)?;
+        let rec = ImageRecord {
+            id: id.clone(),
+            manifest: None,
+            index: None,
+            repo_tags,
+            repo_digests: Vec::new(),
+            layers,
+            size: 0,
+            created: parsed.created().clone(),
+            added: now(),
+        };
+        self.add_record(rec, &[])?;
+        Ok(id)
+    }
+
+    /// Keep `diff_ids` from prune under the name `holder` (replacing what it held before).
+    pub fn hold_layers(&self, holder: &str, diff_ids: &[String]) -> Result<(), ImageError> {
+        let p = self.hold_path(holder)?;
+        let data = serde_json::to_vec(diff_ids).map_err(|source| ImageError::Json {
+            what: "layer hold".into(),
+            source,
+        })?;
+        if std::fs::read(&p).is_ok_and(|old| old == data) {
+            return Ok(());
+        }
+        self.write_atomic(&p, &data)
+    }
+
+    /// Drop a holder's layers (prune may then remove them).
+    pub fn release_hold(&self, holder: &str) -> Result<(), ImageError> {
+        let p = self.hold_path(holder)?;
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).ctx(|| format!("removing {}", p.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn hold_path(&self, holder: &str) -> Result<PathBuf, ImageError> {
+        let ok = !holder.is_empty()
+            && holder.len() <= 128
+            && holder
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+        if !ok {
+            return Err(ImageError::Unsupported {
+                what: "layer holder name",
+                value: holder.to_string(),
+            });
+        }
+        let dir = self.root.join("holds");
+        std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        Ok(dir.join(format!("{holder}.json")))
+    }
+
+    fn held(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        if let Ok(rd) = std::fs::read_dir(self.root.join("holds")) {
+            for e in rd.flatten() {
+                if let Ok(v) = std::fs::read(e.path())
+                    .map_err(|_| ())
+                    .and_then(|b| serde_json::from_slice::<Vec<String>>(&b).map_err(|_| ()))
+                {
+                    out.extend(
+                        v.into_iter()
+                            .map(|d| d.trim_start_matches("sha256:").to_string()),
+                    );
+                }
+            }
+        }
+        out
+    }
+
     // ---- the public API -------------------------------------------------------------------
 
     /// Load a `docker save` archive, an OCI image-layout archive or an OCI layout directory
@@ -631,6 +856,11 @@ impl ImageStore {
         self.gc(false).map(|_| ())
     }
 
+    /// Remove every blob and layer no image (or hold, or snapshot) refers to; images stay.
+    pub fn prune_layers(&self) -> Result<PruneReport, ImageError> {
+        self.gc(false)
+    }
+
     /// Remove untagged images and every blob and layer no image refers to.
     pub fn prune(&self) -> Result<PruneReport, ImageError> {
         self.gc(true)
@@ -642,6 +872,8 @@ impl ImageStore {
         let mut in_use = snapshot_layers_in_use(&self.root.join("layers"));
         let leased = self.leased()?;
         in_use.extend(leased.layers.iter().cloned());
+        // Held layers are kept, but do not keep an untagged image alive as a mounted one does.
+        let held = self.held();
         let db = self.update_db(|db| {
             if dangling {
                 let mut keep = Vec::new();
@@ -687,7 +919,7 @@ impl ImageStore {
         for e in std::fs::read_dir(&ldir).ctx(|| format!("reading {}", ldir.display()))? {
             let e = e.ctx(|| format!("reading {}", ldir.display()))?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if !layers.contains(&name) && !in_use.contains(&name) {
+            if !layers.contains(&name) && !in_use.contains(&name) && !held.contains(&name) {
                 report.reclaimed_bytes += db
                     .layer_sizes
                     .get(&format!("sha256:{name}"))
@@ -699,8 +931,10 @@ impl ImageStore {
         }
         let tdir = self.root.join("tmp");
         self.update_db(|db| {
-            db.layer_sizes
-                .retain(|k, _| layers.contains(k.trim_start_matches("sha256:")));
+            db.layer_sizes.retain(|k, _| {
+                let h = k.trim_start_matches("sha256:");
+                layers.contains(h) || held.contains(h) || in_use.contains(h)
+            });
             // No load or pull is running (gc.lock is ours) and no record update either
             // (images.lock is held here, before this update writes its own temp file): tmp/
             // holds only crash leftovers.
@@ -781,8 +1015,8 @@ impl ImageStore {
         Ok(id)
     }
 
-    /// The raw config JSON of a stored image.
-    pub fn config_json(&self, reference: &str) -> Result<serde_json::Value, ImageError> {
+    /// The config JSON of a stored image, parsed ([`ImageStore::config_json`] gives the bytes).
+    pub fn config_value(&self, reference: &str) -> Result<serde_json::Value, ImageError> {
         let img = self
             .get(reference)?
             .ok_or_else(|| ImageError::NotFound(format!("image {reference}")))?;

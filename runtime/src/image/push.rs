@@ -202,7 +202,7 @@ pub(super) fn push(
         .ok_or_else(|| ImageError::NotFound(format!("image {local}")))?;
     let (r, tag) = target_of(target)?;
     let client = Client::new(&r, opts)?;
-    let mut config = store.config_json(&img.id)?;
+    let mut config = store.config_value(&img.id)?;
     let _w = store.writer_lock()?;
     let mut layers = Vec::new();
     let mut diff_ids = Vec::new();

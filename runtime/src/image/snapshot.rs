@@ -39,6 +39,18 @@ pub fn is_mountpoint(path: &Path) -> bool {
 /// Mount the snapshot and return the rootfs path (`dir/rootfs`). `layers` are the unpacked layer
 /// directories, lowest first. Mounting an already mounted snapshot returns its rootfs.
 pub fn mount(layers: &[PathBuf], dir: &Path) -> Result<PathBuf, ImageError> {
+    mount_opts(layers, dir, false)
+}
+
+/// [`mount`] for a throwaway snapshot (a build step): overlayfs `volatile`, so neither writes
+/// nor the unmount sync the upper filesystem (an unmount otherwise waits for a whole-disk sync).
+/// What must last is copied out and synced by its reader (`ImageStore::commit_dir`). A volatile
+/// upper dir cannot be mounted again after a crash; it is not meant to be.
+pub fn mount_volatile(layers: &[PathBuf], dir: &Path) -> Result<PathBuf, ImageError> {
+    mount_opts(layers, dir, true)
+}
+
+fn mount_opts(layers: &[PathBuf], dir: &Path, volatile: bool) -> Result<PathBuf, ImageError> {
     let rootfs = dir.join("rootfs");
     let upper = dir.join("upper");
     let work = dir.join("work");
@@ -64,9 +76,9 @@ pub fn mount(layers: &[PathBuf], dir: &Path) -> Result<PathBuf, ImageError> {
             )));
         }
     }
-    match mount_new_api(&layers, &upper, &work, &rootfs) {
+    match mount_new_api(&layers, &upper, &work, &rootfs, volatile) {
         Ok(()) => Ok(rootfs),
-        Err(first) => mount_legacy(&layers, &upper, &work, &rootfs)
+        Err(first) => mount_legacy(&layers, &upper, &work, &rootfs, volatile)
             .map(|_| rootfs)
             .map_err(|e| match e {
                 ImageError::Mount { what, source } => ImageError::Mount {
@@ -97,6 +109,7 @@ fn mount_new_api(
     upper: &Path,
     work: &Path,
     target: &Path,
+    volatile: bool,
 ) -> Result<(), ImageError> {
     let fs = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
         .map_err(mount_err("fsopen overlay".into()))?;
@@ -111,6 +124,10 @@ fn mount_new_api(
         .map_err(mount_err("overlay workdir".into()))?;
     // Docker's defaults: no index (layers are shared, hard links across snapshots are fine).
     let _ = rustix::mount::fsconfig_set_string(&fs, "index", "off");
+    if volatile {
+        rustix::mount::fsconfig_set_flag(&fs, "volatile")
+            .map_err(mount_err("overlay volatile".into()))?;
+    }
     rustix::mount::fsconfig_create(&fs).map_err(mount_err("overlay create".into()))?;
     let mnt = rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
         .map_err(mount_err("fsmount overlay".into()))?;
@@ -135,6 +152,7 @@ fn mount_legacy(
     upper: &Path,
     work: &Path,
     target: &Path,
+    volatile: bool,
 ) -> Result<(), ImageError> {
     let lower: Vec<String> = layers
         .iter()
@@ -142,10 +160,11 @@ fn mount_legacy(
         .map(|l| l.to_string_lossy().into_owned())
         .collect();
     let opts = format!(
-        "lowerdir={},upperdir={},workdir={},index=off",
+        "lowerdir={},upperdir={},workdir={},index=off{}",
         lower.join(":"),
         upper.display(),
-        work.display()
+        work.display(),
+        if volatile { ",volatile" } else { "" }
     );
     let data = std::ffi::CString::new(opts).map_err(|_| ImageError::Mount {
         what: "overlay options".into(),

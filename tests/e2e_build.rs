@@ -1,0 +1,576 @@
+//! `berth build` and `up` with `build:`: real images built offline from the busybox test image,
+//! every instruction, multi-stage, .dockerignore, build args, secrets, the cache (RUNs counted),
+//! and a built image running under `up`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+
+fn write(dir: &Path, rel: &str, content: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, content).unwrap();
+}
+
+/// `berth build --progress plain`, asserting success; returns stderr.
+fn build(b: &Berth, file: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["build", "--progress", "plain"];
+    args.extend_from_slice(extra);
+    let out = b.cmd().arg("-f").arg(file).args(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "berth build failed:\n{err}");
+    err
+}
+
+/// RUN steps executed in a plain build log (started and not reported CACHED).
+fn runs(log: &str) -> usize {
+    let mut started = BTreeSet::new();
+    let mut cached = BTreeSet::new();
+    for l in log.lines() {
+        let Some(rest) = l.strip_prefix('#') else {
+            continue;
+        };
+        let (id, text) = rest.split_once(' ').unwrap_or((rest, ""));
+        if text == "CACHED" {
+            cached.insert(id.to_string());
+        } else if text.starts_with('[') && text.contains("] RUN ") {
+            started.insert(id.to_string());
+        }
+    }
+    started.difference(&cached).count()
+}
+
+/// The image config (JSON) of `name` (`:latest` unless tagged) in the test's store.
+fn image_config(b: &Berth, name: &str) -> serde_json::Value {
+    let images = b.root.path().join("data/images");
+    let db: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(images.join("images.json")).unwrap()).unwrap();
+    let suffix = if name.contains(':') {
+        format!("/{name}")
+    } else {
+        format!("/{name}:latest")
+    };
+    let rec = db["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r["repo_tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t.as_str().unwrap().ends_with(&suffix))
+        })
+        .unwrap_or_else(|| panic!("no image {name} in {db:#}"));
+    let id = rec["id"].as_str().unwrap().trim_start_matches("sha256:");
+    serde_json::from_slice(&std::fs::read(images.join("blobs/sha256").join(id)).unwrap()).unwrap()
+}
+
+/// The unpacked directories of an image's layers, lowest first.
+fn layer_dirs(b: &Berth, cfg: &serde_json::Value) -> Vec<PathBuf> {
+    cfg["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            b.root
+                .path()
+                .join("data/images/layers")
+                .join(d.as_str().unwrap().trim_start_matches("sha256:"))
+        })
+        .collect()
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            out.push(p.clone());
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                out.extend(files_under(&p));
+            }
+        }
+    }
+    out
+}
+
+const EVERY_INSTRUCTION: &str = r#"# syntax=docker/dockerfile:1
+ARG BASE=berth-test/busybox:1
+FROM ${BASE} AS base
+LABEL org.example.stage="base" two=words\ here
+ARG FLAVOUR=plain
+ENV APP_HOME=/srv/app \
+    MODE=${FLAVOUR:-none}
+WORKDIR $APP_HOME
+RUN --mount=type=cache,target=/cache echo run >> /cache/count && \
+    echo "mode=$MODE flavour=$FLAVOUR" > build-info.txt && rm /www/index.html
+COPY --chown=app:app --chmod=640 *.conf conf/
+COPY src/ src/
+ADD bundle.tar /opt/bundle/
+RUN <<EOF
+set -e
+echo heredoc-ran > /srv/app/heredoc.txt
+ls /srv/app/src > /srv/app/src-list.txt
+EOF
+COPY <<-NOTE /srv/app/note.txt
+	flavour is ${FLAVOUR}, 'quoted' "too"
+	NOTE
+
+FROM --platform=$TARGETPLATFORM base AS final
+MAINTAINER someone@example.com
+COPY --from=base /srv/app/build-info.txt /info.txt
+RUN ["/bin/sh", "-c", "echo exec-form > /exec.txt"]
+SHELL ["/bin/sh", "-ec"]
+RUN test "$(cat /info.txt)" = "mode=special flavour=special"
+EXPOSE 8080 53/udp
+VOLUME ["/data"]
+USER app
+STOPSIGNAL SIGINT
+HEALTHCHECK --interval=2s --timeout=1s --retries=4 CMD ["true"]
+ONBUILD RUN echo triggered > /tmp/onbuild.txt
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD ["echo $APP_HOME"]
+"#;
+
+#[test]
+fn every_instruction_multistage_ignore_and_cache() {
+    let b = Berth::new();
+    let p = unique("bld");
+    let ctx = b.dir.path().join("app");
+    write(&ctx, "Dockerfile", EVERY_INSTRUCTION);
+    write(&ctx, "a.conf", "a\n");
+    write(&ctx, "b.conf", "b\n");
+    write(&ctx, "src/main.txt", "main\n");
+    write(&ctx, "src/util.txt", "util\n");
+    write(&ctx, "src/secret.key", "do not ship\n");
+    write(&ctx, "src/keep.key", "keep me\n");
+    write(
+        &ctx,
+        ".dockerignore",
+        "# keys stay out\n**/*.key\n!src/keep.key\n",
+    );
+    // A local tar for ADD to unpack.
+    let tar_src = b.dir.path().join("tarsrc");
+    write(&tar_src, "inside/hello.txt", "from a tar\n");
+    let st = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(ctx.join("bundle.tar"))
+        .arg("-C")
+        .arg(&tar_src)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let f = b.compose(
+        &p,
+        "services:\n  app:\n    build:\n      context: ./app\n      args:\n        FLAVOUR: special\n",
+    );
+    let log = build(&b, &f, &[]);
+    assert_eq!(runs(&log), 4, "{log}");
+    let cfg = image_config(&b, &format!("{p}-app"));
+    let c = &cfg["config"];
+    assert_eq!(c["WorkingDir"], "/srv/app");
+    assert_eq!(c["User"], "app");
+    assert_eq!(c["StopSignal"], "SIGINT");
+    assert_eq!(c["Entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
+    assert_eq!(c["Cmd"], serde_json::json!(["echo $APP_HOME"]));
+    assert_eq!(c["Shell"], serde_json::json!(["/bin/sh", "-ec"]));
+    assert_eq!(c["Labels"]["org.example.stage"], "base");
+    assert_eq!(c["Labels"]["two"], "words here");
+    assert!(c["ExposedPorts"]["8080/tcp"].is_object());
+    assert!(c["ExposedPorts"]["53/udp"].is_object());
+    assert!(c["Volumes"]["/data"].is_object());
+    assert_eq!(
+        c["OnBuild"],
+        serde_json::json!(["RUN echo triggered > /tmp/onbuild.txt"])
+    );
+    assert_eq!(
+        c["Healthcheck"],
+        serde_json::json!({"Test": ["CMD", "true"], "Interval": 2_000_000_000u64, "Timeout": 1_000_000_000u64, "Retries": 4})
+    );
+    let env: Vec<&str> = c["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(env.contains(&"APP_HOME=/srv/app"), "{env:?}");
+    assert!(env.contains(&"MODE=special"), "{env:?}");
+    assert!(
+        !env.iter().any(|e| e.starts_with("FLAVOUR=")),
+        "ARGs stay out of the image: {env:?}"
+    );
+    // What the layers hold, top layer last.
+    let layers = layer_dirs(&b, &cfg);
+    let find = |rel: &str| -> Option<PathBuf> {
+        layers
+            .iter()
+            .rev()
+            .map(|l| l.join(rel))
+            .find(|p| std::fs::symlink_metadata(p).is_ok())
+    };
+    let read = |rel: &str| {
+        std::fs::read_to_string(find(rel).unwrap_or_else(|| panic!("{rel} in no layer"))).unwrap()
+    };
+    assert_eq!(
+        read("srv/app/build-info.txt"),
+        "mode=special flavour=special\n"
+    );
+    assert_eq!(read("info.txt"), "mode=special flavour=special\n");
+    assert_eq!(read("srv/app/heredoc.txt"), "heredoc-ran\n");
+    assert_eq!(
+        read("srv/app/note.txt"),
+        "flavour is special, 'quoted' \"too\"\n"
+    );
+    assert_eq!(read("exec.txt"), "exec-form\n");
+    assert_eq!(cfg["author"], "someone@example.com");
+    assert_eq!(read("opt/bundle/inside/hello.txt"), "from a tar\n");
+    // .dockerignore: *.key out, keep.key back in.
+    assert_eq!(
+        read("srv/app/src-list.txt"),
+        "keep.key\nmain.txt\nutil.txt\n"
+    );
+    assert!(find("srv/app/src/secret.key").is_none());
+    // COPY --chown/--chmod.
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(find("srv/app/conf/a.conf").unwrap()).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 1000, 0o640));
+    // The deletion is a whiteout in the RUN's layer (overlay form: a 0:0 char device).
+    use std::os::unix::fs::FileTypeExt;
+    let wh = find("www/index.html").unwrap();
+    let wm = std::fs::symlink_metadata(&wh).unwrap();
+    assert!(
+        wm.file_type().is_char_device() && wm.rdev() == 0,
+        "{}",
+        wh.display()
+    );
+    // Mount points of the build never land in a layer.
+    for l in &layers[1..] {
+        for sub in ["proc", "sys", "dev", "cache", "etc/hosts"] {
+            assert!(!l.join(sub).exists(), "{} has {sub}", l.display());
+        }
+    }
+    let count = || {
+        files_under(&b.root.path().join("data/build-cache/mounts"))
+            .into_iter()
+            .find(|p| p.ends_with("count"))
+            .map(|p| std::fs::read_to_string(p).unwrap().lines().count())
+            .unwrap_or(0)
+    };
+    assert_eq!(count(), 1, "the cache mount kept the first RUN's write");
+
+    // Nothing changed: no RUN, the same image.
+    let id1 = cfg["rootfs"].clone();
+    let log = build(&b, &f, &[]);
+    assert_eq!(runs(&log), 0, "{log}");
+    assert_eq!(image_config(&b, &format!("{p}-app"))["rootfs"], id1);
+    // An ignored file changes: still nothing to do.
+    write(&ctx, "src/secret.key", "changed\n");
+    assert_eq!(runs(&build(&b, &f, &[])), 0);
+    // One source file changes: the heredoc RUN after `COPY src/` and the last stage's RUN rerun,
+    // the first RUN (before it) does not.
+    write(&ctx, "src/util.txt", "util v2\n");
+    assert_eq!(runs(&build(&b, &f, &[])), 3);
+    assert_eq!(count(), 1);
+    // A build arg changes: everything after its ARG reruns.
+    let log = build(&b, &f, &["--build-arg", "FLAVOUR=special"]);
+    assert_eq!(runs(&log), 0, "the same value as compose's: {log}");
+    // --no-cache runs all of them.
+    assert_eq!(runs(&build(&b, &f, &["--no-cache"])), 4);
+    assert_eq!(count(), 2);
+
+    // ONBUILD triggers run in a child build.
+    let child = b.dir.path().join("child");
+    write(
+        &child,
+        "Dockerfile",
+        &format!("FROM {p}-app\nUSER root\nRUN test -f /tmp/onbuild.txt\n"),
+    );
+    let f2 = b.compose(
+        &unique("bldc"),
+        "services:\n  c:\n    build: ./child\n    image: berth-test/child:1\n",
+    );
+    assert_eq!(runs(&build(&b, &f2, &[])), 2, "trigger + own RUN");
+
+    // builder prune drops the cache: the next build runs again.
+    let out = b.run(&["builder", "prune"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(runs(&build(&b, &f, &[])), 4);
+
+    // `target:` builds only the stages it needs.
+    let ft = b.compose(
+        &unique("bldt"),
+        "services:\n  t:\n    build:\n      context: ./app\n      target: base\n      args:\n        FLAVOUR: special\n    image: berth-test/target:1\n",
+    );
+    let log = build(&b, &ft, &[]);
+    assert_eq!(runs(&log), 0, "the base stage is cached: {log}");
+    assert!(!log.contains("final"), "{log}");
+    let cfg = image_config(&b, "berth-test/target:1");
+    assert!(cfg["config"]["User"].as_str().unwrap_or("").is_empty());
+}
+
+#[test]
+fn secret_is_never_in_a_layer() {
+    let b = Berth::new();
+    let p = unique("bsec");
+    let ctx = b.dir.path().join("s");
+    write(
+        &ctx,
+        "Dockerfile",
+        "FROM berth-test/busybox:1\n\
+         RUN --mount=type=secret,id=token,required wc -c < /run/secrets/token > /token-len && \\\n\
+             test \"$(cat /run/secrets/token)\" = s3cr3t-XYZZY\n\
+         RUN --mount=type=secret,id=token,target=/etc/tok cat /etc/tok | tr a-z A-Z | md5sum > /digest\n",
+    );
+    write(b.dir.path(), "token.txt", "s3cr3t-XYZZY");
+    let f = b.compose(
+        &p,
+        "services:\n  s:\n    build:\n      context: ./s\n      secrets: [token]\nsecrets:\n  token:\n    file: ./token.txt\n",
+    );
+    build(&b, &f, &[]);
+    let cfg = image_config(&b, &format!("{p}-s"));
+    let layers = layer_dirs(&b, &cfg);
+    assert_eq!(
+        std::fs::read_to_string(layers.last().unwrap().join("digest"))
+            .unwrap()
+            .len(),
+        36
+    );
+    assert_eq!(
+        std::fs::read_to_string(layers[1].join("token-len"))
+            .unwrap()
+            .trim(),
+        "12"
+    );
+    for l in &layers {
+        for f in files_under(l) {
+            if let Ok(s) = std::fs::read(&f) {
+                assert!(
+                    !String::from_utf8_lossy(&s).contains("s3cr3t-XYZZY"),
+                    "the secret is in {}",
+                    f.display()
+                );
+            }
+        }
+    }
+    for l in &layers[1..] {
+        assert!(
+            !l.join("run").exists() && !l.join("etc/tok").exists(),
+            "{}",
+            l.display()
+        );
+    }
+    // A required secret that is missing fails the build with the Dockerfile line.
+    let f = b.compose(&unique("bsec"), "services:\n  s:\n    build: ./s\n");
+    let err = b.fails(&f, &["build"]);
+    assert!(
+        err.contains("Dockerfile:2") && err.contains("secret token is required"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_input_names_the_dockerfile_line() {
+    let b = Berth::new();
+    let case = |df: &str| -> String {
+        let p = unique("bbad");
+        let ctx = b.dir.path().join(&p);
+        write(&ctx, "Dockerfile", df);
+        write(&ctx, "present.txt", "x");
+        let f = b.compose(&p, &format!("services:\n  x:\n    build: ./{p}\n"));
+        let err = b.fails(&f, &["build", "--progress", "plain"]);
+        // Nothing half-made is tagged.
+        let out = b.run(&["images", "-a"]);
+        assert!(!String::from_utf8_lossy(&out.stdout).contains(&format!("{p}-x")));
+        err
+    };
+    let e = case("FROM berth-test/busybox:1\nRUN echo to-stdout; echo to-stderr >&2; exit 3\n");
+    assert!(
+        e.contains("Dockerfile:2") && e.contains("exit code 3") && e.contains("to-stderr"),
+        "{e}"
+    );
+    let e = case("FROM berth-test/busybox:1\nFROB x\n");
+    assert!(
+        e.contains("Dockerfile:2") && e.contains("unknown instruction: FROB"),
+        "{e}"
+    );
+    let e = case("FROM berth-test/busybox:1\nCOPY missing.txt /\n");
+    assert!(
+        e.contains("Dockerfile:2") && e.contains("missing.txt: not found"),
+        "{e}"
+    );
+    let e = case("FROM berth-test/busybox:1\nCOPY ../outside /\n");
+    assert!(e.contains("outside the build context"), "{e}");
+    let e = case("FROM berth-test/busybox:1\nCOPY --from=1 /x /\n");
+    assert!(e.contains("Dockerfile:2") && e.contains("stage 1"), "{e}");
+    let e = case("FROM berth-test/busybox:1\nADD https://example.com/x.tgz /\n");
+    assert!(e.contains("remote URL"), "{e}");
+    let e = case("# syntax=example.com/frontend:1\nFROM berth-test/busybox:1\n");
+    assert!(e.contains("custom frontend"), "{e}");
+    // No snapshot, netns or container of a failed RUN is left.
+    let build_dir = b.root.path().join("data/build");
+    assert_eq!(files_under(&build_dir), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn built_image_runs_under_up() {
+    let b = Berth::new();
+    let p = unique("bup");
+    let ctx = b.dir.path().join("web");
+    write(
+        &ctx,
+        "Dockerfile",
+        "FROM berth-test/busybox:1\n\
+         ENV GREETING=hi-from-env\n\
+         WORKDIR /srv/site\n\
+         COPY index.html ./\n\
+         USER app\n\
+         HEALTHCHECK --interval=1s --retries=3 CMD test -f /srv/site/index.html\n\
+         CMD [\"sh\", \"-c\", \"echo \\\"$GREETING uid=$(id -u) cwd=$(pwd)\\\"; exec sleep 60\"]\n",
+    );
+    write(&ctx, "index.html", "<p>built</p>\n");
+    let f = b.compose(
+        &p,
+        "services:\n  web:\n    build: ./web\n    init: true\n  other:\n    build: ./web\n    image: berth-test/shared:1\n    init: true\n",
+    );
+    // `up` builds what is missing, then runs it.
+    let out = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["up", "-d", "--wait"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let logs = wait_for("the CMD's output", Duration::from_secs(10), || {
+        let l = b.ok(&f, &["logs", "web"]);
+        l.contains("hi-from-env").then_some(l)
+    });
+    assert!(
+        logs.contains("hi-from-env uid=1000 cwd=/srv/site"),
+        "{logs}"
+    );
+    let st = b.state(&p).unwrap();
+    let web = st["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["service"] == "web")
+        .unwrap()
+        .clone();
+    assert_eq!(web["health"], "healthy", "{web:#}");
+    // --no-build never builds; a second up does not rebuild an image that exists.
+    let out = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["up", "-d", "--no-build"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("Built"));
+    // --build rebuilds (from the cache).
+    let out = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["up", "-d", "--build"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("Built"), "{err}");
+    // Both images are listed.
+    let imgs = String::from_utf8_lossy(&b.run(&["images", "-a"]).stdout).to_string();
+    assert!(
+        imgs.contains(&format!("{p}-web")) && imgs.contains("berth-test/shared"),
+        "{imgs}"
+    );
+    b.ok(&f, &["down"]);
+}
+
+#[test]
+fn pagecount_build_example_runs() {
+    let b = Berth::new();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // The base image examples/run.sh makes (plain busybox, no app files).
+    let tar = b.dir.path().join("base.tar");
+    let st = std::process::Command::new(root.join("examples/mkimage.sh"))
+        .arg(&tar)
+        .arg("berth-example/busybox:1")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = b.run(&["load", "-q", "-i", tar.to_str().unwrap()]);
+    assert!(out.status.success());
+    let dir = root.join("examples/pagecount-build");
+    let yaml = std::fs::read_to_string(dir.join("compose.yaml")).unwrap();
+    let p = unique("pcb");
+    // The example as shipped, with the test's project name, its own image tag, a free port.
+    let yaml = yaml
+        .replace("name: pagecount-build\n", "")
+        .replace("pagecount-app:1", &format!("{p}-app:1"))
+        .replace("./app", dir.join("app").to_str().unwrap())
+        .replace("\"8080:80\"", "\"127.0.0.1::80\"");
+    let f = b.compose(&p, &yaml);
+    let out = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["up", "-d", "--wait"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err.matches("Built (").count(),
+        1,
+        "one image for two services: {err}"
+    );
+    let port = b.port(&f, "web", 80, 1);
+    for i in 1..=3 {
+        let body = wait_for("a page", Duration::from_secs(10), || {
+            http_get(port, "/cgi-bin/index").filter(|b| b.contains("viewed"))
+        });
+        assert!(body.contains(&format!("viewed {i} times")), "{body}");
+    }
+    let index = http_get(port, "/index.html").unwrap();
+    assert!(
+        index.contains("berth page count, built by berth build"),
+        "{index}"
+    );
+}
+
+#[test]
+fn inline_dockerfile_extra_hosts_and_isolated_network() {
+    let b = Berth::new();
+    let p = unique("binl");
+    std::fs::create_dir_all(b.dir.path().join("empty")).unwrap();
+    let f = b.compose(
+        &p,
+        "services:\n  i:\n    build:\n      context: ./empty\n      extra_hosts:\n        - \"myhost=10.1.2.3\"\n      dockerfile_inline: |\n        FROM berth-test/busybox:1\n        RUN grep -q '10.1.2.3.*myhost' /etc/hosts\n        # Only loopback: the build network is private.\n        RUN test \"$(ls /sys/class/net)\" = lo && echo isolated > /net.txt\n",
+    );
+    let log = build(&b, &f, &[]);
+    assert_eq!(runs(&log), 2, "{log}");
+    let cfg = image_config(&b, &format!("{p}-i"));
+    let layers = layer_dirs(&b, &cfg);
+    assert_eq!(
+        std::fs::read_to_string(layers.last().unwrap().join("net.txt")).unwrap(),
+        "isolated\n"
+    );
+    // The /etc/hosts of the build is not the image's.
+    assert!(!layers[1..].iter().any(|l| l.join("etc/hosts").exists()));
+}
