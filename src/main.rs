@@ -20,6 +20,7 @@ mod paths;
 mod spec;
 mod state;
 mod supervisor;
+mod trace;
 mod ui;
 
 fn main() -> ExitCode {
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
+        trace::cli_start();
     }
     match commands::dispatch(cli) {
         Ok(code) => ExitCode::from(code),

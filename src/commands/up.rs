@@ -95,6 +95,7 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
     let paths = Paths::from_env();
     let source = source_from(p)?;
     let plan = load_plan(&source, &args.services)?;
+    crate::trace::step(|| format!("cli: plan loaded ({} services)", plan.services.len()));
     let mut scale = Vec::new();
     for s in &args.scale {
         let (svc, n) = s
@@ -109,6 +110,7 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
         scale.push((svc.to_string(), n));
     }
     ensure_images(&paths, &plan, args.pull.as_deref())?;
+    crate::trace::step(|| "cli: images present".into());
     let opts = UpOpts {
         services: args.services.clone(),
         scale,
@@ -123,6 +125,7 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
         watch: args.watch,
     };
     let client = Client::connect_or_start(&paths, &plan.name)?;
+    crate::trace::step(|| "cli: supervisor connected, up sent".into());
     call(
         client,
         &Request::Up {
@@ -132,6 +135,7 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
         "Running",
         false,
     )?;
+    crate::trace::step(|| "cli: up done".into());
     if args.wait {
         wait_healthy(
             &paths,

@@ -21,6 +21,20 @@ impl Supervisor {
         opts: UpOpts,
         out: &Out,
     ) -> anyhow::Result<()> {
+        // BERTH_TRACE=1 on the CLI: this request's steps go back to it as messages.
+        let _trace = {
+            let out = out.clone();
+            crate::trace::session(
+                source
+                    .environment
+                    .get(crate::trace::T0_VAR)
+                    .map(|s| s.as_str()),
+                move |text| {
+                    let _ = out.send(Reply::Message { text });
+                },
+            )
+        };
+        crate::trace::step(|| "supervisor: up received".into());
         // The whole project is what the supervisor keeps (restart policies, orphans); the
         // services named on the command line (and their dependencies) are what converges now.
         let mut full = crate::engine::plan::load_plan(&source, &[])?;
@@ -42,10 +56,13 @@ impl Supervisor {
         if prev.is_some() {
             *self.prev_plan.lock().await = prev;
         }
+        crate::trace::step(|| "supervisor: plan loaded".into());
         let made = self.converge(&plan, &full, &opts, out).await;
+        crate::trace::step(|| "supervisor: converged".into());
         match made {
             Ok(()) => {
                 self.save().await;
+                crate::trace::step(|| "supervisor: state saved, up done".into());
                 if opts.watch {
                     self.start_watch(&full);
                 }
@@ -243,6 +260,7 @@ impl Supervisor {
             }
         }
         self.save().await;
+        crate::trace::step(|| "supervisor: networks and volumes ready".into());
 
         // Orphans: containers of services no longer in the file.
         let orphans: Vec<String> = {
@@ -282,7 +300,9 @@ impl Supervisor {
         let early = early_fw.await;
         levels?;
         early.map_err(|e| anyhow!("firewall task failed: {e}"))??;
+        crate::trace::step(|| "supervisor: containers up, early firewall done".into());
         self.apply_firewall().await?;
+        crate::trace::step(|| "supervisor: firewall applied".into());
         Ok(())
     }
 
@@ -294,7 +314,8 @@ impl Supervisor {
         out: &Out,
         made_containers: &mut Vec<String>,
     ) -> anyhow::Result<()> {
-        for level in &plan.levels {
+        for (i, level) in plan.levels.iter().enumerate() {
+            crate::trace::step(|| format!("supervisor: level {i}, {} services", level.len()));
             let mut tasks = Vec::new();
             for svc_name in level {
                 let Some(svc) = plan.service(svc_name) else {

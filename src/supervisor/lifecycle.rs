@@ -25,6 +25,7 @@ impl Supervisor {
     ) -> anyhow::Result<String> {
         let name = crate::engine::container::container_name(&plan.name, svc, number);
         progress(out, "container", &name, "Creating");
+        crate::trace::step(|| format!("{name}: create"));
         let (networks, snapshot) = {
             let st = self.state.lock().await;
             (st.networks.clone(), st.clone())
@@ -33,6 +34,7 @@ impl Supervisor {
             .engine
             .prepare_container(plan, svc, number, &networks, &snapshot)
             .await?;
+        crate::trace::step(|| format!("{name}: bundle written"));
         // Replicas share their service's host ports (one port spread over them all): reuse the
         // port a sibling already has before picking a free one.
         let siblings: Vec<crate::state::PortRecord> = snapshot
@@ -49,6 +51,7 @@ impl Supervisor {
             st.containers.push(rec);
         }
         self.save().await;
+        crate::trace::step(|| format!("{name}: created (record saved)"));
         progress(out, "container", &name, "Created");
         Ok(name)
     }
@@ -62,6 +65,7 @@ impl Supervisor {
         self.spawn(name)
             .await
             .with_context(|| format!("starting {name}"))?;
+        crate::trace::step(|| format!("{name}: started (DNS updated)"));
         progress(out, "container", name, "Started");
         Ok(())
     }

@@ -93,6 +93,7 @@ impl Supervisor {
         drop(st);
         // Swapped in one piece: a query sees the old records or the new ones, never a mix.
         self.dns.set_records(records);
+        crate::trace::step(|| "dns: records swapped".into());
         for (key, _) in self.dns.listeners() {
             if !nets.iter().any(|(k, _)| *k == key) {
                 self.dns.remove_listener(&key);
@@ -222,6 +223,7 @@ impl Supervisor {
             }
         }
         tokio::task::spawn_blocking(move || berth_network::firewall::apply(&fw)).await??;
+        crate::trace::step(|| "firewall: nft transaction applied".into());
         if !relay {
             self.relay.lock().unwrap().clear();
         }
