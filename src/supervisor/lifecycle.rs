@@ -26,9 +26,37 @@ impl Supervisor {
         let name = crate::engine::container::container_name(&plan.name, svc, number);
         progress(out, "container", &name, "Creating");
         crate::trace::step(|| format!("{name}: create"));
+        // What creating it reads of the project: the networks, and the containers it refers
+        // to (its siblings for ports, a `network_mode`/`volumes_from` target), not a copy of
+        // every record (that was O(containers) per create, O(n^2) per `up`).
         let (networks, snapshot) = {
             let st = self.state.lock().await;
-            (st.networks.clone(), st.clone())
+            let mut refs: Vec<&str> = vec![svc.name.as_str()];
+            if let Some(m) = svc.network_mode.as_deref() {
+                refs.extend(m.split_once(':').map(|x| x.1));
+            }
+            for vf in &svc.volumes_from {
+                let t = vf
+                    .strip_suffix(":ro")
+                    .or_else(|| vf.strip_suffix(":rw"))
+                    .unwrap_or(vf);
+                refs.push(t.strip_prefix("container:").unwrap_or(t));
+            }
+            let snapshot = crate::state::ProjectState {
+                name: st.name.clone(),
+                networks: st.networks.clone(),
+                volumes: st.volumes.clone(),
+                containers: st
+                    .containers
+                    .iter()
+                    .filter(|c| {
+                        refs.contains(&c.service.as_str()) || refs.contains(&c.name.as_str())
+                    })
+                    .cloned()
+                    .collect(),
+                ..Default::default()
+            };
+            (st.networks.clone(), snapshot)
         };
         let mut rec = self
             .engine

@@ -19,6 +19,7 @@
 //! - `watcher.rs`: `up --watch`; `proto.rs`/`client.rs`: the socket protocol and its client.
 
 mod adopt;
+mod batch;
 pub mod client;
 mod converge;
 mod exits;
@@ -105,6 +106,9 @@ pub struct Supervisor {
     /// The last `firewall::routed_traffic_blocked`, refreshed by `watch_forward_policy`.
     routed_blocked: std::sync::atomic::AtomicBool,
     shutdown: tokio::sync::Notify,
+    /// State writes and DNS snapshots, coalesced over bursts of events (`batch`).
+    saves: batch::Coalesce,
+    dns_runs: batch::Coalesce,
 }
 
 /// Entry point of `berth __supervisor`.
@@ -154,6 +158,8 @@ async fn serve(project: String) -> anyhow::Result<()> {
         relay: StdMutex::new(berth_network::relay::Relay::new()),
         routed_blocked: std::sync::atomic::AtomicBool::new(false),
         shutdown: tokio::sync::Notify::new(),
+        saves: Default::default(),
+        dns_runs: Default::default(),
     });
     tokio::spawn(sup.clone().watch_forward_policy());
     sup.adopt().await;
@@ -350,18 +356,26 @@ impl Supervisor {
             .collect()
     }
 
+    /// Write the state file. Concurrent saves (a burst of container events) share one write
+    /// that starts after each of them asked (`batch::Coalesce`): the file is the whole state,
+    /// so one write covers them all.
     async fn save(&self) {
-        let st = self.state.lock().await;
-        if st.containers.is_empty()
-            && st.networks.is_empty()
-            && !self.engine.paths.project(&self.project).exists()
-        {
-            // The record was removed on purpose (down, or a failed first up): keep it gone.
-            return;
-        }
-        if let Err(e) = st.save(&self.engine.paths) {
-            tracing::error!("saving state: {e:#}");
-        }
+        self.saves
+            .run(|| async {
+                let st = self.state.lock().await;
+                if st.containers.is_empty()
+                    && st.networks.is_empty()
+                    && !self.engine.paths.project(&self.project).exists()
+                {
+                    // The record was removed on purpose (down, or a failed first up): keep it
+                    // gone.
+                    return;
+                }
+                if let Err(e) = st.save(&self.engine.paths) {
+                    tracing::error!("saving state: {e:#}");
+                }
+            })
+            .await
     }
 
     async fn set_status(&self, name: &str, status: Status) {
