@@ -63,6 +63,12 @@ impl Supervisor {
             Ok(()) => {
                 self.save().await;
                 crate::trace::step(|| "supervisor: state saved, up done".into());
+                // The burst's buffers are free now, and again once its blocking threads left.
+                super::trim_heap();
+                tokio::spawn(async {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    super::trim_heap();
+                });
                 if opts.watch {
                     self.start_watch(&full);
                 }
