@@ -191,6 +191,9 @@ impl ProjectState {
         }
     }
 
+    /// The record written in one go (the supervisor encodes under its lock and writes on a
+    /// blocking thread instead; this stays for one-shot writers).
+    #[allow(dead_code)]
     pub fn save(&self, paths: &Paths) -> anyhow::Result<()> {
         let p = Self::path(paths, &self.name);
         write_atomic(&p, &serde_json::to_vec_pretty(self)?)

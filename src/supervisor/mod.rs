@@ -394,9 +394,22 @@ impl Supervisor {
                     // gone.
                     return;
                 }
-                if let Err(e) = st.save(&self.engine.paths) {
+                // Encoded here, written (and fsynced) on a blocking thread: the async workers
+                // (two) go on with other containers meanwhile. The state stays locked until
+                // the file is in place, so a `down` cannot remove the record under the write.
+                let path = crate::state::ProjectState::path(&self.engine.paths, &self.project);
+                let written = match serde_json::to_vec_pretty(&*st) {
+                    Ok(bytes) => tokio::task::spawn_blocking(move || {
+                        crate::state::write_atomic(&path, &bytes)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(anyhow!("{e}"))),
+                    Err(e) => Err(e.into()),
+                };
+                if let Err(e) = written {
                     tracing::error!("saving state: {e:#}");
                 }
+                drop(st);
             })
             .await
     }
