@@ -394,22 +394,32 @@ impl Supervisor {
                     // gone.
                     return;
                 }
-                // Encoded here, written (and fsynced) on a blocking thread: the async workers
-                // (two) go on with other containers meanwhile. The state stays locked until
-                // the file is in place, so a `down` cannot remove the record under the write.
+                // Encoded under the lock (compact: a third of the time of pretty JSON at 500
+                // containers), then written and fsynced on a blocking thread with the lock
+                // released: the other containers' work goes on meanwhile. Runs never overlap
+                // (`Coalesce`), so writes land in order. The project's directory is made here,
+                // under the lock, and the write does not make it again: a `down` that removed
+                // the record meanwhile makes the write fail instead of bringing it back.
                 let path = crate::state::ProjectState::path(&self.engine.paths, &self.project);
-                let written = match serde_json::to_vec_pretty(&*st) {
-                    Ok(bytes) => tokio::task::spawn_blocking(move || {
-                        crate::state::write_atomic(&path, &bytes)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(anyhow!("{e}"))),
-                    Err(e) => Err(e.into()),
+                let bytes = match serde_json::to_vec(&*st) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!("saving state: {e:#}");
+                        return;
+                    }
                 };
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                drop(st);
+                let written = tokio::task::spawn_blocking(move || {
+                    crate::state::write_atomic_in_place(&path, &bytes)
+                })
+                .await
+                .unwrap_or_else(|e| Err(anyhow!("{e}")));
                 if let Err(e) = written {
                     tracing::error!("saving state: {e:#}");
                 }
-                drop(st);
             })
             .await
     }
