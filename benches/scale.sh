@@ -2,20 +2,24 @@
 # berth at scale: 50, 200 and 500 independent services, and 100 services x 5 replicas.
 # For each size: `up -d`, `ps`, `logs --tail 1`, a DNS lookup of every service from one
 # container (busybox nslookup, one process per name), the per-event cost of a container
-# stop + start (supervisor CPU and wall time, averaged over EVENTS pairs), the supervisor's
+# stop + start (supervisor CPU and wall time per container, averaged over EVENTS pairs of
+# `stop`/`start` of one service, default 10; CPU is read in 10 ms ticks), the supervisor's
 # CPU-seconds and PSS after `up`, then `down`. Sizes run interleaved round by round (the
 # machine is shared: noise hits every size alike), medians printed, then the growth factors.
-# Usage: sudo benches/scale.sh [ROUNDS]        (default 3 rounds; SIZES="50 200 500 100x5")
+# Usage: sudo benches/scale.sh [ROUNDS]        (default 3 rounds; SIZES="50 200 500 100x5";
+#        BERTH=/path/to/berth measures that binary instead of building this tree's release)
 # Every berth command is bounded by `timeout` (TMO seconds, default 300).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 peers=${PEERS:-$here/../shared/peers}
 rounds=${1:-3}
 sizes=${SIZES:-50 200 500 100x5}
-events=${EVENTS:-5}
+events=${EVENTS:-10}
 tmo=${TMO:-300}
-cargo build --release --manifest-path "$here/Cargo.toml" --bin berth >/dev/null
-berth=$here/target/release/berth
+if [ -z "${BERTH:-}" ]; then
+  cargo build --release --manifest-path "$here/Cargo.toml" --bin berth >/dev/null
+fi
+berth=${BERTH:-$here/target/release/berth}
 work=$(mktemp -d)
 export BERTH_ROOT=$work/root
 cleanup() {
@@ -86,8 +90,10 @@ for round in $(seq 1 "$rounds"); do
       b -f "$f" start s002 >/dev/null 2>&1
     done
     t1=$(now); c1=$(cpu "$sup")
-    echo -e "$size\tevent_cpu_ms\t$(echo "($c1 - $c0) * 1000 / $events" | bc -l)" >>"$raw"
-    echo -e "$size\tevent_wall_ms\t$(echo "($t1 - $t0) * 1000 / $events" | bc -l)" >>"$raw"
+    # Per container: stop/start of a service of R replicas stops and starts R containers.
+    r=1; [[ $size == *x* ]] && r=${size#*x}
+    echo -e "$size\tevent_cpu_ms\t$(echo "($c1 - $c0) * 1000 / $events / $r" | bc -l)" >>"$raw"
+    echo -e "$size\tevent_wall_ms\t$(echo "($t1 - $t0) * 1000 / $events / $r" | bc -l)" >>"$raw"
     t0=$(now); b -f "$f" down -t 1 >/dev/null 2>&1; t1=$(now)
     echo -e "$size\tdown\t$(el "$t0" "$t1")" >>"$raw"
     echo "round $round size $size: $running running, $fails DNS failures" >&2
