@@ -320,6 +320,9 @@ impl Supervisor {
         out: &Out,
         made_containers: &mut Vec<String>,
     ) -> anyhow::Result<()> {
+        // One copy of the plan shared by every service's task (a copy per task was O(n^2)
+        // for an `up` of n services).
+        let shared_plan = Arc::new(plan.clone());
         for (i, level) in plan.levels.iter().enumerate() {
             crate::trace::step(|| format!("supervisor: level {i}, {} services", level.len()));
             let mut tasks = Vec::new();
@@ -329,7 +332,7 @@ impl Supervisor {
                 };
                 let me = self.clone();
                 let svc = svc.clone();
-                let plan = plan.clone();
+                let plan = shared_plan.clone();
                 let opts = opts.clone();
                 let out = out.clone();
                 tasks.push(tokio::spawn(async move {
