@@ -215,32 +215,32 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Containers grouped in reverse start order.
+    /// Containers grouped in reverse start order. Linear in the containers (a `stop` of one
+    /// service asks for it: it must not cost O(n^2) in a project of n services).
     pub(super) async fn stop_levels(&self) -> Vec<Vec<String>> {
-        let plan = self.plan.lock().await.clone();
+        use std::collections::HashMap;
+        // Only the levels of the plan, not a copy of all of it (lock order: never `plan` and
+        // `state` together).
+        let levels_of: Option<Vec<Vec<String>>> =
+            self.plan.lock().await.as_ref().map(|p| p.levels.clone());
         let st = self.state.lock().await;
-        let mut levels: Vec<Vec<String>> = Vec::new();
-        let mut placed: Vec<String> = Vec::new();
-        if let Some(p) = &plan {
-            for lvl in p.levels.iter().rev() {
-                let names: Vec<String> = st
-                    .containers
-                    .iter()
-                    .filter(|c| lvl.contains(&c.service))
-                    .map(|c| c.name.clone())
-                    .collect();
-                placed.extend(names.iter().cloned());
-                levels.push(names);
+        let mut level_of: HashMap<&str, usize> = HashMap::new();
+        let n_levels = levels_of.as_ref().map(|l| l.len()).unwrap_or(0);
+        for (i, lvl) in levels_of.iter().flatten().enumerate() {
+            for svc in lvl {
+                level_of.entry(svc.as_str()).or_insert(i);
             }
         }
-        let rest: Vec<String> = st
-            .containers
-            .iter()
-            .filter(|c| !placed.contains(&c.name))
-            .map(|c| c.name.clone())
-            .collect();
-        if !rest.is_empty() {
-            levels.insert(0, rest);
+        // levels[0] holds what no level places; levels[1 + k] the k-th level from the end.
+        let mut levels: Vec<Vec<String>> = vec![Vec::new(); n_levels + 1];
+        for c in &st.containers {
+            match level_of.get(c.service.as_str()) {
+                Some(&i) => levels[n_levels - i].push(c.name.clone()),
+                None => levels[0].push(c.name.clone()),
+            }
+        }
+        if levels[0].is_empty() {
+            levels.remove(0);
         }
         levels
     }
@@ -251,11 +251,12 @@ impl Supervisor {
         timeout: Option<u64>,
         out: &Out,
     ) -> anyhow::Result<()> {
-        let names = self.containers_of(services).await;
+        let names: std::collections::HashSet<String> =
+            self.containers_of(services).await.into_iter().collect();
         for level in self.stop_levels().await {
             let futs: Vec<_> = level
                 .iter()
-                .filter(|n| names.contains(n))
+                .filter(|n| names.contains(*n))
                 .map(|n| self.stop_one(n, timeout.map(Duration::from_secs), out))
                 .collect();
             futures_util::future::join_all(futs).await;
