@@ -16,7 +16,8 @@
 //! - `adopt.rs`: taking running containers back after a supervisor restart;
 //! - `oneoff.rs`: `berth run`;
 //! - `publish.rs`: DNS records, nftables rules, published ports, the forward-policy watch;
-//! - `watcher.rs`: `up --watch`; `proto.rs`/`client.rs`: the socket protocol and its client.
+//! - `watcher.rs`: `up --watch`; `proto.rs`/`client.rs`: the socket protocol and its client;
+//! - `batch.rs`: state writes and DNS swaps coalesced over bursts of events.
 
 mod adopt;
 mod batch;
