@@ -22,6 +22,7 @@ mod paths;
 mod spec;
 mod state;
 mod supervisor;
+mod trace;
 mod ui;
 
 fn main() -> ExitCode {
@@ -45,6 +46,7 @@ fn main() -> ExitCode {
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
+        trace::cli_start();
     }
     match commands::dispatch(cli) {
         Ok(code) => ExitCode::from(code),

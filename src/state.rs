@@ -195,6 +195,9 @@ impl ProjectState {
         }
     }
 
+    /// The record written in one go (the supervisor encodes under its lock and writes on a
+    /// blocking thread instead; this stays for one-shot writers).
+    #[allow(dead_code)]
     pub fn save(&self, paths: &Paths) -> anyhow::Result<()> {
         let p = Self::path(paths, &self.name);
         write_atomic(&p, &serde_json::to_vec_pretty(self)?)
@@ -232,6 +235,12 @@ impl ProjectState {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().context("path without parent")?;
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_atomic_in_place(path, bytes)
+}
+
+/// `write_atomic` into a directory that must exist already (it is not made again).
+pub fn write_atomic_in_place(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().context("path without parent")?;
     let tmp = dir.join(format!(
         ".{}.tmp{}",
         path.file_name().unwrap_or_default().to_string_lossy(),

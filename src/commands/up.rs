@@ -123,6 +123,7 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
     for w in &plan.warnings {
         eprintln!("WARN[0000] {w}");
     }
+    crate::trace::step(|| format!("cli: plan loaded ({} services)", plan.services.len()));
     let mut scale = Vec::new();
     for s in &args.scale {
         let (svc, n) = s
@@ -143,6 +144,7 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
         args.pull.as_deref(),
         args.quiet_pull || crate::ui::progress_quiet(),
     )?;
+    crate::trace::step(|| "cli: images present".into());
     let opts = UpOpts {
         services: args.services.clone(),
         scale,
@@ -183,6 +185,7 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
         )?;
     }
     let client = Client::connect_or_start(&paths, &plan.name)?;
+    crate::trace::step(|| "cli: supervisor connected, up sent".into());
     call(
         client,
         &Request::Up {
@@ -192,6 +195,7 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
         "Running",
         false,
     )?;
+    crate::trace::step(|| "cli: up done".into());
     if args.wait {
         wait_healthy(
             &paths,

@@ -228,12 +228,14 @@ impl Engine {
             )
         })?;
         rec.image_id = image.id.clone();
+        crate::trace::step(|| format!("{}: image config read", rec.name));
         let rootfs = {
             // Through the store, which records the lease so rmi/prune keep the layers.
             let store = self.images.clone();
             let (d, id, img) = (dir.clone(), rec.name.clone(), image.clone());
             tokio::task::spawn_blocking(move || store.snapshot(&id, &img, &d)).await??
         };
+        crate::trace::step(|| format!("{}: rootfs snapshot", rec.name));
         let icfg = image.config.config().clone().unwrap_or_default();
         let image_env: Vec<String> = icfg.env().clone().unwrap_or_default();
         let image_ep: Vec<String> = icfg.entrypoint().clone().unwrap_or_default();
@@ -265,6 +267,7 @@ impl Engine {
                 std::fs::create_dir_all(ns.parent().unwrap())?;
                 let nsp = ns.clone();
                 tokio::task::spawn_blocking(move || berth_network::netns::create(&nsp)).await??;
+                crate::trace::step(|| format!("{}: netns", rec.name));
                 rec.netns = Some(ns.clone());
                 if mode != Some("none") {
                     for (i, np) in svc.networks.iter().enumerate() {
@@ -303,6 +306,7 @@ impl Engine {
                         };
                         tokio::task::spawn_blocking(move || berth_network::endpoint::attach(&spec))
                             .await??;
+                        crate::trace::step(|| format!("{}: veth on {}", rec.name, net.name));
                         my_addrs.push(ip);
                         if i == 0 {
                             nameservers.push(net.gateway.to_string());

@@ -76,6 +76,7 @@ impl Runtime {
         let err_file = bundle.join("create.err");
         let _ = std::fs::remove_file(&err_file);
         c.env("BERTH_RUNTIME_ERROR_FILE", &err_file);
+        crate::trace::step(|| format!("{id}: runtime create (re-exec)"));
         let status = c.status().await.context("running the container runtime")?;
         if !status.success() {
             let msg = std::fs::read_to_string(&err_file).unwrap_or_default();
@@ -90,6 +91,7 @@ impl Runtime {
             .trim()
             .parse::<i32>()
             .context("parsing the init pid")?;
+        crate::trace::step(|| format!("{id}: runtime created, init {pid}"));
         Ok(pid)
     }
 
@@ -114,7 +116,9 @@ impl Runtime {
     /// process spawns fewer per container lifecycle.
     pub async fn start(&self, id: &str) -> anyhow::Result<()> {
         let (root, id) = (self.root.clone(), id.to_string());
+        let id2 = id.clone();
         tokio::task::spawn_blocking(move || berth_runtime::container::start(&root, &id)).await??;
+        crate::trace::step(|| format!("{id2}: runtime start"));
         Ok(())
     }
 

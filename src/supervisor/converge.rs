@@ -21,6 +21,20 @@ impl Supervisor {
         opts: UpOpts,
         out: &Out,
     ) -> anyhow::Result<()> {
+        // BERTH_TRACE=1 on the CLI: this request's steps go back to it as messages.
+        let _trace = {
+            let out = out.clone();
+            crate::trace::session(
+                source
+                    .environment
+                    .get(crate::trace::T0_VAR)
+                    .map(|s| s.as_str()),
+                move |text| {
+                    let _ = out.send(Reply::Message { text });
+                },
+            )
+        };
+        crate::trace::step(|| "supervisor: up received".into());
         // The whole project is what the supervisor keeps (restart policies, orphans); the
         // services named on the command line (and their dependencies) are what converges now.
         let mut full = crate::engine::plan::load_plan(&source, &[])?;
@@ -42,10 +56,19 @@ impl Supervisor {
         if prev.is_some() {
             *self.prev_plan.lock().await = prev;
         }
+        crate::trace::step(|| "supervisor: plan loaded".into());
         let made = self.converge(&plan, &full, &opts, out).await;
+        crate::trace::step(|| "supervisor: converged".into());
         match made {
             Ok(()) => {
                 self.save().await;
+                crate::trace::step(|| "supervisor: state saved, up done".into());
+                // The burst's buffers are free now, and again once its blocking threads left.
+                super::trim_heap();
+                tokio::spawn(async {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    super::trim_heap();
+                });
                 if opts.watch {
                     self.start_watch(&full);
                 }
@@ -243,6 +266,7 @@ impl Supervisor {
             }
         }
         self.save().await;
+        crate::trace::step(|| "supervisor: networks and volumes ready".into());
 
         // Orphans: containers of services no longer in the file.
         let orphans: Vec<String> = {
@@ -282,7 +306,9 @@ impl Supervisor {
         let early = early_fw.await;
         levels?;
         early.map_err(|e| anyhow!("firewall task failed: {e}"))??;
+        crate::trace::step(|| "supervisor: containers up, early firewall done".into());
         self.apply_firewall().await?;
+        crate::trace::step(|| "supervisor: firewall applied".into());
         Ok(())
     }
 
@@ -294,7 +320,11 @@ impl Supervisor {
         out: &Out,
         made_containers: &mut Vec<String>,
     ) -> anyhow::Result<()> {
-        for level in &plan.levels {
+        // One copy of the plan shared by every service's task (a copy per task was O(n^2)
+        // for an `up` of n services).
+        let shared_plan = Arc::new(plan.clone());
+        for (i, level) in plan.levels.iter().enumerate() {
+            crate::trace::step(|| format!("supervisor: level {i}, {} services", level.len()));
             let mut tasks = Vec::new();
             for svc_name in level {
                 let Some(svc) = plan.service(svc_name) else {
@@ -302,7 +332,7 @@ impl Supervisor {
                 };
                 let me = self.clone();
                 let svc = svc.clone();
-                let plan = plan.clone();
+                let plan = shared_plan.clone();
                 let opts = opts.clone();
                 let out = out.clone();
                 tasks.push(tokio::spawn(async move {

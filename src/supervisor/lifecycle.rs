@@ -25,14 +25,44 @@ impl Supervisor {
     ) -> anyhow::Result<String> {
         let name = crate::engine::container::container_name(&plan.name, svc, number);
         progress(out, "container", &name, "Creating");
+        crate::trace::step(|| format!("{name}: create"));
+        // What creating it reads of the project: the networks, and the containers it refers
+        // to (its siblings for ports, a `network_mode`/`volumes_from` target), not a copy of
+        // every record (that was O(containers) per create, O(n^2) per `up`).
         let (networks, snapshot) = {
             let st = self.state.lock().await;
-            (st.networks.clone(), st.clone())
+            let mut refs: Vec<&str> = vec![svc.name.as_str()];
+            if let Some(m) = svc.network_mode.as_deref() {
+                refs.extend(m.split_once(':').map(|x| x.1));
+            }
+            for vf in &svc.volumes_from {
+                let t = vf
+                    .strip_suffix(":ro")
+                    .or_else(|| vf.strip_suffix(":rw"))
+                    .unwrap_or(vf);
+                refs.push(t.strip_prefix("container:").unwrap_or(t));
+            }
+            let snapshot = crate::state::ProjectState {
+                name: st.name.clone(),
+                networks: st.networks.clone(),
+                volumes: st.volumes.clone(),
+                containers: st
+                    .containers
+                    .iter()
+                    .filter(|c| {
+                        refs.contains(&c.service.as_str()) || refs.contains(&c.name.as_str())
+                    })
+                    .cloned()
+                    .collect(),
+                ..Default::default()
+            };
+            (st.networks.clone(), snapshot)
         };
         let mut rec = self
             .engine
             .prepare_container(plan, svc, number, &networks, &snapshot)
             .await?;
+        crate::trace::step(|| format!("{name}: bundle written"));
         // Replicas share their service's host ports (one port spread over them all): reuse the
         // port a sibling already has before picking a free one.
         let siblings: Vec<crate::state::PortRecord> = snapshot
@@ -49,6 +79,7 @@ impl Supervisor {
             st.containers.push(rec);
         }
         self.save().await;
+        crate::trace::step(|| format!("{name}: created (record saved)"));
         progress(out, "container", &name, "Created");
         Ok(name)
     }
@@ -62,6 +93,7 @@ impl Supervisor {
         self.spawn(name)
             .await
             .with_context(|| format!("starting {name}"))?;
+        crate::trace::step(|| format!("{name}: started (DNS updated)"));
         progress(out, "container", name, "Started");
         Ok(())
     }
@@ -183,32 +215,32 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Containers grouped in reverse start order.
+    /// Containers grouped in reverse start order. Linear in the containers (a `stop` of one
+    /// service asks for it: it must not cost O(n^2) in a project of n services).
     pub(super) async fn stop_levels(&self) -> Vec<Vec<String>> {
-        let plan = self.plan.lock().await.clone();
+        use std::collections::HashMap;
+        // Only the levels of the plan, not a copy of all of it (lock order: never `plan` and
+        // `state` together).
+        let levels_of: Option<Vec<Vec<String>>> =
+            self.plan.lock().await.as_ref().map(|p| p.levels.clone());
         let st = self.state.lock().await;
-        let mut levels: Vec<Vec<String>> = Vec::new();
-        let mut placed: Vec<String> = Vec::new();
-        if let Some(p) = &plan {
-            for lvl in p.levels.iter().rev() {
-                let names: Vec<String> = st
-                    .containers
-                    .iter()
-                    .filter(|c| lvl.contains(&c.service))
-                    .map(|c| c.name.clone())
-                    .collect();
-                placed.extend(names.iter().cloned());
-                levels.push(names);
+        let mut level_of: HashMap<&str, usize> = HashMap::new();
+        let n_levels = levels_of.as_ref().map(|l| l.len()).unwrap_or(0);
+        for (i, lvl) in levels_of.iter().flatten().enumerate() {
+            for svc in lvl {
+                level_of.entry(svc.as_str()).or_insert(i);
             }
         }
-        let rest: Vec<String> = st
-            .containers
-            .iter()
-            .filter(|c| !placed.contains(&c.name))
-            .map(|c| c.name.clone())
-            .collect();
-        if !rest.is_empty() {
-            levels.insert(0, rest);
+        // levels[0] holds what no level places; levels[1 + k] the k-th level from the end.
+        let mut levels: Vec<Vec<String>> = vec![Vec::new(); n_levels + 1];
+        for c in &st.containers {
+            match level_of.get(c.service.as_str()) {
+                Some(&i) => levels[n_levels - i].push(c.name.clone()),
+                None => levels[0].push(c.name.clone()),
+            }
+        }
+        if levels[0].is_empty() {
+            levels.remove(0);
         }
         levels
     }
@@ -219,11 +251,12 @@ impl Supervisor {
         timeout: Option<u64>,
         out: &Out,
     ) -> anyhow::Result<()> {
-        let names = self.containers_of(services).await;
+        let names: std::collections::HashSet<String> =
+            self.containers_of(services).await.into_iter().collect();
         for level in self.stop_levels().await {
             let futs: Vec<_> = level
                 .iter()
-                .filter(|n| names.contains(n))
+                .filter(|n| names.contains(*n))
                 .map(|n| self.stop_one(n, timeout.map(Duration::from_secs), out))
                 .collect();
             futures_util::future::join_all(futs).await;

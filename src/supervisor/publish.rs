@@ -25,13 +25,18 @@ impl Supervisor {
             .filter(|c| c.status == Status::Running && !draining.contains(&c.name))
             .collect();
         let healthy = |c: &ContainerRecord| matches!(c.health.as_deref(), None | Some("healthy"));
+        // Services with at least one healthy replica (one pass, not one per container).
+        let with_healthy: std::collections::HashSet<&str> = up
+            .iter()
+            .filter(|c| healthy(c))
+            .map(|c| c.service.as_str())
+            .collect();
         let mut out = std::collections::HashSet::new();
         for c in &up {
             // A service with no healthy replica (all starting, or all failing their checks at
             // once under load) still answers with what runs, as Docker does: never NXDOMAIN
             // for a service that has running containers.
-            let service_has_healthy = up.iter().any(|o| o.service == c.service && healthy(o));
-            if healthy(c) || !service_has_healthy {
+            if healthy(c) || !with_healthy.contains(c.service.as_str()) {
                 out.insert(c.name.clone());
             }
         }
@@ -39,10 +44,40 @@ impl Supervisor {
     }
 
     /// DNS: every running container answers on each of its networks under its service name,
-    /// container name, hostname and aliases. Swapped in one piece.
+    /// container name, hostname and aliases. Swapped in one piece; concurrent refreshes (a
+    /// burst of starts or exits) share one rebuild that starts after each of them asked.
     pub(super) async fn refresh_dns(&self) {
-        // Lock order: the plan first, then the state.
-        let plan = self.plan.lock().await.clone();
+        self.dns_runs.run(|| self.rebuild_dns()).await
+    }
+
+    async fn rebuild_dns(&self) {
+        // Per service, what its records need from the plan: its own `dns:` servers, its
+        // hostname, and the aliases `links: [SERVICE:ALIAS]` of any service give it (Docker
+        // scopes those to the linking container; berth answers them network-wide). Taken
+        // under the plan's lock alone (lock order: never `plan` and `state` together).
+        type SvcDns = (Vec<std::net::SocketAddr>, Option<String>, Vec<String>);
+        let per_service: HashMap<String, SvcDns> = {
+            let plan = self.plan.lock().await;
+            let mut m: HashMap<String, SvcDns> = HashMap::new();
+            for s in plan.iter().flat_map(|p| p.services.iter()) {
+                let upstreams = s
+                    .dns
+                    .iter()
+                    .filter_map(|d| d.parse::<std::net::IpAddr>().ok())
+                    .map(|ip| (ip, 53).into())
+                    .collect();
+                let e = m.entry(s.name.clone()).or_default();
+                e.0 = upstreams;
+                e.1 = s.hostname.clone();
+                for (target, alias) in &s.links {
+                    let t = m.entry(target.clone()).or_default();
+                    if !t.2.contains(alias) {
+                        t.2.push(alias.clone());
+                    }
+                }
+            }
+            m
+        };
         let st = self.state.lock().await;
         let mut records = berth_network::dns::Records::default();
         records.set_upstreams(host_upstreams());
@@ -52,36 +87,21 @@ impl Supervisor {
         }
         let ready = self.serving_set(&st);
         for c in st.containers.iter().filter(|c| ready.contains(&c.name)) {
-            let svc = plan.as_ref().and_then(|p| p.service(&c.service));
-            let upstreams: Vec<std::net::SocketAddr> = svc
-                .map(|s| {
-                    s.dns
-                        .iter()
-                        .filter_map(|d| d.parse::<std::net::IpAddr>().ok())
-                        .map(|ip| (ip, 53).into())
-                        .collect()
-                })
-                .unwrap_or_default();
+            let svc = per_service.get(&c.service);
             for ep in &c.endpoints {
                 let mut names = vec![c.service.clone(), c.name.clone()];
-                if let Some(h) = svc.and_then(|s| s.hostname.clone()) {
+                if let Some(h) = svc.and_then(|s| s.1.clone()) {
                     names.push(h);
                 }
                 names.extend(ep.aliases.iter().cloned());
-                // `links: [SERVICE:ALIAS]` of any service make ALIAS another name of SERVICE
-                // (Docker scopes it to the linking container; berth answers it network-wide).
-                if let Some(p) = plan.as_ref() {
-                    for other in &p.services {
-                        for (target, alias) in &other.links {
-                            if *target == c.service && !names.contains(alias) {
-                                names.push(alias.clone());
-                            }
-                        }
+                for alias in svc.iter().flat_map(|s| s.2.iter()) {
+                    if !names.contains(alias) {
+                        names.push(alias.clone());
                     }
                 }
                 records.add(&ep.network, &names, ep.ip);
-                if !upstreams.is_empty() {
-                    records.set_container_upstreams(ep.ip, upstreams.clone());
+                if let Some(s) = svc.filter(|s| !s.0.is_empty()) {
+                    records.set_container_upstreams(ep.ip, s.0.clone());
                 }
             }
         }
@@ -93,6 +113,7 @@ impl Supervisor {
         drop(st);
         // Swapped in one piece: a query sees the old records or the new ones, never a mix.
         self.dns.set_records(records);
+        crate::trace::step(|| "dns: records swapped".into());
         for (key, _) in self.dns.listeners() {
             if !nets.iter().any(|(k, _)| *k == key) {
                 self.dns.remove_listener(&key);
@@ -222,6 +243,7 @@ impl Supervisor {
             }
         }
         tokio::task::spawn_blocking(move || berth_network::firewall::apply(&fw)).await??;
+        crate::trace::step(|| "firewall: nft transaction applied".into());
         if !relay {
             self.relay.lock().unwrap().clear();
         }
@@ -230,12 +252,32 @@ impl Supervisor {
     }
 }
 
-/// Upstream resolvers for names outside the project: the host's resolv.conf.
+/// Upstream resolvers for names outside the project: the host's resolv.conf, parsed again
+/// only when the file changed (its inode, size or mtime; editors and resolvconf replace it by
+/// rename), not on every container event.
 fn host_upstreams() -> Vec<std::net::SocketAddr> {
-    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    use std::os::unix::fs::MetadataExt;
+    type Key = (u64, u64, i64, i64);
+    static CACHE: std::sync::Mutex<Option<(Key, Vec<std::net::SocketAddr>)>> =
+        std::sync::Mutex::new(None);
+    const PATH: &str = "/etc/resolv.conf";
+    let key = std::fs::metadata(PATH)
+        .map(|m| (m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+        .ok();
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let (Some(k), Some((ck, v))) = (key, cache.as_ref()) {
+        if k == *ck {
+            return v.clone();
+        }
+    }
+    let text = std::fs::read_to_string(PATH).unwrap_or_default();
     let (servers, _, _) = berth_network::files::parse_resolv_conf(&text);
-    servers
+    let v: Vec<std::net::SocketAddr> = servers
         .into_iter()
         .map(|ip| std::net::SocketAddr::new(ip, 53))
-        .collect()
+        .collect();
+    if let Some(k) = key {
+        *cache = Some((k, v.clone()));
+    }
+    v
 }

@@ -1,0 +1,88 @@
+//! Coalescing of whole-project work that many events ask for at once: the state file write and
+//! the DNS snapshot. A caller is served by a run that started after it asked (so when the call
+//! returns, its change is on disk or in DNS, as before), and callers that arrive while a run
+//! is going share the next one: a burst of N events costs a few runs, not N.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Default)]
+pub(super) struct Coalesce {
+    /// Tickets handed out (one per call).
+    asked: AtomicU64,
+    /// Every ticket up to this one is covered by a finished run.
+    done: AtomicU64,
+    /// One run at a time; tokio's mutex is FIFO, so waiters are served in order.
+    run: tokio::sync::Mutex<()>,
+}
+
+impl Coalesce {
+    /// Run `work` unless a run that started after this call already covered it. The caller
+    /// must have made its change before calling.
+    pub(super) async fn run<F, Fut>(&self, work: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let ticket = self.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let _one = self.run.lock().await;
+        if self.done.load(Ordering::SeqCst) >= ticket {
+            return;
+        }
+        // Every ticket up to `upto` was taken after its change: the run below sees them all.
+        let upto = self.asked.load(Ordering::SeqCst);
+        work().await;
+        self.done.fetch_max(upto, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_calls_share_runs_and_each_sees_its_change() {
+        let c = Arc::new(Coalesce::default());
+        let value = Arc::new(AtomicUsize::new(0));
+        let published = Arc::new(AtomicUsize::new(0));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for i in 1..=200usize {
+            let (c, value, published, runs) =
+                (c.clone(), value.clone(), published.clone(), runs.clone());
+            tasks.push(tokio::spawn(async move {
+                value.fetch_max(i, Ordering::SeqCst);
+                c.run(|| async {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    // A slow run, so that callers pile up behind it.
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    published.store(value.load(Ordering::SeqCst), Ordering::SeqCst);
+                })
+                .await;
+                // What was published covers this caller's change.
+                assert!(published.load(Ordering::SeqCst) >= i);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(published.load(Ordering::SeqCst), 200);
+        let n = runs.load(Ordering::SeqCst);
+        assert!(n < 200, "{n} runs for 200 concurrent calls");
+    }
+
+    #[tokio::test]
+    async fn a_call_after_a_run_runs_again() {
+        let c = Coalesce::default();
+        let runs = AtomicUsize::new(0);
+        for _ in 0..3 {
+            c.run(|| async {
+                runs.fetch_add(1, Ordering::SeqCst);
+            })
+            .await;
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+    }
+}
