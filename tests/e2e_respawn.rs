@@ -61,7 +61,8 @@ fn ps(b: &Berth, f: &std::path::Path, respawn: bool) -> (serde_json::Value, Stri
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     (
-        serde_json::from_slice(&out.stdout).unwrap(),
+        // One JSON object per line, as compose prints `ps --format json`.
+        json_lines(&String::from_utf8_lossy(&out.stdout)),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
 }

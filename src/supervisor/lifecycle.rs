@@ -170,6 +170,9 @@ impl Supervisor {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        // ... and have it on disk before the caller is told: a supervisor killed right after a
+        // `stop` must not leave the record saying "running" (coalesced with on_exit's save).
+        self.save().await;
         progress(out, "container", name, "Stopped");
     }
 
