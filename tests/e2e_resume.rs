@@ -115,8 +115,8 @@ fn simulate_reboot(b: &Berth, p: &str) {
 }
 
 fn states(b: &Berth, f: &Path) -> Vec<(String, String)> {
-    let ps: serde_json::Value =
-        serde_json::from_str(&b.ok(f, &["ps", "-a", "--format", "json"])).unwrap();
+    // One JSON object per line, as compose prints `ps --format json`.
+    let ps = json_lines(&b.ok(f, &["ps", "-a", "--format", "json"]));
     let mut v: Vec<(String, String)> = ps
         .as_array()
         .unwrap()

@@ -126,9 +126,15 @@ fn bad_input_fails_per_field_and_writes_nothing() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains("image: reg.example/team/"));
 
+    // Any other first word is compose's `export SERVICE` (a container's filesystem).
     let o = berth(dir.path(), &["export", "nomad"]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o.stderr).contains("expected `k8s` or `swarm`"));
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr)
+            .contains("export nomad: not a container of this project (or give `k8s` or `swarm`)"),
+        "{}",
+        text(&o.stderr)
+    );
 }
 
 #[test]

@@ -30,7 +30,10 @@ pub fn run(project: &ProjectOpts, args: &ExportArgs) -> anyhow::Result<u8> {
             target,
             args.index,
             args.output.as_deref(),
-        );
+        )
+        .with_context(|| {
+            format!("export {target}: not a container of this project (or give `k8s` or `swarm`)")
+        });
     }
     let mut opts = LoadOptions::from_cli(project);
     opts.services = args.services.clone();
