@@ -460,6 +460,16 @@ impl Drop for TempFile {
 }
 
 pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result<u8> {
+    // compose run: a tty (and the caller's terminal attached to it) unless -T or stdin is
+    // not a terminal. The relay's signals are blocked before any thread exists.
+    let tty = !args.no_tty
+        && std::io::IsTerminal::is_terminal(&std::io::stdin())
+        && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mask = if tty && !args.detach {
+        Some(crate::commands::tty::block_signals()?)
+    } else {
+        None
+    };
     let paths = Paths::from_env();
     let mut source = source_from(p)?;
     let plan = load_plan(&source, &[])?;
@@ -532,9 +542,8 @@ pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result
         no_deps: args.no_deps,
         // `-p` ports are the one-off's ports: the override replaced the service's with them.
         service_ports: args.service_ports || !args.publish.is_empty(),
-        // compose run: a tty only when asked for and stdin is a terminal. berth cannot attach
-        // stdin yet, so it never adds one a service lacks; it only takes `tty: true` away.
-        no_tty: args.no_tty || !std::io::IsTerminal::is_terminal(&std::io::stdin()),
+        no_tty: !tty,
+        tty,
     };
     let client = Client::connect_or_start(&paths, &plan.name)?;
     let mut name = None;
@@ -562,6 +571,30 @@ pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result
             println!("{name}");
         }
         return Ok(0);
+    }
+    if let Some(mask) = &mask {
+        let keys =
+            crate::commands::tty::parse_detach_keys(crate::commands::tty::DEFAULT_DETACH_KEYS)?;
+        use crate::commands::tty::Outcome;
+        let code = match crate::commands::attach::attach_terminal(
+            &paths, &plan.name, &name, &keys, true, mask,
+        )? {
+            Outcome::Detached => {
+                // The one-off runs on (docker run's detach); `--rm` is for when it exits.
+                eprintln!("read escape sequence");
+                return Ok(0);
+            }
+            Outcome::Signal(s) => (128 + s).clamp(0, 255) as u8,
+            Outcome::Exited => {
+                crate::commands::attach::wait_exit(&paths, &plan.name, &name).unwrap_or(255)
+            }
+        };
+        if args.rm {
+            if let Some(c) = Client::connect(&paths, &plan.name) {
+                call(c, &Request::Rm { name: name.clone() }, "Removing", true)?;
+            }
+        }
+        return Ok(code);
     }
     install_sigint();
     let project_dir = paths.project(&plan.name);

@@ -19,6 +19,7 @@
 //! - `watcher.rs`: `up --watch`; `proto.rs`/`client.rs`: the socket protocol and its client.
 
 mod adopt;
+mod attach;
 pub mod client;
 mod converge;
 mod exits;
@@ -221,8 +222,12 @@ impl Supervisor {
         let Ok(Some(line)) = lines.next_line().await else {
             return;
         };
-        let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
         let req: Result<Request, _> = serde_json::from_str(&line);
+        if let Ok(Request::Attach { name }) = req {
+            // The connection becomes the terminal's (see `attach.rs`).
+            return self.attach(lines.into_inner().into_inner(), wr, name).await;
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
         let me = self.clone();
         let work = tokio::spawn(async move {
             let r = match req {
@@ -271,6 +276,7 @@ impl Supervisor {
     async fn dispatch(self: &Arc<Self>, req: Request, out: &Out) -> anyhow::Result<i32> {
         match req {
             Request::Ping => Ok(0),
+            Request::Attach { .. } => Err(anyhow!("attach is served on its own connection")),
             Request::Up { source, opts } => {
                 let _op = self.op.lock().await;
                 self.up(source, opts, out).await.map(|_| 0)

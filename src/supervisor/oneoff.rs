@@ -105,6 +105,9 @@ impl Supervisor {
         }
         if o.no_tty {
             svc.tty = false;
+        } else if o.tty {
+            svc.tty = true;
+            svc.stdin_open = true;
         }
         svc.restart = crate::engine::restart::Policy::default();
         svc.healthcheck = None;

@@ -73,6 +73,12 @@ pub enum Request {
         source: ProjectSource,
         service: String,
     },
+    /// Attach to a `tty: true` container's terminal: answered with one byte carrying a dup
+    /// of its pty master, then its raw output until the pty closes (see `attach.rs`), or with
+    /// a failed `Done`.
+    Attach {
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,4 +116,8 @@ pub struct RunOpts {
     /// (compose run decides the tty itself).
     #[serde(default)]
     pub no_tty: bool,
+    /// `run` on a terminal without `-T`: a tty and an open stdin for the one-off (the CLI
+    /// attaches to it), whatever the service says.
+    #[serde(default)]
+    pub tty: bool,
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use tokio::sync::watch;
 
+use super::attach::PtyHub;
 use super::{health, keeper, Live, Supervisor};
 use crate::engine::io;
 use crate::engine::proc::{self, Exit};
@@ -81,10 +82,15 @@ impl Supervisor {
                     return Err(e).context("receiving the container's pty master");
                 }
             };
-            (
-                pid,
-                vec![tokio::spawn(io::copy_pty_to_log(master, log, None))],
-            )
+            // Shared with attached terminals (`attach.rs`); a one-off (`run -it`) keeps its
+            // first output until its CLI attaches.
+            let tap = PtyHub::register(name, master.try_clone()?, rec.oneoff);
+            let hub = name.to_string();
+            let copy = async move {
+                io::copy_pty_to_log(master, log, None, Some(tap)).await;
+                PtyHub::close(&hub);
+            };
+            (pid, vec![tokio::spawn(copy)])
         } else {
             // stdout/stderr: named FIFOs the container holds read-write, so its output
             // outlives a supervisor crash (see engine::io); only the read sides stay here.

@@ -1,0 +1,192 @@
+//! Attached terminals (`berth attach`, `berth run -it`): the pty of a `tty: true` container,
+//! whose master the supervisor holds and logs (see `spawn.rs`), shared with a CLI.
+//!
+//! The CLI sends an `Attach` request line; the supervisor answers with one byte carrying a dup
+//! of the pty master (SCM_RIGHTS), then turns the connection into the container's raw output.
+//! The CLI writes its stdin and sets the window size on the master itself (the relay of
+//! `commands::tty`), and reads the output from the socket, so the log keeps every byte and
+//! several attached terminals see the same output. Leaving (EOF from the CLI, a detach) leaves
+//! the container alone; the socket ends when the container's last process closes the pty.
+//!
+//! A one-off started for `run -it` holds its first output (bounded) until the CLI attaches,
+//! so its first prompt is not lost between start and attach.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, LazyLock, Mutex as StdMutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+
+use super::proto::Reply;
+use super::Supervisor;
+use crate::engine::io::RawTap;
+
+/// The most output held for a one-off's first attach; beyond it, holding stops.
+const HOLD_MAX: usize = 64 * 1024;
+/// Chunks queued per attached terminal; a terminal that reads slower loses output rather than
+/// slowing the container (the log keeps it all).
+const QUEUE: usize = 1024;
+
+/// An attacher's live output.
+type Output = mpsc::Receiver<Arc<[u8]>>;
+
+/// One container's pty, as attachers see it.
+pub(super) struct PtyHub {
+    /// A dup of the master (the log copy owns the original), handed to attachers.
+    master: OwnedFd,
+    inner: StdMutex<HubInner>,
+}
+
+struct HubInner {
+    held: Option<Vec<u8>>,
+    subs: Vec<mpsc::Sender<Arc<[u8]>>>,
+    closed: bool,
+}
+
+/// The hubs of this supervisor's containers by name (one supervisor per process).
+static HUBS: LazyLock<StdMutex<HashMap<String, Arc<PtyHub>>>> =
+    LazyLock::new(|| StdMutex::new(HashMap::new()));
+
+impl PtyHub {
+    /// Register `name`'s pty (`master`: a dup of it). `hold`: keep the first output for the
+    /// first attacher. Returns the tap for the log copy.
+    pub(super) fn register(name: &str, master: OwnedFd, hold: bool) -> RawTap {
+        let hub = Arc::new(PtyHub {
+            master,
+            inner: StdMutex::new(HubInner {
+                held: hold.then(Vec::new),
+                subs: Vec::new(),
+                closed: false,
+            }),
+        });
+        HUBS.lock().unwrap().insert(name.to_string(), hub.clone());
+        Arc::new(move |b: &[u8]| hub.publish(b))
+    }
+
+    /// The pty is done (the container's processes are gone): attachers see EOF.
+    pub(super) fn close(name: &str) {
+        let hub = HUBS.lock().unwrap().remove(name);
+        if let Some(h) = hub {
+            let mut i = h.inner.lock().unwrap();
+            i.closed = true;
+            i.subs.clear();
+        }
+    }
+
+    fn publish(&self, b: &[u8]) {
+        let mut i = self.inner.lock().unwrap();
+        if let Some(h) = &mut i.held {
+            if h.len() + b.len() <= HOLD_MAX {
+                h.extend_from_slice(b);
+            } else {
+                i.held = None;
+            }
+        }
+        if i.subs.is_empty() {
+            return;
+        }
+        let chunk: Arc<[u8]> = Arc::from(b);
+        i.subs.retain(|s| match s.try_send(chunk.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+    }
+
+    /// A new attacher: what was held (for the first one) and the live output from then on.
+    fn subscribe(&self) -> Option<(Vec<u8>, Output)> {
+        let mut i = self.inner.lock().unwrap();
+        if i.closed {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        i.subs.push(tx);
+        Some((i.held.take().unwrap_or_default(), rx))
+    }
+}
+
+impl Supervisor {
+    /// Serve an `Attach` request on its connection (see the module comment).
+    pub(super) async fn attach(
+        self: Arc<Self>,
+        mut rd: OwnedReadHalf,
+        mut wr: OwnedWriteHalf,
+        name: String,
+    ) {
+        let hub = HUBS.lock().unwrap().get(&name).cloned();
+        let sub = hub.as_ref().and_then(|h| h.subscribe());
+        let (Some(hub), Some((held, mut rx))) = (hub, sub) else {
+            let running = self
+                .state
+                .lock()
+                .await
+                .container(&name)
+                .map(|c| c.status == crate::state::Status::Running);
+            let error = match running {
+                None => format!("no such container: {name}"),
+                Some(false) => format!("container {name} is not running"),
+                Some(true) => {
+                    format!("container {name} has no terminal to attach to (it needs `tty: true`)")
+                }
+            };
+            let done = Reply::Done {
+                ok: false,
+                error: Some(error),
+                code: 1,
+            };
+            let mut b = serde_json::to_vec(&done).unwrap_or_default();
+            b.push(b'\n');
+            let _ = wr.write_all(&b).await;
+            let _ = wr.shutdown().await;
+            return;
+        };
+        if send_fd(&wr, &hub.master).await.is_err() {
+            return;
+        }
+        drop(hub);
+        if !held.is_empty() && wr.write_all(&held).await.is_err() {
+            return;
+        }
+        let mut scratch = [0u8; 64];
+        loop {
+            tokio::select! {
+                chunk = rx.recv() => match chunk {
+                    Some(c) => {
+                        if wr.write_all(&c).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+                // The CLI sends nothing after its request: a read returns when it leaves.
+                r = rd.read(&mut scratch) => match r {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                },
+            }
+        }
+        let _ = wr.shutdown().await;
+    }
+}
+
+/// One byte with `fd` attached (SCM_RIGHTS) on the connection.
+async fn send_fd(wr: &OwnedWriteHalf, fd: &OwnedFd) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let sock = wr.as_ref();
+    let fds = [fd.as_raw_fd()];
+    loop {
+        sock.writable().await?;
+        let iov = [std::io::IoSlice::new(&[1u8])];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        match sock.try_io(tokio::io::Interest::WRITABLE, || {
+            sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+                .map_err(std::io::Error::from)
+        }) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
