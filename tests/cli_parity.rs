@@ -15,14 +15,14 @@ const NOT_COMPOSE: &[&str] = &["bridge"];
 /// Commands and flags other engineers are adding on their branches right now (issues 13, 14,
 /// 15). The lead empties these lists when their branches are merged; nothing else belongs here.
 const OWNED_ELSEWHERE_COMMANDS: &[&str] = &[
-    "build",  // issue 13 (image builds)
-    "attach", // issue 15
-    "create", // issue 15
+    "build", // issue 13 (image builds)
 ];
 const OWNED_ELSEWHERE_FLAGS: &[(&str, &str)] = &[
-    ("up", "--build"),    // issue 13
-    ("up", "--no-build"), // issue 13
-    ("run", "--build"),   // issue 13 (the same build step for `run`)
+    ("up", "--build"),        // issue 13
+    ("up", "--no-build"),     // issue 13
+    ("run", "--build"),       // issue 13 (the same build step for `run`)
+    ("create", "--build"),    // issue 13 (the same build step for `create`)
+    ("create", "--no-build"), // issue 13
 ];
 
 fn docker_compose() -> Option<PathBuf> {

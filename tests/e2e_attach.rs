@@ -251,6 +251,21 @@ fn create_makes_containers_that_start_starts() {
         &p,
         "services:\n  a:\n    image: berth-test/busybox:1\n    command: [\"sleep\", \"3600\"]\n  b:\n    image: berth-test/busybox:1\n    command: [\"sleep\", \"3600\"]\n",
     );
+    // --dry-run says what it would make and makes nothing.
+    let dry = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["--dry-run", "create"])
+        .output()
+        .unwrap();
+    assert!(dry.status.success());
+    let dry = String::from_utf8_lossy(&dry.stderr);
+    let want = format!("DRY-RUN MODE -  Container {p}-a-1  Created");
+    assert!(dry.contains(&want), "{dry}");
+    assert!(!dry.contains("Started"), "{dry}");
+    let none = b.ok(&f, &["ps", "-a", "--format", "{{.Name}}"]);
+    assert!(none.trim().is_empty(), "{none}");
     b.ok(&f, &["create", "--scale", "a=2"]);
     let ps = b.ok(&f, &["ps", "-a", "--format", "{{.Service}} {{.State}}"]);
     assert_eq!(ps.matches("a created").count(), 2, "{ps}");

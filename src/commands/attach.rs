@@ -85,7 +85,12 @@ pub fn wait_exit(paths: &Paths, project: &str, name: &str) -> Option<u8> {
 
 /// `berth create`: `up --no-start` (containers made, not started; `start` starts them).
 pub fn create(p: &ProjectOpts, args: &CreateArgs) -> anyhow::Result<u8> {
-    let up = UpArgs {
+    crate::commands::up::run(p, &as_up(args))
+}
+
+/// The `up` that `create` is (also what `create --dry-run` shows).
+pub fn as_up(args: &CreateArgs) -> UpArgs {
+    UpArgs {
         detach: true,
         no_start: true,
         services: args.services.clone(),
@@ -97,6 +102,5 @@ pub fn create(p: &ProjectOpts, args: &CreateArgs) -> anyhow::Result<u8> {
         remove_orphans: args.remove_orphans,
         yes: args.yes,
         ..Default::default()
-    };
-    crate::commands::up::run(p, &up)
+    }
 }
