@@ -176,6 +176,16 @@ fn run_it_is_a_real_terminal_through_the_supervisor() {
         "the --rm one-off is still there: {ps}"
     );
 
+    // A one-off that is done before the CLI could attach: its output and status still come.
+    let t = Terminal::spawn(
+        &b,
+        &f,
+        &["run", "--rm", "box", "sh", "-c", "echo qu\"\"ick; exit 4"],
+    );
+    t.expect(0, "quick");
+    let (code, err) = t.wait();
+    assert_eq!(code, 4, "stderr: {err}");
+
     // -T on a terminal: no tty, output still shown, status still returned.
     let t = Terminal::spawn(
         &b,

@@ -544,6 +544,7 @@ pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result
         service_ports: args.service_ports || !args.publish.is_empty(),
         no_tty: !tty,
         tty,
+        attach: mask.is_some(),
     };
     let client = Client::connect_or_start(&paths, &plan.name)?;
     let mut name = None;

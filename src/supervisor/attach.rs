@@ -48,6 +48,21 @@ struct HubInner {
 /// The hubs of this supervisor's containers by name (one supervisor per process).
 static HUBS: LazyLock<StdMutex<HashMap<String, Arc<PtyHub>>>> =
     LazyLock::new(|| StdMutex::new(HashMap::new()));
+/// Containers whose next start holds its output for an attach to come (`run -it`).
+static HOLD: LazyLock<StdMutex<std::collections::HashSet<String>>> =
+    LazyLock::new(|| StdMutex::new(Default::default()));
+/// How long the held output of a one-off that exited before its CLI attached waits for it.
+const HELD_AFTER_EXIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `name`'s next start keeps its first output for the first attach (see the module comment).
+pub(super) fn hold_next_start(name: &str) {
+    HOLD.lock().unwrap().insert(name.to_string());
+}
+
+/// Whether `name`'s start now is one to hold (asked for by `hold_next_start`; once).
+pub(super) fn take_hold(name: &str) -> bool {
+    HOLD.lock().unwrap().remove(name)
+}
 
 impl PtyHub {
     /// Register `name`'s pty (`master`: a dup of it). `hold`: keep the first output for the
@@ -66,12 +81,35 @@ impl PtyHub {
     }
 
     /// The pty is done (the container's processes are gone): attachers see EOF.
+    /// A one-off that exited before its CLI attached keeps its held output for the attach
+    /// (a while, bounded), which then shows it and ends.
     pub(super) fn close(name: &str) {
-        let hub = HUBS.lock().unwrap().remove(name);
-        if let Some(h) = hub {
+        let hub = HUBS.lock().unwrap().get(name).cloned();
+        let Some(h) = hub else {
+            return;
+        };
+        let keep = {
             let mut i = h.inner.lock().unwrap();
             i.closed = true;
             i.subs.clear();
+            i.held.as_ref().is_some_and(|b| !b.is_empty())
+        };
+        if !keep {
+            Self::forget(name, &h);
+            return;
+        }
+        let name = name.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(HELD_AFTER_EXIT).await;
+            Self::forget(&name, &h);
+        });
+    }
+
+    /// Remove `name`'s hub if it is still `hub` (a new run may have registered another).
+    fn forget(name: &str, hub: &Arc<PtyHub>) {
+        let mut hubs = HUBS.lock().unwrap();
+        if hubs.get(name).is_some_and(|h| Arc::ptr_eq(h, hub)) {
+            hubs.remove(name);
         }
     }
 
@@ -98,10 +136,11 @@ impl PtyHub {
     /// A new attacher: what was held (for the first one) and the live output from then on.
     fn subscribe(&self) -> Option<(Vec<u8>, Output)> {
         let mut i = self.inner.lock().unwrap();
-        if i.closed {
-            return None;
-        }
         let (tx, rx) = mpsc::channel(QUEUE);
+        if i.closed {
+            // Exited before the attach: what it printed, then the end (the sender drops).
+            return i.held.take().map(|h| (h, rx));
+        }
         i.subs.push(tx);
         Some((i.held.take().unwrap_or_default(), rx))
     }

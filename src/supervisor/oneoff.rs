@@ -134,6 +134,9 @@ impl Supervisor {
             }
         }
         self.save().await;
+        if o.attach && svc.tty {
+            super::attach::hold_next_start(&name);
+        }
         self.start_one(&name, out).await?;
         let _ = out.send(Reply::Progress {
             kind: "oneoff".into(),

@@ -120,4 +120,8 @@ pub struct RunOpts {
     /// attaches to it), whatever the service says.
     #[serde(default)]
     pub tty: bool,
+    /// The CLI attaches to the one-off once it is started (`run` on a terminal without -d):
+    /// its first output is held for that attach.
+    #[serde(default)]
+    pub attach: bool,
 }

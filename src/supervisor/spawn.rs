@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use tokio::sync::watch;
 
-use super::attach::PtyHub;
+use super::attach::{self, PtyHub};
 use super::{health, keeper, Live, Supervisor};
 use crate::engine::io;
 use crate::engine::proc::{self, Exit};
@@ -84,7 +84,7 @@ impl Supervisor {
             };
             // Shared with attached terminals (`attach.rs`); a one-off (`run -it`) keeps its
             // first output until its CLI attaches.
-            let tap = PtyHub::register(name, master.try_clone()?, rec.oneoff);
+            let tap = PtyHub::register(name, master.try_clone()?, attach::take_hold(name));
             let hub = name.to_string();
             let copy = async move {
                 io::copy_pty_to_log(master, log, None, Some(tap)).await;
