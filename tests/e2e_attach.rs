@@ -292,3 +292,45 @@ fn create_makes_containers_that_start_starts() {
     );
     b.ok(&f, &["down", "-t", "1"]);
 }
+
+#[test]
+fn a_tty_survives_a_supervisor_kill_while_attached_and_reattaches() {
+    let b = Berth::new();
+    let p = unique("ttyadopt");
+    let f = b.compose(
+        &p,
+        "services:\n  sh:\n    image: berth-test/busybox:1\n    command: [\"sh\"]\n    tty: true\n    stdin_open: true\n",
+    );
+    b.ok(&f, &["up", "-d"]);
+    let t = Terminal::spawn(&b, &f, &["attach", "sh"]);
+    std::thread::sleep(Duration::from_millis(500));
+    t.type_(b"echo $$ > /tmp/pid; echo fir\"\"st\r");
+    t.expect(0, "first\r\n");
+    let sup = b.supervisor_pid(&p);
+    // SAFETY: killing the supervisor this test started.
+    unsafe { libc::kill(sup, libc::SIGKILL) };
+    // The attach ends with a clear message; the container runs on.
+    let (code, err) = t.wait();
+    assert_ne!(code, 0, "stderr: {err}");
+    assert!(err.contains("supervisor went away"), "{err}");
+    wait_for("the supervisor to die", Duration::from_secs(5), || {
+        let s = std::fs::read_to_string(format!("/proc/{sup}/stat")).unwrap_or_default();
+        (s.is_empty() || s.contains(") Z")).then_some(())
+    });
+    // A new supervisor adopts it (with its terminal: no hang-up, the same shell).
+    b.ok(&f, &["up", "-d"]);
+    let t = Terminal::spawn(&b, &f, &["attach", "sh"]);
+    std::thread::sleep(Duration::from_millis(500));
+    t.type_(b"echo same-$(( $(cat /tmp/pid) - $$ ))-shell\r");
+    t.expect(0, "same-0-shell");
+    t.type_(&[0x10, 0x11]);
+    let (code, err) = t.wait();
+    assert_eq!(code, 0, "stderr: {err}");
+    // Its output is logged by the new supervisor too.
+    let logs = wait_for("the adopted tty's log", Duration::from_secs(10), || {
+        let l = b.ok(&f, &["logs", "sh"]);
+        l.contains("same-0-shell").then_some(l)
+    });
+    assert!(logs.contains("first"), "{logs}");
+    b.ok(&f, &["down", "-t", "1"]);
+}

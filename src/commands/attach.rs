@@ -61,8 +61,17 @@ pub fn attach(p: &ProjectOpts, args: &AttachArgs) -> anyhow::Result<u8> {
         }
         Outcome::Signal(s) => Ok((128 + s).clamp(0, 255) as u8),
         Outcome::Exited => {
+            if !Client::answers(&paths, &project) {
+                bail!(
+                    "the supervisor went away while attached; {} runs on (attach again)",
+                    c.name
+                );
+            }
             // docker attach returns the container's exit code.
-            Ok(wait_exit(&paths, &project, &c.name).unwrap_or(0))
+            match wait_exit(&paths, &project, &c.name) {
+                Some(code) => Ok(code),
+                None => bail!("the terminal of {} closed, yet it has not exited", c.name),
+            }
         }
     }
 }

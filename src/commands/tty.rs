@@ -221,6 +221,26 @@ pub fn drain() -> u8 {
     }
 }
 
+/// `berth __pty-hold`: keep fd 0 (a container's pty master) open, never reading or writing
+/// it, until its last slave holder is gone (the master reports a hang-up). Exits 0.
+pub fn hold() -> u8 {
+    let _ = nix::unistd::setsid();
+    let stdin = std::io::stdin();
+    loop {
+        let mut p = [PollFd::new(stdin.as_fd(), PollFlags::empty())];
+        match poll(&mut p, PollTimeout::NONE) {
+            Ok(_) => {
+                let r = p[0].revents().unwrap_or(PollFlags::empty());
+                if r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) {
+                    return 0;
+                }
+            }
+            Err(nix::Error::EINTR) => {}
+            Err(_) => return 0,
+        }
+    }
+}
+
 /// Run `runtime` (a `__runtime exec --tty` command line without the console socket flag and
 /// the container id/command, which `finish` adds) attached to the caller's terminal.
 /// `console` is where the console socket is made. Returns the process's exit status.

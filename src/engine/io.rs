@@ -534,9 +534,8 @@ fn pty_step(
 /// (a tty has no separate stderr), lines ending in CRLF kept as the pty makes them (Docker
 /// does the same), until its last process has closed the pty: the master then reads EIO.
 ///
-/// Unlike the stream FIFOs, the master is held only by the supervisor: a partial line waits
-/// here, and a killed supervisor closes the master, which hangs up the container's terminal
-/// (see `Supervisor::spawn`).
+/// Unlike the stream FIFOs, a partial line waits here (lost if the supervisor is killed); the
+/// master itself outlives the supervisor (see `supervisor/attach.rs`).
 /// Every read is also shown raw to `raw` (attached terminals).
 pub async fn copy_pty_to_log(
     master: OwnedFd,

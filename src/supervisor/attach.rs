@@ -8,6 +8,12 @@
 //! several attached terminals see the same output. Leaving (EOF from the CLI, a detach) leaves
 //! the container alone; the socket ends when the container's last process closes the pty.
 //!
+//! The master outlives a supervisor crash: a `berth __pty-hold` process (a child, re-parented
+//! to the keeper if the supervisor dies) keeps a dup of it and never touches it, so the
+//! container's terminal is not hung up; an adopting supervisor takes it back with
+//! pidfd_getfd (`take_back`) and logs and serves it again. It exits when the pty's last slave
+//! holder is gone. Its pid is in `run/projects/<p>/io/<id>.ptyhold`.
+//!
 //! A one-off started for `run -it` holds its first output (bounded) until the CLI attaches,
 //! so its first prompt is not lost between start and attach.
 
@@ -228,4 +234,59 @@ async fn send_fd(wr: &OwnedWriteHalf, fd: &OwnedFd) -> std::io::Result<()> {
             Err(e) => return Err(e),
         }
     }
+}
+
+fn hold_path(io_dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    io_dir.join(format!("{name}.ptyhold"))
+}
+
+/// Start the process that keeps `master` open for a supervisor after this one (see the module
+/// comment) and note its pid.
+pub(super) fn keep_master(
+    io_dir: &std::path::Path,
+    name: &str,
+    master: &OwnedFd,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut child = tokio::process::Command::new(crate::engine::runtime::self_exe())
+        .arg("__pty-hold")
+        .stdin(std::process::Stdio::from(master.try_clone()?))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting the pty holder")?;
+    let pid = child.id().context("the pty holder's pid")? as i32;
+    let start = crate::state::pid_start_time(pid).unwrap_or(0);
+    std::fs::write(hold_path(io_dir, name), format!("{pid} {start}\n"))?;
+    let path = hold_path(io_dir, name);
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+        let _ = std::fs::remove_file(path);
+    });
+    Ok(())
+}
+
+/// The master kept by a previous supervisor's holder for `name`, if it still runs.
+pub(super) fn take_back(io_dir: &std::path::Path, name: &str) -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let text = std::fs::read_to_string(hold_path(io_dir, name)).ok()?;
+    let mut it = text.split_whitespace();
+    let pid: i32 = it.next()?.parse().ok()?;
+    let start: u64 = it.next()?.parse().ok()?;
+    // The pidfd first, then the check: it then surely names the recorded process.
+    let pidfd = crate::engine::proc::pidfd_open(pid).ok()?;
+    if !crate::state::pid_matches(pid, Some(start)) {
+        return None;
+    }
+    // SAFETY: pidfd_getfd on a pidfd we own; returns a new fd of ours or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), 0, 0) };
+    if fd < 0 {
+        tracing::warn!(
+            "{name}: taking its pty back: {}",
+            std::io::Error::last_os_error()
+        );
+        return None;
+    }
+    // SAFETY: the kernel just made this fd ours.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

@@ -96,6 +96,21 @@ impl Client {
         }
     }
 
+    /// Whether a supervisor serves `project` and answers (a `Ping` within 2 s): a dying one
+    /// may still take a connection for an instant.
+    pub fn answers(paths: &Paths, project: &str) -> bool {
+        let Some(c) = Client::connect(paths, project) else {
+            return false;
+        };
+        if c.stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .is_err()
+        {
+            return false;
+        }
+        matches!(c.call(&Request::Ping, &mut |_| {}), Ok((true, _, _)))
+    }
+
     /// Attach to container `name`'s terminal (see `attach.rs`): the connection, which now
     /// carries the container's raw output, and a dup of its pty master (for input and the
     /// window size). An error is the supervisor's reason (no such container, no tty).
