@@ -37,7 +37,6 @@ pub fn attach_terminal(
 
 /// `berth attach SERVICE`.
 pub fn attach(p: &ProjectOpts, args: &AttachArgs) -> anyhow::Result<u8> {
-    let mask = tty::block_signals()?;
     let paths = Paths::from_env();
     let project = crate::commands::project_name(p)?;
     let st = ProjectState::load(&paths, &project)?
@@ -46,6 +45,26 @@ pub fn attach(p: &ProjectOpts, args: &AttachArgs) -> anyhow::Result<u8> {
     if crate::commands::ps::live_status(c) != Status::Running {
         bail!("container {} is not running", c.name);
     }
+    if !crate::engine::container::bundle_terminal(&c.dir) {
+        // No tty: its output streams live, as docker attach shows them (their log from now
+        // on, until it stops or ^C). Its stdin is not forwarded (not done yet).
+        if !args.no_stdin && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            eprintln!(
+                "{} has no tty: showing its output; stdin is not forwarded to it",
+                c.name
+            );
+        }
+        let logs = crate::cli::LogsArgs {
+            follow: true,
+            tail: "0".into(),
+            no_log_prefix: true,
+            index: Some(args.index),
+            services: vec![args.service.clone()],
+            ..Default::default()
+        };
+        return crate::commands::logs::run(p, &logs);
+    }
+    let mask = tty::block_signals()?;
     let keys = tty::parse_detach_keys(
         args.detach_keys
             .as_deref()
