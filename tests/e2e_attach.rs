@@ -186,6 +186,37 @@ fn run_it_is_a_real_terminal_through_the_supervisor() {
     let (code, err) = t.wait();
     assert_eq!(code, 4, "stderr: {err}");
 
+    // Without a tty, stdin is forwarded (compose run): a pipe in, its EOF the container's.
+    let mut c = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args([
+            "run",
+            "--rm",
+            "box",
+            "sh",
+            "-c",
+            "read x; echo got-$x; wc -l",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut i = c.stdin.take().unwrap();
+        i.write_all(b"piped\na\nb\nc\n").unwrap();
+    }
+    let st = wait_for("run with a piped stdin", Duration::from_secs(30), || {
+        c.try_wait().unwrap()
+    });
+    assert!(st.success(), "{st}");
+    let mut so = String::new();
+    c.stdout.take().unwrap().read_to_string(&mut so).unwrap();
+    assert!(so.contains("got-piped"), "{so:?}");
+    assert!(so.lines().any(|l| l.trim() == "3"), "{so:?}");
+
     // -T on a terminal: no tty, output still shown, status still returned.
     let t = Terminal::spawn(
         &b,

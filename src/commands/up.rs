@@ -545,6 +545,7 @@ pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result
         no_tty: !tty,
         tty,
         attach: mask.is_some(),
+        stdin: !tty && !args.detach,
     };
     let client = Client::connect_or_start(&paths, &plan.name)?;
     let mut name = None;
@@ -597,6 +598,9 @@ pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result
         }
         return Ok(code);
     }
+    if !tty {
+        forward_stdin(&paths, &plan.name, &name)?;
+    }
     install_sigint();
     let project_dir = paths.project(&plan.name);
     let mut printer = crate::commands::logs::Printer::new(false, false, false, &[]);
@@ -641,6 +645,56 @@ pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result
         }
     }
     Ok(code.clamp(0, 255) as u8)
+}
+
+/// `run` without a tty: copy our stdin to the one-off's stdin FIFO (made by the supervisor,
+/// see `supervisor/attach.rs`) on a thread; its end is the container's EOF.
+fn forward_stdin(paths: &Paths, project: &str, name: &str) -> anyhow::Result<()> {
+    let path = crate::engine::io::io_dir(&paths.project_run(project)).join(format!("{name}.stdin"));
+    // Non-blocking: a one-off already gone has no reader left (ENXIO), and a blocking open
+    // would wait forever.
+    use std::os::unix::fs::OpenOptionsExt;
+    let fifo = match std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+    {
+        Ok(f) => {
+            // SAFETY: fcntl on an fd we own: our writes wait for the container's reads.
+            unsafe {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+                let fl = libc::fcntl(fd, libc::F_GETFL);
+                libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK);
+            }
+            Some(f)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => None,
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("opening the one-off's stdin {}", path.display()))
+        }
+    };
+    if let Some(c) = Client::connect(paths, project) {
+        c.call(
+            &Request::StdinOpened {
+                name: name.to_string(),
+            },
+            &mut |_| {},
+        )?;
+    }
+    let Some(fifo) = fifo else {
+        return Ok(());
+    };
+    std::thread::spawn(move || {
+        // A write after the container exits gets EPIPE, not a SIGPIPE that kills us: the
+        // signal is this thread's own and stays blocked here.
+        let mut set = nix::sys::signal::SigSet::empty();
+        set.add(nix::sys::signal::Signal::SIGPIPE);
+        let _ = set.thread_block();
+        let mut fifo = fifo;
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut fifo);
+    });
+    Ok(())
 }
 
 /// `berth rollback SERVICE`.

@@ -290,3 +290,67 @@ pub(super) fn take_back(io_dir: &std::path::Path, name: &str) -> Option<OwnedFd>
     // SAFETY: the kernel just made this fd ours.
     Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
+
+/// One-offs whose next start takes its stdin from its CLI (`run` without a tty).
+static STDIN_WANTED: LazyLock<StdMutex<std::collections::HashSet<String>>> =
+    LazyLock::new(|| StdMutex::new(Default::default()));
+/// Per such container, a write side of its stdin FIFO held until its CLI has opened its own,
+/// so the container does not read EOF before the CLI is there.
+static STDIN_PLACEHOLDERS: LazyLock<StdMutex<HashMap<String, OwnedFd>>> =
+    LazyLock::new(|| StdMutex::new(HashMap::new()));
+
+fn stdin_path(io_dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    io_dir.join(format!("{name}.stdin"))
+}
+
+/// `name`'s next start reads its stdin from a FIFO its CLI writes (`run -i` without a tty).
+pub(super) fn stdin_next_start(name: &str) {
+    STDIN_WANTED.lock().unwrap().insert(name.to_string());
+}
+
+fn open_c(path: &std::ffi::CStr, flags: i32) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a NUL-terminated path; returns a new fd or -1.
+    let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just made it ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// For a start asked for by `stdin_next_start`: a new FIFO `io/<id>.stdin`, its read side
+/// (blocking) for the container; a placeholder writer is kept until `stdin_opened`.
+pub(super) fn take_stdin(io_dir: &std::path::Path, name: &str) -> std::io::Result<Option<OwnedFd>> {
+    if !STDIN_WANTED.lock().unwrap().remove(name) {
+        return Ok(None);
+    }
+    let path = stdin_path(io_dir, name);
+    std::fs::create_dir_all(io_dir)?;
+    let _ = std::fs::remove_file(&path);
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: a NUL-terminated path.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let read = open_c(&c, libc::O_RDONLY | libc::O_NONBLOCK)?;
+    let placeholder = open_c(&c, libc::O_WRONLY)?;
+    // SAFETY: fcntl on an fd we own: the container's reads block.
+    unsafe {
+        let fl = libc::fcntl(read.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(read.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+    }
+    STDIN_PLACEHOLDERS
+        .lock()
+        .unwrap()
+        .insert(name.to_string(), placeholder);
+    Ok(Some(read))
+}
+
+/// The CLI of `name` has its stdin FIFO open: drop the placeholder (its close is then the
+/// container's EOF) and the FIFO's name.
+pub(super) fn stdin_opened(io_dir: &std::path::Path, name: &str) {
+    STDIN_PLACEHOLDERS.lock().unwrap().remove(name);
+    let _ = std::fs::remove_file(stdin_path(io_dir, name));
+}

@@ -277,6 +277,10 @@ impl Supervisor {
         match req {
             Request::Ping => Ok(0),
             Request::Attach { .. } => Err(anyhow!("attach is served on its own connection")),
+            Request::StdinOpened { name } => {
+                attach::stdin_opened(&self.io_dir(), &name);
+                Ok(0)
+            }
             Request::Up { source, opts } => {
                 let _op = self.op.lock().await;
                 self.up(source, opts, out).await.map(|_| 0)

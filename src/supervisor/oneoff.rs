@@ -137,6 +137,9 @@ impl Supervisor {
         if o.attach && svc.tty {
             super::attach::hold_next_start(&name);
         }
+        if o.stdin && !svc.tty {
+            super::attach::stdin_next_start(&name);
+        }
         self.start_one(&name, out).await?;
         let _ = out.send(Reply::Progress {
             kind: "oneoff".into(),

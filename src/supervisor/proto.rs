@@ -79,6 +79,10 @@ pub enum Request {
     Attach {
         name: String,
     },
+    /// The CLI of one-off `name` opened its stdin FIFO (see `attach::take_stdin`).
+    StdinOpened {
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,4 +128,7 @@ pub struct RunOpts {
     /// its first output is held for that attach.
     #[serde(default)]
     pub attach: bool,
+    /// No tty and not detached: the one-off's stdin is a FIFO the CLI writes its stdin to.
+    #[serde(default)]
+    pub stdin: bool,
 }

@@ -92,7 +92,10 @@ impl Supervisor {
             let (err_r, err_w) = io::fifo_pair(&io::fifo_path(&io_dir, name, "stderr"))?;
             // stdin_open: the container's stdin stays open (a pipe nobody writes to) instead
             // of /dev/null, so programs that read stdin wait as they would under Docker.
-            let stdin = if svc.as_ref().is_some_and(|s| s.stdin_open) {
+            let stdin = if let Some(fd) = attach::take_stdin(&io_dir, name)? {
+                // `run` without a tty: what its CLI reads (see `attach.rs`).
+                std::process::Stdio::from(fd)
+            } else if svc.as_ref().is_some_and(|s| s.stdin_open) {
                 std::process::Stdio::from(io::idle_stdin()?)
             } else {
                 std::process::Stdio::null()
