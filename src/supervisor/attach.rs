@@ -257,11 +257,15 @@ pub(super) fn keep_master(
         .context("starting the pty holder")?;
     let pid = child.id().context("the pty holder's pid")? as i32;
     let start = crate::state::pid_start_time(pid).unwrap_or(0);
-    std::fs::write(hold_path(io_dir, name), format!("{pid} {start}\n"))?;
+    let note = format!("{pid} {start}\n");
+    std::fs::write(hold_path(io_dir, name), &note)?;
     let path = hold_path(io_dir, name);
     tokio::spawn(async move {
         let _ = child.wait().await;
-        let _ = std::fs::remove_file(path);
+        // Only our note: a later run of the container has its own holder.
+        if std::fs::read_to_string(&path).is_ok_and(|t| t == note) {
+            let _ = std::fs::remove_file(path);
+        }
     });
     Ok(())
 }
