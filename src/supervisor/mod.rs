@@ -15,6 +15,7 @@
 //! - `health.rs`: healthchecks and unhealthy replacement;
 //! - `adopt.rs`: taking running containers back after a supervisor restart;
 //! - `oneoff.rs`: `berth run`;
+//! - `attach.rs`: attached terminals (`attach`, `run -it`), the pty holder, `run`'s stdin;
 //! - `publish.rs`: DNS records, nftables rules, published ports, the forward-policy watch;
 //! - `watcher.rs`: `up --watch`; `proto.rs`/`client.rs`: the socket protocol and its client.
 
