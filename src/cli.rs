@@ -174,6 +174,10 @@ pub enum Command {
     Build(BuildArgs),
     /// Build cache maintenance
     Builder(BuilderCmd),
+    /// Attach local standard input, output, and error streams to a service's running container
+    Attach(AttachArgs),
+    /// Creates containers for a service (not started: `start` starts them)
+    Create(CreateArgs),
     /// Internal: the per-project supervisor (started by `up`)
     #[command(name = "__supervisor", hide = true)]
     Supervisor(SupervisorArgs),
@@ -676,6 +680,9 @@ pub struct RunArgs {
     /// Keep STDIN open even if not attached
     #[arg(short = 'i', long)]
     pub interactive: bool,
+    /// Allocate a pseudo-TTY (the default on a terminal, as in compose; accepted for `run -it`)
+    #[arg(short = 't', hide = true)]
+    pub tty: bool,
     /// Use the service's network aliases in the network(s) the container connects to
     #[arg(long)]
     pub use_aliases: bool,
@@ -1008,4 +1015,53 @@ mod tests {
             Command::Config(ConfigArgs { profiles: true, .. })
         ));
     }
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct AttachArgs {
+    /// Override the key sequence for detaching from a container (default ctrl-p,ctrl-q)
+    #[arg(long)]
+    pub detach_keys: Option<String>,
+    /// Index of the container if service has multiple replicas
+    #[arg(long, default_value_t = 1)]
+    pub index: u32,
+    /// Do not attach STDIN
+    #[arg(long)]
+    pub no_stdin: bool,
+    /// Proxy all received signals to the process (default true; a tty gets them as keys)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub sig_proxy: Option<bool>,
+    pub service: String,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct CreateArgs {
+    /// Recreate containers even if their configuration and image haven't changed
+    #[arg(long, conflicts_with = "no_recreate")]
+    pub force_recreate: bool,
+    /// If containers already exist, don't recreate them
+    #[arg(long)]
+    pub no_recreate: bool,
+    /// Pull image before running ("always"|"missing"|"never")
+    #[arg(long)]
+    pub pull: Option<String>,
+    /// Pull without printing progress information
+    #[arg(long)]
+    pub quiet_pull: bool,
+    /// Remove containers for services not defined in the Compose file
+    #[arg(long)]
+    pub remove_orphans: bool,
+    /// Scale SERVICE to NUM instances (SERVICE=NUM)
+    #[arg(long)]
+    pub scale: Vec<String>,
+    /// Assume "yes" as answer to all prompts and run non-interactively
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// Build images before starting containers
+    #[arg(long, conflicts_with = "no_build")]
+    pub build: bool,
+    /// Don't build an image, even if it's missing
+    #[arg(long)]
+    pub no_build: bool,
+    pub services: Vec<String>,
 }

@@ -36,6 +36,11 @@ fn main() -> ExitCode {
         // Holds a detached `exec -it`'s terminal open (see commands/tty.rs).
         return ExitCode::from(commands::tty::drain());
     }
+    if args.get(1).map(|a| a == "__pty-hold").unwrap_or(false) {
+        // Keeps a `tty: true` container's pty master across a supervisor crash (see
+        // supervisor/attach.rs).
+        return ExitCode::from(commands::tty::hold());
+    }
     init_tracing();
     let cli = cli::Cli::parse();
     if !matches!(cli.command, cli::Command::Supervisor(_)) {

@@ -12,12 +12,9 @@ use std::process::Command;
 /// Docker's own management plugin, out of scope for a compose implementation.
 const NOT_COMPOSE: &[&str] = &["bridge"];
 
-/// Commands and flags other engineers are adding on their branches right now (issues 13, 14,
-/// 15). The lead empties these lists when their branches are merged; nothing else belongs here.
-const OWNED_ELSEWHERE_COMMANDS: &[&str] = &[
-    "attach", // issue 15
-    "create", // issue 15
-];
+/// Commands and flags being built on a branch not merged yet; empty on main (every command and
+/// flag of compose v2.40 but `bridge` is here).
+const OWNED_ELSEWHERE_COMMANDS: &[&str] = &[];
 const OWNED_ELSEWHERE_FLAGS: &[(&str, &str)] = &[];
 
 fn docker_compose() -> Option<PathBuf> {

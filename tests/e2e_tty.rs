@@ -181,10 +181,9 @@ fn tty_services_run_on_a_pty_and_log_its_output() {
     assert!(console_sockets(b.root.path()).is_empty());
 }
 
-/// The known limit: the master lives only in the supervisor, so a SIGKILL hangs the terminal
-/// up. The container's pid 1 (a shell without a SIGHUP handler) ignores the SIGHUP and runs on;
-/// `up` adopts it, the same process, and `down` ends it. (An `init: true` container does not
-/// survive: its init forwards the SIGHUP to the command.)
+/// A SIGKILLed supervisor: the pty master is kept by its holder (supervisor/attach.rs), so the
+/// container's pid 1 runs on; `up` adopts it, the same process, and `down` ends it. (The name
+/// is from when the kill hung the terminal up; e2e_attach.rs tests the terminal after it.)
 #[test]
 fn a_killed_supervisor_hangs_up_the_tty_but_pid_1_runs_on() {
     let b = Berth::new();

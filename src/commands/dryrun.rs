@@ -43,6 +43,7 @@ pub fn is_mutating(c: &Command) -> bool {
             | Command::Publish(_)
             | Command::Export(_)
             | Command::Commit(_)
+            | Command::Create(_)
     ) || matches!(c, Command::Wait(w) if w.down_project)
 }
 
@@ -87,6 +88,7 @@ fn running(c: &ContainerRecord) -> bool {
 pub fn plan_lines(p: &ProjectOpts, cmd: &Command) -> anyhow::Result<Vec<String>> {
     let mut o = Out { lines: Vec::new() };
     match cmd {
+        Command::Create(a) => return plan_lines(p, &Command::Up(super::attach::as_up(a))),
         Command::Up(a) => {
             let source = super::up::source_from(p)?;
             let plan = load_plan(&source, &a.services)?;

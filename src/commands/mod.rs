@@ -3,6 +3,7 @@
 
 use crate::cli::{Cli, Command};
 
+pub mod attach;
 pub mod build;
 pub mod config;
 pub mod container_export;
@@ -52,6 +53,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Ls(args) => inspect::ls(&args),
         Command::Events(args) => inspect::events(&cli.project, &args),
         Command::Run(args) => up::run_oneoff(&cli.project, &args),
+        Command::Attach(args) => attach::attach(&cli.project, &args),
+        Command::Create(args) => attach::create(&cli.project, &args),
         Command::Wait(args) => inspect::wait(&cli.project, &args),
         Command::Inspect(args) => inspect::inspect(&cli.project, &args),
         Command::Rollback(args) => up::rollback(&cli.project, &args),

@@ -221,6 +221,26 @@ pub fn drain() -> u8 {
     }
 }
 
+/// `berth __pty-hold`: keep fd 0 (a container's pty master) open, never reading or writing
+/// it, until its last slave holder is gone (the master reports a hang-up). Exits 0.
+pub fn hold() -> u8 {
+    let _ = nix::unistd::setsid();
+    let stdin = std::io::stdin();
+    loop {
+        let mut p = [PollFd::new(stdin.as_fd(), PollFlags::empty())];
+        match poll(&mut p, PollTimeout::NONE) {
+            Ok(_) => {
+                let r = p[0].revents().unwrap_or(PollFlags::empty());
+                if r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) {
+                    return 0;
+                }
+            }
+            Err(nix::Error::EINTR) => {}
+            Err(_) => return 0,
+        }
+    }
+}
+
 /// Run `runtime` (a `__runtime exec --tty` command line without the console socket flag and
 /// the container id/command, which `finish` adds) attached to the caller's terminal.
 /// `console` is where the console socket is made. Returns the process's exit status.
@@ -231,16 +251,7 @@ pub fn run_attached(
 ) -> anyhow::Result<u8> {
     // Blocked before any thread exists, so every thread inherits the mask and the signals
     // wait for the signalfd (std resets the mask in spawned children).
-    let mut mask = SigSet::empty();
-    for s in [
-        Signal::SIGWINCH,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGINT,
-    ] {
-        mask.add(s);
-    }
-    mask.thread_block().context("blocking signals")?;
+    let mask = block_signals()?;
     let _ = std::fs::remove_file(console);
     if let Some(d) = console.parent() {
         std::fs::create_dir_all(d)?;
@@ -281,95 +292,14 @@ pub fn run_attached(
         }
     };
 
-    // SAFETY: fds 0 and 1 stay open for the life of this process.
-    let stdin: BorrowedFd<'static> = unsafe { BorrowedFd::borrow_raw(0) };
-    let stdout: BorrowedFd<'static> = unsafe { BorrowedFd::borrow_raw(1) };
-    copy_winsize(stdin, master.as_fd());
-
-    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
-    let raw = RawMode::enter(stdin)?;
-
-    let mut keys = DetachMatcher {
-        keys: detach_keys.to_vec(),
-        held: 0,
-    };
-    let mut stdin_open = true;
-    let mut buf = [0u8; 16384];
-    let outcome = loop {
-        let mut fds = vec![
-            PollFd::new(master.as_fd(), PollFlags::POLLIN),
-            PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
-        ];
-        if stdin_open {
-            fds.push(PollFd::new(stdin, PollFlags::POLLIN));
-        }
-        match poll(&mut fds, PollTimeout::from(250u16)) {
-            Ok(_) => {}
-            Err(nix::Error::EINTR) => continue,
-            Err(e) => break Err(anyhow!("poll: {e}")),
-        }
-        let rev = |i: usize| fds[i].revents().unwrap_or(PollFlags::empty());
-        let (m_rev, s_rev) = (rev(0), rev(1));
-        let i_rev = if stdin_open {
-            rev(2)
-        } else {
-            PollFlags::empty()
-        };
-        if m_rev.intersects(PollFlags::POLLIN) {
-            match nix::unistd::read(master.as_fd(), &mut buf) {
-                Ok(0) | Err(_) => break Ok(Outcome::Exited), // EIO: every slave holder is gone
-                Ok(n) => {
-                    let _ = write_all(stdout, &buf[..n]);
-                }
-            }
-        } else if m_rev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
-            break Ok(Outcome::Exited);
-        }
-        if s_rev.intersects(PollFlags::POLLIN) {
-            let mut stop = None;
-            while let Ok(Some(info)) = sfd.read_signal() {
-                match info.ssi_signo as i32 {
-                    libc::SIGWINCH => copy_winsize(stdin, master.as_fd()),
-                    s => stop = Some(s),
-                }
-            }
-            if let Some(s) = stop {
-                // Terminated: restore the terminal and hang the session up (the process gets
-                // SIGHUP, as with a closed ssh session).
-                break Ok(Outcome::Signal(s));
-            }
-        }
-        if i_rev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
-            match nix::unistd::read(stdin, &mut buf) {
-                Ok(0) | Err(_) => {
-                    stdin_open = false;
-                    // End of input: the terminal's EOF character, so the reader sees it.
-                    let _ = write_all(master.as_fd(), &[4]);
-                }
-                Ok(n) => match keys.feed(&buf[..n]) {
-                    Key::Forward(b) => {
-                        let _ = write_all(master.as_fd(), &b);
-                    }
-                    Key::Detach => break Ok(Outcome::Detached),
-                },
-            }
-        }
-        if let Ok(Some(_)) = child.try_wait() {
-            // The runtime returned: drain what is left of the output, then stop.
-            while let Ok(n) = nix::unistd::read(master.as_fd(), &mut buf) {
-                if n == 0 || write_all(stdout, &buf[..n]).is_err() {
-                    break;
-                }
-                let mut p = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
-                if !matches!(poll(&mut p, PollTimeout::from(50u16)), Ok(n) if n > 0) {
-                    break;
-                }
-            }
-            break Ok(Outcome::Exited);
-        }
-    };
-    drop(raw);
-    let _ = mask.thread_unblock();
+    let outcome = relay(
+        &mask,
+        master.as_fd(),
+        master.as_fd(),
+        detach_keys,
+        true,
+        &mut || matches!(child.try_wait(), Ok(Some(_))),
+    );
     match outcome? {
         Outcome::Detached => {
             spawn_drain(master)?;
@@ -389,10 +319,143 @@ pub fn run_attached(
     }
 }
 
-enum Outcome {
+/// How an attached session ended.
+pub enum Outcome {
+    /// The output ended: the process (or the container) is done.
     Exited,
+    /// The caller typed the detach keys.
     Detached,
+    /// The caller's side was told to stop (SIGTERM, SIGHUP, SIGINT).
     Signal(i32),
+}
+
+/// Block the signals the relay takes through its signalfd. Call before any thread is made,
+/// so every thread inherits the mask (std resets it in spawned children).
+pub fn block_signals() -> anyhow::Result<SigSet> {
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGWINCH,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGINT,
+    ] {
+        mask.add(s);
+    }
+    mask.thread_block().context("blocking signals")?;
+    Ok(mask)
+}
+
+/// Copy the caller's terminal to a pty and back until the output ends, the detach keys, a
+/// signal, or `done` (the process's owner returned; what is left of the output is copied
+/// first). `output`: where the pty's output comes from (the master itself, or a supervisor
+/// connection that relays it); `master`: where input goes and the window size is set.
+/// `stdin`: forward the caller's input (raw mode); without, only the output is shown.
+/// Unblocks `mask` on return.
+pub fn relay(
+    mask: &SigSet,
+    output: BorrowedFd,
+    master: BorrowedFd,
+    detach_keys: &[u8],
+    stdin_on: bool,
+    done: &mut dyn FnMut() -> bool,
+) -> anyhow::Result<Outcome> {
+    // SAFETY: fds 0 and 1 stay open for the life of this process.
+    let stdin: BorrowedFd<'static> = unsafe { BorrowedFd::borrow_raw(0) };
+    let stdout: BorrowedFd<'static> = unsafe { BorrowedFd::borrow_raw(1) };
+    let tty_in = std::io::IsTerminal::is_terminal(&stdin);
+    if tty_in {
+        copy_winsize(stdin, master);
+    }
+    let sfd = SignalFd::with_flags(mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+    let raw = if stdin_on && tty_in {
+        Some(RawMode::enter(stdin)?)
+    } else {
+        None
+    };
+
+    let mut keys = DetachMatcher {
+        keys: detach_keys.to_vec(),
+        held: 0,
+    };
+    let mut stdin_open = stdin_on;
+    let mut buf = [0u8; 16384];
+    let outcome = loop {
+        let mut fds = vec![
+            PollFd::new(output, PollFlags::POLLIN),
+            PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+        ];
+        if stdin_open {
+            fds.push(PollFd::new(stdin, PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::from(250u16)) {
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => break Err(anyhow!("poll: {e}")),
+        }
+        let rev = |i: usize| fds[i].revents().unwrap_or(PollFlags::empty());
+        let (m_rev, s_rev) = (rev(0), rev(1));
+        let i_rev = if stdin_open {
+            rev(2)
+        } else {
+            PollFlags::empty()
+        };
+        if m_rev.intersects(PollFlags::POLLIN) {
+            match nix::unistd::read(output, &mut buf) {
+                Ok(0) | Err(_) => break Ok(Outcome::Exited), // EIO: every slave holder is gone
+                Ok(n) => {
+                    let _ = write_all(stdout, &buf[..n]);
+                }
+            }
+        } else if m_rev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
+            break Ok(Outcome::Exited);
+        }
+        if s_rev.intersects(PollFlags::POLLIN) {
+            let mut stop = None;
+            while let Ok(Some(info)) = sfd.read_signal() {
+                match info.ssi_signo as i32 {
+                    libc::SIGWINCH if tty_in => copy_winsize(stdin, master),
+                    libc::SIGWINCH => {}
+                    s => stop = Some(s),
+                }
+            }
+            if let Some(s) = stop {
+                // Terminated: restore the terminal and hang the session up (the process gets
+                // SIGHUP, as with a closed ssh session).
+                break Ok(Outcome::Signal(s));
+            }
+        }
+        if i_rev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
+            match nix::unistd::read(stdin, &mut buf) {
+                Ok(0) | Err(_) => {
+                    stdin_open = false;
+                    // End of input: the terminal's EOF character, so the reader sees it.
+                    let _ = write_all(master, &[4]);
+                }
+                Ok(n) => match keys.feed(&buf[..n]) {
+                    Key::Forward(b) => {
+                        let _ = write_all(master, &b);
+                    }
+                    Key::Detach => break Ok(Outcome::Detached),
+                },
+            }
+        }
+        if done() {
+            // The runtime returned: drain what is left of the output, then stop.
+            while let Ok(n) = nix::unistd::read(output, &mut buf) {
+                if n == 0 || write_all(stdout, &buf[..n]).is_err() {
+                    break;
+                }
+                let mut p = [PollFd::new(output, PollFlags::POLLIN)];
+                if !matches!(poll(&mut p, PollTimeout::from(50u16)), Ok(n) if n > 0) {
+                    break;
+                }
+            }
+            break Ok(Outcome::Exited);
+        }
+    };
+    drop(raw);
+    let _ = mask.thread_unblock();
+    outcome
 }
 
 fn status_code(st: std::process::ExitStatus) -> u8 {

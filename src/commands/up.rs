@@ -466,6 +466,16 @@ impl Drop for TempFile {
 }
 
 pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result<u8> {
+    // compose run: a tty (and the caller's terminal attached to it) unless -T or stdin is
+    // not a terminal. The relay's signals are blocked before any thread exists.
+    let tty = !args.no_tty
+        && std::io::IsTerminal::is_terminal(&std::io::stdin())
+        && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mask = if tty && !args.detach {
+        Some(crate::commands::tty::block_signals()?)
+    } else {
+        None
+    };
     let paths = Paths::from_env();
     let mut source = source_from(p)?;
     let plan = load_plan(&source, &[])?;
@@ -539,9 +549,10 @@ pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result
         no_deps: args.no_deps,
         // `-p` ports are the one-off's ports: the override replaced the service's with them.
         service_ports: args.service_ports || !args.publish.is_empty(),
-        // compose run: a tty only when asked for and stdin is a terminal. berth cannot attach
-        // stdin yet, so it never adds one a service lacks; it only takes `tty: true` away.
-        no_tty: args.no_tty || !std::io::IsTerminal::is_terminal(&std::io::stdin()),
+        no_tty: !tty,
+        tty,
+        attach: mask.is_some(),
+        stdin: !tty && !args.detach,
     };
     let client = Client::connect_or_start(&paths, &plan.name)?;
     let mut name = None;
@@ -569,6 +580,33 @@ pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result
             println!("{name}");
         }
         return Ok(0);
+    }
+    if let Some(mask) = &mask {
+        let keys =
+            crate::commands::tty::parse_detach_keys(crate::commands::tty::DEFAULT_DETACH_KEYS)?;
+        use crate::commands::tty::Outcome;
+        let code = match crate::commands::attach::attach_terminal(
+            &paths, &plan.name, &name, &keys, true, mask,
+        )? {
+            Outcome::Detached => {
+                // The one-off runs on (docker run's detach); `--rm` is for when it exits.
+                eprintln!("read escape sequence");
+                return Ok(0);
+            }
+            Outcome::Signal(s) => (128 + s).clamp(0, 255) as u8,
+            Outcome::Exited => {
+                crate::commands::attach::wait_exit(&paths, &plan.name, &name).unwrap_or(255)
+            }
+        };
+        if args.rm {
+            if let Some(c) = Client::connect(&paths, &plan.name) {
+                call(c, &Request::Rm { name: name.clone() }, "Removing", true)?;
+            }
+        }
+        return Ok(code);
+    }
+    if !tty {
+        forward_stdin(&paths, &plan.name, &name)?;
     }
     install_sigint();
     let project_dir = paths.project(&plan.name);
@@ -614,6 +652,56 @@ pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result
         }
     }
     Ok(code.clamp(0, 255) as u8)
+}
+
+/// `run` without a tty: copy our stdin to the one-off's stdin FIFO (made by the supervisor,
+/// see `supervisor/attach.rs`) on a thread; its end is the container's EOF.
+fn forward_stdin(paths: &Paths, project: &str, name: &str) -> anyhow::Result<()> {
+    let path = crate::engine::io::io_dir(&paths.project_run(project)).join(format!("{name}.stdin"));
+    // Non-blocking: a one-off already gone has no reader left (ENXIO), and a blocking open
+    // would wait forever.
+    use std::os::unix::fs::OpenOptionsExt;
+    let fifo = match std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+    {
+        Ok(f) => {
+            // SAFETY: fcntl on an fd we own: our writes wait for the container's reads.
+            unsafe {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+                let fl = libc::fcntl(fd, libc::F_GETFL);
+                libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK);
+            }
+            Some(f)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => None,
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("opening the one-off's stdin {}", path.display()))
+        }
+    };
+    if let Some(c) = Client::connect(paths, project) {
+        c.call(
+            &Request::StdinOpened {
+                name: name.to_string(),
+            },
+            &mut |_| {},
+        )?;
+    }
+    let Some(fifo) = fifo else {
+        return Ok(());
+    };
+    std::thread::spawn(move || {
+        // A write after the container exits gets EPIPE, not a SIGPIPE that kills us: the
+        // signal is this thread's own and stays blocked here.
+        let mut set = nix::sys::signal::SigSet::empty();
+        set.add(nix::sys::signal::Signal::SIGPIPE);
+        let _ = set.thread_block();
+        let mut fifo = fifo;
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut fifo);
+    });
+    Ok(())
 }
 
 /// `berth rollback SERVICE`.

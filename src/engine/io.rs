@@ -265,6 +265,8 @@ pub fn remove_fifos(io_dir: &Path, container: &str) {
 
 /// Optional live tap of a container's output (attached `up`, `run`).
 pub type Tap = Arc<dyn Fn(&str, &str) + Send + Sync>;
+/// Sees a pty's output raw, as read (for attached terminals: prompts have no newline).
+pub type RawTap = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
 /// Lines longer than this are logged in pieces of this size (as Docker does): a line never
 /// waits in the pipe longer than the pipe can hold.
@@ -489,6 +491,7 @@ fn pty_step(
     pending: &mut Vec<u8>,
     log: &Mutex<LogWriter>,
     tap: Option<&Tap>,
+    raw: Option<&RawTap>,
 ) -> std::io::Result<bool> {
     PTY_BUF.with(|cell| {
         let mut buf = cell.borrow_mut();
@@ -506,6 +509,9 @@ fn pty_step(
             return Ok(false);
         }
         let got = &buf[..n as usize];
+        if let Some(r) = raw {
+            r(got);
+        }
         if pending.is_empty() {
             let (pieces, take) = split_lines(got, false, true);
             emit("stdout", &pieces, log, tap);
@@ -528,10 +534,15 @@ fn pty_step(
 /// (a tty has no separate stderr), lines ending in CRLF kept as the pty makes them (Docker
 /// does the same), until its last process has closed the pty: the master then reads EIO.
 ///
-/// Unlike the stream FIFOs, the master is held only by the supervisor: a partial line waits
-/// here, and a killed supervisor closes the master, which hangs up the container's terminal
-/// (see `Supervisor::spawn`).
-pub async fn copy_pty_to_log(master: OwnedFd, log: Arc<Mutex<LogWriter>>, tap: Option<Tap>) {
+/// Unlike the stream FIFOs, a partial line waits here (lost if the supervisor is killed); the
+/// master itself outlives the supervisor (see `supervisor/attach.rs`).
+/// Every read is also shown raw to `raw` (attached terminals).
+pub async fn copy_pty_to_log(
+    master: OwnedFd,
+    log: Arc<Mutex<LogWriter>>,
+    tap: Option<Tap>,
+    raw: Option<RawTap>,
+) {
     // SAFETY: fcntl on an fd we own.
     unsafe {
         let fl = libc::fcntl(master.as_raw_fd(), libc::F_GETFL);
@@ -548,7 +559,7 @@ pub async fn copy_pty_to_log(master: OwnedFd, log: Arc<Mutex<LogWriter>>, tap: O
         let Ok(mut g) = afd.readable().await else {
             break;
         };
-        match pty_step(fd, &mut pending, &log, tap.as_ref()) {
+        match pty_step(fd, &mut pending, &log, tap.as_ref(), raw.as_ref()) {
             Ok(true) => {}
             Ok(false) => break,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => g.clear_ready(),
@@ -595,7 +606,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let task = rt.spawn(copy_pty_to_log(master, log.clone(), None));
+        let task = rt.spawn(copy_pty_to_log(master, log.clone(), None, None));
         let mut w = std::fs::File::from(slave);
         use std::io::Write;
         w.write_all(b"one\ntw").unwrap();

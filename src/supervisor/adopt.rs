@@ -80,6 +80,21 @@ impl Supervisor {
         let mut drains = Vec::new();
         match self.log_writer(&c.name, c.log_max_size, c.log_max_file.unwrap_or(1)) {
             Ok(log) => {
+                // A `tty: true` container: its pty master, kept by the previous supervisor's
+                // holder (see `attach.rs`), logged and served to `attach` again.
+                if crate::engine::container::bundle_terminal(&c.dir) {
+                    let master = super::attach::take_back(&self.io_dir(), &c.name);
+                    let dup = master.as_ref().and_then(|m| m.try_clone().ok());
+                    if let (Some(master), Some(dup)) = (master, dup) {
+                        let tap = super::attach::PtyHub::register(&c.name, dup, false);
+                        let name = c.name.clone();
+                        let log = log.clone();
+                        drains.push(tokio::spawn(async move {
+                            io::copy_pty_to_log(master, log, None, Some(tap)).await;
+                            super::attach::PtyHub::close(&name);
+                        }));
+                    }
+                }
                 for stream in ["stdout", "stderr"] {
                     // Absent for containers started before stream FIFOs existed.
                     let path = io::fifo_path(&self.io_dir(), &c.name, stream);

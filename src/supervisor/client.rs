@@ -1,6 +1,7 @@
 //! The CLI side of the control socket (synchronous: commands stay simple).
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -92,6 +93,79 @@ impl Client {
                 bail!("the supervisor did not start within 10 s");
             }
             std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether a supervisor serves `project` and answers (a `Ping` within 2 s): a dying one
+    /// may still take a connection for an instant.
+    pub fn answers(paths: &Paths, project: &str) -> bool {
+        let Some(c) = Client::connect(paths, project) else {
+            return false;
+        };
+        if c.stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .is_err()
+        {
+            return false;
+        }
+        matches!(c.call(&Request::Ping, &mut |_| {}), Ok((true, _, _)))
+    }
+
+    /// Attach to container `name`'s terminal (see `attach.rs`): the connection, which now
+    /// carries the container's raw output, and a dup of its pty master (for input and the
+    /// window size). An error is the supervisor's reason (no such container, no tty).
+    pub fn attach(mut self, name: &str) -> anyhow::Result<(UnixStream, OwnedFd)> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let mut line = serde_json::to_vec(&Request::Attach {
+            name: name.to_string(),
+        })?;
+        line.push(b'\n');
+        self.stream
+            .write_all(&line)
+            .context("talking to the supervisor")?;
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut first = [0u8; 1];
+        let mut iov = [std::io::IoSliceMut::new(&mut first)];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = recvmsg::<()>(
+            self.stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .context("attaching through the supervisor")?;
+        let got = msg.bytes;
+        let mut fd = None;
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                // SAFETY: the kernel just installed these fds in our table for us.
+                for (i, &f) in fds.iter().enumerate() {
+                    let f = unsafe { OwnedFd::from_raw_fd(f) };
+                    if i == 0 {
+                        fd = Some(f);
+                    }
+                }
+            }
+        }
+        if let Some(fd) = fd {
+            self.stream.set_read_timeout(None)?;
+            return Ok((self.stream, fd));
+        }
+        if got == 0 {
+            bail!("the supervisor closed the connection before answering (see its log)");
+        }
+        // A refusal: the `Done` line, whose first byte came with the recvmsg.
+        let mut rest = String::new();
+        BufReader::new(self.stream).read_line(&mut rest)?;
+        let l = format!("{}{rest}", first[0] as char);
+        match serde_json::from_str::<Reply>(&l) {
+            Ok(Reply::Done { error, .. }) => {
+                let e = error.unwrap_or_default();
+                bail!("{}", e.strip_prefix("error: ").unwrap_or(&e))
+            }
+            _ => bail!("bad reply {l:?}"),
         }
     }
 

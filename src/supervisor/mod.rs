@@ -15,11 +15,13 @@
 //! - `health.rs`: healthchecks and unhealthy replacement;
 //! - `adopt.rs`: taking running containers back after a supervisor restart;
 //! - `oneoff.rs`: `berth run`;
+//! - `attach.rs`: attached terminals (`attach`, `run -it`), the pty holder, `run`'s stdin;
 //! - `publish.rs`: DNS records, nftables rules, published ports, the forward-policy watch;
 //! - `watcher.rs`: `up --watch`; `proto.rs`/`client.rs`: the socket protocol and its client;
 //! - `batch.rs`: state writes and DNS swaps coalesced over bursts of events.
 
 mod adopt;
+mod attach;
 mod batch;
 pub mod client;
 mod converge;
@@ -251,8 +253,12 @@ impl Supervisor {
         let Ok(Some(line)) = lines.next_line().await else {
             return;
         };
-        let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
         let req: Result<Request, _> = serde_json::from_str(&line);
+        if let Ok(Request::Attach { name }) = req {
+            // The connection becomes the terminal's (see `attach.rs`).
+            return self.attach(lines.into_inner().into_inner(), wr, name).await;
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
         let me = self.clone();
         let work = tokio::spawn(async move {
             let r = match req {
@@ -301,6 +307,11 @@ impl Supervisor {
     async fn dispatch(self: &Arc<Self>, req: Request, out: &Out) -> anyhow::Result<i32> {
         match req {
             Request::Ping => Ok(0),
+            Request::Attach { .. } => Err(anyhow!("attach is served on its own connection")),
+            Request::StdinOpened { name } => {
+                attach::stdin_opened(&self.io_dir(), &name);
+                Ok(0)
+            }
             Request::Up { source, opts } => {
                 let _op = self.op.lock().await;
                 self.up(source, opts, out).await.map(|_| 0)

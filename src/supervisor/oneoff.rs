@@ -105,6 +105,9 @@ impl Supervisor {
         }
         if o.no_tty {
             svc.tty = false;
+        } else if o.tty {
+            svc.tty = true;
+            svc.stdin_open = true;
         }
         svc.restart = crate::engine::restart::Policy::default();
         svc.healthcheck = None;
@@ -131,6 +134,12 @@ impl Supervisor {
             }
         }
         self.save().await;
+        if o.attach && svc.tty {
+            super::attach::hold_next_start(&name);
+        }
+        if o.stdin && !svc.tty {
+            super::attach::stdin_next_start(&name);
+        }
         self.start_one(&name, out).await?;
         let _ = out.send(Reply::Progress {
             kind: "oneoff".into(),

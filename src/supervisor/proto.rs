@@ -73,6 +73,16 @@ pub enum Request {
         source: ProjectSource,
         service: String,
     },
+    /// Attach to a `tty: true` container's terminal: answered with one byte carrying a dup
+    /// of its pty master, then its raw output until the pty closes (see `attach.rs`), or with
+    /// a failed `Done`.
+    Attach {
+        name: String,
+    },
+    /// The CLI of one-off `name` opened its stdin FIFO (see `attach::take_stdin`).
+    StdinOpened {
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,4 +120,15 @@ pub struct RunOpts {
     /// (compose run decides the tty itself).
     #[serde(default)]
     pub no_tty: bool,
+    /// `run` on a terminal without `-T`: a tty and an open stdin for the one-off (the CLI
+    /// attaches to it), whatever the service says.
+    #[serde(default)]
+    pub tty: bool,
+    /// The CLI attaches to the one-off once it is started (`run` on a terminal without -d):
+    /// its first output is held for that attach.
+    #[serde(default)]
+    pub attach: bool,
+    /// No tty and not detached: the one-off's stdin is a FIFO the CLI writes its stdin to.
+    #[serde(default)]
+    pub stdin: bool,
 }

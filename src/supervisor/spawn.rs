@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use tokio::sync::watch;
 
+use super::attach::{self, PtyHub};
 use super::{health, keeper, Live, Supervisor};
 use crate::engine::io;
 use crate::engine::proc::{self, Exit};
@@ -50,19 +51,10 @@ impl Supervisor {
             // tty: true. The runtime makes a pty in the container and sends its master over a
             // console socket; stdin, stdout and stderr are all the pty's slave. Its output
             // goes to the log as "stdout". The supervisor holds the master for the container's
-            // life (reading; with stdin_open an `attach` would write to it; without, nothing
-            // is ever written, as Docker leaves a tty's input alone).
-            //
-            // Known limit: the master lives only in the supervisor (the runtime's init drops
-            // its copy once sent). A SIGKILLed supervisor closes it and the kernel hangs the
-            // terminal up: the session leader, the container's pid 1, gets SIGHUP. A command
-            // that is pid 1 without a handler ignores it (a pid namespace's init gets no
-            // default-action signals) and runs on, but its writes to the tty fail with EIO
-            // from then on (that output is lost) and an adopting supervisor has no pty to read
-            // (adopt finds no stream FIFOs). With `init: true` the init forwards the SIGHUP to
-            // the command, which by default dies: the container exits. A fix needs the runtime
-            // to leave a copy of the master in a container process for a new supervisor to
-            // take back with pidfd_getfd (and that process to never use it): not done.
+            // life (reading; `attach` writes the caller's input to it; without an attach,
+            // nothing is ever written, as Docker leaves a tty's input alone). A holder process
+            // keeps a dup so a supervisor crash does not hang the terminal up and an adopting
+            // supervisor takes the master back (see `attach.rs`).
             let console = io::ConsoleSocket::bind(&io::console_path(&io_dir, name))?;
             let cio = CreateIo {
                 stdin: std::process::Stdio::null(),
@@ -81,10 +73,18 @@ impl Supervisor {
                     return Err(e).context("receiving the container's pty master");
                 }
             };
-            (
-                pid,
-                vec![tokio::spawn(io::copy_pty_to_log(master, log, None))],
-            )
+            if let Err(e) = attach::keep_master(&io_dir, name, &master) {
+                tracing::warn!("{name}: its pty will not outlive this supervisor: {e:#}");
+            }
+            // Shared with attached terminals (`attach.rs`); a one-off (`run -it`) keeps its
+            // first output until its CLI attaches.
+            let tap = PtyHub::register(name, master.try_clone()?, attach::take_hold(name));
+            let hub = name.to_string();
+            let copy = async move {
+                io::copy_pty_to_log(master, log, None, Some(tap)).await;
+                PtyHub::close(&hub);
+            };
+            (pid, vec![tokio::spawn(copy)])
         } else {
             // stdout/stderr: named FIFOs the container holds read-write, so its output
             // outlives a supervisor crash (see engine::io); only the read sides stay here.
@@ -92,7 +92,10 @@ impl Supervisor {
             let (err_r, err_w) = io::fifo_pair(&io::fifo_path(&io_dir, name, "stderr"))?;
             // stdin_open: the container's stdin stays open (a pipe nobody writes to) instead
             // of /dev/null, so programs that read stdin wait as they would under Docker.
-            let stdin = if svc.as_ref().is_some_and(|s| s.stdin_open) {
+            let stdin = if let Some(fd) = attach::take_stdin(&io_dir, name)? {
+                // `run` without a tty: what its CLI reads (see `attach.rs`).
+                std::process::Stdio::from(fd)
+            } else if svc.as_ref().is_some_and(|s| s.stdin_open) {
                 std::process::Stdio::from(io::idle_stdin()?)
             } else {
                 std::process::Stdio::null()

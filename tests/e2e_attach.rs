@@ -1,0 +1,397 @@
+//! End-to-end: `run -it` and `attach` on a real pty, as a user at a terminal drives them,
+//! through the supervisor that holds the container's pty master. The test is the terminal:
+//! berth runs as a session leader whose controlling tty is the slave of a pty we hold the
+//! master of, so resizing the master sends berth a real SIGWINCH.
+
+mod common;
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct Terminal {
+    master: OwnedFd,
+    slave: OwnedFd,
+    out: Arc<Mutex<Vec<u8>>>,
+    child: Child,
+    stderr: std::process::ChildStderr,
+}
+
+fn set_size(fd: &OwnedFd, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ with a valid struct on a pty fd we own.
+    assert_eq!(
+        unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+        0
+    );
+}
+
+impl Terminal {
+    /// `berth -f F ARGS…` with a fresh 24x80 pty as its controlling terminal and stdio.
+    fn spawn(b: &Berth, f: &Path, args: &[&str]) -> Terminal {
+        let p = nix::pty::openpty(None, None).expect("openpty");
+        set_size(&p.master, 24, 80);
+        let mut cmd = b.cmd();
+        cmd.arg("-f")
+            .arg(f)
+            .args(args)
+            .stdin(Stdio::from(p.slave.try_clone().unwrap()))
+            .stdout(Stdio::from(p.slave.try_clone().unwrap()))
+            .stderr(Stdio::piped());
+        // SAFETY: setsid and TIOCSCTTY are async-signal-safe; fd 0 is the slave by now.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let reader = p.master.try_clone().unwrap();
+        let sink = out.clone();
+        std::thread::spawn(move || {
+            let mut f = std::fs::File::from(reader);
+            let mut buf = [0u8; 4096];
+            // Ends with EIO once the test drops its slave and berth is gone.
+            while let Ok(n) = f.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let mut child = child;
+        let stderr = child.stderr.take().unwrap();
+        Terminal {
+            master: p.master,
+            slave: p.slave,
+            out,
+            child,
+            stderr,
+        }
+    }
+
+    fn type_(&self, s: &[u8]) {
+        nix::unistd::write(&self.master, s).unwrap();
+    }
+
+    fn output(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().unwrap()).to_string()
+    }
+
+    /// Wait until the output holds `want` (after everything seen so far is older than `from`).
+    fn expect(&self, from: usize, want: &str) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let o = self.output();
+            if let Some(i) = o.get(from..).and_then(|t| t.find(want)) {
+                return from + i + want.len();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {want:?} on the terminal; it shows {:?}",
+                &o
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait(mut self) -> (i32, String) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let st = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("berth did not exit; terminal: {:?}", self.output());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Its stderr must reach EOF once it is gone (nothing it left running may hold it).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut stderr = self.stderr;
+        std::thread::spawn(move || {
+            let mut err = String::new();
+            let _ = stderr.read_to_string(&mut err);
+            let _ = tx.send(err);
+        });
+        let err = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("berth's stderr is still held open after it exited");
+        (st.code().unwrap_or(-1), err)
+    }
+}
+
+fn lflags(fd: &OwnedFd) -> nix::sys::termios::LocalFlags {
+    nix::sys::termios::tcgetattr(fd).unwrap().local_flags
+}
+
+#[test]
+fn run_it_is_a_real_terminal_through_the_supervisor() {
+    let b = Berth::new();
+    let p = unique("runit");
+    let f = b.compose(
+        &p,
+        "services:\n  box:\n    image: berth-test/busybox:1\n    command: [\"sleep\", \"3600\"]\n",
+    );
+    // No `tty: true` in the service: `run` on a terminal gives the one-off one (compose).
+    let t = Terminal::spawn(&b, &f, &["run", "-it", "--rm", "box", "sh"]);
+    // The shell's first prompt is there (held until the CLI attached).
+    let at = t.expect(0, "# ");
+    t.type_(b"tty; stty size; echo mark-$((6*7))\r");
+    let at = t.expect(at, "mark-42");
+    let o = t.output();
+    assert!(o.contains("/dev/pts/"), "{o:?}");
+    assert!(o.contains("24 80"), "{o:?}");
+    // While attached the caller's terminal is raw.
+    assert!(!lflags(&t.slave).contains(nix::sys::termios::LocalFlags::ICANON));
+    set_size(&t.master, 50, 132);
+    std::thread::sleep(Duration::from_millis(200));
+    t.type_(b"stty size\r");
+    let at = t.expect(at, "50 132\r\n");
+    // Input reaches a program reading stdin.
+    t.type_(b"read x; echo got-$x\rhello\r");
+    t.expect(at, "got-hello");
+    // The container's exit status is the CLI's; --rm removes the one-off.
+    t.type_(b"exit 7\r");
+    let (code, err) = t.wait();
+    assert_eq!(code, 7, "stderr: {err}");
+    let ps = b.ok(&f, &["ps", "-a", "--format", "{{.Name}}"]);
+    assert!(
+        !ps.contains("-run-"),
+        "the --rm one-off is still there: {ps}"
+    );
+
+    // A one-off that is done before the CLI could attach: its output and status still come.
+    let t = Terminal::spawn(
+        &b,
+        &f,
+        &["run", "--rm", "box", "sh", "-c", "echo qu\"\"ick; exit 4"],
+    );
+    t.expect(0, "quick");
+    let (code, err) = t.wait();
+    assert_eq!(code, 4, "stderr: {err}");
+
+    // Without a tty, stdin is forwarded (compose run): a pipe in, its EOF the container's.
+    let mut c = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args([
+            "run",
+            "--rm",
+            "box",
+            "sh",
+            "-c",
+            "read x; echo got-$x; wc -l",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut i = c.stdin.take().unwrap();
+        i.write_all(b"piped\na\nb\nc\n").unwrap();
+    }
+    let st = wait_for("run with a piped stdin", Duration::from_secs(30), || {
+        c.try_wait().unwrap()
+    });
+    assert!(st.success(), "{st}");
+    let mut so = String::new();
+    c.stdout.take().unwrap().read_to_string(&mut so).unwrap();
+    assert!(so.contains("got-piped"), "{so:?}");
+    assert!(so.lines().any(|l| l.trim() == "3"), "{so:?}");
+
+    // -T on a terminal: no tty, output still shown, status still returned.
+    let t = Terminal::spawn(
+        &b,
+        &f,
+        &["run", "-T", "--rm", "box", "sh", "-c", "tty; exit 3"],
+    );
+    let out = t.out.clone();
+    let (code, err) = t.wait();
+    assert_eq!(code, 3, "stderr: {err}");
+    let shown = wait_for("the -T output", Duration::from_secs(5), || {
+        let s = String::from_utf8_lossy(&out.lock().unwrap()).to_string();
+        s.contains("not a tty").then_some(s)
+    });
+    assert!(!shown.contains("/dev/pts"), "{shown:?}");
+    b.ok(&f, &["down", "-t", "1"]);
+}
+
+#[test]
+fn attach_to_a_tty_service_detach_and_reattach() {
+    let b = Berth::new();
+    let p = unique("attach");
+    let f = b.compose(
+        &p,
+        "services:\n  sh:\n    image: berth-test/busybox:1\n    command: [\"sh\"]\n    tty: true\n    stdin_open: true\n  plain:\n    image: berth-test/busybox:1\n    command: [\"sh\", \"-c\", \"i=0; while true; do echo tick-$$i; i=$$((i+1)); sleep 0.2; done\"]\n",
+    );
+    b.ok(&f, &["up", "-d"]);
+    let t = Terminal::spawn(&b, &f, &["attach", "sh"]);
+    // Let the attach settle before typing (docker's attach shows nothing until output).
+    std::thread::sleep(Duration::from_millis(500));
+    t.type_(b"echo $$ > /tmp/pid; echo h\"\"i\r");
+    let at = t.expect(0, "hi\r\n");
+    set_size(&t.master, 40, 100);
+    std::thread::sleep(Duration::from_millis(200));
+    t.type_(b"stty size\r");
+    t.expect(at, "40 100\r\n");
+    // ctrl-p ctrl-q: the CLI leaves, the container runs on.
+    t.type_(&[0x10, 0x11]);
+    let (code, err) = t.wait();
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(err.contains("read escape sequence"), "{err}");
+    let ps = b.ok(&f, &["ps", "--format", "{{.Service}} {{.State}}"]);
+    assert!(ps.contains("sh running"), "{ps}");
+
+    // Reattach (with other detach keys): the same shell.
+    let t = Terminal::spawn(&b, &f, &["attach", "--detach-keys", "ctrl-a,x", "sh"]);
+    std::thread::sleep(Duration::from_millis(500));
+    // Prints same-0-shell only in the shell that wrote /tmp/pid (the echo of the typed line
+    // holds the expression, not its value).
+    t.type_(b"echo same-$(( $(cat /tmp/pid) - $$ ))-shell\r");
+    t.expect(0, "same-0-shell");
+    t.type_(&[0x01, b'x']);
+    let (code, err) = t.wait();
+    assert_eq!(code, 0, "stderr: {err}");
+
+    // A container without a tty: its output from now on, live (not its earlier log).
+    let mut c = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["attach", "plain"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = c.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut seen = String::new();
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if seen.matches("tick-").count() >= 2 {
+                break;
+            }
+        }
+        let _ = tx.send(seen);
+    });
+    let seen = rx.recv_timeout(Duration::from_secs(20));
+    let _ = c.kill();
+    let _ = c.wait();
+    let seen = seen.expect("no live output from attach to a container without a tty");
+    assert!(
+        !seen.contains("tick-0\n"),
+        "the earlier log was shown: {seen:?}"
+    );
+
+    // The shell exits through an attached terminal: attach returns its status.
+    let t = Terminal::spawn(&b, &f, &["attach", "sh"]);
+    std::thread::sleep(Duration::from_millis(500));
+    t.type_(b"exit 5\r");
+    let (code, err) = t.wait();
+    assert_eq!(code, 5, "stderr: {err}");
+    b.ok(&f, &["down", "-t", "1"]);
+}
+
+#[test]
+fn create_makes_containers_that_start_starts() {
+    let b = Berth::new();
+    let p = unique("create");
+    let f = b.compose(
+        &p,
+        "services:\n  a:\n    image: berth-test/busybox:1\n    command: [\"sleep\", \"3600\"]\n  b:\n    image: berth-test/busybox:1\n    command: [\"sleep\", \"3600\"]\n",
+    );
+    // --dry-run says what it would make and makes nothing.
+    let dry = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["--dry-run", "create"])
+        .output()
+        .unwrap();
+    assert!(dry.status.success());
+    let dry = String::from_utf8_lossy(&dry.stderr);
+    let want = format!("DRY-RUN MODE -  Container {p}-a-1  Created");
+    assert!(dry.contains(&want), "{dry}");
+    assert!(!dry.contains("Started"), "{dry}");
+    let none = b.ok(&f, &["ps", "-a", "--format", "{{.Name}}"]);
+    assert!(none.trim().is_empty(), "{none}");
+    b.ok(&f, &["create", "--scale", "a=2"]);
+    let ps = b.ok(&f, &["ps", "-a", "--format", "{{.Service}} {{.State}}"]);
+    assert_eq!(ps.matches("a created").count(), 2, "{ps}");
+    assert_eq!(ps.matches("b created").count(), 1, "{ps}");
+    assert!(!ps.contains("running"), "{ps}");
+    b.ok(&f, &["start"]);
+    let ps = b.ok(&f, &["ps", "--format", "{{.Service}} {{.State}}"]);
+    assert_eq!(ps.matches("a running").count(), 2, "{ps}");
+    assert_eq!(ps.matches("b running").count(), 1, "{ps}");
+    let e = b.fails(&f, &["create", "--force-recreate", "--no-recreate"]);
+    assert!(
+        e.contains("--no-recreate") || e.contains("cannot be used"),
+        "{e}"
+    );
+    b.ok(&f, &["down", "-t", "1"]);
+}
+
+#[test]
+fn a_tty_survives_a_supervisor_kill_while_attached_and_reattaches() {
+    let b = Berth::new();
+    let p = unique("ttyadopt");
+    let f = b.compose(
+        &p,
+        "services:\n  sh:\n    image: berth-test/busybox:1\n    command: [\"sh\"]\n    tty: true\n    stdin_open: true\n",
+    );
+    b.ok(&f, &["up", "-d"]);
+    let t = Terminal::spawn(&b, &f, &["attach", "sh"]);
+    std::thread::sleep(Duration::from_millis(500));
+    t.type_(b"echo $$ > /tmp/pid; echo fir\"\"st\r");
+    t.expect(0, "first\r\n");
+    let sup = b.supervisor_pid(&p);
+    // SAFETY: killing the supervisor this test started.
+    unsafe { libc::kill(sup, libc::SIGKILL) };
+    // The attach ends with a clear message; the container runs on.
+    let (code, err) = t.wait();
+    assert_ne!(code, 0, "stderr: {err}");
+    assert!(err.contains("supervisor went away"), "{err}");
+    wait_for("the supervisor to die", Duration::from_secs(5), || {
+        let s = std::fs::read_to_string(format!("/proc/{sup}/stat")).unwrap_or_default();
+        (s.is_empty() || s.contains(") Z")).then_some(())
+    });
+    // A new supervisor adopts it (with its terminal: no hang-up, the same shell).
+    b.ok(&f, &["up", "-d"]);
+    let t = Terminal::spawn(&b, &f, &["attach", "sh"]);
+    std::thread::sleep(Duration::from_millis(500));
+    t.type_(b"echo same-$(( $(cat /tmp/pid) - $$ ))-shell\r");
+    t.expect(0, "same-0-shell");
+    t.type_(&[0x10, 0x11]);
+    let (code, err) = t.wait();
+    assert_eq!(code, 0, "stderr: {err}");
+    // Its output is logged by the new supervisor too.
+    let logs = wait_for("the adopted tty's log", Duration::from_secs(10), || {
+        let l = b.ok(&f, &["logs", "sh"]);
+        l.contains("same-0-shell").then_some(l)
+    });
+    assert!(logs.contains("first"), "{logs}");
+    b.ok(&f, &["down", "-t", "1"]);
+}
