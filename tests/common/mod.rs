@@ -2,6 +2,8 @@
 //! a busybox image built offline, and a leak check run when the test ends (pass or fail).
 #![allow(dead_code)]
 
+pub mod pty;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
