@@ -249,19 +249,8 @@ pub fn prune_cache(paths: &Paths) -> anyhow::Result<usize> {
 
 /// RFC 3339 (UTC) for seconds since the epoch.
 pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
+    let (y, m, d) = crate::state::civil_from_days((secs / 86400) as i64);
     let rem = secs % 86400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
         rem / 3600,
@@ -1328,16 +1317,7 @@ impl Builder<'_> {
         std::fs::create_dir_all(&files)?;
         if mounts.iter().any(|m| matches!(m, RunMount::Secret { .. })) {
             // Secrets live in memory only, like the engine's.
-            nix::mount::mount(
-                Some("tmpfs"),
-                &files,
-                Some("tmpfs"),
-                nix::mount::MsFlags::MS_NOSUID
-                    | nix::mount::MsFlags::MS_NODEV
-                    | nix::mount::MsFlags::MS_NOEXEC,
-                Some("mode=0700,size=16m"),
-            )
-            .with_context(|| format!("mounting a tmpfs on {}", files.display()))?;
+            crate::engine::container::mount_files_tmpfs(&files)?;
             w.tmpfs = Some(files.clone());
         }
         match network {
