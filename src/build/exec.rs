@@ -1039,6 +1039,25 @@ impl Builder<'_> {
         Ok(Some(l.diff_id))
     }
 
+    /// A new layer step's end: commit its work as a layer, cache that under the step's key
+    /// and apply it to the stage.
+    fn commit_step(
+        &mut self,
+        st: &mut StageState,
+        ins: &Instruction,
+        w: Work,
+    ) -> anyhow::Result<()> {
+        let diff = self.commit(&w)?;
+        drop(w);
+        let e = CacheEntry {
+            diff_id: diff,
+            created: now_rfc3339(),
+        };
+        self.cache_put(&st.key, &e)?;
+        self.apply(st, &e, &ins.original);
+        Ok(())
+    }
+
     // ---- RUN ---------------------------------------------------------------------------
 
     fn run_step(
@@ -1133,15 +1152,7 @@ impl Builder<'_> {
                 ),
             ));
         }
-        let diff = self.commit(&w)?;
-        drop(w);
-        let e = CacheEntry {
-            diff_id: diff,
-            created: now_rfc3339(),
-        };
-        self.cache_put(&st.key, &e)?;
-        self.apply(st, &e, &ins.original);
-        Ok(())
+        self.commit_step(st, ins, w)
     }
 
     fn parse_mount(&self, st: &StageState, ins: &Instruction, m: &str) -> anyhow::Result<RunMount> {
@@ -1755,15 +1766,7 @@ impl Builder<'_> {
         })();
         drop(from_root);
         r.map_err(|e| self.err(ins, format!("{e:#}")))?;
-        let diff = self.commit(&w)?;
-        drop(w);
-        let e = CacheEntry {
-            diff_id: diff,
-            created: now_rfc3339(),
-        };
-        self.cache_put(&st.key, &e)?;
-        self.apply(st, &e, &ins.original);
-        Ok(())
+        self.commit_step(st, ins, w)
     }
 
     fn heredoc_body(&self, h: &dockerfile::Heredoc, env: &Env) -> anyhow::Result<String> {
