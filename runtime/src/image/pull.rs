@@ -103,7 +103,8 @@ fn is_local(host: &str) -> bool {
     matches!(h, "localhost" | "127.0.0.1" | "[::1]" | "::1") || h.starts_with("127.")
 }
 
-pub(crate) fn b64encode(data: &[u8]) -> String {
+/// Standard base64 (RFC 4648, padded), as Basic auth and Docker's config.json use it.
+pub fn b64encode(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for c in data.chunks(3) {
