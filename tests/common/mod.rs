@@ -170,6 +170,20 @@ impl Berth {
             .ok()
             .map(|b| serde_json::from_slice(&b).unwrap())
     }
+
+    /// The state.json record of `service`'s (first) container in `project`.
+    pub fn container(&self, project: &str, service: &str) -> serde_json::Value {
+        let st = self
+            .state(project)
+            .unwrap_or_else(|| panic!("no state for project {project}"));
+        st["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["service"] == service)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {service} in {st}"))
+    }
 }
 
 /// Poll `f` until it returns Some, or panic after `timeout`.
