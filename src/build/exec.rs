@@ -1316,7 +1316,7 @@ impl Builder<'_> {
         c.additional_gids = user.additional_gids;
         c.shm_size = self.opts.shm_size;
         c.cgroups_path = format!("/berth/build/{cname}");
-        let hard = host_nofile_hard().min(spec::DEFAULT_NOFILE.1);
+        let hard = crate::engine::container::host_nofile_hard().min(spec::DEFAULT_NOFILE.1);
         c.ulimits
             .push(("nofile".into(), spec::DEFAULT_NOFILE.0.min(hard), hard));
         let caps = spec::capabilities(&c);
@@ -1907,18 +1907,6 @@ fn remove_stub(upper: &Path, stub: &str, dest: &str) {
             break;
         }
     }
-}
-
-fn host_nofile_hard() -> u64 {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit fills the struct.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
-        return spec::DEFAULT_NOFILE.1;
-    }
-    r.rlim_max
 }
 
 /// A local tar archive ADD unpacks (plain, gzip or zstd, as the image store reads them).

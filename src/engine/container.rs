@@ -139,7 +139,9 @@ fn device(src: &str, dst: &str, perms: &str) -> anyhow::Result<crate::spec::Devi
     })
 }
 
-fn host_nofile_hard() -> u64 {
+/// The host's hard RLIMIT_NOFILE (the default's if it cannot be read): a container's nofile
+/// limit is capped by it.
+pub(crate) fn host_nofile_hard() -> u64 {
     let mut r = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
