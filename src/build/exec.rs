@@ -1697,12 +1697,7 @@ impl Builder<'_> {
                     let m = std::fs::symlink_metadata(host)?;
                     if m.is_dir() {
                         // The contents of a directory source.
-                        for e in sorted_children(host)? {
-                            let r = if rel.is_empty() {
-                                e.clone()
-                            } else {
-                                format!("{rel}/{e}")
-                            };
+                        for (e, r) in fsutil::children(host, rel)? {
                             if filter(&r) {
                                 fsutil::copy_entry(&host.join(&e), &d.join(&e), meta, &r, &filter)?;
                             }
@@ -1735,12 +1730,7 @@ impl Builder<'_> {
                     let m = std::fs::symlink_metadata(host)?;
                     if m.is_dir() {
                         std::fs::create_dir_all(&target)?;
-                        for e in sorted_children(host)? {
-                            let r = if rel.is_empty() {
-                                e.clone()
-                            } else {
-                                format!("{rel}/{e}")
-                            };
+                        for (e, r) in fsutil::children(host, rel)? {
                             if filter(&r) {
                                 fsutil::copy_entry(
                                     &host.join(&e),
@@ -1843,14 +1833,6 @@ enum RunMount {
         host: PathBuf,
         rw: bool,
     },
-}
-
-fn sorted_children(dir: &Path) -> anyhow::Result<Vec<String>> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)?
-        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<Result<_, _>>()?;
-    v.sort();
-    Ok(v)
 }
 
 /// The first component of `dest` (inside `rootfs`) that does not exist: what creating a mount

@@ -195,7 +195,7 @@ pub fn context_rel(src: &str) -> anyhow::Result<String> {
 
 /// The entries of directory `src` (whose path in the tree is `rel`), sorted by name: each
 /// name with its own path in the tree (`rel/name`, or `name` at the top).
-fn children(src: &Path, rel: &str) -> anyhow::Result<Vec<(std::ffi::OsString, String)>> {
+pub fn children(src: &Path, rel: &str) -> anyhow::Result<Vec<(std::ffi::OsString, String)>> {
     let mut names: Vec<_> = std::fs::read_dir(src)?
         .map(|e| e.map(|e| e.file_name()))
         .collect::<Result<_, _>>()?;
