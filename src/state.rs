@@ -351,7 +351,7 @@ pub fn parse_time(s: &str) -> Option<std::time::SystemTime> {
 }
 
 // Howard Hinnant's civil-date algorithms.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719468;
     let era = z.div_euclid(146097);
     let doe = z.rem_euclid(146097);

@@ -896,16 +896,7 @@ fn up_always_recreate_deps_and_attach_flags() {
     let p = unique("deps");
     let f = b.compose(&p, &stack("up_always_recreate_deps_and_attach_flags"));
     b.ok(&f, &["up", "-d"]);
-    let pid = |svc: &str| -> i64 {
-        b.state(&p).unwrap()["containers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["service"] == svc)
-            .unwrap()["pid"]
-            .as_i64()
-            .unwrap()
-    };
+    let pid = |svc: &str| -> i64 { b.container(&p, svc)["pid"].as_i64().unwrap() };
     let (db, app) = (pid("db"), pid("app"));
     b.ok(&f, &["up", "-d", "app"]);
     assert_eq!(

@@ -347,17 +347,7 @@ fn restart_policies_always_unless_stopped_and_no() {
     let p = unique("pol");
     let f = b.compose(&p, &stack("restart_policies_always_unless_stopped_and_no"));
     b.ok(&f, &["up", "-d"]);
-    let count = |svc: &str| -> u64 {
-        let st = b.state(&p).unwrap();
-        st["containers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["service"] == svc)
-            .unwrap()["restart_count"]
-            .as_u64()
-            .unwrap()
-    };
+    let count = |svc: &str| -> u64 { b.container(&p, svc)["restart_count"].as_u64().unwrap() };
     wait_for(
         "always and unless-stopped to restart",
         Duration::from_secs(15),

@@ -201,16 +201,7 @@ fn resume_after_a_simulated_reboot_brings_back_exactly_docker_s_set() {
 
     // Only the supervisor dies (no reboot): resume adopts the running containers, the same
     // processes, instead of recreating them.
-    let pid_of = |svc: &str| -> i64 {
-        b.state(&p).unwrap()["containers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["service"] == svc)
-            .unwrap()["pid"]
-            .as_i64()
-            .unwrap()
-    };
+    let pid_of = |svc: &str| -> i64 { b.container(&p, svc)["pid"].as_i64().unwrap() };
     let before = pid_of("always");
     let sup = b.supervisor_pid(&p);
     // SAFETY: killing the supervisor this test started.

@@ -6,11 +6,11 @@
 mod common;
 
 use std::io::Read;
-use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::pty::openpty;
 use common::*;
 
 /// The JSON records of a container's log file.
@@ -44,11 +44,6 @@ fn console_sockets(root: &Path) -> Vec<String> {
         }
     }
     out
-}
-
-fn openpty() -> (OwnedFd, OwnedFd) {
-    let p = nix::pty::openpty(None, None).expect("openpty");
-    (p.master, p.slave)
 }
 
 /// Run berth with a terminal as stdin and stdout (as a user at a shell would); its output.

@@ -46,13 +46,7 @@ fn bad(msg: String) -> RuntimeError {
 
 /// The container's root directory, as its pid 1 sees it.
 pub fn container_root(pid: i32) -> Result<OwnedFd> {
-    let p = PathBuf::from(format!("/proc/{pid}/root"));
-    rustix::fs::open(
-        &p,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| io_err("open container root", &p)(e.into()))
+    open_root(Path::new(&format!("/proc/{pid}/root")))
 }
 
 /// A container path made relative to its root ("/a/b" and "a/b" alike); "." for the root.
@@ -650,12 +644,7 @@ mod tests {
         let ctr = tempfile::tempdir().unwrap();
         let host = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
-        let root = rustix::fs::open(
-            ctr.path(),
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .unwrap();
+        let root = open_root(ctr.path()).unwrap();
         // Container: /etc/conf (0640), /data/sub/f, /data/link -> f, /escape -> <outside dir>.
         fs::create_dir_all(ctr.path().join("etc")).unwrap();
         fs::write(ctr.path().join("etc/conf"), "inside").unwrap();
@@ -758,12 +747,7 @@ mod tests {
         let ctr = tempfile::tempdir().unwrap();
         let host = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
-        let root = rustix::fs::open(
-            ctr.path(),
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .unwrap();
+        let root = open_root(ctr.path()).unwrap();
         std::os::unix::fs::symlink(outside.path(), ctr.path().join("escape")).unwrap();
         fs::write(host.path().join("f"), "v1").unwrap();
         sync_in(&root, &host.path().join("f"), "/app/deep/f.txt").unwrap();

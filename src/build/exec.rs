@@ -249,19 +249,8 @@ pub fn prune_cache(paths: &Paths) -> anyhow::Result<usize> {
 
 /// RFC 3339 (UTC) for seconds since the epoch.
 pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
+    let (y, m, d) = crate::state::civil_from_days((secs / 86400) as i64);
     let rem = secs % 86400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
         rem / 3600,
@@ -1050,6 +1039,25 @@ impl Builder<'_> {
         Ok(Some(l.diff_id))
     }
 
+    /// A new layer step's end: commit its work as a layer, cache that under the step's key
+    /// and apply it to the stage.
+    fn commit_step(
+        &mut self,
+        st: &mut StageState,
+        ins: &Instruction,
+        w: Work,
+    ) -> anyhow::Result<()> {
+        let diff = self.commit(&w)?;
+        drop(w);
+        let e = CacheEntry {
+            diff_id: diff,
+            created: now_rfc3339(),
+        };
+        self.cache_put(&st.key, &e)?;
+        self.apply(st, &e, &ins.original);
+        Ok(())
+    }
+
     // ---- RUN ---------------------------------------------------------------------------
 
     fn run_step(
@@ -1144,15 +1152,7 @@ impl Builder<'_> {
                 ),
             ));
         }
-        let diff = self.commit(&w)?;
-        drop(w);
-        let e = CacheEntry {
-            diff_id: diff,
-            created: now_rfc3339(),
-        };
-        self.cache_put(&st.key, &e)?;
-        self.apply(st, &e, &ins.original);
-        Ok(())
+        self.commit_step(st, ins, w)
     }
 
     fn parse_mount(&self, st: &StageState, ins: &Instruction, m: &str) -> anyhow::Result<RunMount> {
@@ -1316,7 +1316,7 @@ impl Builder<'_> {
         c.additional_gids = user.additional_gids;
         c.shm_size = self.opts.shm_size;
         c.cgroups_path = format!("/berth/build/{cname}");
-        let hard = host_nofile_hard().min(spec::DEFAULT_NOFILE.1);
+        let hard = crate::engine::container::host_nofile_hard().min(spec::DEFAULT_NOFILE.1);
         c.ulimits
             .push(("nofile".into(), spec::DEFAULT_NOFILE.0.min(hard), hard));
         let caps = spec::capabilities(&c);
@@ -1328,16 +1328,7 @@ impl Builder<'_> {
         std::fs::create_dir_all(&files)?;
         if mounts.iter().any(|m| matches!(m, RunMount::Secret { .. })) {
             // Secrets live in memory only, like the engine's.
-            nix::mount::mount(
-                Some("tmpfs"),
-                &files,
-                Some("tmpfs"),
-                nix::mount::MsFlags::MS_NOSUID
-                    | nix::mount::MsFlags::MS_NODEV
-                    | nix::mount::MsFlags::MS_NOEXEC,
-                Some("mode=0700,size=16m"),
-            )
-            .with_context(|| format!("mounting a tmpfs on {}", files.display()))?;
+            crate::engine::container::mount_files_tmpfs(&files)?;
             w.tmpfs = Some(files.clone());
         }
         match network {
@@ -1706,12 +1697,7 @@ impl Builder<'_> {
                     let m = std::fs::symlink_metadata(host)?;
                     if m.is_dir() {
                         // The contents of a directory source.
-                        for e in sorted_children(host)? {
-                            let r = if rel.is_empty() {
-                                e.clone()
-                            } else {
-                                format!("{rel}/{e}")
-                            };
+                        for (e, r) in fsutil::children(host, rel)? {
                             if filter(&r) {
                                 fsutil::copy_entry(&host.join(&e), &d.join(&e), meta, &r, &filter)?;
                             }
@@ -1744,12 +1730,7 @@ impl Builder<'_> {
                     let m = std::fs::symlink_metadata(host)?;
                     if m.is_dir() {
                         std::fs::create_dir_all(&target)?;
-                        for e in sorted_children(host)? {
-                            let r = if rel.is_empty() {
-                                e.clone()
-                            } else {
-                                format!("{rel}/{e}")
-                            };
+                        for (e, r) in fsutil::children(host, rel)? {
                             if filter(&r) {
                                 fsutil::copy_entry(
                                     &host.join(&e),
@@ -1775,15 +1756,7 @@ impl Builder<'_> {
         })();
         drop(from_root);
         r.map_err(|e| self.err(ins, format!("{e:#}")))?;
-        let diff = self.commit(&w)?;
-        drop(w);
-        let e = CacheEntry {
-            diff_id: diff,
-            created: now_rfc3339(),
-        };
-        self.cache_put(&st.key, &e)?;
-        self.apply(st, &e, &ins.original);
-        Ok(())
+        self.commit_step(st, ins, w)
     }
 
     fn heredoc_body(&self, h: &dockerfile::Heredoc, env: &Env) -> anyhow::Result<String> {
@@ -1862,14 +1835,6 @@ enum RunMount {
     },
 }
 
-fn sorted_children(dir: &Path) -> anyhow::Result<Vec<String>> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)?
-        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<Result<_, _>>()?;
-    v.sort();
-    Ok(v)
-}
-
 /// The first component of `dest` (inside `rootfs`) that does not exist: what creating a mount
 /// point there would add to the upper dir. None if it all exists, or a symlink is on the way.
 fn missing_prefix(rootfs: &Path, dest: &str) -> Option<String> {
@@ -1924,18 +1889,6 @@ fn remove_stub(upper: &Path, stub: &str, dest: &str) {
             break;
         }
     }
-}
-
-fn host_nofile_hard() -> u64 {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit fills the struct.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
-        return spec::DEFAULT_NOFILE.1;
-    }
-    r.rlim_max
 }
 
 /// A local tar archive ADD unpacks (plain, gzip or zstd, as the image store reads them).

@@ -115,16 +115,7 @@ pub fn copy_entry(
                 std::fs::create_dir(dest).with_context(|| format!("creating {}", dest.display()))?
             }
         }
-        let mut names: Vec<_> = std::fs::read_dir(src)?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()?;
-        names.sort();
-        for n in names {
-            let r = if rel.is_empty() {
-                n.to_string_lossy().into_owned()
-            } else {
-                format!("{rel}/{}", n.to_string_lossy())
-            };
+        for (n, r) in children(src, rel)? {
             if !filter(&r) {
                 continue;
             }
@@ -202,6 +193,26 @@ pub fn context_rel(src: &str) -> anyhow::Result<String> {
     Ok(if c.is_empty() { ".".into() } else { c })
 }
 
+/// The entries of directory `src` (whose path in the tree is `rel`), sorted by name: each
+/// name with its own path in the tree (`rel/name`, or `name` at the top).
+pub fn children(src: &Path, rel: &str) -> anyhow::Result<Vec<(std::ffi::OsString, String)>> {
+    let mut names: Vec<_> = std::fs::read_dir(src)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    Ok(names
+        .into_iter()
+        .map(|n| {
+            let r = if rel.is_empty() {
+                n.to_string_lossy().into_owned()
+            } else {
+                format!("{rel}/{}", n.to_string_lossy())
+            };
+            (n, r)
+        })
+        .collect())
+}
+
 /// Every path under `dir` (relative, `/`-separated, sorted), not excluded by `ignore`.
 pub fn walk_context(root: &Path, ignore: &Ignore) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
@@ -258,16 +269,7 @@ pub fn content_hash(
         h.update(m.gid().to_le_bytes());
     }
     if m.is_dir() {
-        let mut names: Vec<_> = std::fs::read_dir(src)?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()?;
-        names.sort();
-        for n in names {
-            let r = if rel.is_empty() {
-                n.to_string_lossy().into_owned()
-            } else {
-                format!("{rel}/{}", n.to_string_lossy())
-            };
+        for (n, r) in children(src, rel)? {
             if filter(&r) {
                 content_hash(&src.join(&n), &r, filter, owners, h)?;
             }

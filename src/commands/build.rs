@@ -442,20 +442,7 @@ pub fn for_up(
     if never {
         return Ok(());
     }
-    let opts = crate::compose::LoadOptions {
-        files: source.files.clone(),
-        project_name: source.project_name.clone(),
-        project_directory: source.project_directory.clone(),
-        env_files: source.env_files.clone(),
-        profiles: source.profiles.clone(),
-        services: services.to_vec(),
-        interpolate: true,
-        working_dir: source.working_dir.clone(),
-        environment: source.environment.clone(),
-        resolve_env_files: true,
-        ..Default::default()
-    };
-    let project = crate::compose::load(&opts)?;
+    let project = crate::engine::plan::load_model(source, services)?;
     let store = berth_runtime::image::ImageStore::open(&paths.images())?;
     let mut selected = Vec::new();
     for (name, s) in &project.services {

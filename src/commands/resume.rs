@@ -11,9 +11,9 @@ use anyhow::{bail, Context};
 use crate::cli::{ResumeArgs, SystemdArgs, SystemdCmd};
 use crate::engine::restart::Condition;
 use crate::paths::Paths;
-use crate::state::{ContainerRecord, ProjectState};
+use crate::state::{ContainerRecord, ProjectSource, ProjectState};
 use crate::supervisor::client::Client;
-use crate::supervisor::proto::{Request, UpOpts};
+use crate::supervisor::proto::UpOpts;
 
 /// Whether a container comes back after a reboot, by its service's restart condition.
 pub fn comes_back(condition: &Condition, c: &ContainerRecord) -> bool {
@@ -96,28 +96,31 @@ fn resume_project(paths: &Paths, st: &ProjectState, dry_run: bool) -> anyhow::Re
         if group.is_empty() {
             continue;
         }
-        let client = Client::connect_or_start(paths, &st.name)?;
-        let opts = UpOpts {
-            services: group,
-            // As Docker's daemon: each container comes back on its own policy, dependencies
-            // without one stay as they are.
-            no_deps: true,
-            // After a reboot the containers' kernel side (mounts, netns, veths, runtime
-            // state) is gone and the supervisor's start path expects it, so they are made
-            // again from the same config (named volumes and bind mounts keep the data).
-            force_recreate: recreate,
-            ..Default::default()
-        };
-        crate::commands::up::call(
-            client,
-            &Request::Up {
-                source: source.clone(),
-                opts,
-            },
-            "Running",
-            false,
-        )?;
+        up_again(paths, &st.name, source, group, recreate)?;
     }
+    Ok(())
+}
+
+/// Bring `services` of a recorded project up again through its supervisor (started if need
+/// be), each on its own: as Docker's daemon, each container comes back on its own policy and
+/// dependencies without one stay as they are. `recreate` after a reboot: the containers'
+/// kernel side (mounts, netns, veths, runtime state) is gone and the supervisor's start path
+/// expects it, so they are made again from the same config (named volumes and bind mounts
+/// keep the data).
+fn up_again(
+    paths: &Paths,
+    project: &str,
+    source: &ProjectSource,
+    services: Vec<String>,
+    recreate: bool,
+) -> anyhow::Result<()> {
+    let opts = UpOpts {
+        services,
+        no_deps: true,
+        force_recreate: recreate,
+        ..Default::default()
+    };
+    crate::commands::up::send_up(paths, project, source, opts)?;
     Ok(())
 }
 
@@ -152,23 +155,7 @@ pub fn recreate_after_reboot(
     if stale.is_empty() {
         return Ok(());
     }
-    let client = Client::connect_or_start(&paths, &name)?;
-    let opts = UpOpts {
-        services: stale,
-        no_deps: true,
-        force_recreate: true,
-        ..Default::default()
-    };
-    crate::commands::up::call(
-        client,
-        &Request::Up {
-            source: source.clone(),
-            opts,
-        },
-        "Running",
-        false,
-    )?;
-    Ok(())
+    up_again(&paths, &name, source, stale, true)
 }
 
 /// After a reboot a container's network namespace file (or, without one, its rootfs mount)

@@ -99,6 +99,26 @@ pub fn ensure_images_with(
 }
 
 /// Send a request and show its progress; returns the supervisor's exit code.
+/// Connect to the project's supervisor (starting it if need be) and have it bring `opts` up
+/// from `source`, with the progress shown as `up` shows it.
+pub fn send_up(
+    paths: &Paths,
+    project: &str,
+    source: &ProjectSource,
+    opts: UpOpts,
+) -> anyhow::Result<i32> {
+    let client = Client::connect_or_start(paths, project)?;
+    call(
+        client,
+        &Request::Up {
+            source: source.clone(),
+            opts,
+        },
+        "Running",
+        false,
+    )
+}
+
 pub fn call(client: Client, req: &Request, title: &str, quiet: bool) -> anyhow::Result<i32> {
     let mut ui = Progress::new(title, is_tty()).quiet(quiet);
     let (ok, err, code) = client.call(req, &mut |r| match r {
@@ -165,7 +185,6 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
     };
     if !deps.is_empty() {
         // --always-recreate-deps: the dependencies first, recreated whatever their config.
-        let client = Client::connect_or_start(&paths, &plan.name)?;
         let dep_opts = UpOpts {
             services: deps,
             no_deps: true,
@@ -174,15 +193,7 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
             timeout: args.timeout,
             ..Default::default()
         };
-        call(
-            client,
-            &Request::Up {
-                source: source.clone(),
-                opts: dep_opts,
-            },
-            "Running",
-            false,
-        )?;
+        send_up(&paths, &plan.name, &source, dep_opts)?;
     }
     let client = Client::connect_or_start(&paths, &plan.name)?;
     crate::trace::step(|| "cli: supervisor connected, up sent".into());

@@ -21,6 +21,6 @@ pub use load::load;
 pub use model::*;
 
 #[cfg(test)]
-mod corpus_tests;
+pub(crate) mod corpus_tests;
 #[cfg(test)]
 mod tests;

@@ -139,7 +139,9 @@ fn device(src: &str, dst: &str, perms: &str) -> anyhow::Result<crate::spec::Devi
     })
 }
 
-fn host_nofile_hard() -> u64 {
+/// The host's hard RLIMIT_NOFILE (the default's if it cannot be read): a container's nofile
+/// limit is capped by it.
+pub(crate) fn host_nofile_hard() -> u64 {
     let mut r = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -378,16 +380,7 @@ impl Engine {
         let files_dir = dir.join("files");
         if !svc.secrets.is_empty() || !svc.configs.is_empty() {
             std::fs::create_dir_all(&files_dir)?;
-            nix::mount::mount(
-                Some("tmpfs"),
-                &files_dir,
-                Some("tmpfs"),
-                nix::mount::MsFlags::MS_NOSUID
-                    | nix::mount::MsFlags::MS_NODEV
-                    | nix::mount::MsFlags::MS_NOEXEC,
-                Some("mode=0700,size=16m"),
-            )
-            .with_context(|| format!("mounting a tmpfs on {}", files_dir.display()))?;
+            mount_files_tmpfs(&files_dir)?;
         }
         for (i, f) in svc.secrets.iter().chain(svc.configs.iter()).enumerate() {
             let p = files_dir.join(i.to_string());
@@ -666,6 +659,22 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// Mount the in-memory tmpfs that holds a container's (or a build step's) secret and config
+/// copies on `dir`: root-only, 16 MiB, nothing on it runs or is a device.
+pub(crate) fn mount_files_tmpfs(dir: &Path) -> anyhow::Result<()> {
+    nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        Some("mode=0700,size=16m"),
+    )
+    .with_context(|| format!("mounting a tmpfs on {}", dir.display()))?;
+    Ok(())
 }
 
 #[cfg(test)]

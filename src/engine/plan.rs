@@ -208,11 +208,12 @@ pub fn parse_bytes(s: &str) -> Option<u64> {
     Some((n * mult as f64) as u64)
 }
 
-/// Load the project the way the CLI gave it, and resolve it into the engine's plan.
-pub fn load_plan(
+/// Load the Compose model of a recorded project (as the CLI gave it: files, name, directory,
+/// env files, profiles, environment), interpolated, with its env files read.
+pub fn load_model(
     source: &crate::state::ProjectSource,
     services: &[String],
-) -> anyhow::Result<ProjectPlan> {
+) -> Result<crate::compose::Project, crate::compose::LoadError> {
     let opts = crate::compose::LoadOptions {
         files: source.files.clone(),
         project_name: source.project_name.clone(),
@@ -226,7 +227,15 @@ pub fn load_plan(
         resolve_env_files: true,
         ..Default::default()
     };
-    let project = crate::compose::load(&opts)?;
+    crate::compose::load(&opts)
+}
+
+/// Load the project the way the CLI gave it, and resolve it into the engine's plan.
+pub fn load_plan(
+    source: &crate::state::ProjectSource,
+    services: &[String],
+) -> anyhow::Result<ProjectPlan> {
+    let project = load_model(source, services)?;
     let mut plan = from_model(&project, services)?;
     plan.warnings = project.warnings.clone();
     if source

@@ -4,44 +4,14 @@
 //! (`cargo test --bin berth export::corpus_tests -- --nocapture` prints it).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use super::k8s::{export, Options};
 use super::lint::lint;
 use super::{swarm, Level};
-use crate::compose::{load, LoadOptions};
-
-fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn opts_for(file: &Path) -> LoadOptions {
-    LoadOptions {
-        files: vec![file.to_path_buf()],
-        interpolate: true,
-        working_dir: file.parent().unwrap().to_path_buf(),
-        environment: [("HOME".to_string(), "/home/tester".to_string())].into(),
-        resolve_env_files: true,
-        ..Default::default()
-    }
-}
+use crate::compose::corpus_tests::{opts_for, yaml_files};
+use crate::compose::load;
 
 /// Kompose's loader (kubernetes/kompose pkg/loader/compose, compose-go): the service keys it
 /// reads, and its `unsupportedKey` list (warned once per project, then ignored). Any other
@@ -135,7 +105,9 @@ fn corpus_exports_validate_strictly_for_1_30_and_the_newest_kubernetes() {
     let mut kompose_silent: BTreeMap<String, usize> = BTreeMap::new();
     let mut berth_reported: BTreeMap<String, usize> = BTreeMap::new();
     for (n, f) in files.iter().enumerate() {
-        let Ok(p) = load(&opts_for(f)) else { continue };
+        let Ok(p) = load(&opts_for(f, &[])) else {
+            continue;
+        };
         if crate::compose::graph::ServiceGraph::new(&p).is_err() {
             continue;
         }

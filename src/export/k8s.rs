@@ -155,7 +155,7 @@ struct Port {
 }
 
 /// An IANA service name: what a port `name` must be.
-fn iana_svc_name(s: &str) -> bool {
+pub(super) fn iana_svc_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
         && s.chars()

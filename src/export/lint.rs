@@ -50,17 +50,6 @@ fn env_name_ok(n: &str) -> bool {
         && !n.starts_with(|c: char| c.is_ascii_digit())
 }
 
-fn iana_svc_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 15
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && s.chars().any(|c| c.is_ascii_lowercase())
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-        && !s.contains("--")
-}
-
 /// A resource quantity (`500m`, `1Gi`, `536870912`, `1.5`).
 pub fn quantity_ok(q: &str) -> bool {
     let num_end = q
@@ -200,7 +189,7 @@ pub fn lint(docs: &[Value]) -> Vec<String> {
                     }
                     if ports.len() > 1 {
                         let pn = p["name"].as_str().unwrap_or("");
-                        if !iana_svc_name(pn) || !pnames.insert(pn.to_string()) {
+                        if !super::k8s::iana_svc_name(pn) || !pnames.insert(pn.to_string()) {
                             err(format!("port name {pn:?} missing, invalid or repeated"));
                         }
                     }

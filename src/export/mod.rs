@@ -19,6 +19,9 @@ use serde_json::Value;
 
 use crate::compose::yaml::{self, Entry, Mark, Node, V};
 
+/// Standard base64 (RFC 4648, padded): Secret and ConfigMap `binaryData` values.
+pub use berth_runtime::image::pull::b64encode as base64;
+
 /// How serious a report line is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -223,24 +226,6 @@ pub fn yaml_stream(docs: &[Value]) -> String {
         .map(|d| yaml::emit(&to_node(d)))
         .collect::<Vec<_>>()
         .join("---\n")
-}
-
-/// Standard base64 (RFC 4648, padded): Secret and ConfigMap `binaryData` values.
-pub fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! a busybox image built offline, and a leak check run when the test ends (pass or fail).
 #![allow(dead_code)]
 
+pub mod pty;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -167,6 +169,20 @@ impl Berth {
         std::fs::read(p)
             .ok()
             .map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    /// The state.json record of `service`'s (first) container in `project`.
+    pub fn container(&self, project: &str, service: &str) -> serde_json::Value {
+        let st = self
+            .state(project)
+            .unwrap_or_else(|| panic!("no state for project {project}"));
+        st["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["service"] == service)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {service} in {st}"))
     }
 }
 

@@ -103,7 +103,8 @@ fn is_local(host: &str) -> bool {
     matches!(h, "localhost" | "127.0.0.1" | "[::1]" | "::1") || h.starts_with("127.")
 }
 
-pub(crate) fn b64encode(data: &[u8]) -> String {
+/// Standard base64 (RFC 4648, padded), as Basic auth and Docker's config.json use it.
+pub fn b64encode(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for c in data.chunks(3) {
@@ -390,10 +391,56 @@ impl Client {
         }
     }
 
-    fn registry_err(&self, message: String) -> ImageError {
+    pub(super) fn registry_err(&self, message: String) -> ImageError {
         ImageError::Registry {
             registry: self.registry.clone(),
             message,
+        }
+    }
+
+    /// Answer a 401 response's `WWW-Authenticate` challenge (see [`Client::authenticate`]).
+    pub(super) fn answer_401(
+        &self,
+        resp: &ureq::http::Response<ureq::Body>,
+    ) -> Result<(), ImageError> {
+        let ch = resp
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| ImageError::Auth {
+                registry: self.registry.clone(),
+                message: "401 without a challenge".into(),
+            })?;
+        self.authenticate(ch)
+    }
+
+    /// A registry's refusal as an error, with the registry's own message read from the body:
+    /// 401 and 403 are auth errors (`auth_prefix` then the status), others HTTP errors on
+    /// `what`.
+    pub(super) fn refusal(
+        &self,
+        what: &str,
+        auth_prefix: &str,
+        resp: ureq::http::Response<ureq::Body>,
+    ) -> ImageError {
+        let status = resp.status().as_u16();
+        let mut body = Vec::new();
+        let _ = resp
+            .into_body()
+            .into_reader()
+            .take(64 << 10)
+            .read_to_end(&mut body);
+        let message = registry_message(&body);
+        match status {
+            401 | 403 => ImageError::Auth {
+                registry: self.registry.clone(),
+                message: format!("{auth_prefix}HTTP {status}: {message}"),
+            },
+            _ => ImageError::Http {
+                url: what.to_string(),
+                status,
+                message,
+            },
         }
     }
 
@@ -507,41 +554,14 @@ impl Client {
             let status = resp.status().as_u16();
             if status == 401 && !tried_auth {
                 tried_auth = true;
-                let ch = resp
-                    .headers()
-                    .get("www-authenticate")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                let ch = ch.ok_or_else(|| ImageError::Auth {
-                    registry: self.registry.clone(),
-                    message: "401 without a challenge".into(),
-                })?;
-                self.authenticate(&ch)?;
+                self.answer_401(&resp)?;
                 continue;
             }
             if (200..300).contains(&status) {
                 return Ok(resp);
             }
-            let mut body = Vec::new();
-            let _ = resp
-                .into_body()
-                .into_reader()
-                .take(64 << 10)
-                .read_to_end(&mut body);
-            let message = registry_message(&body);
-            let err = match status {
-                401 | 403 => ImageError::Auth {
-                    registry: self.registry.clone(),
-                    message: format!("HTTP {status}: {message}"),
-                },
-                _ => ImageError::Http {
-                    url: url.clone(),
-                    status,
-                    message,
-                },
-            };
             return Err(Failure {
-                err,
+                err: self.refusal(&url, "", resp),
                 transient: status == 429 || status >= 500,
             });
         }

@@ -9,10 +9,9 @@
 //! [`push_artifact`] pushes arbitrary blobs with a manifest (`publish`).
 
 use std::fs::File;
-use std::io::Read;
 
 use super::error::{ImageError, IoContext};
-use super::pull::{registry_message, Client};
+use super::pull::Client;
 use super::reference::Reference;
 use super::unpack::sha256_hex;
 use super::{ImageStore, PullOptions};
@@ -58,14 +57,14 @@ impl Client {
                     let req = b
                         .header("Content-Length", "0")
                         .body(())
-                        .map_err(|e| self.err(format!("{method} {url}: {e}")))?;
+                        .map_err(|e| self.registry_err(format!("{method} {url}: {e}")))?;
                     self.agent.run(req)
                 }
                 Some(Blob::Bytes(d)) => {
                     let req = b
                         .header("Content-Length", d.len().to_string())
                         .body(d.to_vec())
-                        .map_err(|e| self.err(format!("{method} {url}: {e}")))?;
+                        .map_err(|e| self.registry_err(format!("{method} {url}: {e}")))?;
                     self.agent.run(req)
                 }
                 Some(Blob::File(p)) => {
@@ -74,57 +73,23 @@ impl Client {
                     let req = b
                         .header("Content-Length", len.to_string())
                         .body(f)
-                        .map_err(|e| self.err(format!("{method} {url}: {e}")))?;
+                        .map_err(|e| self.registry_err(format!("{method} {url}: {e}")))?;
                     self.agent.run(req)
                 }
             }
-            .map_err(|e| self.err(format!("{method} {url}: {e}")))?;
+            .map_err(|e| self.registry_err(format!("{method} {url}: {e}")))?;
             let status = resp.status().as_u16();
             if status == 401 && !tried_auth {
                 tried_auth = true;
-                let ch = resp
-                    .headers()
-                    .get("www-authenticate")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-                    .ok_or_else(|| ImageError::Auth {
-                        registry: self.registry.clone(),
-                        message: "401 without a challenge".into(),
-                    })?;
-                self.authenticate(&ch)?;
+                self.answer_401(&resp)?;
                 continue;
             }
             return Ok(resp);
         }
     }
 
-    fn err(&self, message: String) -> ImageError {
-        ImageError::Registry {
-            registry: self.registry.clone(),
-            message,
-        }
-    }
-
     fn fail(&self, what: &str, resp: ureq::http::Response<ureq::Body>) -> ImageError {
-        let status = resp.status().as_u16();
-        let mut body = Vec::new();
-        let _ = resp
-            .into_body()
-            .into_reader()
-            .take(64 << 10)
-            .read_to_end(&mut body);
-        let message = registry_message(&body);
-        match status {
-            401 | 403 => ImageError::Auth {
-                registry: self.registry.clone(),
-                message: format!("{what}: HTTP {status}: {message}"),
-            },
-            _ => ImageError::Http {
-                url: what.to_string(),
-                status,
-                message,
-            },
-        }
+        self.refusal(what, &format!("{what}: "), resp)
     }
 
     /// Upload one blob unless the registry has it; true if it was sent.
@@ -143,7 +108,7 @@ impl Client {
             .headers()
             .get("location")
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| self.err("upload without a Location".into()))?
+            .ok_or_else(|| self.registry_err("upload without a Location".into()))?
             .to_string();
         let mut url = if loc.starts_with("http://") || loc.starts_with("https://") {
             loc
