@@ -17,22 +17,19 @@ impl Supervisor {
     /// Load the plan from the CLI's source, then converge.
     pub(super) async fn up(
         self: &Arc<Self>,
-        source: ProjectSource,
+        mut source: ProjectSource,
         opts: UpOpts,
         out: &Out,
     ) -> anyhow::Result<()> {
-        // BERTH_TRACE=1 on the CLI: this request's steps go back to it as messages.
+        // BERTH_TRACE=1 on the CLI: this request's steps go back to it as messages. The start
+        // time belongs to this request only: taken out of the environment the project keeps,
+        // so a later reload (the watcher) does not trace into a closed request.
+        let t0 = source.environment.remove(crate::trace::T0_VAR);
         let _trace = {
             let out = out.clone();
-            crate::trace::session(
-                source
-                    .environment
-                    .get(crate::trace::T0_VAR)
-                    .map(|s| s.as_str()),
-                move |text| {
-                    let _ = out.send(Reply::Message { text });
-                },
-            )
+            crate::trace::session(t0.as_deref(), move |text| {
+                let _ = out.send(Reply::Message { text });
+            })
         };
         crate::trace::step(|| "supervisor: up received".into());
         // The whole project is what the supervisor keeps (restart policies, orphans); the
