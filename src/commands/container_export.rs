@@ -24,12 +24,8 @@ fn container(
     let name = project_name(p)?;
     let st =
         ProjectState::load(&paths, &name)?.ok_or_else(|| anyhow!("no such project: {name}"))?;
-    let c = st
-        .containers
-        .iter()
-        .find(|c| c.service == service && c.number == index && !c.oneoff)
-        .cloned()
-        .ok_or_else(|| anyhow!("service {service:?} has no container #{index}"))?;
+    // `--index N`: the N-th current replica, as for exec, logs and cp.
+    let c = crate::commands::inspect::replica(&st.containers, service, index)?.clone();
     Ok((paths, c))
 }
 

@@ -204,15 +204,16 @@ pub fn cp(p: &ProjectOpts, args: &CpArgs) -> anyhow::Result<u8> {
         ),
         (Some(s), None) | (None, Some(s)) => s,
     };
-    let c = if args.all {
-        // --all: one-off (`run`) containers count too.
-        st.containers
+    // `--index N` is the N-th current replica; with --all a one-off (`run`) container of the
+    // service serves when the service has no such replica.
+    let c = match find(&st, svc, args.index) {
+        Ok(c) => c,
+        Err(e) if args.all => st
+            .containers
             .iter()
-            .filter(|c| c.service == svc)
-            .find(|c| c.number == args.index || c.oneoff)
-            .ok_or_else(|| anyhow!("service {svc:?} has no container #{}", args.index))?
-    } else {
-        find(&st, svc, args.index)?
+            .find(|c| c.service == svc && c.oneoff)
+            .ok_or(e)?,
+        Err(e) => return Err(e),
     };
     let live = crate::commands::ps::live_status(c);
     let running = matches!(live, Status::Running | Status::Paused) && c.pid.is_some();
