@@ -435,11 +435,13 @@ pub fn build(p: &ProjectOpts, args: &BuildArgs) -> anyhow::Result<u8> {
 pub fn for_up(
     paths: &Paths,
     source: &crate::state::ProjectSource,
+    plan: &crate::engine::plan::ProjectPlan,
     services: &[String],
     force: bool,
     never: bool,
 ) -> anyhow::Result<()> {
-    if never {
+    // Most stacks build nothing: the plan already says so, without loading the model again.
+    if never || !plan.services.iter().any(|s| s.build) {
         return Ok(());
     }
     let project = crate::engine::plan::load_model(source, services)?;

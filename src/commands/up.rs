@@ -157,7 +157,14 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
         }
         scale.push((svc.to_string(), n));
     }
-    crate::commands::build::for_up(&paths, &source, &args.services, args.build, args.no_build)?;
+    crate::commands::build::for_up(
+        &paths,
+        &source,
+        &plan,
+        &args.services,
+        args.build,
+        args.no_build,
+    )?;
     ensure_images_with(
         &paths,
         &plan,
@@ -419,7 +426,7 @@ pub fn scale(p: &ProjectOpts, args: &crate::cli::ScaleArgs) -> anyhow::Result<u8
         }
         scale.push((svc.to_string(), n));
     }
-    crate::commands::build::for_up(&paths, &source, &[], false, false)?;
+    crate::commands::build::for_up(&paths, &source, &plan, &[], false, false)?;
     ensure_images(&paths, &plan, None)?;
     let client = Client::connect_or_start(&paths, &plan.name)?;
     call(client, &Request::Scale { source, scale }, "Running", false)?;
@@ -538,7 +545,7 @@ pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result
             .collect(),
         ..Default::default()
     };
-    crate::commands::build::for_up(&paths, &source, &[], args.build, false)?;
+    crate::commands::build::for_up(&paths, &source, &plan, &[], args.build, false)?;
     let quiet = args.quiet_pull || args.quiet || crate::ui::progress_quiet();
     ensure_images_with(&paths, &only, args.pull.as_deref(), quiet)?;
     ensure_images_with(&paths, &plan, None, quiet)?;

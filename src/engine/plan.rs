@@ -82,6 +82,8 @@ pub struct UpdatePlan {
 pub struct ServicePlan {
     pub name: String,
     pub image: String,
+    /// The service has a `build:` section (its image may have to be built before `up`).
+    pub build: bool,
     pub command: Option<Vec<String>>,
     pub entrypoint: Option<Vec<String>>,
     pub environment: Vec<(String, String)>,
@@ -524,6 +526,7 @@ fn service_plan(
         depends_on.push((d.clone(), dep.condition.clone(), dep.required, dep.restart));
     }
     Ok(ServicePlan {
+        build: s.build.is_some(),
         name: s.name.clone(),
         image,
         command: s.command.clone(),
