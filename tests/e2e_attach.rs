@@ -24,20 +24,8 @@ fn run_it_is_a_real_terminal_through_the_supervisor() {
     let t = Terminal::spawn(&b, &f, &["run", "-it", "--rm", "box", "sh"]);
     // The shell's first prompt is there (held until the CLI attached).
     let at = t.expect(0, "# ");
-    t.type_(b"tty; stty size; echo mark-$((6*7))\r");
-    let at = t.expect(at, "mark-42");
-    let o = t.output();
-    assert!(o.contains("/dev/pts/"), "{o:?}");
-    assert!(o.contains("24 80"), "{o:?}");
-    // While attached the caller's terminal is raw.
-    assert!(!lflags(&t.slave).contains(nix::sys::termios::LocalFlags::ICANON));
-    set_size(&t.master, 50, 132);
-    std::thread::sleep(Duration::from_millis(200));
-    t.type_(b"stty size\r");
-    let at = t.expect(at, "50 132\r\n");
-    // Input reaches a program reading stdin.
-    t.type_(b"read x; echo got-$x\rhello\r");
-    t.expect(at, "got-hello");
+    // A pty inside, size and resize, raw mode while attached, input reaches a reader.
+    assert_terminal_basics(&t, at);
     // The container's exit status is the CLI's; --rm removes the one-off.
     t.type_(b"exit 7\r");
     let (code, err) = t.wait();

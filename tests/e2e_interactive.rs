@@ -23,20 +23,9 @@ fn exec_it_is_a_real_terminal_both_ways() {
     let t = Terminal::spawn(&b, &f, &["exec", "-it", "box", "sh"]);
     let cooked = lflags(&t.slave);
     assert!(cooked.contains(nix::sys::termios::LocalFlags::ECHO));
-    t.type_(b"tty; stty size; echo mark-$((6*7))\r");
-    let at = t.expect(0, "mark-42");
-    let o = t.output();
-    assert!(o.contains("/dev/pts/"), "{o:?}");
-    assert!(o.contains("24 80"), "{o:?}");
-    // While attached the caller's terminal is raw (no local echo, no line editing).
-    assert!(!lflags(&t.slave).contains(nix::sys::termios::LocalFlags::ICANON));
-    set_size(&t.master, 50, 132);
-    std::thread::sleep(Duration::from_millis(200));
-    t.type_(b"stty size\r");
-    t.expect(at, "50 132\r\n");
-    // Input reaches a program reading stdin; ^C is the container's, not ours.
-    t.type_(b"read x; echo got-$x\rhello\r");
-    t.expect(at, "got-hello");
+    // A pty inside, size and resize, raw mode while attached, input reaches a reader.
+    let at = assert_terminal_basics(&t, 0);
+    // ^C is the container's, not ours.
     t.type_(b"sleep 30\r");
     std::thread::sleep(Duration::from_millis(300));
     t.type_(&[3]);

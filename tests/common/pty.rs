@@ -152,3 +152,22 @@ impl Terminal {
         (st.code().unwrap_or(-1), err)
     }
 }
+
+/// What every interactive command (`exec -it`, `run -it`, `attach`) must give a shell at the
+/// caller's terminal: a pty inside, the caller's size and then its resize, raw mode on the
+/// caller's side while attached, typed input reaching a reader. Reads from `from`; returns the
+/// offset after the last check.
+pub fn assert_terminal_basics(t: &Terminal, from: usize) -> usize {
+    t.type_(b"tty; stty size; echo mark-$((6*7))\r");
+    let at = t.expect(from, "mark-42");
+    let o = t.output();
+    assert!(o.contains("/dev/pts/"), "{o:?}");
+    assert!(o.contains("24 80"), "{o:?}");
+    assert!(!lflags(&t.slave).contains(nix::sys::termios::LocalFlags::ICANON));
+    set_size(&t.master, 50, 132);
+    std::thread::sleep(Duration::from_millis(200));
+    t.type_(b"stty size\r");
+    let at = t.expect(at, "50 132\r\n");
+    t.type_(b"read x; echo got-$x\rhello\r");
+    t.expect(at, "got-hello")
+}
