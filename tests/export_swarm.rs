@@ -430,12 +430,37 @@ fn exported_stack_deploys_on_swarm_and_keeps_update_and_restart_settings() {
     );
 
     // Down: the stack, then the swarm, then the daemons; nothing left.
-    e.ok(&["stack", "rm", &stack]);
+    // `docker stack rm` removes the services, then the network, without waiting for the
+    // services' tasks to be gone: the network removal can fail with "is in use by task"
+    // on a slow machine. That is swarm's own race; repeat the rm (bounded) until it
+    // succeeds, as its users do.
     let t = Instant::now();
-    while !e.ok(&["ps", "-aq"]).trim().is_empty() {
+    loop {
+        let o = e.docker(&["stack", "rm", &stack]);
+        if o.status.success() {
+            break;
+        }
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            out.contains("in use by task") && t.elapsed() < Duration::from_secs(60),
+            "docker stack rm: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The node drops its copy of the overlay network once the last task is gone.
+    let t = Instant::now();
+    while !e.ok(&["ps", "-aq"]).trim().is_empty()
+        || e.ok(&["network", "ls", "--format", "{{.Name}}"])
+            .lines()
+            .any(|n| n.starts_with(&format!("{stack}_")))
+    {
         assert!(
             t.elapsed() < Duration::from_secs(60),
-            "stack containers not removed"
+            "stack containers or network not removed"
         );
         std::thread::sleep(Duration::from_millis(500));
     }
