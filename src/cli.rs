@@ -433,7 +433,7 @@ pub struct BuildArgs {
     /// Check the build configuration (the Dockerfiles parse, the contexts exist) without building
     #[arg(long)]
     pub check: bool,
-    /// SSH agent sockets or keys for the build (not supported: refused when given)
+    /// SSH agent socket or keys for RUN --mount=type=ssh (`default` or `ID=PATH[,PATH]`)
     #[arg(long)]
     pub ssh: Option<String>,
     /// BuildKit builder to use (accepted, no effect: berth builds itself)

@@ -16,6 +16,7 @@ use berth_runtime::image::{Image, ImageStore};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::cacheio;
 use super::dockerfile::{self, CmdForm, Dockerfile, Env, Instruction};
 use super::fsutil::{self, CopyMeta};
 use super::ignore::{self, Ignore};
@@ -57,6 +58,41 @@ pub struct BuildOptions {
     /// `host:ip` lines added to RUN's /etc/hosts.
     pub extra_hosts: Vec<(String, String)>,
     pub shm_size: Option<u64>,
+    /// `additional_contexts`: names `FROM` and `COPY --from` resolve (after stage names).
+    pub contexts: BTreeMap<String, NamedContext>,
+    /// `cache_from`: where cache records are imported from before the build.
+    pub cache_from: Vec<CacheSource>,
+    /// `cache_to: type=local,dest=DIR`: directories the build's cache records are exported to.
+    pub cache_to: Vec<PathBuf>,
+    /// `ssh`: agent sockets `RUN --mount=type=ssh,id=ID` may mount, by id.
+    pub ssh: BTreeMap<String, SshSource>,
+}
+
+/// A named build context (`additional_contexts`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedContext {
+    /// A local directory.
+    Dir(PathBuf),
+    /// An image (`docker-image://ref`, or the image a `service:` builds).
+    Image(String),
+}
+
+/// A `cache_from` source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheSource {
+    /// `type=local,src=DIR`: an OCI layout written by `cache_to: type=local`.
+    Local(PathBuf),
+    /// An image in the store (or pulled): the cache records berth's builds put in its config.
+    Image(String),
+}
+
+/// Where an ssh id's agent is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SshSource {
+    /// An agent's socket (`default`: `$SSH_AUTH_SOCK`).
+    Socket(PathBuf),
+    /// Private key files: the build runs its own `ssh-agent` holding them.
+    Keys(Vec<PathBuf>),
 }
 
 /// Progress of a build.
@@ -105,6 +141,9 @@ struct StageState {
     cmd_set: bool,
     /// `created` of the newest layer (cached or new): a fully cached rebuild is bit-identical.
     created: String,
+    /// The cache records of this stage's steps (and of the stages it derives from), carried
+    /// in the image config so that the image can serve as `cache_from`.
+    records: Vec<cacheio::Record>,
 }
 
 impl StageState {
@@ -333,6 +372,10 @@ pub struct Builder<'a> {
     stages: Vec<Stage>,
     done: BTreeMap<usize, StageState>,
     globals: BTreeMap<String, String>,
+    /// Records from `cache_from`, by key: hits when the local cache has none.
+    imported: BTreeMap<String, cacheio::Imported>,
+    /// Every layer step's record of this build (cached or new), for `cache_to`.
+    made: BTreeMap<String, (Option<String>, String)>,
 }
 
 /// A RUN/COPY working dir: an overlay snapshot (and, for RUN, a bundle and a netns).
@@ -362,7 +405,7 @@ impl Drop for Work {
     }
 }
 
-fn rand_id() -> String {
+pub(crate) fn rand_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     let n = N.fetch_add(1, Ordering::SeqCst);
@@ -428,8 +471,17 @@ pub fn build(
         stages: Vec::new(),
         done: BTreeMap::new(),
         globals: BTreeMap::new(),
+        imported: BTreeMap::new(),
+        made: BTreeMap::new(),
     };
+    if !opts.no_cache {
+        b.import_cache();
+    }
     b.run()?;
+    for dir in &opts.cache_to {
+        cacheio::export_local(&store, dir, &b.made)
+            .with_context(|| format!("cache_to: exporting the build cache to {}", dir.display()))?;
+    }
     Ok(b.outcome)
 }
 
@@ -621,11 +673,46 @@ impl Builder<'_> {
         let total = body.len() + 1;
         let id = self.next_step(&stage_name, 1, total, &from.original);
         let t0 = Instant::now();
+        // A named context (`additional_contexts`) stands for an image name it shadows.
+        let named = match self.stage_index_before(&r, i) {
+            Some(_) => None,
+            None => self.opts.contexts.get(&r).cloned(),
+        };
+        let r = match &named {
+            Some(NamedContext::Image(x)) => x.clone(),
+            _ => r,
+        };
         let mut st = if let Some(j) = self.stage_index_before(&r, i) {
             let mut s = self.done.get(&j).cloned().expect("dependency built first");
             s.args.clear();
             s.cmd_set = false;
             s
+        } else if let Some(NamedContext::Dir(d)) = &named {
+            // A directory as the stage's root filesystem: one layer of its files.
+            if !d.is_dir() {
+                return Err(self.err(&from, format!("context {} is not a directory", d.display())));
+            }
+            let l = self
+                .store
+                .commit_dir(d)
+                .map_err(|e| self.err(&from, format!("context {}: {e}", d.display())))?;
+            let (os, arch, variant) = berth_runtime::image::host_platform();
+            let mut image = Map::new();
+            image.insert("architecture".into(), json!(arch));
+            image.insert("os".into(), json!(os));
+            if let Some(v) = variant {
+                image.insert("variant".into(), json!(v));
+            }
+            image.insert("config".into(), json!({}));
+            StageState {
+                layers: vec![l.diff_id.clone()],
+                image,
+                key: hex::encode(Sha256::digest(format!("context\0{}", l.diff_id).as_bytes())),
+                args: BTreeMap::new(),
+                cmd_set: false,
+                created: "1970-01-01T00:00:00Z".into(),
+                records: Vec::new(),
+            }
         } else if r.eq_ignore_ascii_case("scratch") {
             let (os, arch, variant) = berth_runtime::image::host_platform();
             let mut image = Map::new();
@@ -642,6 +729,7 @@ impl Builder<'_> {
                 args: BTreeMap::new(),
                 cmd_set: false,
                 created: "1970-01-01T00:00:00Z".into(),
+                records: Vec::new(),
             }
         } else {
             let img = self.image_for(&r, &from)?;
@@ -661,6 +749,7 @@ impl Builder<'_> {
                 "docker_version",
                 "id",
                 "parent",
+                cacheio::IMAGE_FIELD,
             ] {
                 image.remove(k);
             }
@@ -671,6 +760,7 @@ impl Builder<'_> {
                 args: BTreeMap::new(),
                 cmd_set: false,
                 created,
+                records: Vec::new(),
             }
         };
         (self.events)(Event::Done {
@@ -970,6 +1060,11 @@ impl Builder<'_> {
         if self.opts.no_cache {
             return None;
         }
+        if !self.cache_path(key).exists() {
+            if let Some(e) = self.imported_get(key) {
+                return Some(e);
+            }
+        }
         let b = std::fs::read(self.cache_path(key)).ok()?;
         let e: CacheEntry = serde_json::from_slice(&b).ok()?;
         match &e.diff_id {
@@ -991,6 +1086,13 @@ impl Builder<'_> {
 
     /// Apply a layer step's result (cached or new) to the stage.
     fn apply(&mut self, st: &mut StageState, e: &CacheEntry, text: &str) {
+        self.made
+            .insert(st.key.clone(), (e.diff_id.clone(), e.created.clone()));
+        st.records.push(cacheio::Record {
+            key: st.key.clone(),
+            layer: e.diff_id.as_ref().map(|_| st.layers.len()),
+            created: e.created.clone(),
+        });
         st.created = e.created.clone();
         match &e.diff_id {
             Some(d) => {
@@ -998,6 +1100,56 @@ impl Builder<'_> {
                 st.history(text, false);
             }
             None => st.history(text, true),
+        }
+    }
+
+    // ---- cache_from --------------------------------------------------------------------
+
+    /// Read the `cache_from` sources. One that cannot be read is warned about and skipped: a
+    /// cache source only saves work.
+    fn import_cache(&mut self) {
+        for src in &self.opts.cache_from {
+            let r = match src {
+                CacheSource::Local(d) => cacheio::import_local(d)
+                    .with_context(|| format!("cache_from type=local,src={}", d.display())),
+                CacheSource::Image(r) => (|| {
+                    let img = match self.store.get(r)? {
+                        Some(i) => i,
+                        None => crate::commands::image::pull_one(self.store, r)?,
+                    };
+                    let cfg = self.store.config_json(&img)?;
+                    cacheio::import_image(&cfg, img.config.rootfs().diff_ids())
+                })()
+                .with_context(|| format!("cache_from {r}")),
+            };
+            match r {
+                Ok(m) => {
+                    for (k, v) in m {
+                        self.imported.entry(k).or_insert(v);
+                    }
+                }
+                Err(e) => eprintln!("warning: {}: {e:#}; building without it", self.file),
+            }
+        }
+    }
+
+    /// A record from a cache source, its layer brought into the store, written to the local
+    /// cache so that later builds hit it too.
+    fn imported_get(&self, key: &str) -> Option<CacheEntry> {
+        let i = self.imported.get(key)?;
+        match cacheio::materialize(self.store, i) {
+            Ok(diff_id) => {
+                let e = CacheEntry {
+                    diff_id,
+                    created: i.created.clone(),
+                };
+                let _ = self.cache_put(key, &e);
+                Some(e)
+            }
+            Err(err) => {
+                eprintln!("warning: cache_from record {key}: {err:#}; running the step");
+                None
+            }
         }
     }
 
@@ -1252,10 +1404,30 @@ impl Builder<'_> {
                     rw: kv.contains_key("rw") || kv.contains_key("readwrite"),
                 })
             }
-            "ssh" => Err(self.err(
-                ins,
-                "--mount=type=ssh is not supported (no SSH agent forwarding into builds)",
-            )),
+            "ssh" => {
+                let sid = kv.get("id").cloned().unwrap_or_else(|| "default".into());
+                let required = kv
+                    .get("required")
+                    .map(|v| v.is_empty() || v == "true")
+                    .unwrap_or(false);
+                let src = self.opts.ssh.get(&sid).cloned();
+                if src.is_none() && required {
+                    return Err(self.err(
+                        ins,
+                        format!(
+                            "ssh {sid} is required but was not given to the build (build.ssh: \
+                             [{sid}] or [{sid}=/path/to/key])"
+                        ),
+                    ));
+                }
+                Ok(RunMount::Ssh {
+                    target: target.unwrap_or_else(|| "/run/buildkit/ssh_agent.0".into()),
+                    src,
+                    mode: mode.unwrap_or(0o600),
+                    uid: uid.unwrap_or(0),
+                    gid: gid.unwrap_or(0),
+                })
+            }
             o => Err(self.err(ins, format!("unknown --mount type {o}"))),
         }
     }
@@ -1370,6 +1542,8 @@ impl Builder<'_> {
                 ));
             }
         }
+        // Agents started for this RUN's ssh mounts, stopped when it returns.
+        let mut agents: Vec<Agent> = Vec::new();
         for (i, m) in mounts.iter().enumerate() {
             match m {
                 RunMount::Secret {
@@ -1415,6 +1589,41 @@ impl Builder<'_> {
                 }
                 RunMount::Tmpfs { target, size } => {
                     c.mounts.push(MountSpec::tmpfs(target, *size, None))
+                }
+                RunMount::Ssh {
+                    target,
+                    src,
+                    mode,
+                    uid,
+                    gid,
+                } => {
+                    let Some(src) = src else { continue };
+                    let sock = match src {
+                        SshSource::Socket(p) => {
+                            if !p.exists() {
+                                return Err(self.err(
+                                    ins,
+                                    format!("ssh agent socket {} does not exist", p.display()),
+                                ));
+                            }
+                            p.clone()
+                        }
+                        SshSource::Keys(keys) => {
+                            // Our own agent, its socket in the step's private dir, owned and
+                            // moded as the mount asks.
+                            let p = files.join(format!("ssh-{i}.sock"));
+                            agents.push(start_agent(&p, keys).map_err(|e| self.err(ins, e))?);
+                            use std::os::unix::fs::PermissionsExt;
+                            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))?;
+                            std::os::unix::fs::chown(&p, Some(*uid), Some(*gid))?;
+                            p
+                        }
+                    };
+                    c.mounts
+                        .push(MountSpec::bind(sock.to_string_lossy(), target, false));
+                    if !c.env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+                        c.env.push(format!("SSH_AUTH_SOCK={target}"));
+                    }
                 }
                 RunMount::Bind { target, host, rw } => {
                     if *rw {
@@ -1496,11 +1705,26 @@ impl Builder<'_> {
             &["from", "chown", "chmod", "link", "parents", "exclude"]
         };
         ins.check_flags(allowed).map_err(|e| self.err(ins, e.msg))?;
-        if ins.flag("parents").is_some() || ins.flag("exclude").is_some() {
-            return Err(self.err(ins, "--parents and --exclude are not supported yet"));
-        }
         let env = st.subst_env();
         let esc = self.df.escape;
+        // `--parents`: each source keeps its path (below a `/./` pivot) under the destination.
+        let parents = match ins.flag("parents") {
+            None | Some("false") => false,
+            Some("" | "true") => true,
+            Some(o) => return Err(self.err(ins, format!("--parents={o}: use true or false"))),
+        };
+        // `--exclude=PATTERN` (repeatable): .dockerignore-style patterns, matched against the
+        // path below a directory source, a file's name, or its path in the context.
+        let mut excl_text = String::new();
+        for pat in ins.flag_all("exclude") {
+            let pat = dockerfile::process_word(pat, &env, esc).map_err(|e| self.err(ins, e))?;
+            if pat.is_empty() || pat.starts_with('!') {
+                return Err(self.err(ins, format!("--exclude={pat:?}: a pattern is needed")));
+            }
+            excl_text.push_str(&pat);
+            excl_text.push('\n');
+        }
+        let excl = Ignore::parse(&excl_text).map_err(|e| self.err(ins, e))?;
         let mut words = match ins.json_args() {
             Some(v) => v
                 .iter()
@@ -1544,7 +1768,9 @@ impl Builder<'_> {
             }
         };
         let mut hasher = Sha256::new();
-        let from_root: Option<(Work, bool)> = match &from {
+        // The root the sources are read from (another stage, a named context, an image) and
+        // the snapshot that keeps it mounted.
+        let from_root: Option<(PathBuf, Option<Work>)> = match &from {
             None => None,
             Some(f) => {
                 let stage = self
@@ -1552,21 +1778,43 @@ impl Builder<'_> {
                     .and_then(|j| self.done.get(&j).map(|s| (j, s)));
                 // The key takes the content of the files read there, not the stage's whole key:
                 // a change elsewhere in that stage does not rerun this copy (as BuildKit).
-                let layers = match stage {
-                    Some((_, s)) => s.layers.clone(),
-                    None => {
+                let layers = match (stage, self.opts.contexts.get(f)) {
+                    (Some((_, s)), _) => Some(s.layers.clone()),
+                    (None, Some(NamedContext::Dir(d))) => {
+                        if !d.is_dir() {
+                            return Err(self.err(
+                                ins,
+                                format!("context {f} ({}) is not a directory", d.display()),
+                            ));
+                        }
+                        None
+                    }
+                    (None, Some(NamedContext::Image(r))) => {
+                        let img = self.image_for(r, ins)?;
+                        Some(img.config.rootfs().diff_ids().to_vec())
+                    }
+                    (None, None) => {
                         if f.parse::<usize>().is_ok() {
                             return Err(self.err(ins, format!("stage {f} not found")));
                         }
                         let img = self.image_for(f, ins)?;
-                        img.config.rootfs().diff_ids().to_vec()
+                        Some(img.config.rootfs().diff_ids().to_vec())
                     }
                 };
-                Some((self.work(&layers)?, true))
+                match (layers, self.opts.contexts.get(f)) {
+                    (Some(l), _) => {
+                        let w = self.work(&l)?;
+                        Some((w.rootfs(), Some(w)))
+                    }
+                    (None, Some(NamedContext::Dir(d))) => Some((d.clone(), None)),
+                    (None, _) => unreachable!("layers, or a directory context"),
+                }
             }
         };
-        // Resolve the sources to host paths (with the part of the path below them kept).
+        // Resolve the sources to host paths (with the part of the path below them kept), and
+        // for `--parents` the path each gets under the destination.
         let mut sources: Vec<(PathBuf, String)> = Vec::new();
+        let mut keep: Vec<String> = Vec::new();
         let ctx = self.opts.context.clone();
         match &from_root {
             None => {
@@ -1580,11 +1828,13 @@ impl Builder<'_> {
                         return Err(self.err(ins, format!("ADD of a remote URL ({s}) is not supported: berth builds offline; download it in the context and COPY it")));
                     }
                     let rel = fsutil::context_rel(s).map_err(|e| self.err(ins, e))?;
+                    let pivot = parents_pivot(s);
                     if ignore::has_glob(&rel) {
                         let mut hits = 0;
                         for p in all.as_ref().expect("walked") {
                             if ignore::glob_match(&rel, p).map_err(|e| self.err(ins, e))? {
                                 sources.push((ctx.join(p), p.clone()));
+                                keep.push(below_pivot(p, &pivot));
                                 hits += 1;
                             }
                         }
@@ -1607,12 +1857,13 @@ impl Builder<'_> {
                                 ),
                             ));
                         }
+                        keep.push(below_pivot(&rel, &pivot));
                         sources.push((host, if rel == "." { String::new() } else { rel }));
                     }
                 }
             }
-            Some((w, _)) => {
-                let root = w.rootfs();
+            Some((root, _)) => {
+                let root = root.clone();
                 for s in &srcs {
                     let host = fsutil::resolve_in_root(&root, s).map_err(|e| self.err(ins, e))?;
                     if std::fs::symlink_metadata(&host).is_err() {
@@ -1621,15 +1872,54 @@ impl Builder<'_> {
                             format!("{s}: not found in {}", from.as_deref().unwrap_or("")),
                         ));
                     }
+                    let inner = ignore::clean(&format!("/{s}"));
+                    keep.push(below_pivot(
+                        inner.trim_start_matches('/'),
+                        &parents_pivot(s),
+                    ));
                     sources.push((host, String::new()));
+                }
+            }
+        }
+        // `--exclude`d sources themselves.
+        if !excl.patterns.is_empty() {
+            let mut i = 0;
+            while i < sources.len() {
+                let (host, rel) = &sources[i];
+                let name = host
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if (!rel.is_empty() && excl.excluded(rel))
+                    || (!name.is_empty() && excl.excluded(&name))
+                {
+                    sources.remove(i);
+                    keep.remove(i);
+                } else {
+                    i += 1;
                 }
             }
         }
         // The content hash.
         let ig = self.ignore.clone();
         let from_ctx = from_root.is_none();
+        // Is a path `r` inside source `base` left out (.dockerignore, `--exclude`)?
+        let dropped = |r: &str, base: &str| -> bool {
+            if from_ctx && ig.excluded(r) {
+                return true;
+            }
+            if excl.patterns.is_empty() {
+                return false;
+            }
+            let below = if base.is_empty() {
+                Some(r)
+            } else {
+                r.strip_prefix(base).and_then(|x| x.strip_prefix('/'))
+            };
+            excl.excluded(r) || below.is_some_and(|b| excl.excluded(b))
+        };
         for (host, rel) in &sources {
-            let filter = |r: &str| !from_ctx || !ig.excluded(r);
+            let filter = |r: &str| !dropped(r, rel);
             // Context paths are relative to the context (the filter matches them); sources of
             // another stage or image are named by the instruction text in the key.
             fsutil::content_hash(host, rel, &|r: &str| filter(r), !from_ctx, &mut hasher)?;
@@ -1665,7 +1955,8 @@ impl Builder<'_> {
         let meta = CopyMeta {
             owner,
             chmod,
-            keep_owner: from_root.is_some(),
+            // Files of another stage or an image keep their owners; a directory's do not.
+            keep_owner: from_root.as_ref().is_some_and(|(_, w)| w.is_some()),
         };
         let cwd = st.str_field("WorkingDir");
         let dest = if dest_raw.starts_with('/') {
@@ -1683,18 +1974,29 @@ impl Builder<'_> {
         let n_src = sources.len() + ins.heredocs.len();
         let dest_is_dir = dest_raw.ends_with('/')
             || dest_raw == "."
+            || parents
             || n_src > 1
             || srcs.iter().any(|s| ignore::has_glob(s))
             || fsutil::resolve_in_root(&rootfs, &dest)
                 .map(|p| p.is_dir())
                 .unwrap_or(false);
         let r = (|| -> anyhow::Result<()> {
-            let ig = self.ignore.clone();
             if dest_is_dir {
-                let d = fsutil::mkdir_in_root(&rootfs, &dest, owner)?;
-                for (host, rel) in &sources {
-                    let filter = |r: &str| !from_ctx || !ig.excluded(r);
+                let top = fsutil::mkdir_in_root(&rootfs, &dest, owner)?;
+                for ((host, rel), kept) in sources.iter().zip(&keep) {
+                    let filter = |r: &str| !dropped(r, rel);
                     let m = std::fs::symlink_metadata(host)?;
+                    // `--parents`: the directory the source's path names, under the destination.
+                    let d = if !parents {
+                        top.clone()
+                    } else {
+                        let sub = if m.is_dir() {
+                            kept.as_str()
+                        } else {
+                            kept.rsplit_once('/').map(|x| x.0).unwrap_or("")
+                        };
+                        fsutil::mkdir_in_root(&rootfs, &format!("{dest}/{sub}"), owner)?
+                    };
                     if m.is_dir() {
                         // The contents of a directory source.
                         for (e, r) in fsutil::children(host, rel)? {
@@ -1711,7 +2013,7 @@ impl Builder<'_> {
                 }
                 for h in &ins.heredocs {
                     let body = self.heredoc_body(h, &env)?;
-                    fsutil::write_file(&d.join(&h.name), body.as_bytes(), meta)?;
+                    fsutil::write_file(&top.join(&h.name), body.as_bytes(), meta)?;
                 }
             } else {
                 let parent = match dest.rsplit_once('/') {
@@ -1725,8 +2027,10 @@ impl Builder<'_> {
                     let body = self.heredoc_body(h, &env)?;
                     fsutil::write_file(&target, body.as_bytes(), meta)?;
                 } else {
-                    let (host, rel) = &sources[0];
-                    let filter = |r: &str| !from_ctx || !ig.excluded(r);
+                    let (host, rel) = sources
+                        .first()
+                        .ok_or_else(|| anyhow!("every source is left out by --exclude"))?;
+                    let filter = |r: &str| !dropped(r, rel);
                     let m = std::fs::symlink_metadata(host)?;
                     if m.is_dir() {
                         std::fs::create_dir_all(&target)?;
@@ -1796,6 +2100,12 @@ impl Builder<'_> {
             }
         }
         st.image.insert("created".into(), json!(st.created));
+        if !st.records.is_empty() {
+            st.image.insert(
+                cacheio::IMAGE_FIELD.into(),
+                serde_json::to_value(&st.records)?,
+            );
+        }
         st.image.insert(
             "rootfs".into(),
             json!({"type": "layers", "diff_ids": st.layers}),
@@ -1833,6 +2143,66 @@ enum RunMount {
         host: PathBuf,
         rw: bool,
     },
+    /// An ssh agent's socket (none: not given and not required, so not mounted).
+    Ssh {
+        target: String,
+        src: Option<SshSource>,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+}
+
+/// The `ssh-agent` a RUN with key files gets: killed and reaped when dropped.
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `ssh-agent` on `sock` holding `keys` (like BuildKit's own agent for key files).
+fn start_agent(sock: &Path, keys: &[PathBuf]) -> anyhow::Result<Agent> {
+    let child = std::process::Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(sock)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting ssh-agent for the build's ssh keys (is openssh-client installed?)")?;
+    let mut agent = Agent(child);
+    let t0 = Instant::now();
+    while !sock.exists() {
+        if let Some(st) = agent.0.try_wait()? {
+            bail!("ssh-agent exited ({st}) before making its socket");
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            bail!("ssh-agent did not make its socket within 10s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for k in keys {
+        let out = std::process::Command::new("ssh-add")
+            .arg(k)
+            .env("SSH_AUTH_SOCK", sock)
+            .env("SSH_ASKPASS_REQUIRE", "never")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .context("running ssh-add")?;
+        if !out.status.success() {
+            bail!(
+                "ssh-add {}: {} (keys with a passphrase need an agent: give its socket, or \
+                 `default` with $SSH_AUTH_SOCK)",
+                k.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(agent)
 }
 
 /// The first component of `dest` (inside `rootfs`) that does not exist: what creating a mount
@@ -1888,6 +2258,30 @@ fn remove_stub(upper: &Path, stub: &str, dest: &str) {
         } else {
             break;
         }
+    }
+}
+
+/// The part of a `COPY --parents` source before a `/./` pivot (cleaned, relative; empty if
+/// none): the path kept under the destination starts after it.
+fn parents_pivot(src: &str) -> String {
+    match src.find("/./") {
+        Some(i) => {
+            let c = ignore::clean(&format!("/{}", &src[..i]));
+            c.trim_start_matches('/').to_string()
+        }
+        None => String::new(),
+    }
+}
+
+/// `path` (relative, cleaned) below `pivot`.
+fn below_pivot(path: &str, pivot: &str) -> String {
+    let p = if path == "." { "" } else { path };
+    if pivot.is_empty() {
+        return p.to_string();
+    }
+    match p.strip_prefix(pivot) {
+        Some(r) => r.trim_start_matches('/').to_string(),
+        None => p.to_string(),
     }
 }
 

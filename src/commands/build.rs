@@ -10,7 +10,9 @@ use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context};
 
-use crate::build::exec::{self, BuildOptions, Event, Network, SecretSource};
+use crate::build::exec::{
+    self, BuildOptions, CacheSource, Event, NamedContext, Network, SecretSource, SshSource,
+};
 use crate::cli::{BuildArgs, ProjectOpts};
 use crate::compose::model::{Project, Service};
 use crate::paths::Paths;
@@ -66,7 +68,9 @@ fn options_for(
     cli_args: &BTreeMap<String, String>,
 ) -> anyhow::Result<BuildOptions> {
     let b = s.build.as_ref().expect("a build section");
-    let what = |k: &str| format!("service {:?}: build.{k}", s.name);
+    // `file:line:col: services.NAME.build.KEY` where the key was written.
+    let prefix = format!("services.{}.build.", s.name);
+    let what = |k: &str| b.at.key(&prefix, k);
     let context = b.context.clone().unwrap_or_else(|| ".".into());
     if context.contains("://") || context.starts_with("git@") || context.ends_with(".git") {
         bail!(
@@ -176,7 +180,211 @@ fn options_for(
         secrets,
         extra_hosts,
         shm_size: b.shm_size,
+        contexts: named_contexts(project, s, &what)?,
+        cache_from: cache_from(project, s, &what)?,
+        cache_to: cache_to(project, s, &what)?,
+        ssh: ssh_sources(project, &b.ssh, &what("ssh"))?,
     })
+}
+
+/// `additional_contexts`: a directory, `docker-image://REF` or `service:NAME` (the image that
+/// service builds, built first). Remote (git/URL) and `oci-layout://` contexts are refused.
+fn named_contexts(
+    project: &Project,
+    s: &Service,
+    what: &dyn Fn(&str) -> String,
+) -> anyhow::Result<BTreeMap<String, NamedContext>> {
+    let b = s.build.as_ref().expect("a build section");
+    let mut out = BTreeMap::new();
+    for (name, v) in &b.additional_contexts {
+        let c = if let Some(r) = v.strip_prefix("docker-image://") {
+            NamedContext::Image(r.to_string())
+        } else if let Some(svc) = v.strip_prefix("service:") {
+            let other = project.services.get(svc).ok_or_else(|| {
+                anyhow!(
+                    "{}: {name}: service {svc:?} does not exist",
+                    what("additional_contexts")
+                )
+            })?;
+            if other.build.is_none() {
+                bail!(
+                    "{}: {name}: service {svc:?} has no build section",
+                    what("additional_contexts")
+                );
+            }
+            NamedContext::Image(image_name(project, other))
+        } else if v.contains("://") || v.starts_with("git@") || v.ends_with(".git") {
+            bail!(
+                "{}: {name}: {v} is a remote context; berth builds from local directories and \
+                 images only (docker-image://, service:)",
+                what("additional_contexts")
+            );
+        } else {
+            let p = PathBuf::from(v);
+            if !p.is_dir() {
+                bail!(
+                    "{}: {name}: {} is not a directory",
+                    what("additional_contexts"),
+                    p.display()
+                );
+            }
+            NamedContext::Dir(p)
+        };
+        out.insert(name.clone(), c);
+    }
+    Ok(out)
+}
+
+/// `type=..,k=v` options of a cache entry; `None` for a bare image reference.
+fn cache_opts(entry: &str) -> Option<BTreeMap<String, String>> {
+    if !entry.contains('=') {
+        return None;
+    }
+    Some(
+        entry
+            .split(',')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) => (k.trim().to_string(), v.trim().to_string()),
+                None => (kv.trim().to_string(), String::new()),
+            })
+            .collect(),
+    )
+}
+
+fn project_path(project: &Project, p: &str) -> PathBuf {
+    let p = PathBuf::from(p);
+    if p.is_absolute() {
+        p
+    } else {
+        project.working_dir.join(p)
+    }
+}
+
+/// `cache_from`: `type=local,src=DIR` and image references (bare, or `type=registry,ref=R`,
+/// read as the image: berth's images carry their cache records). Other types (gha, s3, azblob)
+/// are warned about and ignored: a cache source only saves work, the build is the same
+/// without it (BuildKit, too, goes on when a cache source cannot be imported).
+fn cache_from(
+    project: &Project,
+    s: &Service,
+    what: &dyn Fn(&str) -> String,
+) -> anyhow::Result<Vec<CacheSource>> {
+    let b = s.build.as_ref().expect("a build section");
+    let mut out = Vec::new();
+    for e in &b.cache_from {
+        let Some(o) = cache_opts(e) else {
+            out.push(CacheSource::Image(e.clone()));
+            continue;
+        };
+        match o.get("type").map(String::as_str).unwrap_or("registry") {
+            "local" => {
+                let src = o.get("src").ok_or_else(|| {
+                    anyhow!("{}: {e}: type=local needs src=DIR", what("cache_from"))
+                })?;
+                out.push(CacheSource::Local(project_path(project, src)));
+            }
+            "registry" => match o.get("ref") {
+                Some(r) => out.push(CacheSource::Image(r.clone())),
+                None => bail!("{}: {e}: type=registry needs ref=IMAGE", what("cache_from")),
+            },
+            t => eprintln!(
+                "warning: {}: {e}: cache type {t} is not supported by berth's builder; \
+                 ignored (the build runs without this cache source)",
+                what("cache_from")
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// `cache_to`: `type=local,dest=DIR` exports; `type=inline` is what berth's images always
+/// carry. Any other type is an error: the user asked for a cache to be written where berth
+/// cannot write it, and finding it missing later is worse (BuildKit's docker driver refuses
+/// cache export the same way).
+fn cache_to(
+    project: &Project,
+    s: &Service,
+    what: &dyn Fn(&str) -> String,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let b = s.build.as_ref().expect("a build section");
+    let mut out = Vec::new();
+    for e in &b.cache_to {
+        let o = cache_opts(e).unwrap_or_default();
+        match o.get("type").map(String::as_str) {
+            Some("local") => {
+                let dest = o.get("dest").ok_or_else(|| {
+                    anyhow!("{}: {e}: type=local needs dest=DIR", what("cache_to"))
+                })?;
+                if let Some(m) = o.get("mode") {
+                    if m != "min" && m != "max" {
+                        bail!("{}: {e}: mode={m}: use min or max", what("cache_to"));
+                    }
+                }
+                out.push(project_path(project, dest));
+            }
+            Some("inline") => {}
+            t => bail!(
+                "{}: {e}: cache export type {} is not supported by berth's builder (use \
+                 type=local,dest=DIR, or type=inline: berth's images carry their cache records)",
+                what("cache_to"),
+                t.unwrap_or("(none)")
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// `ssh`: `default` (`$SSH_AUTH_SOCK`), `ID` alone (the same), or `ID=PATH[,PATH]` where each
+/// path is an agent socket or a private key file (the build then runs its own `ssh-agent`).
+fn ssh_sources(
+    project: &Project,
+    list: &[String],
+    what: &str,
+) -> anyhow::Result<BTreeMap<String, SshSource>> {
+    let mut out = BTreeMap::new();
+    for e in list {
+        let (id, paths) = match e.split_once('=') {
+            Some((id, p)) if !p.is_empty() => (id.to_string(), Some(p.to_string())),
+            Some((id, _)) => (id.to_string(), None),
+            None => (e.clone(), None),
+        };
+        let src = match paths {
+            None => {
+                let sock = std::env::var("SSH_AUTH_SOCK")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "{what}: {e}: forwarding the ssh agent needs $SSH_AUTH_SOCK, which \
+                             is not set (start ssh-agent, or give id=/path/to/key)"
+                        )
+                    })?;
+                SshSource::Socket(PathBuf::from(sock))
+            }
+            Some(p) => {
+                let paths: Vec<PathBuf> = p.split(',').map(|x| project_path(project, x)).collect();
+                use std::os::unix::fs::FileTypeExt;
+                let mut keys = Vec::new();
+                let mut socket = None;
+                for x in &paths {
+                    let m = std::fs::metadata(x)
+                        .with_context(|| format!("{what}: {e}: {}", x.display()))?;
+                    if m.file_type().is_socket() {
+                        socket = Some(x.clone());
+                    } else {
+                        keys.push(x.clone());
+                    }
+                }
+                match (socket, keys.is_empty()) {
+                    (Some(s), true) if paths.len() == 1 => SshSource::Socket(s),
+                    (None, false) => SshSource::Keys(keys),
+                    _ => bail!("{what}: {e}: give one agent socket or key files, not both"),
+                }
+            }
+        };
+        out.insert(id, src);
+    }
+    Ok(out)
 }
 
 /// The builds for `services` (all with `build:` if empty), one per image.
@@ -190,6 +398,28 @@ pub fn jobs(
             bail!("no such service: {s}");
         }
     }
+    // `additional_contexts: {x: service:NAME}` needs NAME's image: build it too.
+    let mut services = services.to_vec();
+    if !services.is_empty() {
+        let mut i = 0;
+        while i < services.len() {
+            if let Some(b) = project
+                .services
+                .get(&services[i])
+                .and_then(|s| s.build.as_ref())
+            {
+                for v in b.additional_contexts.values() {
+                    if let Some(d) = v.strip_prefix("service:") {
+                        if project.services.contains_key(d) && !services.iter().any(|x| x == d) {
+                            services.push(d.to_string());
+                        }
+                    }
+                }
+            }
+            i += 1;
+        }
+    }
+    let services = &services;
     let mut out: Vec<Job> = Vec::new();
     for (name, s) in &project.services {
         if (!services.is_empty() && !services.contains(name)) || s.build.is_none() {
@@ -230,26 +460,71 @@ pub fn run_jobs(paths: &Paths, jobs: &[Job], mode: ProgressMode) -> anyhow::Resu
     }
     install_sigint();
     let out = Mutex::new(());
-    let results: Vec<anyhow::Result<exec::Outcome>> = std::thread::scope(|sc| {
-        let handles: Vec<_> = jobs
-            .iter()
-            .map(|j| {
-                let out = &out;
-                sc.spawn(move || {
-                    let label = j.services.join(",");
-                    let mut show = |e: Event| print_event(out, mode, &label, e);
-                    exec::build(paths, &j.opts, &mut show)
+    // A job whose `additional_contexts` name another job's image (`service:`) waits for it:
+    // the jobs run in waves, each wave's builds in parallel.
+    let deps: Vec<Vec<usize>> = jobs
+        .iter()
+        .map(|j| {
+            j.opts
+                .contexts
+                .values()
+                .filter_map(|c| match c {
+                    NamedContext::Image(r) => jobs.iter().position(|o| &o.image == r),
+                    NamedContext::Dir(_) => None,
                 })
-            })
+                .collect()
+        })
+        .collect();
+    let mut slots: Vec<Option<anyhow::Result<exec::Outcome>>> = jobs.iter().map(|_| None).collect();
+    while slots.iter().any(Option::is_none) {
+        let wave: Vec<usize> = (0..jobs.len())
+            .filter(|&i| slots[i].is_none())
+            .filter(|&i| deps[i].iter().all(|&d| d != i && slots[d].is_some()))
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow!("a build thread panicked")))
-            })
-            .collect()
-    });
+        if wave.is_empty() {
+            for s in slots.iter_mut().filter(|s| s.is_none()) {
+                *s = Some(Err(anyhow!(
+                    "additional_contexts: service images depend on each other in a cycle"
+                )));
+            }
+            break;
+        }
+        let results: Vec<anyhow::Result<exec::Outcome>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = wave
+                .iter()
+                .map(|&i| {
+                    let j = &jobs[i];
+                    let out = &out;
+                    let failed_dep = deps[i]
+                        .iter()
+                        .find(|&&d| matches!(slots[d], Some(Err(_))))
+                        .map(|&d| jobs[d].image.clone());
+                    sc.spawn(move || {
+                        if let Some(d) = failed_dep {
+                            bail!("its context image {d} failed to build");
+                        }
+                        let label = j.services.join(",");
+                        let mut show = |e: Event| print_event(out, mode, &label, e);
+                        exec::build(paths, &j.opts, &mut show)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow!("a build thread panicked")))
+                })
+                .collect()
+        });
+        for (i, r) in wave.into_iter().zip(results) {
+            slots[i] = Some(r);
+        }
+    }
+    let results: Vec<anyhow::Result<exec::Outcome>> = slots
+        .into_iter()
+        .map(|s| s.expect("every job ran"))
+        .collect();
     // Layers only the cache names are kept from prune until `builder prune`.
     if let Ok(store) = berth_runtime::image::ImageStore::open(&paths.images()) {
         let _ = store.hold_layers("build-cache", &exec::cached_layers(paths));
@@ -373,9 +648,6 @@ fn parse_build_args(list: &[String]) -> anyhow::Result<BTreeMap<String, String>>
 
 /// `berth build [SERVICE...]`.
 pub fn build(p: &ProjectOpts, args: &BuildArgs) -> anyhow::Result<u8> {
-    if args.ssh.is_some() {
-        bail!("build --ssh is not supported by berth's builder (RUN --mount=type=ssh neither)");
-    }
     let paths = Paths::from_env();
     let project = crate::compose::load(&crate::compose::LoadOptions::from_cli(p))?;
     let cli_args = parse_build_args(&args.build_arg)?;
@@ -395,9 +667,17 @@ pub fn build(p: &ProjectOpts, args: &BuildArgs) -> anyhow::Result<u8> {
         }
     }
     let mut jobs = jobs(&project, &services, &cli_args)?;
+    // `--ssh default|ID=PATH[,PATH]` (as compose's): added to every build's ssh sources.
+    let cli_ssh = match &args.ssh {
+        Some(v) => ssh_sources(&project, std::slice::from_ref(v), "--ssh")?,
+        None => BTreeMap::new(),
+    };
     for j in &mut jobs {
         j.opts.no_cache |= args.no_cache;
         j.opts.pull |= args.pull;
+        j.opts
+            .ssh
+            .extend(cli_ssh.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
     if jobs.is_empty() {
         eprintln!("no service to build (none has a build section)");

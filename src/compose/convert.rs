@@ -1685,6 +1685,11 @@ fn build(cx: &mut Cx, svc: &str, n: &Node, path: &str) -> R<Option<Build>> {
         V::Null => return Ok(None),
         V::Scalar(s, _) => {
             b.context = Some(context_path(cx, s));
+            if n.mark.line > 0 {
+                let m = &n.mark;
+                b.at.0
+                    .insert("context".into(), format!("{}:{}:{}", m.file, m.line, m.col));
+            }
             b.dockerfile = Some("Dockerfile".into());
             return Ok(Some(b));
         }
@@ -1724,6 +1729,11 @@ fn build(cx: &mut Cx, svc: &str, n: &Node, path: &str) -> R<Option<Build>> {
     )?;
     for e in map_of(n, path)? {
         let kp = join(path, &e.key);
+        if e.val.mark.line > 0 {
+            let m = &e.val.mark;
+            b.at.0
+                .insert(e.key.clone(), format!("{}:{}:{}", m.file, m.line, m.col));
+        }
         match e.key.as_str() {
             "context" => b.context = opt_string(&e.val, &kp)?.map(|s| context_path(cx, &s)),
             "dockerfile" => {

@@ -437,6 +437,30 @@ pub struct Build {
     pub platforms: Vec<String>,
     #[serde(skip_serializing_if = "is_false")]
     pub privileged: bool,
+    /// Where each key of the section was written (`file:line:col`), for build-time errors.
+    #[serde(skip)]
+    pub at: KeyMarks,
+}
+
+/// `file:line:col` of the keys of a section, by key name. Not part of the model's value: two
+/// models that differ only in where keys were written are equal.
+#[derive(Debug, Clone, Default)]
+pub struct KeyMarks(pub IndexMap<String, String>);
+
+impl PartialEq for KeyMarks {
+    fn eq(&self, _: &KeyMarks) -> bool {
+        true
+    }
+}
+
+impl KeyMarks {
+    /// `file:line:col: build.KEY` for errors (just the key path when its place is unknown).
+    pub fn key(&self, prefix: &str, key: &str) -> String {
+        match self.0.get(key) {
+            Some(m) => format!("{m}: {prefix}{key}"),
+            None => format!("{prefix}{key}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
