@@ -810,8 +810,18 @@ mod tests {
                     Ok(j) => assert_eq!(j[0].image, want),
                     Err(e) => {
                         let e = format!("{e:#}");
+                        // file:line:col: services.NAME.build.context: ...
+                        let key = format!(": services.{name}.build.context: ");
+                        let at = e.split(&key).next().unwrap_or("");
+                        let mut pos = at.rsplitn(3, ':');
+                        let (col, line, file) = (pos.next(), pos.next(), pos.next());
                         assert!(
-                            e.contains(&format!("service {name:?}: build.context")),
+                            e.contains(&key)
+                                && file
+                                    .is_some_and(|f| f.ends_with(".yaml") || f.ends_with(".yml"))
+                                && [line, col]
+                                    .iter()
+                                    .all(|n| n.is_some_and(|n| n.parse::<usize>().is_ok())),
                             "{}: {e}",
                             f.display()
                         );
