@@ -574,3 +574,117 @@ fn inline_dockerfile_extra_hosts_and_isolated_network() {
     // The /etc/hosts of the build is not the image's.
     assert!(!layers[1..].iter().any(|l| l.join("etc/hosts").exists()));
 }
+
+/// The file `rel` in the topmost layer of `cfg` that has it.
+fn in_layers(b: &Berth, cfg: &serde_json::Value, rel: &str) -> Option<PathBuf> {
+    layer_dirs(b, cfg)
+        .iter()
+        .rev()
+        .map(|l| l.join(rel))
+        .find(|p| std::fs::symlink_metadata(p).is_ok())
+}
+
+fn read_in_layers(b: &Berth, cfg: &serde_json::Value, rel: &str) -> String {
+    let p = in_layers(b, cfg, rel).unwrap_or_else(|| panic!("{rel} is in no layer"));
+    std::fs::read_to_string(p).unwrap()
+}
+
+#[test]
+fn named_contexts_copy_parents_exclude_and_from_image() {
+    let b = Berth::new();
+    let p = unique("bctx");
+    let ctx = b.dir.path().join("main");
+    write(
+        &ctx,
+        "Dockerfile",
+        "FROM tools AS t\n\
+         FROM berth-test/busybox:1\n\
+         COPY --from=extra /data.txt /from-dir.txt\n\
+         COPY --from=img /etc/group /img-group\n\
+         COPY --from=berth-test/busybox:1 /etc/passwd /store-passwd\n\
+         COPY --from=t /tool.sh /tool.sh\n\
+         COPY --from=sib /sib.txt /sib.txt\n\
+         COPY --parents a/x/one.txt b/*.txt /par/\n\
+         COPY --parents ./src/./app/ /pivot/\n\
+         COPY --exclude=*.log --exclude=**/*.tmp --exclude=tmp logs/ /logs/\n\
+         ADD --chown=1000:1000 --chmod=600 owned.txt /owned.txt\n\
+         RUN sh /tool.sh > /tool-ran.txt\n",
+    );
+    write(&ctx, "a/x/one.txt", "one\n");
+    write(&ctx, "b/two.txt", "two\n");
+    write(&ctx, "b/three.txt", "three\n");
+    write(&ctx, "src/app/main.txt", "main\n");
+    write(&ctx, "src/app/lib/l.txt", "lib\n");
+    write(&ctx, "logs/keep.txt", "keep\n");
+    write(&ctx, "logs/drop.log", "drop\n");
+    write(
+        &ctx,
+        "logs/sub/deep.log",
+        "kept: *.log is matched at the top only\n",
+    );
+    write(&ctx, "logs/sub/deep.tmp", "drop\n");
+    write(&ctx, "logs/sub/deep.txt", "deep\n");
+    write(&ctx, "logs/tmp/x.txt", "drop\n");
+    write(&ctx, "owned.txt", "mine\n");
+    write(b.dir.path(), "extra/data.txt", "from a directory context\n");
+    write(b.dir.path(), "tools/tool.sh", "echo tool-ok\n");
+    let sib = b.dir.path().join("sib");
+    write(
+        &sib,
+        "Dockerfile",
+        "FROM berth-test/busybox:1\nRUN echo sibling > /sib.txt\n",
+    );
+    let f = b.compose(
+        &p,
+        "services:\n  app:\n    build:\n      context: ./main\n      additional_contexts:\n        extra: ./extra\n        tools: ./tools\n        img: docker-image://berth-test/busybox:1\n        sib: service:sib\n  sib:\n    build: ./sib\n",
+    );
+    // Only `app` is asked for: `sib` builds first because app's context needs its image.
+    let log = build(&b, &f, &["app"]);
+    assert_eq!(runs(&log), 2, "{log}");
+    let cfg = image_config(&b, &format!("{p}-app"));
+    assert_eq!(
+        read_in_layers(&b, &cfg, "from-dir.txt"),
+        "from a directory context\n"
+    );
+    assert!(read_in_layers(&b, &cfg, "img-group").contains("app:x:1000"));
+    assert!(read_in_layers(&b, &cfg, "store-passwd").contains("root:x:0"));
+    assert_eq!(read_in_layers(&b, &cfg, "tool.sh"), "echo tool-ok\n");
+    assert_eq!(read_in_layers(&b, &cfg, "tool-ran.txt"), "tool-ok\n");
+    assert_eq!(read_in_layers(&b, &cfg, "sib.txt"), "sibling\n");
+    // --parents keeps the source paths (after a /./ pivot).
+    assert_eq!(read_in_layers(&b, &cfg, "par/a/x/one.txt"), "one\n");
+    assert_eq!(read_in_layers(&b, &cfg, "par/b/two.txt"), "two\n");
+    assert_eq!(read_in_layers(&b, &cfg, "par/b/three.txt"), "three\n");
+    assert!(in_layers(&b, &cfg, "par/one.txt").is_none());
+    assert_eq!(read_in_layers(&b, &cfg, "pivot/app/main.txt"), "main\n");
+    assert_eq!(read_in_layers(&b, &cfg, "pivot/app/lib/l.txt"), "lib\n");
+    assert!(in_layers(&b, &cfg, "pivot/src").is_none());
+    // --exclude: patterns as .dockerignore's, below the source (`*.log` at its top only,
+    // `**/*.tmp` at any depth) and a directory.
+    assert_eq!(read_in_layers(&b, &cfg, "logs/keep.txt"), "keep\n");
+    assert_eq!(read_in_layers(&b, &cfg, "logs/sub/deep.txt"), "deep\n");
+    assert!(in_layers(&b, &cfg, "logs/sub/deep.log").is_some());
+    for gone in ["logs/drop.log", "logs/sub/deep.tmp", "logs/tmp"] {
+        assert!(in_layers(&b, &cfg, gone).is_none(), "{gone} was copied");
+    }
+    // ADD --chown/--chmod.
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(in_layers(&b, &cfg, "owned.txt").unwrap()).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 1000, 0o600));
+    // An excluded file changing does not rerun anything; a copied one does.
+    write(&ctx, "logs/drop.log", "changed\n");
+    assert_eq!(runs(&build(&b, &f, &["app"])), 0);
+    write(&ctx, "logs/keep.txt", "changed\n");
+    assert_eq!(runs(&build(&b, &f, &["app"])), 1);
+    // A remote additional context is refused with where it was written.
+    let f2 = b.compose(
+        &unique("bctx"),
+        "services:\n  app:\n    build:\n      context: ./main\n      additional_contexts:\n        extra: https://github.com/example/repo.git\n",
+    );
+    let err = b.fails(&f2, &["build"]);
+    assert!(
+        err.contains(".yaml:7:9: services.app.build.additional_contexts: extra:")
+            && err.contains("remote context"),
+        "{err}"
+    );
+}
