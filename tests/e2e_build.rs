@@ -688,3 +688,179 @@ fn named_contexts_copy_parents_exclude_and_from_image() {
         "{err}"
     );
 }
+
+/// `dir` gets `bin` and the shared libraries it loads (with the dynamic loader as `ld.so`), so
+/// a RUN can run the host's binary from a bind mount: `/m/ld.so --library-path /m /m/NAME`.
+fn host_binary_dir(bin: &str, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = std::process::Command::new("ldd").arg(bin).output().unwrap();
+    assert!(out.status.success());
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let path = l
+            .split_whitespace()
+            .find(|w| w.starts_with('/'))
+            .map(PathBuf::from);
+        let Some(path) = path else { continue };
+        let name = if l.contains("ld-linux") {
+            "ld.so".to_string()
+        } else {
+            path.file_name().unwrap().to_string_lossy().into_owned()
+        };
+        std::fs::copy(&path, dir.join(name)).unwrap();
+    }
+    std::fs::copy(bin, dir.join(Path::new(bin).file_name().unwrap())).unwrap();
+}
+
+/// A real ssh-agent on a socket, killed on drop.
+struct Agent(std::process::Child);
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn ssh_agent_reaches_run_and_no_layer() {
+    let b = Berth::new();
+    if !Path::new("/usr/bin/ssh-agent").exists() || !Path::new("/usr/bin/ssh-keygen").exists() {
+        eprintln!("SKIPPED: openssh-client is not installed");
+        return;
+    }
+    let d = b.dir.path();
+    let ctx = d.join("s");
+    host_binary_dir("/usr/bin/ssh-add", &ctx.join("hostbin"));
+    // Two keys: one loaded in an agent the "user" runs, one given to the build as a file.
+    for (name, comment) in [
+        ("user_key", "berth-user-key"),
+        ("deploy_key", "berth-deploy-key"),
+    ] {
+        let st = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+            .arg(d.join(name))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let sock = d.join("agent.sock");
+    let agent = Agent(
+        std::process::Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&sock)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the agent's socket", Duration::from_secs(10), || {
+        sock.exists().then_some(())
+    });
+    let st = std::process::Command::new("ssh-add")
+        .arg(d.join("user_key"))
+        .env("SSH_AUTH_SOCK", &sock)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let run_add = "/hostbin/ld.so --library-path /hostbin /hostbin/ssh-add -l";
+    write(
+        &ctx,
+        "Dockerfile",
+        &format!(
+            "FROM berth-test/busybox:1\n\
+             RUN --mount=type=bind,source=hostbin,target=/hostbin --mount=type=ssh \\\n\
+                 {run_add} > /default.txt && echo \"sock=$SSH_AUTH_SOCK\" >> /default.txt\n\
+             RUN --mount=type=bind,source=hostbin,target=/hostbin \\\n\
+                 --mount=type=ssh,id=deploy,target=/tmp/agent,required,uid=1000,mode=0600 \\\n\
+                 su app -s /bin/sh -c 'SSH_AUTH_SOCK=/tmp/agent {run_add}' > /deploy.txt\n"
+        ),
+    );
+    let p = unique("bssh");
+    let f = b.compose(
+        &p,
+        "services:\n  s:\n    build:\n      context: ./s\n      ssh:\n        - default\n        - deploy=./deploy_key\n",
+    );
+    let out = b
+        .cmd()
+        .env("SSH_AUTH_SOCK", &sock)
+        .arg("-f")
+        .arg(&f)
+        .args(["build", "--progress", "plain"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    let cfg = image_config(&b, &format!("{p}-s"));
+    let default = read_in_layers(&b, &cfg, "default.txt");
+    assert!(
+        default.contains("berth-user-key") && default.contains("sock=/run/buildkit/ssh_agent.0"),
+        "{default}"
+    );
+    let deploy = read_in_layers(&b, &cfg, "deploy.txt");
+    assert!(
+        deploy.contains("berth-deploy-key") && !deploy.contains("berth-user-key"),
+        "{deploy}"
+    );
+    // No key, socket or mount point in any layer.
+    let key = std::fs::read_to_string(d.join("deploy_key")).unwrap();
+    let key_body = key.lines().nth(1).unwrap().to_string();
+    for l in &layer_dirs(&b, &cfg)[1..] {
+        for f in files_under(l) {
+            let rel = f.strip_prefix(l).unwrap().to_string_lossy().into_owned();
+            assert!(
+                !rel.starts_with("run") && !rel.starts_with("hostbin") && rel != "tmp/agent",
+                "{rel} in a layer"
+            );
+            if let Ok(s) = std::fs::read(&f) {
+                assert!(!String::from_utf8_lossy(&s).contains(&key_body), "{rel}");
+            }
+        }
+    }
+    // The agent berth started for the key file is gone.
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    let root = b.root.path().to_string_lossy().into_owned();
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .any(|l| l.contains("ssh-agent") && l.contains(&root)),
+        "berth's ssh-agent is still running"
+    );
+    // A required ssh id that is not given fails with the Dockerfile line; without
+    // $SSH_AUTH_SOCK, `default` fails naming the compose key.
+    let f = b.compose(
+        &unique("bssh"),
+        "services:\n  s:\n    build:\n      context: ./s\n      ssh: [default]\n",
+    );
+    let out = b
+        .cmd()
+        .env("SSH_AUTH_SOCK", &sock)
+        .arg("-f")
+        .arg(&f)
+        .args(["build", "--no-cache"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("Dockerfile:4") && err.contains("ssh deploy is required"),
+        "{err}"
+    );
+    let out = b
+        .cmd()
+        .env_remove("SSH_AUTH_SOCK")
+        .arg("-f")
+        .arg(&f)
+        .args(["build"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(":6:12: services.s.build.ssh: default: forwarding the ssh agent needs $SSH_AUTH_SOCK"),
+        "{err}"
+    );
+    drop(agent);
+}

@@ -1544,6 +1544,7 @@ impl Builder<'_> {
         }
         // Agents started for this RUN's ssh mounts, stopped when it returns.
         let mut agents: Vec<Agent> = Vec::new();
+        let mut proxies: Vec<SshProxy> = Vec::new();
         for (i, m) in mounts.iter().enumerate() {
             match m {
                 RunMount::Secret {
@@ -1598,7 +1599,7 @@ impl Builder<'_> {
                     gid,
                 } => {
                     let Some(src) = src else { continue };
-                    let sock = match src {
+                    let agent_sock = match src {
                         SshSource::Socket(p) => {
                             if !p.exists() {
                                 return Err(self.err(
@@ -1609,16 +1610,20 @@ impl Builder<'_> {
                             p.clone()
                         }
                         SshSource::Keys(keys) => {
-                            // Our own agent, its socket in the step's private dir, owned and
-                            // moded as the mount asks.
-                            let p = files.join(format!("ssh-{i}.sock"));
+                            // Our own agent (as BuildKit runs one for key files).
+                            let p = files.join(format!("agent-{i}.sock"));
                             agents.push(start_agent(&p, keys).map_err(|e| self.err(ins, e))?);
-                            use std::os::unix::fs::PermissionsExt;
-                            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))?;
-                            std::os::unix::fs::chown(&p, Some(*uid), Some(*gid))?;
                             p
                         }
                     };
+                    // The RUN talks to a proxy socket of berth's, owned and moded as the mount
+                    // asks: ssh-agent refuses peers of another uid than its own (but root).
+                    let sock = files.join(format!("ssh-{i}.sock"));
+                    let proxy = SshProxy::start(&sock, agent_sock).map_err(|e| self.err(ins, e))?;
+                    proxies.push(proxy);
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(*mode))?;
+                    std::os::unix::fs::chown(&sock, Some(*uid), Some(*gid))?;
                     c.mounts
                         .push(MountSpec::bind(sock.to_string_lossy(), target, false));
                     if !c.env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
@@ -2160,6 +2165,67 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A socket forwarding each connection to an ssh agent's socket, on threads of its own;
+/// stopped (and its threads joined) when dropped.
+struct SshProxy {
+    path: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SshProxy {
+    fn start(path: &Path, agent: PathBuf) -> anyhow::Result<SshProxy> {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let l = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut conns = Vec::new();
+            for c in l.incoming() {
+                if st.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(c) = c else { continue };
+                let Ok(a) = UnixStream::connect(&agent) else {
+                    continue;
+                };
+                let (Ok(c2), Ok(a2)) = (c.try_clone(), a.try_clone()) else {
+                    continue;
+                };
+                let pipe = |mut from: UnixStream, mut to: UnixStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    })
+                };
+                conns.push(pipe(c, a));
+                conns.push(pipe(a2, c2));
+            }
+            // The RUN is over: its connections are closed, so these end.
+            for t in conns {
+                let _ = t.join();
+            }
+        });
+        Ok(SshProxy {
+            path: path.to_path_buf(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for SshProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept.
+        let _ = std::os::unix::net::UnixStream::connect(&self.path);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
