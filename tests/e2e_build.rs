@@ -993,3 +993,101 @@ fn cache_to_local_and_cache_from_on_fresh_roots() {
     let cfg = image_config(&c, "berth-test/from-image:1");
     assert_eq!(read_in_layers(&c, &cfg, "final.txt"), "a\nbuilt\nc\n");
 }
+
+#[test]
+fn run_mounts_tmpfs_bind_and_build_networks() {
+    let b = Berth::new();
+    let ctx = b.dir.path().join("m");
+    write(
+        &ctx,
+        "Dockerfile",
+        "FROM berth-test/busybox:1\n\
+         RUN --mount=type=tmpfs,target=/scratch grep -q ' /scratch tmpfs ' /proc/mounts && \\\n\
+             echo x > /scratch/f && test -f /scratch/f\n\
+         RUN --mount=type=bind,target=/ctx cat /ctx/data.txt > /copied.txt && \\\n\
+             if touch /ctx/new 2>/dev/null; then exit 1; fi\n\
+         RUN --mount=type=bind,source=sub,target=/sub,rw echo scribble > /sub/written.txt && \\\n\
+             cat /sub/in.txt > /rw.txt\n\
+         RUN tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort > /ifaces.txt\n\
+         RUN --network=none tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' > /ifaces-none.txt\n",
+    );
+    write(&ctx, "data.txt", "context data\n");
+    write(&ctx, "sub/in.txt", "sub in\n");
+    let build_with = |network: &str| -> serde_json::Value {
+        let p = unique("bnet");
+        let net = if network.is_empty() {
+            String::new()
+        } else {
+            format!("      network: {network}\n")
+        };
+        let f = b.compose(
+            &p,
+            &format!("services:\n  m:\n    build:\n      context: ./m\n{net}"),
+        );
+        build(&b, &f, &[]);
+        image_config(&b, &format!("{p}-m"))
+    };
+    let cfg = build_with("");
+    assert_eq!(read_in_layers(&b, &cfg, "copied.txt"), "context data\n");
+    assert_eq!(read_in_layers(&b, &cfg, "rw.txt"), "sub in\n");
+    // Writes to a rw bind are discarded, mount points are not in layers.
+    assert!(!ctx.join("sub/written.txt").exists() && !ctx.join("new").exists());
+    for l in &layer_dirs(&b, &cfg)[1..] {
+        for sub in ["scratch", "ctx", "sub"] {
+            assert!(!l.join(sub).exists(), "{} has {sub}", l.display());
+        }
+    }
+    // Builds are offline by default (berth's choice; Docker's default bridge is not) and with
+    // `network: none`: loopback only.
+    assert_eq!(read_in_layers(&b, &cfg, "ifaces.txt"), "lo\n");
+    let none = build_with("none");
+    assert_eq!(read_in_layers(&b, &none, "ifaces.txt"), "lo\n");
+    // `network: host`: the host's interfaces; `RUN --network=none` still gets loopback only.
+    let host = build_with("host");
+    let mut mine: Vec<String> = std::fs::read_to_string("/proc/net/dev")
+        .unwrap()
+        .lines()
+        .skip(2)
+        .map(|l| l.split(':').next().unwrap().trim().to_string())
+        .collect();
+    mine.sort();
+    let theirs = read_in_layers(&b, &host, "ifaces.txt");
+    assert!(mine.len() > 1 && theirs.lines().count() > 1, "{theirs}");
+    assert_eq!(read_in_layers(&b, &host, "ifaces-none.txt"), "lo\n");
+    // A bad network is refused where it is written.
+    let f = b.compose(
+        &unique("bnet"),
+        "services:\n  m:\n    build:\n      context: ./m\n      network: mynet\n",
+    );
+    let err = b.fails(&f, &["build"]);
+    assert!(
+        err.contains(".yaml:6:16: services.m.build.network: \"mynet\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn remote_contexts_name_file_line_and_key() {
+    let b = Berth::new();
+    for (yaml, at) in [
+        (
+            "services:\n  g:\n    build: https://github.com/docker/getting-started.git\n",
+            ".yaml:4:12: services.g.build.context: ",
+        ),
+        (
+            "services:\n  g:\n    build:\n      context: git@github.com:example/app.git#main\n",
+            ".yaml:5:16: services.g.build.context: ",
+        ),
+        (
+            "services:\n  g:\n    build:\n      context: https://example.com/ctx.tar.gz\n",
+            ".yaml:5:16: services.g.build.context: ",
+        ),
+    ] {
+        let f = b.compose(&unique("bgit"), yaml);
+        let err = b.fails(&f, &["build"]);
+        assert!(
+            err.contains(at) && err.contains("remote context"),
+            "{yaml}\n{err}"
+        );
+    }
+}
