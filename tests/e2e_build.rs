@@ -1001,7 +1001,10 @@ fn run_mounts_tmpfs_bind_and_build_networks() {
     write(
         &ctx,
         "Dockerfile",
-        "FROM berth-test/busybox:1\n\
+        "FROM berth-test/busybox:1 AS gen\n\
+         RUN echo generated > /gen.txt\n\
+         FROM berth-test/busybox:1\n\
+         RUN --mount=type=bind,from=gen,source=/gen.txt,target=/g.txt cat /g.txt > /from-gen.txt\n\
          RUN --mount=type=tmpfs,target=/scratch grep -q ' /scratch tmpfs ' /proc/mounts && \\\n\
              echo x > /scratch/f && test -f /scratch/f\n\
          RUN --mount=type=bind,target=/ctx cat /ctx/data.txt > /copied.txt && \\\n\
@@ -1029,6 +1032,7 @@ fn run_mounts_tmpfs_bind_and_build_networks() {
     };
     let cfg = build_with("");
     assert_eq!(read_in_layers(&b, &cfg, "copied.txt"), "context data\n");
+    assert_eq!(read_in_layers(&b, &cfg, "from-gen.txt"), "generated\n");
     assert_eq!(read_in_layers(&b, &cfg, "rw.txt"), "sub in\n");
     // Writes to a rw bind are discarded, mount points are not in layers.
     assert!(!ctx.join("sub/written.txt").exists() && !ctx.join("new").exists());
@@ -1054,6 +1058,10 @@ fn run_mounts_tmpfs_bind_and_build_networks() {
     let theirs = read_in_layers(&b, &host, "ifaces.txt");
     assert!(mine.len() > 1 && theirs.lines().count() > 1, "{theirs}");
     assert_eq!(read_in_layers(&b, &host, "ifaces-none.txt"), "lo\n");
+    // What a bind mounts is part of the RUN's key: a changed file reruns the RUN that reads it.
+    write(&ctx, "data.txt", "context data v2\n");
+    let cfg = build_with("");
+    assert_eq!(read_in_layers(&b, &cfg, "copied.txt"), "context data v2\n");
     // A bad network is refused where it is written.
     let f = b.compose(
         &unique("bnet"),

@@ -1268,11 +1268,16 @@ impl Builder<'_> {
         for m in ins.flag_all("mount") {
             mounts.push(self.parse_mount(st, ins, m)?);
         }
-        let net_key = format!("{network:?}");
+        let mut run_key = format!("{network:?}");
+        for m in &mounts {
+            if let RunMount::Bind { key, .. } = m {
+                run_key.push_str(key);
+            }
+        }
         st.chain(&[
             ins.original.as_bytes(),
             args.join("\0").as_bytes(),
-            net_key.as_bytes(),
+            run_key.as_bytes(),
         ]);
         if let Some(e) = self.cache_get(&st.key) {
             (self.events)(Event::Cached { id });
@@ -1380,9 +1385,6 @@ impl Builder<'_> {
                 size: kv.get("size").and_then(|s| s.parse().ok()),
             }),
             "bind" => {
-                if kv.contains_key("from") {
-                    return Err(self.err(ins, "--mount=type=bind,from= is not supported yet (bind the context, or COPY --from)"));
-                }
                 let target =
                     target.ok_or_else(|| self.err(ins, "--mount=type=bind needs target="))?;
                 let src = kv
@@ -1390,18 +1392,55 @@ impl Builder<'_> {
                     .or(kv.get("src"))
                     .cloned()
                     .unwrap_or_else(|| ".".into());
-                let rel = fsutil::context_rel(&src).map_err(|e| self.err(ins, e))?;
-                let host = self.opts.context.join(&rel);
-                if !host.exists() {
-                    return Err(self.err(
-                        ins,
-                        format!("bind source {src} not found in the build context"),
-                    ));
-                }
+                // What the RUN reads is part of its key: the content of a directory's files,
+                // or the key of the stage (the id of the image) it binds from.
+                let mut h = Sha256::new();
+                let content = |dir: &Path, ig: Option<&Ignore>, h: &mut Sha256| {
+                    let rel = fsutil::context_rel(&src).map_err(|e| self.err(ins, e))?;
+                    let host = dir.join(&rel);
+                    if !host.exists() || ig.is_some_and(|ig| rel != "." && ig.excluded(&rel)) {
+                        return Err(self.err(ins, format!("bind source {src} not found")));
+                    }
+                    let keep = |r: &str| ig.is_none_or(|ig| !ig.excluded(r));
+                    let rel_key = if rel == "." { String::new() } else { rel };
+                    fsutil::content_hash(&host, &rel_key, &keep, false, h)?;
+                    Ok(host)
+                };
+                let (host, layers) = match kv.get("from") {
+                    None => (
+                        content(&self.opts.context, Some(&self.ignore), &mut h)?,
+                        None,
+                    ),
+                    Some(f) => {
+                        let stage = self.stage_index(f).and_then(|j| self.done.get(&j));
+                        match (stage, self.opts.contexts.get(f)) {
+                            (Some(s), _) => {
+                                h.update(s.key.as_bytes());
+                                (PathBuf::new(), Some(s.layers.clone()))
+                            }
+                            (None, Some(NamedContext::Dir(d))) => (content(d, None, &mut h)?, None),
+                            (None, named) => {
+                                let r = match named {
+                                    Some(NamedContext::Image(r)) => r.clone(),
+                                    _ => f.clone(),
+                                };
+                                let img = self.image_for(&r, ins)?;
+                                h.update(img.id.as_bytes());
+                                (
+                                    PathBuf::new(),
+                                    Some(img.config.rootfs().diff_ids().to_vec()),
+                                )
+                            }
+                        }
+                    }
+                };
                 Ok(RunMount::Bind {
                     target,
                     host,
                     rw: kv.contains_key("rw") || kv.contains_key("readwrite"),
+                    layers,
+                    inner: src.clone(),
+                    key: hex::encode(h.finalize()),
                 })
             }
             "ssh" => {
@@ -1545,6 +1584,8 @@ impl Builder<'_> {
         // Agents started for this RUN's ssh mounts, stopped when it returns.
         let mut agents: Vec<Agent> = Vec::new();
         let mut proxies: Vec<SshProxy> = Vec::new();
+        // Snapshots of stages and images bound with `from=`, unmounted when the RUN is over.
+        let mut snapshots: Vec<Work> = Vec::new();
         for (i, m) in mounts.iter().enumerate() {
             match m {
                 RunMount::Secret {
@@ -1630,7 +1671,28 @@ impl Builder<'_> {
                         c.env.push(format!("SSH_AUTH_SOCK={target}"));
                     }
                 }
-                RunMount::Bind { target, host, rw } => {
+                RunMount::Bind {
+                    target,
+                    host,
+                    rw,
+                    layers,
+                    inner,
+                    ..
+                } => {
+                    let host = match layers {
+                        None => host.clone(),
+                        Some(l) => {
+                            let snap = self.work(l)?;
+                            let p = fsutil::resolve_in_root(&snap.rootfs(), inner)
+                                .map_err(|e| self.err(ins, e))?;
+                            if std::fs::symlink_metadata(&p).is_err() {
+                                return Err(self.err(ins, format!("bind source {inner} not found")));
+                            }
+                            snapshots.push(snap);
+                            p
+                        }
+                    };
+                    let host = &host;
                     if *rw {
                         // BuildKit: writes to a bind of the context are discarded; work on a copy.
                         let copy = files.join(format!("bind-{i}"));
@@ -2147,6 +2209,12 @@ enum RunMount {
         target: String,
         host: PathBuf,
         rw: bool,
+        /// `from=` a stage or an image: its layers, mounted for the RUN, and `inner` in them
+        /// is the source (instead of `host`).
+        layers: Option<Vec<String>>,
+        inner: String,
+        /// The content (or stage key) of what is bound, for the step's cache key.
+        key: String,
     },
     /// An ssh agent's socket (none: not given and not required, so not mounted).
     Ssh {
