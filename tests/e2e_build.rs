@@ -752,7 +752,7 @@ fn ssh_agent_reaches_run_and_no_layer() {
             .unwrap(),
     );
     wait_for("the agent's socket", Duration::from_secs(10), || {
-        sock.exists().then_some(())
+        std::os::unix::net::UnixStream::connect(&sock).ok()
     });
     let st = std::process::Command::new("ssh-add")
         .arg(d.join("user_key"))

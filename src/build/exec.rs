@@ -2310,12 +2310,13 @@ fn start_agent(sock: &Path, keys: &[PathBuf]) -> anyhow::Result<Agent> {
         .context("starting ssh-agent for the build's ssh keys (is openssh-client installed?)")?;
     let mut agent = Agent(child);
     let t0 = Instant::now();
-    while !sock.exists() {
+    // The socket file appears at bind(), before listen(): wait until it accepts.
+    while std::os::unix::net::UnixStream::connect(sock).is_err() {
         if let Some(st) = agent.0.try_wait()? {
             bail!("ssh-agent exited ({st}) before making its socket");
         }
         if t0.elapsed() > Duration::from_secs(10) {
-            bail!("ssh-agent did not make its socket within 10s");
+            bail!("ssh-agent did not listen on its socket within 10s");
         }
         std::thread::sleep(Duration::from_millis(10));
     }
