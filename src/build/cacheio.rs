@@ -181,7 +181,16 @@ pub fn materialize(store: &ImageStore, i: &Imported) -> anyhow::Result<Option<St
             Some(_) => Ok(Some(d.clone())),
             None => bail!("layer {d} is not in the store"),
         },
-        ImportedLayer::Blob(p) => Ok(Some(store.import_layer_tar(p)?.diff_id)),
+        ImportedLayer::Blob(p) => {
+            // An uncompressed layer's digest is its diff_id: a blob that does not hash to its
+            // name is refused (and the layer it made is left to prune).
+            let l = store.import_layer_tar(p)?;
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            if Some(l.diff_id.trim_start_matches("sha256:")) != name.as_deref() {
+                bail!("{}: the blob does not match its digest", p.display());
+            }
+            Ok(Some(l.diff_id))
+        }
     }
 }
 

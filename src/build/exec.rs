@@ -2456,6 +2456,18 @@ mod tests {
     }
 
     #[test]
+    fn copy_parents_pivot() {
+        assert_eq!(parents_pivot("a/x/one.txt"), "");
+        assert_eq!(parents_pivot("./src/./app/"), "src");
+        assert_eq!(parents_pivot("/x/y/./z/*.txt"), "x/y");
+        assert_eq!(below_pivot("src/app/main.txt", "src"), "app/main.txt");
+        assert_eq!(below_pivot("a/x/one.txt", ""), "a/x/one.txt");
+        assert_eq!(below_pivot(".", ""), "");
+        // A path not below the pivot (cannot happen for a match) is kept whole.
+        assert_eq!(below_pivot("other/f", "src"), "other/f");
+    }
+
+    #[test]
     fn rfc3339_dates() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
