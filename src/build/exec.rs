@@ -1268,6 +1268,15 @@ impl Builder<'_> {
         for m in ins.flag_all("mount") {
             mounts.push(self.parse_mount(st, ins, m)?);
         }
+        let mut n_ssh = 0;
+        for m in &mut mounts {
+            if let RunMount::Ssh { target, .. } = m {
+                if target.is_empty() {
+                    *target = format!("/run/buildkit/ssh_agent.{n_ssh}");
+                }
+                n_ssh += 1;
+            }
+        }
         let mut run_key = format!("{network:?}");
         for m in &mounts {
             if let RunMount::Bind { key, .. } = m {
@@ -1460,7 +1469,8 @@ impl Builder<'_> {
                     ));
                 }
                 Ok(RunMount::Ssh {
-                    target: target.unwrap_or_else(|| "/run/buildkit/ssh_agent.0".into()),
+                    // Empty: numbered by run_step (`/run/buildkit/ssh_agent.N`, as BuildKit).
+                    target: target.unwrap_or_default(),
                     src,
                     mode: mode.unwrap_or(0o600),
                     uid: uid.unwrap_or(0),
