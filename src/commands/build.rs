@@ -764,6 +764,104 @@ pub fn builder_prune() -> anyhow::Result<u8> {
 mod tests {
     use super::*;
 
+    fn load_yaml(yaml: &str) -> (tempfile::TempDir, Project) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("app")).unwrap();
+        std::fs::create_dir_all(d.path().join("extra")).unwrap();
+        let f = d.path().join("compose.yaml");
+        std::fs::write(&f, yaml).unwrap();
+        let opts = crate::compose::LoadOptions {
+            files: vec![f],
+            interpolate: true,
+            working_dir: d.path().to_path_buf(),
+            resolve_env_files: false,
+            ..Default::default()
+        };
+        let p = crate::compose::load(&opts).unwrap();
+        (d, p)
+    }
+
+    #[test]
+    fn cache_contexts_and_ssh_fields() {
+        let (d, p) = load_yaml(
+            "name: t
+services:
+  app:
+    build:
+      context: ./app
+      \
+             cache_from:
+        - type=local,src=./c
+        - example/app:cache
+        \
+             - type=registry,ref=example/app:reg
+        - type=gha
+      \
+             cache_to: [\"type=local,dest=/abs/c,mode=max\", type=inline]
+      \
+             additional_contexts:
+        extra: ./extra
+        img: docker-image://busybox:1
+        \
+             sib: service:sib
+      ssh: [\"deploy=./key\"]
+  sib:
+    build: ./app
+",
+        );
+        std::fs::write(d.path().join("key"), "not a socket").unwrap();
+        let j = jobs(&p, &["app".to_string()], &BTreeMap::new()).unwrap();
+        // service:sib pulls the sibling's build in.
+        assert_eq!(j.len(), 2);
+        let o = &j.iter().find(|j| j.image == "t-app").unwrap().opts;
+        assert_eq!(
+            o.cache_from,
+            vec![
+                CacheSource::Local(d.path().join("c")),
+                CacheSource::Image("example/app:cache".into()),
+                CacheSource::Image("example/app:reg".into()),
+            ]
+        );
+        assert_eq!(o.cache_to, vec![PathBuf::from("/abs/c")]);
+        assert_eq!(
+            o.contexts["extra"],
+            NamedContext::Dir(d.path().join("extra"))
+        );
+        assert_eq!(o.contexts["img"], NamedContext::Image("busybox:1".into()));
+        assert_eq!(o.contexts["sib"], NamedContext::Image("t-sib".into()));
+        assert_eq!(o.ssh["deploy"], SshSource::Keys(vec![d.path().join("key")]));
+        // Errors name the file, line, column and key.
+        let (_d, p) = load_yaml(
+            "name: t
+services:
+  app:
+    build:
+      context: ./app
+      cache_to: [type=s3]
+",
+        );
+        let e = format!("{:#}", jobs(&p, &[], &BTreeMap::new()).unwrap_err());
+        assert!(
+            e.contains("compose.yaml:6:17: services.app.build.cache_to: type=s3: cache export type s3 is not supported"),
+            "{e}"
+        );
+        let (_d, p) = load_yaml(
+            "name: t
+services:
+  app:
+    build:
+      context: ./app
+      additional_contexts:
+        x: service:nope
+",
+        );
+        let e = format!("{:#}", jobs(&p, &[], &BTreeMap::new()).unwrap_err());
+        assert!(
+            e.contains("compose.yaml:7:9: services.app.build.additional_contexts: x: service \"nope\" does not exist"),
+            "{e}"
+        );
+    }
+
     /// The corpus stacks with `build:` load, plan, and either give a build job per image or a
     /// clear error naming the service and `build.context` (the corpus ships no app sources).
     #[test]
