@@ -1008,7 +1008,7 @@ fn run_mounts_tmpfs_bind_and_build_networks() {
          RUN --mount=type=tmpfs,target=/scratch grep -q ' /scratch tmpfs ' /proc/mounts && \\\n\
              echo x > /scratch/f && test -f /scratch/f\n\
          RUN --mount=type=bind,target=/ctx cat /ctx/data.txt > /copied.txt && \\\n\
-             if touch /ctx/new 2>/dev/null; then exit 1; fi\n\
+             if touch /ctx/new 2>/dev/null; then exit 1; fi && test ! -e /ctx/ignored.txt\n\
          RUN --mount=type=bind,source=sub,target=/sub,rw echo scribble > /sub/written.txt && \\\n\
              cat /sub/in.txt > /rw.txt\n\
          RUN tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort > /ifaces.txt\n\
@@ -1016,6 +1016,9 @@ fn run_mounts_tmpfs_bind_and_build_networks() {
     );
     write(&ctx, "data.txt", "context data\n");
     write(&ctx, "sub/in.txt", "sub in\n");
+    // The bound context is the one the build sees: .dockerignore'd files are not in it.
+    write(&ctx, "ignored.txt", "not in the context\n");
+    write(&ctx, ".dockerignore", "ignored.txt\n");
     let build_with = |network: &str| -> serde_json::Value {
         let p = unique("bnet");
         let net = if network.is_empty() {

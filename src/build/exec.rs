@@ -1702,6 +1702,42 @@ impl Builder<'_> {
                             p
                         }
                     };
+                    // The context as the build sees it: with a .dockerignore, a RUN binds a copy
+                    // without the excluded files (as BuildKit, whose context never has them).
+                    if layers.is_none()
+                        && host.starts_with(&self.opts.context)
+                        && !self.ignore.patterns.is_empty()
+                    {
+                        let rel = fsutil::context_rel(inner).map_err(|e| self.err(ins, e))?;
+                        let rel = if rel == "." { String::new() } else { rel };
+                        let copy = files.join(format!("ctx-{i}"));
+                        let ig = &self.ignore;
+                        let keep = |r: &str| !ig.excluded(r);
+                        let meta = CopyMeta {
+                            owner: None,
+                            chmod: None,
+                            keep_owner: false,
+                        };
+                        if host.is_dir() {
+                            std::fs::create_dir(&copy)?;
+                            for (n, r) in fsutil::children(&host, &rel)? {
+                                if keep(&r) {
+                                    fsutil::copy_entry(
+                                        &host.join(&n),
+                                        &copy.join(&n),
+                                        meta,
+                                        &r,
+                                        &keep,
+                                    )?;
+                                }
+                            }
+                        } else {
+                            fsutil::copy_entry(&host, &copy, meta, &rel, &keep)?;
+                        }
+                        c.mounts
+                            .push(MountSpec::bind(copy.to_string_lossy(), target, !*rw));
+                        continue;
+                    }
                     let host = &host;
                     if *rw {
                         // BuildKit: writes to a bind of the context are discarded; work on a copy.
