@@ -1102,3 +1102,49 @@ fn remote_contexts_name_file_line_and_key() {
         );
     }
 }
+
+/// compose's e2e `build-dependencies` case, on the busybox base: `FROM base` where `base` is
+/// `additional_contexts: {base: "service:base"}`, and `up` runs the result.
+#[test]
+fn from_a_service_context_runs_under_up() {
+    let b = Berth::new();
+    let p = unique("bdep");
+    let ctx = b.dir.path().join("dep");
+    write(
+        &ctx,
+        "base.dockerfile",
+        "FROM berth-test/busybox:1\nCOPY hello.txt /hello.txt\nCMD [\"/bin/true\"]\n",
+    );
+    write(
+        &ctx,
+        "service.dockerfile",
+        "FROM base\nCMD [\"sh\", \"-c\", \"cat /hello.txt; exec sleep 60\"]\n",
+    );
+    write(&ctx, "hello.txt", "hello from base\n");
+    let f = b.compose(
+        &p,
+        "services:\n  base:\n    init: true\n    build:\n      context: ./dep\n      dockerfile: base.dockerfile\n  service:\n    init: true\n    build:\n      context: ./dep\n      additional_contexts:\n        base: \"service:base\"\n      dockerfile: service.dockerfile\n",
+    );
+    let out = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["up", "-d", "service"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    // base was built first (service's FROM needs it), once.
+    assert_eq!(err.matches("Built (").count(), 2, "{err}");
+    let logs = wait_for("the service's output", Duration::from_secs(10), || {
+        let l = b.ok(&f, &["logs", "service"]);
+        l.contains("hello from base").then_some(l)
+    });
+    assert!(logs.contains("hello from base"), "{logs}");
+    let cfg = image_config(&b, &format!("{p}-service"));
+    assert_eq!(
+        cfg["config"]["Cmd"],
+        serde_json::json!(["sh", "-c", "cat /hello.txt; exec sleep 60"])
+    );
+    b.ok(&f, &["down"]);
+}
