@@ -847,6 +847,21 @@ fn ssh_agent_reaches_run_and_no_layer() {
         err.contains("Dockerfile:4") && err.contains("ssh deploy is required"),
         "{err}"
     );
+    // `build --ssh ID=KEY` gives it.
+    let key_arg = format!("deploy={}", d.join("deploy_key").display());
+    let out = b
+        .cmd()
+        .env("SSH_AUTH_SOCK", &sock)
+        .arg("-f")
+        .arg(&f)
+        .args(["build", "--no-cache", "--ssh", &key_arg])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = b
         .cmd()
         .env_remove("SSH_AUTH_SOCK")
