@@ -151,7 +151,7 @@ pub fn stop(p: &ProjectOpts, args: &StopArgs) -> anyhow::Result<u8> {
 }
 
 pub fn start(p: &ProjectOpts, args: &ServicesArg) -> anyhow::Result<u8> {
-    crate::commands::resume::recreate_after_reboot(p, &args.services)?;
+    crate::commands::resume::revive_after_reboot(p, &args.services)?;
     let (_, _, c) = supervisor(p)?;
     call(
         c,

@@ -115,6 +115,42 @@ fn shared_mounts(dir: &Path) -> anyhow::Result<Vec<MountSpec>> {
     Ok(out)
 }
 
+/// A service's secrets and configs, copied into the container's `files` tmpfs (mounted here);
+/// returns each copy with its target in the container. Also how they come back after a reboot
+/// (the tmpfs went with it).
+fn write_files(svc: &ServicePlan, files_dir: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let mut out = Vec::new();
+    if !svc.secrets.is_empty() || !svc.configs.is_empty() {
+        std::fs::create_dir_all(files_dir)?;
+        mount_files_tmpfs(files_dir)?;
+    }
+    for (i, f) in svc.secrets.iter().chain(svc.configs.iter()).enumerate() {
+        let p = files_dir.join(i.to_string());
+        match (&f.file, &f.content) {
+            (Some(src), _) => {
+                std::fs::copy(src, &p).with_context(|| format!("reading {}", src.display()))?;
+            }
+            (None, Some(c)) => std::fs::write(&p, c)?,
+            (None, None) => bail!("{}: no file or content", f.target),
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(f.mode))?;
+        std::os::unix::fs::chown(&p, Some(f.uid.unwrap_or(0)), Some(f.gid.unwrap_or(0)))?;
+        out.push((p, f.target.clone()));
+    }
+    Ok(out)
+}
+
+/// Whether a container's kernel side is gone while its bundle (config.json, overlay upper and
+/// work dirs, /etc files, all under the persistent data root) stays: after a reboot. Its own
+/// network namespace file (under /run) is gone, or, without one, its rootfs is not mounted.
+pub fn kernel_side_gone(paths: &crate::paths::Paths, rec: &ContainerRecord) -> bool {
+    match &rec.netns {
+        Some(ns) if *ns == paths.netns(&rec.name) && !ns.exists() => true,
+        _ => !berth_runtime::image::snapshot::is_mountpoint(&rec.dir.join("rootfs")),
+    }
+}
+
 /// `devices: ["/dev/x:/dev/y:rwm"]`: the node's type and numbers come from the host.
 fn device(src: &str, dst: &str, perms: &str) -> anyhow::Result<crate::spec::Device> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -377,24 +413,8 @@ impl Engine {
         }
         // Secrets and configs are copies in a per-container tmpfs (never on disk, never a bind
         // of the host file), so the requested owner and mode always hold.
-        let files_dir = dir.join("files");
-        if !svc.secrets.is_empty() || !svc.configs.is_empty() {
-            std::fs::create_dir_all(&files_dir)?;
-            mount_files_tmpfs(&files_dir)?;
-        }
-        for (i, f) in svc.secrets.iter().chain(svc.configs.iter()).enumerate() {
-            let p = files_dir.join(i.to_string());
-            match (&f.file, &f.content) {
-                (Some(src), _) => {
-                    std::fs::copy(src, &p).with_context(|| format!("reading {}", src.display()))?;
-                }
-                (None, Some(c)) => std::fs::write(&p, c)?,
-                (None, None) => bail!("{}: no file or content", f.target),
-            }
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(f.mode))?;
-            std::os::unix::fs::chown(&p, Some(f.uid.unwrap_or(0)), Some(f.gid.unwrap_or(0)))?;
-            mounts.push(MountSpec::bind(p.to_string_lossy(), &f.target, true));
+        for (p, target) in write_files(svc, &dir.join("files"))? {
+            mounts.push(MountSpec::bind(p.to_string_lossy(), &target, true));
         }
 
         let mut mounts_from: Vec<MountSpec> = Vec::new();
@@ -571,6 +591,101 @@ impl Engine {
             "tmpfs" => Ok(MountSpec::tmpfs(&m.target, m.tmpfs_size, m.tmpfs_mode)),
             other => bail!("volume type {other} is not supported"),
         }
+    }
+
+    /// After a reboot: make a container's kernel side again from its bundle and record, so the
+    /// same container (same id, same writable layer) starts again, as Docker restarts rather
+    /// than recreates its containers: the overlay mount over the kept upper dir, its network
+    /// namespace with its veths on the same addresses (still held in the persisted IPAM) and
+    /// bridges, the secrets tmpfs. The cgroup and the runtime state come with the runtime's
+    /// create; DNS and the firewall with the supervisor's start path. Does nothing for what is
+    /// still there; on error what it made is left for `remove_container`.
+    pub async fn restore_kernel_side(
+        &self,
+        rec: &ContainerRecord,
+        networks: &[NetworkRecord],
+        svc: Option<&ServicePlan>,
+    ) -> anyhow::Result<()> {
+        let rootfs = rec.dir.join("rootfs");
+        if !berth_runtime::image::snapshot::is_mountpoint(&rootfs) {
+            let store = self.images.clone();
+            let (dir, id) = (rec.dir.clone(), rec.name.clone());
+            let (image_id, image) = (rec.image_id.clone(), rec.image.clone());
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                let img = match store.get(&image_id)? {
+                    Some(i) => i,
+                    None => store.get(&image)?.ok_or_else(|| {
+                        anyhow!("image {image} ({image_id}) is no longer in the store")
+                    })?,
+                };
+                store.snapshot(&id, &img, &dir)?;
+                Ok(())
+            })
+            .await?
+            .with_context(|| format!("mounting the root filesystem of {} again", rec.name))?;
+        }
+        if let Some(svc) = svc {
+            let files = rec.dir.join("files");
+            if (!svc.secrets.is_empty() || !svc.configs.is_empty())
+                && !berth_runtime::image::snapshot::is_mountpoint(&files)
+            {
+                write_files(svc, &files)?;
+            }
+        }
+        let Some(ns) = rec.netns.clone() else {
+            return Ok(());
+        };
+        if ns.exists() {
+            return Ok(());
+        }
+        if ns != self.paths.netns(&rec.name) {
+            bail!(
+                "the network namespace it shares ({}) is gone: start the container it belongs to first",
+                ns.display()
+            );
+        }
+        std::fs::create_dir_all(ns.parent().unwrap())?;
+        let nsp = ns.clone();
+        tokio::task::spawn_blocking(move || berth_network::netns::create(&nsp)).await??;
+        for (i, ep) in rec.endpoints.iter().enumerate() {
+            let net = networks
+                .iter()
+                .find(|n| n.name == ep.network_name)
+                .ok_or_else(|| anyhow!("network {} is not in the project's record", ep.network))?;
+            if !net.external {
+                let spec = berth_network::bridge::BridgeSpec {
+                    name: net.bridge.clone(),
+                    gateway: ipnet::Ipv4Net::new(net.gateway, net.subnet.prefix_len())?,
+                    mtu: None,
+                    internal: net.internal,
+                };
+                tokio::task::spawn_blocking(move || berth_network::bridge::ensure(&spec))
+                    .await?
+                    .with_context(|| format!("creating network {} again", net.name))?;
+            }
+            let mac = svc
+                .and_then(|s| s.networks.iter().find(|n| n.key == ep.network))
+                .and_then(|n| n.mac_address.as_deref())
+                .and_then(berth_network::endpoint::parse_mac);
+            let spec = berth_network::endpoint::EndpointSpec {
+                netns: ns.clone(),
+                bridge: net.bridge.clone(),
+                host_ifname: ep.host_ifname.clone(),
+                container_ifname: format!("eth{i}"),
+                address: ipnet::Ipv4Net::new(ep.ip, net.subnet.prefix_len())?,
+                gateway: if i == 0 && !net.internal {
+                    Some(net.gateway)
+                } else {
+                    None
+                },
+                mac,
+                mtu: None,
+            };
+            tokio::task::spawn_blocking(move || berth_network::endpoint::attach(&spec))
+                .await?
+                .with_context(|| format!("attaching {} to {} again", rec.name, net.name))?;
+        }
+        Ok(())
     }
 
     /// Remove a container and everything made for it; goes on through errors and returns them.
