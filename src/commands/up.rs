@@ -571,6 +571,7 @@ pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result
         tty,
         attach: mask.is_some(),
         stdin: !tty && !args.detach,
+        use_aliases: args.use_aliases,
     };
     let client = Client::connect_or_start(&paths, &plan.name)?;
     let mut name = None;
@@ -618,7 +619,15 @@ pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result
         };
         if args.rm {
             if let Some(c) = Client::connect(&paths, &plan.name) {
-                call(c, &Request::Rm { name: name.clone() }, "Removing", true)?;
+                call(
+                    c,
+                    &Request::Rm {
+                        name: name.clone(),
+                        keep_volumes: false,
+                    },
+                    "Removing",
+                    true,
+                )?;
             }
         }
         return Ok(code);
@@ -666,7 +675,15 @@ pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result
     };
     if args.rm {
         if let Some(c) = Client::connect(&paths, &plan.name) {
-            call(c, &Request::Rm { name: name.clone() }, "Removing", true)?;
+            call(
+                c,
+                &Request::Rm {
+                    name: name.clone(),
+                    keep_volumes: false,
+                },
+                "Removing",
+                true,
+            )?;
         }
     }
     Ok(code.clamp(0, 255) as u8)

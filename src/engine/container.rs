@@ -401,8 +401,27 @@ impl Engine {
                 false,
             ),
         ];
+        // Anonymous volumes: named afresh for each container made (compose's are new
+        // volumes), so one kept after an `rm`/`down` without -v is never reused by a later
+        // container of the same name; recorded before they are made, so a failed create
+        // removes them.
+        let incarnation = format!(
+            "{}@{}",
+            rec.name,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        );
+        let anon: Vec<(String, String)> = svc
+            .mounts
+            .iter()
+            .filter(|m| m.kind == "volume" && m.source.is_none())
+            .map(|m| (m.target.clone(), anon_volume_name(&incarnation, &m.target)))
+            .collect();
+        rec.anon_volumes = anon.iter().map(|(_, n)| n.clone()).collect();
         for m in &svc.mounts {
-            mounts.push(self.mount_for(plan, rec, m, &rootfs)?);
+            mounts.push(self.mount_for(plan, &anon, m, &rootfs)?);
         }
         for t in &svc.tmpfs {
             let (path, opts) = t.split_once(':').unwrap_or((t, ""));
@@ -418,12 +437,6 @@ impl Engine {
         }
 
         let mut mounts_from: Vec<MountSpec> = Vec::new();
-        rec.anon_volumes = svc
-            .mounts
-            .iter()
-            .filter(|m| m.kind == "volume" && m.source.is_none())
-            .map(|m| anon_volume_name(&rec.name, &m.target))
-            .collect();
         // --- process
         let user_spec = svc.user.as_deref().or(icfg.user().as_deref()).unwrap_or("");
         let user = berth_runtime::user::resolve(&rootfs, user_spec, &[])?;
@@ -547,7 +560,7 @@ impl Engine {
     fn mount_for(
         &self,
         plan: &ProjectPlan,
-        rec: &ContainerRecord,
+        anon: &[(String, String)],
         m: &MountPlan,
         rootfs: &Path,
     ) -> anyhow::Result<MountSpec> {
@@ -576,7 +589,11 @@ impl Engine {
                         .find(|v| v.key == *s)
                         .map(|v| v.name.clone())
                         .unwrap_or_else(|| s.clone()),
-                    None => anon_volume_name(&rec.name, &m.target),
+                    None => anon
+                        .iter()
+                        .find(|(t, _)| *t == m.target)
+                        .map(|(_, n)| n.clone())
+                        .ok_or_else(|| anyhow!("no name for the volume at {}", m.target))?,
                 };
                 let data = volumes::ensure(&self.paths, &name)?;
                 if !m.nocopy {
@@ -690,6 +707,16 @@ impl Engine {
 
     /// Remove a container and everything made for it; goes on through errors and returns them.
     pub async fn remove_container(&self, rec: &ContainerRecord) -> Vec<String> {
+        self.remove_container_with(rec, true).await
+    }
+
+    /// [`Self::remove_container`], keeping its anonymous volumes unless `anon_volumes`, as
+    /// compose's `rm` and `down` without `-v` keep them.
+    pub async fn remove_container_with(
+        &self,
+        rec: &ContainerRecord,
+        anon_volumes: bool,
+    ) -> Vec<String> {
         let mut errs = Vec::new();
         if let Err(e) = self.runtime.delete(&rec.name, true).await {
             let msg = e.to_string();
@@ -724,7 +751,7 @@ impl Engine {
             Err(e) => errs.push(format!("snapshot: {e}")),
             _ => {}
         }
-        for v in &rec.anon_volumes {
+        for v in rec.anon_volumes.iter().filter(|_| anon_volumes) {
             if let Err(e) = volumes::remove(&self.paths, v) {
                 errs.push(format!("volume {v}: {e}"));
             }

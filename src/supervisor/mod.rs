@@ -282,6 +282,12 @@ impl Supervisor {
         let mut exit_after = false;
         while let Some(reply) = rx.recv().await {
             let done = matches!(reply, Reply::Done { .. });
+            if let Reply::Progress {
+                kind, name, state, ..
+            } = &reply
+            {
+                self.object_event(kind, name, state);
+            }
             if let Reply::Message { text } = &reply {
                 if text == "\u{0}exit" {
                     exit_after = true;
@@ -383,8 +389,8 @@ impl Supervisor {
                 let _op = self.op.lock().await;
                 self.run_oneoff(source, opts, out).await.map(|_| 0)
             }
-            Request::Rm { name } => {
-                self.remove_one(&name, Some(Duration::from_secs(10)), out)
+            Request::Rm { name, keep_volumes } => {
+                self.remove_one_with(&name, Some(Duration::from_secs(10)), out, !keep_volumes)
                     .await;
                 Ok(0)
             }

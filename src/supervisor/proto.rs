@@ -68,6 +68,9 @@ pub enum Request {
     /// Remove one container (one-offs after `run --rm`).
     Rm {
         name: String,
+        /// Keep its anonymous volumes (`rm` without -v, `--remove-orphans`, as compose).
+        #[serde(default)]
+        keep_volumes: bool,
     },
     Rollback {
         source: ProjectSource,
@@ -131,4 +134,8 @@ pub struct RunOpts {
     /// No tty and not detached: the one-off's stdin is a FIFO the CLI writes its stdin to.
     #[serde(default)]
     pub stdin: bool,
+    /// `--use-aliases`: the one-off answers in DNS under its service's name and network
+    /// aliases too (compose gives it only its container name otherwise).
+    #[serde(default)]
+    pub use_aliases: bool,
 }
