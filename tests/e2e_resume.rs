@@ -21,6 +21,13 @@ const STACK: &str = r#"services:
     init: true
     restart: always
     volumes: ["data:/data"]
+    secrets: [token]
+  shares:
+    image: berth-test/busybox:1
+    command: ["sleep", "3600"]
+    init: true
+    restart: always
+    network_mode: "service:always"
   unless:
     image: berth-test/busybox:1
     command: ["sleep", "3600"]
@@ -47,6 +54,9 @@ const STACK: &str = r#"services:
     restart: on-failure
 volumes:
   data: {}
+secrets:
+  token:
+    file: ./resume-secret.txt
 "#;
 
 fn alive(pid: i64) -> bool {
@@ -193,6 +203,7 @@ fn resume_after_a_simulated_reboot_brings_back_exactly_docker_s_set() {
     let _sweep = CgroupSweep(p.clone());
     let b = Berth::new();
     let f = b.compose(&p, STACK);
+    std::fs::write(b.dir.path().join("resume-secret.txt"), "s3cret").unwrap();
     b.ok(&f, &["up", "-d"]);
     b.ok(
         &f,
@@ -245,7 +256,11 @@ fn resume_after_a_simulated_reboot_brings_back_exactly_docker_s_set() {
         .unwrap_or_else(|| panic!("{err}"));
     let mut said: Vec<&str> = line.split(", ").collect();
     said.sort();
-    assert_eq!(said, ["always", "always_stopped", "unless"], "{err}");
+    assert_eq!(
+        said,
+        ["always", "always_stopped", "shares", "unless"],
+        "{err}"
+    );
     assert!(!b
         .root
         .path()
@@ -263,12 +278,25 @@ fn resume_after_a_simulated_reboot_brings_back_exactly_docker_s_set() {
         ("always_stopped".to_string(), "running".to_string()),
         ("never".to_string(), "exited".to_string()),
         ("onfail".to_string(), "exited".to_string()),
+        ("shares".to_string(), "running".to_string()),
         ("unless".to_string(), "running".to_string()),
         ("unless_stopped".to_string(), "exited".to_string()),
     ];
     assert_eq!(states(&b, &f), want, "resume said: {err}");
     let data = b.ok(&f, &["exec", "-T", "always", "cat", "/data/f"]);
     assert_eq!(data.trim(), "kept", "the named volume's data came back");
+    // Its secret is back in its tmpfs; the container sharing its netns is in it again.
+    let secret = b.ok(&f, &["exec", "-T", "always", "cat", "/run/secrets/token"]);
+    assert_eq!(secret, "s3cret");
+    let addrs = |svc: &str| {
+        b.ok(
+            &f,
+            &["exec", "-T", svc, "ip", "-4", "-o", "addr", "show", "eth0"],
+        )
+    };
+    let theirs = addrs("always");
+    assert!(theirs.contains("inet "), "{theirs}");
+    assert_eq!(addrs("shares"), theirs, "shares always's network namespace");
     // The resumed containers are on the network again: names resolve.
     b.ok(&f, &["exec", "-T", "unless", "nslookup", "always"]);
     // Restarted, not recreated (as Docker): the same bundles, the writable layer kept.
