@@ -258,6 +258,9 @@ impl Supervisor {
             // The connection becomes the terminal's (see `attach.rs`).
             return self.attach(lines.into_inner().into_inner(), wr, name).await;
         }
+        // What the request does to containers is recorded for `berth events`; not a `down`'s,
+        // which removes the project's record, event log included, as it goes.
+        let record_events = !matches!(req, Ok(Request::Down { .. }));
         let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
         let me = self.clone();
         let work = tokio::spawn(async move {
@@ -286,7 +289,9 @@ impl Supervisor {
                 kind, name, state, ..
             } = &reply
             {
-                self.object_event(kind, name, state);
+                if record_events {
+                    self.object_event(kind, name, state);
+                }
             }
             if let Reply::Message { text } = &reply {
                 if text == "\u{0}exit" {

@@ -124,7 +124,6 @@ impl Supervisor {
         let _ = log.await;
     }
 
-    /// Append a line to the project's event log (`berth events` reads it) and the supervisor log.
     /// A container, network or volume reached `state` (a progress state, "Stopped"): recorded
     /// for `berth events` with Docker's action name (`container NAME stop`); the steps between
     /// (Stopping…) are not events.
@@ -145,6 +144,7 @@ impl Supervisor {
         }
     }
 
+    /// Append a line to the project's event log (`berth events` reads it) and the supervisor log.
     pub(super) fn event(&self, text: &str) {
         tracing::info!("{text}");
         self.append_event(text);
