@@ -1208,6 +1208,31 @@ volumes:
     );
     let first = anon_of(&b);
     assert!(vol_dir(&first).is_dir());
+    // A recreate (the config changed) takes the anonymous volume over, as compose does.
+    let edited = std::fs::read_to_string(&f)
+        .unwrap()
+        .replace("init: true\n", "init: true\n    environment: [REV=2]\n");
+    std::fs::write(&f, edited).unwrap();
+    b.ok(&f, &["up", "-d"]);
+    assert_eq!(
+        anon_of(&b),
+        first,
+        "the recreated container has the same volume"
+    );
+    let rev = b.ok(&f, &["exec", "-T", "a", "sh", "-c", "echo $REV"]);
+    assert_eq!(rev.trim(), "2", "recreated with the new config");
+    let kept = b.ok(&f, &["exec", "-T", "a", "cat", "/scratch/f"]);
+    assert_eq!(kept.trim(), "one");
+    // -V: a new one; the old one goes with the old container.
+    b.ok(&f, &["up", "-d", "--force-recreate", "-V"]);
+    let renewed = anon_of(&b);
+    assert_ne!(renewed, first);
+    assert!(!vol_dir(&first).exists(), "-V removed the old one");
+    b.ok(
+        &f,
+        &["exec", "-T", "a", "sh", "-c", "echo one > /scratch/f"],
+    );
+    let first = renewed;
     // rm without -v: the container goes, its anonymous volume stays (dangling, as compose).
     b.ok(&f, &["rm", "-s", "-f", "a"]);
     assert!(b.state(&p).unwrap()["containers"]

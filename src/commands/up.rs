@@ -184,6 +184,7 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
         wait_timeout: args.wait_timeout,
         timeout: args.timeout,
         watch: args.watch,
+        renew_anon_volumes: args.renew_anon_volumes,
     };
     let deps = if args.always_recreate_deps {
         dependencies_of(&plan, &args.services)

@@ -229,13 +229,23 @@ impl Engine {
             log_max_file: Some(svc.log_max_file),
             restart: Some(svc.restart.clone()),
         };
+        let inherited = self
+            .inherit_anon
+            .lock()
+            .unwrap()
+            .remove(&name)
+            .unwrap_or_default();
         match self
-            .prepare_inner(plan, svc, &mut rec, networks, state)
+            .prepare_inner(plan, svc, &mut rec, networks, state, &inherited)
             .await
         {
             Ok(()) => Ok(rec),
             Err(e) => {
-                let errs = self.remove_container(&rec).await;
+                // The volumes it was to take over stay (as the replaced container left them).
+                let mut made = rec.clone();
+                made.anon_volumes
+                    .retain(|v| !inherited.iter().any(|(_, n)| n == v));
+                let errs = self.remove_container(&made).await;
                 if !errs.is_empty() {
                     tracing::warn!("cleanup after failed create of {name}: {errs:?}");
                 }
@@ -251,6 +261,7 @@ impl Engine {
         rec: &mut ContainerRecord,
         networks: &[NetworkRecord],
         state: &ProjectState,
+        inherited: &[(String, String)],
     ) -> anyhow::Result<()> {
         let dir = rec.dir.clone();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -401,10 +412,10 @@ impl Engine {
                 false,
             ),
         ];
-        // Anonymous volumes: named afresh for each container made (compose's are new
-        // volumes), so one kept after an `rm`/`down` without -v is never reused by a later
-        // container of the same name; recorded before they are made, so a failed create
-        // removes them.
+        // Anonymous volumes: those of the container this one replaces (compose's recreate
+        // without -V), else named afresh for each container made (compose's are new volumes),
+        // so one kept after an `rm`/`down` without -v is never reused by a later container of
+        // the same name; recorded before they are made, so a failed create removes the new.
         let incarnation = format!(
             "{}@{}",
             rec.name,
@@ -417,7 +428,14 @@ impl Engine {
             .mounts
             .iter()
             .filter(|m| m.kind == "volume" && m.source.is_none())
-            .map(|m| (m.target.clone(), anon_volume_name(&incarnation, &m.target)))
+            .map(|m| {
+                let name = inherited
+                    .iter()
+                    .find(|(t, _)| *t == m.target)
+                    .map(|(_, n)| n.clone())
+                    .unwrap_or_else(|| anon_volume_name(&incarnation, &m.target));
+                (m.target.clone(), name)
+            })
             .collect();
         rec.anon_volumes = anon.iter().map(|(_, n)| n.clone()).collect();
         for m in &svc.mounts {
@@ -703,6 +721,33 @@ impl Engine {
                 .with_context(|| format!("attaching {} to {} again", rec.name, net.name))?;
         }
         Ok(())
+    }
+
+    /// Compose's recreate: the next container made under `rec`'s name mounts `rec`'s
+    /// anonymous volumes again at the same targets (read from its bundle) instead of new ones.
+    /// Remove `rec` keeping its anonymous volumes after this.
+    pub fn inherit_anon_volumes(&self, rec: &ContainerRecord) {
+        let Ok(bytes) = std::fs::read(rec.dir.join("config.json")) else {
+            return;
+        };
+        let Ok(spec) = serde_json::from_slice::<oci_spec::runtime::Spec>(&bytes) else {
+            return;
+        };
+        let mut list = Vec::new();
+        for m in spec.mounts().clone().unwrap_or_default() {
+            let Some(src) = m.source() else { continue };
+            if let Some(v) = rec
+                .anon_volumes
+                .iter()
+                .find(|v| *src == volumes::volume_data(&self.paths, v))
+            {
+                list.push((m.destination().to_string_lossy().to_string(), v.clone()));
+            }
+        }
+        self.inherit_anon
+            .lock()
+            .unwrap()
+            .insert(rec.name.clone(), list);
     }
 
     /// Remove a container and everything made for it; goes on through errors and returns them.

@@ -18,6 +18,9 @@ pub struct UpOpts {
     pub wait_timeout: Option<u64>,
     pub timeout: Option<u64>,
     pub watch: bool,
+    /// `-V`: recreated containers get new anonymous volumes instead of their predecessors'.
+    #[serde(default)]
+    pub renew_anon_volumes: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
