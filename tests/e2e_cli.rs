@@ -875,7 +875,7 @@ fn output_shapes_match_compose() {
     std::fs::write(&f, edited).unwrap();
     b.ok(&f, &["up", "-d"]);
     b.ok(&f, &["rollback", "web"]);
-    let ev = b.ok(&f, &["events", "--json"]);
+    let ev = b.ok(&f, &["events", "--json", "--since", "1h", "--until", "0s"]);
     assert!(!ev.trim().is_empty(), "the rollback left events");
     assert!(ev.contains("\"service\":\"web\""), "{ev}");
     for l in ev.lines() {
@@ -885,7 +885,17 @@ fn output_shapes_match_compose() {
         assert!(compose_ev.is_subset(&k), "{l}");
         assert!(v["attributes"].is_object());
     }
-    let later = b.ok(&f, &["events", "--json", "--since", "2999-01-01T00:00:00Z"]);
+    let later = b.ok(
+        &f,
+        &[
+            "events",
+            "--json",
+            "--since",
+            "2999-01-01T00:00:00Z",
+            "--until",
+            "0s",
+        ],
+    );
     assert!(later.trim().is_empty(), "--since filters: {later}");
     b.ok(&f, &["down", "-t", "1"]);
 }
@@ -997,4 +1007,263 @@ fn up_always_recreate_deps_and_attach_flags() {
     let line = printed.lines().find(|l| l.contains("app-ran")).unwrap();
     let after_prefix = line.split_once("| ").unwrap().1;
     assert!(after_prefix.starts_with("20"), "a timestamp first: {line}");
+}
+
+/// The state record of the container named `name`.
+fn record_named(b: &Berth, p: &str, name: &str) -> serde_json::Value {
+    b.state(p).unwrap()["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+#[test]
+fn events_stream_until_stopped() {
+    let b = Berth::new();
+    let p = unique("evs");
+    let f = b.compose(
+        &p,
+        "services:\n  web:\n    image: berth-test/busybox:1\n    command: [\"sleep\", \"3600\"]\n    init: true\n",
+    );
+    b.ok(&f, &["up", "-d"]);
+    // From this instant on: the `up` before it is history, not shown.
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        .to_string();
+    let mut child = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["events", "--json", "--since", &since])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    let mut wait_event = |action: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+                let v: serde_json::Value =
+                    serde_json::from_str(&l).unwrap_or_else(|e| panic!("{l}: {e}"));
+                seen.push(v.clone());
+                if v["type"] == "container" && v["action"] == action && v["service"] == "web" {
+                    return v;
+                }
+            }
+        }
+        panic!("no container {action} event of web within 20 s; saw {seen:#?}");
+    };
+    b.ok(&f, &["stop", "-t", "1", "web"]);
+    let ev = wait_event("stop");
+    assert_eq!(ev["id"], format!("{p}-web-1"), "{ev}");
+    assert_eq!(ev["attributes"]["name"], format!("{p}-web-1"), "{ev}");
+    // It goes on following: a later start shows up too.
+    assert!(child.try_wait().unwrap().is_none(), "events exited");
+    b.ok(&f, &["start", "web"]);
+    wait_event("start");
+    assert!(child.try_wait().unwrap().is_none(), "events exited");
+    assert!(
+        !seen.iter().any(|v| v["action"] == "create"),
+        "nothing from before --since: {seen:#?}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    reader.join().unwrap();
+    b.ok(&f, &["down", "-t", "1"]);
+}
+
+#[test]
+fn run_use_aliases_and_ptr_names_as_compose() {
+    let b = Berth::new();
+    let p = unique("alias");
+    let f = b.compose(
+        &p,
+        r#"services:
+  web:
+    image: berth-test/busybox:1
+    command: ["sleep", "3600"]
+    init: true
+    networks:
+      default:
+        aliases: [webalias]
+  probe:
+    image: berth-test/busybox:1
+    command: ["sleep", "3600"]
+    init: true
+"#,
+    );
+    b.ok(&f, &["up", "-d"]);
+    let lookup = |name: &str| -> (bool, String) {
+        let o = b
+            .cmd()
+            .arg("-f")
+            .arg(&f)
+            .args(["exec", "-T", "probe", "timeout", "-s", "KILL", "10"])
+            .args(["nslookup", name])
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+        )
+    };
+    // PTR of a container's address: `<container name>.<network name>`, as Docker's.
+    let web = b.container(&p, "web");
+    let ep = &web["endpoints"][0];
+    let (ip, net) = (
+        ep["ip"].as_str().unwrap(),
+        ep["network_name"].as_str().unwrap(),
+    );
+    let (ok, out) = lookup(ip);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("name = {p}-web-1.{net}")), "{out}");
+    // A one-off without --use-aliases: its container name only.
+    let plain = format!("{p}-plain");
+    b.ok(&f, &["run", "-d", "--name", &plain, "web", "sleep", "300"]);
+    let plain_ip = record_named(&b, &p, &plain)["endpoints"][0]["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (ok, out) = lookup(&plain);
+    assert!(ok && out.contains(&plain_ip), "{out}");
+    for name in ["web", "webalias"] {
+        let (ok, out) = lookup(name);
+        assert!(ok && out.contains(ip), "{name}: {out}");
+        assert!(
+            !out.contains(&plain_ip),
+            "{name} answers the one-off: {out}"
+        );
+    }
+    // With --use-aliases: the service's name and its network aliases too.
+    let aliased = format!("{p}-aliased");
+    b.ok(
+        &f,
+        &[
+            "run",
+            "-d",
+            "--use-aliases",
+            "--name",
+            &aliased,
+            "web",
+            "sleep",
+            "300",
+        ],
+    );
+    let aliased_ip = record_named(&b, &p, &aliased)["endpoints"][0]["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for name in ["web", "webalias", aliased.as_str()] {
+        let (ok, out) = lookup(name);
+        assert!(ok && out.contains(&aliased_ip), "{name}: {out}");
+    }
+    b.ok(&f, &["down", "-t", "1"]);
+}
+
+#[test]
+fn rm_and_down_keep_anonymous_volumes_without_v() {
+    let b = Berth::new();
+    let p = unique("anon");
+    let f = b.compose(
+        &p,
+        r#"services:
+  a:
+    image: berth-test/busybox:1
+    command: ["sleep", "3600"]
+    init: true
+    volumes: ["/scratch", "named:/named"]
+volumes:
+  named: {}
+"#,
+    );
+    let vol_dir = |name: &str| b.root.path().join("data/volumes").join(name);
+    let anon_of = |b: &Berth| -> String {
+        b.container(&p, "a")["anon_volumes"][0]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    b.ok(&f, &["up", "-d"]);
+    b.ok(
+        &f,
+        &["exec", "-T", "a", "sh", "-c", "echo one > /scratch/f"],
+    );
+    let first = anon_of(&b);
+    assert!(vol_dir(&first).is_dir());
+    // A recreate (the config changed) takes the anonymous volume over, as compose does.
+    let edited = std::fs::read_to_string(&f)
+        .unwrap()
+        .replace("init: true\n", "init: true\n    environment: [REV=2]\n");
+    std::fs::write(&f, edited).unwrap();
+    b.ok(&f, &["up", "-d"]);
+    assert_eq!(
+        anon_of(&b),
+        first,
+        "the recreated container has the same volume"
+    );
+    let rev = b.ok(&f, &["exec", "-T", "a", "sh", "-c", "echo $REV"]);
+    assert_eq!(rev.trim(), "2", "recreated with the new config");
+    let kept = b.ok(&f, &["exec", "-T", "a", "cat", "/scratch/f"]);
+    assert_eq!(kept.trim(), "one");
+    // -V: a new one; the old one goes with the old container.
+    b.ok(&f, &["up", "-d", "--force-recreate", "-V"]);
+    let renewed = anon_of(&b);
+    assert_ne!(renewed, first);
+    assert!(!vol_dir(&first).exists(), "-V removed the old one");
+    b.ok(
+        &f,
+        &["exec", "-T", "a", "sh", "-c", "echo one > /scratch/f"],
+    );
+    let first = renewed;
+    // rm without -v: the container goes, its anonymous volume stays (dangling, as compose).
+    b.ok(&f, &["rm", "-s", "-f", "a"]);
+    assert!(b.state(&p).unwrap()["containers"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(vol_dir(&first).is_dir(), "rm without -v kept it");
+    // A new container gets a new anonymous volume, never the kept one.
+    b.ok(&f, &["up", "-d"]);
+    let second = anon_of(&b);
+    assert_ne!(first, second);
+    let o = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["exec", "-T", "a", "cat", "/scratch/f"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "the new volume is empty");
+    // rm -v: its anonymous volume goes with it.
+    b.ok(&f, &["rm", "-s", "-f", "-v", "a"]);
+    assert!(!vol_dir(&second).exists(), "rm -v removed it");
+    // down without -v keeps the named volume and the anonymous ones; down -v removes both.
+    b.ok(&f, &["up", "-d"]);
+    let third = anon_of(&b);
+    b.ok(&f, &["down", "-t", "1"]);
+    assert!(vol_dir(&third).is_dir(), "down without -v kept it");
+    assert!(vol_dir(&format!("{p}_named")).is_dir());
+    b.ok(&f, &["up", "-d"]);
+    let fourth = anon_of(&b);
+    b.ok(&f, &["down", "-v", "-t", "1"]);
+    assert!(!vol_dir(&fourth).exists(), "down -v removed it");
+    assert!(!vol_dir(&format!("{p}_named")).exists());
 }

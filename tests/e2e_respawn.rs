@@ -161,7 +161,7 @@ fn a_dead_supervisor_is_reported_then_respawned_by_the_next_command() {
     assert_eq!(c["status"], "exited", "{st}");
     assert_eq!(c["exit_code"], 7, "its real exit code: {st}");
     let c = container(&st, "always");
-    let events = b.ok(&f, &["events"]);
+    let events = b.ok(&f, &["events", "--since", "1h", "--until", "0s"]);
     assert!(events.contains("started again by `berth ps`"), "{events}");
     assert!(
         events.contains(&format!(

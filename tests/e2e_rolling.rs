@@ -327,7 +327,11 @@ fn the_watcher_converges_on_file_edits_and_ignores_invalid_ones() {
         "the invalid edit to be reported",
         Duration::from_secs(15),
         || {
-            let o = b.cmd().args(["-p", &p, "events"]).output().unwrap();
+            let o = b
+                .cmd()
+                .args(["-p", &p, "events", "--since", "1h", "--until", "0s"])
+                .output()
+                .unwrap();
             let e = String::from_utf8_lossy(&o.stdout).to_string();
             e.contains("invalid").then_some(e)
         },

@@ -1,7 +1,8 @@
 //! End-to-end: `tty: true` services run on a pty whose master the supervisor receives over a
 //! console socket; its output is logged as stdout with the pty's CRLF; `exec` and `run` keep
-//! working; a killed supervisor hangs up the terminal (the known limit) but the container runs
-//! on, is adopted and `down` leaves nothing, console sockets included.
+//! working; a killed supervisor leaves the terminal whole (a holder keeps the pty master), the
+//! container runs on, is adopted with its terminal, and `down` leaves nothing, console sockets
+//! included.
 
 mod common;
 
@@ -177,10 +178,11 @@ fn tty_services_run_on_a_pty_and_log_its_output() {
 }
 
 /// A SIGKILLed supervisor: the pty master is kept by its holder (supervisor/attach.rs), so the
-/// container's pid 1 runs on; `up` adopts it, the same process, and `down` ends it. (The name
-/// is from when the kill hung the terminal up; e2e_attach.rs tests the terminal after it.)
+/// container's pid 1 runs on, its terminal is not hung up; `up` adopts it, the same process,
+/// and logs what it writes to the terminal again; `down` ends it. (e2e_attach.rs attaches to
+/// the terminal after such a kill.)
 #[test]
-fn a_killed_supervisor_hangs_up_the_tty_but_pid_1_runs_on() {
+fn a_killed_supervisor_leaves_the_tty_whole_and_up_adopts_it() {
     let b = Berth::new();
     let p = unique("ttyk");
     let f = b.compose(&p, &stack("tty_services_run_on_a_pty"));
@@ -205,6 +207,27 @@ fn a_killed_supervisor_hangs_up_the_tty_but_pid_1_runs_on() {
     let ps: serde_json::Value = json_lines(&b.ok(&f, &["ps", "--format", "json"]));
     assert_eq!(ps[0]["State"], "running", "{ps}");
     assert_eq!(pid_of_term(&b), before, "adopted, not restarted");
+    // The terminal outlived the supervisor: pid 1 can still write to it (a hung-up pty gives
+    // EIO) and the adopting supervisor logs what it writes.
+    b.ok(
+        &f,
+        &[
+            "exec",
+            "-T",
+            "term",
+            "sh",
+            "-c",
+            "echo after-adoption > /proc/1/fd/1",
+        ],
+    );
+    wait_for(
+        "the write after adoption in the log",
+        Duration::from_secs(10),
+        || {
+            let l = b.ok(&f, &["logs", "term"]);
+            l.contains("after-adoption").then_some(())
+        },
+    );
     b.ok(&f, &["down", "-t", "1"]);
     assert!(console_sockets(b.root.path()).is_empty());
 }

@@ -511,12 +511,15 @@ pub fn ls(args: &LsArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// `events`: what the supervisor recorded (rollouts, watcher reloads), oldest first.
+/// `events`: the project's container events and what the supervisor recorded (rollouts,
+/// reloads, adoptions), streamed as compose streams them: from now on (or from `--since`)
+/// until `--until` passes or the command is stopped (^C, a closed pipe).
 pub fn events(p: &ProjectOpts, args: &crate::cli::EventsArgs) -> anyhow::Result<u8> {
+    use std::io::Write;
     let paths = Paths::from_env();
     let name = project_name(p)?;
     crate::supervisor::respawn::check(&paths, &name, "events");
-    let text = std::fs::read_to_string(paths.project(&name).join("events.log")).unwrap_or_default();
+    let path = paths.project(&name).join("events.log");
     let now = std::time::SystemTime::now();
     let bound = |s: &Option<String>, what: &str| -> anyhow::Result<Option<std::time::SystemTime>> {
         s.as_deref()
@@ -526,27 +529,67 @@ pub fn events(p: &ProjectOpts, args: &crate::cli::EventsArgs) -> anyhow::Result<
             .transpose()
     };
     let (since, until) = (bound(&args.since, "since")?, bound(&args.until, "until")?);
-    let st = ProjectState::load(&paths, &name)?.unwrap_or_default();
-    for line in text.lines() {
-        let (time, msg) = line.split_once(' ').unwrap_or((line, ""));
-        let t = crate::logs::parse_since(time, now);
-        if since.is_some_and(|s| t.is_some_and(|t| t < s))
-            || until.is_some_and(|u| t.is_some_and(|t| t > u))
-        {
-            continue;
+    // Without --since, only what happens from now on (as `docker events`).
+    let mut offset: u64 = match since {
+        Some(_) => 0,
+        None => std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+    };
+    let mut st = ProjectState::load(&paths, &name)?.unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    let mut pending = String::new();
+    loop {
+        // Read what was appended since the last look (the file starts again after a `down`).
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if len < offset {
+            offset = 0;
+            pending.clear();
         }
-        let ev = event_fields(&st, &name, time, msg);
-        if !args.services.is_empty() && !args.services.contains(&ev.service) {
-            continue;
+        if len > offset {
+            use std::io::{Read, Seek};
+            let mut f = std::fs::File::open(&path)?;
+            f.seek(std::io::SeekFrom::Start(offset))?;
+            let mut buf = Vec::new();
+            f.take(len - offset).read_to_end(&mut buf)?;
+            offset += buf.len() as u64;
+            pending.push_str(&String::from_utf8_lossy(&buf));
+            if let Some(fresh) = ProjectState::load(&paths, &name)? {
+                st = fresh;
+            }
         }
-        if args.json {
-            println!("{}", serde_json::to_string(&ev)?);
-        } else {
-            println!("{time} {msg}");
+        while let Some(i) = pending.find('\n') {
+            let line: String = pending.drain(..=i).collect();
+            let line = line.trim_end();
+            let (time, msg) = line.split_once(' ').unwrap_or((line, ""));
+            let t = crate::logs::parse_since(time, now);
+            if since.is_some_and(|s| t.is_some_and(|t| t < s)) {
+                continue;
+            }
+            if until.is_some_and(|u| t.is_some_and(|t| t > u)) {
+                return Ok(0);
+            }
+            let ev = event_fields(&st, &name, time, msg);
+            if !args.services.is_empty() && !args.services.contains(&ev.service) {
+                continue;
+            }
+            let r = if args.json {
+                writeln!(out, "{}", serde_json::to_string(&ev)?)
+            } else {
+                writeln!(out, "{time} {msg}")
+            };
+            // The reader went away (a closed pipe): done.
+            if r.and_then(|_| out.flush()).is_err() {
+                return Ok(0);
+            }
         }
+        if until.is_some_and(|u| std::time::SystemTime::now() >= u) {
+            return Ok(0);
+        }
+        std::thread::sleep(EVENTS_POLL);
     }
-    Ok(0)
 }
+
+/// How often `events` looks for new lines: a stat of one file, cheap.
+const EVENTS_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One `events --json` object: compose's fields (`time`, `type`, `action`, `id`, `service`,
 /// `attributes`), plus berth's `project` and the supervisor's `message`.

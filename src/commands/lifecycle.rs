@@ -102,7 +102,7 @@ pub async fn offline_down(
     }
     for c in &state.containers {
         ui.update("container", &c.name, "Removing");
-        for e in engine.remove_container(c).await {
+        for e in engine.remove_container_with(c, args.volumes).await {
             ui.message(&format!("{}: {e}", c.name));
         }
         ui.update("container", &c.name, "Removed");
@@ -151,7 +151,7 @@ pub fn stop(p: &ProjectOpts, args: &StopArgs) -> anyhow::Result<u8> {
 }
 
 pub fn start(p: &ProjectOpts, args: &ServicesArg) -> anyhow::Result<u8> {
-    crate::commands::resume::recreate_after_reboot(p, &args.services)?;
+    crate::commands::resume::revive_after_reboot(p, &args.services)?;
     let (_, _, c) = supervisor(p)?;
     call(
         c,
@@ -243,6 +243,7 @@ pub fn remove_orphans(p: &ProjectOpts, paths: &Paths, name: &str) -> anyhow::Res
                 client,
                 &Request::Rm {
                     name: c.name.clone(),
+                    keep_volumes: true,
                 },
                 "Removing",
                 false,

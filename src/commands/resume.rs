@@ -58,20 +58,13 @@ fn resume_project(paths: &Paths, st: &ProjectState, dry_run: bool) -> anyhow::Re
     };
     let plan = crate::engine::plan::load_plan(source, &[])
         .context("loading the project as it was brought up")?;
-    // Per service: does it come back, and is its containers' kernel side gone (a reboot) or
-    // still there (only the supervisor died: its containers are adopted, not recreated)?
-    let mut services: Vec<(String, bool)> = Vec::new();
+    let mut services: Vec<String> = Vec::new();
     for c in &st.containers {
         let Some(sp) = plan.service(&c.service) else {
             continue;
         };
-        if !comes_back(&sp.restart.condition, c) {
-            continue;
-        }
-        let gone = kernel_side_gone(c);
-        match services.iter_mut().find(|(s, _)| *s == c.service) {
-            Some(e) => e.1 |= gone,
-            None => services.push((c.service.clone(), gone)),
+        if comes_back(&sp.restart.condition, c) && !services.contains(&c.service) {
+            services.push(c.service.clone());
         }
     }
     if services.is_empty() {
@@ -81,43 +74,30 @@ fn resume_project(paths: &Paths, st: &ProjectState, dry_run: bool) -> anyhow::Re
         );
         return Ok(());
     }
-    let names: Vec<&str> = services.iter().map(|(s, _)| s.as_str()).collect();
-    eprintln!("project {}: resuming {}", st.name, names.join(", "));
+    eprintln!("project {}: resuming {}", st.name, services.join(", "));
     if dry_run {
         return Ok(());
     }
     crate::commands::up::ensure_images(paths, &plan, Some("never"))?;
-    for recreate in [true, false] {
-        let group: Vec<String> = services
-            .iter()
-            .filter(|(_, g)| *g == recreate)
-            .map(|(s, _)| s.clone())
-            .collect();
-        if group.is_empty() {
-            continue;
-        }
-        up_again(paths, &st.name, source, group, recreate)?;
-    }
-    Ok(())
+    up_again(paths, &st.name, source, services)
 }
 
 /// Bring `services` of a recorded project up again through its supervisor (started if need
 /// be), each on its own: as Docker's daemon, each container comes back on its own policy and
-/// dependencies without one stay as they are. `recreate` after a reboot: the containers'
-/// kernel side (mounts, netns, veths, runtime state) is gone and the supervisor's start path
-/// expects it, so they are made again from the same config (named volumes and bind mounts
-/// keep the data).
+/// dependencies without one stay as they are. An `up` without recreation: the networks and
+/// the firewall are made again, containers that still run (only the supervisor had died) are
+/// adopted, and those whose kernel side went with a reboot start again as the same containers,
+/// their writable layer kept (the supervisor makes their mounts, netns and veths again from
+/// the bundle under the data root, see `Engine::restore_kernel_side`).
 fn up_again(
     paths: &Paths,
     project: &str,
     source: &ProjectSource,
     services: Vec<String>,
-    recreate: bool,
 ) -> anyhow::Result<()> {
     let opts = UpOpts {
         services,
         no_deps: true,
-        force_recreate: recreate,
         ..Default::default()
     };
     crate::commands::up::send_up(paths, project, source, opts)?;
@@ -125,14 +105,10 @@ fn up_again(
 }
 
 /// `berth start` after a reboot: containers that stayed stopped across it have lost their
-/// kernel side (their network namespace file is gone with /run), which the supervisor's start
-/// path needs; they are made again from the same config first (as `resume` does), and the
-/// start that follows finds them running. Containers without a namespace file of their own
-/// (`network_mode: host`) are left to the start path.
-pub fn recreate_after_reboot(
-    p: &crate::cli::ProjectOpts,
-    services: &[String],
-) -> anyhow::Result<()> {
+/// kernel side with /run, and the project its networks and firewall rules, which `start`
+/// alone does not make; they are brought up again first (as `resume` does, the same
+/// containers), and the start that follows finds them running.
+pub fn revive_after_reboot(p: &crate::cli::ProjectOpts, services: &[String]) -> anyhow::Result<()> {
     let paths = Paths::from_env();
     let name = crate::commands::project_name(p)?;
     let Some(st) = ProjectState::load(&paths, &name)? else {
@@ -155,16 +131,7 @@ pub fn recreate_after_reboot(
     if stale.is_empty() {
         return Ok(());
     }
-    up_again(&paths, &name, source, stale, true)
-}
-
-/// After a reboot a container's network namespace file (or, without one, its rootfs mount)
-/// is gone with the rest of its kernel state.
-fn kernel_side_gone(c: &ContainerRecord) -> bool {
-    match &c.netns {
-        Some(ns) => !ns.exists(),
-        None => !berth_runtime::image::snapshot::is_mountpoint(&c.dir.join("rootfs")),
-    }
+    up_again(&paths, &name, source, stale)
 }
 
 pub const UNIT_NAME: &str = "berth-resume.service";

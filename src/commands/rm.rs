@@ -75,6 +75,7 @@ pub fn run(p: &ProjectOpts, args: &RmArgs) -> anyhow::Result<u8> {
             cl,
             &Request::Rm {
                 name: c.name.clone(),
+                keep_volumes: !args.volumes,
             },
             "Removing",
             false,

@@ -184,6 +184,7 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
         wait_timeout: args.wait_timeout,
         timeout: args.timeout,
         watch: args.watch,
+        renew_anon_volumes: args.renew_anon_volumes,
     };
     let deps = if args.always_recreate_deps {
         dependencies_of(&plan, &args.services)
@@ -571,6 +572,7 @@ pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result
         tty,
         attach: mask.is_some(),
         stdin: !tty && !args.detach,
+        use_aliases: args.use_aliases,
     };
     let client = Client::connect_or_start(&paths, &plan.name)?;
     let mut name = None;
@@ -618,7 +620,15 @@ pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result
         };
         if args.rm {
             if let Some(c) = Client::connect(&paths, &plan.name) {
-                call(c, &Request::Rm { name: name.clone() }, "Removing", true)?;
+                call(
+                    c,
+                    &Request::Rm {
+                        name: name.clone(),
+                        keep_volumes: false,
+                    },
+                    "Removing",
+                    true,
+                )?;
             }
         }
         return Ok(code);
@@ -666,7 +676,15 @@ pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result
     };
     if args.rm {
         if let Some(c) = Client::connect(&paths, &plan.name) {
-            call(c, &Request::Rm { name: name.clone() }, "Removing", true)?;
+            call(
+                c,
+                &Request::Rm {
+                    name: name.clone(),
+                    keep_volumes: false,
+                },
+                "Removing",
+                true,
+            )?;
         }
     }
     Ok(code.clamp(0, 255) as u8)

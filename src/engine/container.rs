@@ -115,6 +115,42 @@ fn shared_mounts(dir: &Path) -> anyhow::Result<Vec<MountSpec>> {
     Ok(out)
 }
 
+/// A service's secrets and configs, copied into the container's `files` tmpfs (mounted here);
+/// returns each copy with its target in the container. Also how they come back after a reboot
+/// (the tmpfs went with it).
+fn write_files(svc: &ServicePlan, files_dir: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let mut out = Vec::new();
+    if !svc.secrets.is_empty() || !svc.configs.is_empty() {
+        std::fs::create_dir_all(files_dir)?;
+        mount_files_tmpfs(files_dir)?;
+    }
+    for (i, f) in svc.secrets.iter().chain(svc.configs.iter()).enumerate() {
+        let p = files_dir.join(i.to_string());
+        match (&f.file, &f.content) {
+            (Some(src), _) => {
+                std::fs::copy(src, &p).with_context(|| format!("reading {}", src.display()))?;
+            }
+            (None, Some(c)) => std::fs::write(&p, c)?,
+            (None, None) => bail!("{}: no file or content", f.target),
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(f.mode))?;
+        std::os::unix::fs::chown(&p, Some(f.uid.unwrap_or(0)), Some(f.gid.unwrap_or(0)))?;
+        out.push((p, f.target.clone()));
+    }
+    Ok(out)
+}
+
+/// Whether a container's kernel side is gone while its bundle (config.json, overlay upper and
+/// work dirs, /etc files, all under the persistent data root) stays: after a reboot. Its own
+/// network namespace file (under /run) is gone, or, without one, its rootfs is not mounted.
+pub fn kernel_side_gone(paths: &crate::paths::Paths, rec: &ContainerRecord) -> bool {
+    match &rec.netns {
+        Some(ns) if *ns == paths.netns(&rec.name) && !ns.exists() => true,
+        _ => !berth_runtime::image::snapshot::is_mountpoint(&rec.dir.join("rootfs")),
+    }
+}
+
 /// `devices: ["/dev/x:/dev/y:rwm"]`: the node's type and numbers come from the host.
 fn device(src: &str, dst: &str, perms: &str) -> anyhow::Result<crate::spec::Device> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -193,13 +229,23 @@ impl Engine {
             log_max_file: Some(svc.log_max_file),
             restart: Some(svc.restart.clone()),
         };
+        let inherited = self
+            .inherit_anon
+            .lock()
+            .unwrap()
+            .remove(&name)
+            .unwrap_or_default();
         match self
-            .prepare_inner(plan, svc, &mut rec, networks, state)
+            .prepare_inner(plan, svc, &mut rec, networks, state, &inherited)
             .await
         {
             Ok(()) => Ok(rec),
             Err(e) => {
-                let errs = self.remove_container(&rec).await;
+                // The volumes it was to take over stay (as the replaced container left them).
+                let mut made = rec.clone();
+                made.anon_volumes
+                    .retain(|v| !inherited.iter().any(|(_, n)| n == v));
+                let errs = self.remove_container(&made).await;
                 if !errs.is_empty() {
                     tracing::warn!("cleanup after failed create of {name}: {errs:?}");
                 }
@@ -215,6 +261,7 @@ impl Engine {
         rec: &mut ContainerRecord,
         networks: &[NetworkRecord],
         state: &ProjectState,
+        inherited: &[(String, String)],
     ) -> anyhow::Result<()> {
         let dir = rec.dir.clone();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -365,8 +412,34 @@ impl Engine {
                 false,
             ),
         ];
+        // Anonymous volumes: those of the container this one replaces (compose's recreate
+        // without -V), else named afresh for each container made (compose's are new volumes),
+        // so one kept after an `rm`/`down` without -v is never reused by a later container of
+        // the same name; recorded before they are made, so a failed create removes the new.
+        let incarnation = format!(
+            "{}@{}",
+            rec.name,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        );
+        let anon: Vec<(String, String)> = svc
+            .mounts
+            .iter()
+            .filter(|m| m.kind == "volume" && m.source.is_none())
+            .map(|m| {
+                let name = inherited
+                    .iter()
+                    .find(|(t, _)| *t == m.target)
+                    .map(|(_, n)| n.clone())
+                    .unwrap_or_else(|| anon_volume_name(&incarnation, &m.target));
+                (m.target.clone(), name)
+            })
+            .collect();
+        rec.anon_volumes = anon.iter().map(|(_, n)| n.clone()).collect();
         for m in &svc.mounts {
-            mounts.push(self.mount_for(plan, rec, m, &rootfs)?);
+            mounts.push(self.mount_for(plan, &anon, m, &rootfs)?);
         }
         for t in &svc.tmpfs {
             let (path, opts) = t.split_once(':').unwrap_or((t, ""));
@@ -377,33 +450,11 @@ impl Engine {
         }
         // Secrets and configs are copies in a per-container tmpfs (never on disk, never a bind
         // of the host file), so the requested owner and mode always hold.
-        let files_dir = dir.join("files");
-        if !svc.secrets.is_empty() || !svc.configs.is_empty() {
-            std::fs::create_dir_all(&files_dir)?;
-            mount_files_tmpfs(&files_dir)?;
-        }
-        for (i, f) in svc.secrets.iter().chain(svc.configs.iter()).enumerate() {
-            let p = files_dir.join(i.to_string());
-            match (&f.file, &f.content) {
-                (Some(src), _) => {
-                    std::fs::copy(src, &p).with_context(|| format!("reading {}", src.display()))?;
-                }
-                (None, Some(c)) => std::fs::write(&p, c)?,
-                (None, None) => bail!("{}: no file or content", f.target),
-            }
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(f.mode))?;
-            std::os::unix::fs::chown(&p, Some(f.uid.unwrap_or(0)), Some(f.gid.unwrap_or(0)))?;
-            mounts.push(MountSpec::bind(p.to_string_lossy(), &f.target, true));
+        for (p, target) in write_files(svc, &dir.join("files"))? {
+            mounts.push(MountSpec::bind(p.to_string_lossy(), &target, true));
         }
 
         let mut mounts_from: Vec<MountSpec> = Vec::new();
-        rec.anon_volumes = svc
-            .mounts
-            .iter()
-            .filter(|m| m.kind == "volume" && m.source.is_none())
-            .map(|m| anon_volume_name(&rec.name, &m.target))
-            .collect();
         // --- process
         let user_spec = svc.user.as_deref().or(icfg.user().as_deref()).unwrap_or("");
         let user = berth_runtime::user::resolve(&rootfs, user_spec, &[])?;
@@ -527,7 +578,7 @@ impl Engine {
     fn mount_for(
         &self,
         plan: &ProjectPlan,
-        rec: &ContainerRecord,
+        anon: &[(String, String)],
         m: &MountPlan,
         rootfs: &Path,
     ) -> anyhow::Result<MountSpec> {
@@ -556,7 +607,11 @@ impl Engine {
                         .find(|v| v.key == *s)
                         .map(|v| v.name.clone())
                         .unwrap_or_else(|| s.clone()),
-                    None => anon_volume_name(&rec.name, &m.target),
+                    None => anon
+                        .iter()
+                        .find(|(t, _)| *t == m.target)
+                        .map(|(_, n)| n.clone())
+                        .ok_or_else(|| anyhow!("no name for the volume at {}", m.target))?,
                 };
                 let data = volumes::ensure(&self.paths, &name)?;
                 if !m.nocopy {
@@ -573,8 +628,140 @@ impl Engine {
         }
     }
 
+    /// After a reboot: make a container's kernel side again from its bundle and record, so the
+    /// same container (same id, same writable layer) starts again, as Docker restarts rather
+    /// than recreates its containers: the overlay mount over the kept upper dir, its network
+    /// namespace with its veths on the same addresses (still held in the persisted IPAM) and
+    /// bridges, the secrets tmpfs. The cgroup and the runtime state come with the runtime's
+    /// create; DNS and the firewall with the supervisor's start path. Does nothing for what is
+    /// still there; on error what it made is left for `remove_container`.
+    pub async fn restore_kernel_side(
+        &self,
+        rec: &ContainerRecord,
+        networks: &[NetworkRecord],
+        svc: Option<&ServicePlan>,
+    ) -> anyhow::Result<()> {
+        let rootfs = rec.dir.join("rootfs");
+        if !berth_runtime::image::snapshot::is_mountpoint(&rootfs) {
+            let store = self.images.clone();
+            let (dir, id) = (rec.dir.clone(), rec.name.clone());
+            let (image_id, image) = (rec.image_id.clone(), rec.image.clone());
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                let img = match store.get(&image_id)? {
+                    Some(i) => i,
+                    None => store.get(&image)?.ok_or_else(|| {
+                        anyhow!("image {image} ({image_id}) is no longer in the store")
+                    })?,
+                };
+                store.snapshot(&id, &img, &dir)?;
+                Ok(())
+            })
+            .await?
+            .with_context(|| format!("mounting the root filesystem of {} again", rec.name))?;
+        }
+        if let Some(svc) = svc {
+            let files = rec.dir.join("files");
+            if (!svc.secrets.is_empty() || !svc.configs.is_empty())
+                && !berth_runtime::image::snapshot::is_mountpoint(&files)
+            {
+                write_files(svc, &files)?;
+            }
+        }
+        let Some(ns) = rec.netns.clone() else {
+            return Ok(());
+        };
+        if ns.exists() {
+            return Ok(());
+        }
+        if ns != self.paths.netns(&rec.name) {
+            bail!(
+                "the network namespace it shares ({}) is gone: start the container it belongs to first",
+                ns.display()
+            );
+        }
+        std::fs::create_dir_all(ns.parent().unwrap())?;
+        let nsp = ns.clone();
+        tokio::task::spawn_blocking(move || berth_network::netns::create(&nsp)).await??;
+        for (i, ep) in rec.endpoints.iter().enumerate() {
+            let net = networks
+                .iter()
+                .find(|n| n.name == ep.network_name)
+                .ok_or_else(|| anyhow!("network {} is not in the project's record", ep.network))?;
+            if !net.external {
+                let spec = berth_network::bridge::BridgeSpec {
+                    name: net.bridge.clone(),
+                    gateway: ipnet::Ipv4Net::new(net.gateway, net.subnet.prefix_len())?,
+                    mtu: None,
+                    internal: net.internal,
+                };
+                tokio::task::spawn_blocking(move || berth_network::bridge::ensure(&spec))
+                    .await?
+                    .with_context(|| format!("creating network {} again", net.name))?;
+            }
+            let mac = svc
+                .and_then(|s| s.networks.iter().find(|n| n.key == ep.network))
+                .and_then(|n| n.mac_address.as_deref())
+                .and_then(berth_network::endpoint::parse_mac);
+            let spec = berth_network::endpoint::EndpointSpec {
+                netns: ns.clone(),
+                bridge: net.bridge.clone(),
+                host_ifname: ep.host_ifname.clone(),
+                container_ifname: format!("eth{i}"),
+                address: ipnet::Ipv4Net::new(ep.ip, net.subnet.prefix_len())?,
+                gateway: if i == 0 && !net.internal {
+                    Some(net.gateway)
+                } else {
+                    None
+                },
+                mac,
+                mtu: None,
+            };
+            tokio::task::spawn_blocking(move || berth_network::endpoint::attach(&spec))
+                .await?
+                .with_context(|| format!("attaching {} to {} again", rec.name, net.name))?;
+        }
+        Ok(())
+    }
+
+    /// Compose's recreate: the next container made under `rec`'s name mounts `rec`'s
+    /// anonymous volumes again at the same targets (read from its bundle) instead of new ones.
+    /// Remove `rec` keeping its anonymous volumes after this.
+    pub fn inherit_anon_volumes(&self, rec: &ContainerRecord) {
+        let Ok(bytes) = std::fs::read(rec.dir.join("config.json")) else {
+            return;
+        };
+        let Ok(spec) = serde_json::from_slice::<oci_spec::runtime::Spec>(&bytes) else {
+            return;
+        };
+        let mut list = Vec::new();
+        for m in spec.mounts().clone().unwrap_or_default() {
+            let Some(src) = m.source() else { continue };
+            if let Some(v) = rec
+                .anon_volumes
+                .iter()
+                .find(|v| *src == volumes::volume_data(&self.paths, v))
+            {
+                list.push((m.destination().to_string_lossy().to_string(), v.clone()));
+            }
+        }
+        self.inherit_anon
+            .lock()
+            .unwrap()
+            .insert(rec.name.clone(), list);
+    }
+
     /// Remove a container and everything made for it; goes on through errors and returns them.
     pub async fn remove_container(&self, rec: &ContainerRecord) -> Vec<String> {
+        self.remove_container_with(rec, true).await
+    }
+
+    /// [`Self::remove_container`], keeping its anonymous volumes unless `anon_volumes`, as
+    /// compose's `rm` and `down` without `-v` keep them.
+    pub async fn remove_container_with(
+        &self,
+        rec: &ContainerRecord,
+        anon_volumes: bool,
+    ) -> Vec<String> {
         let mut errs = Vec::new();
         if let Err(e) = self.runtime.delete(&rec.name, true).await {
             let msg = e.to_string();
@@ -609,7 +796,7 @@ impl Engine {
             Err(e) => errs.push(format!("snapshot: {e}")),
             _ => {}
         }
-        for v in &rec.anon_volumes {
+        for v in rec.anon_volumes.iter().filter(|_| anon_volumes) {
             if let Err(e) = volumes::remove(&self.paths, v) {
                 errs.push(format!("volume {v}: {e}"));
             }

@@ -21,6 +21,9 @@ pub struct Engine {
     pub runtime: runtime::Runtime,
     pub images: Arc<berth_runtime::image::ImageStore>,
     pub ipam: Arc<berth_network::ipam::Ipam>,
+    /// Per container name: the anonymous volumes (target, volume) the next container made
+    /// under that name mounts again, compose's recreate (see `inherit_anon_volumes`).
+    pub inherit_anon: std::sync::Mutex<std::collections::HashMap<String, Vec<(String, String)>>>,
 }
 
 impl Engine {
@@ -30,6 +33,7 @@ impl Engine {
             runtime: runtime::Runtime::new(&paths.runtime_root()),
             images: Arc::new(berth_runtime::image::ImageStore::open(&paths.images())?),
             ipam: Arc::new(berth_network::ipam::Ipam::open(&paths.network())?),
+            inherit_anon: Default::default(),
         })
     }
 }

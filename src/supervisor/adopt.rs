@@ -1,6 +1,7 @@
 //! Adoption: a supervisor that starts while the project's containers run (after a crash or
 //! a kill of the previous one) takes them back: pidfds, exit watching, their output FIFOs;
-//! and those that exited meanwhile get their real exit code and their restart policy.
+//! and those that exited meanwhile get their real exit code and their restart policy; those
+//! whose kernel state went with a reboot are left exited for `berth resume`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +23,10 @@ impl Supervisor {
         let recs: Vec<ContainerRecord> = self.state.lock().await.containers.clone();
         let mut adopted = Vec::new();
         let mut gone: Vec<(String, Exit)> = Vec::new();
+        // Lost with their kernel state (the host rebooted): `berth resume` (or `start`) brings
+        // them back through an `up`, which makes the networks and firewall first; the same
+        // containers then start again over their kept bundle (`spawn.rs`).
+        let mut rebooted: Vec<String> = Vec::new();
         for c in recs {
             match (c.pid, c.status) {
                 (Some(pid), Status::Running | Status::Paused) => {
@@ -36,7 +41,11 @@ impl Supervisor {
                         )
                         .unwrap_or(Exit::Unknown);
                         self.record_exit(&c.name, exit, None).await;
-                        gone.push((c.name.clone(), exit));
+                        if crate::engine::container::kernel_side_gone(&self.engine.paths, &c) {
+                            rebooted.push(c.name.clone());
+                        } else {
+                            gone.push((c.name.clone(), exit));
+                        }
                         continue;
                     }
                     let Ok(fd) = fd else {
@@ -49,7 +58,11 @@ impl Supervisor {
                     // The previous supervisor died during its restart delay.
                     let exit = Exit::Code(c.exit_code.unwrap_or(255));
                     self.set_status(&c.name, Status::Exited).await;
-                    gone.push((c.name.clone(), exit));
+                    if crate::engine::container::kernel_side_gone(&self.engine.paths, &c) {
+                        rebooted.push(c.name.clone());
+                    } else {
+                        gone.push((c.name.clone(), exit));
+                    }
                 }
                 _ => {}
             }
@@ -65,6 +78,12 @@ impl Supervisor {
             self.event(&format!(
                 "supervisor started; adopted {} running container(s)",
                 adopted.len()
+            ));
+        }
+        if !rebooted.is_empty() {
+            self.event(&format!(
+                "the kernel state of {} is gone (the host rebooted): `berth resume` brings back what the restart policies say",
+                rebooted.join(", ")
             ));
         }
         for (name, exit) in gone {

@@ -14,12 +14,14 @@ use crate::state::{now_rfc3339, Status};
 impl Supervisor {
     /// Record the end of the run of `pid` (a later run of the same container is left alone).
     pub(super) async fn record_exit(&self, name: &str, exit: Exit, pid: Option<i32>) {
+        let mut died = false;
         {
             let mut st = self.state.lock().await;
             if let Some(c) = st
                 .container_mut(name)
                 .filter(|c| pid.is_none() || c.pid == pid)
             {
+                died = true;
                 c.status = Status::Exited;
                 c.exit_code = Some(exit.code());
                 c.finished_at = Some(now_rfc3339());
@@ -31,6 +33,9 @@ impl Supervisor {
             }
         }
         self.save().await;
+        if died {
+            self.object_event("container", name, "Died");
+        }
     }
 
     pub(super) async fn on_exit(
@@ -132,9 +137,12 @@ impl Supervisor {
                 c.restart_count += 1;
             }
         }
-        if let Err(e) = self.spawn(name).await {
-            tracing::error!("restarting {name}: {e:#}");
-            self.set_status(name, Status::Exited).await;
+        match self.spawn(name).await {
+            Ok(()) => self.object_event("container", name, "Started"),
+            Err(e) => {
+                tracing::error!("restarting {name}: {e:#}");
+                self.set_status(name, Status::Exited).await;
+            }
         }
     }
 }

@@ -177,11 +177,23 @@ impl Supervisor {
     }
 
     pub(super) async fn remove_one(&self, name: &str, timeout: Option<Duration>, out: &Out) {
+        self.remove_one_with(name, timeout, out, true).await
+    }
+
+    /// [`Self::remove_one`], keeping its anonymous volumes unless `anon_volumes` (`rm`, `down`
+    /// and `--remove-orphans` without `-v`, as compose).
+    pub(super) async fn remove_one_with(
+        &self,
+        name: &str,
+        timeout: Option<Duration>,
+        out: &Out,
+        anon_volumes: bool,
+    ) {
         self.stop_one(name, timeout, out).await;
         progress(out, "container", name, "Removing");
         let rec = self.state.lock().await.container(name).cloned();
         if let Some(rec) = rec {
-            for e in self.engine.remove_container(&rec).await {
+            for e in self.engine.remove_container_with(&rec, anon_volumes).await {
                 let _ = out.send(Reply::Message {
                     text: format!("{name}: {e}"),
                 });
@@ -299,7 +311,7 @@ impl Supervisor {
         for level in self.stop_levels().await {
             let futs: Vec<_> = level
                 .iter()
-                .map(|n| self.remove_one(n, timeout.map(Duration::from_secs), out))
+                .map(|n| self.remove_one_with(n, timeout.map(Duration::from_secs), out, volumes))
                 .collect();
             futures_util::future::join_all(futs).await;
         }

@@ -258,6 +258,9 @@ impl Supervisor {
             // The connection becomes the terminal's (see `attach.rs`).
             return self.attach(lines.into_inner().into_inner(), wr, name).await;
         }
+        // What the request does to containers is recorded for `berth events`; not a `down`'s,
+        // which removes the project's record, event log included, as it goes.
+        let record_events = !matches!(req, Ok(Request::Down { .. }));
         let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
         let me = self.clone();
         let work = tokio::spawn(async move {
@@ -282,6 +285,14 @@ impl Supervisor {
         let mut exit_after = false;
         while let Some(reply) = rx.recv().await {
             let done = matches!(reply, Reply::Done { .. });
+            if let Reply::Progress {
+                kind, name, state, ..
+            } = &reply
+            {
+                if record_events {
+                    self.object_event(kind, name, state);
+                }
+            }
             if let Reply::Message { text } = &reply {
                 if text == "\u{0}exit" {
                     exit_after = true;
@@ -383,8 +394,8 @@ impl Supervisor {
                 let _op = self.op.lock().await;
                 self.run_oneoff(source, opts, out).await.map(|_| 0)
             }
-            Request::Rm { name } => {
-                self.remove_one(&name, Some(Duration::from_secs(10)), out)
+            Request::Rm { name, keep_volumes } => {
+                self.remove_one_with(&name, Some(Duration::from_secs(10)), out, !keep_volumes)
                     .await;
                 Ok(0)
             }

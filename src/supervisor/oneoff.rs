@@ -109,6 +109,16 @@ impl Supervisor {
             svc.tty = true;
             svc.stdin_open = true;
         }
+        // DNS names: a one-off answers under its container name; its service's name and
+        // network aliases only with --use-aliases (kept as its endpoints' aliases, see
+        // `publish.rs`), as compose.
+        for n in &mut svc.networks {
+            if o.use_aliases {
+                n.aliases.insert(0, svc.name.clone());
+            } else {
+                n.aliases.clear();
+            }
+        }
         svc.restart = crate::engine::restart::Policy::default();
         svc.healthcheck = None;
         let slug: String = {

@@ -18,6 +18,9 @@ pub struct UpOpts {
     pub wait_timeout: Option<u64>,
     pub timeout: Option<u64>,
     pub watch: bool,
+    /// `-V`: recreated containers get new anonymous volumes instead of their predecessors'.
+    #[serde(default)]
+    pub renew_anon_volumes: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,6 +71,9 @@ pub enum Request {
     /// Remove one container (one-offs after `run --rm`).
     Rm {
         name: String,
+        /// Keep its anonymous volumes (`rm` without -v, `--remove-orphans`, as compose).
+        #[serde(default)]
+        keep_volumes: bool,
     },
     Rollback {
         source: ProjectSource,
@@ -131,4 +137,8 @@ pub struct RunOpts {
     /// No tty and not detached: the one-off's stdin is a FIFO the CLI writes its stdin to.
     #[serde(default)]
     pub stdin: bool,
+    /// `--use-aliases`: the one-off answers in DNS under its service's name and network
+    /// aliases too (compose gives it only its container name otherwise).
+    #[serde(default)]
+    pub use_aliases: bool,
 }

@@ -89,12 +89,21 @@ impl Supervisor {
         for c in st.containers.iter().filter(|c| ready.contains(&c.name)) {
             let svc = per_service.get(&c.service);
             for ep in &c.endpoints {
-                let mut names = vec![c.service.clone(), c.name.clone()];
-                if let Some(h) = svc.and_then(|s| s.1.clone()) {
+                let mut names = vec![
+                    format!("{}.{}", c.name, ep.network_name),
+                    c.service.clone(),
+                    c.name.clone(),
+                ];
+                // A one-off: its container name, the rest only with `run --use-aliases`.
+                let named = svc.filter(|_| !c.oneoff);
+                if c.oneoff {
+                    names.remove(1);
+                }
+                if let Some(h) = named.and_then(|s| s.1.clone()) {
                     names.push(h);
                 }
                 names.extend(ep.aliases.iter().cloned());
-                for alias in svc.iter().flat_map(|s| s.2.iter()) {
+                for alias in named.iter().flat_map(|s| s.2.iter()) {
                     if !names.contains(alias) {
                         names.push(alias.clone());
                     }

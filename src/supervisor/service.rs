@@ -80,7 +80,12 @@ impl Supervisor {
             } else {
                 for c in &outdated {
                     progress(out, "container", &c.name, "Recreate");
-                    self.remove_one(&c.name, timeout, out).await;
+                    // compose: the new container takes over the anonymous volumes (-V: not).
+                    if !opts.renew_anon_volumes {
+                        self.engine.inherit_anon_volumes(c);
+                    }
+                    self.remove_one_with(&c.name, timeout, out, opts.renew_anon_volumes)
+                        .await;
                     let name = self.create_one(plan, svc, c.number, out).await?;
                     made.push(name.clone());
                     if !opts.no_start {

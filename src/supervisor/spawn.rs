@@ -38,6 +38,13 @@ impl Supervisor {
         let svc = self.service_plan(&rec.service).await;
         // A previous run's runtime state (after an exit) goes first; the bundle stays.
         let _ = self.engine.runtime.delete(name, true).await;
+        // After a reboot the same container starts again: its kernel side first (adopt.rs).
+        if crate::engine::container::kernel_side_gone(&self.engine.paths, &rec) {
+            let nets = self.state.lock().await.networks.clone();
+            self.engine
+                .restore_kernel_side(&rec, &nets, svc.as_ref())
+                .await?;
+        }
         let (max_size, max_file) = svc
             .as_ref()
             .map(|s| (s.log_max_size, s.log_max_file))

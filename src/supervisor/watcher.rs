@@ -124,9 +124,33 @@ impl Supervisor {
         let _ = log.await;
     }
 
+    /// A container, network or volume reached `state` (a progress state, "Stopped"): recorded
+    /// for `berth events` with Docker's action name (`container NAME stop`); the steps between
+    /// (Stopping…) are not events.
+    pub(super) fn object_event(&self, kind: &str, name: &str, state: &str) {
+        let action = match state {
+            "Created" => "create",
+            "Started" => "start",
+            "Stopped" => "stop",
+            "Killed" => "kill",
+            "Removed" => "destroy",
+            "Paused" => "pause",
+            "Unpaused" => "unpause",
+            "Died" => "die",
+            _ => return,
+        };
+        if matches!(kind, "container" | "network" | "volume") {
+            self.append_event(&format!("{kind} {name} {action}"));
+        }
+    }
+
     /// Append a line to the project's event log (`berth events` reads it) and the supervisor log.
     pub(super) fn event(&self, text: &str) {
         tracing::info!("{text}");
+        self.append_event(text);
+    }
+
+    fn append_event(&self, text: &str) {
         let path = self.engine.paths.project(&self.project).join("events.log");
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)

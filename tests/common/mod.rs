@@ -46,12 +46,19 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The test image as a docker-save archive, built once per test binary.
+/// The test image as a docker-save archive, built once per test binary, in a directory removed
+/// when the test binary exits (an `atexit` hook: statics are never dropped).
 pub fn image_tar() -> PathBuf {
     static TAR: OnceLock<PathBuf> = OnceLock::new();
     TAR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("berth-test-image-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        extern "C" fn remove_image_dir() {
+            let dir = std::env::temp_dir().join(format!("berth-test-image-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        // SAFETY: registering a plain function with no captured state.
+        unsafe { libc::atexit(remove_image_dir) };
         let out = dir.join("image.tar");
         let st = Command::new(repo_root().join("examples/mkimage.sh"))
             .arg(&out)
