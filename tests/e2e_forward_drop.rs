@@ -29,6 +29,14 @@ fn nft(script: &str) -> bool {
     child.wait().unwrap().success()
 }
 
+/// The tests of this file change the host's forward policy: one at a time, so that each one
+/// sees the policy it set (and the one that starts without a drop really starts without it).
+static HOST_POLICY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn host_policy() -> std::sync::MutexGuard<'static, ()> {
+    HOST_POLICY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// `table ip berthtest_drop_<pid>`: forward hook, priority 0, policy drop. Deleted on drop.
 struct ForwardDrop(String);
 
@@ -220,6 +228,7 @@ impl Drop for Remote {
 
 #[test]
 fn published_ports_and_hairpin_work_under_a_forward_drop_policy() {
+    let _one = host_policy();
     let b = Berth::new();
     let _drop = ForwardDrop::new();
     let p = unique("fwdrop");
@@ -390,4 +399,140 @@ fn published_ports_and_hairpin_work_under_a_forward_drop_policy() {
     for s in &switches {
         assert!(!s.exists(), "{} left behind", s.display());
     }
+}
+
+/// Whether something listens on TCP `port` in the host's namespace (the relay does; with
+/// DNAT, nothing on the host does).
+fn host_listens(port: u16) -> bool {
+    let hex = format!(":{port:04X} ");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+        std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                w.len() > 3 && format!("{} ", w[1]).ends_with(&hex) && w[3] == "0A"
+            })
+    })
+}
+
+/// The host's other nftables tables, their chains and rules, without their counters (which
+/// move): what berth must leave alone.
+fn foreign_ruleset() -> Vec<String> {
+    let tables = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    let mut out = vec![];
+    for t in String::from_utf8_lossy(&tables.stdout).lines() {
+        let w: Vec<&str> = t.split_whitespace().collect();
+        if w.len() != 3 || (w[1] == "inet" && w[2] == "berth") {
+            continue;
+        }
+        let l = Command::new("nft")
+            .args(["list", "table", w[1], w[2]])
+            .output()
+            .unwrap();
+        for line in String::from_utf8_lossy(&l.stdout).lines() {
+            let kept: Vec<&str> = line
+                .split_whitespace()
+                .filter(|x| !x.chars().all(|c| c.is_ascii_digit()))
+                .collect();
+            out.push(format!("{} {}", t, kept.join(" ")));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_forward_drop_set_after_up_is_seen_at_once_and_ports_keep_working() {
+    let _one = host_policy();
+    let b = Berth::new();
+    let p = unique("fwlate");
+    let f = b.compose(
+        &p,
+        "services:\n  web:\n    image: berth-test/busybox:1\n    init: true\n    command: [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n    ports: [\"80\"]\n",
+    );
+    b.ok(&f, &["up", "-d"]);
+    let port = b.port(&f, "web", 80, 1);
+    let remote = Remote::new();
+    let to = remote.host;
+    let get = move |ns: &PathBuf| in_netns(ns, move || host_get_within(to, port, 300));
+    // No drop yet: the remote client is DNATed by the kernel, nothing listens on the host.
+    let body = wait_for(
+        "the remote client to reach web",
+        Duration::from_secs(10),
+        || get(&remote.netns()),
+    );
+    assert!(body.contains("hello from berth"), "{body}");
+    assert!(!host_listens(port), "relay mode without any drop policy");
+    let before = foreign_ruleset();
+
+    // Docker (or an admin) drops routed traffic now: the supervisor hears of it from the
+    // kernel's nftables notifications and moves the port to its relay. Its old 10 s poll
+    // would not do in 1 s; the fallback poll, 60 s, not at all.
+    let drop = ForwardDrop::new();
+    let t0 = std::time::Instant::now();
+    let mut served = None;
+    while t0.elapsed() < Duration::from_secs(1) {
+        if let Some(b) = get(&remote.netns()) {
+            served = Some((b, t0.elapsed()));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (body, after) = served.unwrap_or_else(|| {
+        panic!(
+            "the published port did not work again within 1 s of the forward drop (relay \
+             listening: {})",
+            host_listens(port)
+        )
+    });
+    assert!(body.contains("hello from berth"), "{body}");
+    assert!(host_listens(port), "served without the relay? ({after:?})");
+    eprintln!("served through the relay {after:?} after the drop policy appeared");
+    // The drop is really in force for what the host routes, and berth touched nothing of the
+    // other tables: the test's own drop chain, Docker's or anyone's, as they were.
+    let mut with_drop = before.clone();
+    with_drop.extend(
+        foreign_ruleset()
+            .into_iter()
+            .filter(|l| l.contains(&drop.0)),
+    );
+    with_drop.sort();
+    let mut now = foreign_ruleset();
+    now.sort();
+    assert_eq!(now, with_drop, "berth changed another table");
+    assert!(
+        now.iter()
+            .any(|l| l.contains("hook forward") && l.contains("policy drop")),
+        "{now:#?}"
+    );
+
+    // The drop goes: back to the kernel's DNAT just as fast (the relay stops listening).
+    std::mem::drop(drop);
+    wait_for(
+        "the relay to stop once the drop is gone",
+        Duration::from_secs(2),
+        || (!host_listens(port)).then_some(()),
+    );
+    let body = wait_for("the remote client again", Duration::from_secs(2), || {
+        get(&remote.netns())
+    });
+    assert!(body.contains("hello from berth"), "{body}");
+    b.ok(&f, &["down", "-t", "1"]);
+}
+
+/// GET http://addr:port/ from the calling thread's namespace, connecting within `ms`.
+fn host_get_within(addr: Ipv4Addr, port: u16, ms: u64) -> Option<String> {
+    let to = SocketAddr::from((addr, port));
+    let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_millis(ms)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut r = String::new();
+    s.read_to_string(&mut r).ok()?;
+    r.lines()
+        .next()
+        .is_some_and(|l| l.contains(" 200"))
+        .then(|| r.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
 }

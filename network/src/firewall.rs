@@ -54,10 +54,10 @@
 //! Debian's dockerd 20.10 running (policy drop, br_netfilter on): a plain host bridge loses
 //! 100% of pings. For published ports berth takes those clients off the routed path: when some
 //! other table's forward hook has policy drop (`routed_traffic_blocked`, looked at by the
-//! supervisor every few seconds), the project is applied with `relay` set, the prerouting rules
-//! only count, and the supervisor's userland relay (`crate::relay`) accepts the connections on
-//! the host and opens them again to the container. Containers reaching the outside world stay
-//! routed, and so stay under that policy.
+//! supervisor whenever `nfevents` announces a change), the project is applied with `relay`
+//! set, the prerouting rules only count, and the supervisor's userland relay (`crate::relay`)
+//! accepts the connections on the host and opens them again to the container. Containers
+//! reaching the outside world stay routed, and so stay under that policy.
 
 use std::fmt;
 use std::io::Write;

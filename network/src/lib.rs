@@ -13,6 +13,7 @@ pub mod files;
 pub mod firewall;
 pub mod ipam;
 pub mod netns;
+pub mod nfevents;
 mod nl;
 #[cfg(feature = "relay")]
 pub mod relay;

@@ -981,3 +981,75 @@ fn nft_forward_drop_is_seen_over_netlink() {
         eprintln!("iptables-nft part skipped: no iptables-nft");
     }
 }
+
+/// The nftables change subscription (what the supervisor waits on instead of polling the
+/// forward policy): another table's changes are announced at once, iptables-nft's too, and
+/// berth's own table's are not. In a namespace of the test's own.
+#[test]
+fn nft_changes_are_announced_except_berths_own() {
+    use berth_network::nfevents;
+    use std::time::Duration;
+    require_root();
+    let ns = BareNs::new();
+    let mut ev = in_netns(&ns.path, || {
+        nfevents::NftEvents::subscribe().expect("subscribing to nftables events")
+    });
+    let nft = |script: &str| {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), script).unwrap();
+        assert!(
+            ns.run(&["nft", "-f", f.path().to_str().unwrap()]),
+            "{script}"
+        );
+    };
+    assert!(
+        !ev.wait(Duration::from_millis(100)).unwrap(),
+        "an event from nowhere"
+    );
+    nft("add table inet berth\nadd chain inet berth f { type filter hook forward priority 0; policy drop; }\n");
+    nft("flush chain inet berth f\ndelete table inet berth\n");
+    assert!(
+        !ev.wait(Duration::from_millis(300)).unwrap(),
+        "berth's own table announced"
+    );
+    nft("add table ip filter\nadd chain ip filter FORWARD { type filter hook forward priority 0; policy accept; }\n");
+    assert!(
+        ev.wait(Duration::from_secs(2)).unwrap(),
+        "a new table not announced"
+    );
+    // Each change is announced once: nothing is left queued after it was read.
+    assert!(!ev.wait(Duration::from_millis(100)).unwrap());
+    nft("add chain ip filter FORWARD { policy drop; }\n");
+    assert!(
+        ev.wait(Duration::from_secs(2)).unwrap(),
+        "a policy change not announced"
+    );
+    nft("delete table ip filter\n");
+    assert!(
+        ev.wait(Duration::from_secs(2)).unwrap(),
+        "a deletion not announced"
+    );
+    if std::process::Command::new("iptables-nft")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        assert!(ns.run(&["iptables-nft", "-P", "FORWARD", "DROP"]));
+        assert!(
+            ev.wait(Duration::from_secs(2)).unwrap(),
+            "iptables-nft's policy change not announced"
+        );
+    }
+    // Legacy iptables announces nothing: the watcher knows to poll when it is in use.
+    assert!(!in_netns(&ns.path, nfevents::legacy_iptables_in_use));
+    if std::process::Command::new("iptables-legacy")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let _ = ev.wait(Duration::from_millis(50));
+        assert!(ns.run(&["iptables-legacy", "-P", "FORWARD", "DROP"]));
+        assert!(in_netns(&ns.path, nfevents::legacy_iptables_in_use));
+        assert!(!ev.wait(Duration::from_millis(200)).unwrap());
+    }
+}

@@ -10,8 +10,14 @@ use std::time::Duration;
 use super::Supervisor;
 use crate::state::{ContainerRecord, ProjectState, Status};
 
-/// How often the host's forward policy is looked at again (Docker may start after `up`).
-const FORWARD_POLICY_CHECK: Duration = Duration::from_secs(10);
+/// How often the host's forward policy is looked at without a change announced: the fallback
+/// where nftables events cannot be had, and the one look at legacy iptables appearing later.
+const FORWARD_POLICY_SLOW_CHECK: Duration = Duration::from_secs(60);
+/// The same while legacy (non-nft) iptables has tables: its changes announce nothing.
+const FORWARD_POLICY_LEGACY_CHECK: Duration = Duration::from_secs(10);
+/// After an nftables change, how long further ones are gathered before looking (Docker's start
+/// is dozens of transactions in a row: one look, not dozens).
+const FORWARD_POLICY_SETTLE: Duration = Duration::from_millis(20);
 
 impl Supervisor {
     /// The containers that take traffic (DNS answers, published-port backends): running, not
@@ -126,11 +132,32 @@ impl Supervisor {
         }
     }
 
-    /// Look at the host's forward policy now and every `FORWARD_POLICY_CHECK`; when it starts
-    /// or stops dropping routed traffic, apply the firewall again (which moves the published
-    /// ports to or from the relay).
+    /// Look at the host's forward policy now and whenever the host's nftables ruleset changes
+    /// (`berth_network::nfevents`: Docker, ufw, firewalld or an admin, through nft or
+    /// iptables-nft, seen within milliseconds); when it starts or stops dropping routed
+    /// traffic, apply the firewall again (which moves the published ports to or from the
+    /// relay). Without the subscription, and for legacy iptables (which announces nothing),
+    /// it is looked at on a timer instead.
     pub(super) async fn watch_forward_policy(self: Arc<Self>) {
         use std::sync::atomic::Ordering;
+        use tokio::io::unix::AsyncFd;
+        let mut events = match berth_network::nfevents::NftEvents::subscribe().and_then(|ev| {
+            // SAFETY: the events own their socket for as long as they live; its fd is the
+            // same throughout.
+            unsafe { AsyncFd::register_with_interest(ev, tokio::io::Interest::READABLE) }
+                .map_err(std::io::Error::from)
+        }) {
+            Ok(ev) => Some(ev),
+            Err(e) => {
+                tracing::warn!(
+                    "no nftables change events ({e}): the host's forward policy is looked at \
+                     every {} s",
+                    FORWARD_POLICY_SLOW_CHECK.as_secs()
+                );
+                None
+            }
+        };
+        let mut legacy_said = false;
         loop {
             let blocked =
                 tokio::task::spawn_blocking(berth_network::firewall::routed_traffic_blocked)
@@ -142,7 +169,57 @@ impl Supervisor {
                     tracing::warn!("firewall: {e:#}");
                 }
             }
-            tokio::time::sleep(FORWARD_POLICY_CHECK).await;
+            let legacy = berth_network::nfevents::legacy_iptables_in_use();
+            if legacy && !legacy_said && events.is_some() {
+                tracing::info!(
+                    "legacy iptables is in use and announces no change: the host's forward \
+                     policy is also looked at every {} s",
+                    FORWARD_POLICY_LEGACY_CHECK.as_secs()
+                );
+            }
+            legacy_said |= legacy;
+            let period = if legacy {
+                FORWARD_POLICY_LEGACY_CHECK
+            } else {
+                FORWARD_POLICY_SLOW_CHECK
+            };
+            let Some(ev) = events.as_mut() else {
+                tokio::time::sleep(period).await;
+                continue;
+            };
+            let deadline = tokio::time::Instant::now() + period;
+            // Until a change outside berth's own table, or the period is over.
+            let failed = loop {
+                let ready = tokio::select! {
+                    r = ev.readable_mut() => r,
+                    _ = tokio::time::sleep_until(deadline) => break None,
+                };
+                let mut guard = match ready {
+                    Ok(g) => g,
+                    Err(e) => break Some(e),
+                };
+                // Read until the socket would block: the readiness is then really spent.
+                let r = guard.get_inner_mut().read_pending();
+                guard.clear_ready();
+                match r {
+                    Ok(true) => {
+                        crate::trace::step(|| "nftables changed: forward policy check".into());
+                        tokio::time::sleep(FORWARD_POLICY_SETTLE).await;
+                        let _ = ev.get_mut().read_pending();
+                        break None;
+                    }
+                    Ok(false) => {}
+                    Err(e) => break Some(e),
+                }
+            };
+            if let Some(e) = failed {
+                tracing::warn!(
+                    "nftables change events stopped ({e}): the host's forward policy is \
+                     looked at every {} s",
+                    FORWARD_POLICY_SLOW_CHECK.as_secs()
+                );
+                events = None;
+            }
         }
     }
 
