@@ -536,3 +536,155 @@ fn host_get_within(addr: Ipv4Addr, port: u16, ms: u64) -> Option<String> {
         .is_some_and(|l| l.contains(" 200"))
         .then(|| r.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
 }
+
+/// `table ip berthtest_input_<pid>`: an input-hook chain with policy drop, as ufw leaves a
+/// host (`INPUT` policy DROP), that lets in everything but what comes in through `links` (the
+/// test's own project's bridge and remote host), so that other tests and the machine itself
+/// are not touched by it. Deleted on drop, also when the test fails.
+struct InputDrop(String);
+
+impl InputDrop {
+    fn new(links: &[&str]) -> InputDrop {
+        let list = Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .unwrap();
+        for line in String::from_utf8_lossy(&list.stdout).lines() {
+            let Some(pid) = line.trim().strip_prefix("table ip berthtest_input_") else {
+                continue;
+            };
+            if pid.parse::<u32>().is_ok() && !std::path::Path::new("/proc").join(pid).exists() {
+                nft(&format!("delete table ip berthtest_input_{pid}\n"));
+            }
+        }
+        let name = format!("berthtest_input_{}", std::process::id());
+        let guard = InputDrop(name.clone());
+        let set: Vec<String> = links.iter().map(|l| format!("\"{l}\"")).collect();
+        assert!(nft(&format!(
+            "add table ip {name}\nadd chain ip {name} input {{ type filter hook input priority 0; policy drop; }}\nadd rule ip {name} input iifname != {{ {} }} accept\n",
+            set.join(", ")
+        )));
+        guard
+    }
+
+    /// The chain's rules as nft lists them.
+    fn listing(&self) -> String {
+        let o = Command::new("nft")
+            .args(["list", "table", "ip", &self.0])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+impl Drop for InputDrop {
+    fn drop(&mut self) {
+        let ok = nft(&format!("delete table ip {}\n", self.0));
+        if !std::thread::panicking() {
+            assert!(ok, "could not delete table ip {}", self.0);
+        }
+    }
+}
+
+#[test]
+fn dns_and_relayed_ports_work_under_an_input_drop_policy() {
+    let _one = host_policy();
+    let b = Berth::new();
+    let p = unique("indrop");
+    let f = b.compose(
+        &p,
+        "services:\n  web:\n    image: berth-test/busybox:1\n    init: true\n    command: [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n    ports: [\"80\"]\n  client:\n    image: berth-test/busybox:1\n    init: true\n    command: [\"sleep\", \"300\"]\n",
+    );
+    b.ok(&f, &["up", "-d"]);
+    let port = b.port(&f, "web", 80, 1);
+    let st = b.state(&p).unwrap();
+    let bridge = st["networks"][0]["bridge"].as_str().unwrap().to_string();
+    let remote = Remote::new();
+    let wget = |url: &str| {
+        let o = b
+            .cmd()
+            .arg("-f")
+            .arg(&f)
+            .args([
+                "exec", "-T", "client", "timeout", "3", "wget", "-q", "-O-", url,
+            ])
+            .output()
+            .unwrap();
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).to_string())
+    };
+    let body = wait_for(
+        "client to reach web by name",
+        Duration::from_secs(10),
+        || wget("http://web/"),
+    );
+    assert!(body.contains("hello from berth"), "{body}");
+
+    // ufw's defaults: input and forward dropped (forward: the ports move to the relay, which
+    // serves them on the host, so through the input hook).
+    let input = InputDrop::new(&[&bridge, &remote.host_if]);
+    let _fwd = ForwardDrop::new();
+    let tag = "comment \"berth p_";
+    let listing = wait_for(
+        "berth's accepts in the input chain",
+        Duration::from_secs(5),
+        || {
+            let l = input.listing();
+            (l.contains(tag) && l.contains(&format!("dport {port} accept"))).then_some(l)
+        },
+    );
+    assert!(
+        listing.contains(&format!("iifname \"{bridge}\"")) && listing.contains("dport 53"),
+        "{listing}"
+    );
+    // DNS on the gateway through the input drop: the name still resolves.
+    let body = wait_for("DNS under the input drop", Duration::from_secs(5), || {
+        wget("http://web/")
+    });
+    assert!(body.contains("hello from berth"), "{body}");
+    // The published port, relayed on the host, from the remote host.
+    let to = remote.host;
+    let body = wait_for(
+        "the relayed port under the input drop",
+        Duration::from_secs(5),
+        || in_netns(&remote.netns(), move || host_get_within(to, port, 500)),
+    );
+    assert!(body.contains("hello from berth"), "{body}");
+    // The drop is in force for the rest: a port the host serves that berth did not publish.
+    let other = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    let reached = in_netns(&remote.netns(), move || {
+        std::net::TcpStream::connect_timeout(
+            &SocketAddr::from((to, other_port)),
+            Duration::from_millis(500),
+        )
+        .is_ok()
+    });
+    assert!(!reached, "the input drop is not in force: {listing}");
+
+    // The drop policy goes: berth's accepts go with it, the chain keeps its own rule.
+    nft(&format!(
+        "add chain ip {} input {{ type filter hook input priority 0; policy accept; }}\n",
+        input.0
+    ));
+    wait_for(
+        "berth's accepts to go with the policy",
+        Duration::from_secs(5),
+        || (!input.listing().contains(tag)).then_some(()),
+    );
+    nft(&format!(
+        "add chain ip {} input {{ type filter hook input priority 0; policy drop; }}\n",
+        input.0
+    ));
+    wait_for(
+        "berth's accepts to come back",
+        Duration::from_secs(5),
+        || input.listing().contains(tag).then_some(()),
+    );
+    // down removes exactly berth's own.
+    b.ok(&f, &["down", "-t", "1"]);
+    let after = input.listing();
+    assert!(!after.contains(tag), "{after}");
+    assert!(after.contains("iifname != {"), "{after}");
+}

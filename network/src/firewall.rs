@@ -585,9 +585,9 @@ fn apply_switches(fw: &ProjectFirewall) {
 }
 
 /// Held for its flock; released on drop.
-struct NftLock(#[allow(dead_code)] std::fs::File);
+pub(crate) struct NftLock(#[allow(dead_code)] std::fs::File);
 
-fn lock() -> Result<NftLock> {
+pub(crate) fn lock() -> Result<NftLock> {
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -604,7 +604,7 @@ fn lock() -> Result<NftLock> {
     Ok(NftLock(f))
 }
 
-fn nft(args: &[&str], stdin: Option<&str>) -> Result<String> {
+pub(crate) fn nft(args: &[&str], stdin: Option<&str>) -> Result<String> {
     let mut cmd = Command::new("nft");
     cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.stdin(if stdin.is_some() {
@@ -680,7 +680,7 @@ const NFTA_HOOK_HOOKNUM: u16 = 1;
 /// Every nftables chain of the calling thread's namespace, dumped over nf_tables netlink (what
 /// `nft list chains` asks, without starting nft: this runs every few seconds per project).
 /// The raw replies, for `forward_drop_in_dump`.
-fn nft_chain_dump() -> std::io::Result<Vec<Vec<u8>>> {
+pub(crate) fn nft_chain_dump() -> std::io::Result<Vec<Vec<u8>>> {
     use netlink_sys::{Socket, SocketAddr};
     let mut sock = Socket::new(NETLINK_NETFILTER)?;
     sock.bind_auto()?;
@@ -723,7 +723,7 @@ fn nft_chain_dump() -> std::io::Result<Vec<Vec<u8>>> {
 }
 
 /// The netlink attributes in `b`: (type without flag bits, payload).
-fn nl_attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
+pub(crate) fn nl_attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
     let mut v = Vec::new();
     while b.len() >= 4 {
         let len = u16::from_ne_bytes([b[0], b[1]]) as usize;

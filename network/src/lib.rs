@@ -11,6 +11,7 @@ pub mod dns;
 pub mod endpoint;
 pub mod files;
 pub mod firewall;
+pub mod hostinput;
 pub mod ipam;
 pub mod netns;
 pub mod nfevents;

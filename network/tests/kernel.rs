@@ -1053,3 +1053,82 @@ fn nft_changes_are_announced_except_berths_own() {
         assert!(!ev.wait(Duration::from_millis(200)).unwrap());
     }
 }
+
+/// berth's accepts in a foreign input chain whose policy is drop (ufw's `ip filter INPUT`):
+/// written while the policy is drop, removed when it is not, found by their comment, and
+/// nothing else of the chain touched. In a namespace of the test's own.
+#[test]
+fn input_drop_chains_get_berths_tagged_accepts_only_while_dropping() {
+    use berth_network::hostinput::{self, InputNeeds};
+    use std::net::Ipv4Addr;
+    require_root();
+    let ns = BareNs::new();
+    let nft = |script: &str| {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), script).unwrap();
+        assert!(
+            ns.run(&["nft", "-f", f.path().to_str().unwrap()]),
+            "{script}"
+        );
+    };
+    let listing = || {
+        let o = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", ns.path.display()))
+            .args(["nft", "list", "chain", "ip", "filter", "INPUT"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let needs = InputNeeds {
+        project: "demo".into(),
+        networks: vec![("berthbrtest0001".into(), Ipv4Addr::new(10, 9, 8, 1))],
+        ports: vec![(Proto::Tcp, None, 8080)],
+        outbound: vec![],
+    };
+    let sync = |n: &InputNeeds| {
+        let n = n.clone();
+        in_netns(&ns.path, move || hostinput::sync(&n)).unwrap()
+    };
+    nft("add table ip filter\nadd chain ip filter INPUT { type filter hook input priority 0; policy accept; }\nadd rule ip filter INPUT tcp dport 22 accept\n");
+    sync(&needs);
+    assert!(
+        !listing().contains("berth"),
+        "accepts without a drop policy"
+    );
+    nft("add chain ip filter INPUT { policy drop; }\n");
+    sync(&needs);
+    let l = listing();
+    assert!(l.contains("comment \"berth p_demo_"), "{l}");
+    assert!(
+        l.contains("iifname \"berthbrtest0001\" ip daddr 10.9.8.1"),
+        "{l}"
+    );
+    assert!(
+        l.contains("tcp dport 8080 accept") || l.contains("th dport 8080 accept"),
+        "{l}"
+    );
+    assert_eq!(l.matches("berth p_demo_").count(), 3, "{l}");
+    // Again: nothing changes (no duplicates).
+    sync(&needs);
+    assert_eq!(listing(), l);
+    // Another project's rules are its own.
+    let other = InputNeeds {
+        project: "demo2".into(),
+        networks: vec![("berthbrtest0002".into(), Ipv4Addr::new(10, 9, 9, 1))],
+        ..Default::default()
+    };
+    sync(&other);
+    in_netns(&ns.path, || hostinput::remove("demo")).unwrap();
+    let l = listing();
+    assert!(!l.contains("berth p_demo_"), "{l}");
+    assert!(
+        l.contains("berth p_demo2_") && l.contains("tcp dport 22 accept"),
+        "{l}"
+    );
+    // The policy goes back to accept: the accepts go.
+    nft("add chain ip filter INPUT { policy accept; }\n");
+    sync(&other);
+    let l = listing();
+    assert!(!l.contains("berth"), "{l}");
+    assert!(l.contains("tcp dport 22 accept"), "{l}");
+}

@@ -169,6 +169,8 @@ impl Supervisor {
                     tracing::warn!("firewall: {e:#}");
                 }
             }
+            // The same change may be an input drop policy appearing or going (ufw).
+            self.sync_host_input().await;
             let legacy = berth_network::nfevents::legacy_iptables_in_use();
             if legacy && !legacy_said && events.is_some() {
                 tracing::info!(
@@ -223,10 +225,53 @@ impl Supervisor {
         }
     }
 
+    /// berth's accepts in the host's input-hook chains whose policy is drop (ufw's INPUT): DNS
+    /// on the project's gateways, replies from its networks, and in relay mode its relayed
+    /// ports (`berth_network::hostinput`), for what was last applied; none once the rules
+    /// are removed. Run on every host firewall change and after each apply.
+    pub(super) async fn sync_host_input(&self) {
+        let _one = self.fw.lock().await;
+        let last = self.shared.lock().unwrap().last_fw.clone();
+        let mut needs = berth_network::hostinput::InputNeeds {
+            project: self.project.clone(),
+            ..Default::default()
+        };
+        if let Some(fw) = last {
+            let st = self.state.lock().await;
+            needs.networks = st
+                .networks
+                .iter()
+                .filter(|n| fw.networks.iter().any(|r| r.bridge == n.bridge))
+                .map(|n| (n.bridge.clone(), n.gateway))
+                .collect();
+            drop(st);
+            if fw.relay {
+                needs.ports = fw
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        let host = berth_network::hostinput::v4(p.host_ip);
+                        (p.protocol, host, p.host_port)
+                    })
+                    .collect();
+                needs.outbound = fw.outbound.clone();
+            }
+        }
+        let r = tokio::task::spawn_blocking(move || berth_network::hostinput::sync(&needs)).await;
+        match r {
+            Ok(Err(e)) => tracing::warn!("accepts in the host's input chains: {e}"),
+            Err(e) => tracing::warn!("accepts in the host's input chains: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
+
     /// Remove the project's rules, and keep them removed until the next `up`.
     pub(super) async fn remove_firewall(&self) {
         let _one = self.fw.lock().await;
         let _ = berth_network::firewall::remove(&self.project);
+        let project = self.project.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || berth_network::hostinput::remove(&project)).await;
         self.relay.lock().unwrap().clear();
         let mut sh = self.shared.lock().unwrap();
         sh.last_fw = None;
@@ -325,6 +370,8 @@ impl Supervisor {
             self.relay.lock().unwrap().clear();
         }
         self.shared.lock().unwrap().last_fw = Some(applied);
+        drop(_one);
+        self.sync_host_input().await;
         Ok(())
     }
 }
