@@ -189,30 +189,39 @@ pub fn sync(n: &InputNeeds) -> Result<()> {
     let want = rules(n)?;
     let tag = tag(&n.project);
     let chains = input_chains().map_err(|e| Error::Nft(format!("listing chains: {e}")))?;
-    let written: HashSet<ChainId> = WRITTEN
+    // None: this process has not synced the project yet (a previous supervisor may have
+    // written anywhere): every input chain is looked at once.
+    let written: Option<HashSet<ChainId>> = WRITTEN
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get_or_insert_with(HashMap::new)
         .get(&tag)
-        .cloned()
-        .unwrap_or_default();
-    let _l = firewall::lock()?;
+        .cloned();
+    // Only chains that drop, or that hold what this process wrote: none on most hosts, and
+    // then no nft runs and no lock is taken.
+    let touch: Vec<&(ChainId, bool)> = chains
+        .iter()
+        .filter(|(c, drop)| *drop || written.as_ref().is_none_or(|w| w.contains(c)))
+        .collect();
     let mut now_written = HashSet::new();
-    for (c, drop) in &chains {
-        if !drop && !written.contains(c) {
-            continue;
-        }
-        if !plain_name(&c.1) || !plain_name(&c.2) {
-            tracing::warn!(
-                "input chain {} {:?} {:?} drops by default; berth cannot name it to accept its DNS and relay there",
-                c.0, c.1, c.2
-            );
-            continue;
-        }
-        let chain_want: &[(String, String)] = if *drop { &want } else { &[] };
-        set_chain(c, &tag, chain_want)?;
-        if *drop && !chain_want.is_empty() {
-            now_written.insert(c.clone());
+    if !touch.is_empty() {
+        let _l = firewall::lock()?;
+        for (c, drop) in touch {
+            if !plain_name(&c.1) || !plain_name(&c.2) {
+                tracing::warn!(
+                    "input chain {} {:?} {:?} drops by default; berth cannot name it to accept \
+                     its DNS and relay there",
+                    c.0,
+                    c.1,
+                    c.2
+                );
+                continue;
+            }
+            let chain_want: &[(String, String)] = if *drop { &want } else { &[] };
+            set_chain(c, &tag, chain_want)?;
+            if *drop && !chain_want.is_empty() {
+                now_written.insert(c.clone());
+            }
         }
     }
     WRITTEN
