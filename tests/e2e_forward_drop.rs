@@ -473,6 +473,13 @@ fn a_forward_drop_set_after_up_is_seen_at_once_and_ports_keep_working() {
     // would not do in 1 s; the fallback poll, 60 s, not at all.
     let drop = ForwardDrop::new();
     let t0 = std::time::Instant::now();
+    while !host_listens(port) && t0.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    eprintln!(
+        "relay listening {:?} after the drop policy appeared",
+        t0.elapsed()
+    );
     let mut served = None;
     while t0.elapsed() < Duration::from_secs(1) {
         if let Some(b) = get(&remote.netns()) {
