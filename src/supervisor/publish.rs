@@ -231,7 +231,15 @@ impl Supervisor {
     /// are removed. Run on every host firewall change and after each apply.
     pub(super) async fn sync_host_input(&self) {
         let _one = self.fw.lock().await;
-        let last = self.shared.lock().unwrap().last_fw.clone();
+        let (last, removed) = {
+            let sh = self.shared.lock().unwrap();
+            (sh.last_fw.clone(), sh.fw_removed)
+        };
+        if last.is_none() && !removed {
+            // Nothing applied by this supervisor yet (an adopting one): what a previous one
+            // wrote stays as it is until the first apply.
+            return;
+        }
         let mut needs = berth_network::hostinput::InputNeeds {
             project: self.project.clone(),
             ..Default::default()
