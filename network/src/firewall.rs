@@ -774,22 +774,33 @@ fn forward_drop_in_dump(msgs: &[Vec<u8>]) -> bool {
 /// forward policy. Read with `IPT_SO_GET_INFO`/`IPT_SO_GET_ENTRIES`, and only when the legacy
 /// filter table already exists there (asking for it would make the kernel create it).
 pub fn legacy_forward_drop() -> bool {
+    legacy_policy_drop(NF_INET_FORWARD)
+}
+
+/// The same for legacy iptables' INPUT policy (ufw's default on an iptables-legacy host), which
+/// berth does not write to (see `hostinput`).
+pub fn legacy_input_drop() -> bool {
+    legacy_policy_drop(NF_INET_LOCAL_IN)
+}
+
+fn legacy_policy_drop(hook: usize) -> bool {
     let names =
         std::fs::read_to_string("/proc/thread-self/net/ip_tables_names").unwrap_or_default();
     if !names.lines().any(|l| l.trim() == "filter") {
         return false;
     }
-    legacy_filter_blob()
+    legacy_filter_blob(hook)
         .map(|(underflow, blob)| legacy_policy_is_drop(&blob, underflow))
         .unwrap_or(false)
 }
 
 const IPT_SO_GET_INFO: libc::c_int = 64;
 const IPT_SO_GET_ENTRIES: libc::c_int = 65;
+const NF_INET_LOCAL_IN: usize = 1;
 const NF_INET_FORWARD: usize = 2;
 
-/// (offset of the FORWARD policy entry, the filter table's entries) through getsockopt.
-fn legacy_filter_blob() -> std::io::Result<(usize, Vec<u8>)> {
+/// (offset of `hook`'s policy entry, the filter table's entries) through getsockopt.
+fn legacy_filter_blob(hook: usize) -> std::io::Result<(usize, Vec<u8>)> {
     // SAFETY: plain socket(2); the fd is owned right away.
     let fd = unsafe {
         libc::socket(
@@ -809,10 +820,10 @@ fn legacy_filter_blob() -> std::io::Result<(usize, Vec<u8>)> {
     ip_getsockopt(&sock, IPT_SO_GET_INFO, &mut info)?;
     let u32_at = |b: &[u8], o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().unwrap());
     let valid_hooks = u32_at(&info, 32);
-    if valid_hooks & (1 << NF_INET_FORWARD) == 0 {
+    if valid_hooks & (1 << hook) == 0 {
         return Err(std::io::Error::from_raw_os_error(libc::ENOENT));
     }
-    let underflow = u32_at(&info, 56 + 4 * NF_INET_FORWARD) as usize;
+    let underflow = u32_at(&info, 56 + 4 * hook) as usize;
     let size = u32_at(&info, 80) as usize;
     // struct ipt_get_entries: name[32], size, then the entries (8-byte aligned: offset 40).
     let mut buf = vec![0u8; 40 + size];

@@ -13,7 +13,7 @@
 //! `ip filter INPUT` on ufw or Docker hosts, and any nft table's. Only while that policy is
 //! drop; each rule carries a comment `berth <project chain prefix> ...`, which is how berth
 //! finds and removes exactly its own and nothing else. Legacy (non-nft) iptables is not
-//! written to (berth talks nf_tables only).
+//! written to (berth talks nf_tables only): a drop policy there is only warned about.
 //!
 //! The rules, per project: for each of its networks (link B, gateway G)
 //! `iifname B ip daddr G th dport 53 accept` (DNS) and `iifname B ct state
@@ -229,6 +229,16 @@ pub fn sync(n: &InputNeeds) -> Result<()> {
         .unwrap_or_else(|e| e.into_inner())
         .get_or_insert_with(HashMap::new)
         .insert(tag, now_written);
+    if firewall::legacy_input_drop() {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            tracing::warn!(
+                "legacy iptables' INPUT policy is drop and berth writes nf_tables only: its DNS \
+                 and relayed ports need accepts there (iptables-legacy -I INPUT -i 'berth+' -j \
+                 ACCEPT, or ufw allow in on the berth links)"
+            )
+        });
+    }
     Ok(())
 }
 

@@ -933,8 +933,16 @@ fn legacy_iptables_forward_drop_is_seen() {
     assert!(!tables.contains("filter"));
     policy("DROP");
     assert!(seen());
+    // INPUT is read apart from FORWARD (a ufw host drops both; the check for each is its own).
+    let input = || in_netns(&ns.path, firewall::legacy_input_drop);
+    assert!(!input());
+    assert!(ns.run(&["iptables-legacy", "-P", "INPUT", "DROP"]));
+    assert!(input());
     policy("ACCEPT");
     assert!(!seen());
+    assert!(input());
+    assert!(ns.run(&["iptables-legacy", "-P", "INPUT", "ACCEPT"]));
+    assert!(!input());
 }
 
 /// An nftables forward-hook chain with policy drop in another table is seen over netlink (the
