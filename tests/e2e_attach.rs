@@ -350,22 +350,36 @@ fn attach_without_a_tty_forwards_stdin_and_signals() {
     // --sig-proxy (the default): the CLI's SIGTERM goes to the container's process, whose
     // trap answers; its exit ends the attach with its code.
     let mut c = attach(&[], "trap");
-    let mut out = c.stdout.take().unwrap();
-    let mut first = [0u8; 5];
-    out.read_exact(&mut first).unwrap();
-    assert_eq!(&first, b"tick\n");
+    let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let (mut from, out) = (c.stdout.take().unwrap(), out.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+    }
+    // Its output shows: the CLI is attached (and has its signal handling in place).
+    wait_for("attach's first output", Duration::from_secs(20), || {
+        out.lock().unwrap().contains("tick\n").then_some(())
+    });
     // SAFETY: signalling the CLI this test started.
     unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-    let rest = read_until(out, "got-TERM");
     let st = wait_for(
         "attach to end with the container",
         Duration::from_secs(15),
         || c.try_wait().unwrap(),
     );
-    let rest = rest
-        .recv_timeout(Duration::from_secs(5))
-        .unwrap_or_default();
-    assert!(rest.contains("got-TERM"), "{rest:?}");
+    // The trap's last words came through the CLI (written before it ended).
+    wait_for("the trap's output", Duration::from_secs(5), || {
+        out.lock().unwrap().contains("got-TERM").then_some(())
+    });
     assert_eq!(st.code(), Some(7), "{st}");
     let ps = b.ok(&f, &["ps", "-a", "--format", "{{.Service}} {{.State}}"]);
     assert!(ps.contains("trap exited"), "{ps}");
