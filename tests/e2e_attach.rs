@@ -255,3 +255,133 @@ fn a_tty_survives_a_supervisor_kill_while_attached_and_reattaches() {
     assert!(logs.contains("first"), "{logs}");
     b.ok(&f, &["down", "-t", "1"]);
 }
+
+/// Read `from` on a thread until `want` shows up (20 s at most); everything read by then.
+fn read_until(
+    mut from: impl Read + Send + 'static,
+    want: &'static str,
+) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut seen = String::new();
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if seen.contains(want) {
+                break;
+            }
+        }
+        let _ = tx.send(seen);
+    });
+    rx
+}
+
+#[test]
+fn attach_without_a_tty_forwards_stdin_and_signals() {
+    use std::io::Write;
+    let b = Berth::new();
+    let p = unique("attachio");
+    let f = b.compose(
+        &p,
+        "services:\n  cat:\n    image: berth-test/busybox:1\n    command: [\"sh\", \"-c\", \"while read l; do echo got-$$l; done; echo stdin-ended\"]\n    stdin_open: true\n  trap:\n    image: berth-test/busybox:1\n    command: [\"sh\", \"-c\", \"trap 'echo got-TERM; exit 7' TERM; while true; do echo tick; sleep 0.2; done\"]\n",
+    );
+    b.ok(&f, &["up", "-d"]);
+
+    // stdin_open: a line written to attach's stdin reaches the container's, its answer comes
+    // back on attach's stdout.
+    let attach = |extra: &[&str], svc: &str| {
+        b.cmd()
+            .arg("-f")
+            .arg(&f)
+            .arg("attach")
+            .args(extra)
+            .arg(svc)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut c = attach(&["--sig-proxy=false"], "cat");
+    let mut input = c.stdin.take().unwrap();
+    let seen = read_until(c.stdout.take().unwrap(), "got-second");
+    // The first line may be written before the CLI opened the container's stdin: it is
+    // then waiting in the CLI's own pipe, and still arrives.
+    input.write_all(b"first\n").unwrap();
+    input.write_all(b"second\n").unwrap();
+    input.flush().unwrap();
+    let seen = seen
+        .recv_timeout(Duration::from_secs(20))
+        .expect("no answer through attach");
+    assert!(
+        seen.contains("got-first\n") && seen.contains("got-second\n"),
+        "{seen:?}"
+    );
+    // The CLI's input ends: the container's does not (docker attach without stdin_once).
+    drop(input);
+    // --sig-proxy=false: ^C ends the CLI only.
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: signalling the CLI this test started.
+    unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+    let st = wait_for("attach to end on SIGINT", Duration::from_secs(10), || {
+        c.try_wait().unwrap()
+    });
+    assert_eq!(st.code(), Some(130), "{st}");
+    std::thread::sleep(Duration::from_millis(300));
+    let ps = b.ok(&f, &["ps", "--format", "{{.Service}} {{.State}}"]);
+    assert!(ps.contains("cat running"), "{ps}");
+    assert!(
+        !b.ok(&f, &["logs", "cat"]).contains("stdin-ended"),
+        "the container read EOF"
+    );
+    // A second attacher writes into the same stdin.
+    let mut c = attach(&[], "cat");
+    let mut input = c.stdin.take().unwrap();
+    let seen = read_until(c.stdout.take().unwrap(), "got-again");
+    input.write_all(b"again\n").unwrap();
+    let seen = seen.recv_timeout(Duration::from_secs(20));
+    let _ = c.kill();
+    let _ = c.wait();
+    assert!(seen.is_ok_and(|s| s.contains("got-again")));
+
+    // --sig-proxy (the default): the CLI's SIGTERM goes to the container's process, whose
+    // trap answers; its exit ends the attach with its code.
+    let mut c = attach(&[], "trap");
+    let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let (mut from, out) = (c.stdout.take().unwrap(), out.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+    }
+    // Its output shows: the CLI is attached (and has its signal handling in place).
+    wait_for("attach's first output", Duration::from_secs(20), || {
+        out.lock().unwrap().contains("tick\n").then_some(())
+    });
+    // SAFETY: signalling the CLI this test started.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let st = wait_for(
+        "attach to end with the container",
+        Duration::from_secs(15),
+        || c.try_wait().unwrap(),
+    );
+    // The trap's last words came through the CLI (written before it ended).
+    wait_for("the trap's output", Duration::from_secs(5), || {
+        out.lock().unwrap().contains("got-TERM").then_some(())
+    });
+    assert_eq!(st.code(), Some(7), "{st}");
+    let ps = b.ok(&f, &["ps", "-a", "--format", "{{.Service}} {{.State}}"]);
+    assert!(ps.contains("trap exited"), "{ps}");
+    b.ok(&f, &["down", "-t", "1"]);
+}

@@ -29,6 +29,14 @@ fn nft(script: &str) -> bool {
     child.wait().unwrap().success()
 }
 
+/// The tests of this file change the host's forward policy: one at a time, so that each one
+/// sees the policy it set (and the one that starts without a drop really starts without it).
+static HOST_POLICY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn host_policy() -> std::sync::MutexGuard<'static, ()> {
+    HOST_POLICY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// `table ip berthtest_drop_<pid>`: forward hook, priority 0, policy drop. Deleted on drop.
 struct ForwardDrop(String);
 
@@ -220,6 +228,7 @@ impl Drop for Remote {
 
 #[test]
 fn published_ports_and_hairpin_work_under_a_forward_drop_policy() {
+    let _one = host_policy();
     let b = Berth::new();
     let _drop = ForwardDrop::new();
     let p = unique("fwdrop");
@@ -390,4 +399,299 @@ fn published_ports_and_hairpin_work_under_a_forward_drop_policy() {
     for s in &switches {
         assert!(!s.exists(), "{} left behind", s.display());
     }
+}
+
+/// Whether something listens on TCP `port` in the host's namespace (the relay does; with
+/// DNAT, nothing on the host does).
+fn host_listens(port: u16) -> bool {
+    let hex = format!(":{port:04X} ");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+        std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                w.len() > 3 && format!("{} ", w[1]).ends_with(&hex) && w[3] == "0A"
+            })
+    })
+}
+
+/// The host's other nftables tables, their chains and rules, without their counters (which
+/// move): what berth must leave alone.
+fn foreign_ruleset() -> Vec<String> {
+    let tables = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    let mut out = vec![];
+    for t in String::from_utf8_lossy(&tables.stdout).lines() {
+        let w: Vec<&str> = t.split_whitespace().collect();
+        if w.len() != 3 || (w[1] == "inet" && w[2] == "berth") {
+            continue;
+        }
+        let l = Command::new("nft")
+            .args(["list", "table", w[1], w[2]])
+            .output()
+            .unwrap();
+        for line in String::from_utf8_lossy(&l.stdout).lines() {
+            let kept: Vec<&str> = line
+                .split_whitespace()
+                .filter(|x| !x.chars().all(|c| c.is_ascii_digit()))
+                .collect();
+            out.push(format!("{} {}", t, kept.join(" ")));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_forward_drop_set_after_up_is_seen_at_once_and_ports_keep_working() {
+    let _one = host_policy();
+    let b = Berth::new();
+    let p = unique("fwlate");
+    let f = b.compose(
+        &p,
+        "services:\n  web:\n    image: berth-test/busybox:1\n    init: true\n    command: [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n    ports: [\"80\"]\n",
+    );
+    b.ok(&f, &["up", "-d"]);
+    let port = b.port(&f, "web", 80, 1);
+    let remote = Remote::new();
+    let to = remote.host;
+    let get = move |ns: &PathBuf| in_netns(ns, move || host_get_within(to, port, 300));
+    // No drop yet: the remote client is DNATed by the kernel, nothing listens on the host.
+    let body = wait_for(
+        "the remote client to reach web",
+        Duration::from_secs(10),
+        || get(&remote.netns()),
+    );
+    assert!(body.contains("hello from berth"), "{body}");
+    assert!(!host_listens(port), "relay mode without any drop policy");
+    let before = foreign_ruleset();
+
+    // Docker (or an admin) drops routed traffic now: the supervisor hears of it from the
+    // kernel's nftables notifications and moves the port to its relay. Its old 10 s poll
+    // would not do in 1 s; the fallback poll, 60 s, not at all.
+    let drop = ForwardDrop::new();
+    let t0 = std::time::Instant::now();
+    while !host_listens(port) && t0.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    eprintln!(
+        "relay listening {:?} after the drop policy appeared",
+        t0.elapsed()
+    );
+    let mut served = None;
+    while t0.elapsed() < Duration::from_secs(1) {
+        if let Some(b) = get(&remote.netns()) {
+            served = Some((b, t0.elapsed()));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (body, after) = served.unwrap_or_else(|| {
+        panic!(
+            "the published port did not work again within 1 s of the forward drop (relay \
+             listening: {})",
+            host_listens(port)
+        )
+    });
+    assert!(body.contains("hello from berth"), "{body}");
+    assert!(host_listens(port), "served without the relay? ({after:?})");
+    eprintln!("served through the relay {after:?} after the drop policy appeared");
+    // The drop is really in force for what the host routes, and berth touched nothing of the
+    // other tables: the test's own drop chain, Docker's or anyone's, as they were.
+    let mut with_drop = before.clone();
+    with_drop.extend(
+        foreign_ruleset()
+            .into_iter()
+            .filter(|l| l.contains(&drop.0)),
+    );
+    with_drop.sort();
+    let mut now = foreign_ruleset();
+    now.sort();
+    assert_eq!(now, with_drop, "berth changed another table");
+    assert!(
+        now.iter()
+            .any(|l| l.contains("hook forward") && l.contains("policy drop")),
+        "{now:#?}"
+    );
+
+    // The drop goes: back to the kernel's DNAT just as fast (the relay stops listening).
+    std::mem::drop(drop);
+    wait_for(
+        "the relay to stop once the drop is gone",
+        Duration::from_secs(2),
+        || (!host_listens(port)).then_some(()),
+    );
+    let body = wait_for("the remote client again", Duration::from_secs(2), || {
+        get(&remote.netns())
+    });
+    assert!(body.contains("hello from berth"), "{body}");
+    b.ok(&f, &["down", "-t", "1"]);
+}
+
+/// GET http://addr:port/ from the calling thread's namespace, connecting within `ms`.
+fn host_get_within(addr: Ipv4Addr, port: u16, ms: u64) -> Option<String> {
+    let to = SocketAddr::from((addr, port));
+    let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_millis(ms)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut r = String::new();
+    s.read_to_string(&mut r).ok()?;
+    r.lines()
+        .next()
+        .is_some_and(|l| l.contains(" 200"))
+        .then(|| r.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+/// `table ip berthtest_input_<pid>`: an input-hook chain with policy drop, as ufw leaves a
+/// host (`INPUT` policy DROP), that lets in everything but what comes in through `links` (the
+/// test's own project's bridge and remote host), so that other tests and the machine itself
+/// are not touched by it. Deleted on drop, also when the test fails.
+struct InputDrop(String);
+
+impl InputDrop {
+    fn new(links: &[&str]) -> InputDrop {
+        let list = Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .unwrap();
+        for line in String::from_utf8_lossy(&list.stdout).lines() {
+            let Some(pid) = line.trim().strip_prefix("table ip berthtest_input_") else {
+                continue;
+            };
+            if pid.parse::<u32>().is_ok() && !std::path::Path::new("/proc").join(pid).exists() {
+                nft(&format!("delete table ip berthtest_input_{pid}\n"));
+            }
+        }
+        let name = format!("berthtest_input_{}", std::process::id());
+        let guard = InputDrop(name.clone());
+        let set: Vec<String> = links.iter().map(|l| format!("\"{l}\"")).collect();
+        assert!(nft(&format!(
+            "add table ip {name}\nadd chain ip {name} input {{ type filter hook input priority 0; policy drop; }}\nadd rule ip {name} input iifname != {{ {} }} accept\n",
+            set.join(", ")
+        )));
+        guard
+    }
+
+    /// The chain's rules as nft lists them.
+    fn listing(&self) -> String {
+        let o = Command::new("nft")
+            .args(["list", "table", "ip", &self.0])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+impl Drop for InputDrop {
+    fn drop(&mut self) {
+        let ok = nft(&format!("delete table ip {}\n", self.0));
+        if !std::thread::panicking() {
+            assert!(ok, "could not delete table ip {}", self.0);
+        }
+    }
+}
+
+#[test]
+fn dns_and_relayed_ports_work_under_an_input_drop_policy() {
+    let _one = host_policy();
+    let b = Berth::new();
+    let p = unique("indrop");
+    let f = b.compose(
+        &p,
+        "services:\n  web:\n    image: berth-test/busybox:1\n    init: true\n    command: [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n    ports: [\"80\"]\n  client:\n    image: berth-test/busybox:1\n    init: true\n    command: [\"sleep\", \"300\"]\n",
+    );
+    b.ok(&f, &["up", "-d"]);
+    let port = b.port(&f, "web", 80, 1);
+    let st = b.state(&p).unwrap();
+    let bridge = st["networks"][0]["bridge"].as_str().unwrap().to_string();
+    let remote = Remote::new();
+    let wget = |url: &str| {
+        let o = b
+            .cmd()
+            .arg("-f")
+            .arg(&f)
+            .args([
+                "exec", "-T", "client", "timeout", "3", "wget", "-q", "-O-", url,
+            ])
+            .output()
+            .unwrap();
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).to_string())
+    };
+    let body = wait_for(
+        "client to reach web by name",
+        Duration::from_secs(10),
+        || wget("http://web/"),
+    );
+    assert!(body.contains("hello from berth"), "{body}");
+
+    // ufw's defaults: input and forward dropped (forward: the ports move to the relay, which
+    // serves them on the host, so through the input hook).
+    let input = InputDrop::new(&[&bridge, &remote.host_if]);
+    let _fwd = ForwardDrop::new();
+    let tag = "comment \"berth p_";
+    let listing = wait_for(
+        "berth's accepts in the input chain",
+        Duration::from_secs(5),
+        || {
+            let l = input.listing();
+            (l.contains(tag) && l.contains(&format!("dport {port} accept"))).then_some(l)
+        },
+    );
+    assert!(
+        listing.contains(&format!("iifname \"{bridge}\"")) && listing.contains("dport 53"),
+        "{listing}"
+    );
+    // DNS on the gateway through the input drop: the name still resolves.
+    let body = wait_for("DNS under the input drop", Duration::from_secs(5), || {
+        wget("http://web/")
+    });
+    assert!(body.contains("hello from berth"), "{body}");
+    // The published port, relayed on the host, from the remote host.
+    let to = remote.host;
+    let body = wait_for(
+        "the relayed port under the input drop",
+        Duration::from_secs(5),
+        || in_netns(&remote.netns(), move || host_get_within(to, port, 500)),
+    );
+    assert!(body.contains("hello from berth"), "{body}");
+    // The drop is in force for the rest: a port the host serves that berth did not publish.
+    let other = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    let reached = in_netns(&remote.netns(), move || {
+        std::net::TcpStream::connect_timeout(
+            &SocketAddr::from((to, other_port)),
+            Duration::from_millis(500),
+        )
+        .is_ok()
+    });
+    assert!(!reached, "the input drop is not in force: {listing}");
+
+    // The drop policy goes: berth's accepts go with it, the chain keeps its own rule.
+    nft(&format!(
+        "add chain ip {} input {{ type filter hook input priority 0; policy accept; }}\n",
+        input.0
+    ));
+    wait_for(
+        "berth's accepts to go with the policy",
+        Duration::from_secs(5),
+        || (!input.listing().contains(tag)).then_some(()),
+    );
+    nft(&format!(
+        "add chain ip {} input {{ type filter hook input priority 0; policy drop; }}\n",
+        input.0
+    ));
+    wait_for(
+        "berth's accepts to come back",
+        Duration::from_secs(5),
+        || input.listing().contains(tag).then_some(()),
+    );
+    // down removes exactly berth's own.
+    b.ok(&f, &["down", "-t", "1"]);
+    let after = input.listing();
+    assert!(!after.contains(tag), "{after}");
+    assert!(after.contains("iifname != {"), "{after}");
 }

@@ -54,10 +54,10 @@
 //! Debian's dockerd 20.10 running (policy drop, br_netfilter on): a plain host bridge loses
 //! 100% of pings. For published ports berth takes those clients off the routed path: when some
 //! other table's forward hook has policy drop (`routed_traffic_blocked`, looked at by the
-//! supervisor every few seconds), the project is applied with `relay` set, the prerouting rules
-//! only count, and the supervisor's userland relay (`crate::relay`) accepts the connections on
-//! the host and opens them again to the container. Containers reaching the outside world stay
-//! routed, and so stay under that policy.
+//! supervisor whenever `nfevents` announces a change), the project is applied with `relay`
+//! set, the prerouting rules only count, and the supervisor's userland relay (`crate::relay`)
+//! accepts the connections on the host and opens them again to the container. Containers
+//! reaching the outside world stay routed, and so stay under that policy.
 
 use std::fmt;
 use std::io::Write;
@@ -585,9 +585,9 @@ fn apply_switches(fw: &ProjectFirewall) {
 }
 
 /// Held for its flock; released on drop.
-struct NftLock(#[allow(dead_code)] std::fs::File);
+pub(crate) struct NftLock(#[allow(dead_code)] std::fs::File);
 
-fn lock() -> Result<NftLock> {
+pub(crate) fn lock() -> Result<NftLock> {
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -604,7 +604,7 @@ fn lock() -> Result<NftLock> {
     Ok(NftLock(f))
 }
 
-fn nft(args: &[&str], stdin: Option<&str>) -> Result<String> {
+pub(crate) fn nft(args: &[&str], stdin: Option<&str>) -> Result<String> {
     let mut cmd = Command::new("nft");
     cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.stdin(if stdin.is_some() {
@@ -680,7 +680,7 @@ const NFTA_HOOK_HOOKNUM: u16 = 1;
 /// Every nftables chain of the calling thread's namespace, dumped over nf_tables netlink (what
 /// `nft list chains` asks, without starting nft: this runs every few seconds per project).
 /// The raw replies, for `forward_drop_in_dump`.
-fn nft_chain_dump() -> std::io::Result<Vec<Vec<u8>>> {
+pub(crate) fn nft_chain_dump() -> std::io::Result<Vec<Vec<u8>>> {
     use netlink_sys::{Socket, SocketAddr};
     let mut sock = Socket::new(NETLINK_NETFILTER)?;
     sock.bind_auto()?;
@@ -723,7 +723,7 @@ fn nft_chain_dump() -> std::io::Result<Vec<Vec<u8>>> {
 }
 
 /// The netlink attributes in `b`: (type without flag bits, payload).
-fn nl_attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
+pub(crate) fn nl_attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
     let mut v = Vec::new();
     while b.len() >= 4 {
         let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
@@ -774,22 +774,33 @@ fn forward_drop_in_dump(msgs: &[Vec<u8>]) -> bool {
 /// forward policy. Read with `IPT_SO_GET_INFO`/`IPT_SO_GET_ENTRIES`, and only when the legacy
 /// filter table already exists there (asking for it would make the kernel create it).
 pub fn legacy_forward_drop() -> bool {
+    legacy_policy_drop(NF_INET_FORWARD)
+}
+
+/// The same for legacy iptables' INPUT policy (ufw's default on an iptables-legacy host), which
+/// berth does not write to (see `hostinput`).
+pub fn legacy_input_drop() -> bool {
+    legacy_policy_drop(NF_INET_LOCAL_IN)
+}
+
+fn legacy_policy_drop(hook: usize) -> bool {
     let names =
         std::fs::read_to_string("/proc/thread-self/net/ip_tables_names").unwrap_or_default();
     if !names.lines().any(|l| l.trim() == "filter") {
         return false;
     }
-    legacy_filter_blob()
+    legacy_filter_blob(hook)
         .map(|(underflow, blob)| legacy_policy_is_drop(&blob, underflow))
         .unwrap_or(false)
 }
 
 const IPT_SO_GET_INFO: libc::c_int = 64;
 const IPT_SO_GET_ENTRIES: libc::c_int = 65;
+const NF_INET_LOCAL_IN: usize = 1;
 const NF_INET_FORWARD: usize = 2;
 
-/// (offset of the FORWARD policy entry, the filter table's entries) through getsockopt.
-fn legacy_filter_blob() -> std::io::Result<(usize, Vec<u8>)> {
+/// (offset of `hook`'s policy entry, the filter table's entries) through getsockopt.
+fn legacy_filter_blob(hook: usize) -> std::io::Result<(usize, Vec<u8>)> {
     // SAFETY: plain socket(2); the fd is owned right away.
     let fd = unsafe {
         libc::socket(
@@ -809,10 +820,10 @@ fn legacy_filter_blob() -> std::io::Result<(usize, Vec<u8>)> {
     ip_getsockopt(&sock, IPT_SO_GET_INFO, &mut info)?;
     let u32_at = |b: &[u8], o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().unwrap());
     let valid_hooks = u32_at(&info, 32);
-    if valid_hooks & (1 << NF_INET_FORWARD) == 0 {
+    if valid_hooks & (1 << hook) == 0 {
         return Err(std::io::Error::from_raw_os_error(libc::ENOENT));
     }
-    let underflow = u32_at(&info, 56 + 4 * NF_INET_FORWARD) as usize;
+    let underflow = u32_at(&info, 56 + 4 * hook) as usize;
     let size = u32_at(&info, 80) as usize;
     // struct ipt_get_entries: name[32], size, then the entries (8-byte aligned: offset 40).
     let mut buf = vec![0u8; 40 + size];

@@ -11,8 +11,10 @@ pub mod dns;
 pub mod endpoint;
 pub mod files;
 pub mod firewall;
+pub mod hostinput;
 pub mod ipam;
 pub mod netns;
+pub mod nfevents;
 mod nl;
 #[cfg(feature = "relay")]
 pub mod relay;

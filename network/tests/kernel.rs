@@ -933,8 +933,16 @@ fn legacy_iptables_forward_drop_is_seen() {
     assert!(!tables.contains("filter"));
     policy("DROP");
     assert!(seen());
+    // INPUT is read apart from FORWARD (a ufw host drops both; the check for each is its own).
+    let input = || in_netns(&ns.path, firewall::legacy_input_drop);
+    assert!(!input());
+    assert!(ns.run(&["iptables-legacy", "-P", "INPUT", "DROP"]));
+    assert!(input());
     policy("ACCEPT");
     assert!(!seen());
+    assert!(input());
+    assert!(ns.run(&["iptables-legacy", "-P", "INPUT", "ACCEPT"]));
+    assert!(!input());
 }
 
 /// An nftables forward-hook chain with policy drop in another table is seen over netlink (the
@@ -980,4 +988,155 @@ fn nft_forward_drop_is_seen_over_netlink() {
     } else {
         eprintln!("iptables-nft part skipped: no iptables-nft");
     }
+}
+
+/// The nftables change subscription (what the supervisor waits on instead of polling the
+/// forward policy): another table's changes are announced at once, iptables-nft's too, and
+/// berth's own table's are not. In a namespace of the test's own.
+#[test]
+fn nft_changes_are_announced_except_berths_own() {
+    use berth_network::nfevents;
+    use std::time::Duration;
+    require_root();
+    let ns = BareNs::new();
+    let mut ev = in_netns(&ns.path, || {
+        nfevents::NftEvents::subscribe().expect("subscribing to nftables events")
+    });
+    let nft = |script: &str| {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), script).unwrap();
+        assert!(
+            ns.run(&["nft", "-f", f.path().to_str().unwrap()]),
+            "{script}"
+        );
+    };
+    assert!(
+        !ev.wait(Duration::from_millis(100)).unwrap(),
+        "an event from nowhere"
+    );
+    nft("add table inet berth\nadd chain inet berth f { type filter hook forward priority 0; policy drop; }\n");
+    nft("flush chain inet berth f\ndelete table inet berth\n");
+    assert!(
+        !ev.wait(Duration::from_millis(300)).unwrap(),
+        "berth's own table announced"
+    );
+    nft("add table ip filter\nadd chain ip filter FORWARD { type filter hook forward priority 0; policy accept; }\n");
+    assert!(
+        ev.wait(Duration::from_secs(2)).unwrap(),
+        "a new table not announced"
+    );
+    // Each change is announced once: nothing is left queued after it was read.
+    assert!(!ev.wait(Duration::from_millis(100)).unwrap());
+    nft("add chain ip filter FORWARD { policy drop; }\n");
+    assert!(
+        ev.wait(Duration::from_secs(2)).unwrap(),
+        "a policy change not announced"
+    );
+    nft("delete table ip filter\n");
+    assert!(
+        ev.wait(Duration::from_secs(2)).unwrap(),
+        "a deletion not announced"
+    );
+    if std::process::Command::new("iptables-nft")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        assert!(ns.run(&["iptables-nft", "-P", "FORWARD", "DROP"]));
+        assert!(
+            ev.wait(Duration::from_secs(2)).unwrap(),
+            "iptables-nft's policy change not announced"
+        );
+    }
+    // Legacy iptables announces nothing: the watcher knows to poll when it is in use.
+    assert!(!in_netns(&ns.path, nfevents::legacy_iptables_in_use));
+    if std::process::Command::new("iptables-legacy")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let _ = ev.wait(Duration::from_millis(50));
+        assert!(ns.run(&["iptables-legacy", "-P", "FORWARD", "DROP"]));
+        assert!(in_netns(&ns.path, nfevents::legacy_iptables_in_use));
+        assert!(!ev.wait(Duration::from_millis(200)).unwrap());
+    }
+}
+
+/// berth's accepts in a foreign input chain whose policy is drop (ufw's `ip filter INPUT`):
+/// written while the policy is drop, removed when it is not, found by their comment, and
+/// nothing else of the chain touched. In a namespace of the test's own.
+#[test]
+fn input_drop_chains_get_berths_tagged_accepts_only_while_dropping() {
+    use berth_network::hostinput::{self, InputNeeds};
+    use std::net::Ipv4Addr;
+    require_root();
+    let ns = BareNs::new();
+    let nft = |script: &str| {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), script).unwrap();
+        assert!(
+            ns.run(&["nft", "-f", f.path().to_str().unwrap()]),
+            "{script}"
+        );
+    };
+    let listing = || {
+        let o = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", ns.path.display()))
+            .args(["nft", "list", "chain", "ip", "filter", "INPUT"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let needs = InputNeeds {
+        project: "demo".into(),
+        networks: vec![("berthbrtest0001".into(), Ipv4Addr::new(10, 9, 8, 1))],
+        ports: vec![(Proto::Tcp, None, 8080)],
+        outbound: vec![],
+    };
+    let sync = |n: &InputNeeds| {
+        let n = n.clone();
+        in_netns(&ns.path, move || hostinput::sync(&n)).unwrap()
+    };
+    nft("add table ip filter\nadd chain ip filter INPUT { type filter hook input priority 0; policy accept; }\nadd rule ip filter INPUT tcp dport 22 accept\n");
+    sync(&needs);
+    assert!(
+        !listing().contains("berth"),
+        "accepts without a drop policy"
+    );
+    nft("add chain ip filter INPUT { policy drop; }\n");
+    sync(&needs);
+    let l = listing();
+    assert!(l.contains("comment \"berth p_demo_"), "{l}");
+    assert!(
+        l.contains("iifname \"berthbrtest0001\" ip daddr 10.9.8.1"),
+        "{l}"
+    );
+    assert!(
+        l.contains("tcp dport 8080 accept") || l.contains("th dport 8080 accept"),
+        "{l}"
+    );
+    assert_eq!(l.matches("berth p_demo_").count(), 3, "{l}");
+    // Again: nothing changes (no duplicates).
+    sync(&needs);
+    assert_eq!(listing(), l);
+    // Another project's rules are its own.
+    let other = InputNeeds {
+        project: "demo2".into(),
+        networks: vec![("berthbrtest0002".into(), Ipv4Addr::new(10, 9, 9, 1))],
+        ..Default::default()
+    };
+    sync(&other);
+    in_netns(&ns.path, || hostinput::remove("demo")).unwrap();
+    let l = listing();
+    assert!(!l.contains("berth p_demo_"), "{l}");
+    assert!(
+        l.contains("berth p_demo2_") && l.contains("tcp dport 22 accept"),
+        "{l}"
+    );
+    // The policy goes back to accept: the accepts go.
+    nft("add chain ip filter INPUT { policy accept; }\n");
+    sync(&other);
+    let l = listing();
+    assert!(!l.contains("berth"), "{l}");
+    assert!(l.contains("tcp dport 22 accept"), "{l}");
 }

@@ -41,17 +41,6 @@ pub fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Stdin of a `stdin_open` container: a pipe held only by the container, opened read-write, so
-/// reads wait forever (no writer ever goes away, whatever happens to the supervisor) and the
-/// supervisor keeps nothing.
-pub fn idle_stdin() -> std::io::Result<OwnedFd> {
-    let (r, _w) = pipe_pair()?;
-    open_path(
-        Path::new(&format!("/proc/self/fd/{}", r.as_raw_fd())),
-        libc::O_RDWR,
-    )
-}
-
 /// Where a project's containers' stream FIFOs live (under the project's run dir).
 pub fn io_dir(project_run: &Path) -> PathBuf {
     project_run.join("io")
@@ -257,7 +246,7 @@ fn recv_master(l: &std::os::unix::net::UnixListener, limit: Duration) -> std::io
 
 /// Remove a container's stream FIFOs (and a console socket left by a crash mid-create).
 pub fn remove_fifos(io_dir: &Path, container: &str) {
-    for s in ["stdout", "stderr"] {
+    for s in ["stdout", "stderr", "stdin"] {
         let _ = std::fs::remove_file(fifo_path(io_dir, container, s));
     }
     let _ = std::fs::remove_file(console_path(io_dir, container));

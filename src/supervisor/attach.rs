@@ -16,6 +16,11 @@
 //!
 //! A one-off started for `run -it` holds its first output (bounded) until the CLI attaches,
 //! so its first prompt is not lost between start and attach.
+//!
+//! Without a tty, a `stdin_open: true` container's stdin is the FIFO `io/<id>.stdin`, which the
+//! container itself holds open for reading and writing (`stdin_fifo`): it never reads EOF,
+//! whatever happens to the supervisor or to attached CLIs, and `berth attach` opens the FIFO
+//! and writes the caller's input into it (`commands::attach`), as docker attach does.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -357,4 +362,13 @@ pub(super) fn take_stdin(io_dir: &std::path::Path, name: &str) -> std::io::Resul
 pub(super) fn stdin_opened(io_dir: &std::path::Path, name: &str) {
     STDIN_PLACEHOLDERS.lock().unwrap().remove(name);
     let _ = std::fs::remove_file(stdin_path(io_dir, name));
+}
+
+/// The stdin of a `stdin_open: true` container without a tty: a new FIFO `io/<id>.stdin`
+/// (replacing an earlier run's), opened read-write for the container, which so holds a writer
+/// itself and never reads EOF; attached CLIs open it by name and write into it. The
+/// supervisor keeps nothing of it.
+pub(super) fn stdin_fifo(io_dir: &std::path::Path, name: &str) -> std::io::Result<OwnedFd> {
+    let (_read, container) = crate::engine::io::fifo_pair(&stdin_path(io_dir, name))?;
+    Ok(container)
 }

@@ -10,8 +10,14 @@ use std::time::Duration;
 use super::Supervisor;
 use crate::state::{ContainerRecord, ProjectState, Status};
 
-/// How often the host's forward policy is looked at again (Docker may start after `up`).
-const FORWARD_POLICY_CHECK: Duration = Duration::from_secs(10);
+/// How often the host's forward policy is looked at without a change announced: the fallback
+/// where nftables events cannot be had, and the one look at legacy iptables appearing later.
+const FORWARD_POLICY_SLOW_CHECK: Duration = Duration::from_secs(60);
+/// The same while legacy (non-nft) iptables has tables: its changes announce nothing.
+const FORWARD_POLICY_LEGACY_CHECK: Duration = Duration::from_secs(10);
+/// After an nftables change, how long further ones are gathered before looking (Docker's start
+/// is dozens of transactions in a row: one look, not dozens).
+const FORWARD_POLICY_SETTLE: Duration = Duration::from_millis(20);
 
 impl Supervisor {
     /// The containers that take traffic (DNS answers, published-port backends): running, not
@@ -135,11 +141,32 @@ impl Supervisor {
         }
     }
 
-    /// Look at the host's forward policy now and every `FORWARD_POLICY_CHECK`; when it starts
-    /// or stops dropping routed traffic, apply the firewall again (which moves the published
-    /// ports to or from the relay).
+    /// Look at the host's forward policy now and whenever the host's nftables ruleset changes
+    /// (`berth_network::nfevents`: Docker, ufw, firewalld or an admin, through nft or
+    /// iptables-nft, seen within milliseconds); when it starts or stops dropping routed
+    /// traffic, apply the firewall again (which moves the published ports to or from the
+    /// relay). Without the subscription, and for legacy iptables (which announces nothing),
+    /// it is looked at on a timer instead.
     pub(super) async fn watch_forward_policy(self: Arc<Self>) {
         use std::sync::atomic::Ordering;
+        use tokio::io::unix::AsyncFd;
+        let mut events = match berth_network::nfevents::NftEvents::subscribe().and_then(|ev| {
+            // SAFETY: the events own their socket for as long as they live; its fd is the
+            // same throughout.
+            unsafe { AsyncFd::register_with_interest(ev, tokio::io::Interest::READABLE) }
+                .map_err(std::io::Error::from)
+        }) {
+            Ok(ev) => Some(ev),
+            Err(e) => {
+                tracing::warn!(
+                    "no nftables change events ({e}): the host's forward policy is looked at \
+                     every {} s",
+                    FORWARD_POLICY_SLOW_CHECK.as_secs()
+                );
+                None
+            }
+        };
+        let mut legacy_said = false;
         loop {
             let blocked =
                 tokio::task::spawn_blocking(berth_network::firewall::routed_traffic_blocked)
@@ -151,7 +178,107 @@ impl Supervisor {
                     tracing::warn!("firewall: {e:#}");
                 }
             }
-            tokio::time::sleep(FORWARD_POLICY_CHECK).await;
+            // The same change may be an input drop policy appearing or going (ufw).
+            self.sync_host_input().await;
+            let legacy = berth_network::nfevents::legacy_iptables_in_use();
+            if legacy && !legacy_said && events.is_some() {
+                tracing::info!(
+                    "legacy iptables is in use and announces no change: the host's forward \
+                     policy is also looked at every {} s",
+                    FORWARD_POLICY_LEGACY_CHECK.as_secs()
+                );
+            }
+            legacy_said |= legacy;
+            let period = if legacy {
+                FORWARD_POLICY_LEGACY_CHECK
+            } else {
+                FORWARD_POLICY_SLOW_CHECK
+            };
+            let Some(ev) = events.as_mut() else {
+                tokio::time::sleep(period).await;
+                continue;
+            };
+            let deadline = tokio::time::Instant::now() + period;
+            // Until a change outside berth's own table, or the period is over.
+            let failed = loop {
+                let ready = tokio::select! {
+                    r = ev.readable_mut() => r,
+                    _ = tokio::time::sleep_until(deadline) => break None,
+                };
+                let mut guard = match ready {
+                    Ok(g) => g,
+                    Err(e) => break Some(e),
+                };
+                // Read until the socket would block: the readiness is then really spent.
+                let r = guard.get_inner_mut().read_pending();
+                guard.clear_ready();
+                match r {
+                    Ok(true) => {
+                        crate::trace::step(|| "nftables changed: forward policy check".into());
+                        tokio::time::sleep(FORWARD_POLICY_SETTLE).await;
+                        let _ = ev.get_mut().read_pending();
+                        break None;
+                    }
+                    Ok(false) => {}
+                    Err(e) => break Some(e),
+                }
+            };
+            if let Some(e) = failed {
+                tracing::warn!(
+                    "nftables change events stopped ({e}): the host's forward policy is \
+                     looked at every {} s",
+                    FORWARD_POLICY_SLOW_CHECK.as_secs()
+                );
+                events = None;
+            }
+        }
+    }
+
+    /// berth's accepts in the host's input-hook chains whose policy is drop (ufw's INPUT): DNS
+    /// on the project's gateways, replies from its networks, and in relay mode its relayed
+    /// ports (`berth_network::hostinput`), for what was last applied; none once the rules
+    /// are removed. Run on every host firewall change and after each apply.
+    pub(super) async fn sync_host_input(&self) {
+        let _one = self.fw.lock().await;
+        let (last, removed) = {
+            let sh = self.shared.lock().unwrap();
+            (sh.last_fw.clone(), sh.fw_removed)
+        };
+        if last.is_none() && !removed {
+            // Nothing applied by this supervisor yet (an adopting one): what a previous one
+            // wrote stays as it is until the first apply.
+            return;
+        }
+        let mut needs = berth_network::hostinput::InputNeeds {
+            project: self.project.clone(),
+            ..Default::default()
+        };
+        if let Some(fw) = last {
+            let st = self.state.lock().await;
+            needs.networks = st
+                .networks
+                .iter()
+                .filter(|n| fw.networks.iter().any(|r| r.bridge == n.bridge))
+                .map(|n| (n.bridge.clone(), n.gateway))
+                .collect();
+            drop(st);
+            if fw.relay {
+                needs.ports = fw
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        let host = berth_network::hostinput::v4(p.host_ip);
+                        (p.protocol, host, p.host_port)
+                    })
+                    .collect();
+                needs.outbound = fw.outbound.clone();
+            }
+        }
+        let r = tokio::task::spawn_blocking(move || berth_network::hostinput::sync(&needs)).await;
+        match r {
+            Ok(Err(e)) => tracing::warn!("accepts in the host's input chains: {e}"),
+            Err(e) => tracing::warn!("accepts in the host's input chains: {e}"),
+            Ok(Ok(())) => {}
         }
     }
 
@@ -159,6 +286,9 @@ impl Supervisor {
     pub(super) async fn remove_firewall(&self) {
         let _one = self.fw.lock().await;
         let _ = berth_network::firewall::remove(&self.project);
+        let project = self.project.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || berth_network::hostinput::remove(&project)).await;
         self.relay.lock().unwrap().clear();
         let mut sh = self.shared.lock().unwrap();
         sh.last_fw = None;
@@ -257,6 +387,8 @@ impl Supervisor {
             self.relay.lock().unwrap().clear();
         }
         self.shared.lock().unwrap().last_fw = Some(applied);
+        drop(_one);
+        self.sync_host_input().await;
         Ok(())
     }
 }

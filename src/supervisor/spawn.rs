@@ -97,13 +97,14 @@ impl Supervisor {
             // outlives a supervisor crash (see engine::io); only the read sides stay here.
             let (out_r, out_w) = io::fifo_pair(&io::fifo_path(&io_dir, name, "stdout"))?;
             let (err_r, err_w) = io::fifo_pair(&io::fifo_path(&io_dir, name, "stderr"))?;
-            // stdin_open: the container's stdin stays open (a pipe nobody writes to) instead
-            // of /dev/null, so programs that read stdin wait as they would under Docker.
+            // stdin_open: the container's stdin stays open (a FIFO `attach` writes to, see
+            // `attach::stdin_fifo`) instead of /dev/null, so programs that read stdin wait as
+            // they would under Docker.
             let stdin = if let Some(fd) = attach::take_stdin(&io_dir, name)? {
                 // `run` without a tty: what its CLI reads (see `attach.rs`).
                 std::process::Stdio::from(fd)
             } else if svc.as_ref().is_some_and(|s| s.stdin_open) {
-                std::process::Stdio::from(io::idle_stdin()?)
+                std::process::Stdio::from(attach::stdin_fifo(&io_dir, name)?)
             } else {
                 std::process::Stdio::null()
             };
