@@ -78,6 +78,21 @@ impl Watch {
     fn log(&self) -> String {
         self.err.lock().unwrap().clone()
     }
+    /// [`wait_for`], with what watch said when it times out.
+    fn wait<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; watch said:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     fn syncs(&self) -> usize {
         self.log().matches("Syncing service \"box\"").count()
     }
@@ -214,8 +229,8 @@ fn watch_syncs_edits_into_the_container() {
 /// A service built from `./app` (busybox httpd serving index.html), two replicas rolled
 /// start-first and gated on health, with a rebuild rule on its context; and a client in the
 /// project that fetches it by name at most `fetches` times (each fetch bounded by `timeout`),
-/// until the test creates `ctl/stop`.
-fn built_stack(fetches: u32) -> String {
+/// until the test creates `ctl/stop`. `extra` goes into web's `update_config`.
+fn built_stack(fetches: u32, extra: &str) -> String {
     format!(
         r#"services:
   web:
@@ -225,7 +240,8 @@ fn built_stack(fetches: u32) -> String {
       replicas: 2
       update_config:
         parallelism: 1
-        order: start-first
+        order: start-first{extra}
+    volumes: ["flag:/flag"]
     healthcheck:
       test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1/index.html"]
       interval: 200ms
@@ -243,6 +259,8 @@ fn built_stack(fetches: u32) -> String {
       web:
         condition: service_healthy
     command: ["sh", "-c", "i=0; while [ $$i -lt {fetches} ] && [ ! -e /ctl/stop ]; do i=$$((i+1)); r=$$(timeout 10 wget -q -O- http://web/index.html 2>&1) && echo OK $$r || echo FAIL $$r; sleep 0.03; done; echo DONE; sleep 60"]
+volumes:
+  flag: {{}}
 "#
     )
 }
@@ -312,7 +330,7 @@ fn rebuild_rule_rolls_a_new_image_out_with_no_failed_request() {
     let p = unique("wreb");
     let dir = b.dir.path();
     write_app(dir, DOCKERFILE, "v1");
-    let f = b.compose(&p, &built_stack(FETCHES));
+    let f = b.compose(&p, &built_stack(FETCHES, ""));
     // Builds the missing image, brings the stack up, then follows the rules (and the logs).
     let w = Watch::start_with(&b, &f, &["up", "--watch"]);
     let client_log = || b.ok(&f, &["logs", "--no-log-prefix", "client"]);
@@ -409,14 +427,17 @@ fn rebuild_rule_rolls_a_new_image_out_with_no_failed_request() {
 }
 
 /// A Dockerfile edit that breaks the build is reported in the watch stream; the replicas keep
-/// running and serving the old content, untouched; the next good edit rolls out (watch went on).
+/// running and serving the old content, untouched. An image that builds but fails its
+/// healthcheck on the second replica is rolled back (`failure_action: rollback`) to the old
+/// image, by id, though its name now gives the new one. The next good edit rolls out (watch went
+/// on).
 #[test]
 fn broken_build_leaves_the_old_replicas_serving() {
     let b = Berth::new();
     let p = unique("wbrk");
     let dir = b.dir.path();
     write_app(dir, DOCKERFILE, "v1");
-    let f = b.compose(&p, &built_stack(1));
+    let f = b.compose(&p, &built_stack(1, "\n        failure_action: rollback"));
     b.ok(&f, &["up", "-d", "--wait"]);
     let before = replicas(&b, &p, "web");
     assert_eq!(before.len(), 2);
@@ -476,9 +497,47 @@ fn broken_build_leaves_the_old_replicas_serving() {
         assert_eq!(fetch(i).trim(), "v1", "replica {i} still serves v1");
     }
 
+    // Builds, but only the first new replica serves (it takes the flag in the shared volume);
+    // the second never gets healthy: the rollout goes back to the image the old replicas ran.
+    let old_id = before[0][1].clone();
+    std::fs::write(
+        dir.join("app/Dockerfile"),
+        DOCKERFILE.replace(
+            "CMD [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]",
+            "CMD [\"sh\", \"-c\", \"if mkdir /flag/taken; then exec httpd -f -p 80 -h /www; else exec sleep 3600; fi\"]",
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("app/index.html"), "v1").unwrap();
+    w.wait("the rollback", Duration::from_secs(180), || {
+        w.log().contains("rolled back").then_some(())
+    });
+    let now = wait_for(
+        "both replicas back on the old image",
+        Duration::from_secs(60),
+        || {
+            let now = replicas(&b, &p, "web");
+            (now.len() == 2 && now.iter().all(|r| r[3] == "running" && r[4] == "healthy"))
+                .then_some(now)
+        },
+    );
+    assert!(
+        now.iter().all(|r| r[1] == old_id),
+        "rolled back to {old_id}: {now:?}\n{}",
+        w.log()
+    );
+    for i in ["1", "2"] {
+        assert_eq!(
+            fetch(i).trim(),
+            "v1",
+            "replica {i} serves v1 after the rollback"
+        );
+    }
+
     // Fixed: watching went on, the next edit rolls out.
     std::fs::write(dir.join("app/Dockerfile"), DOCKERFILE).unwrap();
-    wait_for(
+    std::fs::write(dir.join("app/index.html"), "v2").unwrap();
+    w.wait(
         "the fixed build rolled out",
         Duration::from_secs(180),
         || {
