@@ -584,6 +584,55 @@ mod tests {
         );
     }
 
+    fn project(yaml: &str) -> (tempfile::TempDir, Project) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("app")).unwrap();
+        std::fs::write(d.path().join("app/.dockerignore"), "*.log\n").unwrap();
+        std::fs::write(d.path().join("compose.yaml"), yaml).unwrap();
+        let opts = crate::compose::LoadOptions {
+            interpolate: true,
+            working_dir: d.path().to_path_buf(),
+            resolve_env_files: true,
+            ..Default::default()
+        };
+        let p = crate::compose::load(&opts).unwrap_or_else(|e| panic!("{e}"));
+        (d, p)
+    }
+
+    #[test]
+    fn select_takes_services_with_rules_and_checks_rebuild() {
+        let (d, p) = project(
+            "name: w\nservices:\n  web:\n    build: ./app\n    develop:\n      watch:\n        - {action: rebuild, path: ./app}\n  db:\n    image: x\n  side:\n    image: x\n    develop:\n      watch:\n        - {action: sync, path: ./s, target: /s}\n",
+        );
+        let all = select(&p, &[]).unwrap();
+        assert_eq!(services(&all), vec!["side", "web"]);
+        // The rebuild rule's path is absolute, and the build context's .dockerignore applies.
+        let web = &all[1];
+        assert_eq!(web.rules[0].path, d.path().join("app").to_string_lossy());
+        assert!(is_ignored(web, &web.rules[0], &d.path().join("app/x.log")));
+        assert!(!is_ignored(
+            web,
+            &web.rules[0],
+            &d.path().join("app/index.html")
+        ));
+        assert_eq!(
+            services(&select(&p, &["side".into()]).unwrap()),
+            vec!["side"]
+        );
+        assert!(select(&p, &["db".into()]).unwrap().is_empty());
+        let e = select(&p, &["nope".into()]).err().unwrap().to_string();
+        assert!(e.contains("no such service: nope"), "{e}");
+        // rebuild needs something to build.
+        let (_d, p) = project(
+            "name: w\nservices:\n  web:\n    image: x\n    develop:\n      watch:\n        - {action: rebuild, path: ./app}\n",
+        );
+        let e = select(&p, &[]).err().unwrap().to_string();
+        assert!(
+            e.contains("\"web\"") && e.contains("needs a build section"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn rules_cover_their_path_and_skip_editor_files() {
         let r = WatchRule {
