@@ -78,6 +78,20 @@ impl Watch {
     fn log(&self) -> String {
         self.err.lock().unwrap().clone()
     }
+    /// SIGINT, as a terminal's Ctrl-C; the process must exit within `limit`.
+    fn interrupt_and_wait(&mut self, limit: Duration) {
+        // SAFETY: kill(2) on the child's pid, which is not reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let t0 = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                t0.elapsed() < limit,
+                "still running {limit:?} after SIGINT; it said:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     /// [`wait_for`], with what watch said when it times out.
     fn wait<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + timeout;
@@ -423,6 +437,15 @@ fn rebuild_rule_rolls_a_new_image_out_with_no_failed_request() {
     assert!(v1 >= 5 && v2 >= 1, "{v1} v1, {v2} v2");
     assert!((ok.len() as u32) < FETCHES, "the loop ended on ctl/stop");
     assert_eq!(ok.last().map(String::as_str), Some("v2"));
+    // Ctrl-C after a rebuild (the builder had SIGINT while it ran) is up's again: it stops
+    // the stack gracefully and exits.
+    let mut w = w;
+    w.interrupt_and_wait(Duration::from_secs(60));
+    let ps = b.ok(&f, &["ps", "--format", "json"]);
+    assert!(
+        !ps.contains("\"running\""),
+        "Ctrl-C stopped the stack: {ps}"
+    );
     drop(w);
     b.ok(&f, &["down", "-t", "1"]);
 }
@@ -553,6 +576,9 @@ fn broken_build_leaves_the_old_replicas_serving() {
     for i in ["1", "2"] {
         assert_eq!(fetch(i).trim(), "v2", "replica {i} serves v2");
     }
+    // And `watch`'s Ctrl-C ends it after a rebuild, as before one.
+    let mut w = w;
+    w.interrupt_and_wait(Duration::from_secs(30));
     drop(w);
     b.ok(&f, &["down", "-t", "1"]);
 }
