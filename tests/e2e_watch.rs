@@ -462,7 +462,21 @@ fn broken_build_leaves_the_old_replicas_serving() {
     let dir = b.dir.path();
     write_app(dir, DOCKERFILE, "v1");
     let f = b.compose(&p, &built_stack(1, "\n        failure_action: rollback"));
-    b.ok(&f, &["up", "-d", "--wait"]);
+    // Detached, --watch is berth's compose-file reload only; the rules need a foreground
+    // process, which up says.
+    let out = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["up", "-d", "--wait", "--watch"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("develop.watch rules of [\"web\"] are followed in the foreground only"),
+        "{err}"
+    );
     let before = replicas(&b, &p, "web");
     assert_eq!(before.len(), 2);
     let pids = |b: &Berth| -> Vec<i64> {
