@@ -157,6 +157,15 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
         }
         scale.push((svc.to_string(), n));
     }
+    // `up --watch` is compose's (develop.watch rules followed in the foreground, next to the
+    // attached logs) on top of berth's (the supervisor reloads on compose-file edits). The rules
+    // are checked before anything starts.
+    let dev_watch = if args.watch {
+        let model = crate::engine::plan::load_model(&source, &[])?;
+        crate::commands::watch::select(&model, &args.services)?
+    } else {
+        vec![]
+    };
     crate::commands::build::for_up(
         &paths,
         &source,
@@ -223,7 +232,29 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
         )?;
     }
     if args.detach || args.wait {
+        if !dev_watch.is_empty() {
+            eprintln!(
+                "develop.watch rules of {:?} are followed in the foreground only: run `berth watch` (or `berth up --watch` without -d/--wait); the supervisor still reloads on compose-file edits",
+                crate::commands::watch::services(&dev_watch)
+            );
+        }
         return Ok(0);
+    }
+    if !dev_watch.is_empty() {
+        let session = crate::commands::watch::Session {
+            paths: paths.clone(),
+            project: plan.name.clone(),
+            source: source.clone(),
+            quiet: false,
+            prune: true,
+        };
+        // The watch loop on its own thread; the attached logs below stay on this one and end
+        // `up` (and with it the watch) as they do without --watch.
+        std::thread::spawn(move || {
+            if let Err(e) = crate::commands::watch::follow(&session, &dev_watch) {
+                eprintln!("watch: {}", crate::commands::render_error(&e));
+            }
+        });
     }
     attach(p, &paths, &plan, args)
 }

@@ -1,12 +1,16 @@
 //! `berth watch [SERVICE...]`: the Compose Specification's `develop.watch`, as a foreground
-//! client like `docker compose watch`. It brings the services up (unless `--no-up`), then
-//! follows the rules' paths with inotify (the `notify` crate); a burst of edits becomes one
-//! action per service: `sync` copies changed files into every running container of the service
-//! and removes deleted ones (through the container's root, as `berth cp`), `sync+restart`
-//! then restarts the service through its supervisor, `sync+exec` then runs the rule's command
-//! in each container, `restart` only restarts. `rebuild` needs `build:` support.
+//! client like `docker compose watch` (and `berth up --watch`, which runs the same loop next to
+//! its attached logs). It brings the services up (unless `--no-up`), then follows the rules'
+//! paths with inotify (the `notify` crate); a burst of edits becomes one action per service:
+//! `sync` copies changed files into every running container of the service and removes deleted
+//! ones (through the container's root, as `berth cp`), `sync+restart` then restarts the service
+//! through its supervisor, `sync+exec` then runs the rule's command in each container, `restart`
+//! only restarts, `rebuild` builds the service's image again (`commands/build.rs`, the code
+//! `berth build` runs) and has the supervisor converge the service as `up` does after an image
+//! change: a rolling, health-gated replacement with `deploy.update_config`, compose's recreate
+//! without. A failed build is reported and leaves the running containers alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -15,9 +19,11 @@ use anyhow::{anyhow, bail, Context};
 use notify::{RecursiveMode, Watcher};
 
 use crate::cli::{ProjectOpts, RestartArgs, UpArgs, WatchArgs};
-use crate::compose::model::WatchRule;
+use crate::compose::model::{Project, WatchRule};
 use crate::paths::Paths;
-use crate::state::{ProjectState, Status};
+use crate::state::{ProjectSource, ProjectState, Status};
+use crate::supervisor::client::Client;
+use crate::supervisor::proto::{Request, UpOpts};
 
 /// Quiet time that ends a burst of edits, and the longest a burst may hold an action back.
 const QUIET: Duration = Duration::from_millis(100);
@@ -26,18 +32,36 @@ const MAX_HOLD: Duration = Duration::from_millis(600);
 /// Editor droppings and VCS state compose never syncs.
 const DEFAULT_IGNORES: &[&str] = &[".git/", "*~", "*.swp", "*.swx", ".#*", "#*#", "4913"];
 
-struct ServiceRules {
+pub struct ServiceRules {
     service: String,
     rules: Vec<WatchRule>,
     /// .dockerignore patterns of the service's build context, with that context.
     dockerignore: Option<(PathBuf, Vec<String>)>,
 }
 
-pub fn run(p: &ProjectOpts, args: &WatchArgs) -> anyhow::Result<u8> {
-    let project = crate::compose::load(&crate::compose::LoadOptions::from_cli(p))?;
+/// What the watch loop needs besides the rules.
+pub struct Session {
+    pub paths: Paths,
+    pub project: String,
+    /// How the project was given, for the `up` a rebuild sends to the supervisor.
+    pub source: ProjectSource,
+    /// Hide the sync lines.
+    pub quiet: bool,
+    /// Remove the image a rebuild replaced once nothing uses it (`--prune`).
+    pub prune: bool,
+}
+
+/// The watch rules of `services` (all when empty). Errors for a named service that does not
+/// exist and a `rebuild` rule on a service without `build:` (compose's checks).
+pub fn select(project: &Project, services: &[String]) -> anyhow::Result<Vec<ServiceRules>> {
+    for s in services {
+        if !project.services.contains_key(s) {
+            bail!("no such service: {s}");
+        }
+    }
     let mut watched = Vec::new();
     for (name, s) in &project.services {
-        if !args.services.is_empty() && !args.services.contains(name) {
+        if !services.is_empty() && !services.contains(name) {
             continue;
         }
         let rules = s
@@ -48,11 +72,13 @@ pub fn run(p: &ProjectOpts, args: &WatchArgs) -> anyhow::Result<u8> {
         if rules.is_empty() {
             continue;
         }
-        if let Some(r) = rules.iter().find(|r| r.action == "rebuild") {
-            bail!(
-                "service {name:?}: develop.watch action \"rebuild\" (path {}) needs build: support, which berth does not have yet; use sync, sync+restart, sync+exec or restart",
-                r.path
-            );
+        if s.build.is_none() {
+            if let Some(r) = rules.iter().find(|r| r.action == "rebuild") {
+                bail!(
+                    "service {name:?}: develop.watch action \"rebuild\" (path {}) needs a build section: there is no image to rebuild",
+                    r.path
+                );
+            }
         }
         let dockerignore = s
             .build
@@ -69,18 +95,25 @@ pub fn run(p: &ProjectOpts, args: &WatchArgs) -> anyhow::Result<u8> {
             dockerignore,
         });
     }
-    for s in &args.services {
-        if !project.services.contains_key(s) {
-            bail!("no such service: {s}");
-        }
-    }
+    Ok(watched)
+}
+
+/// The services these rules are for.
+pub fn services(watched: &[ServiceRules]) -> Vec<String> {
+    watched.iter().map(|w| w.service.clone()).collect()
+}
+
+pub fn run(p: &ProjectOpts, args: &WatchArgs) -> anyhow::Result<u8> {
+    let source = crate::commands::up::source_from(p)?;
+    let project = crate::engine::plan::load_model(&source, &[])?;
+    let watched = select(&project, &args.services)?;
     if watched.is_empty() {
         bail!("none of the selected services is configured for watch, consider setting a 'develop' section");
     }
     if !args.no_up {
         let up = UpArgs {
             detach: true,
-            services: watched.iter().map(|w| w.service.clone()).collect(),
+            services: services(&watched),
             ..Default::default()
         };
         let code = crate::commands::up::run(p, &up)?;
@@ -88,13 +121,24 @@ pub fn run(p: &ProjectOpts, args: &WatchArgs) -> anyhow::Result<u8> {
             return Ok(code);
         }
     }
-    let paths = Paths::from_env();
-    let name = project.name.clone();
+    let session = Session {
+        paths: Paths::from_env(),
+        project: project.name.clone(),
+        source,
+        quiet: args.quiet,
+        prune: args.prune,
+    };
+    follow(&session, &watched)
+}
 
+/// Follow the rules' paths until the watcher fails: the initial syncs, "Watch enabled", then
+/// one round of actions per burst of edits. A failed action is reported and watching goes on.
+pub fn follow(s: &Session, watched: &[ServiceRules]) -> anyhow::Result<u8> {
+    let (paths, name) = (&s.paths, &s.project);
     let (tx, rx) = mpsc::channel();
     let mut watcher = notify::recommended_watcher(tx).context("starting the file watcher")?;
     let mut roots: Vec<PathBuf> = Vec::new();
-    for w in &watched {
+    for w in watched {
         for r in &w.rules {
             let path = PathBuf::from(&r.path);
             if roots.contains(&path) {
@@ -119,12 +163,12 @@ pub fn run(p: &ProjectOpts, args: &WatchArgs) -> anyhow::Result<u8> {
     }
 
     // initial_sync: everything under the rule's path, once, before following edits.
-    for w in &watched {
+    for w in watched {
         for r in w.rules.iter().filter(|r| r.wants_initial_sync()) {
             let files = walk(Path::new(&r.path));
             let batch: Vec<PathBuf> = files.into_iter().filter(|f| !is_ignored(w, r, f)).collect();
             if !batch.is_empty() {
-                apply(&paths, &name, w, r, &batch, args.quiet)?;
+                apply(paths, name, w, r, &batch, s.quiet)?;
             }
         }
     }
@@ -158,7 +202,9 @@ pub fn run(p: &ProjectOpts, args: &WatchArgs) -> anyhow::Result<u8> {
                 Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the file watcher stopped"),
             }
         }
-        for w in &watched {
+        // Services whose image is built again this round: one build, one converge for all.
+        let mut rebuild: Vec<String> = Vec::new();
+        for w in watched {
             // Each changed path goes to the first rule of the service that covers it.
             let mut per_rule: BTreeMap<usize, Vec<PathBuf>> = BTreeMap::new();
             for c in &changed {
@@ -171,13 +217,111 @@ pub fn run(p: &ProjectOpts, args: &WatchArgs) -> anyhow::Result<u8> {
                 }
             }
             for (i, batch) in per_rule {
-                if let Err(e) = apply(&paths, &name, w, &w.rules[i], &batch, args.quiet) {
+                if w.rules[i].action == "rebuild" {
+                    if !rebuild.contains(&w.service) {
+                        rebuild.push(w.service.clone());
+                    }
+                    continue;
+                }
+                if let Err(e) = apply(paths, name, w, &w.rules[i], &batch, s.quiet) {
                     // A failed action is reported; watching goes on (as compose does).
                     eprintln!("{}", crate::commands::render_error(&e));
                 }
             }
         }
+        if !rebuild.is_empty() {
+            if let Err(e) = rebuild_services(s, &rebuild) {
+                eprintln!("{}", crate::commands::render_error(&e));
+            }
+            // Edits made while the build ran were read by it or come as events of their own.
+        }
     }
+}
+
+/// `rebuild`: build the services' images again, then have the supervisor converge them as
+/// `up` would after an image change (their dependencies are left alone). A failed build stops
+/// here, before the supervisor is asked anything: the running replicas stay as they are.
+fn rebuild_services(s: &Session, services: &[String]) -> anyhow::Result<()> {
+    status(&format!(
+        "Rebuilding service(s) {services:?} after changes were detected..."
+    ));
+    let model = crate::engine::plan::load_model(&s.source, services)?;
+    let jobs = crate::commands::build::jobs(&model, services, &BTreeMap::new())?;
+    let store = berth_runtime::image::ImageStore::open(&s.paths.images())?;
+    let mut before: BTreeSet<String> = BTreeSet::new();
+    for j in &jobs {
+        if let Some(img) = store.get(&j.image)? {
+            before.insert(img.id);
+        }
+    }
+    let mode = crate::commands::build::ProgressMode::from_flag(None, false)?;
+    let ids = build_keeping_sigint(&s.paths, &jobs, mode).map_err(|e| {
+        anyhow!(
+            "Build failed for service(s) {services:?}; the running containers are unchanged.\n{e:#}"
+        )
+    })?;
+    status(&format!("service(s) {services:?} successfully built"));
+    let client = Client::connect_or_start(&s.paths, &s.project)?;
+    crate::commands::up::call(
+        client,
+        &Request::Up {
+            source: s.source.clone(),
+            opts: UpOpts {
+                services: services.to_vec(),
+                no_deps: true,
+                ..Default::default()
+            },
+        },
+        "Running",
+        false,
+    )?;
+    if s.prune {
+        prune_replaced(&store, &before, &ids);
+    }
+    Ok(())
+}
+
+/// `--prune`: the images a rebuild replaced, once untagged and used by no container (a replica
+/// still being retired keeps its image; `berth image prune` takes it later).
+fn prune_replaced(
+    store: &berth_runtime::image::ImageStore,
+    before: &BTreeSet<String>,
+    now: &[String],
+) {
+    let Ok(list) = store.list() else { return };
+    for old in before.iter().filter(|id| !now.contains(id)) {
+        let dangling = list
+            .iter()
+            .any(|i| &i.id == old && i.repo_tags.is_empty() && i.repo_digests.is_empty());
+        if dangling {
+            let _ = store.remove(old);
+        }
+    }
+}
+
+/// The builder takes SIGINT while it runs (a RUN is stopped cleanly); the handler that was there
+/// before (`up`'s, or the default) comes back afterwards and gets a Ctrl-C that stopped the build.
+fn build_keeping_sigint(
+    paths: &Paths,
+    jobs: &[crate::commands::build::Job],
+    mode: crate::commands::build::ProgressMode,
+) -> anyhow::Result<Vec<String>> {
+    use std::sync::atomic::Ordering;
+    // SAFETY: signal() swaps the process's handler; reading the previous one back at once.
+    let prev = unsafe {
+        let prev = libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::signal(libc::SIGINT, prev);
+        prev
+    };
+    let r = crate::commands::build::run_jobs(paths, jobs, mode);
+    // SAFETY: restoring the handler read above; raise() delivers to this thread.
+    unsafe {
+        libc::signal(libc::SIGINT, prev);
+        if crate::build::exec::INTERRUPTED.swap(false, Ordering::SeqCst) {
+            libc::raise(libc::SIGINT);
+        }
+    }
+    r
 }
 
 fn status(msg: &str) {
@@ -437,6 +581,55 @@ mod tests {
         assert_eq!(
             parse_ignore_file("# c\n\nnode_modules\n *.tmp \n"),
             vec!["node_modules", "*.tmp"]
+        );
+    }
+
+    fn project(yaml: &str) -> (tempfile::TempDir, Project) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("app")).unwrap();
+        std::fs::write(d.path().join("app/.dockerignore"), "*.log\n").unwrap();
+        std::fs::write(d.path().join("compose.yaml"), yaml).unwrap();
+        let opts = crate::compose::LoadOptions {
+            interpolate: true,
+            working_dir: d.path().to_path_buf(),
+            resolve_env_files: true,
+            ..Default::default()
+        };
+        let p = crate::compose::load(&opts).unwrap_or_else(|e| panic!("{e}"));
+        (d, p)
+    }
+
+    #[test]
+    fn select_takes_services_with_rules_and_checks_rebuild() {
+        let (d, p) = project(
+            "name: w\nservices:\n  web:\n    build: ./app\n    develop:\n      watch:\n        - {action: rebuild, path: ./app}\n  db:\n    image: x\n  side:\n    image: x\n    develop:\n      watch:\n        - {action: sync, path: ./s, target: /s}\n",
+        );
+        let all = select(&p, &[]).unwrap();
+        assert_eq!(services(&all), vec!["side", "web"]);
+        // The rebuild rule's path is absolute, and the build context's .dockerignore applies.
+        let web = &all[1];
+        assert_eq!(web.rules[0].path, d.path().join("app").to_string_lossy());
+        assert!(is_ignored(web, &web.rules[0], &d.path().join("app/x.log")));
+        assert!(!is_ignored(
+            web,
+            &web.rules[0],
+            &d.path().join("app/index.html")
+        ));
+        assert_eq!(
+            services(&select(&p, &["side".into()]).unwrap()),
+            vec!["side"]
+        );
+        assert!(select(&p, &["db".into()]).unwrap().is_empty());
+        let e = select(&p, &["nope".into()]).err().unwrap().to_string();
+        assert!(e.contains("no such service: nope"), "{e}");
+        // rebuild needs something to build.
+        let (_d, p) = project(
+            "name: w\nservices:\n  web:\n    image: x\n    develop:\n      watch:\n        - {action: rebuild, path: ./app}\n",
+        );
+        let e = select(&p, &[]).err().unwrap().to_string();
+        assert!(
+            e.contains("\"web\"") && e.contains("needs a build section"),
+            "{e}"
         );
     }
 

@@ -211,9 +211,16 @@ impl Supervisor {
         out: &Out,
     ) -> anyhow::Result<()> {
         let prev = self.prev_plan.lock().await.clone();
-        let Some(prev_svc) = prev.as_ref().and_then(|p| p.service(&svc.name).cloned()) else {
+        let Some(mut prev_svc) = prev.as_ref().and_then(|p| p.service(&svc.name).cloned()) else {
             bail!("no previous configuration of {} to roll back to", svc.name);
         };
+        // Only the image changed (rebuilt, pulled again): its name now gives the new image, so
+        // the way back is the image the replaced replicas ran, by id.
+        if prev_svc.config_hash == svc.config_hash && prev_svc.image == svc.image {
+            if let Some((_, old)) = switched.iter().find(|(_, o)| !o.image_id.is_empty()) {
+                prev_svc.image = old.image_id.clone();
+            }
+        }
         // The service runs its previous configuration again from now on.
         if let Some(p) = self.plan.lock().await.as_mut() {
             if let Some(s) = p.services.iter_mut().find(|s| s.name == svc.name) {

@@ -56,10 +56,20 @@ impl Supervisor {
             }
             existing = self.service_containers(&svc.name).await;
         }
+        // The image the service's name resolves to now: a replica made from another image
+        // (rebuilt by `build`/`watch`, pulled or loaded again under the same name) is outdated,
+        // as compose recreates on a changed image digest. Compared by id, never by name.
+        let image_id = self.current_image_id(&svc.image).await;
+        let image_changed = |c: &ContainerRecord| {
+            image_id
+                .as_deref()
+                .is_some_and(|id| !c.image_id.is_empty() && c.image_id != id)
+        };
         let outdated: Vec<ContainerRecord> = existing
             .iter()
             .filter(|c| {
-                opts.force_recreate || (!opts.no_recreate && c.config_hash != svc.config_hash)
+                opts.force_recreate
+                    || (!opts.no_recreate && (c.config_hash != svc.config_hash || image_changed(c)))
             })
             .cloned()
             .collect();
@@ -68,6 +78,10 @@ impl Supervisor {
                 if c.config_hash != svc.config_hash {
                     let _ = out.send(Reply::Message {
                         text: format!("{}: configuration changed, recreating", c.name),
+                    });
+                } else if image_changed(c) {
+                    let _ = out.send(Reply::Message {
+                        text: format!("{}: image {} changed, recreating", c.name, svc.image),
                     });
                 }
             }
@@ -121,6 +135,18 @@ impl Supervisor {
         self.refresh_dns().await;
         self.apply_firewall().await?;
         Ok(made)
+    }
+
+    /// The id of the image `reference` names in the store now (None if absent or unreadable:
+    /// creating the replica then gives the error).
+    async fn current_image_id(&self, reference: &str) -> Option<String> {
+        let store = self.engine.images.clone();
+        let r = reference.to_string();
+        tokio::task::spawn_blocking(move || store.get(&r))
+            .await
+            .ok()?
+            .ok()?
+            .map(|i| i.id)
     }
 
     pub(super) async fn wait_condition(
