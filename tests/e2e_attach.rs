@@ -286,7 +286,7 @@ fn attach_without_a_tty_forwards_stdin_and_signals() {
     let p = unique("attachio");
     let f = b.compose(
         &p,
-        "services:\n  cat:\n    image: berth-test/busybox:1\n    command: [\"sh\", \"-c\", \"while read l; do echo got-$$l; done; echo stdin-ended\"]\n    stdin_open: true\n  trap:\n    image: berth-test/busybox:1\n    command: [\"sh\", \"-c\", \"trap 'echo got-TERM; exit 7' TERM; while true; do echo tick; sleep 0.2; done\"]\n",
+        "services:\n  cat:\n    image: berth-test/busybox:1\n    command: [\"sh\", \"-c\", \"trap '' INT; while read l; do echo got-$$l; done; echo stdin-ended\"]\n    stdin_open: true\n  trap:\n    image: berth-test/busybox:1\n    command: [\"sh\", \"-c\", \"trap 'echo got-TERM; exit 7' TERM; while true; do echo tick; sleep 0.2; done\"]\n",
     );
     b.ok(&f, &["up", "-d"]);
 
@@ -343,9 +343,22 @@ fn attach_without_a_tty_forwards_stdin_and_signals() {
     let seen = read_until(c.stdout.take().unwrap(), "got-again");
     input.write_all(b"again\n").unwrap();
     let seen = seen.recv_timeout(Duration::from_secs(20));
-    let _ = c.kill();
-    let _ = c.wait();
     assert!(seen.is_ok_and(|s| s.contains("got-again")));
+    // With --sig-proxy, ^C goes to the container, whose shell ignores it: the third ^C leaves
+    // it running and ends the CLI.
+    for _ in 0..3 {
+        // SAFETY: signalling the CLI this test started.
+        unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let st = wait_for(
+        "attach to end on the third SIGINT",
+        Duration::from_secs(10),
+        || c.try_wait().unwrap(),
+    );
+    assert_eq!(st.code(), Some(130), "{st}");
+    let ps = b.ok(&f, &["ps", "--format", "{{.Service}} {{.State}}"]);
+    assert!(ps.contains("cat running"), "{ps}");
 
     // --sig-proxy (the default): the CLI's SIGTERM goes to the container's process, whose
     // trap answers; its exit ends the attach with its code.

@@ -100,8 +100,9 @@ const PROXIED: [Signal; 8] = [
 /// `berth attach` to a container without a tty: its output (stdout and stderr, from its log)
 /// from now on until it exits, the caller's stdin written into its stdin when it has
 /// `stdin_open: true`, and with `--sig-proxy` (the default) the signals the CLI receives sent
-/// to its main process; without, a SIGINT or SIGTERM leaves it running and ends the CLI. The
-/// container's exit code is the CLI's.
+/// to its main process (a third SIGINT ends the CLI, for a process that ignores them);
+/// without, a SIGINT or SIGTERM leaves it running and ends the CLI. The container's exit code
+/// is the CLI's.
 fn attach_plain(
     paths: &Paths,
     project: &str,
@@ -139,6 +140,7 @@ fn attach_plain(
         forward_stdin(paths, project, &c.name)?;
     }
     let sig_proxy = args.sig_proxy.unwrap_or(true);
+    let mut interrupts = 0;
     let mut st = None;
     loop {
         // Output first, then wait for a signal, the container's end, or the next look.
@@ -172,6 +174,15 @@ fn attach_plain(
             if sig_proxy {
                 // A container that is gone meanwhile: its end is seen below.
                 let _ = crate::engine::proc::pidfd_send_signal(&pidfd, sig);
+                // A process that ignores SIGINT (a pid 1 without a handler does) would keep a
+                // user who types ^C attached for good: the third one leaves it running.
+                if sig == libc::SIGINT {
+                    interrupts += 1;
+                    if interrupts >= 3 {
+                        eprintln!("{} ignores SIGINT: leaving it running", c.name);
+                        return Ok(130);
+                    }
+                }
             } else if sig == libc::SIGINT || sig == libc::SIGTERM || sig == libc::SIGHUP {
                 return Ok((128 + sig).clamp(0, 255) as u8);
             }
