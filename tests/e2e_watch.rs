@@ -596,3 +596,50 @@ fn broken_build_leaves_the_old_replicas_serving() {
     drop(w);
     b.ok(&f, &["down", "-t", "1"]);
 }
+
+/// Without `update_config`, one replica: compose's recreate (stop, then the new container).
+/// Attached `up --watch` goes on through the moment no container runs, and serves the new
+/// content after.
+#[test]
+fn rebuild_without_update_config_recreates_and_up_watch_stays() {
+    let b = Berth::new();
+    let p = unique("wrec");
+    let dir = b.dir.path();
+    write_app(dir, DOCKERFILE, "v1");
+    let f = b.compose(
+        &p,
+        "services:\n  web:\n    build: ./app\n    init: true\n    develop:\n      watch:\n        - action: rebuild\n          path: ./app\n",
+    );
+    let mut w = Watch::start_with(&b, &f, &["up", "--watch"]);
+    let before = replicas(&b, &p, "web");
+    assert_eq!(before.len(), 1);
+    std::fs::write(dir.join("app/index.html"), "v2").unwrap();
+    let after = w.wait("the recreated replica", Duration::from_secs(180), || {
+        let now = replicas(&b, &p, "web");
+        (now.len() == 1 && now[0][1] != before[0][1] && now[0][3] == "running").then_some(now)
+    });
+    // Recreated in place: the same name, as compose does.
+    assert_eq!(after[0][0], before[0][0]);
+    let got = w.wait("v2 served", Duration::from_secs(30), || {
+        let out = b
+            .cmd()
+            .arg("-f")
+            .arg(&f)
+            .args(["exec", "-T", "web", "timeout", "5", "wget", "-q", "-O-"])
+            .arg("http://127.0.0.1/index.html")
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (body == "v2").then_some(body)
+    });
+    assert_eq!(got, "v2");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        w.child.try_wait().unwrap().is_none(),
+        "up --watch ended during the recreate: {}",
+        w.log()
+    );
+    w.interrupt_and_wait(Duration::from_secs(60));
+    drop(w);
+    b.ok(&f, &["down", "-t", "1"]);
+}

@@ -414,7 +414,8 @@ fn attach(p: &ProjectOpts, paths: &Paths, plan: &ProjectPlan, args: &UpArgs) -> 
                     .pid
                     .is_none_or(|pid| crate::state::pid_matches(pid, c.pid_start))
             });
-        if !active && !st.containers.is_empty() {
+        // (A watch action replacing containers leaves none running for a moment.)
+        if !active && !st.containers.is_empty() && !crate::commands::watch::busy() {
             std::thread::sleep(Duration::from_millis(50));
             let st = ProjectState::load(paths, &project)?.unwrap_or_default();
             tail.pump(&st, &sel, &mut printer)?;

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,31 @@ pub struct ServiceRules {
     rules: Vec<WatchRule>,
     /// .dockerignore patterns of the service's build context, with that context.
     dockerignore: Option<(PathBuf, Vec<String>)>,
+}
+
+/// Actions under way (a restart or a rebuild replaces containers): attached `up --watch` does not
+/// take a moment with no running container for the end of the stack.
+static BUSY: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether a watch action is replacing or restarting containers now.
+pub fn busy() -> bool {
+    BUSY.load(Ordering::SeqCst) > 0
+}
+
+/// Marks an action under way for as long as it lives.
+struct Busy;
+
+impl Busy {
+    fn new() -> Busy {
+        BUSY.fetch_add(1, Ordering::SeqCst);
+        Busy
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        BUSY.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// What the watch loop needs besides the rules.
@@ -202,6 +228,7 @@ pub fn follow(s: &Session, watched: &[ServiceRules]) -> anyhow::Result<u8> {
                 Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the file watcher stopped"),
             }
         }
+        let _busy = Busy::new();
         // Services whose image is built again this round: one build, one converge for all.
         let mut rebuild: Vec<String> = Vec::new();
         for w in watched {
@@ -306,7 +333,6 @@ fn build_keeping_sigint(
     jobs: &[crate::commands::build::Job],
     mode: crate::commands::build::ProgressMode,
 ) -> anyhow::Result<Vec<String>> {
-    use std::sync::atomic::Ordering;
     // SAFETY: signal() swaps the process's handler; reading the previous one back at once.
     let prev = unsafe {
         let prev = libc::signal(libc::SIGINT, libc::SIG_DFL);
