@@ -132,8 +132,8 @@ impl Supervisor {
     pub(super) async fn watch_forward_policy(self: Arc<Self>) {
         use std::sync::atomic::Ordering;
         loop {
-            let blocked =
-                tokio::task::spawn_blocking(berth_network::firewall::routed_traffic_blocked)
+            let blocked = crate::rootless::active()
+                || tokio::task::spawn_blocking(berth_network::firewall::routed_traffic_blocked)
                     .await
                     .unwrap_or(false);
             if self.routed_blocked.swap(blocked, Ordering::SeqCst) != blocked {
