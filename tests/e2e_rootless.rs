@@ -1,0 +1,267 @@
+//! End-to-end: rootless berth. The test (root) makes a unique unprivileged user with a home
+//! (and, through useradd, a /etc/subuid range), gives it the berth binary and the busybox
+//! image, and as that user loads the image and brings up a two-service stack: `web` (busybox
+//! httpd, published on 127.0.0.1) and `client`. From the host: the published port serves the
+//! page; `client` resolves `web` through the embedded DNS and fetches from it; `ps` shows both
+//! running; `down` leaves no process of the user, no mount and nothing in its run directory.
+//! Everything of the user (processes, namespaces, files) is removed at the end, even on failure.
+//! Where the kernel refuses unprivileged user namespaces the test prints why and returns.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+
+/// The test's user, removed with everything it has when dropped.
+struct TestUser {
+    name: String,
+    uid: u32,
+    home: PathBuf,
+}
+
+impl TestUser {
+    fn create() -> TestUser {
+        let name = format!("brl{}", unique("u").trim_start_matches('u'));
+        let out = Command::new("useradd")
+            .args(["--create-home", "--shell", "/bin/sh", &name])
+            .output()
+            .expect("running useradd");
+        assert!(
+            out.status.success(),
+            "useradd {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let home = PathBuf::from(format!("/home/{name}"));
+        let uid = std::fs::metadata(&home).expect("the new user's home").uid();
+        TestUser { name, uid, home }
+    }
+
+    /// The pids of the user's processes (zombies included: they are gone only once reaped).
+    fn processes(&self) -> Vec<(i32, String)> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(md) = std::fs::metadata(e.path()) else {
+                continue;
+            };
+            if md.uid() == self.uid {
+                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                v.push((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
+            }
+        }
+        v
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        PathBuf::from(format!("/tmp/berth-{}", self.uid))
+    }
+
+    /// `berth ARGS` as the user, in `dir`, with a clean environment, bounded in time.
+    fn berth(&self, dir: &Path, args: &[&str]) -> Output {
+        Command::new("timeout")
+            .arg("180")
+            .args(["runuser", "-u", &self.name, "--", "env", "-i"])
+            .arg(format!("HOME={}", self.home.display()))
+            .arg("PATH=/usr/bin:/bin:/usr/sbin:/sbin")
+            .arg(self.home.join("berth"))
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("running berth as the test user")
+    }
+
+    fn ok(&self, dir: &Path, args: &[&str]) -> String {
+        let out = self.berth(dir, args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "berth {args:?} as {}: {text}",
+            self.name
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        // Processes first (the namespace holder keeps the user's namespaces), bounded.
+        for _ in 0..50 {
+            let procs = self.processes();
+            if procs.is_empty() {
+                break;
+            }
+            for (pid, _) in procs {
+                // SAFETY: signalling a process of the test's own user.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("userdel")
+            .args(["--remove", "--force", &self.name])
+            .output();
+        let _ = std::fs::remove_dir_all(self.run_dir());
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+/// Why unprivileged user namespaces cannot be made here, if they cannot.
+fn userns_refused(user: &TestUser) -> Option<String> {
+    let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces").unwrap_or_default();
+    if max.trim() == "0" {
+        return Some("user.max_user_namespaces is 0".into());
+    }
+    let out = Command::new("timeout")
+        .args(["30", "runuser", "-u", &user.name, "--"])
+        .args(["unshare", "--user", "--map-root-user", "true"])
+        .output()
+        .expect("running unshare");
+    (!out.status.success()).then(|| {
+        format!(
+            "unshare --user as an unprivileged user fails: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Give the user a file: a hard link where the file system allows, else a copy.
+fn give(user: &TestUser, from: &Path, name: &str) -> PathBuf {
+    let to = user.home.join(name);
+    if std::fs::hard_link(from, &to).is_err() {
+        std::fs::copy(from, &to).unwrap();
+        std::os::unix::fs::chown(&to, Some(user.uid), None).unwrap();
+    }
+    to
+}
+
+#[test]
+fn rootless_stack_with_dns_and_published_port() {
+    require_root();
+    let user = TestUser::create();
+    if let Some(why) = userns_refused(&user) {
+        eprintln!("SKIPPED rootless test: the kernel forbids unprivileged user namespaces: {why}");
+        return;
+    }
+    give(&user, Path::new(env!("CARGO_BIN_EXE_berth")), "berth");
+    give(&user, &image_tar(), "image.tar");
+    let proj = user.home.join("proj");
+    std::fs::create_dir(&proj).unwrap();
+    let port = free_port();
+    std::fs::write(
+        proj.join("compose.yaml"),
+        format!(
+            r#"name: rl
+services:
+  web:
+    image: {IMAGE}
+    command: ["sh", "-c", "mkdir -p /www && echo hello-rootless > /www/index.html && exec httpd -f -p 80 -h /www"]
+    init: true
+    stop_grace_period: 2s
+    ports:
+      - "127.0.0.1:{port}:80"
+  client:
+    image: {IMAGE}
+    command: ["sleep", "3600"]
+    init: true
+    stop_grace_period: 2s
+"#
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(&proj, Some(user.uid), None).unwrap();
+    std::os::unix::fs::chown(proj.join("compose.yaml"), Some(user.uid), None).unwrap();
+
+    let out = user.ok(&proj, &["load", "-i", "../image.tar"]);
+    assert!(out.contains(IMAGE), "{out}");
+    // The user's data lives under ~/.local/share/berth, its runtime state under /tmp/berth-<uid>
+    // (no XDG_RUNTIME_DIR here).
+    assert!(user.home.join(".local/share/berth/images").is_dir());
+    assert!(user.run_dir().join("rootless/ns.pid").is_file());
+    assert_eq!(
+        std::fs::metadata(user.run_dir()).unwrap().mode() & 0o777,
+        0o700
+    );
+
+    user.ok(&proj, &["up", "-d"]);
+
+    // The published port, from the host's loopback.
+    let page = wait_for("the published port", Duration::from_secs(30), || {
+        http_get(port, "/index.html")
+    });
+    assert!(page.contains("hello-rootless"), "{page}");
+
+    // Service names through the embedded DNS, and a fetch by name, inside the stack.
+    let ns = user.ok(&proj, &["exec", "client", "nslookup", "web"]);
+    assert!(ns.contains("Name:") && ns.contains("web"), "{ns}");
+    let fetched = user.ok(&proj, &["exec", "client", "wget", "-qO-", "http://web/"]);
+    assert!(fetched.contains("hello-rootless"), "{fetched}");
+
+    let ps = user.ok(&proj, &["ps"]);
+    for c in ["rl-web-1", "rl-client-1"] {
+        let line = ps.lines().find(|l| l.starts_with(c));
+        assert!(
+            line.is_some_and(|l| l.contains("Up")),
+            "{c} not running: {ps}"
+        );
+    }
+    // Nothing of the user's stack is in the host's namespaces: the bridge, the nft rules and
+    // the containers' mounts are the rootless namespace's.
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !host_mounts.contains(&user.home.to_string_lossy().to_string()),
+        "a mount of the user's in the host's mount namespace"
+    );
+
+    user.ok(&proj, &["down"]);
+    let left = wait_for_none(&user);
+    assert!(
+        left.is_empty(),
+        "processes of the user after down: {left:?}"
+    );
+    assert!(
+        http_get(port, "/index.html").is_none(),
+        "the port still answers"
+    );
+    let run_left: Vec<PathBuf> = walk(&user.run_dir());
+    assert!(run_left.is_empty(), "left in the run dir: {run_left:?}");
+}
+
+/// Wait (bounded) until the user has no process; what is left then.
+fn wait_for_none(user: &TestUser) -> Vec<(i32, String)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = user.processes();
+        if p.is_empty() || std::time::Instant::now() > deadline {
+            return p;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        v.push(e.path());
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            v.extend(walk(&e.path()));
+        }
+    }
+    v
+}
