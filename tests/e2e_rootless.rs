@@ -159,8 +159,48 @@ fn rootless_stack_with_dns_and_published_port() {
         eprintln!("SKIPPED rootless test: the kernel forbids unprivileged user namespaces: {why}");
         return;
     }
-    give(&user, Path::new(env!("CARGO_BIN_EXE_berth")), "berth");
-    give(&user, &image_tar(), "image.tar");
+    // useradd gave the user a /etc/subuid range: mapped through newuidmap/newgidmap.
+    stack_as(&user);
+}
+
+/// A user without a /etc/subuid range: berth maps the user's own ids only (no setuid helper
+/// involved) and the same stack works.
+#[test]
+fn rootless_stack_with_a_single_id_map() {
+    require_root();
+    let user = TestUser::create();
+    if let Some(why) = userns_refused(&user) {
+        eprintln!("SKIPPED rootless test: the kernel forbids unprivileged user namespaces: {why}");
+        return;
+    }
+    for (flag, file) in [
+        ("--del-subuids", "/etc/subuid"),
+        ("--del-subgids", "/etc/subgid"),
+    ] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{}:", user.name)));
+        if let Some(range) = line.and_then(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            let start: u64 = f.get(1)?.parse().ok()?;
+            let count: u64 = f.get(2)?.parse().ok()?;
+            Some(format!("{start}-{}", start + count - 1))
+        }) {
+            let out = Command::new("usermod")
+                .args([flag, &range, &user.name])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "usermod {flag}: {out:?}");
+        }
+    }
+    stack_as(&user);
+    // The holder's namespace mapped exactly one id (checked while it ran, in stack_as).
+}
+
+fn stack_as(user: &TestUser) {
+    give(user, Path::new(env!("CARGO_BIN_EXE_berth")), "berth");
+    give(user, &image_tar(), "image.tar");
     let proj = user.home.join("proj");
     std::fs::create_dir(&proj).unwrap();
     let port = free_port();
@@ -193,7 +233,20 @@ services:
     // The user's data lives under ~/.local/share/berth, its runtime state under /tmp/berth-<uid>
     // (no XDG_RUNTIME_DIR here).
     assert!(user.home.join(".local/share/berth/images").is_dir());
-    assert!(user.run_dir().join("rootless/ns.pid").is_file());
+    // The namespace maps the user as root, plus its /etc/subuid range when it has one.
+    let pids = std::fs::read_to_string(user.run_dir().join("rootless/ns.pid")).unwrap();
+    let child = pids.split_whitespace().nth(1).expect("holder pids");
+    let map = std::fs::read_to_string(format!("/proc/{child}/uid_map")).unwrap();
+    let map: Vec<Vec<String>> = map
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect();
+    assert_eq!(map[0], ["0", &user.uid.to_string(), "1"], "{map:?}");
+    let has_range = std::fs::read_to_string("/etc/subuid")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with(&format!("{}:", user.name)));
+    assert_eq!(map.len(), if has_range { 2 } else { 1 }, "{map:?}");
     assert_eq!(
         std::fs::metadata(user.run_dir()).unwrap().mode() & 0o777,
         0o700
