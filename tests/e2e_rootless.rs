@@ -283,7 +283,7 @@ services:
     );
 
     user.ok(&proj, &["down"]);
-    let left = wait_for_none(&user);
+    let left = wait_for_none(user);
     assert!(
         left.is_empty(),
         "processes of the user after down: {left:?}"
