@@ -410,6 +410,86 @@ const PRIVATE_HOST_DIRS: [(&str, &str); 2] = [
     ("switch", berth_network::bridge::SWITCH_DIR),
 ];
 
+fn mount_c(
+    src: &Path,
+    dst: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let src = CString::new(src.as_os_str().as_bytes())?;
+    let dst = CString::new(dst.as_os_str().as_bytes())?;
+    let fstype = fstype.map(CString::new).transpose()?;
+    let data = data.map(CString::new).transpose()?;
+    // SAFETY: mount(2) with valid C strings (or null) that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            fstype.as_ref().map_or(std::ptr::null(), |f| f.as_ptr()),
+            flags,
+            data.as_ref()
+                .map_or(std::ptr::null(), |d| d.as_ptr().cast()),
+        )
+    };
+    if rc != 0 {
+        return Err(errno());
+    }
+    Ok(())
+}
+
+/// Make the namespace's `/run` a tmpfs of its own that shows every entry of the host's `/run`
+/// (bound back, recursively, so `/run/user/<uid>` and the host's resolver files stay as they
+/// are): the network crate's host-wide dirs (`/run/berth-switch`) can then be made inside even
+/// where root's berth never ran, and never touch the host's.
+fn writable_run(rdir: &Path) -> std::io::Result<()> {
+    let host = rdir.join("hostrun");
+    std::fs::create_dir_all(&host)?;
+    mount_c(
+        Path::new("/run"),
+        &host,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )?;
+    // The copy stays reachable through this descriptor once the tmpfs hides its path (the run
+    // dir may itself be under /run).
+    let host_fd = std::fs::File::open(&host)?;
+    let base = PathBuf::from(format!("/proc/self/fd/{}", host_fd.as_raw_fd()));
+    mount_c(
+        Path::new("tmpfs"),
+        Path::new("/run"),
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("mode=755"),
+    )?;
+    for e in std::fs::read_dir(&base)?.flatten() {
+        let (src, dst) = (e.path(), Path::new("/run").join(e.file_name()));
+        let Ok(md) = std::fs::symlink_metadata(&src) else {
+            continue;
+        };
+        // An entry that cannot be bound back is left out rather than failing the namespace.
+        let _ = if md.file_type().is_symlink() {
+            std::fs::read_link(&src).and_then(|t| std::os::unix::fs::symlink(t, &dst))
+        } else if md.is_dir() {
+            std::fs::create_dir(&dst)
+                .and_then(|_| mount_c(&src, &dst, None, libc::MS_BIND | libc::MS_REC, None))
+        } else {
+            std::fs::File::create(&dst).and_then(|_| mount_c(&src, &dst, None, libc::MS_BIND, None))
+        };
+    }
+    // SAFETY: detaching the copy made above, through its descriptor.
+    unsafe {
+        let p = std::ffi::CString::new(base.as_os_str().as_encoded_bytes())?;
+        libc::umount2(p.as_ptr(), libc::MNT_DETACH);
+    }
+    drop(host_fd);
+    let _ = std::fs::remove_dir(&host);
+    std::fs::create_dir_all(berth_network::bridge::SWITCH_DIR)
+}
+
 fn bind_private(private: &Path, host: &str) -> std::io::Result<()> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
@@ -478,6 +558,9 @@ fn hold_child(rdir: &Path, to_parent: OwnedFd, from_parent: OwnedFd, parent: i32
             libc::MS_REC | libc::MS_SLAVE,
             std::ptr::null(),
         );
+    }
+    if let Err(e) = writable_run(rdir) {
+        fail("making /run writable inside", e);
     }
     for (private, host) in PRIVATE_HOST_DIRS {
         if let Err(e) = bind_private(&rdir.join(private), host) {

@@ -21,6 +21,8 @@ struct TestUser {
     name: String,
     uid: u32,
     home: PathBuf,
+    /// `XDG_RUNTIME_DIR` given to berth, if any (as a systemd login session has).
+    xdg_runtime: Option<PathBuf>,
 }
 
 impl TestUser {
@@ -37,7 +39,12 @@ impl TestUser {
         );
         let home = PathBuf::from(format!("/home/{name}"));
         let uid = std::fs::metadata(&home).expect("the new user's home").uid();
-        TestUser { name, uid, home }
+        TestUser {
+            name,
+            uid,
+            home,
+            xdg_runtime: None,
+        }
     }
 
     /// The pids of the user's processes (zombies included: they are gone only once reaped).
@@ -59,7 +66,19 @@ impl TestUser {
     }
 
     fn run_dir(&self) -> PathBuf {
-        PathBuf::from(format!("/tmp/berth-{}", self.uid))
+        match &self.xdg_runtime {
+            Some(x) => x.join("berth"),
+            None => PathBuf::from(format!("/tmp/berth-{}", self.uid)),
+        }
+    }
+
+    /// Give berth an `XDG_RUNTIME_DIR` under /run, as logind makes it.
+    fn with_xdg_runtime(&mut self) {
+        let x = PathBuf::from(format!("/run/user/{}", self.uid));
+        std::fs::create_dir_all(&x).unwrap();
+        std::os::unix::fs::chown(&x, Some(self.uid), Some(self.uid)).unwrap();
+        std::fs::set_permissions(&x, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        self.xdg_runtime = Some(x);
     }
 
     /// `berth ARGS` as the user, in `dir`, with a clean environment, bounded in time.
@@ -69,6 +88,11 @@ impl TestUser {
             .args(["runuser", "-u", &self.name, "--", "env", "-i"])
             .arg(format!("HOME={}", self.home.display()))
             .arg("PATH=/usr/bin:/bin:/usr/sbin:/sbin")
+            .args(
+                self.xdg_runtime
+                    .iter()
+                    .map(|x| format!("XDG_RUNTIME_DIR={}", x.display())),
+            )
             .arg(self.home.join("berth"))
             .args(args)
             .current_dir(dir)
@@ -110,6 +134,9 @@ impl Drop for TestUser {
             .args(["--remove", "--force", &self.name])
             .output();
         let _ = std::fs::remove_dir_all(self.run_dir());
+        if let Some(x) = &self.xdg_runtime {
+            let _ = std::fs::remove_dir_all(x);
+        }
         let _ = std::fs::remove_dir_all(&self.home);
     }
 }
@@ -164,11 +191,13 @@ fn rootless_stack_with_dns_and_published_port() {
 }
 
 /// A user without a /etc/subuid range: berth maps the user's own ids only (no setuid helper
-/// involved) and the same stack works.
+/// involved) and the same stack works; its run dir here is under `XDG_RUNTIME_DIR` in /run
+/// (the namespace's own /run must keep showing it).
 #[test]
 fn rootless_stack_with_a_single_id_map() {
     require_root();
-    let user = TestUser::create();
+    let mut user = TestUser::create();
+    user.with_xdg_runtime();
     if let Some(why) = userns_refused(&user) {
         eprintln!("SKIPPED rootless test: the kernel forbids unprivileged user namespaces: {why}");
         return;
@@ -247,6 +276,22 @@ services:
         .lines()
         .any(|l| l.starts_with(&format!("{}:", user.name)));
     assert_eq!(map.len(), if has_range { 2 } else { 1 }, "{map:?}");
+    // Its /run is its own (a tmpfs), with the host's entries bound back and private lock and
+    // switch dirs.
+    let mounts = std::fs::read_to_string(format!("/proc/{child}/mountinfo")).unwrap();
+    let at = |p: &str| {
+        mounts
+            .lines()
+            .filter(|l| l.split_whitespace().nth(4) == Some(p))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        at("/run").iter().any(|l| l.contains(" - tmpfs ")),
+        "{mounts}"
+    );
+    assert!(!at("/run/lock").is_empty(), "{mounts}");
+    assert!(!at("/run/berth-switch").is_empty(), "{mounts}");
     assert_eq!(
         std::fs::metadata(user.run_dir()).unwrap().mode() & 0o777,
         0o700
