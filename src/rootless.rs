@@ -240,8 +240,23 @@ pub fn enter() -> Result<(), String> {
         std::env::set_var(INSIDE_ENV, "1");
         std::env::set_var(DATA_ENV, &data);
         std::env::set_var(RUN_ENV, &run);
+        // Root's tools (nft) are in the sbin dirs, which a plain user's PATH often lacks.
+        std::env::set_var("PATH", with_sbin(std::env::var_os("PATH")));
     }
     Ok(())
+}
+
+/// `path` with /usr/local/sbin, /usr/sbin and /sbin added at its end when missing.
+fn with_sbin(path: Option<OsString>) -> OsString {
+    let mut dirs: Vec<PathBuf> = path
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    for d in ["/usr/local/sbin", "/usr/sbin", "/sbin"] {
+        if !dirs.iter().any(|x| x == Path::new(d)) {
+            dirs.push(PathBuf::from(d));
+        }
+    }
+    std::env::join_paths(dirs).unwrap_or_default()
 }
 
 /// Start `berth __rootless-hold <rdir>` detached (its own session) and wait for it to report
@@ -837,6 +852,39 @@ pub fn install_port_binder() {
     }));
 }
 
+/// Once per `up`: name the services whose resource limits a rootless berth cannot apply,
+/// when the cgroup tree is not writable here (no delegated subtree).
+pub fn warn_limits(plan: &crate::engine::plan::ProjectPlan) {
+    if !active() || cgroup_writable() {
+        return;
+    }
+    let limited: Vec<&str> = plan
+        .services
+        .iter()
+        .filter(|s| {
+            s.mem_limit.is_some()
+                || s.mem_reservation.is_some()
+                || s.cpus.is_some()
+                || s.cpu_shares.is_some()
+                || s.cpuset.is_some()
+                || s.pids_limit.is_some()
+        })
+        .map(|s| s.name.as_str())
+        .collect();
+    if !limited.is_empty() {
+        eprintln!(
+            "WARN[0000] rootless: no writable cgroup (no cgroup delegation for this user): the \
+             resource limits of {} are not applied",
+            limited.join(", ")
+        );
+    }
+}
+
+fn cgroup_writable() -> bool {
+    // SAFETY: access(2) on a constant path.
+    unsafe { libc::access(c"/sys/fs/cgroup".as_ptr(), libc::W_OK) == 0 }
+}
+
 /// After `down`: when no project of this user runs any more (no supervisor, no container),
 /// stop the holder, so the namespaces and every process of berth go away, and remove the
 /// run dir's empty leftovers.
@@ -919,6 +967,18 @@ mod tests {
         assert_eq!(sub_range(t, Some("carol"), 1001), Some((200000, 1000)));
         assert_eq!(sub_range(t, Some("bob"), 7), None);
         assert_eq!(sub_range(t, None, 9), None);
+    }
+
+    #[test]
+    fn sbin_dirs_added_once() {
+        assert_eq!(
+            with_sbin(Some("/usr/bin:/bin:/usr/sbin".into())),
+            OsString::from("/usr/bin:/bin:/usr/sbin:/usr/local/sbin:/sbin")
+        );
+        assert_eq!(
+            with_sbin(None),
+            OsString::from("/usr/local/sbin:/usr/sbin:/sbin")
+        );
     }
 
     #[test]

@@ -87,7 +87,8 @@ impl TestUser {
             .arg("180")
             .args(["runuser", "-u", &self.name, "--", "env", "-i"])
             .arg(format!("HOME={}", self.home.display()))
-            .arg("PATH=/usr/bin:/bin:/usr/sbin:/sbin")
+            // A plain user's PATH (Debian's): no sbin dirs, where nft lives.
+            .arg("PATH=/usr/local/bin:/usr/bin:/bin")
             .args(
                 self.xdg_runtime
                     .iter()
@@ -250,6 +251,7 @@ services:
     command: ["sleep", "3600"]
     init: true
     stop_grace_period: 2s
+    mem_limit: 64m
 "#
         ),
     )
@@ -297,7 +299,15 @@ services:
         0o700
     );
 
-    user.ok(&proj, &["up", "-d"]);
+    let up = user.berth(&proj, &["up", "-d"]);
+    let up_err = String::from_utf8_lossy(&up.stderr);
+    assert!(up.status.success(), "up: {up_err}");
+    // No cgroup delegation here (no systemd user session): the limit cannot be applied, and
+    // `up` says so, naming the service.
+    assert!(
+        up_err.contains("resource limits of client are not applied"),
+        "{up_err}"
+    );
 
     // The published port, from the host's loopback.
     let page = wait_for("the published port", Duration::from_secs(30), || {

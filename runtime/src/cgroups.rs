@@ -72,20 +72,6 @@ pub fn in_user_namespace() -> bool {
         .unwrap_or(false)
 }
 
-/// Whether `res` asks for any limit a cgroup would enforce (device rules alone do not count:
-/// without a cgroup the user namespace already keeps devices out).
-pub fn has_limits(res: &LinuxResources) -> bool {
-    res.memory().is_some()
-        || res.cpu().is_some()
-        || res.pids().is_some()
-        || res.block_io().is_some()
-        || res
-            .hugepage_limits()
-            .as_ref()
-            .is_some_and(|h| !h.is_empty())
-        || res.unified().as_ref().is_some_and(|u| !u.is_empty())
-}
-
 /// The default cgroups path when the spec gives none.
 pub fn default_path(id: &str) -> String {
     format!("/berth/{id}")

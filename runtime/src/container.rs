@@ -193,17 +193,9 @@ fn create_inner(
     // without a cgroup of their own (as podman does with cgroupfs rootless).
     let cg_usable = match cg.create() {
         Ok(()) => true,
+        // (The caller says so when limits were asked for: berth's `up` does.)
         Err(e) if crate::cgroups::unwritable_in_user_namespace(&e) => {
             cleanup.cgroup = None;
-            if let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
-                if crate::cgroups::has_limits(res) {
-                    eprintln!(
-                        "warning: {}: no writable cgroup in this user namespace (rootless \
-                         without cgroup delegation): resource limits are not applied",
-                        o.id
-                    );
-                }
-            }
             false
         }
         Err(e) => return Err(e),

@@ -143,6 +143,7 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
     for w in &plan.warnings {
         eprintln!("WARN[0000] {w}");
     }
+    crate::rootless::warn_limits(&plan);
     crate::trace::step(|| format!("cli: plan loaded ({} services)", plan.services.len()));
     let mut scale = Vec::new();
     for s in &args.scale {
