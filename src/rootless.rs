@@ -969,6 +969,34 @@ mod tests {
         assert_eq!(sub_range(t, None, 9), None);
     }
 
+    /// The holder's port protocol end to end in one process: a bound, listening socket comes
+    /// back over SCM_RIGHTS; a refused bind comes back as the bind's error.
+    #[test]
+    fn port_binder_hands_over_bound_sockets() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("ports.sock");
+        let l = UnixListener::bind(&sock).unwrap();
+        // SAFETY: a plain getter.
+        let uid = unsafe { libc::getuid() };
+        let server = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let (c, _) = l.accept().unwrap();
+                serve_one(c, uid).unwrap();
+            }
+        });
+        let fd = bind_on_host(&sock, "tcp", "127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = std::net::TcpListener::from(fd);
+        let addr = listener.local_addr().unwrap();
+        assert!(addr.ip().is_loopback() && addr.port() != 0);
+        // Listening already: a connection is accepted.
+        let _c = std::net::TcpStream::connect(addr).unwrap();
+        let (_s, _) = listener.accept().unwrap();
+        // The same port again: the bind's own error.
+        let e = bind_on_host(&sock, "tcp", addr).unwrap_err();
+        assert!(e.to_string().contains("binding tcp"), "{e}");
+        server.join().unwrap();
+    }
+
     #[test]
     fn sbin_dirs_added_once() {
         assert_eq!(
