@@ -771,15 +771,25 @@ fn serve_one(mut conn: UnixStream, uid: u32) -> std::io::Result<()> {
         let addr: SocketAddr = format!("{}:{}", ip.unwrap_or(""), port.unwrap_or(""))
             .parse()
             .map_err(|_| format!("bad request {line:?}"))?;
-        match proto {
-            Some("tcp") => std::net::TcpListener::bind(addr)
-                .map(OwnedFd::from)
-                .map_err(|e| format!("binding tcp {addr}: {e}")),
-            Some("udp") => std::net::UdpSocket::bind(addr)
-                .map(OwnedFd::from)
-                .map_err(|e| format!("binding udp {addr}: {e}")),
-            _ => Err(format!("bad request {line:?}")),
-        }
+        let r = match proto {
+            Some("tcp") => std::net::TcpListener::bind(addr).map(OwnedFd::from),
+            Some("udp") => std::net::UdpSocket::bind(addr).map(OwnedFd::from),
+            _ => return Err(format!("bad request {line:?}")),
+        };
+        r.map_err(|e| {
+            let mut m = format!("binding {} {addr}: {e}", proto.unwrap_or(""));
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                let start =
+                    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+                        .unwrap_or_default();
+                m.push_str(&format!(
+                    " (a user may publish ports from net.ipv4.ip_unprivileged_port_start = {} \
+                     up: choose a higher host port, or lower that sysctl as root)",
+                    start.trim()
+                ));
+            }
+            m
+        })
     })();
     match bound {
         Ok(fd) => send_fd(&conn, b"ok\n", &fd),
@@ -836,6 +846,28 @@ pub fn bind_on_host(sock: &Path, proto: &str, addr: SocketAddr) -> std::io::Resu
             text.strip_prefix("err ").unwrap_or(&text).to_string(),
         )),
     }
+}
+
+/// In a rootless berth, whether the host can give the published port: the supervisor's own
+/// check sees only the rootless network namespace, where every port is free. The probe socket
+/// is closed at once.
+pub fn check_host_port(protocol: &str, host_ip: Option<&str>, port: u16) -> anyhow::Result<()> {
+    let Some((_, run)) = dirs() else {
+        return Ok(());
+    };
+    let ip: std::net::IpAddr = match host_ip.filter(|h| !h.is_empty()) {
+        None => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        Some(h) => match h.trim_matches(|c| c == '[' || c == ']').parse() {
+            Ok(std::net::IpAddr::V6(_)) => return Ok(()), // IPv6 hosts are not published
+            Ok(ip) => ip,
+            Err(_) => return Ok(()), // the caller's own check names a bad address
+        },
+    };
+    let proto = if protocol == "udp" { "udp" } else { "tcp" };
+    let sock = run.join("rootless").join("ports.sock");
+    bind_on_host(&sock, proto, SocketAddr::new(ip, port))
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!("port {port}/{proto} on the host: {e}"))
 }
 
 /// In a rootless berth, published ports are bound in the host's network namespace by the

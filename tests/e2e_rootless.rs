@@ -337,6 +337,46 @@ services:
         "a mount of the user's in the host's mount namespace"
     );
 
+    // A host port something else holds on the host (invisible from the rootless network
+    // namespace), and one below the unprivileged port range: `up` refuses both, saying why,
+    // and leaves nothing of that project.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
+    let other = user.home.join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::os::unix::fs::chown(&other, Some(user.uid), None).unwrap();
+    let low_start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut cases = vec![(busy_port, "in use")];
+    if low_start > 1 {
+        cases.push((1, "ip_unprivileged_port_start"));
+    }
+    for (hp, why) in cases {
+        std::fs::write(
+            other.join("compose.yaml"),
+            format!(
+                "name: rl2\nservices:\n  web:\n    image: {IMAGE}\n    command: [\"sleep\", \"60\"]\n    ports: [\"127.0.0.1:{hp}:80\"]\n"
+            ),
+        )
+        .unwrap();
+        let out = user.berth(&other, &["up", "-d"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "up with host port {hp} succeeded: {err}"
+        );
+        assert!(
+            err.contains(&format!("port {hp}/tcp on the host")) && err.contains(why),
+            "{err}"
+        );
+    }
+    drop(busy);
+    let ps = user.ok(&other, &["ps", "-a"]);
+    assert!(!ps.contains("rl2-web"), "{ps}");
+
     user.ok(&proj, &["down"]);
     let left = wait_for_none(user);
     assert!(
