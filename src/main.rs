@@ -37,8 +37,16 @@ fn main() -> ExitCode {
         return ExitCode::from(rootless::hold(&args[2..]));
     }
     // A non-root user's berth joins (or first makes) the user's rootless namespace, while
-    // this process still has one thread; everything it starts inherits it.
-    if let Err(e) = rootless::enter() {
+    // this process still has one thread; everything it starts inherits it. Commands that only
+    // read the Compose files (and `--help`, or a command line clap will refuse) need none.
+    let pure = match cli::Cli::try_parse_from(&args) {
+        Ok(c) => matches!(
+            c.command,
+            cli::Command::Config(_) | cli::Command::Version(_) | cli::Command::Completion(_)
+        ),
+        Err(_) => true,
+    };
+    if let Err(e) = if pure { Ok(()) } else { rootless::enter() } {
         eprintln!("Error: {e}");
         return ExitCode::from(1);
     }

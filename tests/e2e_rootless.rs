@@ -259,6 +259,11 @@ services:
     std::os::unix::fs::chown(&proj, Some(user.uid), None).unwrap();
     std::os::unix::fs::chown(proj.join("compose.yaml"), Some(user.uid), None).unwrap();
 
+    // Reading the Compose file needs no namespace: nothing is started for it.
+    let cfg = user.ok(&proj, &["config", "--services"]);
+    assert!(cfg.contains("web") && cfg.contains("client"), "{cfg}");
+    assert!(user.processes().is_empty(), "{:?}", user.processes());
+
     let out = user.ok(&proj, &["load", "-i", "../image.tar"]);
     assert!(out.contains(IMAGE), "{out}");
     // The user's data lives under ~/.local/share/berth, its runtime state under /tmp/berth-<uid>
