@@ -186,22 +186,7 @@ pub fn enter() -> Result<(), String> {
     private_dir(&run, uid)?;
     std::fs::create_dir_all(&data).map_err(|e| format!("creating {}: {e}", data.display()))?;
     let rdir = run.join("rootless");
-    private_dir(&rdir, uid)?;
-
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(rdir.join("lock"))
-        .map_err(|e| format!("{}: {e}", rdir.join("lock").display()))?;
-    // SAFETY: flock on a descriptor we own; released when `lock` is closed.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(format!(
-            "locking {}: {}",
-            rdir.join("lock").display(),
-            errno()
-        ));
-    }
+    let lock = lock_rootless_dir(&run, &rdir, uid)?;
     let child = match running_holder(&rdir) {
         Some((_, c)) => c,
         None => start_holder(&rdir)?,
@@ -244,6 +229,31 @@ pub fn enter() -> Result<(), String> {
         std::env::set_var("PATH", with_sbin(std::env::var_os("PATH")));
     }
     Ok(())
+}
+
+/// Make `<run>/rootless` and take its lock exclusively. A `release_if_idle` that held the lock
+/// before us has removed the file (and maybe the dirs): then make them again and retry.
+fn lock_rootless_dir(run: &Path, rdir: &Path, uid: u32) -> Result<std::fs::File, String> {
+    let path = rdir.join("lock");
+    for _ in 0..10 {
+        private_dir(run, uid)?;
+        private_dir(rdir, uid)?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        // SAFETY: flock on a descriptor we own; released when `lock` is closed.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(format!("locking {}: {}", path.display(), errno()));
+        }
+        let linked = lock.metadata().map(|m| m.nlink() > 0).unwrap_or(false);
+        if linked {
+            return Ok(lock);
+        }
+    }
+    Err(format!("{}: removed again and again under us", path.display()))
 }
 
 /// `path` with /usr/local/sbin, /usr/sbin and /sbin added at its end when missing.
