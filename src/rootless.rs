@@ -253,7 +253,10 @@ fn lock_rootless_dir(run: &Path, rdir: &Path, uid: u32) -> Result<std::fs::File,
             return Ok(lock);
         }
     }
-    Err(format!("{}: removed again and again under us", path.display()))
+    Err(format!(
+        "{}: removed again and again under us",
+        path.display()
+    ))
 }
 
 /// `path` with /usr/local/sbin, /usr/sbin and /sbin added at its end when missing.
