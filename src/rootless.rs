@@ -883,6 +883,34 @@ pub fn check_host_port(protocol: &str, host_ip: Option<&str>, port: u16) -> anyh
         .map_err(|e| anyhow::anyhow!("port {port}/{proto} on the host: {e}"))
 }
 
+/// In a rootless berth, a random host port for `ports: ["80"]` comes from the host's
+/// ephemeral range (the rootless netns's own free ports say nothing about the host's), and
+/// is one no project of the user publishes. None when not rootless.
+pub fn pick_host_port(protocol: &str, host_ip: Option<&str>) -> Option<anyhow::Result<u16>> {
+    let (_, run) = dirs()?;
+    let proto = if protocol == "udp" { "udp" } else { "tcp" };
+    let ip: std::net::IpAddr = match host_ip.filter(|h| !h.is_empty()).map(|h| h.parse()) {
+        None => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        Some(Ok(ip)) => ip,
+        Some(Err(_)) => return None, // the usual path names the bad address
+    };
+    let sock = run.join("rootless").join("ports.sock");
+    Some((|| {
+        for _ in 0..64 {
+            let fd = bind_on_host(&sock, proto, SocketAddr::new(ip, 0))?;
+            let port = if proto == "udp" {
+                std::net::UdpSocket::from(fd).local_addr()?.port()
+            } else {
+                std::net::TcpListener::from(fd).local_addr()?.port()
+            };
+            if berth_network::firewall::check_port_free_for(None, proto, host_ip, port).is_ok() {
+                return Ok(port);
+            }
+        }
+        Err(anyhow::anyhow!("no free {proto} port on the host"))
+    })())
+}
+
 /// In a rootless berth, published ports are bound in the host's network namespace by the
 /// holder (see the module comment); the relay takes its sockets from there.
 pub fn install_port_binder() {
@@ -897,24 +925,17 @@ pub fn install_port_binder() {
     }));
 }
 
-/// Once per `up`: name the services whose resource limits a rootless berth cannot apply,
-/// when the cgroup tree is not writable here (no delegated subtree).
-pub fn warn_limits(plan: &crate::engine::plan::ProjectPlan) {
+/// Once per `up`: name the services (given as name and "asks for a resource limit") whose
+/// limits a rootless berth cannot apply, when the cgroup tree is not writable here (no
+/// delegated subtree).
+pub fn warn_limits<'a>(services: impl IntoIterator<Item = (&'a str, bool)>) {
     if !active() || cgroup_writable() {
         return;
     }
-    let limited: Vec<&str> = plan
-        .services
-        .iter()
-        .filter(|s| {
-            s.mem_limit.is_some()
-                || s.mem_reservation.is_some()
-                || s.cpus.is_some()
-                || s.cpu_shares.is_some()
-                || s.cpuset.is_some()
-                || s.pids_limit.is_some()
-        })
-        .map(|s| s.name.as_str())
+    let limited: Vec<&str> = services
+        .into_iter()
+        .filter(|(_, limited)| *limited)
+        .map(|(n, _)| n)
         .collect();
     if !limited.is_empty() {
         eprintln!(

@@ -241,11 +241,12 @@ fn stack_as(user: &TestUser) {
 services:
   web:
     image: {IMAGE}
-    command: ["sh", "-c", "mkdir -p /www && echo hello-rootless > /www/index.html && exec httpd -f -p 80 -h /www"]
+    command: ["sh", "-c", "mkdir -p /www && echo hello-rootless > /www/index.html && httpd -p 8080 -h /www && exec httpd -f -p 80 -h /www"]
     init: true
     stop_grace_period: 2s
     ports:
       - "127.0.0.1:{port}:80"
+      - "127.0.0.1::8080"
   client:
     image: {IMAGE}
     command: ["sleep", "3600"]
@@ -325,6 +326,20 @@ services:
     // The published port, from the host's loopback.
     let page = wait_for("the published port", Duration::from_secs(30), || {
         http_get(port, "/index.html")
+    });
+    assert!(page.contains("hello-rootless"), "{page}");
+
+    // A random host port (`127.0.0.1::8080`) is one the host had free, and it serves too.
+    let shown = user.ok(&proj, &["port", "web", "8080"]);
+    let random: u16 = shown
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("berth port: {shown:?}"));
+    assert_ne!(random, port);
+    let page = wait_for("the random published port", Duration::from_secs(30), || {
+        http_get(random, "/index.html")
     });
     assert!(page.contains("hello-rootless"), "{page}");
 
