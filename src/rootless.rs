@@ -189,7 +189,7 @@ pub fn enter() -> Result<(), String> {
     let lock = lock_rootless_dir(&run, &rdir, uid)?;
     let child = match running_holder(&rdir) {
         Some((_, c)) => c,
-        None => start_holder(&rdir)?,
+        None => start_holder(&rdir, live_namespace(&run))?,
     };
     let pidfd = pidfd_open(child).map_err(|e| format!("rootless namespace holder: {e}"))?;
     let cwd = std::env::current_dir().ok();
@@ -272,14 +272,41 @@ fn with_sbin(path: Option<OsString>) -> OsString {
     std::env::join_paths(dirs).unwrap_or_default()
 }
 
+/// A supervisor of the user that still runs in a rootless namespace while no holder does (the
+/// holder was killed): the new holder keeps that namespace instead of making an empty one, so
+/// the running stacks stay reachable (`exec`, `cp`, new published ports).
+fn live_namespace(run: &Path) -> Option<i32> {
+    // SAFETY: a plain getter.
+    let uid = unsafe { libc::getuid() };
+    let own = std::fs::read_link("/proc/self/ns/user").ok()?;
+    std::fs::read_dir(run.join("projects"))
+        .ok()?
+        .flatten()
+        .filter_map(|p| {
+            std::fs::read_to_string(p.path().join("supervisor.pid"))
+                .ok()?
+                .trim()
+                .parse::<i32>()
+                .ok()
+        })
+        .find(|pid| {
+            let proc_ = PathBuf::from(format!("/proc/{pid}"));
+            *pid > 0
+                && std::fs::metadata(&proc_).is_ok_and(|m| m.uid() == uid)
+                && std::fs::read_link(proc_.join("ns/user")).is_ok_and(|ns| ns != own)
+        })
+}
+
 /// Start `berth __rootless-hold <rdir>` detached (its own session) and wait for it to report
 /// "ok <child pid>" or an error on its stdout.
-fn start_holder(rdir: &Path) -> Result<i32, String> {
+fn start_holder(rdir: &Path, join: Option<i32>) -> Result<i32, String> {
     let exe = std::env::current_exe().map_err(|e| format!("finding berth's binary: {e}"))?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg(HOLD_ARG)
-        .arg(rdir)
-        .stdin(std::process::Stdio::null())
+    cmd.arg(HOLD_ARG).arg(rdir);
+    if let Some(pid) = join {
+        cmd.arg("--join").arg(pid.to_string());
+    }
+    cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null());
     // SAFETY: setsid is async-signal-safe.
@@ -546,7 +573,13 @@ fn bind_private(private: &Path, host: &str) -> std::io::Result<()> {
 }
 
 /// The namespaces' side of the holder (forked child): unshare, wait for the maps, sleep.
-fn hold_child(rdir: &Path, to_parent: OwnedFd, from_parent: OwnedFd, parent: i32) -> ! {
+fn hold_child(
+    rdir: &Path,
+    join: Option<&OwnedFd>,
+    to_parent: OwnedFd,
+    from_parent: OwnedFd,
+    parent: i32,
+) -> ! {
     let fail = |what: &str, e: std::io::Error| -> ! {
         write_bytes(&to_parent, format!("E{what}: {e}").as_bytes());
         // SAFETY: leaving the forked child without running the parent's destructors.
@@ -564,8 +597,19 @@ fn hold_child(rdir: &Path, to_parent: OwnedFd, from_parent: OwnedFd, parent: i32
         if libc::getppid() != parent {
             libc::_exit(1);
         }
-        if libc::unshare(libc::CLONE_NEWUSER) != 0 {
-            fail("creating a user namespace", errno());
+        match join {
+            // Keep a running supervisor's namespaces (see `live_namespace`).
+            Some(fd) => {
+                let all = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWNET;
+                if libc::setns(fd.as_raw_fd(), all) != 0 {
+                    fail("joining the running stack's namespaces", errno());
+                }
+            }
+            None => {
+                if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                    fail("creating a user namespace", errno());
+                }
+            }
         }
     }
     write_bytes(&to_parent, b"u");
@@ -573,10 +617,27 @@ fn hold_child(rdir: &Path, to_parent: OwnedFd, from_parent: OwnedFd, parent: i32
         // SAFETY: as above.
         unsafe { libc::_exit(1) };
     }
-    // SAFETY: as above; uid 0 of the new user namespace now.
+    if join.is_none() {
+        if let Err((what, e)) = make_namespaces(rdir) {
+            fail(&what, e);
+        }
+    }
+    write_bytes(&to_parent, b"r");
+    drop(to_parent);
+    drop(from_parent);
+    loop {
+        // SAFETY: sleeping until a signal (SIGKILL when the holder dies).
+        unsafe { libc::pause() };
+    }
+}
+
+/// The mount and network namespaces, made by a holder child that is root in its new user
+/// namespace.
+fn make_namespaces(rdir: &Path) -> Result<(), (String, std::io::Error)> {
+    // SAFETY: plain syscalls in the single-threaded holder child.
     unsafe {
         if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWNET) != 0 {
-            fail("creating mount and network namespaces", errno());
+            return Err(("creating mount and network namespaces".into(), errno()));
         }
         // Mounts made inside stay inside; the host's new mounts still come in.
         libc::mount(
@@ -588,23 +649,14 @@ fn hold_child(rdir: &Path, to_parent: OwnedFd, from_parent: OwnedFd, parent: i32
         );
     }
     if let Err(e) = writable_run(rdir) {
-        fail("making /run writable inside", e);
+        return Err(("making /run writable inside".into(), e));
     }
     for (private, host) in PRIVATE_HOST_DIRS {
         if let Err(e) = bind_private(&rdir.join(private), host) {
-            fail(&format!("binding a private {host}"), e);
+            return Err((format!("binding a private {host}"), e));
         }
     }
-    if let Err(e) = loopback_up() {
-        fail("bringing lo up", e);
-    }
-    write_bytes(&to_parent, b"r");
-    drop(to_parent);
-    drop(from_parent);
-    loop {
-        // SAFETY: sleeping until a signal (SIGKILL when the holder dies).
-        unsafe { libc::pause() };
-    }
+    loopback_up().map_err(|e| ("bringing lo up".to_string(), e))
 }
 
 /// `berth __rootless-hold <dir>`: see the module comment. Reports "ok <child>" or an error
@@ -614,7 +666,17 @@ pub fn hold(args: &[OsString]) -> u8 {
         println!("usage: berth {HOLD_ARG} DIR");
         return 2;
     };
-    match hold_inner(&rdir) {
+    let join = match (args.get(1).and_then(|a| a.to_str()), args.get(2)) {
+        (Some("--join"), Some(p)) => match p.to_str().and_then(|p| p.parse::<i32>().ok()) {
+            Some(p) => Some(p),
+            None => {
+                println!("usage: berth {HOLD_ARG} DIR [--join PID]");
+                return 2;
+            }
+        },
+        _ => None,
+    };
+    match hold_inner(&rdir, join) {
         Ok(()) => 0,
         Err(e) => {
             println!("{e}");
@@ -623,9 +685,12 @@ pub fn hold(args: &[OsString]) -> u8 {
     }
 }
 
-fn hold_inner(rdir: &Path) -> Result<(), String> {
+fn hold_inner(rdir: &Path, join: Option<i32>) -> Result<(), String> {
     // SAFETY: plain getters.
     let (uid, gid, me) = unsafe { (libc::getuid(), libc::getgid(), libc::getpid()) };
+    let join = join
+        .map(|pid| pidfd_open(pid).map_err(|e| format!("rootless: process {pid}: {e}")))
+        .transpose()?;
     let (c_r, c_w) = pipe().map_err(|e| e.to_string())?;
     let (p_r, p_w) = pipe().map_err(|e| e.to_string())?;
     // SAFETY: this process is single-threaded (re-exec entry, before anything else).
@@ -636,7 +701,7 @@ fn hold_inner(rdir: &Path) -> Result<(), String> {
     if child == 0 {
         drop(c_r);
         drop(p_w);
-        hold_child(rdir, c_w, p_r, me);
+        hold_child(rdir, join.as_ref(), c_w, p_r, me);
     }
     drop(c_w);
     drop(p_r);
@@ -655,7 +720,9 @@ fn hold_inner(rdir: &Path) -> Result<(), String> {
         let _ = r.read_to_string(&mut msg);
         return Err(kill_child(rootless_unavailable(&msg)));
     }
-    write_maps(child, uid, gid).map_err(kill_child)?;
+    if join.is_none() {
+        write_maps(child, uid, gid).map_err(kill_child)?;
+    }
     write_bytes(&p_w, b"g");
     let mut ready = [0u8; 1];
     if r.read_exact(&mut ready).is_err() || ready[0] != b'r' {

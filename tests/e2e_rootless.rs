@@ -349,6 +349,36 @@ services:
     let fetched = user.ok(&proj, &["exec", "client", "wget", "-qO-", "http://web/"]);
     assert!(fetched.contains("hello-rootless"), "{fetched}");
 
+    // The holder killed under a running stack: the next command's new holder keeps the
+    // stack's namespaces (found through its supervisor), so `exec` still reaches it.
+    let old = std::fs::read_to_string(user.run_dir().join("rootless/ns.pid")).unwrap();
+    let old: Vec<i32> = old.split_whitespace().map(|p| p.parse().unwrap()).collect();
+    // SAFETY: killing the test user's holder by its pid.
+    unsafe { libc::kill(old[0], libc::SIGKILL) };
+    wait_for("the old holder to die", Duration::from_secs(10), || {
+        let gone = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|st| {
+                    st.rsplit_once(')')
+                        .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(true)
+        };
+        (gone(old[0]) && gone(old[1])).then_some(())
+    });
+    let fetched = user.ok(&proj, &["exec", "client", "wget", "-qO-", "http://web/"]);
+    assert!(fetched.contains("hello-rootless"), "{fetched}");
+    let new = std::fs::read_to_string(user.run_dir().join("rootless/ns.pid")).unwrap();
+    let new_child = new.split_whitespace().nth(1).unwrap();
+    let sup = std::fs::read_to_string(user.run_dir().join("projects/rl/supervisor.pid")).unwrap();
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap();
+    assert_eq!(
+        ns(new_child),
+        ns(sup.trim()),
+        "a new, empty namespace was made"
+    );
+    assert!(http_get(port, "/index.html").is_some());
+
     let ps = user.ok(&proj, &["ps"]);
     for c in ["rl-web-1", "rl-client-1"] {
         let line = ps.lines().find(|l| l.starts_with(c));
