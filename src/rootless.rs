@@ -27,7 +27,13 @@
 //! of what slirp/pasta give) is not wanted here.
 //!
 //! The holder exits when the last project of the user goes down (`release_if_idle`, after
-//! `down`), so nothing of berth stays running for a user with no stack up.
+//! `down`), so nothing of berth stays running for a user with no stack up. A holder killed
+//! while a stack runs is replaced by one that joins that stack's supervisor's namespaces
+//! (`live_namespace`). `config`, `version` and `completion` never enter (see `main`).
+//!
+//! Ports: `up` also checks each published port on the host (`check_host_port`), and a random
+//! host port comes from the host's free ports (`pick_host_port`): the rootless netns's own view
+//! of free ports says nothing about the host's.
 //!
 //! State: data under `$XDG_DATA_HOME/berth` (`~/.local/share/berth`), runtime state under
 //! `$XDG_RUNTIME_DIR/berth` (or `/tmp/berth-<uid>`, 0700); `BERTH_ROOT` still moves both.
@@ -35,7 +41,8 @@
 //! `ports.sock`.
 //!
 //! cgroups: the runtime creates none where the cgroup tree is not writable (no delegated
-//! subtree), and says so when a service asks for limits.
+//! subtree is used yet), and `up` names the services whose limits are then not applied
+//! (`warn_limits`).
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
