@@ -19,6 +19,7 @@ mod errors;
 mod export;
 mod logs;
 mod paths;
+mod rootless;
 mod spec;
 mod state;
 mod supervisor;
@@ -27,6 +28,29 @@ mod ui;
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .map(|a| a == rootless::HOLD_ARG)
+        .unwrap_or(false)
+    {
+        // The rootless namespace's holder (src/rootless.rs): single-threaded, no tokio.
+        return ExitCode::from(rootless::hold(&args[2..]));
+    }
+    // A non-root user's berth joins (or first makes) the user's rootless namespace, while
+    // this process still has one thread; everything it starts inherits it. Commands that only
+    // read the Compose files (and `--help`, or a command line clap will refuse) need none.
+    let pure = match cli::Cli::try_parse_from(&args) {
+        Ok(c) => matches!(
+            c.command,
+            cli::Command::Config(_) | cli::Command::Version(_) | cli::Command::Completion(_)
+        ),
+        Err(_) => true,
+    };
+    if let Err(e) = if pure { Ok(()) } else { rootless::enter() } {
+        eprintln!("Error: {e}");
+        return ExitCode::from(1);
+    }
+    rootless::install_port_binder();
     if args.get(1).map(|a| a == "__runtime").unwrap_or(false) {
         // Re-exec entry of the kernel edge: single-threaded, no tokio.
         let code = berth_runtime::cli::main(args[2..].to_vec());
@@ -53,7 +77,12 @@ fn main() -> ExitCode {
         }
         trace::cli_start();
     }
-    match commands::dispatch(cli) {
+    let down = matches!(cli.command, cli::Command::Down(_));
+    let r = commands::dispatch(cli);
+    if down && rootless::active() {
+        rootless::release_if_idle();
+    }
+    match r {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("{}", errors::render_error(&e));

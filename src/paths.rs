@@ -22,6 +22,12 @@ impl Paths {
                     run: root.join("run"),
                 }
             }
+            // A non-root user's berth (src/rootless.rs): under ~/.local/share and
+            // $XDG_RUNTIME_DIR.
+            _ if crate::rootless::dirs().is_some() => {
+                let (data, run) = crate::rootless::dirs().unwrap_or_default();
+                Paths { data, run }
+            }
             _ => Paths {
                 data: PathBuf::from("/var/lib/berth"),
                 run: PathBuf::from("/run/berth"),

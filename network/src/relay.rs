@@ -273,9 +273,40 @@ fn bind_addr(k: &PortKey) -> SocketAddr {
     SocketAddr::from((k.1.unwrap_or(Ipv4Addr::UNSPECIFIED), k.2))
 }
 
+/// Makes a published port's socket, bound (and listening, for TCP) on the address: for a
+/// caller whose sockets must come from another network namespace than its own (a rootless
+/// berth: a socket stays in the netns where it was made, so one made by a process in the
+/// host's netns listens there, and the relay, in its own netns, still reaches the backends).
+pub type Binder = dyn Fn(Proto, SocketAddr) -> std::io::Result<std::os::fd::OwnedFd> + Send + Sync;
+
+static BINDER: std::sync::OnceLock<Box<Binder>> = std::sync::OnceLock::new();
+
+/// Take published ports' sockets from `b` instead of binding them here. Once per process;
+/// false when a binder was already set.
+pub fn set_binder(b: Box<Binder>) -> bool {
+    BINDER.set(b).is_ok()
+}
+
 /// Bind now (so errors are the caller's), serve in a task.
 fn listen(k: PortKey, backends: Arc<Backends>) -> std::io::Result<JoinHandle<()>> {
     let addr = bind_addr(&k);
+    if let Some(b) = BINDER.get() {
+        let fd = b(k.0, addr)?;
+        return match k.0 {
+            Proto::Tcp => {
+                let std = std::net::TcpListener::from(fd);
+                std.set_nonblocking(true)?;
+                let l = TcpListener::from_std(std)?;
+                Ok(tokio::spawn(serve_tcp(l, backends)))
+            }
+            Proto::Udp => {
+                let std = std::net::UdpSocket::from(fd);
+                std.set_nonblocking(true)?;
+                let s = Arc::new(UdpSocket::from_std(std)?);
+                Ok(tokio::spawn(serve_udp(s, backends)))
+            }
+        };
+    }
     match k.0 {
         Proto::Tcp => {
             let std = std::net::TcpListener::bind(addr)?;

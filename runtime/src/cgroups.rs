@@ -51,6 +51,27 @@ fn cg_err(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
     }
 }
 
+/// True when `e` is a cgroup that could not be made because the cgroup tree is not writable
+/// from a user namespace other than the initial one (a rootless caller without a delegated
+/// subtree): the caller then runs without a cgroup instead of failing.
+pub fn unwritable_in_user_namespace(e: &RuntimeError) -> bool {
+    let RuntimeError::Cgroup { source, .. } = e else {
+        return false;
+    };
+    let denied = matches!(
+        source.raw_os_error(),
+        Some(libc::EACCES | libc::EPERM | libc::EROFS)
+    );
+    denied && in_user_namespace()
+}
+
+/// True in a user namespace other than the initial one.
+pub fn in_user_namespace() -> bool {
+    fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
+        .unwrap_or(false)
+}
+
 /// The default cgroups path when the spec gives none.
 pub fn default_path(id: &str) -> String {
     format!("/berth/{id}")

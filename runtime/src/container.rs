@@ -189,8 +189,23 @@ fn create_inner(
 
     let cg = Cgroup::new(cg_path)?;
     cleanup.cgroup = Some(cg.clone());
-    cg.create()?;
-    if let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+    // A rootless berth without a delegated, writable cgroup subtree runs its containers
+    // without a cgroup of their own (as podman does with cgroupfs rootless).
+    let cg_usable = match cg.create() {
+        Ok(()) => true,
+        // (The caller says so when limits were asked for: berth's `up` does.)
+        Err(e) if crate::cgroups::unwritable_in_user_namespace(&e) => {
+            cleanup.cgroup = None;
+            false
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(res) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .filter(|_| cg_usable)
+    {
         let mut extra = crate::rootfs::default_device_rules();
         for d in spec
             .linux()
@@ -315,7 +330,9 @@ fn create_inner(
             drop(child);
             drop(console);
             cleanup.child = Some(pid);
-            cg.add_pid(pid.as_raw())?;
+            if cg_usable {
+                cg.add_pid(pid.as_raw())?;
+            }
             parent.send(b"go")?;
             // A setup that hangs (a stuck mount source, say) must not hang the caller.
             let limit = std::env::var("BERTH_RUNTIME_CREATE_TIMEOUT_MS")
@@ -876,7 +893,8 @@ pub fn exec(o: &ExecOpts) -> Result<i32> {
         let f = fs::File::open(&pidns).map_err(io_err("open namespace", &pidns))?;
         nix::sched::setns(f, CloneFlags::CLONE_NEWPID).map_err(sys_err("setns pid"))?;
     }
-    let cg = cgroup_of(&rec);
+    // Absent when the container runs without a cgroup (rootless without delegation).
+    let cg = cgroup_of(&rec).filter(|c| c.exists());
     let console = match &o.console_socket {
         Some(s) => Some(OwnedFd::from(
             std::os::unix::net::UnixStream::connect(s)

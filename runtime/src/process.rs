@@ -217,6 +217,11 @@ pub fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf> {
     Err(RuntimeError::NotFoundInPath(arg0.to_string()))
 }
 
+/// True in a user namespace where setgroups(2) is denied (`/proc/self/setgroups` is "deny").
+fn setgroups_denied() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
+}
+
 /// Groups, ids, capabilities, NNP and seccomp in youki's order. `spec` gives the container's
 /// Linux settings (seccomp); `p` the process to become.
 pub fn become_user(spec: &Spec, p: &Process) -> Result<()> {
@@ -231,7 +236,14 @@ pub fn become_user(spec: &Spec, p: &Process) -> Result<()> {
         .flatten()
         .map(|g| Gid::from_raw(*g))
         .collect();
-    nix::unistd::setgroups(&groups).map_err(sys_err("setgroups"))?;
+    match nix::unistd::setgroups(&groups) {
+        Ok(()) => {}
+        // A user namespace whose gid map was written without privilege (a rootless berth with
+        // one id mapped) denies setgroups for good; the process keeps the groups it has
+        // (unmapped ones show as the overflow gid), as with runc and crun there.
+        Err(nix::errno::Errno::EPERM) if setgroups_denied() => {}
+        Err(e) => return Err(sys_err("setgroups")(e)),
+    }
     nix::sys::prctl::set_keepcaps(true).map_err(sys_err("PR_SET_KEEPCAPS"))?;
     let (uid, gid) = (Uid::from_raw(user.uid()), Gid::from_raw(user.gid()));
     nix::unistd::setresgid(gid, gid, gid).map_err(sys_err(format!("setresgid {gid}")))?;

@@ -438,6 +438,22 @@ fn mount_one(root: &OwnedFd, m: &Mount, ctx: &RootfsCtx) -> Result<()> {
             let t2 =
                 openat_in_root(root, &dest_rel, OFlags::PATH).map_err(io_err("open", &dest_abs))?;
             remount_bind(&fd_path(&t2), opts.flags, &dest_abs)?;
+        } else if typ == "devpts"
+            && data.contains("gid=")
+            && matches!(&e, RuntimeError::Sys { source, .. } if *source == nix::errno::Errno::EINVAL)
+        {
+            // A user namespace that does not map the tty group (a rootless berth with one id
+            // mapped): the pty's group is left as the namespace's, as runc and crun do.
+            let data: Vec<&str> = data.split(',').filter(|o| !o.starts_with("gid=")).collect();
+            let data = data.join(",");
+            do_mount(
+                Some(&src),
+                &fd_path(&target),
+                Some(&typ),
+                opts.flags & !MsFlags::MS_REMOUNT,
+                if data.is_empty() { None } else { Some(&data) },
+                &dest_abs,
+            )?;
         } else {
             return Err(e);
         }

@@ -143,6 +143,15 @@ pub fn run(p: &ProjectOpts, args: &UpArgs) -> anyhow::Result<u8> {
     for w in &plan.warnings {
         eprintln!("WARN[0000] {w}");
     }
+    crate::rootless::warn_limits(plan.services.iter().map(|s| {
+        let limited = s.mem_limit.is_some()
+            || s.mem_reservation.is_some()
+            || s.cpus.is_some()
+            || s.cpu_shares.is_some()
+            || s.cpuset.is_some()
+            || s.pids_limit.is_some();
+        (s.name.as_str(), limited)
+    }));
     crate::trace::step(|| format!("cli: plan loaded ({} services)", plan.services.len()));
     let mut scale = Vec::new();
     for s in &args.scale {

@@ -833,9 +833,12 @@ impl Engine {
             let host_port = match (p.host_port, shared) {
                 (Some(hp), _) => hp,
                 (None, Some(s)) => s.host_port,
-                (None, None) => {
-                    berth_network::firewall::pick_free_port(&proto, p.host_ip.as_deref())?
-                }
+                // Rootless: from the host's free ports (src/rootless.rs).
+                (None, None) => match crate::rootless::pick_host_port(&proto, p.host_ip.as_deref())
+                {
+                    Some(port) => port?,
+                    None => berth_network::firewall::pick_free_port(&proto, p.host_ip.as_deref())?,
+                },
             };
             out.push(PortRecord {
                 host_ip: p.host_ip.clone(),

@@ -206,6 +206,9 @@ impl Supervisor {
                             hp,
                         )
                         .map_err(|e| anyhow!("service {}: {e}", s.name))?;
+                        // Rootless: the port must also be free on the host (src/rootless.rs).
+                        crate::rootless::check_host_port(&p.protocol, p.host_ip.as_deref(), hp)
+                            .map_err(|e| anyhow!("service {}: {e}", s.name))?;
                     }
                 }
             }

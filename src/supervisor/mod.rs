@@ -197,7 +197,9 @@ async fn serve(project: String) -> anyhow::Result<()> {
         fw: Mutex::new(()),
         dns: berth_network::dns::DnsServer::start(),
         relay: StdMutex::new(berth_network::relay::Relay::new()),
-        routed_blocked: std::sync::atomic::AtomicBool::new(false),
+        // Rootless: published ports always go through the relay, bound in the host's
+        // netns (src/rootless.rs).
+        routed_blocked: std::sync::atomic::AtomicBool::new(crate::rootless::active()),
         shutdown: tokio::sync::Notify::new(),
         saves: Default::default(),
         dns_runs: Default::default(),

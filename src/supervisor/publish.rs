@@ -168,8 +168,8 @@ impl Supervisor {
         };
         let mut legacy_said = false;
         loop {
-            let blocked =
-                tokio::task::spawn_blocking(berth_network::firewall::routed_traffic_blocked)
+            let blocked = crate::rootless::active()
+                || tokio::task::spawn_blocking(berth_network::firewall::routed_traffic_blocked)
                     .await
                     .unwrap_or(false);
             if self.routed_blocked.swap(blocked, Ordering::SeqCst) != blocked {

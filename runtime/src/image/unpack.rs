@@ -410,6 +410,7 @@ pub fn unpack_tar(src: impl Read, target: &Path) -> Result<u64, ImageError> {
                     Some(rustix::fs::Gid::from_raw(gid as u32)),
                     flags,
                 )
+                .or_else(tolerated_chown)
                 .ctx(|| format!("chown {}", String::from_utf8_lossy(n)))?;
             }
             Ok(())
@@ -526,7 +527,7 @@ pub fn unpack_tar(src: impl Read, target: &Path) -> Result<u64, ImageError> {
                     tar::EntryType::Block => FileType::BlockDevice,
                     _ => FileType::Fifo,
                 };
-                if ft != FileType::Fifo && !u.privileged {
+                if ft != FileType::Fifo && (!u.privileged || *IN_USER_NAMESPACE) {
                     // Devices need CAP_MKNOD; rootless runtimes skip them too.
                     count += 1;
                     continue;
@@ -560,6 +561,21 @@ pub fn unpack_tar(src: impl Read, target: &Path) -> Result<u64, ImageError> {
     Ok(count)
 }
 
+/// Root of a user namespace other than the initial one (a rootless berth) cannot make device
+/// nodes, and cannot give a file an id its namespace does not map (EINVAL).
+static IN_USER_NAMESPACE: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(crate::cgroups::in_user_namespace);
+
+/// In a user namespace, an owner outside its maps is left as the namespace's root, as podman
+/// does with `ignore_chown_errors` (a user with no /etc/subuid range maps one id only).
+fn tolerated_chown(e: rustix::io::Errno) -> Result<(), rustix::io::Errno> {
+    if e == rustix::io::Errno::INVAL && *IN_USER_NAMESPACE {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn apply_meta(
     fd: impl AsFd,
@@ -578,6 +594,7 @@ fn apply_meta(
             Some(rustix::fs::Uid::from_raw(uid as u32)),
             Some(rustix::fs::Gid::from_raw(gid as u32)),
         )
+        .or_else(tolerated_chown)
         .ctx(|| format!("chown {}", shown()))?;
     }
     // After chown: chown clears setuid/setgid.
