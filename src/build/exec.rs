@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use berth_runtime::image::staged::StagedLayer;
 use berth_runtime::image::{Image, ImageStore};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -333,6 +334,11 @@ pub struct Builder<'a> {
     stages: Vec<Stage>,
     done: BTreeMap<usize, StageState>,
     globals: BTreeMap<String, String>,
+    /// The context files' digests kept between builds (read only where their stat changed).
+    stat: super::cache::StatCache,
+    /// Layers this build made, not yet synced nor in the store's `layers/` (published at the
+    /// end: one sync per build).
+    staged: Vec<StagedLayer>,
 }
 
 /// A RUN/COPY working dir: an overlay snapshot (and, for RUN, a bundle and a netns).
@@ -428,8 +434,27 @@ pub fn build(
         stages: Vec::new(),
         done: BTreeMap::new(),
         globals: BTreeMap::new(),
+        stat: if opts.no_cache {
+            super::cache::StatCache::disabled()
+        } else {
+            super::cache::StatCache::open(&cache_dir(paths).join("stat"), &opts.context)
+        },
+        staged: Vec::new(),
     };
-    b.run()?;
+    let r = b.run();
+    // The layers of the steps that succeeded stay (the cache names them), as `commit_dir` left
+    // them before: a retry after a failed step reuses them.
+    let published = store.publish_staged(&mut b.staged);
+    // The digests taken are right whether or not the build succeeded.
+    b.stat.save();
+    crate::trace::step(|| {
+        format!(
+            "build: context files hashed {}, digests reused {}",
+            b.stat.hashed, b.stat.reused
+        )
+    });
+    r?;
+    published?;
     Ok(b.outcome)
 }
 
@@ -703,6 +728,7 @@ impl Builder<'_> {
 
     fn next_step(&mut self, stage: &str, n: usize, total: usize, text: &str) -> usize {
         self.step += 1;
+        crate::trace::step(|| format!("build: [{stage} {n}/{total}] {text}"));
         (self.events)(Event::Step {
             id: self.step,
             stage: stage.to_string(),
@@ -973,7 +999,7 @@ impl Builder<'_> {
         let b = std::fs::read(self.cache_path(key)).ok()?;
         let e: CacheEntry = serde_json::from_slice(&b).ok()?;
         match &e.diff_id {
-            Some(d) if self.store.layer_dir(d).is_none() => None,
+            Some(d) if self.layer_dir(d).is_none() => None,
             _ => Some(e),
         }
     }
@@ -1003,12 +1029,20 @@ impl Builder<'_> {
 
     // ---- snapshots ---------------------------------------------------------------------
 
+    /// A layer's directory: staged by this build, or in the store.
+    fn layer_dir(&self, diff_id: &str) -> Option<PathBuf> {
+        self.staged
+            .iter()
+            .find(|l| l.info.diff_id == diff_id)
+            .and_then(|l| l.dir().map(Path::to_path_buf))
+            .or_else(|| self.store.layer_dir(diff_id))
+    }
+
     fn layer_dirs(&self, layers: &[String]) -> anyhow::Result<Vec<PathBuf>> {
         layers
             .iter()
             .map(|d| {
-                self.store
-                    .layer_dir(d)
+                self.layer_dir(d)
                     .ok_or_else(|| anyhow!("layer {d} is missing from the image store"))
             })
             .collect()
@@ -1024,19 +1058,25 @@ impl Builder<'_> {
         };
         let dirs = self.layer_dirs(layers)?;
         berth_runtime::image::snapshot::mount_volatile(&dirs, &w.dir)?;
+        crate::trace::step(|| format!("build: snapshot of {} layers mounted", dirs.len()));
         Ok(w)
     }
 
     /// Commit the work's upper dir as a layer (none if nothing changed).
-    fn commit(&self, w: &Work) -> anyhow::Result<Option<String>> {
+    fn commit(&mut self, w: &Work) -> anyhow::Result<Option<String>> {
         berth_runtime::image::snapshot::unmount(&w.dir)?;
+        crate::trace::step(|| "build: snapshot unmounted".into());
         let upper = w.dir.join("upper");
         let empty = std::fs::read_dir(&upper)?.next().is_none();
         if empty {
             return Ok(None);
         }
-        let l = self.store.commit_dir(&upper)?;
-        Ok(Some(l.diff_id))
+        // The upper dir becomes the layer (no copy); synced with the others at the end.
+        let l = self.store.commit_dir_staged(&upper)?;
+        crate::trace::step(|| format!("build: layer staged ({} entries)", l.info.entries));
+        let d = l.info.diff_id.clone();
+        self.staged.push(l);
+        Ok(Some(d))
     }
 
     /// A new layer step's end: commit its work as a layer, cache that under the step's key
@@ -1049,6 +1089,7 @@ impl Builder<'_> {
     ) -> anyhow::Result<()> {
         let diff = self.commit(&w)?;
         drop(w);
+        crate::trace::step(|| "build: snapshot removed".into());
         let e = CacheEntry {
             diff_id: diff,
             created: now_rfc3339(),
@@ -1132,6 +1173,7 @@ impl Builder<'_> {
         let mut w = w;
         let out = self.exec_run(st, ins, &mut w, args, &mounts, network);
         let (code, output) = out?;
+        crate::trace::step(|| format!("build: RUN done ({code})"));
         (self.events)(Event::Output {
             id,
             text: output.clone(),
@@ -1632,13 +1674,15 @@ impl Builder<'_> {
             let filter = |r: &str| !from_ctx || !ig.excluded(r);
             // Context paths are relative to the context (the filter matches them); sources of
             // another stage or image are named by the instruction text in the key.
-            fsutil::content_hash(host, rel, &|r: &str| filter(r), !from_ctx, &mut hasher)?;
+            let files = if from_ctx { Some(&mut self.stat) } else { None };
+            fsutil::content_hash_with(host, rel, &filter, !from_ctx, files, &mut hasher)?;
         }
         for h in &ins.heredocs {
             hasher.update(h.name.as_bytes());
             hasher.update(h.content.as_bytes());
         }
         let content = hex::encode(hasher.finalize());
+        crate::trace::step(|| format!("build: {} sources hashed", sources.len()));
         st.chain(&[
             ins.original.as_bytes(),
             dest_raw.as_bytes(),
@@ -1801,7 +1845,10 @@ impl Builder<'_> {
             json!({"type": "layers", "diff_ids": st.layers}),
         );
         let cfg = serde_json::to_vec(&Value::Object(st.image.clone()))?;
+        self.store.publish_staged(&mut self.staged)?;
+        crate::trace::step(|| "build: layers synced and in place".into());
         let id = self.store.add_image(&cfg, &self.opts.tags)?;
+        crate::trace::step(|| "build: image recorded".into());
         self.outcome.id = id;
         Ok(())
     }
