@@ -1027,6 +1027,48 @@ impl Builder<'_> {
         }
     }
 
+    /// The key under which the hash of `srcs` read from stage or image `from` is remembered:
+    /// the layers' diff_ids (content-addressed: the same ids, the same files) and the source
+    /// words. None when `from` is neither a built stage nor an image already in the store.
+    fn from_memo_key(&self, from: &str, srcs: &[String]) -> anyhow::Result<Option<String>> {
+        let stage = self.stage_index(from).and_then(|j| self.done.get(&j));
+        let layers = match stage {
+            Some(s) => s.layers.clone(),
+            None if from.parse::<usize>().is_ok() || self.opts.pull => return Ok(None),
+            None => match self.store.get(from)? {
+                Some(img) => img.config.rootfs().diff_ids().to_vec(),
+                None => return Ok(None),
+            },
+        };
+        let mut h = Sha256::new();
+        h.update(b"copy-from-v1\0");
+        for part in layers.iter().chain([&String::new()]).chain(srcs) {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        Ok(Some(hex::encode(h.finalize())))
+    }
+
+    fn memo_get(&self, key: &str) -> Option<String> {
+        if self.opts.no_cache {
+            return None;
+        }
+        let v = std::fs::read_to_string(cache_dir(self.paths).join("from").join(key)).ok()?;
+        (v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())).then_some(v)
+    }
+
+    /// Best effort: a memo not written costs the next build a mount and a hash.
+    fn memo_put(&self, key: &str, content: &str) {
+        let dir = cache_dir(self.paths).join("from");
+        if std::fs::create_dir_all(&dir).is_err() {
+            return;
+        }
+        let tmp = dir.join(format!(".{key}.{}", rand_id()));
+        if std::fs::write(&tmp, content).is_err() || std::fs::rename(&tmp, dir.join(key)).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+
     // ---- snapshots ---------------------------------------------------------------------
 
     /// A layer's directory: staged by this build, or in the store.
@@ -1585,6 +1627,27 @@ impl Builder<'_> {
                 Some(f)
             }
         };
+        // COPY --from with the sources' hash remembered for these (content-addressed) layers:
+        // a cached step mounts and reads nothing.
+        let memo = match &from {
+            Some(f) if ins.heredocs.is_empty() => self.from_memo_key(f, &srcs)?,
+            _ => None,
+        };
+        if let Some(content) = memo.as_deref().and_then(|m| self.memo_get(m)) {
+            let mut probe = st.clone();
+            probe.chain(&[
+                ins.original.as_bytes(),
+                dest_raw.as_bytes(),
+                content.as_bytes(),
+            ]);
+            if let Some(e) = self.cache_get(&probe.key) {
+                st.key = probe.key;
+                (self.events)(Event::Cached { id });
+                self.outcome.cached += 1;
+                self.apply(st, &e, &ins.original);
+                return Ok(());
+            }
+        }
         let mut hasher = Sha256::new();
         let from_root: Option<(Work, bool)> = match &from {
             None => None,
@@ -1683,6 +1746,9 @@ impl Builder<'_> {
         }
         let content = hex::encode(hasher.finalize());
         crate::trace::step(|| format!("build: {} sources hashed", sources.len()));
+        if let Some(m) = &memo {
+            self.memo_put(m, &content);
+        }
         st.chain(&[
             ins.original.as_bytes(),
             dest_raw.as_bytes(),

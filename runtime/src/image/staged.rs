@@ -187,3 +187,102 @@ impl ImageStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tree like a snapshot's upper dir: files, a hard link, a symlink, and (as root) a
+    /// whiteout, an opaque dir and overlay's own bookkeeping attributes, plus a socket.
+    fn make_tree(r: &Path, root: bool) {
+        std::fs::create_dir_all(r.join("b/sub")).unwrap();
+        std::fs::write(r.join("a"), b"alpha").unwrap();
+        std::fs::hard_link(r.join("a"), r.join("b/sub/f")).unwrap();
+        std::os::unix::fs::symlink("a", r.join("c-sym")).unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(r.join("sock")).unwrap();
+        if root {
+            nix::sys::stat::mknod(
+                &r.join("gone"),
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::empty(),
+                0,
+            )
+            .unwrap();
+            xattr::set(r.join("b"), "trusted.overlay.opaque", b"y").unwrap();
+            xattr::set(r.join("b"), "trusted.overlay.impure", b"y").unwrap();
+            xattr::set(r.join("a"), "trusted.overlay.origin", b"\0\xfb").unwrap();
+        }
+    }
+
+    #[test]
+    fn staged_layer_is_the_layer_commit_dir_makes() {
+        let root = nix::unistd::geteuid().is_root();
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let sa = ImageStore::open(a.path()).unwrap();
+        let sb = ImageStore::open(b.path()).unwrap();
+        let (ta, tb) = (a.path().join("tree"), b.path().join("tree"));
+        make_tree(&ta, root);
+        make_tree(&tb, root);
+        let _g = sb.write_guard().unwrap();
+        let copied = sa.commit_dir(&ta).unwrap();
+        let mut staged = vec![sb.commit_dir_staged(&tb).unwrap()];
+        assert_eq!(staged[0].info, copied, "same diff_id, size and entries");
+        // Moved, not copied; usable while staged; in place and recorded once published.
+        assert!(!tb.exists());
+        let dir = staged[0].dir().unwrap().to_path_buf();
+        assert_eq!(std::fs::read(dir.join("b/sub/f")).unwrap(), b"alpha");
+        assert!(sb.layer_dir(&copied.diff_id).is_none());
+        sb.publish_staged(&mut staged).unwrap();
+        assert!(staged[0].dir().is_none() && !dir.exists());
+        let la = sa.layer_dir(&copied.diff_id).unwrap();
+        let lb = sb.layer_dir(&copied.diff_id).unwrap();
+        // The two layer dirs describe the same tar, and hold the same attributes.
+        let tar_of = |d: &Path| {
+            let mut v = Vec::new();
+            diff::write_layer_tar(d, &mut v).unwrap();
+            v
+        };
+        assert_eq!(tar_of(&la), tar_of(&lb));
+        assert!(!lb.join("sock").exists());
+        if root {
+            for (p, names) in [("b", vec!["trusted.overlay.opaque"]), ("a", vec![])] {
+                let mut got: Vec<String> = xattr::list(lb.join(p))
+                    .unwrap()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("trusted."))
+                    .collect();
+                got.sort();
+                assert_eq!(got, names, "attributes of {p}");
+            }
+        }
+        assert_eq!(
+            sb.snapshot_db().unwrap().layer_sizes.get(&copied.diff_id),
+            Some(&copied.size)
+        );
+    }
+
+    #[test]
+    fn unpublished_staged_layers_are_removed_and_known_ones_not_moved() {
+        let s = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(s.path()).unwrap();
+        let t = s.path().join("tree");
+        std::fs::create_dir(&t).unwrap();
+        std::fs::write(t.join("x"), b"x").unwrap();
+        let l = store.commit_dir_staged(&t).unwrap();
+        let dir = l.dir().unwrap().to_path_buf();
+        assert!(dir.is_dir());
+        drop(l);
+        assert!(
+            !dir.exists(),
+            "a dropped staged layer leaves nothing in tmp/"
+        );
+        // A layer the store has already: the directory stays where it was, nothing staged.
+        std::fs::create_dir(&t).unwrap();
+        std::fs::write(t.join("x"), b"x").unwrap();
+        let placed = store.commit_dir(&t).unwrap();
+        let l = store.commit_dir_staged(&t).unwrap();
+        assert_eq!(l.info.diff_id, placed.diff_id);
+        assert!(l.dir().is_none() && t.join("x").exists());
+    }
+}
