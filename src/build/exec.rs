@@ -1030,7 +1030,7 @@ impl Builder<'_> {
     /// The key under which the hash of `srcs` read from stage or image `from` is remembered:
     /// the layers' diff_ids (content-addressed: the same ids, the same files) and the source
     /// words. None when `from` is neither a built stage nor an image already in the store.
-    fn from_memo_key(&self, from: &str, srcs: &[String]) -> anyhow::Result<Option<String>> {
+    fn copy_from_memo_key(&self, from: &str, srcs: &[String]) -> anyhow::Result<Option<String>> {
         let stage = self.stage_index(from).and_then(|j| self.done.get(&j));
         let layers = match stage {
             Some(s) => s.layers.clone(),
@@ -1630,7 +1630,7 @@ impl Builder<'_> {
         // COPY --from with the sources' hash remembered for these (content-addressed) layers:
         // a cached step mounts and reads nothing.
         let memo = match &from {
-            Some(f) if ins.heredocs.is_empty() => self.from_memo_key(f, &srcs)?,
+            Some(f) if ins.heredocs.is_empty() => self.copy_from_memo_key(f, &srcs)?,
             _ => None,
         };
         if let Some(content) = memo.as_deref().and_then(|m| self.memo_get(m)) {
