@@ -1117,6 +1117,7 @@ impl Builder<'_> {
         let l = self.store.commit_dir_staged(&upper)?;
         crate::trace::step(|| format!("build: layer staged ({} entries)", l.info.entries));
         let d = l.info.diff_id.clone();
+        l.start_writeback();
         self.staged.push(l);
         Ok(Some(d))
     }
