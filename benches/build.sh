@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build the same multi-stage Dockerfile with berth and (PEERS=1) with Docker Compose v2's
 # `docker-compose build` on dockerd's BuildKit: cold (empty cache, base image only), warm
-# (nothing changed) and after editing one source file. Prints the median of RUNS per case.
+# (nothing changed) and after editing one source file. Prints the median of RUNS per case: wall
+# seconds, and for berth also its CPU seconds (user+sys of the command and its children, the
+# figure that load on a shared machine disturbs least; dockerd's work is not in its CLI's CPU).
 # Not a test: a benchmark. Offline: the base image is made by examples/mkimage.sh.
 #
 #   sudo benches/build.sh [RUNS]                   # berth only (BERTH=path/to/berth, default: release)
@@ -47,6 +49,14 @@ printf 'services:\n  app:\n    build: ./app\n    image: bench/app:1\n' > "$work/
 median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f", m}'; }
 now() { date +%s.%N; }
 t() { local s e; s=$(now); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; "$@" >&2 || true; exit 1; }; e=$(now); awk -v s="$s" -v e="$e" 'BEGIN { printf "%.3f", e - s }'; }
+# berth: wall seconds into res[$1], CPU seconds (user+sys, children included) into res[$1_cpu].
+tb() {
+  local k=$1 out; shift
+  out=$( { TIMEFORMAT='%R %U %S'; time "$@" >/dev/null 2>&1; } 2>&1 ) || { echo "failed: $*" >&2; "$@" >&2 || true; exit 1; }
+  read -r w u s <<<"$out"
+  res[$k]+="$w "
+  res[${k}_cpu]+="$(awk -v u="$u" -v s="$s" 'BEGIN { printf "%.3f", u + s }') "
+}
 
 declare -A res
 for r in $(seq 1 "$runs"); do
@@ -54,10 +64,10 @@ for r in $(seq 1 "$runs"); do
   # berth: a fresh state root holding only the base image.
   export BERTH_ROOT=$work/berth-root
   rm -rf "$BERTH_ROOT"; "$berth" load -q -i "$work/base.tar"
-  res[berth_cold]+="$(t "$berth" -f "$work/compose.yaml" build --progress plain) "
-  res[berth_warm]+="$(t "$berth" -f "$work/compose.yaml" build --progress plain) "
+  tb berth_cold "$berth" -f "$work/compose.yaml" build --progress plain
+  tb berth_warm "$berth" -f "$work/compose.yaml" build --progress plain
   echo "edit $r" >> "$edit"
-  res[berth_edit]+="$(t "$berth" -f "$work/compose.yaml" build --progress plain) "
+  tb berth_edit "$berth" -f "$work/compose.yaml" build --progress plain
   unset BERTH_ROOT
   if [ "${PEERS:-0}" = 1 ]; then
     docker-compose -p bbench -f "$work/compose.yaml" down --rmi all >/dev/null 2>&1 || true
@@ -71,7 +81,15 @@ for r in $(seq 1 "$runs"); do
   fi
 done
 echo "median of $runs runs (s); each run: cold (empty cache), warm (no change), one source file edited"
-for k in berth_cold berth_warm berth_edit docker_cold docker_warm docker_edit; do
+for k in berth_cold berth_warm berth_edit berth_cold_cpu berth_warm_cpu berth_edit_cpu \
+  docker_cold docker_warm docker_edit; do
   [ -n "${res[$k]:-}" ] || continue
-  printf '%-12s %s   (runs: %s)\n' "$k" "$(echo "${res[$k]}" | tr ' ' '\n' | grep . | median)" "${res[$k]}"
+  printf '%-14s %s   (runs: %s)\n' "$k" "$(echo "${res[$k]}" | tr ' ' '\n' | grep . | median)" "${res[$k]}"
 done
+if [ -n "${res[docker_cold]:-}" ]; then
+  for c in cold warm edit; do
+    b=$(echo "${res[berth_$c]}" | tr ' ' '\n' | grep . | median)
+    d=$(echo "${res[docker_$c]}" | tr ' ' '\n' | grep . | median)
+    awk -v c="$c" -v b="$b" -v d="$d" 'BEGIN { printf "docker / berth, %s: %.1fx\n", c, d / b }'
+  done
+fi

@@ -1171,3 +1171,52 @@ fn from_a_service_context_runs_under_up() {
     );
     b.ok(&f, &["down"]);
 }
+
+/// The warm path's shortcuts never hide an edit: the context's stat cache (digests reused by
+/// stat) and the remembered hash of `COPY --from` sources (by source layers).
+#[test]
+fn edits_seen_through_stat_cache_and_copy_from_memo() {
+    let b = Berth::new();
+    let p = unique("bldc");
+    let ctx = b.dir.path().join("app");
+    write(
+        &ctx,
+        "Dockerfile",
+        "FROM berth-test/busybox:1 AS build\nCOPY src/ /src/\nRUN cat /src/a.txt /src/b.txt > /out.txt\n\
+         FROM berth-test/busybox:1\nCOPY --from=build /out.txt /app/out.txt\nCMD [\"cat\", \"/app/out.txt\"]\n",
+    );
+    write(&ctx, "src/a.txt", "aaaa\n");
+    write(&ctx, "src/b.txt", "bbbb\n");
+    let f = b.compose(&p, "services:\n  app:\n    build: ./app\n");
+    let out_txt = |b: &Berth| {
+        let cfg = image_config(b, &format!("{p}-app"));
+        let last = layer_dirs(b, &cfg).pop().unwrap();
+        std::fs::read_to_string(last.join("app/out.txt")).unwrap()
+    };
+    assert_eq!(runs(&build(&b, &f, &[])), 1);
+    assert_eq!(out_txt(&b), "aaaa\nbbbb\n");
+    // Past the racy window, a rebuild stores clean digests; the next reuses them.
+    std::thread::sleep(Duration::from_millis(1300));
+    let id = image_config(&b, &format!("{p}-app"))["rootfs"].clone();
+    assert_eq!(runs(&build(&b, &f, &[])), 0);
+    assert_eq!(runs(&build(&b, &f, &[])), 0);
+    assert_eq!(image_config(&b, &format!("{p}-app"))["rootfs"], id);
+    // The same size, the mtime put back: still an edit (content hashed again).
+    let a = ctx.join("src/a.txt");
+    let mtime = std::fs::metadata(&a).unwrap().modified().unwrap();
+    std::fs::write(&a, "AAAA\n").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&a)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert_eq!(runs(&build(&b, &f, &[])), 1);
+    // The final stage's COPY --from read the new file, not a remembered hash of the old one.
+    assert_eq!(out_txt(&b), "AAAA\nbbbb\n");
+    // Back to the first content: every step is the first build's, from the cache.
+    std::fs::write(&a, "aaaa\n").unwrap();
+    assert_eq!(runs(&build(&b, &f, &[])), 0);
+    assert_eq!(out_txt(&b), "aaaa\nbbbb\n");
+    assert_eq!(image_config(&b, &format!("{p}-app"))["rootfs"], id);
+}

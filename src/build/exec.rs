@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use berth_runtime::image::staged::StagedLayer;
 use berth_runtime::image::{Image, ImageStore};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -376,6 +377,11 @@ pub struct Builder<'a> {
     imported: BTreeMap<String, cacheio::Imported>,
     /// Every layer step's record of this build (cached or new), for `cache_to`.
     made: BTreeMap<String, (Option<String>, String)>,
+    /// The context files' digests kept between builds (read only where their stat changed).
+    stat: super::cache::StatCache,
+    /// Layers this build made, not yet synced nor in the store's `layers/` (published at the
+    /// end: one sync per build).
+    staged: Vec<StagedLayer>,
 }
 
 /// A RUN/COPY working dir: an overlay snapshot (and, for RUN, a bundle and a netns).
@@ -473,11 +479,31 @@ pub fn build(
         globals: BTreeMap::new(),
         imported: BTreeMap::new(),
         made: BTreeMap::new(),
+        stat: if opts.no_cache {
+            super::cache::StatCache::disabled()
+        } else {
+            super::cache::StatCache::open(&cache_dir(paths).join("stat"), &opts.context)
+        },
+        staged: Vec::new(),
     };
     if !opts.no_cache {
         b.import_cache();
     }
-    b.run()?;
+    let r = b.run();
+    // The layers of the steps that succeeded stay (the cache names them), as `commit_dir` left
+    // them before: a retry after a failed step reuses them.
+    let published = store.publish_staged(&mut b.staged);
+    // The digests taken are right whether or not the build succeeded.
+    b.stat.save();
+    crate::trace::step(|| {
+        format!(
+            "build: context files hashed {}, digests reused {}",
+            b.stat.hashed, b.stat.reused
+        )
+    });
+    r?;
+    published?;
+    // After the publish: the export reads the layers from the store's `layers/`.
     for dir in &opts.cache_to {
         cacheio::export_local(&store, dir, &b.made)
             .with_context(|| format!("cache_to: exporting the build cache to {}", dir.display()))?;
@@ -793,6 +819,7 @@ impl Builder<'_> {
 
     fn next_step(&mut self, stage: &str, n: usize, total: usize, text: &str) -> usize {
         self.step += 1;
+        crate::trace::step(|| format!("build: [{stage} {n}/{total}] {text}"));
         (self.events)(Event::Step {
             id: self.step,
             stage: stage.to_string(),
@@ -1068,7 +1095,7 @@ impl Builder<'_> {
         let b = std::fs::read(self.cache_path(key)).ok()?;
         let e: CacheEntry = serde_json::from_slice(&b).ok()?;
         match &e.diff_id {
-            Some(d) if self.store.layer_dir(d).is_none() => None,
+            Some(d) if self.layer_dir(d).is_none() => None,
             _ => Some(e),
         }
     }
@@ -1153,14 +1180,64 @@ impl Builder<'_> {
         }
     }
 
+    /// The key under which the hash of `srcs` read from stage or image `from` is remembered:
+    /// the layers' diff_ids (content-addressed: the same ids, the same files) and the source
+    /// words. None when `from` is neither a built stage nor an image already in the store.
+    fn copy_from_memo_key(&self, from: &str, srcs: &[String]) -> anyhow::Result<Option<String>> {
+        let stage = self.stage_index(from).and_then(|j| self.done.get(&j));
+        let layers = match stage {
+            Some(s) => s.layers.clone(),
+            None if from.parse::<usize>().is_ok() || self.opts.pull => return Ok(None),
+            None => match self.store.get(from)? {
+                Some(img) => img.config.rootfs().diff_ids().to_vec(),
+                None => return Ok(None),
+            },
+        };
+        let mut h = Sha256::new();
+        h.update(b"copy-from-v1\0");
+        for part in layers.iter().chain([&String::new()]).chain(srcs) {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        Ok(Some(hex::encode(h.finalize())))
+    }
+
+    fn memo_get(&self, key: &str) -> Option<String> {
+        if self.opts.no_cache {
+            return None;
+        }
+        let v = std::fs::read_to_string(cache_dir(self.paths).join("from").join(key)).ok()?;
+        (v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())).then_some(v)
+    }
+
+    /// Best effort: a memo not written costs the next build a mount and a hash.
+    fn memo_put(&self, key: &str, content: &str) {
+        let dir = cache_dir(self.paths).join("from");
+        if std::fs::create_dir_all(&dir).is_err() {
+            return;
+        }
+        let tmp = dir.join(format!(".{key}.{}", rand_id()));
+        if std::fs::write(&tmp, content).is_err() || std::fs::rename(&tmp, dir.join(key)).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+
     // ---- snapshots ---------------------------------------------------------------------
+
+    /// A layer's directory: staged by this build, or in the store.
+    fn layer_dir(&self, diff_id: &str) -> Option<PathBuf> {
+        self.staged
+            .iter()
+            .find(|l| l.info.diff_id == diff_id)
+            .and_then(|l| l.dir().map(Path::to_path_buf))
+            .or_else(|| self.store.layer_dir(diff_id))
+    }
 
     fn layer_dirs(&self, layers: &[String]) -> anyhow::Result<Vec<PathBuf>> {
         layers
             .iter()
             .map(|d| {
-                self.store
-                    .layer_dir(d)
+                self.layer_dir(d)
                     .ok_or_else(|| anyhow!("layer {d} is missing from the image store"))
             })
             .collect()
@@ -1176,19 +1253,26 @@ impl Builder<'_> {
         };
         let dirs = self.layer_dirs(layers)?;
         berth_runtime::image::snapshot::mount_volatile(&dirs, &w.dir)?;
+        crate::trace::step(|| format!("build: snapshot of {} layers mounted", dirs.len()));
         Ok(w)
     }
 
     /// Commit the work's upper dir as a layer (none if nothing changed).
-    fn commit(&self, w: &Work) -> anyhow::Result<Option<String>> {
+    fn commit(&mut self, w: &Work) -> anyhow::Result<Option<String>> {
         berth_runtime::image::snapshot::unmount(&w.dir)?;
+        crate::trace::step(|| "build: snapshot unmounted".into());
         let upper = w.dir.join("upper");
         let empty = std::fs::read_dir(&upper)?.next().is_none();
         if empty {
             return Ok(None);
         }
-        let l = self.store.commit_dir(&upper)?;
-        Ok(Some(l.diff_id))
+        // The upper dir becomes the layer (no copy); synced with the others at the end.
+        let l = self.store.commit_dir_staged(&upper)?;
+        crate::trace::step(|| format!("build: layer staged ({} entries)", l.info.entries));
+        let d = l.info.diff_id.clone();
+        l.start_writeback();
+        self.staged.push(l);
+        Ok(Some(d))
     }
 
     /// A new layer step's end: commit its work as a layer, cache that under the step's key
@@ -1201,6 +1285,7 @@ impl Builder<'_> {
     ) -> anyhow::Result<()> {
         let diff = self.commit(&w)?;
         drop(w);
+        crate::trace::step(|| "build: snapshot removed".into());
         let e = CacheEntry {
             diff_id: diff,
             created: now_rfc3339(),
@@ -1298,6 +1383,7 @@ impl Builder<'_> {
         let mut w = w;
         let out = self.exec_run(st, ins, &mut w, args, &mounts, network);
         let (code, output) = out?;
+        crate::trace::step(|| format!("build: RUN done ({code})"));
         (self.events)(Event::Output {
             id,
             text: output.clone(),
@@ -1880,6 +1966,27 @@ impl Builder<'_> {
                 Some(f)
             }
         };
+        // COPY --from with the sources' hash remembered for these (content-addressed) layers:
+        // a cached step mounts and reads nothing.
+        let memo = match &from {
+            Some(f) if ins.heredocs.is_empty() => self.copy_from_memo_key(f, &srcs)?,
+            _ => None,
+        };
+        if let Some(content) = memo.as_deref().and_then(|m| self.memo_get(m)) {
+            let mut probe = st.clone();
+            probe.chain(&[
+                ins.original.as_bytes(),
+                dest_raw.as_bytes(),
+                content.as_bytes(),
+            ]);
+            if let Some(e) = self.cache_get(&probe.key) {
+                st.key = probe.key;
+                (self.events)(Event::Cached { id });
+                self.outcome.cached += 1;
+                self.apply(st, &e, &ins.original);
+                return Ok(());
+            }
+        }
         let mut hasher = Sha256::new();
         // The root the sources are read from (another stage, a named context, an image) and
         // the snapshot that keeps it mounted.
@@ -2035,13 +2142,18 @@ impl Builder<'_> {
             let filter = |r: &str| !dropped(r, rel);
             // Context paths are relative to the context (the filter matches them); sources of
             // another stage or image are named by the instruction text in the key.
-            fsutil::content_hash(host, rel, &|r: &str| filter(r), !from_ctx, &mut hasher)?;
+            let files = if from_ctx { Some(&mut self.stat) } else { None };
+            fsutil::content_hash_with(host, rel, &filter, !from_ctx, files, &mut hasher)?;
         }
         for h in &ins.heredocs {
             hasher.update(h.name.as_bytes());
             hasher.update(h.content.as_bytes());
         }
         let content = hex::encode(hasher.finalize());
+        crate::trace::step(|| format!("build: {} sources hashed", sources.len()));
+        if let Some(m) = &memo {
+            self.memo_put(m, &content);
+        }
         st.chain(&[
             ins.original.as_bytes(),
             dest_raw.as_bytes(),
@@ -2224,7 +2336,10 @@ impl Builder<'_> {
             json!({"type": "layers", "diff_ids": st.layers}),
         );
         let cfg = serde_json::to_vec(&Value::Object(st.image.clone()))?;
+        self.store.publish_staged(&mut self.staged)?;
+        crate::trace::step(|| "build: layers synced and in place".into());
         let id = self.store.add_image(&cfg, &self.opts.tags)?;
+        crate::trace::step(|| "build: image recorded".into());
         self.outcome.id = id;
         Ok(())
     }

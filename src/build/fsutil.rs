@@ -2,13 +2,13 @@
 //! container would, never out of it), the copy of context files into a rootfs with COPY's
 //! ownership and mode rules, and the content hash of what a COPY reads.
 
-use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
+use super::cache::{hash_file, StatCache};
 use super::ignore::{clean, Ignore};
 
 /// Resolve `p` (absolute or relative to `/`, inside the container) to a host path under
@@ -252,12 +252,26 @@ pub fn walk_context(root: &Path, ignore: &Ignore) -> anyhow::Result<Vec<String>>
 
 /// The content hash of what a copy of `src` reads: names, types, modes, link targets and file
 /// contents (not times, as BuildKit), owners only with `owners` (a copy that keeps them), of
-/// entries `filter` keeps.
+/// entries `filter` keeps. (Kept for callers without a stat cache.)
+#[cfg_attr(not(test), allow(dead_code))]
 pub fn content_hash(
     src: &Path,
     rel: &str,
     filter: &dyn Fn(&str) -> bool,
     owners: bool,
+    h: &mut Sha256,
+) -> anyhow::Result<()> {
+    content_hash_with(src, rel, filter, owners, None, h)
+}
+
+/// [`content_hash`], a file's content digest taken from `files` (the context's stat cache)
+/// when given: the same hash, without reading files whose stat did not change.
+pub fn content_hash_with(
+    src: &Path,
+    rel: &str,
+    filter: &dyn Fn(&str) -> bool,
+    owners: bool,
+    mut files: Option<&mut StatCache>,
     h: &mut Sha256,
 ) -> anyhow::Result<()> {
     let m = std::fs::symlink_metadata(src).with_context(|| format!("stat {}", src.display()))?;
@@ -271,22 +285,19 @@ pub fn content_hash(
     if m.is_dir() {
         for (n, r) in children(src, rel)? {
             if filter(&r) {
-                content_hash(&src.join(&n), &r, filter, owners, h)?;
+                content_hash_with(&src.join(&n), &r, filter, owners, files.as_deref_mut(), h)?;
             }
         }
     } else if m.file_type().is_symlink() {
         h.update(std::fs::read_link(src)?.as_os_str().as_encoded_bytes());
     } else if m.is_file() {
         h.update(m.len().to_le_bytes());
-        let mut f = std::fs::File::open(src)?;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
+        let d = match files {
+            Some(c) => c.digest(src, rel, &m),
+            None => hash_file(src),
         }
+        .with_context(|| format!("reading {}", src.display()))?;
+        h.update(d);
     }
     h.update([1]);
     Ok(())
@@ -311,6 +322,36 @@ mod tests {
         );
         assert_eq!(resolve_in_root(r, "/up/etc").unwrap(), r.join("etc"));
         assert_eq!(resolve_in_root(r, "/../../x").unwrap(), r.join("x"));
+    }
+
+    #[test]
+    fn stat_cache_gives_the_same_hash() {
+        let d = tempfile::tempdir().unwrap();
+        let store = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("src/sub")).unwrap();
+        std::fs::write(d.path().join("src/a"), "a").unwrap();
+        std::fs::write(d.path().join("src/sub/b"), "bb").unwrap();
+        std::os::unix::fs::symlink("a", d.path().join("src/l")).unwrap();
+        let all = |_: &str| true;
+        let plain = |p: &Path| {
+            let mut h = Sha256::new();
+            content_hash(p, "src", &all, false, &mut h).unwrap();
+            h.finalize()
+        };
+        let cached = |p: &Path, c: &mut StatCache| {
+            let mut h = Sha256::new();
+            content_hash_with(p, "src", &all, false, Some(c), &mut h).unwrap();
+            h.finalize()
+        };
+        let src = d.path().join("src");
+        let mut c = StatCache::open(store.path(), d.path());
+        let first = plain(&src);
+        assert_eq!(cached(&src, &mut c), first);
+        assert_eq!(cached(&src, &mut c), first);
+        std::fs::write(d.path().join("src/sub/b"), "cc").unwrap();
+        let second = plain(&src);
+        assert_ne!(second, first);
+        assert_eq!(cached(&src, &mut c), second);
     }
 
     #[test]

@@ -650,6 +650,7 @@ fn parse_build_args(list: &[String]) -> anyhow::Result<BTreeMap<String, String>>
 pub fn build(p: &ProjectOpts, args: &BuildArgs) -> anyhow::Result<u8> {
     let paths = Paths::from_env();
     let project = crate::compose::load(&crate::compose::LoadOptions::from_cli(p))?;
+    crate::trace::step(|| "cli: model loaded".into());
     let cli_args = parse_build_args(&args.build_arg)?;
     let mut services = args.services.clone();
     if args.with_dependencies && !services.is_empty() {

@@ -23,6 +23,7 @@ pub mod pull;
 pub mod push;
 pub mod reference;
 pub mod snapshot;
+pub mod staged;
 pub mod unpack;
 
 use std::collections::{BTreeMap, BTreeSet};
