@@ -128,7 +128,7 @@ growth() {
 }
 printf '%-14s' metric
 for c in $cols; do printf '%14s' "$c"; done
-[ -n "$before" ] && printf '%14s' "before x500/50"
+[ -n "$before" ] && printf "%14s" "x(before)"
 printf '%14s\n' "x(50->500)"
 for m in $metrics; do
   printf '%-14s' "$m"
