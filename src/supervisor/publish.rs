@@ -430,3 +430,60 @@ fn host_upstreams() -> Vec<std::net::SocketAddr> {
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::EndpointRecord;
+
+    fn rec(name: &str, ip: [u8; 4], status: Status, health: Option<&str>) -> ContainerRecord {
+        let mut c: ContainerRecord = serde_json::from_value(serde_json::json!({
+            "name": name, "service": "web", "number": 1, "config_hash": "h", "image": "i",
+            "image_id": "x", "dir": "/d", "netns": null, "status": "running", "pid": null,
+            "pid_start": null, "exit_code": null, "started_at": null, "finished_at": null,
+        }))
+        .unwrap();
+        c.status = status;
+        c.health = health.map(str::to_string);
+        c.endpoints = vec![EndpointRecord {
+            network: "default".into(),
+            network_name: "p_default".into(),
+            host_ifname: "v".into(),
+            ip: ip.into(),
+            aliases: vec!["w".into()],
+        }];
+        c
+    }
+
+    fn ips(e: &[berth_network::dns::Entry]) -> Vec<[u8; 4]> {
+        e.iter().map(|e| e.ip.octets()).collect()
+    }
+
+    #[test]
+    fn a_service_answers_with_its_healthy_running_replicas_not_draining() {
+        let a = rec("p-web-1", [10, 0, 0, 2], Status::Running, Some("healthy"));
+        let b = rec("p-web-2", [10, 0, 0, 3], Status::Running, Some("starting"));
+        let c = rec("p-web-3", [10, 0, 0, 4], Status::Exited, None);
+        let d = rec("p-web-4", [10, 0, 0, 5], Status::Running, None);
+        let svc = SvcDns {
+            upstreams: vec!["192.0.2.1:53".parse().unwrap()],
+            hostname: Some("h".into()),
+            link_aliases: vec!["legacy".into(), "w".into()],
+        };
+        let none = std::collections::HashSet::new();
+        let e = service_entries("web", &[&a, &b, &c, &d], &none, Some(&svc));
+        // Healthy (or without a check) and running: a and d; b still starts, c exited.
+        assert_eq!(ips(&e), [[10, 0, 0, 2], [10, 0, 0, 5]]);
+        assert_eq!(e[0].names, ["web", "p-web-1", "h", "w", "legacy"]);
+        assert_eq!(e[0].upstreams, svc.upstreams);
+        // Draining replicas leave DNS.
+        let draining = std::collections::HashSet::from(["p-web-1".to_string()]);
+        let e = service_entries("web", &[&a, &b, &d], &draining, None);
+        assert_eq!(ips(&e), [[10, 0, 0, 5]]);
+        assert_eq!(e[0].names, ["web", "p-web-4", "w"]);
+        // None healthy yet: the starting ones answer (never NXDOMAIN while some run).
+        let e = service_entries("web", &[&b, &c], &none, None);
+        assert_eq!(ips(&e), [[10, 0, 0, 3]]);
+        assert!(service_entries("web", &[&c], &none, None).is_empty());
+    }
+}
