@@ -408,12 +408,18 @@ impl ProjectState {
             ..Default::default()
         };
         let fields = self.fields_ref();
-        if self
+        let project_changed = self
             .changes
             .written
             .as_ref()
-            .is_none_or(|w| !fields.same_as(w))
-        {
+            .is_none_or(|w| !fields.same_as(w));
+        if !project_changed && self.changes.records.is_empty() && !self.changes.legacy {
+            return Ok(b);
+        }
+        // Before anything is taken: a failure here leaves every change for the next save.
+        fs::create_dir_all(dir.join(CONTAINERS_DIR))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        if project_changed {
             b.project = Some(serde_json::to_vec(&fields)?);
             let owned = Box::new(fields.to_owned());
             self.changes.written = Some(owned);
@@ -453,10 +459,6 @@ impl ProjectState {
         }
         b.remove_legacy = std::mem::take(&mut self.changes.legacy);
         b.names = names;
-        if !b.is_empty() {
-            fs::create_dir_all(dir.join(CONTAINERS_DIR))
-                .with_context(|| format!("creating {}", dir.display()))?;
-        }
         Ok(b)
     }
 
