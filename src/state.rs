@@ -1,7 +1,14 @@
 //! The on-disk record of a project: what berth made, so that `ps`, `logs` and `down` work with
 //! or without a supervisor, and a new supervisor can adopt containers after a crash.
-//! Written atomically (temp file, fsync, rename) under an exclusive lock.
+//!
+//! On disk (`<data>/projects/<name>/`): `project.json` (networks, volumes, generations, how the
+//! project was loaded) and one `containers/<container>.json` per container, each written
+//! atomically (temp file, fsync, rename). A container event rewrites its container's file
+//! alone (and `project.json` only if that changed), so an event costs the same at 500
+//! containers as at 5. Loading reads the directory. The single `state.json` of older berth
+//! versions is still read, and replaced by the directory on the first save.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -33,7 +40,117 @@ pub struct ProjectState {
     /// Per service: the config hash of its latest generation and that generation's number
     /// (1 for the first config, +1 on every change rolled out).
     #[serde(default)]
-    pub generations: std::collections::BTreeMap<String, (String, u64)>,
+    pub generations: BTreeMap<String, (String, u64)>,
+    /// What changed since it was last written, published in DNS or in the firewall (the
+    /// supervisor's own bookkeeping; never on disk).
+    #[serde(skip)]
+    pub(crate) changes: Changes,
+}
+
+/// Change tracking of a `ProjectState`: filled by `container_mut`, `put_container` and
+/// `remove_container`, taken by the save and by the DNS and firewall updates, so each of them
+/// works on what changed, not on every container. A clone (a read-only snapshot) starts clean.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    /// Containers whose record changed (or went) since the last save.
+    records: HashSet<String>,
+    /// Services with a container changed since the DNS, resp. the firewall, last looked.
+    dns: HashSet<String>,
+    firewall: HashSet<String>,
+    /// Each container's place in the order of creation (`seq` in its file), and the next one.
+    seqs: HashMap<String, u64>,
+    next_seq: u64,
+    /// The project-level fields as last written (`project.json` is rewritten only when they
+    /// differ); None: never written in this format.
+    written: Option<Box<ProjectFields>>,
+    /// Loaded from the old single `state.json` (removed on the first save).
+    legacy: bool,
+}
+
+impl Clone for Changes {
+    fn clone(&self) -> Changes {
+        Changes::default()
+    }
+}
+
+/// `ProjectState` without its containers: what `project.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ProjectFields {
+    name: String,
+    #[serde(default)]
+    source: Option<ProjectSource>,
+    #[serde(default)]
+    working_dir: PathBuf,
+    #[serde(default)]
+    config_files: Vec<PathBuf>,
+    #[serde(default)]
+    networks: Vec<NetworkRecord>,
+    #[serde(default)]
+    volumes: Vec<VolumeRecord>,
+    #[serde(default)]
+    generations: BTreeMap<String, (String, u64)>,
+}
+
+/// `ProjectFields` borrowed from a state, to compare and encode without cloning.
+#[derive(Serialize)]
+struct ProjectFieldsRef<'a> {
+    name: &'a String,
+    source: &'a Option<ProjectSource>,
+    working_dir: &'a PathBuf,
+    config_files: &'a Vec<PathBuf>,
+    networks: &'a Vec<NetworkRecord>,
+    volumes: &'a Vec<VolumeRecord>,
+    generations: &'a BTreeMap<String, (String, u64)>,
+}
+
+impl ProjectFieldsRef<'_> {
+    fn same_as(&self, f: &ProjectFields) -> bool {
+        *self.name == f.name
+            && *self.source == f.source
+            && *self.working_dir == f.working_dir
+            && *self.config_files == f.config_files
+            && *self.networks == f.networks
+            && *self.volumes == f.volumes
+            && *self.generations == f.generations
+    }
+
+    fn to_owned(&self) -> ProjectFields {
+        ProjectFields {
+            name: self.name.clone(),
+            source: self.source.clone(),
+            working_dir: self.working_dir.clone(),
+            config_files: self.config_files.clone(),
+            networks: self.networks.clone(),
+            volumes: self.volumes.clone(),
+            generations: self.generations.clone(),
+        }
+    }
+}
+
+/// A container's file: its record and its place in the order of creation.
+#[derive(Serialize)]
+struct ContainerFileRef<'a> {
+    seq: u64,
+    container: &'a ContainerRecord,
+}
+
+#[derive(Deserialize)]
+struct ContainerFile {
+    seq: u64,
+    container: ContainerRecord,
+}
+
+/// The files one save writes and removes, encoded under the state's lock and written after it
+/// is released (`SaveBatch::write`, on a blocking thread).
+#[derive(Debug, Default)]
+pub struct SaveBatch {
+    dir: PathBuf,
+    project: Option<Vec<u8>>,
+    containers: Vec<(String, Vec<u8>)>,
+    removed: Vec<String>,
+    remove_legacy: bool,
+    /// The containers it covers, to be marked changed again if the write fails.
+    names: Vec<String>,
 }
 
 impl ProjectState {
@@ -52,7 +169,7 @@ impl ProjectState {
 }
 
 /// Everything needed to load the project again, exactly as the CLI did.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProjectSource {
     pub files: Vec<PathBuf>,
     pub project_name: Option<String>,
@@ -63,7 +180,7 @@ pub struct ProjectSource {
     pub environment: std::collections::HashMap<String, String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetworkRecord {
     /// The key in the compose file (`default`, `front`…).
     pub key: String,
@@ -77,7 +194,7 @@ pub struct NetworkRecord {
     pub external: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VolumeRecord {
     pub key: String,
     pub name: String,
@@ -179,36 +296,243 @@ pub struct ContainerRecord {
 }
 
 impl ProjectState {
-    pub fn path(paths: &Paths, project: &str) -> PathBuf {
-        paths.project(project).join("state.json")
+    /// The project's record directory.
+    pub fn dir(paths: &Paths, project: &str) -> PathBuf {
+        paths.project(project)
+    }
+
+    /// The single-file record of berth versions before the per-container files.
+    fn legacy_path(dir: &Path) -> PathBuf {
+        dir.join("state.json")
     }
 
     pub fn load(paths: &Paths, project: &str) -> anyhow::Result<Option<ProjectState>> {
-        let p = Self::path(paths, project);
-        match fs::read(&p) {
-            Ok(bytes) => Ok(Some(
-                serde_json::from_slice(&bytes)
-                    .with_context(|| format!("reading {}", p.display()))?,
-            )),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        let dir = Self::dir(paths, project);
+        let pj = dir.join(PROJECT_FILE);
+        let fields: ProjectFields = match fs::read(&pj) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("reading {}", pj.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Self::load_legacy(&dir),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", pj.display())),
+        };
+        // project.json is written after the container files it goes with, so every container
+        // of this record is in the directory by now.
+        let cdir = dir.join(CONTAINERS_DIR);
+        let mut recs: Vec<(u64, ContainerRecord)> = Vec::new();
+        match fs::read_dir(&cdir) {
+            Ok(rd) => {
+                for entry in rd {
+                    let entry = entry.with_context(|| format!("reading {}", cdir.display()))?;
+                    let fname = entry.file_name();
+                    let fname = fname.to_string_lossy();
+                    if fname.starts_with('.') || !fname.ends_with(".json") {
+                        continue; // a temp file of a write in progress
+                    }
+                    let path = entry.path();
+                    let bytes = match fs::read(&path) {
+                        Ok(b) => b,
+                        // Removed meanwhile (the container went).
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => {
+                            return Err(e).with_context(|| format!("reading {}", path.display()))
+                        }
+                    };
+                    let f: ContainerFile = serde_json::from_slice(&bytes)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    recs.push((f.seq, f.container));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", cdir.display())),
+        }
+        recs.sort_by(|a, b| (a.0, &a.1.name).cmp(&(b.0, &b.1.name)));
+        let changes = Changes {
+            next_seq: recs.last().map_or(0, |r| r.0 + 1),
+            seqs: recs.iter().map(|(s, c)| (c.name.clone(), *s)).collect(),
+            ..Default::default()
+        };
+        let mut st = ProjectState {
+            name: fields.name.clone(),
+            source: fields.source.clone(),
+            working_dir: fields.working_dir.clone(),
+            config_files: fields.config_files.clone(),
+            networks: fields.networks.clone(),
+            volumes: fields.volumes.clone(),
+            generations: fields.generations.clone(),
+            containers: recs.into_iter().map(|r| r.1).collect(),
+            changes,
+        };
+        st.changes.written = Some(Box::new(fields));
+        Ok(Some(st))
+    }
+
+    /// The old single `state.json`; its first save writes the directory and removes it.
+    fn load_legacy(dir: &Path) -> anyhow::Result<Option<ProjectState>> {
+        let p = Self::legacy_path(dir);
+        let mut st: ProjectState = match fs::read(&p) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("reading {}", p.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+        };
+        st.changes.legacy = true;
+        st.changes.next_seq = st.containers.len() as u64;
+        for (i, c) in st.containers.iter().enumerate() {
+            st.changes.seqs.insert(c.name.clone(), i as u64);
+            st.changes.records.insert(c.name.clone());
+        }
+        Ok(Some(st))
+    }
+
+    /// The whole record written in one go, in the current format (tests).
+    #[cfg(test)]
+    pub fn save(&self, paths: &Paths) -> anyhow::Result<()> {
+        let mut all = self.clone();
+        all.changes.legacy = Self::legacy_path(&Self::dir(paths, &self.name)).exists();
+        for (i, c) in self.containers.iter().enumerate() {
+            all.changes.seqs.insert(c.name.clone(), i as u64);
+            all.changes.records.insert(c.name.clone());
+        }
+        all.changes.next_seq = self.containers.len() as u64;
+        all.save_batch(paths)?.write()
+    }
+
+    /// What changed since the last call, encoded, ready to be written (`SaveBatch::write`) once
+    /// the caller's lock on the state is released: the changed containers' files, the ones of
+    /// containers that went, and `project.json` if its fields changed. Makes the directories
+    /// (so a write after a `down` removed them fails instead of bringing the record back).
+    pub fn save_batch(&mut self, paths: &Paths) -> anyhow::Result<SaveBatch> {
+        let dir = Self::dir(paths, &self.name);
+        let mut b = SaveBatch {
+            dir: dir.clone(),
+            ..Default::default()
+        };
+        let fields = self.fields_ref();
+        let project_changed = self
+            .changes
+            .written
+            .as_ref()
+            .is_none_or(|w| !fields.same_as(w));
+        if !project_changed && self.changes.records.is_empty() && !self.changes.legacy {
+            return Ok(b);
+        }
+        // Before anything is taken: a failure here leaves every change for the next save.
+        fs::create_dir_all(dir.join(CONTAINERS_DIR))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        if project_changed {
+            b.project = Some(serde_json::to_vec(&fields)?);
+            let owned = Box::new(fields.to_owned());
+            self.changes.written = Some(owned);
+        }
+        let names: Vec<String> = self.changes.records.drain().collect();
+        // One pass to find them when there are many (a burst at `up`), a scan for a few.
+        let index: Option<HashMap<&str, &ContainerRecord>> = (names.len() > 4).then(|| {
+            self.containers
+                .iter()
+                .map(|c| (c.name.as_str(), c))
+                .collect()
+        });
+        for name in &names {
+            let rec = match &index {
+                Some(ix) => ix.get(name.as_str()).copied(),
+                None => self.containers.iter().find(|c| c.name == *name),
+            };
+            match rec {
+                Some(c) => {
+                    let seq = match self.changes.seqs.get(name) {
+                        Some(s) => *s,
+                        None => {
+                            let s = self.changes.next_seq;
+                            self.changes.next_seq += 1;
+                            self.changes.seqs.insert(name.clone(), s);
+                            s
+                        }
+                    };
+                    let bytes = serde_json::to_vec(&ContainerFileRef { seq, container: c })?;
+                    b.containers.push((name.clone(), bytes));
+                }
+                None => {
+                    self.changes.seqs.remove(name);
+                    b.removed.push(name.clone());
+                }
+            }
+        }
+        b.remove_legacy = std::mem::take(&mut self.changes.legacy);
+        b.names = names;
+        Ok(b)
+    }
+
+    /// After a failed write: what that batch covered is written again by the next save.
+    pub fn unsaved(&mut self, batch_names: Vec<String>, project: bool) {
+        self.changes.records.extend(batch_names);
+        if project {
+            self.changes.written = None;
         }
     }
 
-    /// The record written in one go (the supervisor encodes under its lock and writes on a
-    /// blocking thread instead; this stays for one-shot writers).
-    #[allow(dead_code)]
-    pub fn save(&self, paths: &Paths) -> anyhow::Result<()> {
-        let p = Self::path(paths, &self.name);
-        write_atomic(&p, &serde_json::to_vec_pretty(self)?)
+    fn fields_ref(&self) -> ProjectFieldsRef<'_> {
+        ProjectFieldsRef {
+            name: &self.name,
+            source: &self.source,
+            working_dir: &self.working_dir,
+            config_files: &self.config_files,
+            networks: &self.networks,
+            volumes: &self.volumes,
+            generations: &self.generations,
+        }
+    }
+
+    fn touch(&mut self, name: &str, service: &str) {
+        let ch = &mut self.changes;
+        if !ch.records.contains(name) {
+            ch.records.insert(name.to_string());
+        }
+        for set in [&mut ch.dns, &mut ch.firewall] {
+            if !set.contains(service) {
+                set.insert(service.to_string());
+            }
+        }
+    }
+
+    /// Add `rec`, or replace the container of that name (it then counts as the newest).
+    pub fn put_container(&mut self, rec: ContainerRecord) {
+        self.containers.retain(|c| c.name != rec.name);
+        let seq = self.changes.next_seq;
+        self.changes.next_seq += 1;
+        self.changes.seqs.insert(rec.name.clone(), seq);
+        self.touch(&rec.name.clone(), &rec.service.clone());
+        self.containers.push(rec);
+    }
+
+    /// Forget the container `name` (its file goes with the next save).
+    pub fn remove_container(&mut self, name: &str) {
+        if let Some(i) = self.containers.iter().position(|c| c.name == name) {
+            let c = self.containers.remove(i);
+            self.touch(&c.name, &c.service);
+        }
+    }
+
+    /// Services with a container changed since the last call (for the DNS records).
+    pub(crate) fn take_dns_changes(&mut self) -> HashSet<String> {
+        std::mem::take(&mut self.changes.dns)
+    }
+
+    /// Services with a container changed since the last call (for the published ports).
+    pub(crate) fn take_firewall_changes(&mut self) -> HashSet<String> {
+        std::mem::take(&mut self.changes.firewall)
     }
 
     pub fn container(&self, name: &str) -> Option<&ContainerRecord> {
         self.containers.iter().find(|c| c.name == name)
     }
 
+    /// The container `name`, to change: it is written by the next save and looked at again by
+    /// the next DNS and firewall update.
     pub fn container_mut(&mut self, name: &str) -> Option<&mut ContainerRecord> {
-        self.containers.iter_mut().find(|c| c.name == name)
+        let i = self.containers.iter().position(|c| c.name == name)?;
+        let service = self.containers[i].service.clone();
+        self.touch(name, &service);
+        Some(&mut self.containers[i])
     }
 
     /// Every project with a record under the state root.
@@ -228,6 +552,78 @@ impl ProjectState {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+}
+
+const PROJECT_FILE: &str = "project.json";
+const CONTAINERS_DIR: &str = "containers";
+
+impl SaveBatch {
+    pub fn is_empty(&self) -> bool {
+        self.project.is_none()
+            && self.containers.is_empty()
+            && self.removed.is_empty()
+            && !self.remove_legacy
+    }
+
+    /// Whether it rewrites `project.json`.
+    pub fn has_project(&self) -> bool {
+        self.project.is_some()
+    }
+
+    /// The containers it covers (to mark them changed again after a failed write).
+    pub fn names(&self) -> Vec<String> {
+        self.names.clone()
+    }
+
+    /// Write it: the container files (in parallel when there are several: the filesystem's
+    /// journal then commits their fsyncs together), the removals, then `project.json`, then
+    /// the old `state.json` goes. Never makes the project's directory (see `save_batch`).
+    pub fn write(self) -> anyhow::Result<()> {
+        let cdir = self.dir.join(CONTAINERS_DIR);
+        let file = |name: &str| cdir.join(format!("{name}.json"));
+        const WRITERS: usize = 8;
+        if self.containers.len() > 1 {
+            let per = self.containers.len().div_ceil(WRITERS);
+            std::thread::scope(|s| {
+                let handles: Vec<_> = self
+                    .containers
+                    .chunks(per)
+                    .map(|chunk| {
+                        s.spawn(|| {
+                            chunk
+                                .iter()
+                                .try_for_each(|(n, b)| write_atomic_in_place(&file(n), b))
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("writer panicked")))
+                    })
+                    .collect::<anyhow::Result<Vec<()>>>()
+            })?;
+        } else {
+            for (n, b) in &self.containers {
+                write_atomic_in_place(&file(n), b)?;
+            }
+        }
+        for n in &self.removed {
+            match fs::remove_file(file(n)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", file(n).display())),
+            }
+        }
+        if let Some(p) = &self.project {
+            write_atomic_in_place(&self.dir.join(PROJECT_FILE), p)?;
+        }
+        if self.remove_legacy {
+            let _ = fs::remove_file(ProjectState::legacy_path(&self.dir));
+        }
+        Ok(())
     }
 }
 
@@ -409,5 +805,188 @@ mod tests {
         assert!(st.is_some());
         assert!(pid_matches(pid, st));
         assert!(!pid_matches(pid, st.map(|s| s + 1)));
+    }
+
+    fn rec(name: &str, service: &str) -> ContainerRecord {
+        ContainerRecord {
+            name: name.into(),
+            service: service.into(),
+            number: 1,
+            config_hash: "h".into(),
+            generation: 1,
+            image: "img".into(),
+            image_id: "sha256:x".into(),
+            dir: PathBuf::from("/d"),
+            netns: None,
+            endpoints: vec![],
+            ports: vec![],
+            status: Status::Created,
+            pid: None,
+            pid_start: None,
+            exit_code: None,
+            started_at: None,
+            finished_at: None,
+            restart_count: 0,
+            health: None,
+            stopped_by_user: false,
+            oneoff: false,
+            anon_volumes: vec![],
+            log_max_size: None,
+            log_max_file: None,
+            restart: None,
+        }
+    }
+
+    fn paths(d: &Path) -> Paths {
+        Paths {
+            data: d.join("data"),
+            run: d.join("run"),
+        }
+    }
+
+    fn names(st: &ProjectState) -> Vec<&str> {
+        st.containers.iter().map(|c| c.name.as_str()).collect()
+    }
+
+    fn files(p: &Paths) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(p.project("p").join(CONTAINERS_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn an_event_writes_its_container_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let p = paths(d.path());
+        let mut st = ProjectState {
+            name: "p".into(),
+            ..Default::default()
+        };
+        for i in 0..50 {
+            st.put_container(rec(&format!("p-s{i}-1"), &format!("s{i}")));
+        }
+        let b = st.save_batch(&p).unwrap();
+        assert!(b.has_project());
+        assert_eq!(b.containers.len(), 50);
+        b.write().unwrap();
+        assert_eq!(files(&p).len(), 50);
+        // Nothing changed: nothing to write.
+        assert!(st.save_batch(&p).unwrap().is_empty());
+        // One container's status: its file alone, not the project's.
+        st.container_mut("p-s7-1").unwrap().status = Status::Running;
+        let b = st.save_batch(&p).unwrap();
+        assert!(!b.has_project());
+        assert_eq!(b.names(), vec!["p-s7-1".to_string()]);
+        b.write().unwrap();
+        // A generation change rewrites the project's record, no container.
+        st.generation("s1", "new");
+        let b = st.save_batch(&p).unwrap();
+        assert!(b.has_project() && b.containers.is_empty());
+        b.write().unwrap();
+        // A removal removes the file.
+        st.remove_container("p-s3-1");
+        st.save_batch(&p).unwrap().write().unwrap();
+        assert!(!files(&p).contains(&"p-s3-1.json".to_string()));
+        let back = ProjectState::load(&p, "p").unwrap().unwrap();
+        assert_eq!(names(&back), names(&st));
+        assert_eq!(back.container("p-s7-1").unwrap().status, Status::Running);
+        assert_eq!(back.generations["s1"], ("new".to_string(), 1));
+        assert!(back.container("p-s3-1").is_none());
+    }
+
+    #[test]
+    fn creation_order_survives_reloads_and_replacement() {
+        let d = tempfile::tempdir().unwrap();
+        let p = paths(d.path());
+        let mut st = ProjectState {
+            name: "p".into(),
+            ..Default::default()
+        };
+        for n in ["c", "a", "b"] {
+            st.put_container(rec(n, n));
+        }
+        st.save_batch(&p).unwrap().write().unwrap();
+        let mut back = ProjectState::load(&p, "p").unwrap().unwrap();
+        assert_eq!(names(&back), ["c", "a", "b"]);
+        // Recreated: it becomes the newest, in memory and on disk, also after a reload.
+        back.put_container(rec("c", "c"));
+        back.put_container(rec("d", "d"));
+        assert_eq!(names(&back), ["a", "b", "c", "d"]);
+        back.save_batch(&p).unwrap().write().unwrap();
+        let again = ProjectState::load(&p, "p").unwrap().unwrap();
+        assert_eq!(names(&again), ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn the_old_single_file_is_read_and_replaced_on_the_first_save() {
+        let d = tempfile::tempdir().unwrap();
+        let p = paths(d.path());
+        let mut old = ProjectState {
+            name: "p".into(),
+            ..Default::default()
+        };
+        old.containers = vec![rec("p-b-1", "b"), rec("p-a-1", "a")];
+        old.generation("a", "h");
+        // Exactly what berth wrote before: the whole state as one JSON document.
+        let legacy = p.project("p").join("state.json");
+        write_atomic(&legacy, &serde_json::to_vec(&old).unwrap()).unwrap();
+        let mut st = ProjectState::load(&p, "p").unwrap().unwrap();
+        assert_eq!(names(&st), ["p-b-1", "p-a-1"]);
+        assert_eq!(ProjectState::list(&p).unwrap().len(), 1);
+        st.container_mut("p-a-1").unwrap().status = Status::Running;
+        st.save_batch(&p).unwrap().write().unwrap();
+        assert!(!legacy.exists());
+        assert_eq!(files(&p), ["p-a-1.json", "p-b-1.json"]);
+        let back = ProjectState::load(&p, "p").unwrap().unwrap();
+        assert_eq!(names(&back), ["p-b-1", "p-a-1"]);
+        assert_eq!(back.container("p-a-1").unwrap().status, Status::Running);
+        assert_eq!(back.generations["a"], ("h".to_string(), 1));
+    }
+
+    #[test]
+    fn a_bad_container_file_is_an_error_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        let p = paths(d.path());
+        let st = ProjectState {
+            name: "p".into(),
+            containers: vec![rec("p-a-1", "a")],
+            ..Default::default()
+        };
+        st.save(&p).unwrap();
+        let f = p.project("p").join("containers/p-a-1.json");
+        fs::write(&f, b"{ not json").unwrap();
+        let e = format!("{:#}", ProjectState::load(&p, "p").unwrap_err());
+        assert!(e.contains("containers/p-a-1.json"), "{e}");
+        // A temp file of a write in progress is not read.
+        st.save(&p).unwrap();
+        fs::write(p.project("p").join("containers/.p-a-1.json.tmp1"), b"{").unwrap();
+        assert_eq!(
+            ProjectState::load(&p, "p")
+                .unwrap()
+                .unwrap()
+                .containers
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn changes_are_taken_per_consumer() {
+        let mut st = ProjectState::default();
+        st.put_container(rec("p-a-1", "a"));
+        st.put_container(rec("p-b-1", "b"));
+        let dns = st.take_dns_changes();
+        assert_eq!(dns.len(), 2);
+        assert!(st.take_dns_changes().is_empty());
+        st.container_mut("p-b-1").unwrap().health = Some("healthy".into());
+        assert_eq!(st.take_dns_changes(), HashSet::from(["b".to_string()]));
+        // The firewall's changes are its own: still both services and b.
+        assert_eq!(st.take_firewall_changes().len(), 2);
+        // A snapshot starts clean.
+        st.container_mut("p-a-1");
+        assert!(st.clone().take_dns_changes().is_empty());
     }
 }

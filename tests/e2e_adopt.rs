@@ -114,3 +114,63 @@ fn supervisor_killed_mid_stream_loses_no_output() {
     b.ok(&f, &["down", "-t", "1"]);
     assert!(!io.exists(), "down leaves no FIFO behind");
 }
+
+/// A project recorded by a berth from before the per-container records (one `state.json`):
+/// the new supervisor adopts its running containers, answers for them in DNS, and on its first
+/// save replaces the old file with `project.json` and one file per container; stop/start and
+/// `down` work on the new record.
+#[test]
+fn a_record_in_the_old_single_file_format_is_adopted_and_upgraded() {
+    let b = Berth::new();
+    let p = unique("legacy");
+    let f = b.compose(
+        &p,
+        &format!(
+            "services:\n  web:\n    image: {IMAGE}\n    init: true\n    command: [\"sleep\", \"1000\"]\n    deploy:\n      replicas: 2\n  db:\n    image: {IMAGE}\n    init: true\n    command: [\"sleep\", \"1000\"]\n"
+        ),
+    );
+    b.ok(&f, &["up", "-d"]);
+    let before = b.state(&p).unwrap();
+    let pids: Vec<i64> = before["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["pid"].as_i64().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 3);
+    kill_and_reap_wait(b.supervisor_pid(&p));
+    // What an older berth left: the same record as one document, no per-container files.
+    let dir = b.root.path().join("data/projects").join(&p);
+    std::fs::write(dir.join("state.json"), serde_json::to_vec(&before).unwrap()).unwrap();
+    std::fs::remove_file(dir.join("project.json")).unwrap();
+    std::fs::remove_dir_all(dir.join("containers")).unwrap();
+    assert_eq!(b.state(&p).unwrap()["containers"], before["containers"]);
+    // `ps` reads it as it is.
+    let ps = b.ok(&f, &["ps", "-q", "--status", "running"]);
+    assert_eq!(ps.lines().count(), 3, "{ps}");
+    // `up` adopts the same processes (nothing recreated) and writes the new format.
+    b.ok(&f, &["up", "-d"]);
+    let st = b.state(&p).unwrap();
+    let now: Vec<i64> = st["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["pid"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(now, pids, "the same processes, adopted");
+    // The first save after the adoption (stop/start below at the latest) replaces the old file.
+    b.ok(&f, &["stop", "-t", "1", "db"]);
+    assert!(!dir.join("state.json").exists(), "the old file is replaced");
+    assert!(dir.join("project.json").exists());
+    let files = std::fs::read_dir(dir.join("containers")).unwrap().count();
+    assert_eq!(files, 3, "one file per container");
+    assert_eq!(b.container(&p, "db")["status"], "exited");
+    b.ok(&f, &["start", "db"]);
+    assert_eq!(b.container(&p, "db")["status"], "running");
+    // The adopted replicas answer in DNS (the new supervisor's records).
+    let out = b.ok(&f, &["exec", "-T", "db", "nslookup", "web"]);
+    let answers = out.matches("Address").count();
+    assert!(answers >= 2, "both web replicas: {out}");
+    b.ok(&f, &["down", "-t", "1"]);
+    assert!(b.state(&p).is_none());
+}

@@ -14,8 +14,11 @@
 //! `LOCAL_TTL`), unknown single-label names are NXDOMAIN here (Docker forwards them), and ANY
 //! gets the A records (Docker does not answer it).
 //!
-//! The records are an immutable snapshot in an `ArcSwap`: the supervisor builds a new
-//! `Records` and swaps it in one store, so a removed container disappears at once.
+//! The records are an immutable snapshot in an `ArcSwap`: the supervisor changes its working
+//! copy by differences (`Incremental`: per owner, the entries that went and came) and swaps a
+//! clone in with one store, so a removed container disappears at once. A clone is cheap: each
+//! network's maps are cut into copy-on-write shards (`Shards`), and a change copies the shards
+//! it touches, so an event costs the same with 5 containers or 500.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -54,18 +57,196 @@ struct NetRecords {
     /// When known, only requesters inside it (or the gateway itself) get answers: a container
     /// of another network reaching this gateway by routing is refused.
     subnet: Option<ipnet::Ipv4Net>,
-    /// lowercase name → addresses (one per running replica)
-    names: HashMap<String, Vec<Ipv4Addr>>,
+    /// lowercase name → addresses (one per running replica, in address order)
+    names: Shards<String, Vec<Ipv4Addr>>,
     /// address → the first name given for it
-    reverse: HashMap<Ipv4Addr, String>,
+    reverse: Shards<Ipv4Addr, String>,
 }
 
-/// Everything the server answers from; plain maps, built whole and swapped in.
+/// Number of copy-on-write pieces a network's maps are cut into.
+const SHARDS: usize = 64;
+
+/// A map cut into `SHARDS` pieces behind `Arc`s: a clone shares every piece, and a change
+/// copies the one piece it touches (`Arc::make_mut`). So a snapshot costs `SHARDS` pointer
+/// copies and changing one name copies 1/`SHARDS` of the map, whatever the project's size.
+#[derive(Debug, Clone)]
+struct Shards<K, V>(Vec<Arc<HashMap<K, V>>>);
+
+impl<K: std::hash::Hash + Eq, V: PartialEq> PartialEq for Shards<K, V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(&other.0)
+                .all(|(a, b)| Arc::ptr_eq(a, b) || a == b)
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V: Eq> Eq for Shards<K, V> {}
+
+impl<K, V> Default for Shards<K, V> {
+    fn default() -> Self {
+        Shards((0..SHARDS).map(|_| Arc::new(HashMap::new())).collect())
+    }
+}
+
+trait ShardKey {
+    fn shard(&self) -> usize;
+}
+
+impl ShardKey for str {
+    fn shard(&self) -> usize {
+        // FNV-1a: cheap, and the same in every process (tests compare snapshots).
+        let h = self.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        });
+        (h % SHARDS as u64) as usize
+    }
+}
+
+impl ShardKey for String {
+    fn shard(&self) -> usize {
+        self.as_str().shard()
+    }
+}
+
+impl ShardKey for Ipv4Addr {
+    fn shard(&self) -> usize {
+        (u32::from(*self) as usize) % SHARDS
+    }
+}
+
+impl<K: ShardKey + std::hash::Hash + Eq + Clone, V: Clone> Shards<K, V> {
+    fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: ShardKey + std::hash::Hash + Eq + ?Sized,
+    {
+        self.0[key.shard()].get(key)
+    }
+
+    /// The piece `key` lives in, copied first if a snapshot still shares it.
+    fn piece_mut<Q: ShardKey + ?Sized>(&mut self, key: &Q) -> &mut HashMap<K, V> {
+        Arc::make_mut(&mut self.0[key.shard()])
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(|m| m.len()).sum()
+    }
+}
+
+/// Everything the server answers from: a snapshot, changed by `Records::add`/`remove` on a
+/// working copy (cheap to clone, see `Shards`) and swapped in whole.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Records {
     networks: HashMap<String, NetRecords>,
     upstreams: Option<Vec<SocketAddr>>,
-    container_upstreams: HashMap<Ipv4Addr, Vec<SocketAddr>>,
+    container_upstreams: Arc<HashMap<Ipv4Addr, Vec<SocketAddr>>>,
+}
+
+/// One address's records on one network: `names` resolve to `ip` there (the first is its
+/// PTR), and queries from `ip` go to `upstreams` when not empty (the container's `dns:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub network: String,
+    pub names: Vec<String>,
+    pub ip: Ipv4Addr,
+    pub upstreams: Vec<SocketAddr>,
+}
+
+/// Records kept up to date by differences: each owner (a service) states its entries, and only
+/// what differs from what it stated before is removed from and added to the working copy, so
+/// an event costs what its owner has, not what the project has. `snapshot` is what the server
+/// gets (one swap per batch of changes).
+#[derive(Debug, Default)]
+pub struct Incremental {
+    records: Records,
+    owners: HashMap<String, Vec<Entry>>,
+    networks: Vec<(String, Ipv4Addr, bool, Option<ipnet::Ipv4Net>)>,
+}
+
+impl Incremental {
+    /// `owner`'s entries are now `entries` (empty: it has none). Whether anything changed.
+    pub fn set(&mut self, owner: &str, entries: Vec<Entry>) -> bool {
+        let old = self.owners.remove(owner).unwrap_or_default();
+        if old == entries {
+            if !old.is_empty() {
+                self.owners.insert(owner.to_string(), old);
+            }
+            return false;
+        }
+        for e in old.iter().filter(|e| !entries.contains(e)) {
+            self.records.remove(&e.network, &e.names, e.ip);
+            if !e.upstreams.is_empty() {
+                self.records.remove_container_upstreams(e.ip);
+            }
+        }
+        for e in entries.iter().filter(|e| !old.contains(e)) {
+            self.records.add(&e.network, &e.names, e.ip);
+            if !e.upstreams.is_empty() {
+                self.records
+                    .set_container_upstreams(e.ip, e.upstreams.clone());
+            }
+        }
+        if !entries.is_empty() {
+            self.owners.insert(owner.to_string(), entries);
+        }
+        true
+    }
+
+    /// Owners with entries.
+    pub fn owners(&self) -> impl Iterator<Item = &String> {
+        self.owners.keys()
+    }
+
+    /// The networks answered on: (key, gateway, internal, subnet). Networks that went are
+    /// forgotten with their records; new ones start empty. Whether anything changed.
+    pub fn set_networks(
+        &mut self,
+        nets: Vec<(String, Ipv4Addr, bool, Option<ipnet::Ipv4Net>)>,
+    ) -> bool {
+        if nets == self.networks {
+            return false;
+        }
+        for (key, ..) in &self.networks {
+            if !nets.iter().any(|n| n.0 == *key) {
+                self.records.remove_network(key);
+            }
+        }
+        for (key, gw, internal, subnet) in &nets {
+            self.records.add_network(key, *gw, *internal);
+            if let Some(s) = subnet {
+                self.records.set_subnet(key, *s);
+            }
+        }
+        // Entries on a network that came back must be there again: re-add them all (rare).
+        let owners: Vec<(String, Vec<Entry>)> = self.owners.drain().collect();
+        for (o, e) in owners {
+            for x in &e {
+                if self.networks.iter().all(|n| n.0 != x.network) {
+                    self.records.add(&x.network, &x.names, x.ip);
+                }
+            }
+            self.owners.insert(o, e);
+        }
+        self.networks = nets;
+        true
+    }
+
+    /// The upstreams of forwarded queries. Whether they changed.
+    pub fn set_upstreams(&mut self, upstreams: Vec<SocketAddr>) -> bool {
+        if self.records.upstreams.as_ref() == Some(&upstreams) {
+            return false;
+        }
+        self.records.set_upstreams(upstreams);
+        true
+    }
+
+    /// The records as they are now, to swap into the server (cheap: see `Shards`).
+    pub fn snapshot(&self) -> Records {
+        self.records.clone()
+    }
 }
 
 /// What a query gets (pure lookup result).
@@ -122,14 +303,43 @@ impl Records {
             if key.is_empty() {
                 continue;
             }
-            let v = n.names.entry(key).or_default();
-            if !v.contains(&ip) {
-                v.push(ip);
+            let v = n.names.piece_mut(&key).entry(key).or_default();
+            if let Err(i) = v.binary_search(&ip) {
+                v.insert(i, ip);
             }
         }
         if let Some(first) = names.iter().map(|s| norm(s)).find(|s| !s.is_empty()) {
-            n.reverse.entry(ip).or_insert(first);
+            n.reverse.piece_mut(&ip).entry(ip).or_insert(first);
         }
+    }
+
+    /// Undo `add(network, names, ip)`: `ip` no longer answers to `names` there (other
+    /// addresses of the same names stay), and its PTR goes.
+    pub fn remove(&mut self, network: &str, names: &[String], ip: Ipv4Addr) {
+        let Some(n) = self.networks.get_mut(network) else {
+            return;
+        };
+        for name in names {
+            let key = norm(name);
+            if n.names.get(&key).is_none_or(|v| !v.contains(&ip)) {
+                continue;
+            }
+            let piece = n.names.piece_mut(&key);
+            if let Some(v) = piece.get_mut(&key) {
+                v.retain(|a| *a != ip);
+                if v.is_empty() {
+                    piece.remove(&key);
+                }
+            }
+        }
+        if n.reverse.get(&ip).is_some() {
+            n.reverse.piece_mut(&ip).remove(&ip);
+        }
+    }
+
+    /// Forget `network` and everything on it.
+    pub fn remove_network(&mut self, network: &str) {
+        self.networks.remove(network);
     }
 
     /// Upstreams for every forwarded query (instead of the host's resolv.conf).
@@ -139,7 +349,19 @@ impl Records {
 
     /// A container's own `dns:` servers, by its address.
     pub fn set_container_upstreams(&mut self, ip: Ipv4Addr, upstreams: Vec<SocketAddr>) {
-        self.container_upstreams.insert(ip, upstreams);
+        Arc::make_mut(&mut self.container_upstreams).insert(ip, upstreams);
+    }
+
+    /// Forget the `dns:` servers of the container at `ip`.
+    pub fn remove_container_upstreams(&mut self, ip: Ipv4Addr) {
+        if self.container_upstreams.contains_key(&ip) {
+            Arc::make_mut(&mut self.container_upstreams).remove(&ip);
+        }
+    }
+
+    /// How many names `network` answers (tests, benches).
+    pub fn name_count(&self, network: &str) -> usize {
+        self.networks.get(network).map_or(0, |n| n.names.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -1467,6 +1689,118 @@ mod tests {
         assert_eq!(
             r.lookup("back", None, "9.9.9.9.in-addr.arpa.", RecordType::PTR),
             Answer::NxDomain
+        );
+    }
+
+    /// Records built whole from `owners`, as the supervisor did before `Incremental`.
+    fn rebuilt(
+        nets: &[(String, Ipv4Addr, bool, Option<ipnet::Ipv4Net>)],
+        owners: &HashMap<String, Vec<Entry>>,
+        upstreams: &[SocketAddr],
+    ) -> Records {
+        let mut r = Records::default();
+        r.set_upstreams(upstreams.to_vec());
+        for (k, gw, internal, subnet) in nets {
+            r.add_network(k, *gw, *internal);
+            if let Some(s) = subnet {
+                r.set_subnet(k, *s);
+            }
+        }
+        for e in owners.values().flatten() {
+            r.add(&e.network, &e.names, e.ip);
+            if !e.upstreams.is_empty() {
+                r.set_container_upstreams(e.ip, e.upstreams.clone());
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn differences_give_the_records_a_rebuild_gives() {
+        let nets = vec![
+            (
+                "a".to_string(),
+                Ipv4Addr::new(10, 9, 0, 1),
+                false,
+                Some("10.9.0.0/24".parse().unwrap()),
+            ),
+            ("b".to_string(), Ipv4Addr::new(10, 9, 1, 1), true, None),
+        ];
+        let ups: Vec<SocketAddr> = vec!["192.0.2.53:53".parse().unwrap()];
+        let mut inc = Incremental::default();
+        assert!(inc.set_networks(nets.clone()));
+        assert!(!inc.set_networks(nets.clone()));
+        assert!(inc.set_upstreams(ups.clone()));
+        let mut want: HashMap<String, Vec<Entry>> = HashMap::new();
+        // A fixed pseudo-random walk: owners (services) gain and lose replicas, names are
+        // shared between owners (a common alias), some replicas have their own upstreams.
+        let mut x: u64 = 0x2545F4914F6CDD1D;
+        let mut next = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        for step in 0..400 {
+            let owner = format!("s{}", next(12));
+            let n = next(4);
+            let o: u64 = owner[1..].parse().unwrap();
+            let entries: Vec<Entry> = (0..n)
+                .map(|r| {
+                    let net = if (o + r).is_multiple_of(3) { "b" } else { "a" };
+                    let third = if net == "a" { 0 } else { 1 };
+                    let mut names = vec![owner.clone(), format!("p-{owner}-{r}")];
+                    if o.is_multiple_of(4) {
+                        names.push("shared".into());
+                    }
+                    Entry {
+                        network: net.into(),
+                        names,
+                        ip: Ipv4Addr::new(10, 9, third, (o * 10 + r + 2) as u8),
+                        upstreams: if o == 5 { ups.clone() } else { vec![] },
+                    }
+                })
+                .collect();
+            let before = inc.snapshot();
+            let changed = inc.set(&owner, entries.clone());
+            let prev = want
+                .insert(owner.clone(), entries.clone())
+                .unwrap_or_default();
+            assert_eq!(changed, prev != entries, "step {step}");
+            want.retain(|_, v| !v.is_empty());
+            assert_eq!(inc.snapshot(), rebuilt(&nets, &want, &ups), "step {step}");
+            // A snapshot taken before is not changed by it (copy on write).
+            let mut owners_before = want.clone();
+            owners_before.insert(owner.clone(), prev);
+            owners_before.retain(|_, v| !v.is_empty());
+            assert_eq!(before, rebuilt(&nets, &owners_before, &ups), "step {step}");
+        }
+        assert!(inc.owners().count() <= 12);
+        // Everything gone: no name left.
+        for o in 0..12 {
+            inc.set(&format!("s{o}"), vec![]);
+        }
+        assert_eq!(
+            inc.snapshot().name_count("a") + inc.snapshot().name_count("b"),
+            0
+        );
+        // A network that goes takes its names along; back, it has them again.
+        let e = Entry {
+            network: "b".into(),
+            names: vec!["db".into()],
+            ip: Ipv4Addr::new(10, 9, 1, 9),
+            upstreams: vec![],
+        };
+        inc.set("db", vec![e]);
+        inc.set_networks(nets[..1].to_vec());
+        assert_eq!(
+            inc.snapshot().lookup("b", None, "db", RecordType::A),
+            Answer::Refused
+        );
+        inc.set_networks(nets.clone());
+        assert_eq!(
+            inc.snapshot().lookup("b", None, "db", RecordType::A),
+            Answer::A(vec![Ipv4Addr::new(10, 9, 1, 9)])
         );
     }
 

@@ -1,5 +1,5 @@
-//! Coalescing of whole-project work that many events ask for at once: the state file write and
-//! the DNS snapshot. A caller is served by a run that started after it asked (so when the call
+//! Coalescing of work that many events ask for at once: the state write (of the containers
+//! that changed) and the DNS update. A caller is served by a run that started after it asked (so when the call
 //! returns, its change is on disk or in DNS, as before), and callers that arrive while a run
 //! is going share the next one: a burst of N events costs a few runs, not N.
 

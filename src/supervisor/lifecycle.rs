@@ -75,8 +75,7 @@ impl Supervisor {
         {
             let mut st = self.state.lock().await;
             rec.generation = st.generation(&svc.name, &svc.config_hash);
-            st.containers.retain(|c| c.name != rec.name);
-            st.containers.push(rec);
+            st.put_container(rec);
         }
         self.save().await;
         crate::trace::step(|| format!("{name}: created (record saved)"));
@@ -201,7 +200,7 @@ impl Supervisor {
         }
         {
             let mut st = self.state.lock().await;
-            st.containers.retain(|c| c.name != name);
+            st.remove_container(name);
         }
         {
             let mut sh = self.shared.lock().unwrap();

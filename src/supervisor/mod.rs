@@ -116,6 +116,10 @@ pub struct Supervisor {
     /// State writes and DNS snapshots, coalesced over bursts of events (`batch`).
     saves: batch::Coalesce,
     dns_runs: batch::Coalesce,
+    /// The DNS records as last published, and what they were made from (`publish`).
+    dns_state: StdMutex<publish::DnsState>,
+    /// What the firewall's rules were made from (`publish`).
+    fw_state: StdMutex<publish::FwState>,
 }
 
 /// Blocking threads of the supervisor: enough to keep the kernel busy on a small host (the
@@ -203,6 +207,8 @@ async fn serve(project: String) -> anyhow::Result<()> {
         shutdown: tokio::sync::Notify::new(),
         saves: Default::default(),
         dns_runs: Default::default(),
+        dns_state: Default::default(),
+        fw_state: Default::default(),
     });
     tokio::spawn(sup.clone().watch_forward_policy());
     sup.adopt().await;
@@ -419,13 +425,13 @@ impl Supervisor {
             .collect()
     }
 
-    /// Write the state file. Concurrent saves (a burst of container events) share one write
-    /// that starts after each of them asked (`batch::Coalesce`): the file is the whole state,
-    /// so one write covers them all.
+    /// Write what changed in the state: the changed containers' files (and the project's
+    /// record if it changed; see `state.rs`). Concurrent saves (a burst of container events)
+    /// share one run that starts after each of them asked (`batch::Coalesce`).
     async fn save(&self) {
         self.saves
             .run(|| async {
-                let st = self.state.lock().await;
+                let mut st = self.state.lock().await;
                 if st.containers.is_empty()
                     && st.networks.is_empty()
                     && !self.engine.paths.project(&self.project).exists()
@@ -434,31 +440,31 @@ impl Supervisor {
                     // gone.
                     return;
                 }
-                // Encoded under the lock (compact: a third of the time of pretty JSON at 500
-                // containers), then written and fsynced on a blocking thread with the lock
-                // released: the other containers' work goes on meanwhile. Runs never overlap
-                // (`Coalesce`), so writes land in order. The project's directory is made here,
-                // under the lock, and the write does not make it again: a `down` that removed
-                // the record meanwhile makes the write fail instead of bringing it back.
-                let path = crate::state::ProjectState::path(&self.engine.paths, &self.project);
-                let bytes = match serde_json::to_vec(&*st) {
+                // Encoded under the lock (only what changed), then written and fsynced on a
+                // blocking thread with the lock released: the other containers' work goes on
+                // meanwhile. Runs never overlap (`Coalesce`), so writes land in order. The
+                // directories are made under the lock, and the write does not make them
+                // again: a `down` that removed the record meanwhile makes the write fail
+                // instead of bringing it back.
+                let batch = match st.save_batch(&self.engine.paths) {
                     Ok(b) => b,
                     Err(e) => {
                         tracing::error!("saving state: {e:#}");
                         return;
                     }
                 };
-                if let Some(dir) = path.parent() {
-                    let _ = std::fs::create_dir_all(dir);
-                }
                 drop(st);
-                let written = tokio::task::spawn_blocking(move || {
-                    crate::state::write_atomic_in_place(&path, &bytes)
-                })
-                .await
-                .unwrap_or_else(|e| Err(anyhow!("{e}")));
+                if batch.is_empty() {
+                    return;
+                }
+                let (names, project) = (batch.names(), batch.has_project());
+                let written = tokio::task::spawn_blocking(move || batch.write())
+                    .await
+                    .unwrap_or_else(|e| Err(anyhow!("{e}")));
                 if let Err(e) = written {
                     tracing::error!("saving state: {e:#}");
+                    // Written again by the next save.
+                    self.state.lock().await.unsaved(names, project);
                 }
             })
             .await

@@ -25,116 +25,108 @@ impl Supervisor {
     /// is healthy yet still answers with its starting ones, as Docker does.
     pub(super) fn serving_set(&self, st: &ProjectState) -> std::collections::HashSet<String> {
         let draining = self.shared.lock().unwrap().draining.clone();
-        let up: Vec<&ContainerRecord> = st
-            .containers
-            .iter()
-            .filter(|c| c.status == Status::Running && !draining.contains(&c.name))
-            .collect();
-        let healthy = |c: &ContainerRecord| matches!(c.health.as_deref(), None | Some("healthy"));
-        // Services with at least one healthy replica (one pass, not one per container).
-        let with_healthy: std::collections::HashSet<&str> = up
-            .iter()
-            .filter(|c| healthy(c))
-            .map(|c| c.service.as_str())
-            .collect();
-        let mut out = std::collections::HashSet::new();
-        for c in &up {
-            // A service with no healthy replica (all starting, or all failing their checks at
-            // once under load) still answers with what runs, as Docker does: never NXDOMAIN
-            // for a service that has running containers.
-            if healthy(c) || !with_healthy.contains(c.service.as_str()) {
-                out.insert(c.name.clone());
-            }
+        let mut by_service: HashMap<&str, Vec<&ContainerRecord>> = HashMap::new();
+        for c in &st.containers {
+            by_service.entry(c.service.as_str()).or_default().push(c);
         }
-        out
+        by_service
+            .values()
+            .flat_map(|cs| serving(cs, &draining))
+            .map(|c| c.name.clone())
+            .collect()
     }
 
     /// DNS: every running container answers on each of its networks under its service name,
-    /// container name, hostname and aliases. Swapped in one piece; concurrent refreshes (a
-    /// burst of starts or exits) share one rebuild that starts after each of them asked.
+    /// container name, hostname and aliases. Concurrent refreshes (a burst of starts or exits)
+    /// share one update that starts after each of them asked; an update recomputes only the
+    /// services whose containers changed since the last one (`ProjectState::take_dns_changes`),
+    /// applies the difference to the records (`dns::Incremental`) and swaps them in once.
     pub(super) async fn refresh_dns(&self) {
-        self.dns_runs.run(|| self.rebuild_dns()).await
+        self.dns_runs.run(|| self.update_dns()).await
     }
 
-    async fn rebuild_dns(&self) {
+    async fn update_dns(&self) {
         // Per service, what its records need from the plan: its own `dns:` servers, its
         // hostname, and the aliases `links: [SERVICE:ALIAS]` of any service give it (Docker
-        // scopes those to the linking container; berth answers them network-wide). Taken
-        // under the plan's lock alone (lock order: never `plan` and `state` together).
-        type SvcDns = (Vec<std::net::SocketAddr>, Option<String>, Vec<String>);
-        let per_service: HashMap<String, SvcDns> = {
+        // scopes those to the linking container; berth answers them network-wide). Made again
+        // only when the plan changed (every service is then looked at again). Taken under the
+        // plan's lock alone (lock order: never `plan` and `state` together).
+        let replanned = {
             let plan = self.plan.lock().await;
-            let mut m: HashMap<String, SvcDns> = HashMap::new();
-            for s in plan.iter().flat_map(|p| p.services.iter()) {
-                let upstreams = s
-                    .dns
-                    .iter()
-                    .filter_map(|d| d.parse::<std::net::IpAddr>().ok())
-                    .map(|ip| (ip, 53).into())
+            let services = plan.iter().flat_map(|p| p.services.iter());
+            let mut ds = self.dns_state.lock().unwrap();
+            let same = ds.plan_hashes.len() == services.clone().count()
+                && services
+                    .clone()
+                    .zip(&ds.plan_hashes)
+                    .all(|(s, (n, h))| s.name == *n && s.config_hash == *h);
+            if !same {
+                ds.plan_hashes = services
+                    .clone()
+                    .map(|s| (s.name.clone(), s.config_hash.clone()))
                     .collect();
-                let e = m.entry(s.name.clone()).or_default();
-                e.0 = upstreams;
-                e.1 = s.hostname.clone();
-                for (target, alias) in &s.links {
-                    let t = m.entry(target.clone()).or_default();
-                    if !t.2.contains(alias) {
-                        t.2.push(alias.clone());
-                    }
-                }
+                ds.per_service = per_service_dns(services);
             }
-            m
+            !same
         };
-        let st = self.state.lock().await;
-        let mut records = berth_network::dns::Records::default();
-        records.set_upstreams(host_upstreams());
-        for n in &st.networks {
-            records.add_network(&n.key, n.gateway, n.internal);
-            records.set_subnet(&n.key, n.subnet);
-        }
-        let ready = self.serving_set(&st);
-        for c in st.containers.iter().filter(|c| ready.contains(&c.name)) {
-            let svc = per_service.get(&c.service);
-            for ep in &c.endpoints {
-                let mut names = vec![
-                    format!("{}.{}", c.name, ep.network_name),
-                    c.service.clone(),
-                    c.name.clone(),
-                ];
-                // A one-off: its container name, the rest only with `run --use-aliases`.
-                let named = svc.filter(|_| !c.oneoff);
-                if c.oneoff {
-                    names.remove(1);
-                }
-                if let Some(h) = named.and_then(|s| s.1.clone()) {
-                    names.push(h);
-                }
-                names.extend(ep.aliases.iter().cloned());
-                for alias in named.iter().flat_map(|s| s.2.iter()) {
-                    if !names.contains(alias) {
-                        names.push(alias.clone());
-                    }
-                }
-                records.add(&ep.network, &names, ep.ip);
-                if let Some(s) = svc.filter(|s| !s.0.is_empty()) {
-                    records.set_container_upstreams(ep.ip, s.0.clone());
+        let draining = self.shared.lock().unwrap().draining.clone();
+        let mut st = self.state.lock().await;
+        let (nets, snapshot) = {
+            let mut changed = st.take_dns_changes();
+            let mut ds = self.dns_state.lock().unwrap();
+            let ds = &mut *ds;
+            // Containers that started or stopped draining (a rolling update) change their service.
+            for n in draining.symmetric_difference(&ds.draining) {
+                if let Some(c) = st.container(n) {
+                    changed.insert(c.service.clone());
                 }
             }
-        }
-        let nets: Vec<(String, std::net::Ipv4Addr)> = st
-            .networks
-            .iter()
-            .map(|n| (n.key.clone(), n.gateway))
-            .collect();
+            ds.draining = draining;
+            if replanned || !ds.started {
+                ds.started = true;
+                changed.extend(st.containers.iter().map(|c| c.service.clone()));
+                changed.extend(ds.records.owners().cloned());
+            }
+            let nets: Vec<(String, std::net::Ipv4Addr, bool, Option<ipnet::Ipv4Net>)> = st
+                .networks
+                .iter()
+                .map(|n| (n.key.clone(), n.gateway, n.internal, Some(n.subnet)))
+                .collect();
+            let mut swap = ds.records.set_networks(nets.clone());
+            swap |= ds.records.set_upstreams(host_upstreams());
+            if !changed.is_empty() {
+                // The changed services' containers, in one pass.
+                let mut of: HashMap<&str, Vec<&ContainerRecord>> =
+                    changed.iter().map(|s| (s.as_str(), Vec::new())).collect();
+                for c in &st.containers {
+                    if let Some(v) = of.get_mut(c.service.as_str()) {
+                        v.push(c);
+                    }
+                }
+                for (service, containers) in of {
+                    let entries = service_entries(
+                        service,
+                        &containers,
+                        &ds.draining,
+                        ds.per_service.get(service),
+                    );
+                    swap |= ds.records.set(service, entries);
+                }
+            }
+            (nets, swap.then(|| ds.records.snapshot()))
+        };
         drop(st);
-        // Swapped in one piece: a query sees the old records or the new ones, never a mix.
-        self.dns.set_records(records);
-        crate::trace::step(|| "dns: records swapped".into());
+        if let Some(records) = snapshot {
+            // Swapped in one piece: a query sees the old records or the new ones, never a mix.
+            self.dns.set_records(records);
+            crate::trace::step(|| "dns: records swapped".into());
+        }
         for (key, _) in self.dns.listeners() {
-            if !nets.iter().any(|(k, _)| *k == key) {
+            if !nets.iter().any(|n| n.0 == key) {
                 self.dns.remove_listener(&key);
             }
         }
-        for (key, gw) in nets {
+        for (key, gw, ..) in nets {
             if let Err(e) = self.dns.add_listener(&key, gw).await {
                 tracing::warn!("dns on {gw}: {e}");
             }
@@ -300,11 +292,39 @@ impl Supervisor {
         if self.shared.lock().unwrap().fw_removed {
             return Ok(());
         }
-        let st = self.state.lock().await;
-        let serving = self.serving_set(&st);
+        let mut st = self.state.lock().await;
         let relay = self
             .routed_blocked
             .load(std::sync::atomic::Ordering::SeqCst);
+        // Nothing that the rules depend on changed since they were applied (the common
+        // container event: a service without published ports): done, without looking at
+        // every container. Else the rules are made again from the whole state below.
+        let changed = st.take_firewall_changes();
+        let draining = self.shared.lock().unwrap().draining.clone();
+        {
+            let sh = self.shared.lock().unwrap();
+            let mut fs = self.fw_state.lock().unwrap();
+            let same_draining = fs.draining == draining;
+            fs.draining = draining;
+            let same_base = sh.last_fw.as_ref().is_some_and(|l| {
+                l.relay == relay
+                    && l.networks.len() == st.networks.len()
+                    && l.networks.iter().zip(&st.networks).all(|(r, n)| {
+                        r.bridge == n.bridge && r.subnet == n.subnet && r.internal == n.internal
+                    })
+            });
+            let ports_touched = changed.iter().any(|s| fs.ported.contains(s))
+                || st
+                    .containers
+                    .iter()
+                    .any(|c| !c.ports.is_empty() && changed.contains(&c.service));
+            if same_base && same_draining && !fs.failed && !ports_touched {
+                return Ok(());
+            }
+            // Until this apply succeeds, the next one is made whole.
+            fs.failed = true;
+        }
+        let serving = self.serving_set(&st);
         // Relay mode: the networks' outbound listeners first, so their ports are in the rules.
         let outbound = if relay {
             let nets: Vec<(String, std::net::Ipv4Addr)> = st
@@ -333,10 +353,14 @@ impl Supervisor {
         }
         type Backends = Vec<(std::net::Ipv4Addr, u16)>;
         let mut ports: HashMap<(Option<String>, u16, String), Backends> = HashMap::new();
+        let mut ported = std::collections::HashSet::new();
         for c in st.containers.iter() {
             let Some(ip) = c.endpoints.first().map(|e| e.ip) else {
                 continue;
             };
+            if !c.ports.is_empty() && !ported.contains(&c.service) {
+                ported.insert(c.service.clone());
+            }
             for p in &c.ports {
                 let e = ports
                     .entry((p.host_ip.clone(), p.host_port, p.protocol.clone()))
@@ -371,6 +395,9 @@ impl Supervisor {
             p.backends.sort();
         }
         if self.shared.lock().unwrap().last_fw.as_ref() == Some(&fw) {
+            let mut fs = self.fw_state.lock().unwrap();
+            fs.ported = ported;
+            fs.failed = false;
             return Ok(());
         }
         let applied = fw.clone();
@@ -387,9 +414,135 @@ impl Supervisor {
             self.relay.lock().unwrap().clear();
         }
         self.shared.lock().unwrap().last_fw = Some(applied);
+        {
+            let mut fs = self.fw_state.lock().unwrap();
+            fs.ported = ported;
+            fs.failed = false;
+        }
         drop(_one);
         self.sync_host_input().await;
         Ok(())
+    }
+}
+
+/// What the firewall's rules were last made from, beyond `Shared::last_fw`: to tell when a
+/// container event cannot change them.
+#[derive(Debug, Default)]
+pub(super) struct FwState {
+    /// Services with published ports.
+    ported: std::collections::HashSet<String>,
+    /// The draining containers (not backends).
+    draining: std::collections::HashSet<String>,
+    /// The last apply did not finish: the next one is made whole.
+    failed: bool,
+}
+
+/// What the DNS needs of a service from the plan: its `dns:` servers, its hostname, and the
+/// aliases other services' `links:` give it.
+#[derive(Debug, Default, Clone)]
+pub(super) struct SvcDns {
+    upstreams: Vec<std::net::SocketAddr>,
+    hostname: Option<String>,
+    link_aliases: Vec<String>,
+}
+
+/// The supervisor's side of the DNS records: what was published, per service, and what it
+/// was computed from.
+#[derive(Debug, Default)]
+pub(super) struct DnsState {
+    records: berth_network::dns::Incremental,
+    /// (name, config hash) of the plan's services the last time, to see a new plan.
+    plan_hashes: Vec<(String, String)>,
+    per_service: HashMap<String, SvcDns>,
+    /// The draining containers the last time.
+    draining: std::collections::HashSet<String>,
+    /// A first update was made (it looks at every service).
+    started: bool,
+}
+
+fn per_service_dns<'a>(
+    services: impl Iterator<Item = &'a crate::engine::plan::ServicePlan>,
+) -> HashMap<String, SvcDns> {
+    let mut m: HashMap<String, SvcDns> = HashMap::new();
+    for s in services {
+        let e = m.entry(s.name.clone()).or_default();
+        e.upstreams = s
+            .dns
+            .iter()
+            .filter_map(|d| d.parse::<std::net::IpAddr>().ok())
+            .map(|ip| (ip, 53).into())
+            .collect();
+        e.hostname = s.hostname.clone();
+        for (target, alias) in &s.links {
+            let t = m.entry(target.clone()).or_default();
+            if !t.link_aliases.contains(alias) {
+                t.link_aliases.push(alias.clone());
+            }
+        }
+    }
+    m
+}
+
+/// A service's DNS entries: its serving containers (`serving`) on each of their networks,
+/// under the service name, container name, hostname, the endpoint's aliases and link aliases.
+fn service_entries(
+    service: &str,
+    containers: &[&ContainerRecord],
+    draining: &std::collections::HashSet<String>,
+    svc: Option<&SvcDns>,
+) -> Vec<berth_network::dns::Entry> {
+    let mut out = Vec::new();
+    for c in serving(containers, draining) {
+        for ep in &c.endpoints {
+            // The first name is the address's PTR: `<container>.<network>`, as Docker answers
+            // (it also resolves as a name).
+            let mut names = vec![
+                format!("{}.{}", c.name, ep.network_name),
+                service.to_string(),
+                c.name.clone(),
+            ];
+            // A one-off: its container name, the rest only with `run --use-aliases`.
+            let named = svc.filter(|_| !c.oneoff);
+            if c.oneoff {
+                names.remove(1);
+            }
+            if let Some(h) = named.and_then(|s| s.hostname.clone()) {
+                names.push(h);
+            }
+            names.extend(ep.aliases.iter().cloned());
+            for alias in named.iter().flat_map(|s| s.link_aliases.iter()) {
+                if !names.contains(alias) {
+                    names.push(alias.clone());
+                }
+            }
+            out.push(berth_network::dns::Entry {
+                network: ep.network.clone(),
+                names,
+                ip: ep.ip,
+                upstreams: svc.map(|s| s.upstreams.clone()).unwrap_or_default(),
+            });
+        }
+    }
+    out
+}
+
+/// Of one service's containers, those that take traffic: running, not draining, and healthy
+/// where they have a healthcheck; a service none of whose replicas is healthy yet answers with
+/// its starting ones, as Docker does (never NXDOMAIN for a service with running containers).
+fn serving<'a>(
+    containers: &[&'a ContainerRecord],
+    draining: &std::collections::HashSet<String>,
+) -> Vec<&'a ContainerRecord> {
+    let up: Vec<&ContainerRecord> = containers
+        .iter()
+        .copied()
+        .filter(|c| c.status == Status::Running && !draining.contains(&c.name))
+        .collect();
+    let healthy = |c: &ContainerRecord| matches!(c.health.as_deref(), None | Some("healthy"));
+    if up.iter().any(|c| healthy(c)) {
+        up.into_iter().filter(|c| healthy(c)).collect()
+    } else {
+        up
     }
 }
 
@@ -421,4 +574,61 @@ fn host_upstreams() -> Vec<std::net::SocketAddr> {
         *cache = Some((k, v.clone()));
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::EndpointRecord;
+
+    fn rec(name: &str, ip: [u8; 4], status: Status, health: Option<&str>) -> ContainerRecord {
+        let mut c: ContainerRecord = serde_json::from_value(serde_json::json!({
+            "name": name, "service": "web", "number": 1, "config_hash": "h", "image": "i",
+            "image_id": "x", "dir": "/d", "netns": null, "status": "running", "pid": null,
+            "pid_start": null, "exit_code": null, "started_at": null, "finished_at": null,
+        }))
+        .unwrap();
+        c.status = status;
+        c.health = health.map(str::to_string);
+        c.endpoints = vec![EndpointRecord {
+            network: "default".into(),
+            network_name: "p_default".into(),
+            host_ifname: "v".into(),
+            ip: ip.into(),
+            aliases: vec!["w".into()],
+        }];
+        c
+    }
+
+    fn ips(e: &[berth_network::dns::Entry]) -> Vec<[u8; 4]> {
+        e.iter().map(|e| e.ip.octets()).collect()
+    }
+
+    #[test]
+    fn a_service_answers_with_its_healthy_running_replicas_not_draining() {
+        let a = rec("p-web-1", [10, 0, 0, 2], Status::Running, Some("healthy"));
+        let b = rec("p-web-2", [10, 0, 0, 3], Status::Running, Some("starting"));
+        let c = rec("p-web-3", [10, 0, 0, 4], Status::Exited, None);
+        let d = rec("p-web-4", [10, 0, 0, 5], Status::Running, None);
+        let svc = SvcDns {
+            upstreams: vec!["192.0.2.1:53".parse().unwrap()],
+            hostname: Some("h".into()),
+            link_aliases: vec!["legacy".into(), "w".into()],
+        };
+        let none = std::collections::HashSet::new();
+        let e = service_entries("web", &[&a, &b, &c, &d], &none, Some(&svc));
+        // Healthy (or without a check) and running: a and d; b still starts, c exited.
+        assert_eq!(ips(&e), [[10, 0, 0, 2], [10, 0, 0, 5]]);
+        assert_eq!(e[0].names, ["web", "p-web-1", "h", "w", "legacy"]);
+        assert_eq!(e[0].upstreams, svc.upstreams);
+        // Draining replicas leave DNS.
+        let draining = std::collections::HashSet::from(["p-web-1".to_string()]);
+        let e = service_entries("web", &[&a, &b, &d], &draining, None);
+        assert_eq!(ips(&e), [[10, 0, 0, 5]]);
+        assert_eq!(e[0].names, ["web", "p-web-4", "w"]);
+        // None healthy yet: the starting ones answer (never NXDOMAIN while some run).
+        let e = service_entries("web", &[&b, &c], &none, None);
+        assert_eq!(ips(&e), [[10, 0, 0, 3]]);
+        assert!(service_entries("web", &[&c], &none, None).is_empty());
+    }
 }

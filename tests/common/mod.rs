@@ -167,19 +167,31 @@ impl Berth {
         std::fs::read_to_string(&f).unwrap().trim().parse().unwrap()
     }
 
+    /// The project's record as one JSON object: `project.json` with `containers` (the files
+    /// of `containers/`, in creation order) added; or the old single `state.json`.
     pub fn state(&self, project: &str) -> Option<serde_json::Value> {
-        let p = self
-            .root
-            .path()
-            .join("data/projects")
-            .join(project)
-            .join("state.json");
-        std::fs::read(p)
-            .ok()
-            .map(|b| serde_json::from_slice(&b).unwrap())
+        let dir = self.root.path().join("data/projects").join(project);
+        let Ok(b) = std::fs::read(dir.join("project.json")) else {
+            return std::fs::read(dir.join("state.json"))
+                .ok()
+                .map(|b| serde_json::from_slice(&b).unwrap());
+        };
+        let mut st: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        let mut cs: Vec<serde_json::Value> = std::fs::read_dir(dir.join("containers"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .filter_map(|e| std::fs::read(e.path()).ok())
+                    .map(|b| serde_json::from_slice(&b).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        cs.sort_by_key(|c: &serde_json::Value| c["seq"].as_u64());
+        st["containers"] = cs.into_iter().map(|c| c["container"].clone()).collect();
+        Some(st)
     }
 
-    /// The state.json record of `service`'s (first) container in `project`.
+    /// The record of `service`'s (first) container in `project`.
     pub fn container(&self, project: &str, service: &str) -> serde_json::Value {
         let st = self
             .state(project)
