@@ -619,13 +619,24 @@ mod tests {
         let e = service_entries("web", &[&a, &b, &c, &d], &none, Some(&svc));
         // Healthy (or without a check) and running: a and d; b still starts, c exited.
         assert_eq!(ips(&e), [[10, 0, 0, 2], [10, 0, 0, 5]]);
-        assert_eq!(e[0].names, ["web", "p-web-1", "h", "w", "legacy"]);
+        // The first name (the PTR) is `<container>.<network>`, as Docker answers.
+        assert_eq!(
+            e[0].names,
+            ["p-web-1.p_default", "web", "p-web-1", "h", "w", "legacy"]
+        );
         assert_eq!(e[0].upstreams, svc.upstreams);
         // Draining replicas leave DNS.
         let draining = std::collections::HashSet::from(["p-web-1".to_string()]);
         let e = service_entries("web", &[&a, &b, &d], &draining, None);
         assert_eq!(ips(&e), [[10, 0, 0, 5]]);
-        assert_eq!(e[0].names, ["web", "p-web-4", "w"]);
+        assert_eq!(e[0].names, ["p-web-4.p_default", "web", "p-web-4", "w"]);
+        // A one-off answers to its container names only (its aliases come with
+        // `run --use-aliases`, in its endpoint); not the service's hostname or link aliases.
+        let mut o = rec("p-web-run-1", [10, 0, 0, 6], Status::Running, None);
+        o.oneoff = true;
+        o.endpoints[0].aliases.clear();
+        let e = service_entries("web", &[&o], &none, Some(&svc));
+        assert_eq!(e[0].names, ["p-web-run-1.p_default", "p-web-run-1"]);
         // None healthy yet: the starting ones answer (never NXDOMAIN while some run).
         let e = service_entries("web", &[&b, &c], &none, None);
         assert_eq!(ips(&e), [[10, 0, 0, 3]]);
