@@ -30,6 +30,30 @@ fn exits_dir(paths: &Paths, project: &str) -> PathBuf {
     paths.project_run(project).join("exits")
 }
 
+/// The project of a keeper's command line, `berth __supervisor --project P` (exactly what the
+/// CLI starts, `client.rs`) when this process is not yet the supervisor proper; anything else
+/// (`--foreground`, a malformed line) goes through the CLI parser as before.
+pub fn keeper_args(args: &[std::ffi::OsString]) -> Option<&str> {
+    match args {
+        [_, cmd, flag, project] if cmd == "__supervisor" && flag == "--project" => {
+            let p = project.to_str()?;
+            (!p.is_empty() && !p.starts_with('-') && !is_supervisor()).then_some(p)
+        }
+        _ => None,
+    }
+}
+
+/// `run` as `main` calls it: an error goes to stderr (the supervisor's log) and exits 1.
+pub fn main(project: &str) -> u8 {
+    match run(project) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("berth __supervisor: {e:#}");
+            1
+        }
+    }
+}
+
 /// Entry point of `berth __supervisor` when started by the CLI: become a subreaper, start the
 /// supervisor, record and reap orphans until no child is left.
 pub fn run(project: &str) -> anyhow::Result<u8> {
