@@ -173,6 +173,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn keeper_command_line() {
+        let a = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        // What client.rs starts (the test process is not a supervisor child).
+        assert_eq!(
+            keeper_args(&a(&["berth", "__supervisor", "--project", "web"])),
+            Some("web")
+        );
+        // Anything else goes through the CLI parser (errors, --foreground, other commands).
+        for v in [
+            &["berth", "__supervisor", "--project"][..],
+            &["berth", "__supervisor", "--project", ""],
+            &["berth", "__supervisor", "--project", "--foreground"],
+            &["berth", "__supervisor", "--project", "web", "--foreground"],
+            &["berth", "__supervisor", "--foreground", "web"],
+            &["berth", "up", "--project", "web"],
+            &["berth"],
+        ] {
+            assert_eq!(keeper_args(&a(v)), None, "{v:?}");
+        }
+    }
+
+    #[test]
     fn codes_round_trip() {
         for e in [
             Exit::Code(0),
