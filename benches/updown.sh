@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # berth's up/down benchmark on the peers' stacks (../shared/peers/gen-stacks.sh), and the
 # supervisor's memory per running container.
-# Usage: sudo benches/updown.sh [RUNS]     (default 5 runs per stack, after 1 warm-up)
+# Usage: sudo benches/updown.sh [RUNS]     (default 5 runs per stack, after 1 warm-up;
+#        BERTH=/path/to/berth measures that binary instead of building this tree's release)
 # Prints medians in seconds. Compare with ../shared/peers/RESULTS.md as ratios (see README).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 peers=${PEERS:-$here/../shared/peers}
 runs=${1:-5}
-cargo build --release --manifest-path "$here/Cargo.toml" --bin berth >/dev/null
-berth=$here/target/release/berth
+if [ -z "${BERTH:-}" ]; then
+  cargo build --release --manifest-path "$here/Cargo.toml" --bin berth >/dev/null
+fi
+berth=${BERTH:-$here/target/release/berth}
 work=$(mktemp -d)
 export BERTH_ROOT=$work/root
 trap 'for d in "$work"/stacks/*/; do "$berth" -f "$d/compose.yaml" down -t 1 >/dev/null 2>&1 || true; done; rm -rf "$work"' EXIT
@@ -28,13 +31,19 @@ for st in flat-1 flat-10 flat-50 chain-10; do
   done
   printf '%-10s %10.3f %10.3f\n' "$st" "$(printf '%s\n' "${ups[@]}" | median)" "$(printf '%s\n' "${downs[@]}" | median)"
 done
-# Supervisor memory (PSS) with 50 running containers versus 1.
+# Supervisor memory (PSS) with 50 running containers versus 1, each project alone (the
+# binary's pages are shared, so a second berth process beside it would halve their share), read
+# 5 s after `up` (the heap is trimmed 3 s after an `up`). The keeper (supervisor/keeper.rs) is
+# the supervisor's parent, one per project: counted too.
 pss() { awk '/^Pss:/ {s+=$2} END {print s}' "/proc/$1/smaps_rollup"; }
-f1=$work/stacks/flat-1/compose.yaml f50=$work/stacks/flat-50/compose.yaml
-"$berth" -p m1 -f "$f1" up -d >/dev/null 2>&1
-"$berth" -p m50 -f "$f50" up -d >/dev/null 2>&1
-sleep 2
-p1=$(pss "$(cat "$BERTH_ROOT/run/projects/m1/supervisor.pid")")
-p50=$(pss "$(cat "$BERTH_ROOT/run/projects/m50/supervisor.pid")")
+keeper() { awk '{print $4}' "/proc/$1/stat"; }
+for n in 1 50; do
+  f=$work/stacks/flat-$n/compose.yaml
+  "$berth" -p "m$n" -f "$f" up -d >/dev/null 2>&1
+  sleep 5
+  s=$(cat "$BERTH_ROOT/run/projects/m$n/supervisor.pid")
+  eval "p$n=$(pss "$s") k$n=$(pss "$(keeper "$s")")"
+  "$berth" -p "m$n" -f "$f" down >/dev/null 2>&1
+done
 echo "supervisor PSS: ${p1} KiB with 1 container, ${p50} KiB with 50 ($(( (p50 - p1) / 49 )) KiB per extra container)"
-"$berth" -p m1 -f "$f1" down >/dev/null 2>&1; "$berth" -p m50 -f "$f50" down >/dev/null 2>&1
+echo "keeper PSS: ${k1} KiB (1 container), ${k50} KiB (50); supervisor + keeper at 50: $(( p50 + k50 )) KiB"

@@ -65,6 +65,12 @@ fn main() -> ExitCode {
         // supervisor/attach.rs).
         return ExitCode::from(commands::tty::hold());
     }
+    if let Some(project) = supervisor::keeper::keeper_args(&args) {
+        // The keeper (`berth __supervisor` started by the CLI): a small synchronous parent
+        // that only waits. Dispatched before the log filter and the CLI parser so that it
+        // touches few of the binary's pages (see keeper.rs).
+        return ExitCode::from(supervisor::keeper::main(project));
+    }
     init_tracing();
     let cli = cli::Cli::parse();
     if !matches!(cli.command, cli::Command::Supervisor(_)) {

@@ -1,6 +1,6 @@
 //! Subnet and address allocation, persisted in `<state_dir>/ipam.json` under a flock.
 //!
-//! Subnets come from 10.0.0.0/8 in /24 steps. A subnet is never chosen if it overlaps a route or
+//! Subnets come from 10.0.0.0/8 in /20 steps (4094 hosts each, as Docker's 192.168 pool). A subnet is never chosen if it overlaps a route or
 //! address already on the host, another network of this state dir, or a subnet reserved by any
 //! other berth process (whatever its state dir): reservations live in the host-global file
 //! `/run/lock/berth-ipam.lock`, read and written only while it is flocked, and the choice and the
@@ -138,7 +138,9 @@ impl Ipam {
     fn save(&self, st: &State) -> Result<()> {
         let path = self.state_path();
         let tmp = self.dir.join(".ipam.json.tmp");
-        let data = serde_json::to_vec_pretty(st).map_err(|source| Error::State {
+        // Compact: rewritten on every address handed out (O(addresses) each), a third of the
+        // encoding work of pretty JSON.
+        let data = serde_json::to_vec(st).map_err(|source| Error::State {
             path: path.clone(),
             source,
         })?;
@@ -458,17 +460,28 @@ pub fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
-/// The pool: /24s of 10.0.0.0/8, starting at 10.89.0.0 (keeps clear of the 10.0.x.0 LANs that
-/// are most common) and wrapping round.
+/// Prefix length of an automatic subnet: a /20 (4094 hosts), the size of Docker's default
+/// pool beyond its first /16s (192.168.0.0/16 in /20s), so that hundreds of containers share a
+/// project's default network as they do under Docker (a /24 stopped at 253).
+pub const POOL_PREFIX: u8 = 20;
+
+/// Index of the pool's first block, 10.89.0.0/20 (keeps clear of the 10.0.x.0 LANs that are
+/// most common, and of podman's 10.88.0.0/16).
+const POOL_START: u32 = (89 << 16) >> (32 - POOL_PREFIX as u32);
+
+/// The pool: the 4096 /20s of 10.0.0.0/8 (not Docker's 172.17-31 and 192.168 pools, which a
+/// Docker on the same host hands out without looking at berth's reservations), starting at
+/// 10.89.0.0 and wrapping round.
 pub fn pool() -> impl Iterator<Item = Ipv4Net> {
-    let start: u32 = 89 << 8;
-    (0..(1u32 << 16)).map(move |i| {
-        let n = (start + i) % (1 << 16);
-        Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (n << 8)), 24).expect("valid /24")
+    let blocks: u32 = 1 << (POOL_PREFIX - 8);
+    let step = 32 - u32::from(POOL_PREFIX);
+    (0..blocks).map(move |i| {
+        let n = (POOL_START + i) % blocks;
+        Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (n << step)), POOL_PREFIX).expect("valid /20")
     })
 }
 
-/// First /24 of the pool that overlaps nothing in `taken`.
+/// First block of the pool that overlaps nothing in `taken`.
 pub fn choose_subnet(taken: &[Ipv4Net]) -> Option<Ipv4Net> {
     pool().find(|c| !taken.iter().any(|t| overlaps(*t, *c)))
 }
@@ -543,11 +556,29 @@ mod tests {
 
     #[test]
     fn pool_skips_taken_and_host_routes() {
-        assert_eq!(choose_subnet(&[]), Some(n("10.89.0.0/24")));
-        assert_eq!(choose_subnet(&[n("10.89.0.0/23")]), Some(n("10.89.2.0/24")));
+        assert_eq!(choose_subnet(&[]), Some(n("10.89.0.0/20")));
+        // Any overlap skips the whole block: a /24 route inside the first one, or a /19.
+        assert_eq!(
+            choose_subnet(&[n("10.89.5.0/24")]),
+            Some(n("10.89.16.0/20"))
+        );
+        assert_eq!(
+            choose_subnet(&[n("10.89.0.0/19")]),
+            Some(n("10.89.32.0/20"))
+        );
+        // A route covering a larger network than a block, and the last block of 10.89.
+        assert_eq!(
+            choose_subnet(&[
+                n("10.89.0.0/17"),
+                n("10.89.128.0/18"),
+                n("10.89.192.0/19"),
+                n("10.89.224.0/20")
+            ]),
+            Some(n("10.89.240.0/20"))
+        );
         // A host route covering the whole start of the pool pushes past it.
-        assert_eq!(choose_subnet(&[n("10.89.0.0/16")]), Some(n("10.90.0.0/24")));
-        // Wraps round to 10.0.0.0 after 10.255.255.0.
+        assert_eq!(choose_subnet(&[n("10.89.0.0/16")]), Some(n("10.90.0.0/20")));
+        // Wraps round to 10.0.0.0 after 10.255.240.0.
         assert_eq!(
             choose_subnet(&[
                 n("10.89.0.0/16"),
@@ -556,10 +587,44 @@ mod tests {
                 n("10.96.0.0/11"),
                 n("10.128.0.0/9")
             ]),
-            Some(n("10.0.0.0/24"))
+            Some(n("10.0.0.0/20"))
         );
         assert_eq!(choose_subnet(&[n("10.0.0.0/8")]), None);
-        assert_eq!(pool().count(), 65536);
+        // 4096 distinct, non-overlapping blocks that tile 10.0.0.0/8.
+        let all: Vec<Ipv4Net> = pool().collect();
+        assert_eq!(all.len(), 4096);
+        assert!(all
+            .iter()
+            .all(|b| b.prefix_len() == 20 && n("10.0.0.0/8").contains(b)));
+        let mut starts: Vec<u32> = all.iter().map(|b| u32::from(b.network())).collect();
+        starts.sort();
+        assert!(starts.windows(2).all(|w| w[1] - w[0] == 4096));
+        assert_eq!(all.last(), Some(&n("10.88.240.0/20")));
+    }
+
+    #[test]
+    fn a_pool_block_holds_500_containers() {
+        // The default network of a 500-service project: gateway .0.1, then 500 addresses, all
+        // distinct, inside the block, never its network, broadcast or gateway address.
+        let s = choose_subnet(&[]).unwrap();
+        let gw = first_host(s);
+        let mut used = HashSet::new();
+        let mut last = None;
+        for _ in 0..500 {
+            let a = next_free(s, None, gw, &used, last).expect("room for 500");
+            assert!(usable(s, a) && a != gw);
+            assert!(used.insert(a));
+            last = Some(a);
+        }
+        assert_eq!(last, Some("10.89.1.245".parse().unwrap()));
+        // 4094 hosts minus the gateway: the block is full after 4093.
+        for _ in 500..4093 {
+            let a = next_free(s, None, gw, &used, last).unwrap();
+            used.insert(a);
+            last = Some(a);
+        }
+        assert_eq!(last, Some("10.89.15.254".parse().unwrap()));
+        assert_eq!(next_free(s, None, gw, &used, last), None);
     }
 
     #[test]

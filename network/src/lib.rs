@@ -53,7 +53,7 @@ pub enum Error {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("no free /24 subnet left in berth's pool 10.0.0.0/8")]
+    #[error("no free /20 subnet left in berth's pool 10.0.0.0/8")]
     PoolExhausted,
     #[error("subnet {subnet} overlaps {other} (used by {by})")]
     SubnetOverlap {

@@ -324,9 +324,17 @@ impl Engine {
                             .iter()
                             .find(|n| n.key == np.key)
                             .ok_or_else(|| anyhow!("network {} is not set up", np.key))?;
-                        let ip =
-                            self.ipam
-                                .allocate_address(&net.name, &rec.name, np.ipv4_address)?;
+                        // Under a file lock, with a read and a write of the state file: on a
+                        // blocking thread, not on one of the two async workers.
+                        let ip = {
+                            let (ipam, net, owner) =
+                                (self.ipam.clone(), net.name.clone(), rec.name.clone());
+                            let want = np.ipv4_address;
+                            tokio::task::spawn_blocking(move || {
+                                ipam.allocate_address(&net, &owner, want)
+                            })
+                            .await??
+                        };
                         let host_ifname = berth_network::endpoint::veth_name(&rec.name, i);
                         // Record before attaching so a failure still releases the address.
                         rec.endpoints.push(EndpointRecord {

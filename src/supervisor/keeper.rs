@@ -30,6 +30,30 @@ fn exits_dir(paths: &Paths, project: &str) -> PathBuf {
     paths.project_run(project).join("exits")
 }
 
+/// The project of a keeper's command line, `berth __supervisor --project P` (exactly what the
+/// CLI starts, `client.rs`) when this process is not yet the supervisor proper; anything else
+/// (`--foreground`, a malformed line) goes through the CLI parser as before.
+pub fn keeper_args(args: &[std::ffi::OsString]) -> Option<&str> {
+    match args {
+        [_, cmd, flag, project] if cmd == "__supervisor" && flag == "--project" => {
+            let p = project.to_str()?;
+            (!p.is_empty() && !p.starts_with('-') && !is_supervisor()).then_some(p)
+        }
+        _ => None,
+    }
+}
+
+/// `run` as `main` calls it: an error goes to stderr (the supervisor's log) and exits 1.
+pub fn main(project: &str) -> u8 {
+    match run(project) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("berth __supervisor: {e:#}");
+            1
+        }
+    }
+}
+
 /// Entry point of `berth __supervisor` when started by the CLI: become a subreaper, start the
 /// supervisor, record and reap orphans until no child is left.
 pub fn run(project: &str) -> anyhow::Result<u8> {
@@ -147,6 +171,28 @@ fn exit_from_code(code: i32) -> Exit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keeper_command_line() {
+        let a = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        // What client.rs starts (the test process is not a supervisor child).
+        assert_eq!(
+            keeper_args(&a(&["berth", "__supervisor", "--project", "web"])),
+            Some("web")
+        );
+        // Anything else goes through the CLI parser (errors, --foreground, other commands).
+        for v in [
+            &["berth", "__supervisor", "--project"][..],
+            &["berth", "__supervisor", "--project", ""],
+            &["berth", "__supervisor", "--project", "--foreground"],
+            &["berth", "__supervisor", "--project", "web", "--foreground"],
+            &["berth", "__supervisor", "--foreground", "web"],
+            &["berth", "up", "--project", "web"],
+            &["berth"],
+        ] {
+            assert_eq!(keeper_args(&a(v)), None, "{v:?}");
+        }
+    }
 
     #[test]
     fn codes_round_trip() {

@@ -58,10 +58,13 @@ impl Supervisor {
             };
             (st.networks.clone(), snapshot)
         };
-        let mut rec = self
-            .engine
-            .prepare_container(plan, svc, number, &networks, &snapshot)
-            .await?;
+        let mut rec = {
+            // Bounded (see `spawn::create_bound`).
+            let _bound = super::spawn::create_bound().acquire().await?;
+            self.engine
+                .prepare_container(plan, svc, number, &networks, &snapshot)
+                .await?
+        };
         crate::trace::step(|| format!("{name}: bundle written"));
         // Replicas share their service's host ports (one port spread over them all): reuse the
         // port a sibling already has before picking a free one.
