@@ -42,8 +42,8 @@ for s in $sizes; do
   cols="$cols $s"
 done
 
-# stack <size>: N services (or NxR: N services of R replicas), `sleep` under init. Past 250
-# containers the network needs more than the default /24: a /21 of its own.
+# stack <size>: N services (or NxR: N services of R replicas), `sleep` under init, all on the
+# default network (an automatic /20: 4094 addresses).
 stack() {
   local size=$1 n r i f=$work/stacks/s$1.yaml
   n=${size%x*}; r=1; [[ $size == *x* ]] && r=${size#*x}
@@ -54,9 +54,6 @@ stack() {
       printf '  s%03d:\n    image: lab/busybox:1\n    command: ["sleep", "1000000"]\n    init: true\n' "$i"
       [ "$r" -gt 1 ] && printf '    deploy:\n      replicas: %d\n' "$r"
     done
-    if [ $((n * r)) -gt 250 ]; then
-      printf 'networks:\n  default:\n    ipam:\n      config:\n        - subnet: 10.251.8.0/21\n'
-    fi
   } >"$f"
   echo "$f"
 }
