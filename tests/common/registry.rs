@@ -1,5 +1,5 @@
 //! A `docker-registry` on 127.0.0.1 (Debian's) for tests that push and pull, killed and reaped
-//! on drop. (tests/e2e_cli.rs has its own copy, which can move here.)
+//! on drop.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
