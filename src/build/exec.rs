@@ -148,6 +148,28 @@ struct StageState {
 }
 
 impl StageState {
+    /// A stage on no image: `scratch`, or a directory context's one layer. Its config names
+    /// only the host's platform.
+    fn bare(layers: Vec<String>, key: String) -> StageState {
+        let (os, arch, variant) = berth_runtime::image::host_platform();
+        let mut image = Map::new();
+        image.insert("architecture".into(), json!(arch));
+        image.insert("os".into(), json!(os));
+        if let Some(v) = variant {
+            image.insert("variant".into(), json!(v));
+        }
+        image.insert("config".into(), json!({}));
+        StageState {
+            layers,
+            image,
+            key,
+            args: BTreeMap::new(),
+            cmd_set: false,
+            created: "1970-01-01T00:00:00Z".into(),
+            records: Vec::new(),
+        }
+    }
+
     fn cfg(&mut self) -> &mut Map<String, Value> {
         let c = self
             .image
@@ -722,41 +744,12 @@ impl Builder<'_> {
                 .store
                 .commit_dir(d)
                 .map_err(|e| self.err(&from, format!("context {}: {e}", d.display())))?;
-            let (os, arch, variant) = berth_runtime::image::host_platform();
-            let mut image = Map::new();
-            image.insert("architecture".into(), json!(arch));
-            image.insert("os".into(), json!(os));
-            if let Some(v) = variant {
-                image.insert("variant".into(), json!(v));
-            }
-            image.insert("config".into(), json!({}));
-            StageState {
-                layers: vec![l.diff_id.clone()],
-                image,
-                key: hex::encode(Sha256::digest(format!("context\0{}", l.diff_id).as_bytes())),
-                args: BTreeMap::new(),
-                cmd_set: false,
-                created: "1970-01-01T00:00:00Z".into(),
-                records: Vec::new(),
-            }
+            StageState::bare(
+                vec![l.diff_id.clone()],
+                hex::encode(Sha256::digest(format!("context\0{}", l.diff_id).as_bytes())),
+            )
         } else if r.eq_ignore_ascii_case("scratch") {
-            let (os, arch, variant) = berth_runtime::image::host_platform();
-            let mut image = Map::new();
-            image.insert("architecture".into(), json!(arch));
-            image.insert("os".into(), json!(os));
-            if let Some(v) = variant {
-                image.insert("variant".into(), json!(v));
-            }
-            image.insert("config".into(), json!({}));
-            StageState {
-                layers: vec![],
-                image,
-                key: hex::encode(Sha256::digest(b"scratch")),
-                args: BTreeMap::new(),
-                cmd_set: false,
-                created: "1970-01-01T00:00:00Z".into(),
-                records: Vec::new(),
-            }
+            StageState::bare(vec![], hex::encode(Sha256::digest(b"scratch")))
         } else {
             let img = self.image_for(&r, &from)?;
             let raw = self.store.config_json(&img)?;
