@@ -660,17 +660,7 @@ pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result
             }
         };
         if args.rm {
-            if let Some(c) = Client::connect(&paths, &plan.name) {
-                call(
-                    c,
-                    &Request::Rm {
-                        name: name.clone(),
-                        keep_volumes: false,
-                    },
-                    "Removing",
-                    true,
-                )?;
-            }
+            remove_oneoff(&paths, &plan.name, &name)?;
         }
         return Ok(code);
     }
@@ -716,19 +706,25 @@ pub fn run_oneoff(p: &ProjectOpts, args: &crate::cli::RunArgs) -> anyhow::Result
         std::thread::sleep(Duration::from_millis(30));
     };
     if args.rm {
-        if let Some(c) = Client::connect(&paths, &plan.name) {
-            call(
-                c,
-                &Request::Rm {
-                    name: name.clone(),
-                    keep_volumes: false,
-                },
-                "Removing",
-                true,
-            )?;
-        }
+        remove_oneoff(&paths, &plan.name, &name)?;
     }
     Ok(code.clamp(0, 255) as u8)
+}
+
+/// `run --rm`: the one-off and its anonymous volumes go once it exited (as `docker run --rm`).
+fn remove_oneoff(paths: &Paths, project: &str, name: &str) -> anyhow::Result<()> {
+    if let Some(c) = Client::connect(paths, project) {
+        call(
+            c,
+            &Request::Rm {
+                name: name.to_string(),
+                keep_volumes: false,
+            },
+            "Removing",
+            true,
+        )?;
+    }
+    Ok(())
 }
 
 /// `run` without a tty: copy our stdin to the one-off's stdin FIFO (made by the supervisor,
