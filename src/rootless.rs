@@ -238,7 +238,10 @@ pub fn enter() -> Result<(), String> {
         std::env::set_var(INSIDE_ENV, "1");
         match std::fs::read_to_string(rdir.join(CGROUP_FILE)) {
             Ok(t) if t.starts_with("ok /") => std::env::set_var(CGROUP_ENV, t[3..].trim_end()),
-            Ok(t) => std::env::set_var(CGROUP_WHY_ENV, t.trim_start_matches("no ").trim_end()),
+            Ok(t) => std::env::set_var(
+                CGROUP_WHY_ENV,
+                t.strip_prefix("no ").unwrap_or(&t).trim_end(),
+            ),
             Err(_) => {}
         }
         std::env::set_var(DATA_ENV, &data);
@@ -1229,7 +1232,7 @@ pub fn release_if_idle() {
         // SAFETY: signalling the holder we verified by its command line.
         unsafe { libc::kill(holder, libc::SIGTERM) };
     }
-    for f in ["ns.pid", "ports.sock", "lock"] {
+    for f in ["ns.pid", "ports.sock", "lock", CGROUP_FILE] {
         let _ = std::fs::remove_file(rdir.join(f));
     }
     for (private, _) in PRIVATE_HOST_DIRS {
@@ -1277,6 +1280,25 @@ fn remove_empty_dirs(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_cgroups_of_a_v2_and_a_hybrid_host() {
+        let v2 =
+            own_cgroups("0::/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope\n");
+        assert_eq!(
+            v2,
+            [(
+                String::new(),
+                "/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope".to_string()
+            )]
+        );
+        let v1 = own_cgroups("4:memory:/a/b\n3:cpu,cpuacct:/c\n1:name=systemd:/d:e\n0::/\n");
+        assert_eq!(v1[0], ("memory".to_string(), "/a/b".to_string()));
+        assert_eq!(v1[1], ("cpu,cpuacct".to_string(), "/c".to_string()));
+        // A path may hold ':'.
+        assert_eq!(v1[2].1, "/d:e");
+        assert_eq!(v1[3], (String::new(), "/".to_string()));
+    }
 
     #[test]
     fn sub_ranges_by_name_or_uid() {
