@@ -604,7 +604,7 @@ fn rootless_limits_in_a_delegated_cgroup() {
     std::fs::write(
         proj.join("compose.yaml"),
         format!(
-            "name: dl\nservices:\n  limited:\n    image: {IMAGE}\n    command: [\"sleep\", \"3600\"]\n    init: true\n    stop_grace_period: 2s\n    mem_limit: 64m\n    pids_limit: 77\n"
+            "name: dl\nservices:\n  limited:\n    image: {IMAGE}\n    command: [\"sleep\", \"3600\"]\n    init: true\n    stop_grace_period: 2s\n    mem_limit: 64m\n    pids_limit: 77\n  plain:\n    image: {IMAGE}\n    command: [\"sleep\", \"3600\"]\n    init: true\n    stop_grace_period: 2s\n"
         ),
     )
     .unwrap();
@@ -647,6 +647,12 @@ fn rootless_limits_in_a_delegated_cgroup() {
     assert!(mem.iter().any(|(_, v)| v == limit), "{mem:?}");
     let pids = find("pids.max");
     assert!(pids.iter().any(|(_, v)| v == "77"), "{pids:?}");
+    // berth's default pids limit, for the service that sets none.
+    assert!(
+        pids.iter()
+            .any(|(p, v)| p.to_string_lossy().contains("dl-plain-1") && v == "2048"),
+        "{pids:?}"
+    );
     if cg.v2 {
         // The delegated cgroup holds no process itself (they moved to berth's leaf).
         let procs = std::fs::read_to_string(cg.dirs[0].join("cgroup.procs")).unwrap();
