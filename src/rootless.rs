@@ -40,9 +40,15 @@
 //! The holder's files are in `<run>/rootless/`: `lock`, `ns.pid` ("<holder> <child>"),
 //! `ports.sock`.
 //!
-//! cgroups: the runtime creates none where the cgroup tree is not writable (no delegated
-//! subtree is used yet), and `up` names the services whose limits are then not applied
-//! (`warn_limits`).
+//! cgroups: the holder, started in the cgroup of the user's first command, looks for a cgroup
+//! delegated to the user (`prepare_cgroup`: the highest ancestor of its own cgroup whose
+//! directory and cgroup.procs the user may write, as systemd's `Delegate=yes` user@.service
+//! makes; v1: the same path delegated in every hierarchy). On v2 it moves the processes of
+//! that cgroup into a leaf (`berth-leaf`: no internal processes) and enables cpu, memory,
+//! pids (io where delegated) for its children. Its answer is in `<run>/rootless/cgroup`;
+//! every command then puts containers under `<delegated>/berth/<project>/<id>` (the runtime
+//! only sees a longer cgroupsPath). Without one, the runtime creates no cgroup, and `up`
+//! names the services whose limits are not applied and what to enable (`warn_limits`).
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -230,6 +236,14 @@ pub fn enter() -> Result<(), String> {
     // SAFETY: setting the environment before any thread exists.
     unsafe {
         std::env::set_var(INSIDE_ENV, "1");
+        match std::fs::read_to_string(rdir.join(CGROUP_FILE)) {
+            Ok(t) if t.starts_with("ok /") => std::env::set_var(CGROUP_ENV, t[3..].trim_end()),
+            Ok(t) => std::env::set_var(
+                CGROUP_WHY_ENV,
+                t.strip_prefix("no ").unwrap_or(&t).trim_end(),
+            ),
+            Err(_) => {}
+        }
         std::env::set_var(DATA_ENV, &data);
         std::env::set_var(RUN_ENV, &run);
         // Root's tools (nft) are in the sbin dirs, which a plain user's PATH often lacks.
@@ -698,6 +712,13 @@ fn hold_inner(rdir: &Path, join: Option<i32>) -> Result<(), String> {
     let join = join
         .map(|pid| pidfd_open(pid).map_err(|e| format!("rootless: process {pid}: {e}")))
         .transpose()?;
+    // Before the fork: the holder and its child go to the leaf with the rest (v2).
+    let cg = match prepare_cgroup() {
+        Ok(prefix) => format!("ok {prefix}\n"),
+        Err(why) => format!("no {why}\n"),
+    };
+    std::fs::write(rdir.join(CGROUP_FILE), cg)
+        .map_err(|e| format!("writing {}: {e}", rdir.join(CGROUP_FILE).display()))?;
     let (c_r, c_w) = pipe().map_err(|e| e.to_string())?;
     let (p_r, p_w) = pipe().map_err(|e| e.to_string())?;
     // SAFETY: this process is single-threaded (re-exec entry, before anything else).
@@ -1012,17 +1033,177 @@ pub fn warn_limits<'a>(services: impl IntoIterator<Item = (&'a str, bool)>) {
         .map(|(n, _)| n)
         .collect();
     if !limited.is_empty() {
+        let why = std::env::var(CGROUP_WHY_ENV).unwrap_or_else(|_| NO_DELEGATION.to_string());
         eprintln!(
-            "WARN[0000] rootless: no writable cgroup (no cgroup delegation for this user): the \
-             resource limits of {} are not applied",
+            "WARN[0000] rootless: no writable cgroup: the resource limits of {} are not \
+             applied: {why}",
             limited.join(", ")
         );
     }
 }
 
 fn cgroup_writable() -> bool {
+    if cgroup_prefix().is_some() {
+        return true;
+    }
     // SAFETY: access(2) on a constant path.
     unsafe { libc::access(c"/sys/fs/cgroup".as_ptr(), libc::W_OK) == 0 }
+}
+
+/// The delegated cgroup (relative to the hierarchy roots, e.g.
+/// `/user.slice/user-1000.slice/user@1000.service`) this rootless berth makes its containers'
+/// cgroups under (`<prefix>/berth/<project>/<id>`), when the holder found one.
+pub fn cgroup_prefix() -> Option<String> {
+    std::env::var(CGROUP_ENV).ok().filter(|p| !p.is_empty())
+}
+
+/// `cgroupsPath` for a container of berth: under the delegated cgroup when there is one.
+pub fn cgroups_path(rest: &str) -> String {
+    format!("{}{rest}", cgroup_prefix().unwrap_or_default())
+}
+
+const CGROUP_ENV: &str = "BERTH_ROOTLESS_CGROUP";
+const CGROUP_WHY_ENV: &str = "BERTH_ROOTLESS_NO_CGROUP";
+const CGROUP_FILE: &str = "cgroup";
+const CG: &str = "/sys/fs/cgroup";
+/// Controllers a container's limits need (`io` is used where delegated, not required).
+const WANTED_V2: &[&str] = &["cpu", "memory", "pids"];
+/// The hierarchies berth's runtime makes a v1 cgroup in (see berth_runtime::cgroups).
+const V1_HIERARCHIES: &[&str] = &[
+    "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids",
+];
+/// The leaf the processes of the delegated cgroup move to (cgroup v2's no-internal-processes
+/// rule: a cgroup that enables controllers for its children holds no process itself).
+pub const CGROUP_LEAF: &str = "berth-leaf";
+
+fn writable(p: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: access(2) on a NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// The highest ancestor of `rel` (itself included) under `root` that this user may manage
+/// (the directory and its cgroup.procs writable): the delegation boundary.
+fn delegation_boundary(root: &Path, rel: &str) -> Option<String> {
+    let mut best = None;
+    let mut cur = String::new();
+    let mut levels = vec![String::new()];
+    for c in rel.split('/').filter(|c| !c.is_empty()) {
+        cur = format!("{cur}/{c}");
+        levels.push(cur.clone());
+    }
+    for l in levels.iter().rev() {
+        let d = root.join(l.trim_start_matches('/'));
+        if writable(&d) && writable(&d.join("cgroup.procs")) {
+            best = Some(l.clone());
+        } else {
+            break;
+        }
+    }
+    best.filter(|b| !b.is_empty())
+}
+
+/// This process's cgroup path per hierarchy, from /proc/self/cgroup: ("" for v2, path).
+fn own_cgroups(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let (_, ctrls, path) = (it.next()?, it.next()?, it.next()?);
+            Some((ctrls.to_string(), path.to_string()))
+        })
+        .collect()
+}
+
+const NO_DELEGATION: &str = "no cgroup delegation for this user (with systemd: `Delegate=yes` \
+     for user@.service, e.g. `systemctl edit user@.service` with `[Service]` and \
+     `Delegate=cpu memory pids io`, then log in again)";
+
+/// Run by the holder, in the cgroup the user's first berth command was started in: find the
+/// delegated cgroup and prepare it (v2: move its processes into a leaf, enable the
+/// controllers for its children). Ok(prefix) or Err(what to enable).
+fn prepare_cgroup() -> Result<String, String> {
+    let own = own_cgroups(&std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
+    if Path::new(CG).join("cgroup.controllers").exists() {
+        let rel = own
+            .iter()
+            .find(|(c, _)| c.is_empty())
+            .map(|(_, p)| p.clone())
+            .ok_or_else(|| "no cgroup v2 entry in /proc/self/cgroup".to_string())?;
+        let d = delegation_boundary(Path::new(CG), &rel).ok_or(NO_DELEGATION)?;
+        let dir = Path::new(CG).join(d.trim_start_matches('/'));
+        let avail = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+        let avail: Vec<&str> = avail.split_whitespace().collect();
+        let missing: Vec<&str> = WANTED_V2
+            .iter()
+            .copied()
+            .filter(|c| !avail.contains(c))
+            .collect();
+        if !missing.is_empty() {
+            let parent = dir.parent().unwrap_or(&dir);
+            return Err(format!(
+                "cgroup {d} is delegated, but the controllers {} are missing from {}/cgroup.subtree_control \
+                 (with systemd: `Delegate=cpu memory pids io` for user@.service)",
+                missing.join(", "),
+                parent.display()
+            ));
+        }
+        if !writable(&dir.join("cgroup.subtree_control")) {
+            return Err(format!(
+                "{d}/cgroup.subtree_control is not writable: {NO_DELEGATION}"
+            ));
+        }
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        if !procs.trim().is_empty() {
+            let leaf = dir.join(CGROUP_LEAF);
+            match std::fs::create_dir(&leaf) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(format!("creating {}: {e}", leaf.display())),
+            }
+            for pid in procs.split_whitespace() {
+                // A process that exited meanwhile is fine (ESRCH).
+                let _ = std::fs::write(leaf.join("cgroup.procs"), pid);
+            }
+        }
+        let on: Vec<String> = ["cpu", "memory", "pids", "io"]
+            .iter()
+            .filter(|c| avail.contains(c))
+            .map(|c| format!("+{c}"))
+            .collect();
+        std::fs::write(dir.join("cgroup.subtree_control"), on.join(" ")).map_err(|e| {
+            format!(
+                "enabling {} in {}/cgroup.subtree_control: {e}",
+                on.join(" "),
+                dir.display()
+            )
+        })?;
+        Ok(d)
+    } else {
+        // cgroup v1: the same delegated path, writable, in every hierarchy the runtime uses.
+        let rel = own
+            .iter()
+            .find(|(c, _)| c.split(',').any(|c| c == "memory"))
+            .map(|(_, p)| p.clone())
+            .ok_or_else(|| "no memory cgroup in /proc/self/cgroup".to_string())?;
+        let d = delegation_boundary(&Path::new(CG).join("memory"), &rel).ok_or(NO_DELEGATION)?;
+        for h in V1_HIERARCHIES {
+            let root = Path::new(CG).join(h);
+            if !root.exists() {
+                continue;
+            }
+            let dir = root.join(d.trim_start_matches('/'));
+            if !(writable(&dir) && writable(&dir.join("cgroup.procs"))) {
+                return Err(format!(
+                    "cgroup v1: {} is not delegated to this user ({d} is, in the memory \
+                     hierarchy); {NO_DELEGATION}",
+                    dir.display()
+                ));
+            }
+        }
+        Ok(d)
+    }
 }
 
 /// After `down`: when no project of this user runs any more (no supervisor, no container),
@@ -1051,7 +1232,7 @@ pub fn release_if_idle() {
         // SAFETY: signalling the holder we verified by its command line.
         unsafe { libc::kill(holder, libc::SIGTERM) };
     }
-    for f in ["ns.pid", "ports.sock", "lock"] {
+    for f in ["ns.pid", "ports.sock", "lock", CGROUP_FILE] {
         let _ = std::fs::remove_file(rdir.join(f));
     }
     for (private, _) in PRIVATE_HOST_DIRS {
@@ -1099,6 +1280,25 @@ fn remove_empty_dirs(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_cgroups_of_a_v2_and_a_hybrid_host() {
+        let v2 =
+            own_cgroups("0::/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope\n");
+        assert_eq!(
+            v2,
+            [(
+                String::new(),
+                "/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope".to_string()
+            )]
+        );
+        let v1 = own_cgroups("4:memory:/a/b\n3:cpu,cpuacct:/c\n1:name=systemd:/d:e\n0::/\n");
+        assert_eq!(v1[0], ("memory".to_string(), "/a/b".to_string()));
+        assert_eq!(v1[1], ("cpu,cpuacct".to_string(), "/c".to_string()));
+        // A path may hold ':'.
+        assert_eq!(v1[2].1, "/d:e");
+        assert_eq!(v1[3], (String::new(), "/".to_string()));
+    }
 
     #[test]
     fn sub_ranges_by_name_or_uid() {

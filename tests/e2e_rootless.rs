@@ -101,6 +101,35 @@ impl TestUser {
             .expect("running berth as the test user")
     }
 
+    /// `berth ARGS` as the user, started (by a root shell, as systemd starts a user's
+    /// service) in the cgroup `cg` (its leaf, once berth has moved the processes there).
+    fn berth_in(&self, cg: &Delegated, dir: &Path, args: &[&str]) -> Output {
+        let mut cmd = Command::new("timeout");
+        cmd.arg("180")
+            .arg("sh")
+            .arg("-c")
+            .arg(
+                "for d in $CGS; do if [ -d $d/berth-leaf ]; then d=$d/berth-leaf; fi; \
+                 echo $$ > $d/cgroup.procs || exit 97; done; exec \"$@\"",
+            )
+            .arg("sh")
+            .env(
+                "CGS",
+                cg.dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
+            .args(["runuser", "-u", &self.name, "--", "env", "-i"])
+            .arg(format!("HOME={}", self.home.display()))
+            .arg("PATH=/usr/local/bin:/usr/bin:/bin")
+            .arg(self.home.join("berth"))
+            .args(args)
+            .current_dir(dir);
+        cmd.output().expect("running berth as the test user")
+    }
+
     fn ok(&self, dir: &Path, args: &[&str]) -> String {
         let out = self.berth(dir, args);
         let text = format!(
@@ -322,6 +351,11 @@ services:
         up_err.contains("resource limits of client are not applied"),
         "{up_err}"
     );
+    // ... and what to enable.
+    assert!(
+        up_err.contains("no cgroup delegation for this user") && up_err.contains("Delegate="),
+        "{up_err}"
+    );
 
     // The published port, from the host's loopback.
     let page = wait_for("the published port", Duration::from_secs(30), || {
@@ -470,4 +504,168 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     v
+}
+
+/// A cgroup delegated to the test user the way systemd's `Delegate=yes` does it: the directory
+/// and its cgroup.procs, cgroup.subtree_control, cgroup.threads (v1: tasks) chowned to the
+/// user, the controllers enabled in the parent. On a v1 host, the same path in every
+/// hierarchy. Removed (processes moved back to the root first) when dropped.
+struct Delegated {
+    dirs: Vec<PathBuf>,
+    v2: bool,
+}
+
+const V1: &[&str] = &[
+    "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids",
+];
+
+impl Delegated {
+    fn create(user: &TestUser) -> Delegated {
+        let name = unique("brlcg");
+        let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let roots: Vec<PathBuf> = if v2 {
+            vec![PathBuf::from("/sys/fs/cgroup")]
+        } else {
+            V1.iter()
+                .map(|h| Path::new("/sys/fs/cgroup").join(h))
+                .filter(|p| p.exists())
+                .collect()
+        };
+        let mut me = Delegated { dirs: vec![], v2 };
+        for root in roots {
+            if v2 {
+                let _ = std::fs::write(root.join("cgroup.subtree_control"), "+cpu +memory +pids");
+            }
+            let d = root.join(&name);
+            std::fs::create_dir(&d).unwrap();
+            me.dirs.push(d.clone());
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                if let Ok(v) = std::fs::read_to_string(root.join(f)) {
+                    let _ = std::fs::write(d.join(f), v.trim());
+                }
+            }
+            for f in [
+                "",
+                "cgroup.procs",
+                "cgroup.subtree_control",
+                "cgroup.threads",
+                "tasks",
+            ] {
+                let p = if f.is_empty() { d.clone() } else { d.join(f) };
+                if p.exists() {
+                    std::os::unix::fs::chown(&p, Some(user.uid), Some(user.uid)).unwrap();
+                }
+            }
+        }
+        me
+    }
+}
+
+impl Drop for Delegated {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            let root = d.parent().unwrap().to_path_buf();
+            // Deepest first: move what still runs to the root, then remove the directory.
+            let mut all = vec![d.clone()];
+            all.extend(walk(d).into_iter().filter(|p| p.is_dir()));
+            all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+            for c in all {
+                for _ in 0..50 {
+                    let procs = std::fs::read_to_string(c.join("cgroup.procs")).unwrap_or_default();
+                    for pid in procs.split_whitespace() {
+                        let _ = std::fs::write(root.join("cgroup.procs"), pid);
+                    }
+                    if std::fs::remove_dir(&c).is_ok() || !c.exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}
+
+/// With a delegated cgroup (as systemd's `Delegate=yes` user@.service gives), the limits of a
+/// rootless stack apply: the container's cgroup is under the delegated one, with its
+/// memory and pids limits; `down` removes berth's cgroups.
+#[test]
+fn rootless_limits_in_a_delegated_cgroup() {
+    require_root();
+    let user = TestUser::create();
+    if let Some(why) = userns_refused(&user) {
+        eprintln!("SKIPPED rootless test: the kernel forbids unprivileged user namespaces: {why}");
+        return;
+    }
+    let cg = Delegated::create(&user);
+    give(&user, Path::new(env!("CARGO_BIN_EXE_berth")), "berth");
+    give(&user, &image_tar(), "image.tar");
+    let proj = user.home.join("proj");
+    std::fs::create_dir(&proj).unwrap();
+    std::fs::write(
+        proj.join("compose.yaml"),
+        format!(
+            "name: dl\nservices:\n  limited:\n    image: {IMAGE}\n    command: [\"sleep\", \"3600\"]\n    init: true\n    stop_grace_period: 2s\n    mem_limit: 64m\n    pids_limit: 77\n  plain:\n    image: {IMAGE}\n    command: [\"sleep\", \"3600\"]\n    init: true\n    stop_grace_period: 2s\n"
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(&proj, Some(user.uid), None).unwrap();
+    std::os::unix::fs::chown(proj.join("compose.yaml"), Some(user.uid), None).unwrap();
+    let run = |args: &[&str]| {
+        let out = user.berth_in(&cg, &proj, args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "berth {args:?}: {text}");
+        text
+    };
+    run(&["load", "-i", "../image.tar"]);
+    let up = run(&["up", "-d"]);
+    assert!(!up.contains("not applied"), "{up}");
+    // From the host: the container's cgroup is under the delegated one, with the limits.
+    let (mem_file, limit) = if cg.v2 {
+        ("memory.max", "67108864")
+    } else {
+        ("memory.limit_in_bytes", "67108864")
+    };
+    let find = |file: &str| -> Vec<(PathBuf, String)> {
+        cg.dirs
+            .iter()
+            .flat_map(|d| walk(&d.join("berth").join("dl")))
+            .filter(|p| p.file_name().is_some_and(|n| n == file))
+            .map(|p| {
+                let v = std::fs::read_to_string(&p)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                (p, v)
+            })
+            .collect()
+    };
+    let mem = find(mem_file);
+    assert!(mem.iter().any(|(_, v)| v == limit), "{mem:?}");
+    let pids = find("pids.max");
+    assert!(pids.iter().any(|(_, v)| v == "77"), "{pids:?}");
+    // berth's default pids limit, for the service that sets none.
+    assert!(
+        pids.iter()
+            .any(|(p, v)| p.to_string_lossy().contains("dl-plain-1") && v == "2048"),
+        "{pids:?}"
+    );
+    if cg.v2 {
+        // The delegated cgroup holds no process itself (they moved to berth's leaf).
+        let procs = std::fs::read_to_string(cg.dirs[0].join("cgroup.procs")).unwrap();
+        assert!(procs.trim().is_empty(), "{procs}");
+    }
+    run(&["down"]);
+    let left = wait_for_none(&user);
+    assert!(left.is_empty(), "processes of the user left: {left:?}");
+    for d in &cg.dirs {
+        assert!(
+            !d.join("berth").exists(),
+            "{} left",
+            d.join("berth").display()
+        );
+    }
 }

@@ -260,7 +260,18 @@ impl Cgroup {
                     } else {
                         "devices.deny"
                     };
-                    write(&d, file, &device_rule(r))?;
+                    match write(&d, file, &device_rule(r)) {
+                        // v1's device controller needs CAP_SYS_ADMIN in the initial user
+                        // namespace, even in a delegated cgroup: from another user namespace
+                        // the devices stay bounded by it (no mknod, only bound device nodes).
+                        Err(RuntimeError::Cgroup { source, .. })
+                            if source.raw_os_error() == Some(libc::EPERM)
+                                && in_user_namespace() =>
+                        {
+                            break
+                        }
+                        r => r?,
+                    }
                 }
             }
         }

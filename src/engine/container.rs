@@ -543,7 +543,8 @@ impl Engine {
         c.sysctls = svc.sysctls.clone();
         c.shm_size = svc.shm_size;
         c.oom_score_adj = svc.oom_score_adj;
-        c.cgroups_path = format!("/berth/{}/{}", plan.name, rec.name);
+        c.cgroups_path =
+            crate::rootless::cgroups_path(&format!("/berth/{}/{}", plan.name, rec.name));
         let mut unconfined = false;
         for opt in &svc.security_opt {
             let o = opt.replace('=', ":");
