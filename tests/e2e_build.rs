@@ -1220,3 +1220,53 @@ fn edits_seen_through_stat_cache_and_copy_from_memo() {
     assert_eq!(out_txt(&b), "aaaa\nbbbb\n");
     assert_eq!(image_config(&b, &format!("{p}-app"))["rootfs"], id);
 }
+
+#[test]
+fn copy_written_into_the_upper_dir_keeps_overlay_rules() {
+    // COPY writes straight into the step's upper dir: the result seen through the layers must
+    // be the one a write through the overlay gives (files replace, directories merge, existing
+    // parents keep their lower metadata, a symlink is replaced and not followed).
+    let b = Berth::new();
+    let p = unique("bldu");
+    let ctx = b.dir.path().join("app");
+    write(
+        &ctx,
+        "Dockerfile",
+        "FROM berth-test/busybox:1\n\
+         RUN mkdir -p /dst/keep /dst/d /real && echo old > /dst/f && echo kept > /dst/keep/old \
+         && echo x > /dst/d/inner && ln -s /real /dst/l && chown 7:8 /dst && chmod 710 /dst\n\
+         COPY tree/ /dst/\n\
+         COPY one.txt /dst/keep/\n\
+         RUN test \"$(stat -c %a:%u:%g /dst)\" = 710:7:8 && test \"$(cat /dst/f)\" = new \
+         && test -f /dst/d && test \"$(cat /dst/d)\" = file && test -d /dst/l && ! test -L /dst/l \
+         && test -f /dst/l/in && ! test -e /real/in && test \"$(cat /dst/keep/old)\" = kept \
+         && test -f /dst/keep/new && test \"$(cat /dst/keep/one.txt)\" = one \
+         && test \"$(stat -c %a:%u /dst/keep/new)\" = 644:0\n",
+    );
+    write(&ctx, "tree/f", "new\n");
+    write(&ctx, "tree/d", "file\n");
+    write(&ctx, "tree/l/in", "in\n");
+    write(&ctx, "tree/keep/new", "n\n");
+    write(&ctx, "one.txt", "one\n");
+    for f in ["tree/f", "tree/d", "tree/l/in", "tree/keep/new", "one.txt"] {
+        std::fs::set_permissions(
+            ctx.join(f),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
+    }
+    let f = b.compose(&p, "services:\n  app:\n    build: ./app\n");
+    assert_eq!(runs(&build(&b, &f, &[])), 2);
+    // The first COPY's layer holds /dst copied up with its lower metadata, not a new 0755 dir.
+    let cfg = image_config(&b, &format!("{p}-app"));
+    let dirs = layer_dirs(&b, &cfg);
+    let copy_layer = &dirs[dirs.len() - 3];
+    let m = std::fs::metadata(copy_layer.join("dst")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o710, 7, 8));
+    // The snapshots removed off the build's path are all gone when it returns.
+    assert_eq!(
+        files_under(&b.root.path().join("data/build")),
+        Vec::<PathBuf>::new()
+    );
+}

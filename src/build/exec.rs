@@ -404,6 +404,9 @@ pub struct Builder<'a> {
     /// Layers this build made, not yet synced nor in the store's `layers/` (published at the
     /// end: one sync per build).
     staged: Vec<StagedLayer>,
+    /// Snapshots being unmounted and removed off the build's path (rmdir and umount wait on
+    /// the file system's journal and RCU, not on CPU); joined before `build` returns.
+    retiring: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// A RUN/COPY working dir: an overlay snapshot (and, for RUN, a bundle and a netns).
@@ -507,11 +510,16 @@ pub fn build(
             super::cache::StatCache::open(&cache_dir(paths).join("stat"), &opts.context)
         },
         staged: Vec::new(),
+        retiring: Vec::new(),
     };
     if !opts.no_cache {
         b.import_cache();
     }
     let r = b.run();
+    for h in std::mem::take(&mut b.retiring) {
+        let _ = h.join();
+    }
+    crate::trace::step(|| "build: snapshots removed".into());
     // The layers of the steps that succeeded stay (the cache names them), as `commit_dir` left
     // them before: a retry after a failed step reuses them.
     let published = store.publish_staged(&mut b.staged);
@@ -1250,6 +1258,17 @@ impl Builder<'_> {
         Ok(w)
     }
 
+    /// Remove a snapshot (and a RUN's netns, tmpfs) on another thread: nothing reads it again.
+    fn retire(&mut self, w: Work) {
+        // Where no thread can start, the closure (and the work in it) is dropped right here.
+        if let Ok(h) = std::thread::Builder::new()
+            .name("snapshot-remove".into())
+            .spawn(move || drop(w))
+        {
+            self.retiring.push(h);
+        }
+    }
+
     /// Commit the work's upper dir as a layer (none if nothing changed).
     fn commit(&mut self, w: &Work) -> anyhow::Result<Option<String>> {
         berth_runtime::image::snapshot::unmount(&w.dir)?;
@@ -1277,8 +1296,7 @@ impl Builder<'_> {
         w: Work,
     ) -> anyhow::Result<()> {
         let diff = self.commit(&w)?;
-        drop(w);
-        crate::trace::step(|| "build: snapshot removed".into());
+        self.retire(w);
         let e = CacheEntry {
             diff_id: diff,
             created: now_rfc3339(),
@@ -2201,6 +2219,15 @@ impl Builder<'_> {
         let r = (|| -> anyhow::Result<()> {
             if dest_is_dir {
                 let top = fsutil::mkdir_in_root(&rootfs, &dest, owner)?;
+                // Straight into the upper dir where every write lands below `top` (no
+                // `--parents` subdirectories made through the mount, no archive unpacked).
+                let archive = is_add && sources.iter().any(|(h, _)| is_archive(h));
+                let direct = !parents && !archive;
+                let top = if direct {
+                    fsutil::upper_dir_of(&rootfs, &w.dir.join("upper"), &top).unwrap_or(top)
+                } else {
+                    top
+                };
                 for ((host, rel), kept) in sources.iter().zip(&keep) {
                     let filter = |r: &str| !dropped(r, rel);
                     let m = std::fs::symlink_metadata(host)?;
@@ -2276,7 +2303,9 @@ impl Builder<'_> {
             }
             Ok(())
         })();
-        drop(from_root);
+        if let Some((_, Some(fw))) = from_root {
+            self.retire(fw);
+        }
         r.map_err(|e| self.err(ins, format!("{e:#}")))?;
         self.commit_step(st, ins, w)
     }

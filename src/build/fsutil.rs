@@ -77,6 +77,32 @@ pub fn mkdir_in_root(root: &Path, p: &str, owner: Option<(u32, u32)>) -> anyhow:
     Ok(host)
 }
 
+/// The overlay snapshot's upper-dir path of directory `merged` (a host path under the mounted
+/// `rootfs`, symlinks already resolved, as `mkdir_in_root` returns it), so that a COPY can write
+/// there directly instead of through the overlay (which costs a lookup in every lower layer and
+/// a copy-up check per file). The directory and its parents are copied up first (a chown to its
+/// own owner), so they keep the metadata the lower layers give them, as a write through the
+/// mount would. None where that did not give a plain directory in the upper dir: the caller
+/// writes through the mount. Entries written there shadow the lower layers' as overlayfs
+/// defines (a file hides a lower directory, a directory merges with a lower one), which is
+/// what COPY's replace/merge rules ask for; the mount must not be used for lookups afterwards.
+pub fn upper_dir_of(rootfs: &Path, upper: &Path, merged: &Path) -> Option<PathBuf> {
+    let rel = merged.strip_prefix(rootfs).ok()?;
+    if rel.as_os_str().is_empty() {
+        return Some(upper.to_path_buf());
+    }
+    let m = std::fs::symlink_metadata(merged).ok()?;
+    if !m.is_dir() {
+        return None;
+    }
+    std::os::unix::fs::lchown(merged, Some(m.uid()), Some(m.gid())).ok()?;
+    let u = upper.join(rel);
+    match std::fs::symlink_metadata(&u) {
+        Ok(um) if um.is_dir() => Some(u),
+        _ => None,
+    }
+}
+
 /// How copied entries are owned and moded.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CopyMeta {
