@@ -1228,3 +1228,45 @@ volumes:
     assert!(!vol_dir(&fourth).exists(), "down -v removed it");
     assert!(!vol_dir(&format!("{p}_named")).exists());
 }
+
+/// `--dry-run up` decides as the supervisor does: a replica whose image name now gives another
+/// image (here: a commit under the same tag, as a rebuild or a pull would) shows as recreated,
+/// and the real `up` recreates it from the new image.
+#[test]
+fn dry_run_up_sees_a_changed_image_behind_the_same_name() {
+    let b = Berth::new();
+    let p = unique("dimg");
+    let f = b.compose(
+        &p,
+        &format!(
+            "services:\n  web:\n    image: {IMAGE}\n    command: [\"sleep\", \"3600\"]\n    init: true\n"
+        ),
+    );
+    b.ok(&f, &["up", "-d"]);
+    let first = b.state(&p).unwrap()["containers"][0]["image_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = stderr_of(&b, &f, &["--dry-run", "up", "-d"]);
+    assert!(
+        out.contains(&format!("Container {p}-web-1  Running")),
+        "{out}"
+    );
+    assert!(!out.contains("Recreate"), "{out}");
+    // The same name, another image.
+    b.ok(&f, &["commit", "web", IMAGE]);
+    let out = stderr_of(&b, &f, &["--dry-run", "up", "-d"]);
+    assert!(
+        out.contains(&format!("Container {p}-web-1  Recreate")),
+        "{out}"
+    );
+    b.ok(&f, &["up", "-d"]);
+    let now = b.state(&p).unwrap()["containers"][0]["image_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(now, first, "up recreated the replica from the new image");
+    let out = stderr_of(&b, &f, &["--dry-run", "up", "-d"]);
+    assert!(!out.contains("Recreate"), "{out}");
+    b.ok(&f, &["down"]);
+}

@@ -3,6 +3,7 @@
 //! pulled, nothing under the state root is created or written, no link or nft rule is made. Only
 //! the compose file and the project record are read.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::cli::{Command, ImageSub, ProjectOpts};
@@ -97,16 +98,33 @@ pub fn plan_lines(p: &ProjectOpts, cmd: &Command) -> anyhow::Result<Vec<String>>
                 ProjectState::load(&paths, &plan.name)?.unwrap_or_default()
             };
             let paths = Paths::from_env();
-            let store = paths.images();
-            for s in &plan.services {
-                // Read-only peek: the store is not opened (opening creates its directories).
-                let full = berth_runtime::image::Reference::parse(&s.image)
+            // Read-only peek at the image records: the store is not opened (opening creates
+            // its directories). Tag → image id.
+            let ids: HashMap<String, String> = std::fs::read(paths.images().join("images.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v.get("images").and_then(|i| i.as_array()).cloned())
+                .unwrap_or_default()
+                .iter()
+                .flat_map(|r| {
+                    let id = r["id"].as_str().unwrap_or_default().to_string();
+                    r["repo_tags"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(move |t| Some((t.as_str()?.to_string(), id.clone())))
+                })
+                .collect();
+            let image_id = |image: &str| {
+                let full = berth_runtime::image::Reference::parse(image)
                     .ok()
                     .and_then(|r| r.tagged())
-                    .unwrap_or_else(|| s.image.clone());
-                let have = std::fs::read_to_string(store.join("images.json"))
-                    .map(|t| t.contains(&format!("\"{full}\"")))
-                    .unwrap_or(false);
+                    .unwrap_or_else(|| image.to_string());
+                ids.get(&full).cloned()
+            };
+            for s in &plan.services {
+                let have = image_id(&s.image).is_some();
                 if !have || a.pull.as_deref() == Some("always") {
                     o.res("Image", &s.image, "Pulling");
                 }
@@ -124,6 +142,13 @@ pub fn plan_lines(p: &ProjectOpts, cmd: &Command) -> anyhow::Result<Vec<String>>
                 }
             }
             for s in &plan.services {
+                // As the supervisor decides: a replica made from another image than the one
+                // the service's image name gives now is recreated (compose: a changed digest).
+                let now = image_id(&s.image);
+                let same_image = |c: &crate::state::ContainerRecord| {
+                    now.as_deref()
+                        .is_none_or(|id| c.image_id.is_empty() || c.image_id == id)
+                };
                 let scale = a
                     .scale
                     .iter()
@@ -134,7 +159,11 @@ pub fn plan_lines(p: &ProjectOpts, cmd: &Command) -> anyhow::Result<Vec<String>>
                 for i in 1..=scale {
                     let name = crate::engine::container::container_name(&plan.name, s, i as u32);
                     match st.container(&name) {
-                        Some(c) if c.config_hash == s.config_hash && !a.force_recreate => {
+                        Some(c)
+                            if c.config_hash == s.config_hash
+                                && same_image(c)
+                                && !a.force_recreate =>
+                        {
                             if running(c) {
                                 o.res("Container", &name, "Running");
                             } else if !a.no_start {
