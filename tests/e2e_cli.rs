@@ -1231,7 +1231,7 @@ volumes:
 
 /// `--dry-run up` decides as the supervisor does: a replica whose image name now gives another
 /// image (here: a commit under the same tag, as a rebuild or a pull would) shows as recreated,
-/// and the real `up` recreates it from the new image.
+/// and the real `up` recreates it from the new image; `rollback` goes back to the old one.
 #[test]
 fn dry_run_up_sees_a_changed_image_behind_the_same_name() {
     let b = Berth::new();
@@ -1268,5 +1268,10 @@ fn dry_run_up_sees_a_changed_image_behind_the_same_name() {
     assert_ne!(now, first, "up recreated the replica from the new image");
     let out = stderr_of(&b, &f, &["--dry-run", "up", "-d"]);
     assert!(!out.contains("Recreate"), "{out}");
+    // `berth rollback` after an image-only change: back to the image the replica ran before.
+    b.ok(&f, &["rollback", "web"]);
+    let c = &b.state(&p).unwrap()["containers"][0];
+    assert_eq!(c["image_id"].as_str().unwrap(), first, "{c}");
+    assert_eq!(c["status"], "running", "{c}");
     b.ok(&f, &["down"]);
 }

@@ -101,6 +101,10 @@ pub struct Supervisor {
     plan: Mutex<Option<ProjectPlan>>,
     /// The plan before the current `up`, for rollbacks.
     prev_plan: Mutex<Option<ProjectPlan>>,
+    /// Per service, the image id its replicas ran before an `up` replaced them for an
+    /// image-only change (rebuilt, pulled or loaded again under the same name): what
+    /// `berth rollback SERVICE` goes back to then.
+    prev_images: StdMutex<HashMap<String, String>>,
     shared: StdMutex<Shared>,
     /// One state-changing operation at a time (up, down, stop…).
     op: Mutex<()>,
@@ -187,6 +191,7 @@ async fn serve(project: String) -> anyhow::Result<()> {
         state: Mutex::new(state),
         plan: Mutex::new(None),
         prev_plan: Mutex::new(None),
+        prev_images: StdMutex::new(HashMap::new()),
         shared: StdMutex::new(Shared {
             logs: HashMap::new(),
             backoff: HashMap::new(),

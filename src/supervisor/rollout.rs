@@ -27,6 +27,38 @@ impl Supervisor {
         service: &str,
         out: &Out,
     ) -> anyhow::Result<()> {
+        // The last change was the image's alone: back to the image the replaced replicas ran,
+        // by id, with the configuration they run now.
+        let prev_image = self.prev_images.lock().unwrap().get(service).cloned();
+        if let Some(id) = prev_image {
+            let current = self.service_containers(service).await;
+            let plan = self.plan.lock().await.clone();
+            if let Some((plan, mut svc)) = plan.and_then(|p| {
+                let s = p.service(service).cloned()?;
+                Some((p, s))
+            }) {
+                if current.iter().all(|c| c.config_hash == svc.config_hash)
+                    && current.iter().any(|c| c.image_id != id)
+                {
+                    svc.image = id.clone();
+                    if let Some(p) = self.plan.lock().await.as_mut() {
+                        if let Some(s) = p.services.iter_mut().find(|s| s.name == service) {
+                            *s = svc.clone();
+                        }
+                    }
+                    self.prev_images.lock().unwrap().remove(service);
+                    let outdated: Vec<ContainerRecord> =
+                        current.into_iter().filter(|c| c.image_id != id).collect();
+                    self.event(&format!(
+                        "rollback of {service} to image {id} requested by hand"
+                    ));
+                    let mut made = Vec::new();
+                    return self
+                        .roll(&plan, &svc, &outdated, &UpOpts::default(), out, &mut made)
+                        .await;
+                }
+            }
+        }
         let prev = self
             .prev_plan
             .lock()

@@ -74,6 +74,22 @@ impl Supervisor {
             .cloned()
             .collect();
         if !outdated.is_empty() {
+            // What `berth rollback` goes back to: after an image-only change, the image the
+            // replaced replicas ran; after a configuration change, the previous plan.
+            {
+                let mut prev = self.prev_images.lock().unwrap();
+                match outdated
+                    .iter()
+                    .find(|c| c.config_hash == svc.config_hash && image_changed(c))
+                {
+                    Some(c) if outdated.iter().all(|o| o.config_hash == svc.config_hash) => {
+                        prev.insert(svc.name.clone(), c.image_id.clone());
+                    }
+                    _ => {
+                        prev.remove(&svc.name);
+                    }
+                }
+            }
             for c in &outdated {
                 if c.config_hash != svc.config_hash {
                     let _ = out.send(Reply::Message {
