@@ -1451,10 +1451,7 @@ impl Builder<'_> {
                     })
                     .ok_or_else(|| self.err(ins, "--mount=type=secret needs id= or target="))?;
                 let target = target.unwrap_or_else(|| format!("/run/secrets/{sid}"));
-                let required = kv
-                    .get("required")
-                    .map(|v| v.is_empty() || v == "true")
-                    .unwrap_or(false);
+                let required = flag(&kv, "required");
                 let src = self.opts.secrets.get(&sid).cloned();
                 if src.is_none() && required {
                     return Err(self.err(
@@ -1551,10 +1548,7 @@ impl Builder<'_> {
             }
             "ssh" => {
                 let sid = kv.get("id").cloned().unwrap_or_else(|| "default".into());
-                let required = kv
-                    .get("required")
-                    .map(|v| v.is_empty() || v == "true")
-                    .unwrap_or(false);
+                let required = flag(&kv, "required");
                 let src = self.opts.ssh.get(&sid).cloned();
                 if src.is_none() && required {
                     return Err(self.err(
@@ -2622,6 +2616,11 @@ fn unpack_archive(src: &Path, dest: &Path) -> anyhow::Result<()> {
     berth_runtime::image::unpack::unpack_blob(f, dest)
         .with_context(|| format!("unpacking {}", src.display()))?;
     Ok(())
+}
+
+/// A `--mount` boolean option: `required` alone or `required=true` (BuildKit's reading).
+fn flag(kv: &BTreeMap<String, String>, key: &str) -> bool {
+    kv.get(key).is_some_and(|v| v.is_empty() || v == "true")
 }
 
 #[cfg(test)]
