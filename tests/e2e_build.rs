@@ -442,18 +442,7 @@ fn built_image_runs_under_up() {
         "services:\n  web:\n    build: ./web\n    init: true\n  other:\n    build: ./web\n    image: berth-test/shared:1\n    init: true\n",
     );
     // `up` builds what is missing, then runs it.
-    let out = b
-        .cmd()
-        .arg("-f")
-        .arg(&f)
-        .args(["up", "-d", "--wait"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    b.ok_stderr(&f, &["up", "-d", "--wait"]);
     let logs = wait_for("the CMD's output", Duration::from_secs(10), || {
         let l = b.ok(&f, &["logs", "web"]);
         l.contains("hi-from-env").then_some(l)
@@ -472,25 +461,10 @@ fn built_image_runs_under_up() {
         .clone();
     assert_eq!(web["health"], "healthy", "{web:#}");
     // --no-build never builds; a second up does not rebuild an image that exists.
-    let out = b
-        .cmd()
-        .arg("-f")
-        .arg(&f)
-        .args(["up", "-d", "--no-build"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("Built"));
+    let err = b.ok_stderr(&f, &["up", "-d", "--no-build"]);
+    assert!(!err.contains("Built"), "{err}");
     // --build rebuilds (from the cache).
-    let out = b
-        .cmd()
-        .arg("-f")
-        .arg(&f)
-        .args(["up", "-d", "--build"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let err = b.ok_stderr(&f, &["up", "-d", "--build"]);
     assert!(err.contains("Built"), "{err}");
     // Both images are listed.
     let imgs = String::from_utf8_lossy(&b.run(&["images", "-a"]).stdout).to_string();
@@ -525,15 +499,7 @@ fn pagecount_build_example_runs() {
         .replace("./app", dir.join("app").to_str().unwrap())
         .replace("\"8080:80\"", "\"127.0.0.1::80\"");
     let f = b.compose(&p, &yaml);
-    let out = b
-        .cmd()
-        .arg("-f")
-        .arg(&f)
-        .args(["up", "-d", "--wait"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{err}");
+    let err = b.ok_stderr(&f, &["up", "-d", "--wait"]);
     assert_eq!(
         err.matches("Built (").count(),
         1,
@@ -1148,15 +1114,7 @@ fn from_a_service_context_runs_under_up() {
         &p,
         "services:\n  base:\n    init: true\n    build:\n      context: ./dep\n      dockerfile: base.dockerfile\n  service:\n    init: true\n    build:\n      context: ./dep\n      additional_contexts:\n        base: \"service:base\"\n      dockerfile: service.dockerfile\n",
     );
-    let out = b
-        .cmd()
-        .arg("-f")
-        .arg(&f)
-        .args(["up", "-d", "service"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{err}");
+    let err = b.ok_stderr(&f, &["up", "-d", "service"]);
     // base was built first (service's FROM needs it), once.
     assert_eq!(err.matches("Built (").count(), 2, "{err}");
     let logs = wait_for("the service's output", Duration::from_secs(10), || {

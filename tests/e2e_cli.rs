@@ -111,23 +111,13 @@ fn nft(p: &str) -> String {
     out
 }
 
-fn stderr_of(b: &Berth, f: &Path, args: &[&str]) -> String {
-    let o = b.cmd().arg("-f").arg(f).args(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "berth {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 #[test]
 fn dry_run_changes_nothing() {
     let b = Berth::new();
     let p = unique("dry");
     let f = b.compose(&p, &stack("dry_run_changes_nothing"));
     let before = tree(b.root.path());
-    let out = stderr_of(&b, &f, &["--dry-run", "up", "-d"]);
+    let out = b.ok_stderr(&f, &["--dry-run", "up", "-d"]);
     for what in [
         format!("Network {p}_default  Creating"),
         format!("Volume {p}_data  Creating"),
@@ -140,8 +130,8 @@ fn dry_run_changes_nothing() {
         );
     }
     // compose accepts the flag after the command too.
-    stderr_of(&b, &f, &["up", "-d", "--dry-run"]);
-    let json = stderr_of(&b, &f, &["--progress", "json", "--dry-run", "up", "-d"]);
+    b.ok_stderr(&f, &["up", "-d", "--dry-run"]);
+    let json = b.ok_stderr(&f, &["--progress", "json", "--dry-run", "up", "-d"]);
     for l in json.lines() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
         assert_eq!(v["dry-run"], true, "{l}");
@@ -207,13 +197,13 @@ fn dry_run_changes_nothing() {
     for args in dry {
         let mut a = vec!["--dry-run"];
         a.extend_from_slice(args);
-        let out = stderr_of(&b, &f, &a);
+        let out = b.ok_stderr(&f, &a);
         assert!(
             out.contains("DRY-RUN MODE"),
             "{args:?} said what it would do: {out}"
         );
     }
-    let down = stderr_of(&b, &f, &["--dry-run", "down", "-v"]);
+    let down = b.ok_stderr(&f, &["--dry-run", "down", "-v"]);
     assert!(
         down.contains(&format!("Container {p}-web-1  Removed")),
         "{down}"
@@ -1247,7 +1237,7 @@ fn dry_run_up_sees_a_changed_image_behind_the_same_name() {
         .as_str()
         .unwrap()
         .to_string();
-    let out = stderr_of(&b, &f, &["--dry-run", "up", "-d"]);
+    let out = b.ok_stderr(&f, &["--dry-run", "up", "-d"]);
     assert!(
         out.contains(&format!("Container {p}-web-1  Running")),
         "{out}"
@@ -1255,7 +1245,7 @@ fn dry_run_up_sees_a_changed_image_behind_the_same_name() {
     assert!(!out.contains("Recreate"), "{out}");
     // The same name, another image.
     b.ok(&f, &["commit", "web", IMAGE]);
-    let out = stderr_of(&b, &f, &["--dry-run", "up", "-d"]);
+    let out = b.ok_stderr(&f, &["--dry-run", "up", "-d"]);
     assert!(
         out.contains(&format!("Container {p}-web-1  Recreate")),
         "{out}"
@@ -1266,7 +1256,7 @@ fn dry_run_up_sees_a_changed_image_behind_the_same_name() {
         .unwrap()
         .to_string();
     assert_ne!(now, first, "up recreated the replica from the new image");
-    let out = stderr_of(&b, &f, &["--dry-run", "up", "-d"]);
+    let out = b.ok_stderr(&f, &["--dry-run", "up", "-d"]);
     assert!(!out.contains("Recreate"), "{out}");
     // `berth rollback` after an image-only change: back to the image the replica ran before.
     b.ok(&f, &["rollback", "web"]);

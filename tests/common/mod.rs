@@ -133,6 +133,19 @@ impl Berth {
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
+    /// As `ok`, for commands whose report is on stderr (progress, dry runs, builds).
+    pub fn ok_stderr(&self, file: &Path, args: &[&str]) -> String {
+        let out = self.cmd().arg("-f").arg(file).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "berth {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).to_string()
+    }
+
     pub fn fails(&self, file: &Path, args: &[&str]) -> String {
         let out = self.cmd().arg("-f").arg(file).args(args).output().unwrap();
         assert!(!out.status.success(), "berth {args:?} should have failed");
