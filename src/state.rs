@@ -770,6 +770,40 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146097 + doe - 719468
 }
 
+/// A record for unit tests: `name` of `service`, replica 1, running, nothing else set.
+#[cfg(test)]
+impl ContainerRecord {
+    pub(crate) fn sample(name: &str, service: &str) -> ContainerRecord {
+        ContainerRecord {
+            name: name.into(),
+            service: service.into(),
+            number: 1,
+            config_hash: "h".into(),
+            generation: 0,
+            image: "i".into(),
+            image_id: "x".into(),
+            dir: PathBuf::from("/d"),
+            netns: None,
+            endpoints: vec![],
+            ports: vec![],
+            status: Status::Running,
+            pid: None,
+            pid_start: None,
+            exit_code: None,
+            started_at: None,
+            finished_at: None,
+            restart_count: 0,
+            health: None,
+            stopped_by_user: false,
+            oneoff: false,
+            anon_volumes: vec![],
+            log_max_size: None,
+            log_max_file: None,
+            restart: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -809,31 +843,11 @@ mod tests {
 
     fn rec(name: &str, service: &str) -> ContainerRecord {
         ContainerRecord {
-            name: name.into(),
-            service: service.into(),
-            number: 1,
-            config_hash: "h".into(),
             generation: 1,
             image: "img".into(),
             image_id: "sha256:x".into(),
-            dir: PathBuf::from("/d"),
-            netns: None,
-            endpoints: vec![],
-            ports: vec![],
             status: Status::Created,
-            pid: None,
-            pid_start: None,
-            exit_code: None,
-            started_at: None,
-            finished_at: None,
-            restart_count: 0,
-            health: None,
-            stopped_by_user: false,
-            oneoff: false,
-            anon_volumes: vec![],
-            log_max_size: None,
-            log_max_file: None,
-            restart: None,
+            ..ContainerRecord::sample(name, service)
         }
     }
 

@@ -711,12 +711,11 @@ mod tests {
     use super::*;
 
     fn rec(service: &str, number: u32, oneoff: bool) -> ContainerRecord {
-        serde_json::from_value(serde_json::json!({
-            "name": format!("p-{service}-{number}"), "service": service, "number": number,
-            "config_hash": "h", "image": "i", "image_id": "i", "dir": "/x",
-            "status": "running", "oneoff": oneoff,
-        }))
-        .unwrap()
+        ContainerRecord {
+            number,
+            oneoff,
+            ..ContainerRecord::sample(&format!("p-{service}-{number}"), service)
+        }
     }
 
     #[test]

@@ -240,13 +240,11 @@ mod tests {
     use super::*;
 
     fn rec(stopped_by_user: bool, oneoff: bool) -> ContainerRecord {
-        serde_json::from_value(serde_json::json!({
-            "name": "p-s-1", "service": "s", "number": 1, "config_hash": "h",
-            "image": "i", "image_id": "x", "dir": "/d", "netns": null, "status": "running",
-            "pid": null, "pid_start": null, "exit_code": null, "started_at": null,
-            "finished_at": null, "stopped_by_user": stopped_by_user, "oneoff": oneoff
-        }))
-        .unwrap()
+        ContainerRecord {
+            stopped_by_user,
+            oneoff,
+            ..ContainerRecord::sample("p-s-1", "s")
+        }
     }
 
     #[test]

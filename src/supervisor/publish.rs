@@ -582,12 +582,7 @@ mod tests {
     use crate::state::EndpointRecord;
 
     fn rec(name: &str, ip: [u8; 4], status: Status, health: Option<&str>) -> ContainerRecord {
-        let mut c: ContainerRecord = serde_json::from_value(serde_json::json!({
-            "name": name, "service": "web", "number": 1, "config_hash": "h", "image": "i",
-            "image_id": "x", "dir": "/d", "netns": null, "status": "running", "pid": null,
-            "pid_start": null, "exit_code": null, "started_at": null, "finished_at": null,
-        }))
-        .unwrap();
+        let mut c = ContainerRecord::sample(name, "web");
         c.status = status;
         c.health = health.map(str::to_string);
         c.endpoints = vec![EndpointRecord {

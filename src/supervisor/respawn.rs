@@ -197,31 +197,10 @@ mod tests {
 
     fn rec(name: &str, status: Status, user_stop: bool) -> ContainerRecord {
         ContainerRecord {
-            name: name.into(),
-            service: name.into(),
-            number: 1,
-            config_hash: String::new(),
-            generation: 1,
-            image: String::new(),
-            image_id: String::new(),
-            dir: Default::default(),
-            netns: None,
-            endpoints: vec![],
-            ports: vec![],
             status,
             pid: Some(1),
-            pid_start: None,
-            exit_code: None,
-            started_at: None,
-            finished_at: None,
-            restart_count: 0,
-            health: None,
             stopped_by_user: user_stop,
-            oneoff: false,
-            anon_volumes: vec![],
-            log_max_size: None,
-            log_max_file: None,
-            restart: None,
+            ..ContainerRecord::sample(name, name)
         }
     }
 
