@@ -2,7 +2,8 @@
 //!
 //! Global flags: `--root DIR` (default `/run/berth-runtime`), `--log FILE`, `--log-format F`,
 //! `--debug`, `--systemd-cgroup` (accepted, ignored). Commands: create, start, state, kill,
-//! delete, list, run, exec, ps, pause, resume, stats (`events --stats`).
+//! delete, list, run, exec, ps, pause, resume, stats (`events --stats`); `serve` (a fork
+//! server that runs these commands for a caller that must not fork, see serve.rs).
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -129,6 +130,8 @@ fn run_cli(argv: &[String]) -> Result<i32> {
                 container::run(&o, detach)
             }
         }
+        // A fork server for `create` (see serve.rs): stdin is its control socket.
+        "serve" => crate::serve::main(),
         "start" => {
             container::start(&root, &one_id(&mut a, "start")?)?;
             Ok(0)

@@ -39,6 +39,7 @@ pub mod process;
 pub mod rootfs;
 pub mod seccomp;
 mod selfclone;
+pub mod serve;
 pub mod state;
 mod tty;
 pub mod user;

@@ -15,10 +15,21 @@ use crate::error::{sys_err, Result};
 
 const MARK: &str = "_BERTH_RUNTIME_RO_EXE";
 
+/// Set in the fork server (`serve`) once it runs from the read-only clone: its children are
+/// clones already and skip the re-exec.
+static CLONED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub(crate) fn mark_cloned() {
+    CLONED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Returns only when running from the read-only copy (or when protection is impossible,
 /// e.g. the binary was deleted).
 pub fn ensure_cloned() -> Result<()> {
     let _ = nix::sys::prctl::set_dumpable(false);
+    if CLONED.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
     if std::env::var_os(MARK).is_some() {
         std::env::remove_var(MARK);
         return Ok(());

@@ -2,11 +2,23 @@
 //! in a re-exec of this binary (`berth __runtime …`, single-threaded, no tokio); calls that do
 //! not fork (state, kill, delete) could run in-process, but going through the same CLI keeps
 //! one code path and one error format.
+//!
+//! `create` goes through a fork server (`berth __runtime serve`, `berth_runtime::serve`): one
+//! re-exec per supervisor, started on the first container and ended after a while
+//! without a request (`server_idle`), which forks a single-threaded child per `create` instead of an execve of
+//! the binary (plus its read-only re-exec) per container. `BERTH_RUNTIME_FORK=0` in the
+//! supervisor's environment goes back to one re-exec per `create`.
 
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
+use berth_runtime::serve;
+use tokio::io::unix::AsyncFd;
 use tokio::process::{Child, Command};
 
 /// The binary to re-exec: our own executable.
@@ -27,19 +39,257 @@ pub fn self_exe() -> PathBuf {
 
 pub struct Runtime {
     pub root: PathBuf,
+    /// The fork server, while one runs (see the module's comment).
+    server: Arc<StdMutex<Option<Arc<ForkServer>>>>,
 }
 
-/// The container's stdio, handed to `create` (runc pass-through mode).
+/// The container's stdio, handed to `create` (runc pass-through mode); `None` is /dev/null.
+#[derive(Default)]
 pub struct CreateIo {
-    pub stdin: Stdio,
-    pub stdout: Stdio,
-    pub stderr: Stdio,
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// A fork server ends after this long without a request (a later `create` starts another):
+/// no process of berth's stays beside an idle supervisor, and an upgraded binary is picked up.
+/// 5 s; `BERTH_RUNTIME_FORK_IDLE_MS` in the supervisor's environment sets it (tests).
+fn server_idle() -> Duration {
+    static IDLE: std::sync::LazyLock<Duration> = std::sync::LazyLock::new(|| {
+        std::env::var("BERTH_RUNTIME_FORK_IDLE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(Duration::from_secs(5), Duration::from_millis)
+    });
+    *IDLE
+}
+
+/// One running `berth __runtime serve`.
+struct ForkServer {
+    /// Our end of the control socket (`SOCK_SEQPACKET`); closing it ends the server.
+    ctl: AsyncFd<OwnedFd>,
+    /// Requests sent and not yet answered, and when the last one ended (for the idle end).
+    in_flight: AtomicUsize,
+    last_use: StdMutex<Instant>,
+    /// Held so that tokio reaps it once it exits (it is never killed: it ends on EOF).
+    _child: Child,
+}
+
+/// Why a request did not get an exit code from the server.
+enum Unserved {
+    /// The server was gone before the request was sent (nothing ran): start another.
+    Gone,
+    /// Anything else; the request may have run.
+    Failed(anyhow::Error),
+}
+
+fn fork_server_enabled() -> bool {
+    static ON: std::sync::LazyLock<bool> =
+        std::sync::LazyLock::new(|| std::env::var("BERTH_RUNTIME_FORK").map_or(true, |v| v != "0"));
+    *ON
+}
+
+fn seqpacket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(std::io::Error::from)
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let fl = fcntl(fd, FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
+    fcntl(
+        fd,
+        FcntlArg::F_SETFL(OFlag::from_bits_retain(fl) | OFlag::O_NONBLOCK),
+    )
+    .map_err(std::io::Error::from)?;
+    Ok(())
+}
+
+fn nix_io(e: nix::Error) -> std::io::Error {
+    std::io::Error::from_raw_os_error(e as i32)
+}
+
+impl ForkServer {
+    /// Send one request; `Unserved::Gone` when the server no longer reads its socket.
+    async fn send(
+        &self,
+        payload: &[u8],
+        fds: &[RawFd; serve::REQUEST_FDS],
+    ) -> Result<(), Unserved> {
+        loop {
+            let mut guard = self
+                .ctl
+                .writable()
+                .await
+                .map_err(|e| Unserved::Failed(e.into()))?;
+            match guard.try_io(|fd| {
+                serve::send_request(fd.get_ref().as_raw_fd(), payload, fds).map_err(nix_io)
+            }) {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e))
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EPIPE | libc::ECONNRESET | libc::ECONNREFUSED)
+                    ) =>
+                {
+                    return Err(Unserved::Gone)
+                }
+                Ok(Err(e)) => {
+                    return Err(Unserved::Failed(
+                        anyhow::Error::from(e).context("sending to the runtime's fork server"),
+                    ))
+                }
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// Wait for the exit code on a request's reply socket; `None` if it closed without one.
+async fn await_reply(reply: OwnedFd) -> std::io::Result<Option<i32>> {
+    set_nonblocking(&reply)?;
+    // SAFETY: the AsyncFd owns the fd and closes it only when it (and its registration) is
+    // dropped, the I/O-safety contract `register` asks for.
+    let reply = unsafe { AsyncFd::register(reply) }?;
+    loop {
+        let mut guard = reply.readable().await?;
+        match guard.try_io(|fd| serve::read_reply(fd.get_ref().as_raw_fd()).map_err(nix_io)) {
+            Ok(r) => return r,
+            Err(_would_block) => continue,
+        }
+    }
 }
 
 impl Runtime {
     pub fn new(root: &Path) -> Runtime {
         Runtime {
             root: root.to_path_buf(),
+            server: Default::default(),
+        }
+    }
+
+    /// Start the fork server now if none runs, without waiting for it, so that its start-up
+    /// overlaps the work before the first `create` (snapshot, netns, veths, bundle). Needs a
+    /// tokio runtime.
+    pub fn warm(&self) {
+        if !fork_server_enabled() {
+            return;
+        }
+        if let Err(e) = self.server() {
+            tracing::debug!("the runtime's fork server did not start: {e:#}");
+        }
+    }
+
+    /// The running fork server, started if none runs.
+    fn server(&self) -> anyhow::Result<Arc<ForkServer>> {
+        let mut slot = self.server.lock().unwrap();
+        if let Some(s) = slot.as_ref() {
+            return Ok(s.clone());
+        }
+        let (ours, theirs) = seqpacket_pair().context("socketpair for the fork server")?;
+        set_nonblocking(&ours)?;
+        let mut c = self.cmd();
+        c.arg("serve")
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = c.spawn().context("starting the runtime's fork server")?;
+        // SAFETY: as in `await_reply`: the AsyncFd owns the fd.
+        let ctl = unsafe { AsyncFd::register(ours) }?;
+        let s = Arc::new(ForkServer {
+            ctl,
+            in_flight: AtomicUsize::new(0),
+            last_use: StdMutex::new(Instant::now()),
+            _child: child,
+        });
+        *slot = Some(s.clone());
+        // The idle end: drop the slot's handle once nothing used it for a while (requests
+        // in flight hold their own handles, so the socket closes after the last one).
+        let (weak, holder) = (Arc::downgrade(&s), self.server.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(server_idle() / 4).await;
+                let Some(s) = weak.upgrade() else { return };
+                let mut slot = holder.lock().unwrap();
+                let idle = s.in_flight.load(Ordering::SeqCst) == 0
+                    && s.last_use.lock().unwrap().elapsed() >= server_idle();
+                if idle {
+                    if slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, &s)) {
+                        *slot = None;
+                    }
+                    return;
+                }
+            }
+        });
+        Ok(s)
+    }
+
+    /// Run one runtime command through the fork server: its exit code.
+    async fn served(
+        &self,
+        args: &[String],
+        env: &[(&str, &Path)],
+        io: &CreateIo,
+    ) -> Result<i32, Unserved> {
+        let req = serve::Request {
+            args: args.to_vec(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string_lossy().into_owned()))
+                .collect(),
+        };
+        let payload = serve::encode(&req);
+        let null = std::fs::File::open("/dev/null").map_err(|e| Unserved::Failed(e.into()))?;
+        let fd = |f: &Option<OwnedFd>| f.as_ref().map_or(null.as_raw_fd(), |f| f.as_raw_fd());
+        let (reply, theirs) = seqpacket_pair().map_err(|e| Unserved::Failed(e.into()))?;
+        let fds = [
+            theirs.as_raw_fd(),
+            fd(&io.stdin),
+            fd(&io.stdout),
+            fd(&io.stderr),
+        ];
+        let mut retried = false;
+        let server = loop {
+            // (Should the idle end drop the slot's handle meanwhile, ours keeps the server
+            // running until this request is answered.)
+            let server = self.server().map_err(Unserved::Failed)?;
+            server.in_flight.fetch_add(1, Ordering::SeqCst);
+            match server.send(&payload, &fds).await {
+                Ok(()) => break server,
+                Err(Unserved::Gone) if !retried => {
+                    retried = true;
+                    server.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    let mut slot = self.server.lock().unwrap();
+                    if slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, &server)) {
+                        *slot = None;
+                    }
+                }
+                Err(e) => {
+                    server.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    return Err(e);
+                }
+            }
+        };
+        // The message holds its own references to the fds now.
+        drop(theirs);
+        drop(null);
+        let r = await_reply(reply).await;
+        *server.last_use.lock().unwrap() = Instant::now();
+        server.in_flight.fetch_sub(1, Ordering::SeqCst);
+        match r {
+            Ok(Some(code)) => Ok(code),
+            Ok(None) => Err(Unserved::Failed(anyhow!(
+                "the runtime's fork server ended before the command did"
+            ))),
+            Err(e) => Err(Unserved::Failed(
+                anyhow::Error::from(e).context("waiting for the runtime's fork server"),
+            )),
         }
     }
 
@@ -60,29 +310,58 @@ impl Runtime {
     ) -> anyhow::Result<i32> {
         let pid_file = bundle.join("init.pid");
         let _ = std::fs::remove_file(&pid_file);
-        let mut c = self.cmd();
-        c.arg("create")
-            .arg("--bundle")
-            .arg(bundle)
-            .arg("--pid-file")
-            .arg(&pid_file);
-        if let Some(s) = console_socket {
-            c.arg("--console-socket").arg(s);
-        }
-        c.arg(id);
-        c.stdin(io.stdin).stdout(io.stdout).stderr(io.stderr);
         // The runtime reports its own errors on stderr, which is the container's stderr here;
         // it also writes them to a file in the bundle so we can show them.
         let err_file = bundle.join("create.err");
         let _ = std::fs::remove_file(&err_file);
-        c.env("BERTH_RUNTIME_ERROR_FILE", &err_file);
-        crate::trace::step(|| format!("{id}: runtime create (re-exec)"));
-        let status = c.status().await.context("running the container runtime")?;
-        if !status.success() {
+        let mut args: Vec<String> = vec![
+            "--root".into(),
+            self.root.to_string_lossy().into_owned(),
+            "create".into(),
+            "--bundle".into(),
+            bundle.to_string_lossy().into_owned(),
+            "--pid-file".into(),
+            pid_file.to_string_lossy().into_owned(),
+        ];
+        if let Some(s) = console_socket {
+            args.push("--console-socket".into());
+            args.push(s.to_string_lossy().into_owned());
+        }
+        args.push(id.to_string());
+        let env = [("BERTH_RUNTIME_ERROR_FILE", err_file.as_path())];
+        let mut status = None;
+        if fork_server_enabled() {
+            crate::trace::step(|| format!("{id}: runtime create (fork server)"));
+            match self.served(&args, &env, &io).await {
+                Ok(code) => status = Some(code),
+                Err(Unserved::Gone) => {}
+                Err(Unserved::Failed(e)) => return Err(e.context(format!("creating {id}"))),
+            }
+        }
+        let code = match status {
+            Some(code) => code,
+            None => {
+                crate::trace::step(|| format!("{id}: runtime create (re-exec)"));
+                let mut c = Command::new(self_exe());
+                c.arg("__runtime").args(&args).kill_on_drop(false);
+                let stdio = |f: Option<OwnedFd>| f.map_or_else(Stdio::null, Stdio::from);
+                c.stdin(stdio(io.stdin))
+                    .stdout(stdio(io.stdout))
+                    .stderr(stdio(io.stderr));
+                for (k, v) in env {
+                    c.env(k, v);
+                }
+                let status = c.status().await.context("running the container runtime")?;
+                berth_runtime::raw_status_to_code(std::os::unix::process::ExitStatusExt::into_raw(
+                    status,
+                ))
+            }
+        };
+        if code != 0 {
             let msg = std::fs::read_to_string(&err_file).unwrap_or_default();
             let msg = msg.trim();
             if msg.is_empty() {
-                bail!("the runtime failed to create {id} ({status})");
+                bail!("the runtime failed to create {id} (exit code {code})");
             }
             bail!("{msg}");
         }

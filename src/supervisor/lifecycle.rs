@@ -26,6 +26,9 @@ impl Supervisor {
         let name = crate::engine::container::container_name(&plan.name, svc, number);
         progress(out, "container", &name, "Creating");
         crate::trace::step(|| format!("{name}: create"));
+        // The runtime's fork server starts while this container is prepared (its first
+        // `create` then finds it ready).
+        self.engine.runtime.warm();
         // What creating it reads of the project: the networks, and the containers it refers
         // to (its siblings for ports, a `network_mode`/`volumes_from` target), not a copy of
         // every record (that was O(containers) per create, O(n^2) per `up`).

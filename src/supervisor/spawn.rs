@@ -98,11 +98,7 @@ impl Supervisor {
             // keeps a dup so a supervisor crash does not hang the terminal up and an adopting
             // supervisor takes the master back (see `attach.rs`).
             let console = io::ConsoleSocket::bind(&io::console_path(&io_dir, name))?;
-            let cio = CreateIo {
-                stdin: std::process::Stdio::null(),
-                stdout: std::process::Stdio::null(),
-                stderr: std::process::Stdio::null(),
-            };
+            let cio = CreateIo::default();
             let pid = {
                 let _bound = runtime_bound().acquire().await?;
                 self.engine
@@ -139,16 +135,16 @@ impl Supervisor {
             // they would under Docker.
             let stdin = if let Some(fd) = attach::take_stdin(&io_dir, name)? {
                 // `run` without a tty: what its CLI reads (see `attach.rs`).
-                std::process::Stdio::from(fd)
+                Some(fd)
             } else if svc.as_ref().is_some_and(|s| s.stdin_open) {
-                std::process::Stdio::from(attach::stdin_fifo(&io_dir, name)?)
+                Some(attach::stdin_fifo(&io_dir, name)?)
             } else {
-                std::process::Stdio::null()
+                None
             };
             let cio = CreateIo {
                 stdin,
-                stdout: out_w.into(),
-                stderr: err_w.into(),
+                stdout: Some(out_w),
+                stderr: Some(err_w),
             };
             // `create` hands the write sides to the container and drops ours with its
             // command: the copies see EOF when the container's last process is gone.

@@ -1,0 +1,201 @@
+//! The runtime's fork server (`berth __runtime serve`, src/engine/runtime.rs): containers made
+//! through it hold no fd of berth's, it is a child of the supervisor while it has work, it ends
+//! when idle and with `down`, and a failing `create` still reports the runtime's error.
+mod common;
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+/// Pids of this state root's fork servers.
+fn servers(root: &Path) -> Vec<i32> {
+    let runtime_root = root.join("run/runtime");
+    let want = format!("--root\0{}\0serve\0", runtime_root.display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).into_owned();
+            (cmd.contains("__runtime") && cmd.contains(&want)).then_some(pid)
+        })
+        .collect()
+}
+
+fn ppid(pid: i32) -> Option<i32> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    st.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A process's open fds, as (fd, link target).
+fn fds(pid: i32) -> Vec<(i32, String)> {
+    let mut v: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let fd = e.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            Some((fd, target.to_string_lossy().into_owned()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn containers_made_through_the_fork_server_hold_only_their_stdio() {
+    let b = Berth::new();
+    let p = unique("fsrv");
+    let f = b.compose(
+        &p,
+        "services:\n  plain:\n    image: berth-test/busybox:1\n    command: [\"sleep\", \"300\"]\n  \
+         tini:\n    image: berth-test/busybox:1\n    command: [\"sleep\", \"300\"]\n    init: true\n  \
+         term:\n    image: berth-test/busybox:1\n    command: [\"sleep\", \"300\"]\n    tty: true\n",
+    );
+    // A long idle time: the server is still there when `up` returns.
+    let out = b
+        .cmd()
+        .env("BERTH_RUNTIME_FORK_IDLE_MS", "120000")
+        .arg("-f")
+        .arg(&f)
+        .args(["up", "-d"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "up: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sup = b.supervisor_pid(&p);
+    let srv = servers(b.root.path());
+    assert_eq!(srv.len(), 1, "one fork server for the project: {srv:?}");
+    assert_eq!(
+        ppid(srv[0]),
+        Some(sup),
+        "the server is the supervisor's child"
+    );
+    // The server holds its stdio and the control socket, nothing of the requests it served.
+    let sockets = fds(srv[0])
+        .into_iter()
+        .filter(|(fd, t)| *fd > 2 && t.starts_with("socket:"))
+        .count();
+    assert_eq!(sockets, 1, "the server's fds: {:?}", fds(srv[0]));
+    for svc in ["plain", "tini", "term"] {
+        let pid = b.container(&p, svc)["pid"].as_i64().unwrap() as i32;
+        assert_eq!(
+            ppid(pid),
+            Some(sup),
+            "{svc}'s pid 1 is the supervisor's child"
+        );
+        let open = fds(pid);
+        let numbers: Vec<i32> = open.iter().map(|(fd, _)| *fd).collect();
+        assert_eq!(
+            numbers,
+            vec![0, 1, 2],
+            "{svc}'s pid 1 holds only its stdio: {open:?}"
+        );
+        if svc == "term" {
+            assert!(open[0].1.starts_with("/dev/pts/"), "{svc}: {open:?}");
+        } else {
+            assert!(open[1].1.ends_with(".stdout"), "{svc}: {open:?}");
+            assert!(open[2].1.ends_with(".stderr"), "{svc}: {open:?}");
+        }
+    }
+    // Output and exit codes still flow: a one-off through the same server.
+    let out = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args([
+            "run",
+            "--rm",
+            "-T",
+            "plain",
+            "sh",
+            "-c",
+            "echo served; exit 7",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "run's exit code: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("served"));
+    b.ok(&f, &["down", "-t", "1"]);
+    wait_for(
+        "the fork server to end with down",
+        Duration::from_secs(10),
+        || servers(b.root.path()).is_empty().then_some(()),
+    );
+}
+
+#[test]
+fn the_fork_server_ends_when_idle_and_comes_back() {
+    let b = Berth::new();
+    let p = unique("fidle");
+    let f = b.compose(
+        &p,
+        "services:\n  a:\n    image: berth-test/busybox:1\n    command: [\"sleep\", \"300\"]\n    init: true\n",
+    );
+    let out = b
+        .cmd()
+        .env("BERTH_RUNTIME_FORK_IDLE_MS", "300")
+        .arg("-f")
+        .arg(&f)
+        .args(["up", "-d"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    wait_for(
+        "the idle fork server to end",
+        Duration::from_secs(10),
+        || servers(b.root.path()).is_empty().then_some(()),
+    );
+    // The next create starts another one.
+    b.ok(&f, &["restart", "-t", "1", "a"]);
+    let st = b.container(&p, "a");
+    assert_eq!(st["status"], "running", "{st}");
+    b.ok(&f, &["down", "-t", "1"]);
+    // A create that fails in the runtime reports the runtime's own error.
+    let q = unique("fbad");
+    let g = b.compose(
+        &q,
+        "services:\n  bad:\n    image: berth-test/busybox:1\n    command: [\"no-such-binary\"]\n",
+    );
+    let err = b.fails(&g, &["up", "-d"]);
+    assert!(err.contains("no-such-binary"), "the runtime's error: {err}");
+    b.ok(&g, &["down", "-t", "1"]);
+    wait_for("no fork server after down", Duration::from_secs(10), || {
+        servers(b.root.path()).is_empty().then_some(())
+    });
+}
+
+#[test]
+fn without_the_fork_server_create_re_execs() {
+    let b = Berth::new();
+    let p = unique("fnone");
+    let f = b.compose(
+        &p,
+        "services:\n  a:\n    image: berth-test/busybox:1\n    command: [\"sleep\", \"300\"]\n",
+    );
+    let out = b
+        .cmd()
+        .env("BERTH_RUNTIME_FORK", "0")
+        .arg("-f")
+        .arg(&f)
+        .args(["up", "-d"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        servers(b.root.path()).is_empty(),
+        "no fork server when turned off"
+    );
+    let pid = b.container(&p, "a")["pid"].as_i64().unwrap() as i32;
+    let numbers: Vec<i32> = fds(pid).iter().map(|(fd, _)| *fd).collect();
+    assert_eq!(numbers, vec![0, 1, 2]);
+    b.ok(&f, &["down", "-t", "1"]);
+}
