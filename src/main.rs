@@ -36,26 +36,32 @@ fn main() -> ExitCode {
         // The rootless namespace's holder (src/rootless.rs): single-threaded, no tokio.
         return ExitCode::from(rootless::hold(&args[2..]));
     }
+    if args.get(1).map(|a| a == "__runtime").unwrap_or(false) {
+        // Re-exec entry of the kernel edge: single-threaded, no tokio; before the CLI parser
+        // (a `create` re-exec, and the fork server's start, pay for no clap command tree). Its
+        // caller is already in the user's rootless namespace, if any.
+        let code = berth_runtime::cli::main(args[2..].to_vec());
+        return ExitCode::from(code.clamp(0, 255) as u8);
+    }
     // A non-root user's berth joins (or first makes) the user's rootless namespace, while
     // this process still has one thread; everything it starts inherits it. Commands that only
     // read the Compose files (and `--help`, or a command line clap will refuse) need none.
-    let pure = match cli::Cli::try_parse_from(&args) {
-        Ok(c) => matches!(
+    // The keeper's command line is known without the parser (see below).
+    let keeper = supervisor::keeper::keeper_args(&args).is_some();
+    let parsed = (!keeper).then(|| cli::Cli::try_parse_from(&args));
+    let pure = match &parsed {
+        None => false,
+        Some(Ok(c)) => matches!(
             c.command,
             cli::Command::Config(_) | cli::Command::Version(_) | cli::Command::Completion(_)
         ),
-        Err(_) => true,
+        Some(Err(_)) => true,
     };
     if let Err(e) = if pure { Ok(()) } else { rootless::enter() } {
         eprintln!("Error: {e}");
         return ExitCode::from(1);
     }
     rootless::install_port_binder();
-    if args.get(1).map(|a| a == "__runtime").unwrap_or(false) {
-        // Re-exec entry of the kernel edge: single-threaded, no tokio.
-        let code = berth_runtime::cli::main(args[2..].to_vec());
-        return ExitCode::from(code.clamp(0, 255) as u8);
-    }
     if args.get(1).map(|a| a == "__pty-drain").unwrap_or(false) {
         // Holds a detached `exec -it`'s terminal open (see commands/tty.rs).
         return ExitCode::from(commands::tty::drain());
@@ -72,7 +78,12 @@ fn main() -> ExitCode {
         return ExitCode::from(supervisor::keeper::main(project));
     }
     init_tracing();
-    let cli = cli::Cli::parse();
+    // Parsed once, above (an error or `--help` prints and exits here, as `Cli::parse` does).
+    let cli = match parsed {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => e.exit(),
+        None => cli::Cli::parse(),
+    };
     if !matches!(cli.command, cli::Command::Supervisor(_)) {
         // Like other CLIs, die quietly when the reader of our output goes away
         // (`berth logs | head`). The supervisor keeps ignoring SIGPIPE: a client that hangs up

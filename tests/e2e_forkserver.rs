@@ -130,6 +130,12 @@ fn containers_made_through_the_fork_server_hold_only_their_stdio() {
         Duration::from_secs(10),
         || servers(b.root.path()).is_empty().then_some(()),
     );
+    // The supervisor reaped it before exiting: the keeper recorded no orphan's exit.
+    let exits = b.root.path().join(format!("run/projects/{p}/exits"));
+    let left: Vec<_> = std::fs::read_dir(&exits)
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "exit records left after down: {left:?}");
 }
 
 #[test]

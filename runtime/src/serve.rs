@@ -319,8 +319,12 @@ fn child(req: Request, stdio: [OwnedFd; 3]) -> i32 {
         }
     }
     drop(stdio);
-    // Nothing of the server (control socket, other requests' replies and pidfds) goes on.
-    crate::process::close_fds_except(&[]);
+    // Nothing of the server (control socket, other requests' replies and pidfds) goes on:
+    // one close_range(2) (Linux 5.9), else a walk of /proc/self/fd.
+    // SAFETY: closes fds 3 and up, none of which this child uses any more.
+    if unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) } != 0 {
+        crate::process::close_fds_except(&[]);
+    }
     // The mount namespace `selfclone` gives every runtime process: a slave copy of the
     // caller's, so nothing the command mounts is seen outside it.
     if let Err(e) = private_mounts() {

@@ -186,6 +186,24 @@ impl Runtime {
         }
     }
 
+    /// End the fork server and reap it (bounded), for a supervisor about to exit: otherwise it
+    /// would outlive its parent for an instant and be reaped, and recorded as an orphan, by
+    /// the keeper.
+    pub async fn shutdown(&self) {
+        let Some(s) = self.server.lock().unwrap().take() else {
+            return;
+        };
+        if let Ok(ForkServer {
+            ctl,
+            _child: mut child,
+            ..
+        }) = Arc::try_unwrap(s)
+        {
+            drop(ctl);
+            let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+        }
+    }
+
     /// The running fork server, started if none runs.
     fn server(&self) -> anyhow::Result<Arc<ForkServer>> {
         let mut slot = self.server.lock().unwrap();

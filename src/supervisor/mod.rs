@@ -247,6 +247,7 @@ async fn serve(project: String) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&pid_file);
     let _ = std::fs::remove_file(&sock);
+    sup.engine.runtime.shutdown().await;
     // Exit now: nothing is left to finish, and a runtime shutdown could wait on idle tasks.
     std::process::exit(0);
 }
