@@ -55,9 +55,9 @@ pub fn encode(req: &Request) -> Vec<u8> {
     serde_json::to_vec(req).unwrap_or_default()
 }
 
-/// Send one request on the control socket with its four fds. `MSG_DONTWAIT`: a full socket
-/// reports `EAGAIN` for the caller to wait on.
-pub fn send_request(ctl: RawFd, payload: &[u8], fds: &[RawFd; REQUEST_FDS]) -> nix::Result<()> {
+/// Send one request on the control socket with its fds (`REQUEST_FDS` of them: reply, stdin,
+/// stdout, stderr). `MSG_DONTWAIT`: a full socket reports `EAGAIN` for the caller to wait on.
+pub fn send_request(ctl: RawFd, payload: &[u8], fds: &[RawFd]) -> nix::Result<()> {
     let iov = [IoSlice::new(payload)];
     let cmsg = [ControlMessage::ScmRights(fds)];
     sendmsg::<()>(
