@@ -17,7 +17,17 @@ fn servers(root: &Path) -> Vec<i32> {
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;
             let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
             let cmd = String::from_utf8_lossy(&cmd).into_owned();
-            (cmd.contains("__runtime") && cmd.contains(&want)).then_some(pid)
+            // A container's init is forked from the server too and carries its command line
+            // until it execs (an instant after `start`): it made its own session.
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let sid: i32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(4)?
+                .parse()
+                .ok()?;
+            (cmd.contains("__runtime") && cmd.contains(&want) && sid != pid).then_some(pid)
         })
         .collect()
 }
@@ -30,6 +40,16 @@ fn ppid(pid: i32) -> Option<i32> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// A container's pid 1's open fds once it runs its own program (until then it is berth's init
+/// code, with the runtime's own fds).
+fn fds_after_exec(pid: i32) -> Vec<(i32, String)> {
+    wait_for("the container's exec", Duration::from_secs(10), || {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        (comm.trim() != "berth").then_some(())
+    });
+    fds(pid)
 }
 
 /// A process's open fds, as (fd, link target).
@@ -92,7 +112,7 @@ fn containers_made_through_the_fork_server_hold_only_their_stdio() {
             Some(sup),
             "{svc}'s pid 1 is the supervisor's child"
         );
-        let open = fds(pid);
+        let open = fds_after_exec(pid);
         let numbers: Vec<i32> = open.iter().map(|(fd, _)| *fd).collect();
         assert_eq!(
             numbers,
@@ -201,7 +221,47 @@ fn without_the_fork_server_create_re_execs() {
         "no fork server when turned off"
     );
     let pid = b.container(&p, "a")["pid"].as_i64().unwrap() as i32;
-    let numbers: Vec<i32> = fds(pid).iter().map(|(fd, _)| *fd).collect();
+    let numbers: Vec<i32> = fds_after_exec(pid).iter().map(|(fd, _)| *fd).collect();
     assert_eq!(numbers, vec![0, 1, 2]);
+    b.ok(&f, &["down", "-t", "1"]);
+}
+
+#[test]
+fn a_dead_fork_server_costs_one_re_exec_then_is_replaced() {
+    let b = Berth::new();
+    let p = unique("fdead");
+    let f = b.compose(
+        &p,
+        "services:\n  a:\n    image: berth-test/busybox:1\n    command: [\"sleep\", \"300\"]\n    init: true\n",
+    );
+    let out = b
+        .cmd()
+        .env("BERTH_RUNTIME_FORK_IDLE_MS", "120000")
+        .arg("-f")
+        .arg(&f)
+        .args(["up", "-d"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let srv = servers(b.root.path());
+    assert_eq!(srv.len(), 1, "{srv:?}");
+    // SAFETY: a plain kill of the server this test's project started.
+    unsafe { libc::kill(srv[0], libc::SIGKILL) };
+    wait_for("the killed server to go", Duration::from_secs(10), || {
+        let st = std::fs::read_to_string(format!("/proc/{}/stat", srv[0])).unwrap_or_default();
+        (st.is_empty() || st.contains(") Z ")).then_some(())
+    });
+    // The next create finds it gone before it forked anything: the runtime is re-executed.
+    b.ok(&f, &["restart", "-t", "1", "a"]);
+    assert_eq!(b.container(&p, "a")["status"], "running");
+    // And the one after starts a new server.
+    b.ok(&f, &["restart", "-t", "1", "a"]);
+    assert_eq!(b.container(&p, "a")["status"], "running");
+    let now = servers(b.root.path());
+    assert!(
+        now.len() == 1 && now[0] != srv[0],
+        "a new fork server: {now:?} (the old one was {})",
+        srv[0]
+    );
     b.ok(&f, &["down", "-t", "1"]);
 }

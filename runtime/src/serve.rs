@@ -13,7 +13,7 @@
 //! - `SCM_RIGHTS`: exactly four fds: the reply socket (`SOCK_SEQPACKET`), then the command's
 //!   stdin, stdout and stderr.
 //!
-//! For each request it forks a child, which becomes exactly what a `berth __runtime …` process
+//! For each request it forks a child (and says so on the reply socket: one byte), which becomes exactly what a `berth __runtime …` process
 //! would be: the given fds as its stdio and nothing else open, its own mount namespace (a slave
 //! copy of the caller's, as `selfclone` makes), the request's environment added, and the same
 //! CLI (`cli::main`). The server waits for the child (its pidfd) and writes its exit code (an
@@ -70,12 +70,26 @@ pub fn send_request(ctl: RawFd, payload: &[u8], fds: &[RawFd]) -> nix::Result<()
     .map(|_| ())
 }
 
-/// Read a reply (the caller's side): `Some(code)`, or `None` at end of file (the server went
-/// away before the command ended).
-pub fn read_reply(reply: RawFd) -> nix::Result<Option<i32>> {
+/// One message on a request's reply socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// The child was forked: the request runs (sent first, one byte).
+    Forked,
+    /// Its exit code (the last message).
+    Exit(i32),
+    /// End of file: the server went away. Without `Forked` before it, nothing ran.
+    Closed,
+}
+
+/// Read one reply message (the caller's side); `EAGAIN` when none is there yet.
+pub fn read_reply(reply: RawFd) -> nix::Result<Reply> {
     let mut b = [0u8; 4];
     let n = nix::sys::socket::recv(reply, &mut b, MsgFlags::MSG_DONTWAIT)?;
-    Ok((n == 4).then(|| i32::from_ne_bytes(b)))
+    Ok(match n {
+        0 => Reply::Closed,
+        4 => Reply::Exit(i32::from_ne_bytes(b)),
+        _ => Reply::Forked,
+    })
 }
 
 /// The server's main (`berth __runtime serve`): stdin is the control socket. Returns the
@@ -276,6 +290,13 @@ fn run(req: Request, fds: Vec<OwnedFd>) -> Option<Pending> {
             unsafe { libc::_exit(code) }
         }
         Ok(ForkResult::Parent { child }) => {
+            // The caller now knows the request runs (an end of file before this means it
+            // never did, and may be tried another way).
+            let _ = nix::sys::socket::send(
+                reply.as_raw_fd(),
+                b"f",
+                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            );
             let pidfd = match pidfd_open(child) {
                 Ok(p) => p,
                 Err(e) => {

@@ -41,9 +41,16 @@ fn call(ctl: &OwnedFd, args: &[String], stdio: [&OwnedFd; 3]) -> Option<i32> {
 
 fn wait_reply(reply: &OwnedFd) -> Option<i32> {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut forked = false;
     loop {
         match serve::read_reply(reply.as_raw_fd()) {
-            Ok(r) => return r,
+            Ok(serve::Reply::Forked) => forked = true,
+            Ok(serve::Reply::Exit(code)) => {
+                // Every request that ran was announced first; a malformed one was not.
+                assert_eq!(forked, code != 125, "exit {code} after forked={forked}");
+                return Some(code);
+            }
+            Ok(serve::Reply::Closed) => return None,
             Err(nix::Error::EAGAIN) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(5))
             }

@@ -77,7 +77,8 @@ struct ForkServer {
 
 /// Why a request did not get an exit code from the server.
 enum Unserved {
-    /// The server was gone before the request was sent (nothing ran): start another.
+    /// The server was gone before it forked for the request (nothing ran): `create` re-execs
+    /// instead, and the next one starts another server.
     Gone,
     /// Anything else; the request may have run.
     Failed(anyhow::Error),
@@ -151,16 +152,29 @@ impl ForkServer {
     }
 }
 
-/// Wait for the exit code on a request's reply socket; `None` if it closed without one.
-async fn await_reply(reply: OwnedFd) -> std::io::Result<Option<i32>> {
-    set_nonblocking(&reply)?;
+/// Wait for the exit code on a request's reply socket: `Ok(code)`, `Err(Gone)` if the socket
+/// closed before the server forked for it (nothing ran), else `Err(Failed)`.
+async fn await_reply(reply: OwnedFd) -> Result<i32, Unserved> {
+    let failed = |e: std::io::Error| {
+        Unserved::Failed(anyhow::Error::from(e).context("waiting for the runtime's fork server"))
+    };
+    set_nonblocking(&reply).map_err(failed)?;
     // SAFETY: the AsyncFd owns the fd and closes it only when it (and its registration) is
     // dropped, the I/O-safety contract `register` asks for.
-    let reply = unsafe { AsyncFd::register(reply) }?;
+    let reply = unsafe { AsyncFd::register(reply) }.map_err(|e| failed(e.into()))?;
+    let mut forked = false;
     loop {
-        let mut guard = reply.readable().await?;
+        let mut guard = reply.readable().await.map_err(failed)?;
         match guard.try_io(|fd| serve::read_reply(fd.get_ref().as_raw_fd()).map_err(nix_io)) {
-            Ok(r) => return r,
+            Ok(Ok(serve::Reply::Forked)) => forked = true,
+            Ok(Ok(serve::Reply::Exit(code))) => return Ok(code),
+            Ok(Ok(serve::Reply::Closed)) if !forked => return Err(Unserved::Gone),
+            Ok(Ok(serve::Reply::Closed)) => {
+                return Err(Unserved::Failed(anyhow!(
+                    "the runtime's fork server ended before the command did"
+                )))
+            }
+            Ok(Err(e)) => return Err(failed(e)),
             Err(_would_block) => continue,
         }
     }
@@ -272,43 +286,26 @@ impl Runtime {
             fd(&io.stdout),
             fd(&io.stderr),
         ];
-        let mut retried = false;
-        let server = loop {
-            // (Should the idle end drop the slot's handle meanwhile, ours keeps the server
-            // running until this request is answered.)
-            let server = self.server().map_err(Unserved::Failed)?;
-            server.in_flight.fetch_add(1, Ordering::SeqCst);
-            match server.send(&payload, &fds).await {
-                Ok(()) => break server,
-                Err(Unserved::Gone) if !retried => {
-                    retried = true;
-                    server.in_flight.fetch_sub(1, Ordering::SeqCst);
-                    let mut slot = self.server.lock().unwrap();
-                    if slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, &server)) {
-                        *slot = None;
-                    }
-                }
-                Err(e) => {
-                    server.in_flight.fetch_sub(1, Ordering::SeqCst);
-                    return Err(e);
-                }
-            }
-        };
+        let server = self.server().map_err(Unserved::Failed)?;
+        server.in_flight.fetch_add(1, Ordering::SeqCst);
+        let sent = server.send(&payload, &fds).await;
         // The message holds its own references to the fds now.
         drop(theirs);
         drop(null);
-        let r = await_reply(reply).await;
+        let r = match sent {
+            Ok(()) => await_reply(reply).await,
+            Err(e) => Err(e),
+        };
         *server.last_use.lock().unwrap() = Instant::now();
         server.in_flight.fetch_sub(1, Ordering::SeqCst);
-        match r {
-            Ok(Some(code)) => Ok(code),
-            Ok(None) => Err(Unserved::Failed(anyhow!(
-                "the runtime's fork server ended before the command did"
-            ))),
-            Err(e) => Err(Unserved::Failed(
-                anyhow::Error::from(e).context("waiting for the runtime's fork server"),
-            )),
+        if matches!(r, Err(Unserved::Gone)) {
+            // Gone before it ran this request: the next `create` starts another server.
+            let mut slot = self.server.lock().unwrap();
+            if slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, &server)) {
+                *slot = None;
+            }
         }
+        r
     }
 
     fn cmd(&self) -> Command {
