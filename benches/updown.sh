@@ -69,8 +69,8 @@ done
 [ "${PSS:-1}" = 0 ] && exit 0
 # Supervisor memory (PSS) with 50 running containers versus 1, each project alone (the
 # binary's pages are shared, so a second berth process beside it would halve their share), read
-# 5 s after `up` (the heap is trimmed 3 s after an `up`). The keeper (supervisor/keeper.rs) is
-# the supervisor's parent, one per project: counted too.
+# 5 s after `up` (the heap is trimmed 3 s after an `up`) and once the fork server is gone.
+# The keeper (supervisor/keeper.rs) is the supervisor's parent, one per project: counted too.
 pss() { awk '/^Pss:/ {s+=$2} END {print s}' "/proc/$1/smaps_rollup"; }
 keeper() { awk '{print $4}' "/proc/$1/stat"; }
 for n in 1 50; do
@@ -78,6 +78,9 @@ for n in 1 50; do
   "$berth" -p "m$n" -f "$f" up -d >/dev/null 2>&1
   sleep 5
   s=$(cat "$BERTH_ROOT/run/projects/m$n/supervisor.pid")
+  # The runtime's fork server ends 5 s after the last create: read once it has (it shares
+  # the binary's pages, which would lower the supervisor's share); bounded.
+  for _ in $(seq 50); do pgrep -P "$s" -f "__runtime .*serve" >/dev/null || break; sleep 0.2; done
   eval "p$n=$(pss "$s") k$n=$(pss "$(keeper "$s")")"
   "$berth" -p "m$n" -f "$f" down >/dev/null 2>&1
 done
