@@ -265,3 +265,50 @@ fn a_dead_fork_server_costs_one_re_exec_then_is_replaced() {
     );
     b.ok(&f, &["down", "-t", "1"]);
 }
+
+/// The supervisor and its keeper hold none of the calling command's fds beyond stdio: a shell or
+/// harness fd left without close-on-exec (fd 9 here) would otherwise stay open for the
+/// supervisor's whole life, and in everything it starts.
+#[test]
+fn the_supervisor_holds_none_of_the_callers_fds() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let b = Berth::new();
+    let p = unique("fdinh");
+    let f = b.compose(
+        &p,
+        "services:\n  a:\n    image: berth-test/busybox:1\n    command: [\"sleep\", \"300\"]\n",
+    );
+    let marker = tempfile::NamedTempFile::new().unwrap();
+    let marker_path = marker.path().to_string_lossy().into_owned();
+    let held = std::fs::File::open(marker.path()).unwrap();
+    let raw = held.as_raw_fd();
+    let mut cmd = b.cmd();
+    cmd.arg("-f").arg(&f).args(["up", "-d"]);
+    // SAFETY: dup2 is async-signal-safe; the new fd 9 has no close-on-exec, as a shell's would.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 9) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "up: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sup = b.supervisor_pid(&p);
+    let keeper = ppid(sup).unwrap();
+    for (who, pid) in [("supervisor", sup), ("keeper", keeper)] {
+        let open = fds(pid);
+        assert!(
+            !open.iter().any(|(_, t)| *t == marker_path),
+            "the {who} holds the caller's fd 9: {open:?}"
+        );
+    }
+    drop(held);
+    b.ok(&f, &["down", "-t", "1"]);
+}

@@ -61,6 +61,17 @@ impl Client {
         unsafe {
             cmd.pre_exec(|| {
                 libc::setsid();
+                // Nothing of the caller's beyond stdio: a shell's or a test harness's fds left
+                // without close-on-exec would otherwise stay open in the supervisor for its
+                // whole life (and in everything it starts before it execs). Close-on-exec,
+                // not close: std's own exec-error pipe must survive until the exec.
+                // Linux 5.11+; on older kernels the fds are inherited as before.
+                libc::syscall(
+                    libc::SYS_close_range,
+                    3u32,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                );
                 Ok(())
             });
         }
