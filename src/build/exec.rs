@@ -2389,10 +2389,11 @@ impl Builder<'_> {
             json!({"type": "layers", "diff_ids": st.layers}),
         );
         let cfg = serde_json::to_vec(&Value::Object(st.image.clone()))?;
-        self.store.publish_staged(&mut self.staged)?;
-        crate::trace::step(|| "build: layers synced and in place".into());
-        let id = self.store.add_image(&cfg, &self.opts.tags)?;
-        crate::trace::step(|| "build: image recorded".into());
+        // Layers synced and in place, then the image recorded, in one update.
+        let id = self
+            .store
+            .publish_staged_image(&mut self.staged, &cfg, &self.opts.tags)?;
+        crate::trace::step(|| "build: layers synced and in place, image recorded".into());
         self.outcome.id = id;
         Ok(())
     }
