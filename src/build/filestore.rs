@@ -85,14 +85,17 @@ impl<'a> FileStore<'a> {
             return Ok(false);
         }
         let entry = self.dir.join(&key);
+        // Linked first (an edit's files are mostly there already), stored when missing.
         let mut new = false;
-        if std::fs::symlink_metadata(&entry).is_err() {
+        let mut r = std::fs::hard_link(&entry, dest);
+        if matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
             if !self.store(src, m, &digest, &entry, want)? {
                 return Ok(false);
             }
             new = true;
+            r = std::fs::hard_link(&entry, dest);
         }
-        match std::fs::hard_link(&entry, dest) {
+        match r {
             Ok(()) => {
                 self.used.insert(key);
                 if new {
