@@ -90,6 +90,10 @@ if [ -n "${res[docker_cold]:-}" ]; then
   for c in cold warm edit; do
     b=$(echo "${res[berth_$c]}" | tr ' ' '\n' | grep . | median)
     d=$(echo "${res[docker_$c]}" | tr ' ' '\n' | grep . | median)
-    awk -v c="$c" -v b="$b" -v d="$d" 'BEGIN { printf "docker / berth, %s: %.1fx\n", c, d / b }'
+    # Also each run's own ratio (the same iteration's builds, a few seconds apart).
+    per=$(paste -d' ' <(echo "${res[docker_$c]}" | tr ' ' '\n' | grep .) \
+      <(echo "${res[berth_$c]}" | tr ' ' '\n' | grep .) | awk '{ printf "%.1f ", $1 / $2 }')
+    awk -v c="$c" -v b="$b" -v d="$d" -v per="$per" \
+      'BEGIN { printf "docker / berth, %s: %.1fx   (each run: %s)\n", c, d / b, per }'
   done
 fi

@@ -1228,3 +1228,112 @@ fn copy_written_into_the_upper_dir_keeps_overlay_rules() {
         Vec::<PathBuf>::new()
     );
 }
+
+/// A COPY from the context places files as links to the build's file store: after an edit, the
+/// new layer shares the unchanged files' inodes with the old one and holds the edited file's
+/// new content; each file looks as a copy would (mode, owner, mtime), and `--no-cache` copies.
+#[test]
+fn copy_links_unchanged_context_files_from_the_file_store() {
+    use std::os::unix::fs::MetadataExt;
+    let b = Berth::new();
+    let p = unique("bldf");
+    let ctx = b.dir.path().join("app");
+    write(
+        &ctx,
+        "Dockerfile",
+        "FROM berth-test/busybox:1\nCOPY src/ /src/\n\
+         RUN test \"$(cat /src/a.txt /src/sub/c.txt)\" = \"$(cat /src/expect)\"\n",
+    );
+    write(&ctx, "src/a.txt", "aaaa\n");
+    write(&ctx, "src/b.sh", "#!/bin/sh\n");
+    write(&ctx, "src/sub/c.txt", "cccc\n");
+    write(&ctx, "src/expect", "aaaa\ncccc\n");
+    std::fs::set_permissions(
+        ctx.join("src/b.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o751),
+    )
+    .unwrap();
+    let f = b.compose(&p, "services:\n  app:\n    build: ./app\n");
+    let copy_layer = |b: &Berth| {
+        let cfg = image_config(b, &format!("{p}-app"));
+        // The RUN only tests, so it adds no layer: the COPY's is the top one.
+        layer_dirs(b, &cfg).pop().unwrap()
+    };
+    assert_eq!(runs(&build(&b, &f, &[])), 1);
+    let first = copy_layer(&b);
+    let m = |l: &Path, f: &str| std::fs::symlink_metadata(l.join(f)).unwrap();
+    for (f, mode) in [
+        ("src/a.txt", 0o644),
+        ("src/b.sh", 0o751),
+        ("src/sub/c.txt", 0o644),
+    ] {
+        let (got, src) = (m(&first, f), m(&ctx, f));
+        assert_eq!(got.mode() & 0o7777, mode, "{f}");
+        assert_eq!((got.uid(), got.gid()), (0, 0), "{f}");
+        assert_eq!(
+            (got.mtime(), got.mtime_nsec()),
+            (src.mtime(), src.mtime_nsec())
+        );
+        assert_eq!(
+            got.nlink(),
+            2,
+            "{f}: the layer's file and the store's entry"
+        );
+        assert_ne!(got.ino(), src.ino(), "{f}: never the context's own file");
+    }
+    // Edit one file: the next layer links the others to the same inodes.
+    write(&ctx, "src/a.txt", "AAAA\n");
+    write(&ctx, "src/expect", "AAAA\ncccc\n");
+    assert_eq!(runs(&build(&b, &f, &[])), 1);
+    let second = copy_layer(&b);
+    assert_ne!(first, second);
+    assert_eq!(
+        std::fs::read_to_string(second.join("src/a.txt")).unwrap(),
+        "AAAA\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(first.join("src/a.txt")).unwrap(),
+        "aaaa\n"
+    );
+    assert_eq!(m(&second, "src/b.sh").ino(), m(&first, "src/b.sh").ino());
+    assert_eq!(
+        m(&second, "src/sub/c.txt").ino(),
+        m(&first, "src/sub/c.txt").ino()
+    );
+    assert_eq!(m(&first, "src/b.sh").nlink(), 3);
+    // `--no-cache` copies: files of their own, looking the same. (A second later, so that
+    // its directories' mtimes, and so its layer, differ from the linked one's.)
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(runs(&build(&b, &f, &["--no-cache"])), 1);
+    let third = copy_layer(&b);
+    for f in ["src/a.txt", "src/b.sh", "src/sub/c.txt"] {
+        let (a, c) = (m(&second, f), m(&third, f));
+        assert_eq!(c.nlink(), 1, "{f}");
+        assert_eq!(
+            (
+                a.mode(),
+                a.uid(),
+                a.gid(),
+                a.mtime(),
+                a.mtime_nsec(),
+                a.len()
+            ),
+            (
+                c.mode(),
+                c.uid(),
+                c.gid(),
+                c.mtime(),
+                c.mtime_nsec(),
+                c.len()
+            ),
+            "{f}"
+        );
+        assert_eq!(
+            std::fs::read(second.join(f)).unwrap(),
+            std::fs::read(third.join(f)).unwrap()
+        );
+    }
+    // `builder prune` drops the store with the rest of the cache.
+    b.ok(&f, &["builder", "prune"]);
+    assert!(!b.root.path().join("data/build-cache/files").exists());
+}

@@ -79,6 +79,9 @@ pub struct StatCache {
     file: Option<PathBuf>,
     entries: HashMap<String, Entry>,
     seen: std::collections::HashSet<String>,
+    /// Files this build read and hashed itself: their digests are reused within the build even
+    /// when racy (the COPY that hashed a file for its key also reads it for its layer).
+    fresh: std::collections::HashSet<String>,
     /// When this build began hashing (every digest it takes is at or after this).
     started_ns: i64,
     dirty: bool,
@@ -128,7 +131,7 @@ impl StatCache {
         if self.file.is_some() {
             self.seen.insert(rel.to_string());
             if let Some(e) = self.entries.get(rel) {
-                if e.stat == stat && !racy(&e.stat, e.hashed_at_ns) {
+                if e.stat == stat && (!racy(&e.stat, e.hashed_at_ns) || self.fresh.contains(rel)) {
                     self.reused += 1;
                     return Ok(e.digest);
                 }
@@ -148,8 +151,12 @@ impl StatCache {
                 if self.entries.insert(rel.to_string(), e) != Some(e) {
                     self.dirty = true;
                 }
-            } else if self.entries.remove(rel).is_some() {
-                self.dirty = true;
+                self.fresh.insert(rel.to_string());
+            } else {
+                self.fresh.remove(rel);
+                if self.entries.remove(rel).is_some() {
+                    self.dirty = true;
+                }
             }
         }
         Ok(digest)
@@ -355,6 +362,17 @@ mod tests {
         );
         digest_of(&mut c, &b, "b");
         assert_eq!((c.hashed, c.reused), (2, 0));
+        // Within the build that hashed them, racy or not, the digests are reused (a COPY
+        // reads a file for its key, then again for its layer); a write shows in the stat.
+        digest_of(&mut c, &a, "a");
+        assert_eq!((c.hashed, c.reused), (2, 1));
+        std::fs::write(&b, "TWO!").unwrap();
+        assert_eq!(
+            digest_of(&mut c, &b, "b"),
+            <[u8; 32]>::from(Sha256::digest(b"TWO!"))
+        );
+        assert_eq!((c.hashed, c.reused), (3, 1));
+        std::fs::write(&b, "two").unwrap();
         c.save();
         let mut c = StatCache::open(store.path(), ctx.path());
         digest_of(&mut c, &a, "a");

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::cacheio;
 use super::dockerfile::{self, CmdForm, Dockerfile, Env, Instruction};
+use super::filestore::FileStore;
 use super::fsutil::{self, CopyMeta};
 use super::ignore::{self, Ignore};
 use crate::paths::Paths;
@@ -1635,6 +1636,7 @@ impl Builder<'_> {
         c.seccomp = Seccomp::Profile(serde_json::to_value(
             berth_runtime::seccomp::docker_default(&caps),
         )?);
+        crate::trace::step(|| "build: RUN seccomp profile made".into());
         // Files the RUN sees but that never go into a layer.
         let files = w.dir.join("files");
         std::fs::create_dir_all(&files)?;
@@ -1668,6 +1670,7 @@ impl Builder<'_> {
                 let ns = self.paths.netns(&cname);
                 std::fs::create_dir_all(ns.parent().expect("parent"))?;
                 berth_network::netns::create(&ns)?;
+                crate::trace::step(|| "build: RUN netns made".into());
                 w.netns = Some(ns.clone());
                 c.netns = NetNs::Path(ns);
                 let mut hosts = String::from("127.0.0.1\tlocalhost buildkitsandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n");
@@ -1861,6 +1864,7 @@ impl Builder<'_> {
             }
         }
         std::fs::write(w.dir.join("config.json"), serde_json::to_vec_pretty(&oci)?)?;
+        crate::trace::step(|| "build: RUN bundle written".into());
         let log = w.dir.join("output.log");
         let logf = std::fs::File::create(&log)?;
         let status = std::process::Command::new(crate::engine::runtime::self_exe())
@@ -2210,6 +2214,11 @@ impl Builder<'_> {
             || fsutil::resolve_in_root(&rootfs, &dest)
                 .map(|p| p.is_dir())
                 .unwrap_or(false);
+        // Context files written straight into the upper dir go in as links to the build's file
+        // store (`filestore`): an edit rewrites only the files that changed.
+        let mut stat = std::mem::take(&mut self.stat);
+        let mut store = (from_root.is_none() && !self.opts.no_cache)
+            .then(|| FileStore::new(cache_dir(self.paths).join("files"), &mut stat));
         let r = (|| -> anyhow::Result<()> {
             if dest_is_dir {
                 let top = fsutil::mkdir_in_root(&rootfs, &dest, owner)?;
@@ -2217,11 +2226,16 @@ impl Builder<'_> {
                 // `--parents` subdirectories made through the mount, no archive unpacked).
                 let archive = is_add && sources.iter().any(|(h, _)| is_archive(h));
                 let direct = !parents && !archive;
-                let top = if direct {
-                    fsutil::upper_dir_of(&rootfs, &w.dir.join("upper"), &top).unwrap_or(top)
+                let upper = if direct {
+                    fsutil::upper_dir_of(&rootfs, &w.dir.join("upper"), &top)
                 } else {
-                    top
+                    None
                 };
+                // Links only land in the upper dir (the mount is another file system).
+                if upper.is_none() {
+                    store = None;
+                }
+                let top = upper.unwrap_or(top);
                 for ((host, rel), kept) in sources.iter().zip(&keep) {
                     let filter = |r: &str| !dropped(r, rel);
                     let m = std::fs::symlink_metadata(host)?;
@@ -2240,14 +2254,28 @@ impl Builder<'_> {
                         // The contents of a directory source.
                         for (e, r) in fsutil::children(host, rel)? {
                             if filter(&r) {
-                                fsutil::copy_entry(&host.join(&e), &d.join(&e), meta, &r, &filter)?;
+                                fsutil::copy_entry_with(
+                                    &host.join(&e),
+                                    &d.join(&e),
+                                    meta,
+                                    &r,
+                                    &filter,
+                                    store.as_mut(),
+                                )?;
                             }
                         }
                     } else if is_add && is_archive(host) {
                         unpack_archive(host, &d)?;
                     } else {
                         let name = host.file_name().unwrap_or_default();
-                        fsutil::copy_entry(host, &d.join(name), meta, rel, &filter)?;
+                        fsutil::copy_entry_with(
+                            host,
+                            &d.join(name),
+                            meta,
+                            rel,
+                            &filter,
+                            store.as_mut(),
+                        )?;
                     }
                 }
                 for h in &ins.heredocs {
@@ -2297,6 +2325,15 @@ impl Builder<'_> {
             }
             Ok(())
         })();
+        if let Some(fs) = store {
+            crate::trace::step(|| {
+                format!(
+                    "build: files copied in: {} linked, {} stored and linked",
+                    fs.linked, fs.stored
+                )
+            });
+        }
+        self.stat = stat;
         if let Some((_, Some(fw))) = from_root {
             self.retire(fw);
         }
@@ -2352,10 +2389,11 @@ impl Builder<'_> {
             json!({"type": "layers", "diff_ids": st.layers}),
         );
         let cfg = serde_json::to_vec(&Value::Object(st.image.clone()))?;
-        self.store.publish_staged(&mut self.staged)?;
-        crate::trace::step(|| "build: layers synced and in place".into());
-        let id = self.store.add_image(&cfg, &self.opts.tags)?;
-        crate::trace::step(|| "build: image recorded".into());
+        // Layers synced and in place, then the image recorded, in one update.
+        let id = self
+            .store
+            .publish_staged_image(&mut self.staged, &cfg, &self.opts.tags)?;
+        crate::trace::step(|| "build: layers synced and in place, image recorded".into());
         self.outcome.id = id;
         Ok(())
     }

@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
 use super::cache::{hash_file, StatCache};
+use super::filestore::{FileStore, Want};
 use super::ignore::{clean, Ignore};
 
 /// Resolve `p` (absolute or relative to `/`, inside the container) to a host path under
@@ -122,6 +123,19 @@ pub fn copy_entry(
     rel: &str,
     filter: &dyn Fn(&str) -> bool,
 ) -> anyhow::Result<()> {
+    copy_entry_with(src, dest, meta, rel, filter, None)
+}
+
+/// [`copy_entry`] of context files (`rel` their context paths), regular files placed as links
+/// to `files`' entries where it can (the same files, owners, modes and mtimes as a copy).
+pub fn copy_entry_with(
+    src: &Path,
+    dest: &Path,
+    meta: CopyMeta,
+    rel: &str,
+    filter: &dyn Fn(&str) -> bool,
+    mut files: Option<&mut FileStore<'_>>,
+) -> anyhow::Result<()> {
     let m = std::fs::symlink_metadata(src).with_context(|| format!("stat {}", src.display()))?;
     let ft = m.file_type();
     let (uid, gid) = match (meta.owner, meta.keep_owner) {
@@ -145,7 +159,14 @@ pub fn copy_entry(
             if !filter(&r) {
                 continue;
             }
-            copy_entry(&src.join(&n), &dest.join(&n), meta, &r, filter)?;
+            copy_entry_with(
+                &src.join(&n),
+                &dest.join(&n),
+                meta,
+                &r,
+                filter,
+                files.as_deref_mut(),
+            )?;
         }
         let mode = meta.chmod.unwrap_or(m.mode() & 0o7777);
         std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode))?;
@@ -165,6 +186,12 @@ pub fn copy_entry(
             .with_context(|| format!("creating {}", dest.display()))?;
         std::os::unix::fs::lchown(dest, Some(uid), Some(gid))?;
     } else if ft.is_file() {
+        if let Some(fs) = files {
+            let mode = meta.chmod.unwrap_or(m.mode() & 0o7777);
+            if fs.place(src, rel, &m, dest, Want { mode, uid, gid })? {
+                return Ok(());
+            }
+        }
         let mut from =
             std::fs::File::open(src).with_context(|| format!("reading {}", src.display()))?;
         let mut to = std::fs::OpenOptions::new()

@@ -5,5 +5,6 @@ pub mod cache;
 pub mod cacheio;
 pub mod dockerfile;
 pub mod exec;
+pub mod filestore;
 pub mod fsutil;
 pub mod ignore;

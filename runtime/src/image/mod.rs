@@ -655,6 +655,16 @@ impl ImageStore {
     /// Record an image made from `config` (an OCI/Docker image config JSON whose
     /// `rootfs.diff_ids` are all in the store) under `tags`; returns its id.
     pub fn add_image(&self, config: &[u8], tags: &[String]) -> Result<String, ImageError> {
+        self.add_image_sized(config, tags, &[])
+    }
+
+    /// [`ImageStore::add_image`], recording the sizes of layers just placed in the same update.
+    pub(crate) fn add_image_sized(
+        &self,
+        config: &[u8],
+        tags: &[String],
+        sizes: &[(String, u64)],
+    ) -> Result<String, ImageError> {
         let id = unpack::sha256_hex(config);
         let parsed: oci_spec::image::ImageConfiguration =
             serde_json::from_slice(config).map_err(|source| ImageError::Json {
@@ -682,7 +692,10 @@ impl ImageStore {
         }
         // The same image under the same tags (a rebuild that changed nothing): no write at all.
         if let Some(r) = self.snapshot_db()?.images.iter().find(|r| r.id == id) {
-            if repo_tags.iter().all(|t| r.repo_tags.contains(t)) && self.has_blob(&id) {
+            if sizes.is_empty()
+                && repo_tags.iter().all(|t| r.repo_tags.contains(t))
+                && self.has_blob(&id)
+            {
                 return Ok(id);
             }
         }
@@ -698,7 +711,7 @@ impl ImageStore {
             created: parsed.created().clone(),
             added: now(),
         };
-        self.add_record(rec, &[])?;
+        self.add_record(rec, sizes)?;
         Ok(id)
     }
 

@@ -159,11 +159,56 @@ impl ImageStore {
     /// Put staged layers in place: one `syncfs` for all, then each renamed into `layers/`
     /// (one that appeared there meanwhile is dropped), their sizes recorded in one update.
     pub fn publish_staged(&self, layers: &mut [StagedLayer]) -> Result<(), ImageError> {
+        let placed = self.place_staged(layers)?;
+        if !placed.is_empty() {
+            self.update_db(|db| {
+                for (d, s) in placed {
+                    db.layer_sizes.insert(d, s);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// [`ImageStore::publish_staged`] and [`ImageStore::add_image`] of a build's image in one:
+    /// the config blob is written before the `syncfs` that makes the layers durable (so it
+    /// needs no sync of its own), and the layers' sizes go into the image's record update. Two
+    /// `fsync`s per file written fewer than the two calls (a build's end waited on five more
+    /// disk flushes, each slow on a disk busy with other writers).
+    pub fn publish_staged_image(
+        &self,
+        layers: &mut [StagedLayer],
+        config: &[u8],
+        tags: &[String],
+    ) -> Result<String, ImageError> {
+        if layers.iter().all(|l| l.dir.is_none()) {
+            return self.add_image(config, tags);
+        }
+        let id = super::unpack::sha256_hex(config);
+        let blob = self.blob_path(&id)?;
+        if !blob.is_file() {
+            let tmp = self.tmp_path("blob");
+            let r = std::fs::write(&tmp, config)
+                .and_then(|()| std::fs::rename(&tmp, &blob))
+                .ctx(|| format!("writing {}", blob.display()));
+            if r.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            r?;
+        }
+        let placed = self.place_staged(layers)?;
+        self.add_image_sized(config, tags, &placed)
+    }
+
+    /// Sync and rename the pending staged layers into `layers/`; the (diff_id, size) of each
+    /// one placed.
+    fn place_staged(&self, layers: &mut [StagedLayer]) -> Result<Vec<(String, u64)>, ImageError> {
         let pending: Vec<usize> = (0..layers.len())
             .filter(|&i| layers[i].dir.is_some())
             .collect();
         if pending.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let tmp_root = self.root.join("tmp");
         let d = std::fs::File::open(&tmp_root).ctx(|| format!("opening {}", tmp_root.display()))?;
@@ -191,15 +236,7 @@ impl ImageStore {
         if let Some(dest) = last {
             sync_parent(&dest)?;
         }
-        if !placed.is_empty() {
-            self.update_db(|db| {
-                for (d, s) in placed {
-                    db.layer_sizes.insert(d, s);
-                }
-                Ok(())
-            })?;
-        }
-        Ok(())
+        Ok(placed)
     }
 }
 
@@ -275,6 +312,49 @@ mod tests {
             sb.snapshot_db().unwrap().layer_sizes.get(&copied.diff_id),
             Some(&copied.size)
         );
+    }
+
+    #[test]
+    fn a_staged_image_is_published_with_its_layers_in_one_record() {
+        let s = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(s.path()).unwrap();
+        let t = s.path().join("tree");
+        std::fs::create_dir(&t).unwrap();
+        std::fs::write(t.join("x"), b"xyz").unwrap();
+        let mut staged = vec![store.commit_dir_staged(&t).unwrap()];
+        let info = staged[0].info.clone();
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": [info.diff_id]},
+        }))
+        .unwrap();
+        let id = store
+            .publish_staged_image(&mut staged, &config, &["staged/img:1".to_string()])
+            .unwrap();
+        assert!(staged[0].dir().is_none());
+        assert_eq!(
+            std::fs::read(store.layer_dir(&info.diff_id).unwrap().join("x")).unwrap(),
+            b"xyz"
+        );
+        assert_eq!(store.read_blob(&id).unwrap(), config);
+        let db = store.snapshot_db().unwrap();
+        assert_eq!(db.layer_sizes.get(&info.diff_id), Some(&info.size));
+        let rec = db.images.iter().find(|r| r.id == id).unwrap();
+        assert_eq!(rec.repo_tags.len(), 1);
+        assert_eq!(
+            (rec.layers.clone(), rec.size),
+            (vec![info.diff_id.clone()], info.size)
+        );
+        // Nothing staged: the same image again is a plain add (no write, same id).
+        assert_eq!(
+            store
+                .publish_staged_image(&mut staged, &config, &["staged/img:1".to_string()])
+                .unwrap(),
+            id
+        );
+        assert!(s.path().join("tmp").read_dir().unwrap().next().is_none());
     }
 
     #[test]
