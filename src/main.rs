@@ -39,13 +39,17 @@ fn main() -> ExitCode {
     // A non-root user's berth joins (or first makes) the user's rootless namespace, while
     // this process still has one thread; everything it starts inherits it. Commands that only
     // read the Compose files (and `--help`, or a command line clap will refuse) need none.
-    let pure = match cli::Cli::try_parse_from(&args) {
-        Ok(c) => matches!(
-            c.command,
-            cli::Command::Config(_) | cli::Command::Version(_) | cli::Command::Completion(_)
-        ),
-        Err(_) => true,
-    };
+    // As root (inside that namespace too) there is nothing to enter: no parse here, so the
+    // keeper and the runtime's re-exec'd helpers run without the CLI parser's pages and heap.
+    // SAFETY: plain getter.
+    let pure = unsafe { libc::geteuid() } == 0
+        || match cli::Cli::try_parse_from(&args) {
+            Ok(c) => matches!(
+                c.command,
+                cli::Command::Config(_) | cli::Command::Version(_) | cli::Command::Completion(_)
+            ),
+            Err(_) => true,
+        };
     if let Err(e) = if pure { Ok(()) } else { rootless::enter() } {
         eprintln!("Error: {e}");
         return ExitCode::from(1);
