@@ -71,6 +71,9 @@ pub fn run(project: &str) -> anyhow::Result<u8> {
     let paths = Paths::from_env();
     let dir = exits_dir(&paths, project);
     let mut code = 0u8;
+    // From here on the keeper only waits: what start-up ran of the binary need not stay mapped
+    // (an exit record maps back the few pages that write it).
+    super::mem::release_text();
     loop {
         // SAFETY: a zeroed siginfo_t is a valid out-parameter for waitid.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
