@@ -18,7 +18,8 @@
 //! - `attach.rs`: attached terminals (`attach`, `run -it`), the pty holder, `run`'s stdin;
 //! - `publish.rs`: DNS records, nftables rules, published ports, the forward-policy watch;
 //! - `watcher.rs`: `up --watch`; `proto.rs`/`client.rs`: the socket protocol and its client;
-//! - `batch.rs`: state writes and DNS swaps coalesced over bursts of events.
+//! - `batch.rs`: state writes and DNS swaps coalesced over bursts of events;
+//! - `mem.rs`: letting go of the binary's text and read-only data once a burst is over.
 
 mod adopt;
 mod attach;
