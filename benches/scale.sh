@@ -11,7 +11,9 @@
 #        BEFORE=/path/to/old/berth also measures that one, alternating with BERTH run by run,
 #        and prints it as "<size>:before" columns and its own growth factor)
 # Every berth command is bounded by `timeout` (TMO seconds, default 300).
+# Peers mode: PEER_TOOLS="docker-compose-v2 podman-compose berth" runs benches/scale-peers.sh.
 set -euo pipefail
+[ -n "${PEER_TOOLS:-}" ] && exec bash "$(dirname "$0")/scale-peers.sh" "$@"
 here=$(cd "$(dirname "$0")/.." && pwd)
 peers=${PEERS:-$here/../shared/peers}
 rounds=${1:-3}

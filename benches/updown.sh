@@ -69,10 +69,20 @@ done
 [ "${PSS:-1}" = 0 ] && exit 0
 # Supervisor memory (PSS) with 50 running containers versus 1, each project alone (the
 # binary's pages are shared, so a second berth process beside it would halve their share), read
-# 5 s after `up` (the heap is trimmed 3 s after an `up`) and once the fork server is gone.
-# The keeper (supervisor/keeper.rs) is the supervisor's parent, one per project: counted too.
+# 5 s after `up` (the heap is trimmed and the binary's text let go of 3 s after an `up`,
+# supervisor/mem.rs) and once the fork server is gone. The keeper (supervisor/keeper.rs) is the
+# supervisor's parent, one per project: counted too. Then at 50: by mapping
+# (/proc/<pid>/smaps), right after a `ps`, `stop` and `start` of one service (the text those ran
+# is mapped again), and 11 s later (10 s after the last request the supervisor lets go of it
+# again). BERTH_KEEP_TEXT=1 measures without that.
 pss() { awk '/^Pss:/ {s+=$2} END {print s}' "/proc/$1/smaps_rollup"; }
 keeper() { awk '{print $4}' "/proc/$1/stat"; }
+by_mapping() { # PSS in KiB by kind of mapping: the berth binary's text, read-only data, the rest
+  awk -v bin="$(readlink -f "$berth")" '
+    /^[0-9a-f]+-[0-9a-f]+ / { k = ($6 == bin) ? "binary " $2 : ($6 ~ /^\// ? "other files" : ($6 == "" ? "anon" : $6)); next }
+    /^Pss:/ { s[k] += $2 }
+    END { for (k in s) if (s[k]) printf "%s %d, ", k, s[k]; print "KiB" }' "/proc/$1/smaps"
+}
 for n in 1 50; do
   f=$work/stacks/flat-$n/compose.yaml
   "$berth" -p "m$n" -f "$f" up -d >/dev/null 2>&1
@@ -82,7 +92,18 @@ for n in 1 50; do
   # the binary's pages, which would lower the supervisor's share); bounded.
   for _ in $(seq 50); do pgrep -P "$s" -f "__runtime .*serve" >/dev/null || break; sleep 0.2; done
   eval "p$n=$(pss "$s") k$n=$(pss "$(keeper "$s")")"
+  if [ "$n" = 50 ]; then
+    parts=$(by_mapping "$s")
+    "$berth" -p "m$n" -f "$f" ps >/dev/null 2>&1
+    "$berth" -p "m$n" -f "$f" stop -t 1 s01 >/dev/null 2>&1
+    "$berth" -p "m$n" -f "$f" start s01 >/dev/null 2>&1
+    used=$(pss "$s")
+    sleep 11
+    rested=$(pss "$s")
+  fi
   "$berth" -p "m$n" -f "$f" down >/dev/null 2>&1
 done
 echo "supervisor PSS: ${p1} KiB with 1 container, ${p50} KiB with 50 ($(( (p50 - p1) / 49 )) KiB per extra container)"
 echo "keeper PSS: ${k1} KiB (1 container), ${k50} KiB (50); supervisor + keeper at 50: $(( p50 + k50 )) KiB"
+echo "supervisor at 50 by mapping: $parts"
+echo "supervisor at 50 right after ps, stop, start: ${used} KiB; 11 s later: ${rested} KiB"

@@ -46,11 +46,15 @@ fn main() -> ExitCode {
     // A non-root user's berth joins (or first makes) the user's rootless namespace, while
     // this process still has one thread; everything it starts inherits it. Commands that only
     // read the Compose files (and `--help`, or a command line clap will refuse) need none.
-    // The keeper's command line is known without the parser (see below).
+    // The keeper's command line is known without the parser (see below); as root (inside that
+    // namespace too) there is nothing to enter: no parse here, so the keeper and root's commands
+    // parse at most once, below.
     let keeper = supervisor::keeper::keeper_args(&args).is_some();
-    let parsed = (!keeper).then(|| cli::Cli::try_parse_from(&args));
+    // SAFETY: plain getter.
+    let root = unsafe { libc::geteuid() } == 0;
+    let parsed = (!keeper && !root).then(|| cli::Cli::try_parse_from(&args));
     let pure = match &parsed {
-        None => false,
+        None => root,
         Some(Ok(c)) => matches!(
             c.command,
             cli::Command::Config(_) | cli::Command::Version(_) | cli::Command::Completion(_)

@@ -18,7 +18,8 @@
 //! - `attach.rs`: attached terminals (`attach`, `run -it`), the pty holder, `run`'s stdin;
 //! - `publish.rs`: DNS records, nftables rules, published ports, the forward-policy watch;
 //! - `watcher.rs`: `up --watch`; `proto.rs`/`client.rs`: the socket protocol and its client;
-//! - `batch.rs`: state writes and DNS swaps coalesced over bursts of events.
+//! - `batch.rs`: state writes and DNS swaps coalesced over bursts of events;
+//! - `mem.rs`: letting go of the binary's text and read-only data once a burst is over.
 
 mod adopt;
 mod attach;
@@ -29,6 +30,7 @@ mod exits;
 mod health;
 pub mod keeper;
 mod lifecycle;
+mod mem;
 mod oneoff;
 pub mod proto;
 mod publish;
@@ -132,11 +134,13 @@ const MAX_BLOCKING_THREADS: usize = 8;
 
 /// Give the heap's free pages back after a burst of work (`up`, `down` of containers):
 /// glibc keeps them otherwise, and they count in the supervisor's PSS for its whole life.
+/// The binary's text and read-only data that the burst ran are let go of too (`mem.rs`).
 pub(super) fn trim_heap() {
     // SAFETY: malloc_trim only walks and releases the allocator's free memory.
     unsafe {
         libc::malloc_trim(0);
     }
+    mem::release_text();
 }
 
 /// Entry point of `berth __supervisor`: the keeper (see `keeper.rs`), which starts the
@@ -217,6 +221,7 @@ async fn serve(project: String) -> anyhow::Result<()> {
     });
     tokio::spawn(sup.clone().watch_forward_policy());
     sup.adopt().await;
+    trim_heap();
     // No blanket reaper: container inits are reaped through their pidfds and tokio reaps the
     // runtime helpers it spawned; a `waitpid(-1)` here would steal their statuses.
     {
@@ -324,6 +329,7 @@ impl Supervisor {
         }
         let _ = work.await;
         let _ = wr.shutdown().await;
+        mem::quiet_later();
         if exit_after {
             self.shutdown.notify_one();
         }
