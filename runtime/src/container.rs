@@ -524,6 +524,14 @@ fn init_inner(chan: &Chan, c: &InitCtx) -> Result<Never> {
     process::become_user(c.spec, c.proc_)?;
     // The cwd must still be inside the container (CVE-2024-21626).
     check_cwd()?;
+    // `init: true`: a signal sent once `create` has returned (a stop the instant `start`
+    // returns, or even before it) must reach berth-init, not be dropped by pid 1 (see
+    // `process::block_all_signals`); the user process gets the mask we had.
+    let orig_mask = if init {
+        process::block_all_signals()
+    } else {
+        0
+    };
     chan.send(b"ready")?;
     // From here on errors go to the container's stderr (see process::fail).
     let _ = nix::sys::socket::shutdown(chan.0.as_raw_fd(), nix::sys::socket::Shutdown::Both);
@@ -539,7 +547,7 @@ fn init_inner(chan: &Chan, c: &InitCtx) -> Result<Never> {
     drop(w);
     process::cloexec_from(3);
     let e = if init {
-        process::mini_init(&exe, &args, &env, init_image.as_ref())
+        process::mini_init(&exe, &args, &env, init_image.as_ref(), orig_mask)
     } else {
         process::exec(&exe, &args, &env)
     };

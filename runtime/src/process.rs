@@ -453,20 +453,23 @@ pub fn init_image() -> Option<OwnedFd> {
 /// from the container's rootfs. Signals stay blocked across the exec, so none sent meanwhile
 /// is lost. If the exec fails (an LSM or seccomp profile refusing execveat, say) the same loop
 /// runs here.
+///
+/// `orig_mask` is the signal mask the user process must start with: the caller has already
+/// blocked every signal with [`block_all_signals`] before `start` could return.
 pub fn mini_init(
     path: &Path,
     args: &[String],
     env: &[String],
     image: Option<&OwnedFd>,
+    orig_mask: u64,
 ) -> RuntimeError {
     use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     if let Some(fd) = image {
-        exec_init_image(fd, path, args, env);
+        exec_init_image(fd, path, args, env, orig_mask);
     }
     let all = SigSet::all();
-    let mut old = SigSet::empty();
-    if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), Some(&mut old)) {
+    if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None) {
         return sys_err("sigprocmask")(e);
     }
     // SAFETY: single-threaded; the child only calls async-signal-safe functions before execve
@@ -474,7 +477,7 @@ pub fn mini_init(
     match unsafe { nix::unistd::fork() } {
         Err(e) => sys_err("fork")(e),
         Ok(nix::unistd::ForkResult::Child) => {
-            let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+            set_raw_mask(orig_mask);
             let e = exec(path, args, env);
             eprintln!("berth-init: {e}");
             // SAFETY: leaving the forked child.
@@ -510,7 +513,7 @@ pub fn mini_init(
 }
 
 /// execveat the init image as `berth-init PATH ARGS...` with `env`; returns only on failure.
-fn exec_init_image(fd: &OwnedFd, path: &Path, args: &[String], env: &[String]) {
+fn exec_init_image(fd: &OwnedFd, path: &Path, args: &[String], env: &[String], orig_mask: u64) {
     let Ok(p) = CString::new(path.as_os_str().as_bytes()) else {
         return;
     };
@@ -522,25 +525,9 @@ fn exec_init_image(fd: &OwnedFd, path: &Path, args: &[String], env: &[String]) {
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = e.iter().map(|s| s.as_ptr()).collect();
     envp.push(std::ptr::null());
-    // The init blocks everything itself; blocking here already (the mask survives execve)
-    // closes the window before its first instruction. Raw rt_sigprocmask: glibc's would leave
-    // 32 and 33 open. Handlers do not survive an exec, ignored signals do: reset them so the
-    // user process starts from the defaults.
-    let all: u64 = !0;
-    let mut old: u64 = 0;
-    let set_mask = |new: &u64, old: *mut u64| {
-        // SAFETY: rt_sigprocmask with 8-byte kernel sigsets.
-        unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigprocmask,
-                libc::SIG_SETMASK,
-                new as *const u64,
-                old,
-                8usize,
-            )
-        }
-    };
-    set_mask(&all, &mut old);
+    // Every signal is blocked already (the mask survives execve, and the init blocks
+    // everything itself): none sent meanwhile is lost. Handlers do not survive an exec,
+    // ignored signals do: reset them so the user process starts from the defaults.
     reset_dispositions();
     // SAFETY: execveat with NUL-terminated argv/envp arrays that outlive the call and an
     // empty path on our own fd (AT_EMPTY_PATH).
@@ -554,7 +541,41 @@ fn exec_init_image(fd: &OwnedFd, path: &Path, args: &[String], env: &[String]) {
             libc::AT_EMPTY_PATH,
         )
     };
-    set_mask(&old, std::ptr::null_mut());
+    set_raw_mask(orig_mask);
+}
+
+/// Block every signal (raw rt_sigprocmask: glibc's `sigfillset` would leave 32 and 33 open);
+/// returns the mask before. pid 1 of a pid namespace drops a signal it has no handler for at
+/// the moment it is sent, unless the signal is blocked (then it stays pending): an `init: true`
+/// container blocks everything before `start` can return, so a stop sent the instant after it
+/// reaches berth-init, which forwards it once it runs.
+pub fn block_all_signals() -> u64 {
+    let all: u64 = !0;
+    let mut old: u64 = 0;
+    // SAFETY: rt_sigprocmask with 8-byte kernel sigsets.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &all as *const u64,
+            &mut old as *mut u64,
+            8usize,
+        )
+    };
+    old
+}
+
+fn set_raw_mask(mask: u64) {
+    // SAFETY: rt_sigprocmask with an 8-byte kernel sigset.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &mask as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        )
+    };
 }
 
 fn drain_zombies() {

@@ -1024,3 +1024,29 @@ fn time_namespace_with_boottime_offset() {
         "uptime {up} vs host {host_up}"
     );
 }
+
+/// `berth.init=true`: a TERM sent after `create`, before `start` even, is not lost. pid 1 of a
+/// pid namespace drops a signal it has no handler for at the moment it is sent, unless it is
+/// blocked; the runtime blocks everything before `create` returns and berth-init forwards what
+/// is pending once it runs. (Before, a `down` right after an `up` could wait out its whole
+/// grace period.) The user process still starts with nothing blocked.
+#[test]
+fn init_keeps_a_signal_sent_before_start() {
+    need_root!();
+    let c = Ctr::new("initearly");
+    let mut spec = c.spec(&["sleep", "30"]);
+    spec["annotations"] = json!({"berth.init": "true"});
+    let out = c.create(&spec);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(c.cli(&["kill", &c.id, "SIGTERM"]).status.success());
+    assert!(c.cli(&["start", &c.id]).status.success());
+    assert!(
+        c.wait_stopped(5),
+        "the TERM sent before start was lost: the container still runs"
+    );
+    let _ = c.cli(&["delete", "--force", &c.id]);
+}
