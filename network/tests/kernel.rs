@@ -104,6 +104,37 @@ fn two_endpoints_on_one_bridge_talk() {
     );
 }
 
+/// Endpoints have no IPv6 (berth's networks are IPv4 only): neither the container's `eth0` nor
+/// its port on the switch's bridge autoconfigures an address, so no duplicate-address probe or
+/// MLD report is flooded to the other ports; the container's `lo` keeps `::1`.
+#[test]
+fn endpoints_have_no_ipv6_and_lo_keeps_it() {
+    require_root();
+    if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        eprintln!("no IPv6 in this kernel: skipped");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let ipam = ipam_in(d.path());
+    let net = Net::new(&ipam, false);
+    let a = Ns::new(d.path(), &[&net]);
+    let read = |ns: &std::path::Path, key: &str| {
+        let key = key.to_string();
+        in_netns(ns, move || {
+            std::fs::read_to_string(format!("/proc/sys/{key}")).unwrap()
+        })
+    };
+    assert_eq!(read(&a.path, "net/ipv6/conf/eth0/disable_ipv6").trim(), "1");
+    assert_eq!(read(&a.path, "net/ipv6/conf/lo/disable_ipv6").trim(), "0");
+    let addrs = String::from_utf8_lossy(&a.busybox(&["ip", "-6", "addr"]).stdout).into_owned();
+    assert!(addrs.contains("::1"), "{addrs}");
+    assert!(!addrs.contains("fe80"), "{addrs}");
+    // The outer end, a port of the bridge in the network's switch namespace.
+    let sw = bridge::switch_netns(&net.bridge);
+    let key = format!("net/ipv6/conf/{}/disable_ipv6", a.links[0]);
+    assert_eq!(read(&sw, &key).trim(), "1");
+}
+
 #[test]
 fn subnets_never_collide_across_state_dirs() {
     require_root();

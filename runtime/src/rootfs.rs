@@ -630,8 +630,62 @@ fn mount_cgroup(root: &OwnedFd, m: &Mount, opts: &MountOpts, ctx: &RootfsCtx) ->
     Ok(())
 }
 
-/// (directory name, mount option) of every v1 hierarchy mounted on the host.
+/// (directory name, mount option) of every v1 hierarchy mounted on the host: from the
+/// process's own hierarchies (`/proc/self/cgroup`) where each is mounted at its usual place,
+/// else from the mount table. Not the mount table first: it is read in the container's new
+/// mount namespace, a copy of the host's, which holds every other container's rootfs and
+/// network namespace mounts: generating its text is O(containers) kernel work for every
+/// create (the largest item growing with n in a create at 500 containers on a v1 host).
 fn v1_hierarchies() -> Vec<(String, String)> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    v1_hierarchies_at_usual_places(&own, |name| {
+        is_cgroup_mount_root(&Path::new("/sys/fs/cgroup").join(name))
+    })
+    .unwrap_or_else(v1_hierarchies_from_mountinfo)
+}
+
+/// The v1 hierarchies of `/proc/self/cgroup`'s text (`ID:controllers:path`), each as the
+/// directory of the same name under /sys/fs/cgroup (`cpu,cpuacct`; `systemd` for
+/// `name=systemd`), when `mounted(dir)` says every one of them is there; None otherwise.
+fn v1_hierarchies_at_usual_places(
+    proc_self_cgroup: &str,
+    mounted: impl Fn(&str) -> bool,
+) -> Option<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in proc_self_cgroup.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(_id), Some(ctrls), Some(_path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if ctrls.is_empty() {
+            // The v2 hierarchy (a hybrid host's `unified`): not one of these.
+            continue;
+        }
+        let name = ctrls.strip_prefix("name=").unwrap_or(ctrls);
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return None;
+        }
+        if !mounted(name) {
+            return None;
+        }
+        if !out.iter().any(|(n, _)| n == name) {
+            out.push((name.to_string(), ctrls.to_string()));
+        }
+    }
+    out.reverse();
+    Some(out)
+}
+
+/// True if `dir` is the root of a cgroup v1 mount (not a symlink to one).
+fn is_cgroup_mount_root(dir: &Path) -> bool {
+    let is_dir = std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir());
+    let cgroupfs = nix::sys::statfs::statfs(dir)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP_SUPER_MAGIC);
+    is_dir && cgroupfs && crate::image::snapshot::is_mountpoint(dir)
+}
+
+/// [`v1_hierarchies`] from the mount table (any layout).
+fn v1_hierarchies_from_mountinfo() -> Vec<(String, String)> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut out = Vec::new();
     for line in text.lines() {
@@ -945,6 +999,42 @@ fn mask_path(p: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v1_hierarchies_from_own_cgroups_where_mounted_at_usual_places() {
+        let own = "9:name=systemd:/\n8:pids:/x\n2:cpu,cpuacct:/\n1:cpuset:/\n0::/\n";
+        let all = v1_hierarchies_at_usual_places(own, |_| true).unwrap();
+        assert_eq!(
+            all,
+            [
+                ("cpuset".to_string(), "cpuset".to_string()),
+                ("cpu,cpuacct".into(), "cpu,cpuacct".into()),
+                ("pids".into(), "pids".into()),
+                ("systemd".into(), "name=systemd".into()),
+            ]
+        );
+        // One not where it usually is: the caller reads the mount table instead.
+        assert_eq!(v1_hierarchies_at_usual_places(own, |n| n != "pids"), None);
+        // A pure v2 host has none.
+        assert_eq!(
+            v1_hierarchies_at_usual_places("0::/\n", |_| false),
+            Some(vec![])
+        );
+    }
+
+    /// On this host, the same hierarchies as the mount table says (a v1 or hybrid host).
+    #[test]
+    fn v1_hierarchies_agree_with_the_mount_table() {
+        let from_table = v1_hierarchies_from_mountinfo();
+        if from_table.is_empty() {
+            return;
+        }
+        let mut fast = v1_hierarchies();
+        let mut slow: Vec<String> = from_table.into_iter().map(|(n, _)| n).collect();
+        fast.sort();
+        slow.sort();
+        assert_eq!(fast.into_iter().map(|(n, _)| n).collect::<Vec<_>>(), slow);
+    }
 
     #[test]
     fn options() {

@@ -6,8 +6,17 @@
 //! namespace (runc 1.2's approach, without a memfd copy of a 40 MB binary): the `exe` link of
 //! every runtime process that touches a container then resolves to a read-only mount, so even
 //! `#!/proc/self/exe` tricks cannot open it for writing.
+//!
+//! The read-only mount is a detached one (`open_tree(OPEN_TREE_CLONE)` of the binary made
+//! read-only with `mount_setattr`, executed through its fd with `execveat`), so no mount
+//! namespace is needed for it: a copy of the host's mount namespace costs O(mounts on the
+//! host), and a host running n containers holds 2n of them (each rootfs and network
+//! namespace), which made every `create` and `exec` O(n) (twice: the copy, and its teardown
+//! when the runtime exits). Kernels without the new mount API (before 5.12) get the private
+//! namespace and the bind mount.
 use std::ffi::CString;
-use std::path::PathBuf;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
 
@@ -40,16 +49,19 @@ pub fn ensure_cloned() -> Result<()> {
     if exe.to_string_lossy().ends_with(" (deleted)") || !exe.is_absolute() {
         return Ok(());
     }
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(sys_err("unshare mnt"))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(sys_err("make / slave"))?;
-    bind_ro(&exe)?;
+    let detached = detached_ro(&exe);
+    if detached.is_none() {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(sys_err("unshare mnt"))?;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(sys_err("make / slave"))?;
+        bind_ro(&exe)?;
+    }
     std::env::set_var(MARK, "1");
     let path = CString::new(exe.as_os_str().as_encoded_bytes()).unwrap_or_default();
     let args: Vec<CString> = std::env::args_os()
@@ -63,12 +75,56 @@ pub fn ensure_cloned() -> Result<()> {
             CString::new(s).ok()
         })
         .collect();
-    let e = nix::unistd::execve(&path, &args, &env);
+    let e = match &detached {
+        Some(fd) => nix::unistd::execveat(fd, c"", &args, &env, nix::fcntl::AtFlags::AT_EMPTY_PATH),
+        None => nix::unistd::execve(&path, &args, &env),
+    };
     std::env::remove_var(MARK);
     match e {
         Err(err) => Err(sys_err("re-exec from the read-only binary")(err)),
         Ok(never) => match never {},
     }
+}
+
+/// A detached, read-only, nosuid, nodev bind mount of the file `exe` (its fd, close-on-exec),
+/// or None where the kernel cannot make one.
+fn detached_ro(exe: &Path) -> Option<OwnedFd> {
+    use rustix::mount::OpenTreeFlags;
+    let fd = rustix::mount::open_tree(
+        rustix::fs::CWD,
+        exe,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )
+    .ok()?;
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    const MOUNT_ATTR_NOSUID: u64 = 0x2;
+    const MOUNT_ATTR_NODEV: u64 = 0x4;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: a valid fd, a NUL-terminated empty path with AT_EMPTY_PATH, and a struct of the
+    // size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    (rc == 0).then_some(fd)
 }
 
 fn bind_ro(exe: &PathBuf) -> Result<()> {
