@@ -32,6 +32,17 @@ pub(crate) fn mark_cloned() {
     CLONED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Whether this process runs from the read-only copy in a private mount namespace of its own
+/// (kernels before 5.12), rather than from a detached mount in its caller's namespace.
+static PRIVATE_NS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// True when the re-exec needed a private mount namespace: the fork server's children make
+/// one too so that they run as a re-exec'd runtime would; with the detached mount they need
+/// none (a copy of the host's mount namespace is O(mounts), see above).
+pub(crate) fn private_ns() -> bool {
+    PRIVATE_NS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Returns only when running from the read-only copy (or when protection is impossible,
 /// e.g. the binary was deleted).
 pub fn ensure_cloned() -> Result<()> {
@@ -39,7 +50,8 @@ pub fn ensure_cloned() -> Result<()> {
     if CLONED.load(std::sync::atomic::Ordering::Relaxed) {
         return Ok(());
     }
-    if std::env::var_os(MARK).is_some() {
+    if let Some(mark) = std::env::var_os(MARK) {
+        PRIVATE_NS.store(mark == "ns", std::sync::atomic::Ordering::Relaxed);
         std::env::remove_var(MARK);
         return Ok(());
     }
@@ -62,7 +74,7 @@ pub fn ensure_cloned() -> Result<()> {
         .map_err(sys_err("make / slave"))?;
         bind_ro(&exe)?;
     }
-    std::env::set_var(MARK, "1");
+    std::env::set_var(MARK, if detached.is_some() { "detached" } else { "ns" });
     let path = CString::new(exe.as_os_str().as_encoded_bytes()).unwrap_or_default();
     let args: Vec<CString> = std::env::args_os()
         .filter_map(|a| CString::new(a.as_encoded_bytes()).ok())

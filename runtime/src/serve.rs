@@ -14,8 +14,8 @@
 //!   stdin, stdout and stderr.
 //!
 //! For each request it forks a child (and says so on the reply socket: one byte), which becomes exactly what a `berth __runtime …` process
-//! would be: the given fds as its stdio and nothing else open, its own mount namespace (a slave
-//! copy of the caller's, as `selfclone` makes), the request's environment added, and the same
+//! would be: the given fds as its stdio and nothing else open, in its caller's mount namespace
+//! (or a slave copy of it where `selfclone` needs one), the request's environment added, and the same
 //! CLI (`cli::main`). The server waits for the child (its pidfd) and writes its exit code (an
 //! `i32`, native byte order, 128 + signal for a killed child) to the reply socket, then closes
 //! it. An end of file on the control socket (the caller closed it or died) ends the server once
@@ -346,11 +346,14 @@ fn child(req: Request, stdio: [OwnedFd; 3]) -> i32 {
     if unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) } != 0 {
         crate::process::close_fds_except(&[]);
     }
-    // The mount namespace `selfclone` gives every runtime process: a slave copy of the
-    // caller's, so nothing the command mounts is seen outside it.
-    if let Err(e) = private_mounts() {
-        eprintln!("berth-runtime: {e}");
-        return 1;
+    // Where `selfclone` gives every runtime process a mount namespace of its own (kernels
+    // without the detached mount), the same: a slave copy of the caller's. Elsewhere none, as
+    // a re-exec'd runtime runs in its caller's (a copy is O(mounts on the host)).
+    if crate::selfclone::private_ns() {
+        if let Err(e) = private_mounts() {
+            eprintln!("berth-runtime: {e}");
+            return 1;
+        }
     }
     for (k, v) in &req.env {
         std::env::set_var(k, v);
