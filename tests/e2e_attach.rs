@@ -398,3 +398,171 @@ fn attach_without_a_tty_forwards_stdin_and_signals() {
     assert!(ps.contains("trap exited"), "{ps}");
     b.ok(&f, &["down", "-t", "1"]);
 }
+
+/// Copy `from` into a shared buffer on a thread until it ends.
+fn collect(mut from: impl Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let into = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    seen
+}
+
+fn text(b: &std::sync::Arc<std::sync::Mutex<Vec<u8>>>) -> String {
+    String::from_utf8_lossy(&b.lock().unwrap()).to_string()
+}
+
+#[test]
+fn attach_without_a_tty_keeps_stdout_and_stderr_apart_and_returns_the_exit_code() {
+    use std::io::Write;
+    let b = Berth::new();
+    let p = unique("attachsplit");
+    let f = b.compose(
+        &p,
+        r#"services:
+  split:
+    image: berth-test/busybox:1
+    stdin_open: true
+    command:
+      - sh
+      - -c
+      - 'while read l; do if [ "$$l" = quit ]; then echo bye-err >&2; exit 3; fi; echo "out-$$l"; echo "err-$$l" >&2; done'
+"#,
+    );
+    b.ok(&f, &["up", "-d"]);
+    let mut c = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["attach", "split"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = c.stdin.take().unwrap();
+    let out = collect(c.stdout.take().unwrap());
+    let err = collect(c.stderr.take().unwrap());
+    input.write_all(b"one\n").unwrap();
+    wait_for(
+        "both streams through attach",
+        Duration::from_secs(20),
+        || (text(&out).contains("out-one\n") && text(&err).contains("err-one\n")).then_some(()),
+    );
+    // ctrl-p ctrl-q without a tty: docker looks for the detach keys on a tty only, so they are
+    // bytes for the container like any other, and the CLI stays attached.
+    input.write_all(b"\x10\x11two\n").unwrap();
+    wait_for(
+        "the keys to reach the container",
+        Duration::from_secs(20),
+        || text(&out).contains("out-\u{10}\u{11}two\n").then_some(()),
+    );
+    assert!(
+        c.try_wait().unwrap().is_none(),
+        "attach left on the detach keys without a tty"
+    );
+    // Bad detach keys are refused with or without a tty, as docker does.
+    let e = b.fails(&f, &["attach", "--detach-keys", "ctrl-1", "split"]);
+    assert!(e.contains("ctrl-1"), "{e}");
+    // The container ends by itself while attached: its last words (on stderr), then its code.
+    input.write_all(b"quit\n").unwrap();
+    let st = wait_for(
+        "attach to end with the container",
+        Duration::from_secs(20),
+        || c.try_wait().unwrap(),
+    );
+    assert_eq!(st.code(), Some(3), "{st}; stderr: {}", text(&err));
+    wait_for("the last line on stderr", Duration::from_secs(5), || {
+        text(&err).contains("bye-err\n").then_some(())
+    });
+    let (o, e) = (text(&out), text(&err));
+    assert!(
+        !o.contains("err-") && !o.contains("bye-err"),
+        "stderr on stdout: {o:?}"
+    );
+    assert!(!e.contains("out-"), "stdout on stderr: {e:?}");
+    let ps = b.ok(&f, &["ps", "-a", "--format", "{{.Service}} {{.State}}"]);
+    assert!(ps.contains("split exited"), "{ps}");
+    b.ok(&f, &["down", "-t", "1"]);
+}
+
+#[test]
+fn attach_no_stdin_leaves_the_callers_input_unread() {
+    use std::io::Write;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let b = Berth::new();
+    let p = unique("attachnoin");
+    let f = b.compose(
+        &p,
+        "services:\n  cat:\n    image: berth-test/busybox:1\n    stdin_open: true\n    command: [\"sh\", \"-c\", \"while read l; do echo got-$$l; done\"]\n",
+    );
+    b.ok(&f, &["up", "-d"]);
+    // attach's stdin: a pipe with a line already in it, whose read end we keep a copy of to
+    // see whether anything was taken from it.
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds, ours from then on.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let mut wr = std::fs::File::from(wr);
+    wr.write_all(b"hidden\n").unwrap();
+    let unread = |fd: &OwnedFd| {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD into an int on a pipe we hold.
+        unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+        n
+    };
+    let mut quiet = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["attach", "--no-stdin", "--sig-proxy=false", "cat"])
+        .stdin(Stdio::from(rd.try_clone().unwrap()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let shown = collect(quiet.stdout.take().unwrap());
+    // Another attacher's line makes output: the --no-stdin one shows it (it is attached).
+    let mut other = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["attach", "--sig-proxy=false", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = other.stdin.take().unwrap();
+    // Attached once a line written now shows (the first ones may come before it looked).
+    wait_for(
+        "the --no-stdin attach to show output",
+        Duration::from_secs(30),
+        || {
+            input.write_all(b"ping\n").unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            text(&shown).contains("got-ping").then_some(())
+        },
+    );
+    assert_eq!(unread(&rd), 7, "attach --no-stdin read the caller's stdin");
+    for c in [&mut quiet, &mut other] {
+        // SAFETY: signalling a CLI this test started.
+        unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+        let st = wait_for("attach to end on SIGINT", Duration::from_secs(10), || {
+            c.try_wait().unwrap()
+        });
+        assert_eq!(st.code(), Some(130), "{st}");
+    }
+    assert_eq!(unread(&rd), 7, "attach --no-stdin read the caller's stdin");
+    let logs = b.ok(&f, &["logs", "cat"]);
+    assert!(
+        logs.contains("got-ping") && !logs.contains("got-hidden"),
+        "{logs}"
+    );
+    b.ok(&f, &["down", "-t", "1"]);
+}

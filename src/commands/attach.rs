@@ -1,13 +1,16 @@
 //! `berth attach` (and the terminal of `berth run -it`): the caller's terminal on a running
 //! `tty: true` container's pty, through the supervisor that holds its master (see
-//! `supervisor/attach.rs`), relayed by `tty.rs`. Without a tty: the container's output from
-//! now on, the caller's stdin into a `stdin_open: true` container's stdin FIFO, and the
-//! caller's signals sent on to the container (`--sig-proxy`), as docker attach does. And
-//! `berth create`: `up --no-start`.
+//! `supervisor/attach.rs`), relayed by `tty.rs`. Without a tty, as docker attach does: the
+//! container's output from now on, read from its log as the supervisor writes it (its stdout
+//! on the CLI's stdout, its stderr on the CLI's stderr), the caller's stdin into a
+//! `stdin_open: true` container's stdin FIFO (no detach keys: docker looks for them on a tty
+//! only), the caller's signals sent on to the container (`--sig-proxy`), and its exit code as
+//! the CLI's. And `berth create`: `up --no-start`.
 
 use anyhow::{bail, Context};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 
 use crate::cli::{AttachArgs, CreateArgs, ProjectOpts, UpArgs};
@@ -49,15 +52,19 @@ pub fn attach(p: &ProjectOpts, args: &AttachArgs) -> anyhow::Result<u8> {
     if crate::commands::ps::live_status(c) != Status::Running {
         bail!("container {} is not running", c.name);
     }
-    if !crate::engine::container::bundle_terminal(&c.dir) {
-        return attach_plain(&paths, &project, c, args);
-    }
-    let mask = tty::block_signals()?;
+    // Checked with or without a tty (docker's daemon refuses invalid keys either way).
     let keys = tty::parse_detach_keys(
         args.detach_keys
             .as_deref()
             .unwrap_or(tty::DEFAULT_DETACH_KEYS),
     )?;
+    if !crate::engine::container::bundle_terminal(&c.dir) {
+        // Without a tty the keys are not looked for: docker applies them to a tty only (the
+        // CLI wraps stdin in its escape proxy only for a tty, and so does the daemon), so the
+        // bytes reach the container's stdin like any other.
+        return attach_plain(&paths, &project, c, args);
+    }
+    let mask = tty::block_signals()?;
     // --sig-proxy: a tty container gets the caller's signals as keys (^C is a byte on the
     // pty in raw mode), as with docker attach; the flag is accepted for compose's scripts.
     let _ = args.sig_proxy;
@@ -97,12 +104,12 @@ const PROXIED: [Signal; 8] = [
     Signal::SIGWINCH,
 ];
 
-/// `berth attach` to a container without a tty: its output (stdout and stderr, from its log)
-/// from now on until it exits, the caller's stdin written into its stdin when it has
-/// `stdin_open: true`, and with `--sig-proxy` (the default) the signals the CLI receives sent
-/// to its main process (a third SIGINT ends the CLI, for a process that ignores them);
-/// without, a SIGINT or SIGTERM leaves it running and ends the CLI. The container's exit code
-/// is the CLI's.
+/// `berth attach` to a container without a tty: its output from now on until it exits (its
+/// stdout on ours, its stderr on ours, as docker attach keeps them apart without a tty), the
+/// caller's stdin written into its stdin when it has `stdin_open: true` (unless `--no-stdin`),
+/// and with `--sig-proxy` (the default) the signals the CLI receives sent to its main process
+/// (a third SIGINT ends the CLI, for a process that ignores them); without, a SIGINT or
+/// SIGTERM leaves it running and ends the CLI. The container's exit code is the CLI's.
 fn attach_plain(
     paths: &Paths,
     project: &str,
@@ -125,33 +132,20 @@ fn attach_plain(
         .ok()
         .filter(|_| crate::state::pid_matches(pid, c.pid_start))
         .ok_or_else(|| anyhow::anyhow!("container {} is not running", c.name))?;
-    let project_dir = paths.project(project);
-    let mut tail = crate::commands::logs::Tailer::new(&project_dir);
-    let mut printer = crate::commands::logs::Printer::new(false, false, false, &[]);
-    let only = |st: ProjectState| -> ProjectState {
-        let mut st = st;
-        st.containers.retain(|x| x.name == c.name);
-        st
+    let mut tail = StreamTail::at_end(crate::logs::log_path(&paths.project(project), &c.name));
+    let pump = |tail: &mut StreamTail| -> anyhow::Result<bool> {
+        tail.pump(&mut std::io::stdout().lock(), &mut std::io::stderr().lock())
+            .context("showing the container's output")
     };
-    if let Some(st) = ProjectState::load(paths, project)? {
-        tail.skip_existing(&only(st));
-    }
     if !args.no_stdin {
         forward_stdin(paths, project, &c.name)?;
     }
     let sig_proxy = args.sig_proxy.unwrap_or(true);
     let mut interrupts = 0;
-    let mut st = None;
     loop {
-        // Output first, then wait for a signal, the container's end, or the next look.
-        if let Some(s) = ProjectState::load(paths, project)? {
-            let s = only(s);
-            if !tail.pump_until(&s, &|_| true, &mut printer, None)? {
-                st = Some(s);
-            } else {
-                continue;
-            }
-        }
+        // Output first, then wait for a signal, the container's end, or the next look (at
+        // once when there was output: a chatty container must not starve the signals).
+        let shown = pump(&mut tail)?;
         let mut fds = [
             libc::pollfd {
                 fd: sfd.as_raw_fd(),
@@ -164,8 +158,9 @@ fn attach_plain(
                 revents: 0,
             },
         ];
+        let wait = if shown { 0 } else { 100 };
         // SAFETY: two pollfds we own; bounded wait, the log is looked at again after it.
-        unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) };
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, wait) };
         while let Ok(Some(info)) = sfd.read_signal() {
             let sig = info.ssi_signo as i32;
             if sig == libc::SIGWINCH {
@@ -194,18 +189,17 @@ fn attach_plain(
     // Its run ended: the supervisor records the exit once its output is all in the log.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let s = ProjectState::load(paths, project)?.map(only).or(st.take());
+        let s = ProjectState::load(paths, project)?;
         let rec = s.as_ref().and_then(|s| s.container(&c.name));
         let ended = match rec {
+            // Removed meanwhile (down): no code is kept.
             None => Some(0),
             Some(r) if r.status == Status::Exited => Some(r.exit_code.unwrap_or(0)),
             // Restarted by its policy already: that run's code is not kept.
             Some(r) if r.pid != Some(pid) && r.status == Status::Running => Some(0),
             Some(_) => None,
         };
-        if let Some(s) = &s {
-            tail.pump_until(s, &|_| true, &mut printer, None)?;
-        }
+        pump(&mut tail)?;
         if let Some(code) = ended {
             return Ok(code.clamp(0, 255) as u8);
         }
@@ -214,6 +208,119 @@ fn attach_plain(
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// Follows one container's log from where it ends when made, and writes each new line to the
+/// stream it came from: stdout lines to `out`, stderr lines to `err`. It keeps the file open:
+/// a rotation (a rename, see `logs::LogWriter`) shows as another inode at the path, and the
+/// old file is read to its end before the new one is taken; a truncation in place (max-file
+/// 1) as a size below what was read.
+struct StreamTail {
+    path: std::path::PathBuf,
+    /// The open log file and its inode.
+    file: Option<(std::fs::File, u64)>,
+    /// How far `file` is read.
+    pos: u64,
+    /// The start of a line whose end is not written yet.
+    partial: Vec<u8>,
+}
+
+impl StreamTail {
+    fn at_end(path: std::path::PathBuf) -> StreamTail {
+        use std::os::unix::fs::MetadataExt;
+        let mut t = StreamTail {
+            path,
+            file: None,
+            pos: 0,
+            partial: Vec::new(),
+        };
+        if let Ok(f) = std::fs::File::open(&t.path) {
+            if let Ok(m) = f.metadata() {
+                t.pos = m.len();
+                t.file = Some((f, m.ino()));
+            }
+        }
+        t
+    }
+
+    /// Write the lines logged since the last call, each to its stream; whether there were any.
+    fn pump(&mut self, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<bool> {
+        use std::io::{Read, Seek, SeekFrom};
+        use std::os::unix::fs::MetadataExt;
+        let (mut to_out, mut to_err) = (Vec::new(), Vec::new());
+        // Bounded: one rotation seen per call at most is followed at once.
+        for _ in 0..2 {
+            if self.file.is_none() {
+                match std::fs::File::open(&self.path) {
+                    Ok(f) => {
+                        let ino = f.metadata()?.ino();
+                        self.file = Some((f, ino));
+                        self.pos = 0;
+                        self.partial.clear();
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            let Some((f, ino)) = self.file.as_mut() else {
+                break;
+            };
+            // The path first, then the read: a rotated file is written no more once renamed,
+            // so reading it to its end after seeing the rename misses nothing.
+            let rotated = std::fs::metadata(&self.path).is_ok_and(|m| m.ino() != *ino);
+            if f.metadata()?.len() < self.pos {
+                self.pos = 0;
+                self.partial.clear();
+            }
+            f.seek(SeekFrom::Start(self.pos))?;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match f.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                self.pos += n as u64;
+                self.partial.extend_from_slice(&buf[..n]);
+                route_lines(&mut self.partial, &mut to_out, &mut to_err);
+            }
+            if !rotated {
+                break;
+            }
+            self.file = None;
+        }
+        if !to_out.is_empty() {
+            out.write_all(&to_out)?;
+            out.flush()?;
+        }
+        if !to_err.is_empty() {
+            err.write_all(&to_err)?;
+            err.flush()?;
+        }
+        Ok(!to_out.is_empty() || !to_err.is_empty())
+    }
+}
+
+/// Take the complete log lines off the front of `pending` and append each one's text (with
+/// its newline) to `out` or `err` by its stream; a partial last line stays in `pending`.
+fn route_lines(pending: &mut Vec<u8>, out: &mut Vec<u8>, err: &mut Vec<u8>) {
+    let Some(last) = pending.iter().rposition(|&b| b == b'\n') else {
+        return;
+    };
+    for line in pending[..last].split(|&b| b == b'\n') {
+        let Ok(l) = serde_json::from_slice::<crate::logs::LogLine>(line) else {
+            continue;
+        };
+        let to = if l.s == "stderr" {
+            &mut *err
+        } else {
+            &mut *out
+        };
+        to.extend_from_slice(l.l.as_bytes());
+        to.push(b'\n');
+    }
+    pending.drain(..=last);
 }
 
 /// Write the caller's stdin into the stdin FIFO of container `name` (a `stdin_open: true` one)
@@ -296,5 +403,106 @@ pub fn as_up(args: &CreateArgs) -> UpArgs {
         build: args.build,
         no_build: args.no_build,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logs::LogWriter;
+    use std::time::SystemTime;
+
+    fn pump(t: &mut StreamTail) -> (String, String) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        t.pump(&mut out, &mut err).unwrap();
+        (
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
+    }
+
+    #[test]
+    fn each_line_goes_to_its_own_stream_from_the_end_on() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.log");
+        let mut w = LogWriter::open(&p, None, 1).unwrap();
+        w.write_lines("stdout", &[b"before"], SystemTime::now())
+            .unwrap();
+        let mut t = StreamTail::at_end(p.clone());
+        assert_eq!(pump(&mut t), (String::new(), String::new()));
+        w.write_lines("stdout", &[b"out-1", b"out-2"], SystemTime::now())
+            .unwrap();
+        w.write_lines("stderr", &[b"err-1"], SystemTime::now())
+            .unwrap();
+        w.write_lines("stdout", &[b"out-3"], SystemTime::now())
+            .unwrap();
+        assert_eq!(
+            pump(&mut t),
+            ("out-1\nout-2\nout-3\n".into(), "err-1\n".into())
+        );
+        // Nothing new: nothing shown, and says so.
+        let (mut o, mut e) = (Vec::new(), Vec::new());
+        assert!(!t.pump(&mut o, &mut e).unwrap());
+    }
+
+    #[test]
+    fn a_line_half_written_waits_for_its_end() {
+        let mut pending = br#"{"t":"x","s":"stderr","l":"whole"}
+{"t":"x","s":"stdout","l":"ha"#
+            .to_vec();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        route_lines(&mut pending, &mut out, &mut err);
+        assert_eq!(
+            (out.as_slice(), err.as_slice()),
+            (&b""[..], &b"whole\n"[..])
+        );
+        pending.extend_from_slice(b"lf\"}\n");
+        route_lines(&mut pending, &mut out, &mut err);
+        assert_eq!(out, b"half\n");
+        assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn a_rotation_loses_no_line_and_follows_the_new_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.log");
+        // Rotates after every line or so (max-size in bytes), keeping 3 files.
+        let mut w = LogWriter::open(&p, Some(80), 3).unwrap();
+        let mut t = StreamTail::at_end(p.clone());
+        w.write_lines("stdout", &[b"a-1"], SystemTime::now())
+            .unwrap();
+        let (o, _) = pump(&mut t);
+        assert_eq!(o, "a-1\n");
+        let mut want_out = String::new();
+        let mut want_err = String::new();
+        let (mut got_out, mut got_err) = (String::new(), String::new());
+        for i in 0..20 {
+            let (s, want) = if i % 3 == 0 {
+                ("stderr", &mut want_err)
+            } else {
+                ("stdout", &mut want_out)
+            };
+            let l = format!("line-{i}");
+            w.write_lines(s, &[l.as_bytes()], SystemTime::now())
+                .unwrap();
+            want.push_str(&l);
+            want.push('\n');
+            // Looked at after every line: each rotation is seen once.
+            let (o, e) = pump(&mut t);
+            got_out.push_str(&o);
+            got_err.push_str(&e);
+        }
+        assert!(d.path().join("c.log.2").exists(), "the log never rotated");
+        assert_eq!(got_out, want_out);
+        assert_eq!(got_err, want_err);
+        // Truncated in place (max-file 1): read again from its start.
+        let q = d.path().join("t.log");
+        let mut w = LogWriter::open(&q, Some(60), 1).unwrap();
+        let mut t = StreamTail::at_end(q.clone());
+        w.write_lines("stdout", &[b"first-line-long-enough"], SystemTime::now())
+            .unwrap();
+        assert_eq!(pump(&mut t).0, "first-line-long-enough\n");
+        w.write_lines("stderr", &[b"x"], SystemTime::now()).unwrap();
+        assert_eq!(pump(&mut t).1, "x\n");
     }
 }
