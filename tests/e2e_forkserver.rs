@@ -67,6 +67,24 @@ fn fds(pid: i32) -> Vec<(i32, String)> {
     v
 }
 
+/// `berth -f F up -d` with one variable set in its environment (and so the supervisor's),
+/// asserting success.
+fn up_with(b: &Berth, f: &Path, key: &str, value: &str) {
+    let out = b
+        .cmd()
+        .env(key, value)
+        .arg("-f")
+        .arg(f)
+        .args(["up", "-d"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "up with {key}={value}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn containers_made_through_the_fork_server_hold_only_their_stdio() {
     let b = Berth::new();
@@ -78,19 +96,7 @@ fn containers_made_through_the_fork_server_hold_only_their_stdio() {
          term:\n    image: berth-test/busybox:1\n    command: [\"sleep\", \"300\"]\n    tty: true\n",
     );
     // A long idle time: the server is still there when `up` returns.
-    let out = b
-        .cmd()
-        .env("BERTH_RUNTIME_FORK_IDLE_MS", "120000")
-        .arg("-f")
-        .arg(&f)
-        .args(["up", "-d"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "up: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    up_with(&b, &f, "BERTH_RUNTIME_FORK_IDLE_MS", "120000");
     let sup = b.supervisor_pid(&p);
     let srv = servers(b.root.path());
     assert_eq!(srv.len(), 1, "one fork server for the project: {srv:?}");
@@ -166,15 +172,7 @@ fn the_fork_server_ends_when_idle_and_comes_back() {
         &p,
         "services:\n  a:\n    image: berth-test/busybox:1\n    command: [\"sleep\", \"300\"]\n    init: true\n",
     );
-    let out = b
-        .cmd()
-        .env("BERTH_RUNTIME_FORK_IDLE_MS", "300")
-        .arg("-f")
-        .arg(&f)
-        .args(["up", "-d"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    up_with(&b, &f, "BERTH_RUNTIME_FORK_IDLE_MS", "300");
     wait_for(
         "the idle fork server to end",
         Duration::from_secs(10),
@@ -207,15 +205,7 @@ fn without_the_fork_server_create_re_execs() {
         &p,
         "services:\n  a:\n    image: berth-test/busybox:1\n    command: [\"sleep\", \"300\"]\n",
     );
-    let out = b
-        .cmd()
-        .env("BERTH_RUNTIME_FORK", "0")
-        .arg("-f")
-        .arg(&f)
-        .args(["up", "-d"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    up_with(&b, &f, "BERTH_RUNTIME_FORK", "0");
     assert!(
         servers(b.root.path()).is_empty(),
         "no fork server when turned off"
@@ -234,15 +224,7 @@ fn a_dead_fork_server_costs_one_re_exec_then_is_replaced() {
         &p,
         "services:\n  a:\n    image: berth-test/busybox:1\n    command: [\"sleep\", \"300\"]\n    init: true\n",
     );
-    let out = b
-        .cmd()
-        .env("BERTH_RUNTIME_FORK_IDLE_MS", "120000")
-        .arg("-f")
-        .arg(&f)
-        .args(["up", "-d"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    up_with(&b, &f, "BERTH_RUNTIME_FORK_IDLE_MS", "120000");
     let srv = servers(b.root.path());
     assert_eq!(srv.len(), 1, "{srv:?}");
     // SAFETY: a plain kill of the server this test's project started.

@@ -476,6 +476,17 @@ fn apply_propagation(
 
 /// `mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY)` on the mount at `fd`.
 fn recursive_readonly(fd: &OwnedFd, what: &Path) -> Result<()> {
+    mount_setattr(fd, libc::AT_RECURSIVE as u32, MOUNT_ATTR_RDONLY)
+        .map_err(io_err("make read-only recursively", what))
+}
+
+pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub(crate) const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// `mount_setattr(2)` (Linux 5.12) on the mount at `fd` itself (`AT_EMPTY_PATH`, plus
+/// `at_flags`, e.g. `AT_RECURSIVE`): set the `MOUNT_ATTR_*` bits of `attr_set`.
+pub(crate) fn mount_setattr(fd: &OwnedFd, at_flags: u32, attr_set: u64) -> std::io::Result<()> {
     #[repr(C)]
     struct MountAttr {
         attr_set: u64,
@@ -483,29 +494,25 @@ fn recursive_readonly(fd: &OwnedFd, what: &Path) -> Result<()> {
         propagation: u64,
         userns_fd: u64,
     }
-    const MOUNT_ATTR_RDONLY: u64 = 0x1;
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
+        attr_set,
         attr_clr: 0,
         propagation: 0,
         userns_fd: 0,
     };
-    let empty = c"";
     // SAFETY: valid fd, NUL-terminated empty path with AT_EMPTY_PATH, struct of the size passed.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
             fd.as_raw_fd(),
-            empty.as_ptr(),
-            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | at_flags,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
     };
     if rc != 0 {
-        return Err(io_err("make read-only recursively", what)(
-            std::io::Error::last_os_error(),
-        ));
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }

@@ -15,7 +15,7 @@
 //! when the runtime exits). Kernels without the new mount API (before 5.12) get the private
 //! namespace and the bind mount.
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
@@ -63,15 +63,7 @@ pub fn ensure_cloned() -> Result<()> {
     }
     let detached = detached_ro(&exe);
     if detached.is_none() {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(sys_err("unshare mnt"))?;
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_SLAVE | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(sys_err("make / slave"))?;
+        slave_mount_ns()?;
         bind_ro(&exe)?;
     }
     std::env::set_var(MARK, if detached.is_some() { "detached" } else { "ns" });
@@ -98,6 +90,20 @@ pub fn ensure_cloned() -> Result<()> {
     }
 }
 
+/// A mount namespace of this process's own: a slave copy of its caller's, so that nothing
+/// mounted in it is seen outside while the caller's new mounts still propagate in.
+pub(crate) fn slave_mount_ns() -> Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(sys_err("unshare mnt"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(sys_err("make / slave"))
+}
+
 /// A detached, read-only, nosuid, nodev bind mount of the file `exe` (its fd, close-on-exec),
 /// or None where the kernel cannot make one.
 fn detached_ro(exe: &Path) -> Option<OwnedFd> {
@@ -108,35 +114,14 @@ fn detached_ro(exe: &Path) -> Option<OwnedFd> {
         OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
     )
     .ok()?;
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    const MOUNT_ATTR_RDONLY: u64 = 0x1;
-    const MOUNT_ATTR_NOSUID: u64 = 0x2;
-    const MOUNT_ATTR_NODEV: u64 = 0x4;
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    // SAFETY: a valid fd, a NUL-terminated empty path with AT_EMPTY_PATH, and a struct of the
-    // size passed.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    (rc == 0).then_some(fd)
+    use crate::rootfs::{mount_setattr, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
+    mount_setattr(
+        &fd,
+        0,
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+    )
+    .ok()?;
+    Some(fd)
 }
 
 fn bind_ro(exe: &PathBuf) -> Result<()> {

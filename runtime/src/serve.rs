@@ -24,7 +24,6 @@ use std::ffi::OsString;
 use std::io::{IoSlice, IoSliceMut, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
-use nix::mount::{mount, MsFlags};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use nix::unistd::{ForkResult, Pid};
 use serde::{Deserialize, Serialize};
@@ -350,7 +349,7 @@ fn child(req: Request, stdio: [OwnedFd; 3]) -> i32 {
     // without the detached mount), the same: a slave copy of the caller's. Elsewhere none, as
     // a re-exec'd runtime runs in its caller's (a copy is O(mounts on the host)).
     if crate::selfclone::private_ns() {
-        if let Err(e) = private_mounts() {
+        if let Err(e) = crate::selfclone::slave_mount_ns() {
             eprintln!("berth-runtime: {e}");
             return 1;
         }
@@ -359,18 +358,6 @@ fn child(req: Request, stdio: [OwnedFd; 3]) -> i32 {
         std::env::set_var(k, v);
     }
     crate::cli::main(req.args.into_iter().map(OsString::from).collect())
-}
-
-fn private_mounts() -> Result<()> {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(sys_err("unshare mnt"))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(sys_err("make / slave"))
 }
 
 fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
