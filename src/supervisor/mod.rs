@@ -122,6 +122,8 @@ pub struct Supervisor {
     /// State writes and DNS snapshots, coalesced over bursts of events (`batch`).
     saves: batch::Coalesce,
     dns_runs: batch::Coalesce,
+    /// The fsyncs of those writes, off the events' path (`batch::DeferredSync`).
+    syncs: Arc<batch::DeferredSync>,
     /// The DNS records as last published, and what they were made from (`publish`).
     dns_state: StdMutex<publish::DnsState>,
     /// What the firewall's rules were made from (`publish`).
@@ -216,6 +218,7 @@ async fn serve(project: String) -> anyhow::Result<()> {
         shutdown: tokio::sync::Notify::new(),
         saves: Default::default(),
         dns_runs: Default::default(),
+        syncs: Default::default(),
         dns_state: Default::default(),
         fw_state: Default::default(),
     });
@@ -470,13 +473,18 @@ impl Supervisor {
                     return;
                 }
                 let (names, project) = (batch.names(), batch.has_project());
-                let written = tokio::task::spawn_blocking(move || batch.write())
+                // Written without the fsyncs, which follow off this path (see `DeferredSync`
+                // for what a crash at each point leaves).
+                let written = tokio::task::spawn_blocking(move || batch.write_unsynced())
                     .await
                     .unwrap_or_else(|e| Err(anyhow!("{e}")));
-                if let Err(e) = written {
-                    tracing::error!("saving state: {e:#}");
-                    // Written again by the next save.
-                    self.state.lock().await.unsaved(names, project);
+                match written {
+                    Ok(w) => self.syncs.later(w),
+                    Err(e) => {
+                        tracing::error!("saving state: {e:#}");
+                        // Written again by the next save.
+                        self.state.lock().await.unsaved(names, project);
+                    }
                 }
             })
             .await
