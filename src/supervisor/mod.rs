@@ -151,6 +151,8 @@ pub fn main(project: &str) -> anyhow::Result<u8> {
     if !keeper::is_supervisor() {
         return keeper::run(project);
     }
+    // Before any thread (it edits the environment).
+    client::hold_ready_fd(client::take_ready_fd());
     proc::set_child_subreaper().context("becoming a child subreaper")?;
     // Footprint of a mostly idle process: two malloc arenas instead of one per thread that
     // ever allocated (8 per core), and at most 8 blocking threads (the create path's kernel
@@ -184,6 +186,7 @@ async fn serve(project: String) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&sock);
     let listener =
         UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+    client::signal_ready();
     let pid_file = paths.project_run(&project).join("supervisor.pid");
     std::fs::write(&pid_file, std::process::id().to_string())?;
     let engine = Engine::open(&paths)?;
