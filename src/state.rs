@@ -660,40 +660,35 @@ impl SaveBatch {
             if self.project.is_some() {
                 w.files.push(self.dir.join(PROJECT_FILE));
             }
-            w.dirs.push(cdir.clone());
-            w.dirs.push(self.dir.clone());
         }
         Ok(w)
     }
 }
 
-/// What a `SaveBatch::write_unsynced` wrote: its files, and the directories whose entries
-/// (renames, removals) changed.
+/// What a `SaveBatch::write_unsynced` wrote: its files. Their directories are not fsynced,
+/// as `write_atomic` never did: on ext4 a file's fsync commits the journal transaction that
+/// holds its rename (and a directory fsync per pass cost a journal commit of its own).
 #[derive(Debug, Default)]
 pub struct Written {
     pub files: Vec<PathBuf>,
-    pub dirs: Vec<PathBuf>,
 }
 
 impl Written {
     pub fn merge(&mut self, other: Written) {
         self.files.extend(other.files);
-        self.dirs.extend(other.dirs);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty() && self.dirs.is_empty()
+        self.files.is_empty()
     }
 
-    /// fsync the files, then their directories (the renames). A file or directory gone
-    /// meanwhile (replaced again, the container or the project removed) is skipped: what
-    /// replaced it is synced by its own write, and a removal needs no content on disk.
+    /// fsync the files. One gone meanwhile (replaced again, the container or the project
+    /// removed) is skipped: what replaced it is synced by its own write, and a removal needs
+    /// no content on disk.
     pub fn sync(mut self) -> anyhow::Result<()> {
-        for list in [&mut self.files, &mut self.dirs] {
-            list.sort();
-            list.dedup();
-        }
-        for p in self.files.iter().chain(&self.dirs) {
+        self.files.sort();
+        self.files.dedup();
+        for p in &self.files {
             match File::open(p) {
                 Ok(f) => f
                     .sync_all()
@@ -978,7 +973,6 @@ mod tests {
         got.sort();
         want.sort();
         assert_eq!(got, want);
-        assert!(w.dirs.contains(&dir.join(CONTAINERS_DIR)));
         let back = ProjectState::load(&p, "p").unwrap().unwrap();
         assert_eq!(names(&back), ["p-a-1", "p-b-1"]);
         // A file gone before its sync (the container removed meanwhile) is skipped.
