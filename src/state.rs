@@ -3,7 +3,8 @@
 //!
 //! On disk (`<data>/projects/<name>/`): `project.json` (networks, volumes, generations, how the
 //! project was loaded) and one `containers/<container>.json` per container, each written
-//! atomically (temp file, fsync, rename). A container event rewrites its container's file
+//! atomically (temp file, rename; fsynced before the rename, or later in a batch by the
+//! supervisor's saves: `SaveBatch::write_unsynced`). A container event rewrites its container's file
 //! alone (and `project.json` only if that changed), so an event costs the same at 500
 //! containers as at 5. Loading reads the directory. The single `state.json` of older berth
 //! versions is still read, and replaced by the directory on the first save.

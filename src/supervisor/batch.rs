@@ -134,6 +134,34 @@ mod tests {
         assert!(n < 200, "{n} runs for 200 concurrent calls");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deferred_sync_passes_end_and_skip_files_gone() {
+        let d = tempfile::tempdir().unwrap();
+        let kept = d.path().join("a.json");
+        std::fs::write(&kept, b"{}").unwrap();
+        let s = Arc::new(DeferredSync::default());
+        let idle = |s: &DeferredSync| {
+            let g = s.inner.lock().unwrap();
+            !g.running && g.pending.is_empty()
+        };
+        for round in 0..2 {
+            s.later(crate::state::Written {
+                files: vec![kept.clone(), d.path().join("gone.json")],
+            });
+            // Bounded: a pass over two files.
+            let mut ok = false;
+            for _ in 0..500 {
+                if idle(&s) {
+                    ok = true;
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert!(ok, "round {round}: the pass did not end");
+        }
+        assert_eq!(std::fs::read(&kept).unwrap(), b"{}");
+    }
+
     #[tokio::test]
     async fn a_call_after_a_run_runs_again() {
         let c = Coalesce::default();
