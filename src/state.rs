@@ -3,7 +3,8 @@
 //!
 //! On disk (`<data>/projects/<name>/`): `project.json` (networks, volumes, generations, how the
 //! project was loaded) and one `containers/<container>.json` per container, each written
-//! atomically (temp file, fsync, rename). A container event rewrites its container's file
+//! atomically (temp file, rename; fsynced before the rename, or later in a batch by the
+//! supervisor's saves: `SaveBatch::write_unsynced`). A container event rewrites its container's file
 //! alone (and `project.json` only if that changed), so an event costs the same at 500
 //! containers as at 5. Loading reads the directory. The single `state.json` of older berth
 //! versions is still read, and replaced by the directory on the first save.
@@ -310,6 +311,17 @@ impl ProjectState {
         let dir = Self::dir(paths, project);
         let pj = dir.join(PROJECT_FILE);
         let fields: ProjectFields = match fs::read(&pj) {
+            Ok(bytes) if bytes.is_empty() => {
+                // Written without an fsync and the machine went down before the deferred one
+                // (supervisor/batch.rs, `DeferredSync`; ext4 then keeps the rename, not the
+                // data): the networks and containers it names died with the machine. The
+                // container files are still read, so `down` removes what is left on disk.
+                tracing::warn!(
+                    "{}: empty, read as a project without networks",
+                    pj.display()
+                );
+                serde_json::from_value(serde_json::json!({ "name": project }))?
+            }
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .with_context(|| format!("reading {}", pj.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Self::load_legacy(&dir),
@@ -337,6 +349,13 @@ impl ProjectState {
                             return Err(e).with_context(|| format!("reading {}", path.display()))
                         }
                     };
+                    if bytes.is_empty() {
+                        // Written without an fsync and the machine went down before the
+                        // deferred one (ext4 then keeps the rename, not the data): the
+                        // container was being made and is gone with the machine.
+                        tracing::warn!("{}: empty, ignored", path.display());
+                        continue;
+                    }
                     let f: ContainerFile = serde_json::from_slice(&bytes)
                         .with_context(|| format!("reading {}", path.display()))?;
                     recs.push((f.seq, f.container));
@@ -579,7 +598,20 @@ impl SaveBatch {
     /// Write it: the container files (in parallel when there are several: the filesystem's
     /// journal then commits their fsyncs together), the removals, then `project.json`, then
     /// the old `state.json` goes. Never makes the project's directory (see `save_batch`).
+    #[cfg(test)]
     pub fn write(self) -> anyhow::Result<()> {
+        self.write_with(true).map(|_| ())
+    }
+
+    /// Write it as `write` does, but without an fsync per file: each file is still replaced
+    /// atomically (temp file, rename), so a crash of the writing process leaves the old or the
+    /// new content (the page cache outlives the process). Returns what to `sync_written` later
+    /// for the content to outlive a crash of the machine too.
+    pub fn write_unsynced(self) -> anyhow::Result<Written> {
+        self.write_with(false)
+    }
+
+    fn write_with(self, sync: bool) -> anyhow::Result<Written> {
         let cdir = self.dir.join(CONTAINERS_DIR);
         let file = |name: &str| cdir.join(format!("{name}.json"));
         const WRITERS: usize = 8;
@@ -593,7 +625,7 @@ impl SaveBatch {
                         s.spawn(|| {
                             chunk
                                 .iter()
-                                .try_for_each(|(n, b)| write_atomic_in_place(&file(n), b))
+                                .try_for_each(|(n, b)| replace_file(&file(n), b, sync))
                         })
                     })
                     .collect();
@@ -607,7 +639,7 @@ impl SaveBatch {
             })?;
         } else {
             for (n, b) in &self.containers {
-                write_atomic_in_place(&file(n), b)?;
+                replace_file(&file(n), b, sync)?;
             }
         }
         for n in &self.removed {
@@ -618,10 +650,53 @@ impl SaveBatch {
             }
         }
         if let Some(p) = &self.project {
-            write_atomic_in_place(&self.dir.join(PROJECT_FILE), p)?;
+            replace_file(&self.dir.join(PROJECT_FILE), p, sync)?;
         }
         if self.remove_legacy {
             let _ = fs::remove_file(ProjectState::legacy_path(&self.dir));
+        }
+        let mut w = Written::default();
+        if !sync {
+            w.files = self.containers.iter().map(|(n, _)| file(n)).collect();
+            if self.project.is_some() {
+                w.files.push(self.dir.join(PROJECT_FILE));
+            }
+        }
+        Ok(w)
+    }
+}
+
+/// What a `SaveBatch::write_unsynced` wrote: its files. Their directories are not fsynced,
+/// as `write_atomic` never did: on ext4 a file's fsync commits the journal transaction that
+/// holds its rename (and a directory fsync per pass cost a journal commit of its own).
+#[derive(Debug, Default)]
+pub struct Written {
+    pub files: Vec<PathBuf>,
+}
+
+impl Written {
+    pub fn merge(&mut self, other: Written) {
+        self.files.extend(other.files);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// fsync the files. One gone meanwhile (replaced again, the container or the project
+    /// removed) is skipped: what replaced it is synced by its own write, and a removal needs
+    /// no content on disk.
+    pub fn sync(mut self) -> anyhow::Result<()> {
+        self.files.sort();
+        self.files.dedup();
+        for p in &self.files {
+            match File::open(p) {
+                Ok(f) => f
+                    .sync_all()
+                    .with_context(|| format!("syncing {}", p.display()))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("syncing {}", p.display())),
+            }
         }
         Ok(())
     }
@@ -636,6 +711,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// `write_atomic` into a directory that must exist already (it is not made again).
 pub fn write_atomic_in_place(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    replace_file(path, bytes, true)
+}
+
+/// Replace `path` by a temp file renamed over it; fsynced before the rename if `sync`.
+fn replace_file(path: &Path, bytes: &[u8], sync: bool) -> anyhow::Result<()> {
     let dir = path.parent().context("path without parent")?;
     let tmp = dir.join(format!(
         ".{}.tmp{}",
@@ -656,7 +736,9 @@ pub fn write_atomic_in_place(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
                 .with_context(|| format!("writing {}", tmp.display()))?
         };
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
     }
     fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
     Ok(())
@@ -869,6 +951,61 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn unsynced_write_is_read_back_and_names_what_to_sync() {
+        let d = tempfile::tempdir().unwrap();
+        let p = paths(d.path());
+        let mut st = ProjectState {
+            name: "p".into(),
+            ..Default::default()
+        };
+        st.put_container(rec("p-a-1", "a"));
+        st.put_container(rec("p-b-1", "b"));
+        let w = st.save_batch(&p).unwrap().write_unsynced().unwrap();
+        let dir = p.project("p");
+        let mut want = vec![
+            dir.join("containers/p-a-1.json"),
+            dir.join("containers/p-b-1.json"),
+            dir.join(PROJECT_FILE),
+        ];
+        let mut got = w.files.clone();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+        let back = ProjectState::load(&p, "p").unwrap().unwrap();
+        assert_eq!(names(&back), ["p-a-1", "p-b-1"]);
+        // A file gone before its sync (the container removed meanwhile) is skipped.
+        fs::remove_file(dir.join("containers/p-a-1.json")).unwrap();
+        w.sync().unwrap();
+    }
+
+    #[test]
+    fn empty_files_left_by_a_machine_crash_do_not_stop_a_load() {
+        // ext4 keeps the rename of a file written without fsync, not its data: what
+        // `DeferredSync` risks if the machine goes down before its pass.
+        let d = tempfile::tempdir().unwrap();
+        let p = paths(d.path());
+        let mut st = ProjectState {
+            name: "p".into(),
+            ..Default::default()
+        };
+        st.put_container(rec("p-a-1", "a"));
+        st.put_container(rec("p-b-1", "b"));
+        st.save(&p).unwrap();
+        let dir = p.project("p");
+        fs::write(dir.join("containers/p-b-1.json"), b"").unwrap();
+        let back = ProjectState::load(&p, "p").unwrap().unwrap();
+        assert_eq!(names(&back), ["p-a-1"]);
+        fs::write(dir.join(PROJECT_FILE), b"").unwrap();
+        let back = ProjectState::load(&p, "p").unwrap().unwrap();
+        assert_eq!(back.name, "p");
+        assert!(back.networks.is_empty());
+        assert_eq!(names(&back), ["p-a-1"]);
+        // Anything else that is not a record is still an error.
+        fs::write(dir.join("containers/p-b-1.json"), b"{").unwrap();
+        assert!(ProjectState::load(&p, "p").is_err());
     }
 
     #[test]

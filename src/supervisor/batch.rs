@@ -36,6 +36,67 @@ impl Coalesce {
     }
 }
 
+/// The fsyncs of the state writes, taken off the path of the events that made them.
+///
+/// A container's record is written (temp file, rename) before its runtime `create` and again
+/// before its `start`, and the caller goes on once the rename is done, not once the disk has
+/// it: what each point protects is a crash of the supervisor (a new one adopts the containers
+/// from their records, `down` removes them), and the page cache outlives the process. The
+/// fsyncs follow on a blocking thread, one pass for every file written meanwhile (a burst of
+/// 50 creates costs a few passes instead of 100 fsyncs, and none of them waits on one).
+/// A crash of the machine before a pass loses at most the records written since the last
+/// one (tens of ms): the containers and bridges they describe died with the machine anyway,
+/// and each file is its old content or, for a first write on ext4, an empty file. An empty
+/// container file is skipped by `ProjectState::load` (that container's bundle directory stays
+/// on disk); an empty `project.json` reads as a project without networks, its container files
+/// still read (so `down` and `resume` still find them).
+#[derive(Default)]
+pub(super) struct DeferredSync {
+    inner: std::sync::Mutex<DeferredInner>,
+}
+
+#[derive(Default)]
+struct DeferredInner {
+    pending: crate::state::Written,
+    /// A pass is running or queued: it takes `pending` when it starts.
+    running: bool,
+}
+
+impl DeferredSync {
+    /// Sync `w` soon, without waiting for it.
+    pub(super) fn later(self: &std::sync::Arc<Self>, w: crate::state::Written) {
+        if w.is_empty() {
+            return;
+        }
+        let mut g = self.inner.lock().unwrap();
+        g.pending.merge(w);
+        if g.running {
+            return;
+        }
+        g.running = true;
+        drop(g);
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.drain());
+    }
+
+    /// Sync what is pending, in passes, until nothing is.
+    fn drain(&self) {
+        loop {
+            let w = {
+                let mut g = self.inner.lock().unwrap();
+                if g.pending.is_empty() {
+                    g.running = false;
+                    return;
+                }
+                std::mem::take(&mut g.pending)
+            };
+            if let Err(e) = w.sync() {
+                tracing::warn!("syncing state: {e:#}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +132,34 @@ mod tests {
         assert_eq!(published.load(Ordering::SeqCst), 200);
         let n = runs.load(Ordering::SeqCst);
         assert!(n < 200, "{n} runs for 200 concurrent calls");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deferred_sync_passes_end_and_skip_files_gone() {
+        let d = tempfile::tempdir().unwrap();
+        let kept = d.path().join("a.json");
+        std::fs::write(&kept, b"{}").unwrap();
+        let s = Arc::new(DeferredSync::default());
+        let idle = |s: &DeferredSync| {
+            let g = s.inner.lock().unwrap();
+            !g.running && g.pending.is_empty()
+        };
+        for round in 0..2 {
+            s.later(crate::state::Written {
+                files: vec![kept.clone(), d.path().join("gone.json")],
+            });
+            // Bounded: a pass over two files.
+            let mut ok = false;
+            for _ in 0..500 {
+                if idle(&s) {
+                    ok = true;
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert!(ok, "round {round}: the pass did not end");
+        }
+        assert_eq!(std::fs::read(&kept).unwrap(), b"{}");
     }
 
     #[tokio::test]

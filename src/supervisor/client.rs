@@ -1,7 +1,7 @@
 //! The CLI side of the control socket (synchronous: commands stay simple).
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -49,6 +49,13 @@ impl Client {
             .context("opening the supervisor log")?;
         let mut cmd = Command::new(crate::engine::runtime::self_exe());
         cmd.arg("__supervisor").arg("--project").arg(project);
+        // The supervisor says it listens by a byte on this pipe (`signal_ready`): the wait
+        // below wakes then, instead of every 5 ms. Without it (no pipe), the polling alone.
+        let ready = ReadyPipe::new().ok();
+        if let Some(r) = &ready {
+            cmd.env(READY_FD_ENV, r.write_raw.to_string());
+        }
+        let ready_w = ready.as_ref().map_or(-1, |r| r.write_raw);
         if let Some(by) = respawned_by {
             cmd.env(super::respawn::RESPAWNED_BY_ENV, by);
         }
@@ -59,7 +66,7 @@ impl Client {
         cmd.process_group(0);
         // SAFETY: setsid is async-signal-safe; called in the child before exec.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::setsid();
                 // Nothing of the caller's beyond stdio: a shell's or a test harness's fds left
                 // without close-on-exec would otherwise stay open in the supervisor for its
@@ -72,10 +79,17 @@ impl Client {
                     u32::MAX,
                     libc::CLOSE_RANGE_CLOEXEC,
                 );
+                // Except the readiness pipe's write side, which the keeper and then the
+                // supervisor inherit.
+                if ready_w >= 0 {
+                    libc::fcntl(ready_w, libc::F_SETFD, 0);
+                }
                 Ok(())
             });
         }
         let mut child = cmd.spawn().context("starting the supervisor")?;
+        // Ours goes: the pipe then reads EOF once the keeper and supervisor are gone.
+        let mut ready = ready.map(|r| r.read);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(c) = Client::connect(paths, project) {
@@ -103,7 +117,13 @@ impl Client {
                 let _ = child.kill();
                 bail!("the supervisor did not start within 10 s");
             }
-            std::thread::sleep(Duration::from_millis(5));
+            match ready.as_ref().map(|r| wait_readable(r, 50)) {
+                // A byte: it listens (connect above); EOF: it is gone without (or another
+                // serves the project): poll from now on.
+                Some(Some(true)) => {}
+                Some(Some(false)) | Some(None) => ready = None,
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
         }
     }
 
@@ -202,5 +222,87 @@ impl Client {
             on_reply(&reply);
         }
         bail!("the supervisor closed the connection before answering (see its log)")
+    }
+}
+
+/// The environment variable that names the readiness pipe's write side in the keeper and the
+/// supervisor started by `Client::start`.
+const READY_FD_ENV: &str = "BERTH_READY_FD";
+
+struct ReadyPipe {
+    read: OwnedFd,
+    /// The write side (close-on-exec here; kept open across the exec in the child).
+    _write: OwnedFd,
+    write_raw: RawFd,
+}
+
+impl ReadyPipe {
+    fn new() -> std::io::Result<ReadyPipe> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: pipe2 fills in two fds on success.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: both fds were just made and are owned by nothing else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Ok(ReadyPipe {
+            read,
+            write_raw: write.as_raw_fd(),
+            _write: write,
+        })
+    }
+}
+
+/// Wait up to `ms` for the readiness pipe: `Some(true)` a byte came (consumed), `Some(false)`
+/// EOF, `None` nothing yet or an error.
+fn wait_readable(fd: &OwnedFd, ms: i32) -> Option<bool> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    if n <= 0 {
+        return None;
+    }
+    let mut b = [0u8; 1];
+    // SAFETY: reading into a 1-byte buffer we own.
+    match unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), 1) } {
+        1 => Some(true),
+        0 => Some(false),
+        _ => None,
+    }
+}
+
+/// In the keeper and the supervisor, before any thread: take the readiness pipe's write side
+/// from the environment (so nothing they start inherits the variable). Only a pipe counts.
+pub(crate) fn take_ready_fd() -> Option<OwnedFd> {
+    let v = std::env::var(READY_FD_ENV).ok()?;
+    // Single-threaded here (the callers' contract).
+    std::env::remove_var(READY_FD_ENV);
+    let fd: RawFd = v.parse().ok().filter(|f| *f > 2)?;
+    // SAFETY: fstat on any fd number is harmless; a zeroed stat is a valid out-parameter.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+        return None;
+    }
+    // SAFETY: the fd was handed to this process for this use alone (`Client::start`).
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+static READY: std::sync::Mutex<Option<OwnedFd>> = std::sync::Mutex::new(None);
+
+/// In the supervisor: keep the readiness pipe until `signal_ready`.
+pub(crate) fn hold_ready_fd(fd: Option<OwnedFd>) {
+    *READY.lock().unwrap() = fd;
+}
+
+/// In the supervisor, once its socket listens: wake the CLI that started it (one byte), and
+/// close the pipe.
+pub(crate) fn signal_ready() {
+    if let Some(fd) = READY.lock().unwrap().take() {
+        // SAFETY: writing one byte from a buffer we own.
+        unsafe { libc::write(fd.as_raw_fd(), b"1".as_ptr().cast(), 1) };
     }
 }

@@ -86,6 +86,9 @@ pub fn run(project: &str) -> anyhow::Result<u8> {
         .spawn()
         .context("starting the supervisor")?;
     let supervisor = child.id() as i32;
+    // The supervisor has the CLI's readiness pipe (`client::signal_ready`); the keeper's copy
+    // goes, so the CLI reads EOF if the supervisor dies without listening.
+    drop(super::client::take_ready_fd());
     // Reaped below by waitid/waitpid, not through the handle.
     drop(child);
     let paths = Paths::from_env();

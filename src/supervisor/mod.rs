@@ -122,6 +122,8 @@ pub struct Supervisor {
     /// State writes and DNS snapshots, coalesced over bursts of events (`batch`).
     saves: batch::Coalesce,
     dns_runs: batch::Coalesce,
+    /// The fsyncs of those writes, off the events' path (`batch::DeferredSync`).
+    syncs: Arc<batch::DeferredSync>,
     /// The DNS records as last published, and what they were made from (`publish`).
     dns_state: StdMutex<publish::DnsState>,
     /// What the firewall's rules were made from (`publish`).
@@ -149,6 +151,8 @@ pub fn main(project: &str) -> anyhow::Result<u8> {
     if !keeper::is_supervisor() {
         return keeper::run(project);
     }
+    // Before any thread (it edits the environment).
+    client::hold_ready_fd(client::take_ready_fd());
     proc::set_child_subreaper().context("becoming a child subreaper")?;
     // Footprint of a mostly idle process: two malloc arenas instead of one per thread that
     // ever allocated (8 per core), and at most 8 blocking threads (the create path's kernel
@@ -182,6 +186,7 @@ async fn serve(project: String) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&sock);
     let listener =
         UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+    client::signal_ready();
     let pid_file = paths.project_run(&project).join("supervisor.pid");
     std::fs::write(&pid_file, std::process::id().to_string())?;
     let engine = Engine::open(&paths)?;
@@ -216,6 +221,7 @@ async fn serve(project: String) -> anyhow::Result<()> {
         shutdown: tokio::sync::Notify::new(),
         saves: Default::default(),
         dns_runs: Default::default(),
+        syncs: Default::default(),
         dns_state: Default::default(),
         fw_state: Default::default(),
     });
@@ -470,13 +476,31 @@ impl Supervisor {
                     return;
                 }
                 let (names, project) = (batch.names(), batch.has_project());
-                let written = tokio::task::spawn_blocking(move || batch.write())
-                    .await
-                    .unwrap_or_else(|e| Err(anyhow!("{e}")));
-                if let Err(e) = written {
-                    tracing::error!("saving state: {e:#}");
-                    // Written again by the next save.
-                    self.state.lock().await.unsaved(names, project);
+                // Written without the fsyncs, which follow off this path (see `DeferredSync`
+                // for what a crash at each point leaves).
+                // On a thread of its own, not the blocking pool: during a burst the pool is
+                // full of snapshot, netns and veth work, and a write queued behind it held
+                // every container's create and start (86 ms per save at flat-50).
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("berth-save".into())
+                        .spawn(move || {
+                            let _ = tx.send(batch.write_unsynced());
+                        });
+                let written = match spawned {
+                    Ok(_) => rx
+                        .await
+                        .unwrap_or_else(|_| Err(anyhow!("state writer ended"))),
+                    Err(e) => Err(anyhow!("starting the state writer: {e}")),
+                };
+                match written {
+                    Ok(w) => self.syncs.later(w),
+                    Err(e) => {
+                        tracing::error!("saving state: {e:#}");
+                        // Written again by the next save.
+                        self.state.lock().await.unsaved(names, project);
+                    }
                 }
             })
             .await
