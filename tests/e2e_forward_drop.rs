@@ -632,7 +632,13 @@ fn dns_and_relayed_ports_work_under_an_input_drop_policy() {
     // serves them on the host, so through the input hook).
     let input = InputDrop::new(&[&bridge, &remote.host_if]);
     let _fwd = ForwardDrop::new();
-    let tag = "comment \"berth p_";
+    // This project's accepts only: other tests' projects (in this binary, or elsewhere on the
+    // machine) put theirs in the same chain.
+    let tag = format!(
+        "comment \"berth {} ",
+        berth_network::firewall::chain_prefix(&p)
+    );
+    let tag = tag.as_str();
     let listing = wait_for(
         "berth's accepts in the input chain",
         Duration::from_secs(5),
