@@ -165,3 +165,72 @@ fn wait_prints_the_exit_code_when_the_service_stops() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4");
     assert_eq!(out.status.code(), Some(4));
 }
+
+/// No container of an `up` runs before its networks' firewall rules are in (their isolation
+/// from other networks and the outside): the rules go in while the containers are made, and
+/// each `start` waits for them. Held up here by holding berth's nft lock (as another project's
+/// apply would): the container is made, its process stays the runtime's, waiting for `start`,
+/// until the lock is let go.
+#[test]
+fn containers_start_only_once_their_networks_rules_are_in() {
+    use std::os::fd::AsRawFd;
+    let b = Berth::new();
+    let p = unique("fwgate");
+    let f = b.compose(
+        &p,
+        "services:\n  a:\n    image: berth-test/busybox:1\n    command: [\"sleep\", \"300\"]\n",
+    );
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(berth_network::firewall::LOCK)
+        .unwrap();
+    // SAFETY: flock on an fd we own.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let mut up = b
+        .cmd()
+        .arg("-f")
+        .arg(&f)
+        .args(["up", "-d"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let comm = |pid: i64| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let pid = wait_for("the container to be made", Duration::from_secs(20), || {
+        b.state(&p)?["containers"]
+            .as_array()?
+            .iter()
+            .find(|c| c["service"] == "a")?["pid"]
+            .as_i64()
+    });
+    // Made; while the rules cannot go in, it does not start.
+    let until = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < until {
+        assert_eq!(
+            comm(pid),
+            "berth",
+            "the container started before its network's rules were in"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(lock);
+    let out = up.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "up: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "the container's own process",
+        Duration::from_secs(10),
+        || (comm(pid) == "sleep").then_some(()),
+    );
+    b.ok(&f, &["down", "-t", "1"]);
+}

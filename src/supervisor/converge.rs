@@ -297,9 +297,18 @@ impl Supervisor {
         // go in while the containers are made, instead of after (an nft run is a third of a
         // one-service `up`). The apply after the levels then only adds the new containers'
         // published ports, or finds nothing changed.
+        // Containers are made meanwhile, but none starts before these rules are in (the
+        // gate, see `spawn`): a new network's isolation from other networks and the outside
+        // is in force before anything runs on it.
         let early_fw = {
             let me = self.clone();
-            tokio::spawn(async move { me.apply_firewall().await })
+            let gate = self.fw_gate.clone().write_owned().await;
+            tokio::spawn(async move {
+                let r = me.apply_firewall().await;
+                crate::trace::step(|| "supervisor: early firewall applied".into());
+                drop(gate);
+                r
+            })
         };
         let levels = self.converge_levels(plan, opts, out, made_containers).await;
         // Over before anything else touches the rules (a failed `up` removes them).

@@ -112,6 +112,10 @@ pub struct Supervisor {
     op: Mutex<()>,
     /// One firewall transaction at a time, so `last_fw` always describes what is in force.
     fw: Mutex<()>,
+    /// Held for writing while an `up`'s early firewall apply runs beside the containers'
+    /// creation; a container's `start` waits for it (`spawn`), so no container of a new
+    /// network runs before the isolation rules that guard it are in.
+    fw_gate: Arc<tokio::sync::RwLock<()>>,
     dns: berth_network::dns::DnsServer,
     /// Serves published ports to clients the host would route, while it drops routed traffic
     /// (`berth_network::relay`); empty otherwise.
@@ -213,6 +217,7 @@ async fn serve(project: String) -> anyhow::Result<()> {
         }),
         op: Mutex::new(()),
         fw: Mutex::new(()),
+        fw_gate: Arc::new(tokio::sync::RwLock::new(())),
         dns: berth_network::dns::DnsServer::start(),
         relay: StdMutex::new(berth_network::relay::Relay::new()),
         // Rootless: published ports always go through the relay, bound in the host's

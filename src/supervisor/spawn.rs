@@ -185,6 +185,8 @@ impl Supervisor {
         self.save().await;
         let start = Instant::now();
         self.watch_exit(name, pidfd.clone(), start, pid, drains);
+        // An `up`'s rules for its networks first (see `fw_gate`); free otherwise.
+        drop(self.fw_gate.read().await);
         if let Err(e) = self.engine.runtime.start(name).await {
             // A process that already ran and exited is not a failed start.
             let exited = self
