@@ -188,7 +188,7 @@ fn containers_start_only_once_their_networks_rules_are_in() {
         .unwrap();
     // SAFETY: flock on an fd we own.
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-    let mut up = b
+    let up = b
         .cmd()
         .arg("-f")
         .arg(&f)
