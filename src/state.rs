@@ -953,16 +953,22 @@ mod tests {
         v
     }
 
-    #[test]
-    fn unsynced_write_is_read_back_and_names_what_to_sync() {
-        let d = tempfile::tempdir().unwrap();
-        let p = paths(d.path());
+    /// Project "p" with containers p-a-1 and p-b-1 (services a, b).
+    fn two_containers() -> ProjectState {
         let mut st = ProjectState {
             name: "p".into(),
             ..Default::default()
         };
         st.put_container(rec("p-a-1", "a"));
         st.put_container(rec("p-b-1", "b"));
+        st
+    }
+
+    #[test]
+    fn unsynced_write_is_read_back_and_names_what_to_sync() {
+        let d = tempfile::tempdir().unwrap();
+        let p = paths(d.path());
+        let mut st = two_containers();
         let w = st.save_batch(&p).unwrap().write_unsynced().unwrap();
         let dir = p.project("p");
         let mut want = vec![
@@ -987,12 +993,7 @@ mod tests {
         // `DeferredSync` risks if the machine goes down before its pass.
         let d = tempfile::tempdir().unwrap();
         let p = paths(d.path());
-        let mut st = ProjectState {
-            name: "p".into(),
-            ..Default::default()
-        };
-        st.put_container(rec("p-a-1", "a"));
-        st.put_container(rec("p-b-1", "b"));
+        let st = two_containers();
         st.save(&p).unwrap();
         let dir = p.project("p");
         fs::write(dir.join("containers/p-b-1.json"), b"").unwrap();
