@@ -702,8 +702,9 @@ fn external_host_bridge_is_used_as_it_is() {
     require_root();
     let d = tempfile::tempdir().unwrap();
     let ipam = ipam_in(d.path());
-    let name = format!("berthx{}", &uniq("")[..std::cmp::min(9, uniq("").len())]);
-    let name: String = name.chars().take(15).collect();
+    // One call: each call counts up, so two calls can differ in length (x9, then x10).
+    let id = uniq("");
+    let name: String = format!("berthx{id}").chars().take(15).collect();
     struct L(String);
     impl Drop for L {
         fn drop(&mut self) {
