@@ -122,19 +122,16 @@ impl Berth {
 
     /// `berth -f FILE ARGS…`, asserting success; returns stdout.
     pub fn ok(&self, file: &Path, args: &[&str]) -> String {
-        let out = self.cmd().arg("-f").arg(file).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "berth {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
+        String::from_utf8_lossy(&self.succeeds(file, args).stdout).to_string()
     }
 
     /// As `ok`, for commands whose report is on stderr (progress, dry runs, builds).
     pub fn ok_stderr(&self, file: &Path, args: &[&str]) -> String {
+        String::from_utf8_lossy(&self.succeeds(file, args).stderr).to_string()
+    }
+
+    /// `berth -f FILE ARGS…`, asserting success (both streams in the message otherwise).
+    fn succeeds(&self, file: &Path, args: &[&str]) -> std::process::Output {
         let out = self.cmd().arg("-f").arg(file).args(args).output().unwrap();
         assert!(
             out.status.success(),
@@ -143,7 +140,7 @@ impl Berth {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stderr).to_string()
+        out
     }
 
     pub fn fails(&self, file: &Path, args: &[&str]) -> String {
