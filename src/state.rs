@@ -39,13 +39,28 @@ pub struct ProjectState {
     #[serde(default)]
     pub containers: Vec<ContainerRecord>,
     /// Per service: the config hash of its latest generation and that generation's number
-    /// (1 for the first config, +1 on every change rolled out).
+    /// (1 for the first config, +1 on every change rolled out). Changed only through
+    /// `generation`, which marks it for the next save (so a save need not compare it: it has
+    /// an entry per service).
     #[serde(default)]
-    pub generations: BTreeMap<String, (String, u64)>,
+    pub generations: Generations,
     /// What changed since it was last written, published in DNS or in the firewall (the
     /// supervisor's own bookkeeping; never on disk).
     #[serde(skip)]
     pub(crate) changes: Changes,
+}
+
+/// `ProjectState::generations`: read anywhere (it derefs to the map), changed only by
+/// `ProjectState::generation`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Generations(BTreeMap<String, (String, u64)>);
+
+impl std::ops::Deref for Generations {
+    type Target = BTreeMap<String, (String, u64)>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 /// Change tracking of a `ProjectState`: filled by `container_mut`, `put_container` and
@@ -64,8 +79,81 @@ pub(crate) struct Changes {
     /// The project-level fields as last written (`project.json` is rewritten only when they
     /// differ); None: never written in this format.
     written: Option<Box<ProjectFields>>,
+    /// `generations` changed since the last save.
+    generations: bool,
+    /// Where each container is in `containers`, by name and by service (see `Index`).
+    index: Index,
     /// Loaded from the old single `state.json` (removed on the first save).
     legacy: bool,
+}
+
+/// Positions in `ProjectState::containers` by name and by service, so that one container's
+/// event finds its record and its service's others without a walk over every container.
+/// Kept by `put_container`, `remove_container` and `load`; checked on every use: a state whose
+/// `containers` a caller filtered, extended or reordered by hand (a filtered copy) makes it
+/// fall back to a scan, never answer wrong. (Overwriting a record in place with one of another
+/// name or service is not seen: nothing does that; `container_mut` is not for renaming.)
+#[derive(Debug, Default)]
+struct Index {
+    by_name: HashMap<String, usize>,
+    by_service: HashMap<String, Vec<usize>>,
+    /// `containers.len()` it was made for.
+    len: usize,
+}
+
+impl Index {
+    fn build(containers: &[ContainerRecord]) -> Index {
+        let mut ix = Index {
+            len: containers.len(),
+            ..Default::default()
+        };
+        for (i, c) in containers.iter().enumerate() {
+            ix.by_name.insert(c.name.clone(), i);
+            ix.by_service.entry(c.service.clone()).or_default().push(i);
+        }
+        ix
+    }
+
+    fn push(&mut self, c: &ContainerRecord, i: usize) {
+        self.by_name.insert(c.name.clone(), i);
+        self.by_service
+            .entry(c.service.clone())
+            .or_default()
+            .push(i);
+        self.len = i + 1;
+    }
+
+    /// Position of `name`, if the index holds it and is right about it; None: not there, or
+    /// the index does not know (`Err` then asks for a scan).
+    fn find(&self, containers: &[ContainerRecord], name: &str) -> Result<Option<usize>, ()> {
+        if self.len != containers.len() {
+            return Err(());
+        }
+        match self.by_name.get(name) {
+            Some(&i) if containers.get(i).is_some_and(|c| c.name == name) => Ok(Some(i)),
+            Some(_) => Err(()),
+            None if self.by_name.len() == containers.len() => Ok(None),
+            None => Err(()),
+        }
+    }
+
+    /// Positions of `service`'s containers, in order; Err: ask a scan.
+    fn of_service(&self, containers: &[ContainerRecord], service: &str) -> Result<&[usize], ()> {
+        if self.len != containers.len() || self.by_name.len() != containers.len() {
+            return Err(());
+        }
+        let v = self
+            .by_service
+            .get(service)
+            .map_or(&[][..], |v| v.as_slice());
+        if v.iter()
+            .all(|&i| containers.get(i).is_some_and(|c| c.service == service))
+        {
+            Ok(v)
+        } else {
+            Err(())
+        }
+    }
 }
 
 impl Clone for Changes {
@@ -105,6 +193,8 @@ struct ProjectFieldsRef<'a> {
 }
 
 impl ProjectFieldsRef<'_> {
+    /// Whether the fields equal `f`, generations aside (`Changes::generations` says whether
+    /// those changed, without a walk over every service's entry).
     fn same_as(&self, f: &ProjectFields) -> bool {
         *self.name == f.name
             && *self.source == f.source
@@ -112,7 +202,6 @@ impl ProjectFieldsRef<'_> {
             && *self.config_files == f.config_files
             && *self.networks == f.networks
             && *self.volumes == f.volumes
-            && *self.generations == f.generations
     }
 
     fn to_owned(&self) -> ProjectFields {
@@ -157,15 +246,18 @@ pub struct SaveBatch {
 impl ProjectState {
     /// The generation number of `hash` for `service`, starting a new one if the hash changed.
     pub fn generation(&mut self, service: &str, hash: &str) -> u64 {
-        let e = self
-            .generations
-            .entry(service.to_string())
-            .or_insert_with(|| (hash.to_string(), 1));
-        if e.0 != hash {
+        match self.generations.0.get_mut(service) {
+            Some(e) if e.0 == hash => return e.1,
             // Rolling back to the previous config still counts as a new generation.
-            *e = (hash.to_string(), e.1 + 1);
+            Some(e) => *e = (hash.to_string(), e.1 + 1),
+            None => {
+                self.generations
+                    .0
+                    .insert(service.to_string(), (hash.to_string(), 1));
+            }
         }
-        e.1
+        self.changes.generations = true;
+        self.generations[service].1
     }
 }
 
@@ -377,11 +469,12 @@ impl ProjectState {
             config_files: fields.config_files.clone(),
             networks: fields.networks.clone(),
             volumes: fields.volumes.clone(),
-            generations: fields.generations.clone(),
+            generations: Generations(fields.generations.clone()),
             containers: recs.into_iter().map(|r| r.1).collect(),
             changes,
         };
         st.changes.written = Some(Box::new(fields));
+        st.changes.index = Index::build(&st.containers);
         Ok(Some(st))
     }
 
@@ -395,6 +488,7 @@ impl ProjectState {
             Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
         };
         st.changes.legacy = true;
+        st.changes.index = Index::build(&st.containers);
         st.changes.next_seq = st.containers.len() as u64;
         for (i, c) in st.containers.iter().enumerate() {
             st.changes.seqs.insert(c.name.clone(), i as u64);
@@ -427,11 +521,12 @@ impl ProjectState {
             ..Default::default()
         };
         let fields = self.fields_ref();
-        let project_changed = self
-            .changes
-            .written
-            .as_ref()
-            .is_none_or(|w| !fields.same_as(w));
+        let project_changed = self.changes.generations
+            || self
+                .changes
+                .written
+                .as_ref()
+                .is_none_or(|w| !fields.same_as(w));
         if !project_changed && self.changes.records.is_empty() && !self.changes.legacy {
             return Ok(b);
         }
@@ -442,6 +537,7 @@ impl ProjectState {
             b.project = Some(serde_json::to_vec(&fields)?);
             let owned = Box::new(fields.to_owned());
             self.changes.written = Some(owned);
+            self.changes.generations = false;
         }
         let names: Vec<String> = self.changes.records.drain().collect();
         // One pass to find them when there are many (a burst at `up`), a scan for a few.
@@ -454,7 +550,13 @@ impl ProjectState {
         for name in &names {
             let rec = match &index {
                 Some(ix) => ix.get(name.as_str()).copied(),
-                None => self.containers.iter().find(|c| c.name == *name),
+                None => {
+                    let cs = &self.containers;
+                    match self.changes.index.find(cs, name) {
+                        Ok(at) => at.map(|i| &cs[i]),
+                        Err(()) => cs.iter().find(|c| c.name == *name),
+                    }
+                }
             };
             match rec {
                 Some(c) => {
@@ -515,20 +617,76 @@ impl ProjectState {
 
     /// Add `rec`, or replace the container of that name (it then counts as the newest).
     pub fn put_container(&mut self, rec: ContainerRecord) {
-        self.containers.retain(|c| c.name != rec.name);
         let seq = self.changes.next_seq;
         self.changes.next_seq += 1;
         self.changes.seqs.insert(rec.name.clone(), seq);
         self.touch(&rec.name.clone(), &rec.service.clone());
-        self.containers.push(rec);
+        match self.position(&rec.name) {
+            None if self.changes.index.len == self.containers.len() => {
+                self.changes.index.push(&rec, self.containers.len());
+                self.containers.push(rec);
+            }
+            at => {
+                if let Some(i) = at {
+                    self.containers.remove(i);
+                }
+                self.containers.push(rec);
+                self.changes.index = Index::build(&self.containers);
+            }
+        }
     }
 
     /// Forget the container `name` (its file goes with the next save).
     pub fn remove_container(&mut self, name: &str) {
-        if let Some(i) = self.containers.iter().position(|c| c.name == name) {
+        if let Some(i) = self.position(name) {
             let c = self.containers.remove(i);
             self.touch(&c.name, &c.service);
+            self.changes.index = Index::build(&self.containers);
         }
+    }
+
+    fn position(&self, name: &str) -> Option<usize> {
+        self.changes
+            .index
+            .find(&self.containers, name)
+            .unwrap_or_else(|()| self.containers.iter().position(|c| c.name == name))
+    }
+
+    /// The containers of `service`, in order of creation.
+    pub fn of_service<'a>(&'a self, service: &str) -> Vec<&'a ContainerRecord> {
+        match self.changes.index.of_service(&self.containers, service) {
+            Ok(ix) => ix.iter().map(|&i| &self.containers[i]).collect(),
+            Err(()) => self
+                .containers
+                .iter()
+                .filter(|c| c.service == service)
+                .collect(),
+        }
+    }
+
+    /// The containers of `services` (all when empty), in order of creation.
+    pub fn of_services<'a>(&'a self, services: &[String]) -> Vec<&'a ContainerRecord> {
+        if services.is_empty() {
+            return self.containers.iter().collect();
+        }
+        let mut at: Vec<usize> = Vec::new();
+        for (k, s) in services.iter().enumerate() {
+            if services[..k].contains(s) {
+                continue;
+            }
+            match self.changes.index.of_service(&self.containers, s) {
+                Ok(ix) => at.extend_from_slice(ix),
+                Err(()) => {
+                    return self
+                        .containers
+                        .iter()
+                        .filter(|c| services.contains(&c.service))
+                        .collect()
+                }
+            }
+        }
+        at.sort_unstable();
+        at.into_iter().map(|i| &self.containers[i]).collect()
     }
 
     /// Services with a container changed since the last call (for the DNS records).
@@ -542,13 +700,13 @@ impl ProjectState {
     }
 
     pub fn container(&self, name: &str) -> Option<&ContainerRecord> {
-        self.containers.iter().find(|c| c.name == name)
+        self.position(name).map(|i| &self.containers[i])
     }
 
     /// The container `name`, to change: it is written by the next save and looked at again by
     /// the next DNS and firewall update.
     pub fn container_mut(&mut self, name: &str) -> Option<&mut ContainerRecord> {
-        let i = self.containers.iter().position(|c| c.name == name)?;
+        let i = self.position(name)?;
         let service = self.containers[i].service.clone();
         self.touch(name, &service);
         Some(&mut self.containers[i])
@@ -1038,6 +1196,16 @@ mod tests {
         let b = st.save_batch(&p).unwrap();
         assert!(b.has_project() && b.containers.is_empty());
         b.write().unwrap();
+        // The same config again is no change; another one is, and so is a new service's.
+        assert_eq!(st.generation("s1", "new"), 1);
+        assert!(st.save_batch(&p).unwrap().is_empty());
+        assert_eq!(st.generation("s1", "newer"), 2);
+        assert!(st.save_batch(&p).unwrap().has_project());
+        assert_eq!(st.generation("s1", "new"), 3);
+        st.generation("s99", "h");
+        let b = st.save_batch(&p).unwrap();
+        assert!(b.has_project());
+        b.write().unwrap();
         // A removal removes the file.
         st.remove_container("p-s3-1");
         st.save_batch(&p).unwrap().write().unwrap();
@@ -1045,8 +1213,63 @@ mod tests {
         let back = ProjectState::load(&p, "p").unwrap().unwrap();
         assert_eq!(names(&back), names(&st));
         assert_eq!(back.container("p-s7-1").unwrap().status, Status::Running);
-        assert_eq!(back.generations["s1"], ("new".to_string(), 1));
+        assert_eq!(back.generations["s1"], ("new".to_string(), 3));
+        assert_eq!(back.generations["s99"], ("h".to_string(), 1));
         assert!(back.container("p-s3-1").is_none());
+    }
+
+    #[test]
+    fn lookups_by_name_and_service_follow_every_change() {
+        let d = tempfile::tempdir().unwrap();
+        let p = paths(d.path());
+        let mut st = ProjectState {
+            name: "p".into(),
+            ..Default::default()
+        };
+        for (n, svc) in [("a1", "a"), ("b1", "b"), ("a2", "a"), ("c1", "c")] {
+            st.put_container(rec(n, svc));
+        }
+        let of = |st: &ProjectState, s: &str| -> Vec<String> {
+            st.of_service(s).iter().map(|c| c.name.clone()).collect()
+        };
+        let of_all = |st: &ProjectState, s: &[&str]| -> Vec<String> {
+            let s: Vec<String> = s.iter().map(|x| x.to_string()).collect();
+            st.of_services(&s).iter().map(|c| c.name.clone()).collect()
+        };
+        assert_eq!(of(&st, "a"), ["a1", "a2"]);
+        assert_eq!(st.container("b1").unwrap().service, "b");
+        assert!(st.container("zz").is_none());
+        // In creation order whatever the order asked, each once.
+        assert_eq!(of_all(&st, &["c", "a", "c"]), ["a1", "a2", "c1"]);
+        assert_eq!(of_all(&st, &[]), ["a1", "b1", "a2", "c1"]);
+        // Replaced: the newest, found where it now is; removed: gone from both.
+        st.put_container(rec("a1", "a"));
+        assert_eq!(names(&st), ["b1", "a2", "c1", "a1"]);
+        assert_eq!(of(&st, "a"), ["a2", "a1"]);
+        st.remove_container("b1");
+        assert!(st.container("b1").is_none());
+        assert!(of(&st, "b").is_empty());
+        assert_eq!(st.container_mut("c1").unwrap().name, "c1");
+        // Reloaded: the same answers.
+        st.save_batch(&p).unwrap().write().unwrap();
+        let back = ProjectState::load(&p, "p").unwrap().unwrap();
+        assert_eq!(of(&back, "a"), ["a2", "a1"]);
+        assert_eq!(back.container("c1").unwrap().service, "c");
+        // `containers` changed by hand (a filtered copy, a clone): still right, by a scan.
+        let mut cut = back.clone();
+        cut.containers.retain(|c| c.name != "a2");
+        assert_eq!(of(&cut, "a"), ["a1"]);
+        assert!(cut.container("a2").is_none());
+        assert_eq!(cut.container("c1").unwrap().name, "c1");
+        let mut swapped = back;
+        swapped.containers.swap(0, 2);
+        assert_eq!(swapped.container("a2").unwrap().name, "a2");
+        assert_eq!(of(&swapped, "a"), ["a1", "a2"]);
+        swapped.put_container(rec("y1", "y"));
+        assert_eq!(of(&swapped, "y"), ["y1"]);
+        assert_eq!(swapped.container("a2").unwrap().service, "a");
+        swapped.remove_container("a2");
+        assert_eq!(of(&swapped, "a"), ["a1"]);
     }
 
     #[test]

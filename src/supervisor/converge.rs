@@ -49,7 +49,7 @@ impl Supervisor {
             st.working_dir = plan.working_dir.clone();
             st.config_files = plan.config_files.clone();
         }
-        let prev = self.plan.lock().await.replace(full.clone());
+        let prev = self.replace_plan(full.clone()).await;
         if prev.is_some() {
             *self.prev_plan.lock().await = prev;
         }

@@ -235,33 +235,50 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Containers grouped in reverse start order. Linear in the containers (a `stop` of one
-    /// service asks for it: it must not cost O(n^2) in a project of n services).
+    /// Containers grouped in reverse start order. Linear in the containers.
     pub(super) async fn stop_levels(&self) -> Vec<Vec<String>> {
+        let all: Vec<(String, String)> = {
+            let st = self.state.lock().await;
+            st.containers
+                .iter()
+                .map(|c| (c.name.clone(), c.service.clone()))
+                .collect()
+        };
+        self.levels_of(all).await
+    }
+
+    /// `wanted` (container, its service) grouped in reverse start order: the containers of
+    /// services no level places first, then the plan's levels from the last. Costs what
+    /// `wanted` has (a `stop` of one service in a project of n services looks at one
+    /// service's place, not at n), plus a map of the levels when `wanted` is large. Takes the
+    /// plan's lock (never held with `state`'s).
+    async fn levels_of(&self, wanted: Vec<(String, String)>) -> Vec<Vec<String>> {
         use std::collections::HashMap;
-        // Only the levels of the plan, not a copy of all of it (lock order: never `plan` and
-        // `state` together).
-        let levels_of: Option<Vec<Vec<String>>> =
-            self.plan.lock().await.as_ref().map(|p| p.levels.clone());
-        let st = self.state.lock().await;
-        let mut level_of: HashMap<&str, usize> = HashMap::new();
-        let n_levels = levels_of.as_ref().map(|l| l.len()).unwrap_or(0);
-        for (i, lvl) in levels_of.iter().flatten().enumerate() {
-            for svc in lvl {
-                level_of.entry(svc.as_str()).or_insert(i);
+        let plan = self.plan.lock().await;
+        let plan_levels: &[Vec<String>] = plan.as_ref().map_or(&[], |p| p.levels.as_slice());
+        let n_levels = plan_levels.len();
+        let index: Option<HashMap<&str, usize>> = (wanted.len() > 8).then(|| {
+            let mut m = HashMap::new();
+            for (i, lvl) in plan_levels.iter().enumerate() {
+                for svc in lvl {
+                    m.entry(svc.as_str()).or_insert(i);
+                }
             }
-        }
+            m
+        });
+        let level_of = |svc: &str| match &index {
+            Some(m) => m.get(svc).copied(),
+            None => plan_levels.iter().position(|l| l.iter().any(|s| s == svc)),
+        };
         // levels[0] holds what no level places; levels[1 + k] the k-th level from the end.
         let mut levels: Vec<Vec<String>> = vec![Vec::new(); n_levels + 1];
-        for c in &st.containers {
-            match level_of.get(c.service.as_str()) {
-                Some(&i) => levels[n_levels - i].push(c.name.clone()),
-                None => levels[0].push(c.name.clone()),
+        for (name, svc) in wanted {
+            match level_of(&svc) {
+                Some(i) => levels[n_levels - i].push(name),
+                None => levels[0].push(name),
             }
         }
-        if levels[0].is_empty() {
-            levels.remove(0);
-        }
+        levels.retain(|l| !l.is_empty());
         levels
     }
 
@@ -271,12 +288,17 @@ impl Supervisor {
         timeout: Option<u64>,
         out: &Out,
     ) -> anyhow::Result<()> {
-        let names: std::collections::HashSet<String> =
-            self.containers_of(services).await.into_iter().collect();
-        for level in self.stop_levels().await {
+        let wanted: Vec<(String, String)> = {
+            let st = self.state.lock().await;
+            st.of_services(services)
+                .into_iter()
+                .filter(|c| !c.oneoff)
+                .map(|c| (c.name.clone(), c.service.clone()))
+                .collect()
+        };
+        for level in self.levels_of(wanted).await {
             let futs: Vec<_> = level
                 .iter()
-                .filter(|n| names.contains(*n))
                 .map(|n| self.stop_one(n, timeout.map(Duration::from_secs), out))
                 .collect();
             futures_util::future::join_all(futs).await;

@@ -100,7 +100,10 @@ pub struct Supervisor {
     engine: Engine,
     project: String,
     state: Mutex<ProjectState>,
+    /// Changed only through `replace_plan`, `init_plan` and `put_service_plan`, which count
+    /// the changes in `plan_rev` (the DNS update looks at every service again only then).
     plan: Mutex<Option<ProjectPlan>>,
+    plan_rev: std::sync::atomic::AtomicU64,
     /// The plan before the current `up`, for rollbacks.
     prev_plan: Mutex<Option<ProjectPlan>>,
     /// Per service, the image id its replicas ran before an `up` replaced them for an
@@ -203,6 +206,7 @@ async fn serve(project: String) -> anyhow::Result<()> {
         project: project.clone(),
         state: Mutex::new(state),
         plan: Mutex::new(None),
+        plan_rev: Default::default(),
         prev_plan: Mutex::new(None),
         prev_images: StdMutex::new(HashMap::new()),
         shared: StdMutex::new(Shared {
@@ -269,6 +273,37 @@ async fn serve(project: String) -> anyhow::Result<()> {
 }
 
 impl Supervisor {
+    /// `full` is the plan from now on (an `up`); returns the one before.
+    async fn replace_plan(&self, full: ProjectPlan) -> Option<ProjectPlan> {
+        let mut p = self.plan.lock().await;
+        self.plan_rev
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        p.replace(full)
+    }
+
+    /// `full` is the plan if there is none yet (a `run` before any `up`).
+    async fn init_plan(&self, full: &ProjectPlan) {
+        let mut p = self.plan.lock().await;
+        if p.is_none() {
+            self.plan_rev
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            *p = Some(full.clone());
+        }
+    }
+
+    /// `svc` replaces the plan of its service (a rollout's new image, a rollback).
+    async fn put_service_plan(&self, svc: &ServicePlan) {
+        let mut p = self.plan.lock().await;
+        if let Some(s) = p
+            .as_mut()
+            .and_then(|p| p.services.iter_mut().find(|s| s.name == svc.name))
+        {
+            *s = svc.clone();
+            self.plan_rev
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     async fn service_plan(&self, service: &str) -> Option<ServicePlan> {
         self.plan
             .lock()
@@ -279,7 +314,9 @@ impl Supervisor {
 
     async fn handle(self: Arc<Self>, stream: UnixStream) {
         let (rd, mut wr) = stream.into_split();
-        let mut lines = BufReader::new(rd).lines();
+        // A request is one line, most far below 1 KiB (longer ones read in pieces): not the
+        // default 8 KiB, zeroed on every connection.
+        let mut lines = BufReader::with_capacity(1024, rd).lines();
         let Ok(Some(line)) = lines.next_line().await else {
             return;
         };
@@ -441,9 +478,9 @@ impl Supervisor {
 
     async fn containers_of(&self, services: &[String]) -> Vec<String> {
         let st = self.state.lock().await;
-        st.containers
-            .iter()
-            .filter(|c| !c.oneoff && (services.is_empty() || services.contains(&c.service)))
+        st.of_services(services)
+            .into_iter()
+            .filter(|c| !c.oneoff)
             .map(|c| c.name.clone())
             .collect()
     }
@@ -537,9 +574,9 @@ impl Supervisor {
 
     async fn service_containers(&self, service: &str) -> Vec<ContainerRecord> {
         let st = self.state.lock().await;
-        st.containers
-            .iter()
-            .filter(|c| c.service == service && !c.oneoff)
+        st.of_service(service)
+            .into_iter()
+            .filter(|c| !c.oneoff)
             .cloned()
             .collect()
     }

@@ -32,9 +32,7 @@ impl Supervisor {
                 st.config_files = full.config_files.clone();
             }
         }
-        if self.plan.lock().await.is_none() {
-            *self.plan.lock().await = Some(full.clone());
-        }
+        self.init_plan(&full).await;
         if !o.no_deps && !base.depends_on.is_empty() {
             let deps: Vec<String> = base.depends_on.iter().map(|d| d.0.clone()).collect();
             let plan = crate::engine::plan::load_plan(&source, &deps)?;

@@ -49,23 +49,16 @@ impl Supervisor {
         // Per service, what its records need from the plan: its own `dns:` servers, its
         // hostname, and the aliases `links: [SERVICE:ALIAS]` of any service give it (Docker
         // scopes those to the linking container; berth answers them network-wide). Made again
-        // only when the plan changed (every service is then looked at again). Taken under the
-        // plan's lock alone (lock order: never `plan` and `state` together).
+        // only when the plan changed (`plan_rev`; every service is then looked at again).
+        // Taken under the plan's lock alone (lock order: never `plan` and `state` together).
         let replanned = {
             let plan = self.plan.lock().await;
-            let services = plan.iter().flat_map(|p| p.services.iter());
+            let rev = self.plan_rev.load(std::sync::atomic::Ordering::Relaxed);
             let mut ds = self.dns_state.lock().unwrap();
-            let same = ds.plan_hashes.len() == services.clone().count()
-                && services
-                    .clone()
-                    .zip(&ds.plan_hashes)
-                    .all(|(s, (n, h))| s.name == *n && s.config_hash == *h);
+            let same = ds.plan_rev == Some(rev);
             if !same {
-                ds.plan_hashes = services
-                    .clone()
-                    .map(|s| (s.name.clone(), s.config_hash.clone()))
-                    .collect();
-                ds.per_service = per_service_dns(services);
+                ds.plan_rev = Some(rev);
+                ds.per_service = per_service_dns(plan.iter().flat_map(|p| p.services.iter()));
             }
             !same
         };
@@ -95,14 +88,12 @@ impl Supervisor {
             let mut swap = ds.records.set_networks(nets.clone());
             swap |= ds.records.set_upstreams(host_upstreams());
             if !changed.is_empty() {
-                // The changed services' containers, in one pass.
-                let mut of: HashMap<&str, Vec<&ContainerRecord>> =
-                    changed.iter().map(|s| (s.as_str(), Vec::new())).collect();
-                for c in &st.containers {
-                    if let Some(v) = of.get_mut(c.service.as_str()) {
-                        v.push(c);
-                    }
-                }
+                // The changed services' containers (through the state's index: one
+                // container's event looks at its service, not at every container).
+                let of: Vec<(&str, Vec<&ContainerRecord>)> = changed
+                    .iter()
+                    .map(|s| (s.as_str(), st.of_service(s)))
+                    .collect();
                 for (service, containers) in of {
                     let entries = service_entries(
                         service,
@@ -451,8 +442,8 @@ pub(super) struct SvcDns {
 #[derive(Debug, Default)]
 pub(super) struct DnsState {
     records: berth_network::dns::Incremental,
-    /// (name, config hash) of the plan's services the last time, to see a new plan.
-    plan_hashes: Vec<(String, String)>,
+    /// The plan's revision (`Supervisor::plan_rev`) `per_service` was made from.
+    plan_rev: Option<u64>,
     per_service: HashMap<String, SvcDns>,
     /// The draining containers the last time.
     draining: std::collections::HashSet<String>,

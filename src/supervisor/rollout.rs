@@ -41,11 +41,7 @@ impl Supervisor {
                     && current.iter().any(|c| c.image_id != id)
                 {
                     svc.image = id.clone();
-                    if let Some(p) = self.plan.lock().await.as_mut() {
-                        if let Some(s) = p.services.iter_mut().find(|s| s.name == service) {
-                            *s = svc.clone();
-                        }
-                    }
+                    self.put_service_plan(&svc).await;
                     self.prev_images.lock().unwrap().remove(service);
                     let outdated: Vec<ContainerRecord> =
                         current.into_iter().filter(|c| c.image_id != id).collect();
@@ -77,11 +73,7 @@ impl Supervisor {
             bail!("{service} already runs its previous configuration");
         }
         let _ = source;
-        if let Some(p) = self.plan.lock().await.as_mut() {
-            if let Some(s) = p.services.iter_mut().find(|s| s.name == service) {
-                *s = prev_svc.clone();
-            }
-        }
+        self.put_service_plan(&prev_svc).await;
         let plan = self.plan.lock().await.clone().unwrap_or(prev.clone());
         let outdated: Vec<ContainerRecord> = current
             .into_iter()
@@ -254,11 +246,7 @@ impl Supervisor {
             }
         }
         // The service runs its previous configuration again from now on.
-        if let Some(p) = self.plan.lock().await.as_mut() {
-            if let Some(s) = p.services.iter_mut().find(|s| s.name == svc.name) {
-                *s = prev_svc.clone();
-            }
-        }
+        self.put_service_plan(&prev_svc).await;
         for (i, (new, _old)) in switched.iter().enumerate() {
             let delay = rollout::rollback_delay(&svc.rollback, i);
             if !delay.is_zero() {
