@@ -77,10 +77,20 @@ pub fn resolve_env(image_env: &[String], svc: &ServicePlan) -> Vec<String> {
 /// Whether a bundle's process wants a terminal (`process.terminal`, from `tty: true`): the
 /// runtime then needs a console socket.
 pub fn bundle_terminal(bundle: &Path) -> bool {
+    // Only `process.terminal` is decoded: the rest of the spec (a seccomp profile of
+    // hundreds of syscalls) is skipped without being built up. It is on every start's path.
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        process: Option<Process>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Process {
+        terminal: Option<bool>,
+    }
     std::fs::read(bundle.join("config.json"))
         .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v.pointer("/process/terminal").and_then(|t| t.as_bool()))
+        .and_then(|b| serde_json::from_slice::<Spec>(&b).ok())
+        .and_then(|s| s.process?.terminal)
         .unwrap_or(false)
 }
 
@@ -885,6 +895,27 @@ mod tests {
             name: "web".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn bundle_terminal_reads_process_terminal_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                r#"{"ociVersion":"1.0.2","process":{"terminal":true,"args":["sh"]},"linux":{"seccomp":{"syscalls":[{"names":["read"]}]}}}"#,
+                true,
+            ),
+            (r#"{"process":{"args":["sh"],"terminal":false}}"#, false),
+            (r#"{"process":{"args":["sh"]}}"#, false),
+            (r#"{"root":{"path":"rootfs"}}"#, false),
+            ("not json", false),
+        ];
+        for (json, want) in cases {
+            std::fs::write(d.path().join("config.json"), json).unwrap();
+            assert_eq!(bundle_terminal(d.path()), want, "{json}");
+        }
+        std::fs::remove_file(d.path().join("config.json")).unwrap();
+        assert!(!bundle_terminal(d.path()));
     }
 
     #[test]
