@@ -165,7 +165,13 @@ fn a_record_in_the_old_single_file_format_is_adopted_and_upgraded() {
     // (Dot files are the supervisor's previous versions, see state.rs `swap_in_file`.)
     let files = std::fs::read_dir(dir.join("containers"))
         .unwrap()
-        .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| {
+            !e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')
+        })
         .count();
     assert_eq!(files, 3, "one file per container");
     assert_eq!(b.container(&p, "db")["status"], "exited");
