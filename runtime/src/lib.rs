@@ -41,6 +41,7 @@ pub mod seccomp;
 mod selfclone;
 pub mod serve;
 pub mod state;
+pub mod trace;
 mod tty;
 pub mod user;
 

@@ -343,7 +343,13 @@ impl Runtime {
             args.push(s.to_string_lossy().into_owned());
         }
         args.push(id.to_string());
-        let env = [("BERTH_RUNTIME_ERROR_FILE", err_file.as_path())];
+        // BERTH_TRACE=1: the runtime appends its own steps to a file in the bundle.
+        let trace_file = crate::trace::enabled().then(|| bundle.join("create.trace"));
+        let mut env = vec![("BERTH_RUNTIME_ERROR_FILE", err_file.as_path())];
+        if let Some(t) = &trace_file {
+            let _ = std::fs::remove_file(t);
+            env.push((berth_runtime::trace::ENV, t.as_path()));
+        }
         let mut status = None;
         if fork_server_enabled() {
             crate::trace::step(|| format!("{id}: runtime create (fork server)"));
@@ -363,7 +369,7 @@ impl Runtime {
                 c.stdin(stdio(io.stdin))
                     .stdout(stdio(io.stdout))
                     .stderr(stdio(io.stderr));
-                for (k, v) in env {
+                for (k, v) in &env {
                     c.env(k, v);
                 }
                 let status = c.status().await.context("running the container runtime")?;
@@ -372,6 +378,13 @@ impl Runtime {
                 ))
             }
         };
+        if let Some(t) = &trace_file {
+            let text = std::fs::read_to_string(t).unwrap_or_default();
+            let _ = std::fs::remove_file(t);
+            for (us, pid, what) in text.lines().filter_map(berth_runtime::trace::parse_line) {
+                crate::trace::step_at(us, pid, &format!("{id}: runtime {what}"));
+            }
+        }
         if code != 0 {
             let msg = std::fs::read_to_string(&err_file).unwrap_or_default();
             let msg = msg.trim();
