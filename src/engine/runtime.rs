@@ -41,6 +41,9 @@ pub struct Runtime {
     pub root: PathBuf,
     /// The fork server, while one runs (see the module's comment).
     server: Arc<StdMutex<Option<Arc<ForkServer>>>>,
+    /// Holds the cgroup migration lock's fast path open from `warm` until the `create`
+    /// returned (`berth_runtime::warm`).
+    cg_warmer: berth_runtime::warm::Warmer,
 }
 
 /// The container's stdio, handed to `create` (runc pass-through mode); `None` is /dev/null.
@@ -185,19 +188,29 @@ impl Runtime {
         Runtime {
             root: root.to_path_buf(),
             server: Default::default(),
+            cg_warmer: Default::default(),
         }
     }
 
-    /// Start the fork server now if none runs, without waiting for it, so that its start-up
-    /// overlaps the work before the first `create` (snapshot, netns, veths, bundle). Needs a
-    /// tokio runtime.
+    /// A `create` follows (call it when preparing a container begins): start the fork
+    /// server now if none runs, without waiting for it, so that its start-up overlaps the
+    /// work before the first `create` (snapshot, netns, veths, bundle); and keep the kernel's
+    /// cgroup migration lock on its fast path until that `create` returned (or
+    /// [`Runtime::not_coming`]), so that the grace period its first writer waits for is
+    /// waited out meanwhile (`berth_runtime::warm`). Needs a tokio runtime.
     pub fn warm(&self) {
+        self.cg_warmer.expect();
         if !fork_server_enabled() {
             return;
         }
         if let Err(e) = self.server() {
             tracing::debug!("the runtime's fork server did not start: {e:#}");
         }
+    }
+
+    /// The `create` a [`Runtime::warm`] announced will not come (preparing it failed).
+    pub fn not_coming(&self) {
+        self.cg_warmer.arrived();
     }
 
     /// End the fork server and reap it (bounded), for a supervisor about to exit: otherwise it
@@ -317,6 +330,19 @@ impl Runtime {
 
     /// `create`: returns the container init's pid once it waits for `start`.
     pub async fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        io: CreateIo,
+        console_socket: Option<&Path>,
+    ) -> anyhow::Result<i32> {
+        let r = self.create_inner(id, bundle, io, console_socket).await;
+        // Its cgroup write is done (or never comes): `warm`'s expectation is met.
+        self.cg_warmer.arrived();
+        r
+    }
+
+    async fn create_inner(
         &self,
         id: &str,
         bundle: &Path,
