@@ -536,6 +536,7 @@ fn init_inner(chan: &Chan, c: &InitCtx) -> Result<Never> {
     process::ensure_home(&mut env, c.proc_.user().uid());
     let args = c.proc_.args().clone().unwrap_or_default();
     let exe = process::find_executable(&args[0], &env)?;
+    crate::trace::step(|| "init: cwd, executable found".into());
     process::become_user(c.spec, c.proc_)?;
     // The cwd must still be inside the container (CVE-2024-21626).
     check_cwd()?;
