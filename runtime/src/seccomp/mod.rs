@@ -373,6 +373,14 @@ fn build(s: &LinuxSeccomp) -> Result<libseccomp::ScmpFilterContext> {
     build_with(s, 2)
 }
 
+/// Whether the loaded libseccomp's binary tree is the one the tests check (2.5.4, Debian 12's
+/// and CI's) or later. Before 2.5 there is no tree; earlier 2.5 releases fixed bugs in it.
+/// Otherwise the linear layout (same decisions, slower load).
+#[cfg(feature = "seccomp")]
+fn tree_trusted() -> bool {
+    libseccomp::ScmpVersion::current().is_ok_and(|v| (v.major, v.minor, v.micro) >= (2, 5, 4))
+}
+
 #[cfg(feature = "seccomp")]
 fn build_with(s: &LinuxSeccomp, optimize: u32) -> Result<libseccomp::ScmpFilterContext> {
     use libseccomp::{ScmpArch, ScmpFilterContext, ScmpSyscall};
@@ -382,8 +390,7 @@ fn build_with(s: &LinuxSeccomp, optimize: u32) -> Result<libseccomp::ScmpFilterC
     let def = action(s.default_action(), s.default_errno_ret());
     let mut ctx = ScmpFilterContext::new(def).map_err(|e| err("new filter", e))?;
     ctx.set_ctl_nnp(false).map_err(|e| err("nnp", e))?;
-    if optimize > 1 {
-        // libseccomp before 2.5 has no tree: its linear layout then (same decisions).
+    if optimize > 1 && tree_trusted() {
         let _ = ctx.set_ctl_optimize(optimize);
     }
     for a in s.architectures().iter().flatten() {
@@ -647,6 +654,10 @@ mod tests {
         for p in &profiles {
             let linear = export(&build_with(p, 1).unwrap());
             let tree = export(&build_with(p, 2).unwrap());
+            if !tree_trusted() {
+                eprintln!("skipped: libseccomp older than 2.5.4 (no tree used)");
+                return;
+            }
             assert_ne!(linear, tree, "the layouts should differ");
             let mut checked = 0;
             for &arch in &arches {
