@@ -52,6 +52,26 @@ pub fn step(what: impl FnOnce() -> String) {
     }
 }
 
+/// True while tracing (a step would be recorded).
+pub fn enabled() -> bool {
+    T0.load(Ordering::Relaxed) != 0
+}
+
+/// Record a step another process timed (`us`: wall-clock µs since the epoch; `pid`: its
+/// pid), e.g. the runtime's own steps of a `create`.
+pub fn step_at(us: u64, pid: u32, what: &str) {
+    let t0 = T0.load(Ordering::Relaxed);
+    if t0 == 0 {
+        return;
+    }
+    let ms = us.saturating_sub(t0) as f64 / 1000.0;
+    let line = format!("trace {ms:9.3} ms  [{pid}] {what}");
+    match SINK.lock().ok().as_ref().and_then(|s| s.as_ref()) {
+        Some(f) => f(line),
+        None => eprintln!("{line}"),
+    }
+}
+
 /// In the supervisor, for the length of one traced request: lines go to `sink`, timed from
 /// the CLI's `t0`. Dropping the guard turns tracing off again.
 pub struct Session(());

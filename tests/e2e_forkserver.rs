@@ -294,3 +294,78 @@ fn the_supervisor_holds_none_of_the_callers_fds() {
     drop(held);
     b.ok(&f, &["down", "-t", "1"]);
 }
+
+/// `BERTH_TRACE=1`: the runtime's own steps of a `create` (create process and init) come back
+/// on the command's timeline, in order; the trace file goes, and neither it nor anything else
+/// of berth's reaches the container (its pid 1 holds only its stdio once it runs). The
+/// supervisor's cgroup warming (`berth_runtime::warm`) moves nothing: the supervisor is in
+/// the same cgroups after the `up` as before the create.
+#[test]
+fn the_trace_shows_the_runtimes_steps_and_leaves_nothing_behind() {
+    let b = Berth::new();
+    let p = unique("ftrace");
+    let f = b.compose(
+        &p,
+        "services:\n  a:\n    image: berth-test/busybox:1\n    command: [\"sleep\", \"300\"]\n    init: true\n  \
+         b:\n    image: berth-test/busybox:1\n    command: [\"sleep\", \"300\"]\n    depends_on: [a]\n",
+    );
+    let out = b
+        .cmd()
+        .env("BERTH_TRACE", "1")
+        .arg("-f")
+        .arg(&f)
+        .args(["up", "-d"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "up: {err}");
+    let ms = |step: &str| -> f64 {
+        let line = err
+            .lines()
+            .find(|l| l.contains(step))
+            .unwrap_or_else(|| panic!("no {step:?} in the trace:\n{err}"));
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let a = format!("{p}-a-1: ");
+    let steps = [
+        "runtime create (fork server)",
+        "runtime create: start",
+        "runtime create: cgroup made",
+        "runtime create: init moved into its cgroup",
+        "runtime init: namespaces unshared",
+        "runtime init: pivot_root, old root detached",
+        "runtime init: user, capabilities, seccomp",
+        "runtime create: init ready",
+        "runtime created, init",
+    ];
+    let times: Vec<f64> = steps.iter().map(|s| ms(&format!("{a}{s}"))).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "steps out of order: {:?}\n{err}",
+        steps.iter().zip(&times).collect::<Vec<_>>()
+    );
+    let bundle = b.root.path().join(format!("data/containers/{p}-a-1"));
+    assert!(
+        !bundle.join("create.trace").exists(),
+        "the trace file stays in {}",
+        bundle.display()
+    );
+    let sup = b.supervisor_pid(&p);
+    let cg = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let keeper = ppid(sup).unwrap();
+    assert_eq!(
+        cg(sup),
+        cg(keeper),
+        "the supervisor left its keeper's cgroups"
+    );
+    for svc in ["a", "b"] {
+        let pid = b.container(&p, svc)["pid"].as_i64().unwrap() as i32;
+        let open: Vec<i32> = fds_after_exec(pid).iter().map(|(fd, _)| *fd).collect();
+        assert_eq!(
+            open,
+            vec![0, 1, 2],
+            "{svc}'s pid 1 holds more than its stdio"
+        );
+    }
+    b.ok(&f, &["down", "-t", "1"]);
+}

@@ -53,6 +53,8 @@ fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
 ///
 /// Forks: call only from a single-threaded process (the CLI).
 pub fn create(o: &CreateOpts) -> Result<i32> {
+    crate::trace::open_from_env();
+    crate::trace::step(|| "create: start".into());
     state::validate_id(&o.id)?;
     let bundle = fs::canonicalize(&o.bundle).map_err(io_err("bundle", &o.bundle))?;
     let spec = load_spec(&bundle.join("config.json"))?;
@@ -187,6 +189,7 @@ fn create_inner(
     )
     .map_err(sys_err("open fifo"))?;
 
+    crate::trace::step(|| "create: state dir, spec copy, exec fifo".into());
     let cg = Cgroup::new(cg_path)?;
     cleanup.cgroup = Some(cg.clone());
     // A rootless berth without a delegated, writable cgroup subtree runs its containers
@@ -200,6 +203,7 @@ fn create_inner(
         }
         Err(e) => return Err(e),
     };
+    crate::trace::step(|| "create: cgroup made".into());
     if let Some(res) = spec
         .linux()
         .as_ref()
@@ -225,6 +229,7 @@ fn create_inner(
             }
         }
         cg.apply(res, &extra)?;
+        crate::trace::step(|| "create: cgroup limits written".into());
     }
 
     let namespaces = spec
@@ -313,6 +318,7 @@ fn create_inner(
             drop(parent);
             let mut keep = vec![child.0.as_raw_fd(), fifo_fd.as_raw_fd()];
             keep.extend(console.as_ref().map(|c| c.as_raw_fd()));
+            keep.extend(crate::trace::fd());
             process::close_fds_except(&keep);
             let ctx = InitCtx {
                 spec,
@@ -330,9 +336,11 @@ fn create_inner(
             drop(child);
             drop(console);
             cleanup.child = Some(pid);
+            crate::trace::step(|| "create: init forked".into());
             if cg_usable {
                 cg.add_pid(pid.as_raw())?;
             }
+            crate::trace::step(|| "create: init moved into its cgroup".into());
             parent.send(b"go")?;
             // A setup that hangs (a stuck mount source, say) must not hang the caller.
             let limit = std::env::var("BERTH_RUNTIME_CREATE_TIMEOUT_MS")
@@ -355,6 +363,7 @@ fn create_inner(
                 };
                 return Err(RuntimeError::Init(text));
             }
+            crate::trace::step(|| "create: init ready".into());
             let (_, start_time) = state::proc_stat(pid.as_raw())
                 .ok_or_else(|| RuntimeError::Init("the container init died".into()))?;
             let rec = Record {
@@ -371,6 +380,7 @@ fn create_inner(
             if let Some(pf) = &o.pid_file {
                 write_pid_file(pf, pid.as_raw())?;
             }
+            crate::trace::step(|| "create: state saved".into());
             Ok(pid.as_raw())
         }
     }
@@ -443,7 +453,9 @@ fn init_inner(chan: &Chan, c: &InitCtx) -> Result<Never> {
             None => unshare |= process::ns_flag(t),
         }
     }
+    crate::trace::step(|| "init: go, namespace paths joined".into());
     nix::sched::unshare(unshare).map_err(sys_err("unshare"))?;
+    crate::trace::step(|| "init: namespaces unshared".into());
     if let Some(p) = mnt_path {
         let f = fs::File::open(&p).map_err(io_err("open namespace", &p))?;
         nix::sched::setns(f, CloneFlags::CLONE_NEWNS).map_err(sys_err("setns mnt"))?;
@@ -477,6 +489,7 @@ fn init_inner(chan: &Chan, c: &InitCtx) -> Result<Never> {
         terminal: c.proc_.terminal().unwrap_or(false),
     };
     crate::rootfs::prepare(c.spec, &ctx)?;
+    crate::trace::step(|| "init: rootfs mounts and devices".into());
     if ctx.terminal {
         // /dev/console must exist as a mount target before the rootfs may become read-only.
         let p = c.rootfs.join("dev/console");
@@ -504,7 +517,9 @@ fn init_inner(chan: &Chan, c: &InitCtx) -> Result<Never> {
         drop(master);
         process::attach_tty(&slave)?;
     }
+    crate::trace::step(|| "init: pivot_root, old root detached".into());
     crate::rootfs::finalize(c.spec)?;
+    crate::trace::step(|| "init: sysctls, read-only and masked paths".into());
     let umask = c.proc_.user().umask().unwrap_or(0o022);
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
         umask as libc::mode_t,
@@ -521,9 +536,11 @@ fn init_inner(chan: &Chan, c: &InitCtx) -> Result<Never> {
     process::ensure_home(&mut env, c.proc_.user().uid());
     let args = c.proc_.args().clone().unwrap_or_default();
     let exe = process::find_executable(&args[0], &env)?;
+    crate::trace::step(|| "init: cwd, executable found".into());
     process::become_user(c.spec, c.proc_)?;
     // The cwd must still be inside the container (CVE-2024-21626).
     check_cwd()?;
+    crate::trace::step(|| "init: user, capabilities, seccomp".into());
     // `init: true`: a signal sent once `create` has returned (a stop the instant `start`
     // returns, or even before it) must reach berth-init, not be dropped by pid 1 (see
     // `process::block_all_signals`); the user process gets the mask we had.

@@ -41,8 +41,10 @@ pub mod seccomp;
 mod selfclone;
 pub mod serve;
 pub mod state;
+pub mod trace;
 mod tty;
 pub mod user;
+pub mod warm;
 
 pub use container::{
     delete, kill, kill_number, list, parse_signal, parse_signal_number, pause, pids, resume, start,

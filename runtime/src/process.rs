@@ -250,16 +250,19 @@ pub fn become_user(spec: &Spec, p: &Process) -> Result<()> {
     nix::unistd::setresuid(uid, uid, uid).map_err(sys_err(format!("setresuid {uid}")))?;
     nix::sys::prctl::set_keepcaps(false).map_err(sys_err("PR_SET_KEEPCAPS"))?;
     crate::capabilities::reset_effective()?;
+    crate::trace::step(|| "init: groups, uid, gid".into());
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     if let Some(s) = &seccomp {
         if !nnp {
             // Loading a filter without NNP needs CAP_SYS_ADMIN: before the drop.
             crate::seccomp::load(s)?;
+            crate::trace::step(|| "init: seccomp filter loaded".into());
         }
     }
     if let Some(c) = p.capabilities() {
         crate::capabilities::drop_bounding(c)?;
         crate::capabilities::set_process_caps(c)?;
+        crate::trace::step(|| "init: capabilities set".into());
     } else {
         // No capabilities object: none at all (runc).
         let empty = oci_spec::runtime::LinuxCapabilitiesBuilder::default()

@@ -344,6 +344,7 @@ pub fn prepare(spec: &Spec, ctx: &RootfsCtx) -> Result<()> {
         .and_then(|v| v.first().copied())
         .unwrap_or(MsFlags::MS_PRIVATE | MsFlags::MS_REC);
     do_mount(None, Path::new("/"), None, prop, None, Path::new("/"))?;
+    crate::trace::step(|| "init: / made private".into());
     // The rootfs must be a mount point for pivot_root.
     do_mount(
         Some(ctx.rootfs),
@@ -901,6 +902,7 @@ pub fn pivot(rootfs: &Path) -> Result<()> {
     .map_err(|e| io_err("open", rootfs)(e.into()))?;
     rustix::process::fchdir(&new).map_err(|e| io_err("chdir", rootfs)(e.into()))?;
     rustix::process::pivot_root(".", ".").map_err(|e| io_err("pivot_root", rootfs)(e.into()))?;
+    crate::trace::step(|| "init: pivot_root".into());
     rustix::process::fchdir(&old).map_err(|e| io_err("chdir", "old root")(e.into()))?;
     do_mount(
         None,

@@ -251,6 +251,8 @@ impl Engine {
         {
             Ok(()) => Ok(rec),
             Err(e) => {
+                // No `create` follows the `warm` of `create_one`.
+                self.runtime.not_coming();
                 // The volumes it was to take over stay (as the replaced container left them).
                 let mut made = rec.clone();
                 made.anon_volumes

@@ -41,6 +41,9 @@ pub struct Runtime {
     pub root: PathBuf,
     /// The fork server, while one runs (see the module's comment).
     server: Arc<StdMutex<Option<Arc<ForkServer>>>>,
+    /// Holds the cgroup migration lock's fast path open from `warm` until the `create`
+    /// returned (`berth_runtime::warm`).
+    cg_warmer: berth_runtime::warm::Warmer,
 }
 
 /// The container's stdio, handed to `create` (runc pass-through mode); `None` is /dev/null.
@@ -185,19 +188,29 @@ impl Runtime {
         Runtime {
             root: root.to_path_buf(),
             server: Default::default(),
+            cg_warmer: Default::default(),
         }
     }
 
-    /// Start the fork server now if none runs, without waiting for it, so that its start-up
-    /// overlaps the work before the first `create` (snapshot, netns, veths, bundle). Needs a
-    /// tokio runtime.
+    /// A `create` follows (call it when preparing a container begins): start the fork
+    /// server now if none runs, without waiting for it, so that its start-up overlaps the
+    /// work before the first `create` (snapshot, netns, veths, bundle); and keep the kernel's
+    /// cgroup migration lock on its fast path until that `create` returned (or
+    /// [`Runtime::not_coming`]), so that the grace period its first writer waits for is
+    /// waited out meanwhile (`berth_runtime::warm`). Needs a tokio runtime.
     pub fn warm(&self) {
+        self.cg_warmer.expect();
         if !fork_server_enabled() {
             return;
         }
         if let Err(e) = self.server() {
             tracing::debug!("the runtime's fork server did not start: {e:#}");
         }
+    }
+
+    /// The `create` a [`Runtime::warm`] announced will not come (preparing it failed).
+    pub fn not_coming(&self) {
+        self.cg_warmer.arrived();
     }
 
     /// End the fork server and reap it (bounded), for a supervisor about to exit: otherwise it
@@ -323,6 +336,19 @@ impl Runtime {
         io: CreateIo,
         console_socket: Option<&Path>,
     ) -> anyhow::Result<i32> {
+        let r = self.create_inner(id, bundle, io, console_socket).await;
+        // Its cgroup write is done (or never comes): `warm`'s expectation is met.
+        self.cg_warmer.arrived();
+        r
+    }
+
+    async fn create_inner(
+        &self,
+        id: &str,
+        bundle: &Path,
+        io: CreateIo,
+        console_socket: Option<&Path>,
+    ) -> anyhow::Result<i32> {
         let pid_file = bundle.join("init.pid");
         let _ = std::fs::remove_file(&pid_file);
         // The runtime reports its own errors on stderr, which is the container's stderr here;
@@ -343,7 +369,13 @@ impl Runtime {
             args.push(s.to_string_lossy().into_owned());
         }
         args.push(id.to_string());
-        let env = [("BERTH_RUNTIME_ERROR_FILE", err_file.as_path())];
+        // BERTH_TRACE=1: the runtime appends its own steps to a file in the bundle.
+        let trace_file = crate::trace::enabled().then(|| bundle.join("create.trace"));
+        let mut env = vec![("BERTH_RUNTIME_ERROR_FILE", err_file.as_path())];
+        if let Some(t) = &trace_file {
+            let _ = std::fs::remove_file(t);
+            env.push((berth_runtime::trace::ENV, t.as_path()));
+        }
         let mut status = None;
         if fork_server_enabled() {
             crate::trace::step(|| format!("{id}: runtime create (fork server)"));
@@ -363,7 +395,7 @@ impl Runtime {
                 c.stdin(stdio(io.stdin))
                     .stdout(stdio(io.stdout))
                     .stderr(stdio(io.stderr));
-                for (k, v) in env {
+                for (k, v) in &env {
                     c.env(k, v);
                 }
                 let status = c.status().await.context("running the container runtime")?;
@@ -372,6 +404,13 @@ impl Runtime {
                 ))
             }
         };
+        if let Some(t) = &trace_file {
+            let text = std::fs::read_to_string(t).unwrap_or_default();
+            let _ = std::fs::remove_file(t);
+            for (us, pid, what) in text.lines().filter_map(berth_runtime::trace::parse_line) {
+                crate::trace::step_at(us, pid, &format!("{id}: runtime {what}"));
+            }
+        }
         if code != 0 {
             let msg = std::fs::read_to_string(&err_file).unwrap_or_default();
             let msg = msg.trim();
