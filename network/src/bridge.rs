@@ -119,7 +119,7 @@ fn make_switch(host: &mut Nl, spec: &BridgeSpec) -> Result<()> {
         let host_ns = std::fs::File::open("/proc/thread-self/ns/net")
             .map_err(io_err("/proc/thread-self/ns/net"))?;
         let mut sw = Nl::in_netns(&ns)?;
-        sw.add_bridge(SWITCH_BRIDGE, spec.mtu)?;
+        sw.add_bridge(SWITCH_BRIDGE, spec.mtu, Some(switch_mac(&spec.name)))?;
         let br = sw.require_index(SWITCH_BRIDGE)?;
         sw.del_link(SWITCH_UPLINK)?;
         sw.add_veth(SWITCH_UPLINK, &spec.name, &host_ns, None, spec.mtu)?;
@@ -137,6 +137,22 @@ fn make_switch(host: &mut Nl, spec: &BridgeSpec) -> Result<()> {
         let _ = netns::remove(&ns);
     }
     res
+}
+
+/// The switch bridge's own MAC: one of its own (locally administered, unicast, from the
+/// network's link name) instead of the kernel's default, the lowest MAC among its ports. Given
+/// one at creation, the kernel keeps it (`NET_ADDR_SET`) and no longer walks every port to
+/// recompute it when a port comes or goes (`br_stp_recalculate_bridge_id`: O(ports) per
+/// container, O(n²) kernel work for an `up` of n, seen in a profile at 500), and the bridge's
+/// address (the hairpin source's, see `switch_l3`) never changes under the containers' ARP
+/// caches as containers come and go. Docker gives its bridges a MAC of their own too.
+pub(crate) fn switch_mac(name: &str) -> [u8; 6] {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(format!("berth switch {name}").as_bytes());
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&d[..6]);
+    mac[0] = (mac[0] & 0xfc) | 0x02;
+    mac
 }
 
 /// No netfilter for bridged frames in the switch (calling thread's namespace): only the frames

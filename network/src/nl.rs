@@ -161,9 +161,17 @@ impl Nl {
     }
 
     /// Create a bridge; Ok(false) if a link of that name already exists.
-    pub fn add_bridge(&mut self, name: &str, mtu: Option<u32>) -> Result<bool> {
+    pub fn add_bridge(
+        &mut self,
+        name: &str,
+        mtu: Option<u32>,
+        mac: Option<[u8; 6]>,
+    ) -> Result<bool> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        if let Some(mac) = mac {
+            msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
         if let Some(mtu) = mtu {
             msg.attributes.push(LinkAttribute::Mtu(mtu));
         }

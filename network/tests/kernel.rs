@@ -75,6 +75,35 @@ fn two_endpoints_on_one_bridge_talk() {
             a.wget(&format!("http://{}/", b.ip()), 3).as_deref(),
             Some("hello from b")
         );
+        // The switch's bridge has a MAC of its own (locally administered), not its lowest
+        // port's (which the kernel would recompute over every port on each port added).
+        let out = std::process::Command::new("nsenter")
+            .arg(format!(
+                "--net={}",
+                bridge::switch_netns(&bridge_name).display()
+            ))
+            .args(["ip", "-j", "link"])
+            .output()
+            .unwrap();
+        let links: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let mac_of = |l: &serde_json::Value| l["address"].as_str().unwrap_or("").to_string();
+        let sw = links
+            .iter()
+            .find(|l| l["ifname"] == "switch")
+            .map(mac_of)
+            .expect("the switch's bridge");
+        let ports: Vec<String> = links
+            .iter()
+            .filter(|l| l["master"] == "switch")
+            .map(mac_of)
+            .collect();
+        assert_eq!(ports.len(), 3, "uplink and two endpoints: {links:?}");
+        assert!(
+            !ports.contains(&sw),
+            "bridge {sw} has a port's MAC: {ports:?}"
+        );
+        let first = u8::from_str_radix(&sw[..2], 16).unwrap();
+        assert_eq!(first & 0x03, 0x02, "locally administered unicast: {sw}");
         // The host reaches the container through the gateway.
         assert_eq!(
             host_wget(&format!("http://{}/", b.ip())).as_deref(),
