@@ -406,13 +406,31 @@ impl ProjectState {
             Ok(bytes) if bytes.is_empty() => {
                 // Written without an fsync and the machine went down before the deferred one
                 // (supervisor/batch.rs, `DeferredSync`; ext4 then keeps the rename, not the
-                // data): the networks and containers it names died with the machine. The
-                // container files are still read, so `down` removes what is left on disk.
-                tracing::warn!(
-                    "{}: empty, read as a project without networks",
-                    pj.display()
-                );
-                serde_json::from_value(serde_json::json!({ "name": project }))?
+                // data): the networks and containers it names died with the machine. Its
+                // previous version (`.project.json.prev`, see `swap_in_file`) is read if there
+                // is one, so `down` still finds the networks it names; else the project reads
+                // as one without networks. The container files are read either way, so `down`
+                // removes what is left on disk.
+                match fs::read(prev_path(&pj))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<ProjectFields>(&b).ok())
+                    .filter(|f| f.name == project)
+                {
+                    Some(f) => {
+                        tracing::warn!(
+                            "{}: empty, its previous version read instead",
+                            pj.display()
+                        );
+                        f
+                    }
+                    None => {
+                        tracing::warn!(
+                            "{}: empty, read as a project without networks",
+                            pj.display()
+                        );
+                        serde_json::from_value(serde_json::json!({ "name": project }))?
+                    }
+                }
             }
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .with_context(|| format!("reading {}", pj.display()))?,
@@ -443,9 +461,29 @@ impl ProjectState {
                     };
                     if bytes.is_empty() {
                         // Written without an fsync and the machine went down before the
-                        // deferred one (ext4 then keeps the rename, not the data): the
-                        // container was being made and is gone with the machine.
-                        tracing::warn!("{}: empty, ignored", path.display());
+                        // deferred one (ext4 then keeps the rename, not the data). The version
+                        // before it, if any (`swap_in_file`'s `.prev`, synced by an earlier
+                        // pass), still names the container: its processes died with the
+                        // machine, but its record keeps `down` able to remove what it left.
+                        // Without one, the container was being made and is gone with the
+                        // machine.
+                        let prev = fs::read(prev_path(&path)).ok().and_then(|b| {
+                            serde_json::from_slice::<ContainerFile>(&b)
+                                .ok()
+                                .filter(|f| {
+                                    f.container.name.as_str() == fname.trim_end_matches(".json")
+                                })
+                        });
+                        match prev {
+                            Some(f) => {
+                                tracing::warn!(
+                                    "{}: empty, its previous version read instead",
+                                    path.display()
+                                );
+                                recs.push((f.seq, f.container));
+                            }
+                            None => tracing::warn!("{}: empty, ignored", path.display()),
+                        }
                         continue;
                     }
                     let f: ContainerFile = serde_json::from_slice(&bytes)
@@ -1231,6 +1269,21 @@ mod tests {
         assert_eq!(old.container.status, Status::Running);
         let back = ProjectState::load(&p, "p").unwrap().unwrap();
         assert_eq!(back.container("p-b-1").unwrap().status, Status::Exited);
+        assert_eq!(names(&back), ["p-a-1", "p-b-1"]);
+        // A machine crash before the deferred sync leaves the record empty: its previous
+        // version is read instead (a record without one is dropped, see the next test).
+        fs::write(&file, b"").unwrap();
+        let back = ProjectState::load(&p, "p").unwrap().unwrap();
+        assert_eq!(back.container("p-b-1").unwrap().status, Status::Running);
+        assert_eq!(names(&back), ["p-a-1", "p-b-1"]);
+        // The same for the project's record: its version before is read.
+        st.generation("a", "h1");
+        st.save_batch(&p).unwrap().write_unsynced().unwrap();
+        st.generation("a", "h2");
+        st.save_batch(&p).unwrap().write_unsynced().unwrap();
+        fs::write(dir.join(PROJECT_FILE), b"").unwrap();
+        let back = ProjectState::load(&p, "p").unwrap().unwrap();
+        assert_eq!(back.generations["a"], ("h1".to_string(), 1));
         assert_eq!(names(&back), ["p-a-1", "p-b-1"]);
         st.remove_container("p-b-1");
         st.save_batch(&p).unwrap().write_unsynced().unwrap();

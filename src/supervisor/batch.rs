@@ -36,6 +36,10 @@ impl Coalesce {
     }
 }
 
+/// How long a sync pass waits for more writes before it starts (see `DeferredSync::drain`):
+/// a crash of the machine may lose this much more of the records' latest writes.
+const PASS_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The fsyncs of the state writes, taken off the path of the events that made them.
 ///
 /// A container's record is written (temp file, rename) before its runtime `create` and again
@@ -45,15 +49,13 @@ impl Coalesce {
 /// fsyncs follow on a blocking thread, one pass for every file written meanwhile (a burst of
 /// 50 creates costs a few passes instead of 100 fsyncs, and none of them waits on one).
 /// A crash of the machine before a pass loses at most the records written since the last
-/// one (tens of ms): the containers and bridges they describe died with the machine anyway,
-/// and each file is its old content or, for a first write on ext4, an empty file. An empty
-/// container file is skipped by `ProjectState::load` (that container's bundle directory stays
-/// on disk); an empty `project.json` reads as a project without networks, its container files
-/// still read (so `down` and `resume` still find them).
-/// How long a sync pass waits for more writes before it starts (see `DeferredSync::drain`):
-/// a crash of the machine may lose this much more of the records' latest writes.
-const PASS_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
-
+/// one (tens of ms, plus `PASS_DELAY`): the containers and bridges they describe died with the
+/// machine anyway, and each file is its old content or, on ext4, an empty file. An empty
+/// file is read as its previous version, which the write swapped aside (`.NAME.prev`, see
+/// `state::swap_in_file`) and an earlier pass synced; without one (a container's first
+/// write), an empty container file is skipped by `ProjectState::load` (that container's bundle
+/// directory stays on disk) and an empty `project.json` reads as a project without networks,
+/// its container files still read (so `down` and `resume` still find them).
 #[derive(Default)]
 pub(super) struct DeferredSync {
     inner: std::sync::Mutex<DeferredInner>,
