@@ -911,6 +911,26 @@ pub fn write_atomic_in_place(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     replace_file(path, bytes, true)
 }
 
+/// Write `bytes` to `path`, made or truncated, mode 0600 (a record holds the environment the
+/// project was loaded with, which may carry secrets: only root reads it); fsynced if `sync`.
+fn write_private(path: &Path, bytes: &[u8], sync: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
+    if sync {
+        f.sync_all()
+            .with_context(|| format!("syncing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Replace `path` by a temp file renamed over it; fsynced before the rename if `sync`.
 fn replace_file(path: &Path, bytes: &[u8], sync: bool) -> anyhow::Result<()> {
     let dir = path.parent().context("path without parent")?;
@@ -919,24 +939,7 @@ fn replace_file(path: &Path, bytes: &[u8], sync: bool) -> anyhow::Result<()> {
         path.file_name().unwrap_or_default().to_string_lossy(),
         std::process::id()
     ));
-    {
-        // 0600: the record holds the environment the project was loaded with (it may carry
-        // secrets), so only root reads it.
-        let mut f = {
-            use std::os::unix::fs::OpenOptionsExt;
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .with_context(|| format!("writing {}", tmp.display()))?
-        };
-        f.write_all(bytes)?;
-        if sync {
-            f.sync_all()?;
-        }
-    }
+    write_private(&tmp, bytes, sync)?;
     fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
     Ok(())
 }
@@ -974,19 +977,7 @@ fn prev_path(path: &Path) -> PathBuf {
 /// RENAME_EXCHANGE, rename instead.
 fn swap_in_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let prev = prev_path(path);
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        // 0600: the record holds the environment the project was loaded with.
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&prev)
-            .with_context(|| format!("writing {}", prev.display()))?;
-        f.write_all(bytes)
-            .with_context(|| format!("writing {}", prev.display()))?;
-    }
+    write_private(&prev, bytes, false)?;
     let c = |p: &Path| {
         std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
             .with_context(|| format!("{}: NUL in path", p.display()))
