@@ -40,15 +40,8 @@ pub fn cli_start() {
 
 /// Record one step: `what` is formatted only when tracing is on.
 pub fn step(what: impl FnOnce() -> String) {
-    let t0 = T0.load(Ordering::Relaxed);
-    if t0 == 0 {
-        return;
-    }
-    let ms = now_us().saturating_sub(t0) as f64 / 1000.0;
-    let line = format!("trace {ms:9.3} ms  [{}] {}", std::process::id(), what());
-    match SINK.lock().ok().as_ref().and_then(|s| s.as_ref()) {
-        Some(f) => f(line),
-        None => eprintln!("{line}"),
+    if enabled() {
+        step_at(now_us(), std::process::id(), &what());
     }
 }
 
