@@ -1,4 +1,18 @@
-//! Subnet and address allocation, persisted in `<state_dir>/ipam.json` under a flock.
+//! Subnet and address allocation, persisted in `<state_dir>` under a flock (`ipam.lock`) as a
+//! snapshot, `ipam.json`, and a log of the address changes made since, `ipam.log`.
+//!
+//! Handing out or releasing an address appends one line to the log (a single write(2) with
+//! O_APPEND, no fsync, as the snapshot never had one) instead of rewriting the whole state, which
+//! cost O(addresses) per address and O(n^2) for an `up` of n containers. Each `Ipam` keeps the
+//! state it last saw and how far into the log it has read; under the flock it reads only what
+//! other processes appended since. The log's first line names the epoch of the snapshot it
+//! follows (random, new for each snapshot): a log of another epoch is stale and ignored, and a
+//! process whose cached epoch is not the log's loads both files again. Once the log holds more
+//! records than max(64, addresses), the state is written as a new snapshot and the log restarted
+//! (compaction), so loading stays O(addresses). Network changes are rare and always compact, so
+//! the snapshot alone lists every network (the stale reservation check reads only that of other
+//! state dirs). A torn or unreadable tail of the log is ignored and compacted away; an
+//! `ipam.json` without an epoch (written before the log existed) is loaded as it is.
 //!
 //! Subnets come from 10.0.0.0/8 in /20 steps (4094 hosts each, as Docker's 192.168 pool). A subnet is never chosen if it overlaps a route or
 //! address already on the host, another network of this state dir, or a subnet reserved by any
@@ -7,12 +21,14 @@
 //! reservation happen under that lock, so two processes never pick the same subnet even before
 //! either has made its bridge.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -21,6 +37,11 @@ use crate::{io_err, Error, Result};
 
 /// Host-global reservations (and the lock that serialises subnet choice).
 pub const GLOBAL_LOCK: &str = "/run/lock/berth-ipam.lock";
+
+/// The log is compacted once it holds more records than this or than there are addresses:
+/// compaction is O(addresses), so it costs O(1) per record, and loading reads at most about
+/// twice the addresses.
+const LOG_MIN_RECORDS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct IpamRequest {
@@ -48,12 +69,108 @@ struct NetState {
     /// not reused at once (stale ARP and DNS caches elsewhere).
     #[serde(default)]
     last: Option<Ipv4Addr>,
+    /// address → how many owners hold it (built by `index`, kept by `set` and `unset`), so a
+    /// free address is found without collecting every owner's.
+    #[serde(skip)]
+    used: HashMap<Ipv4Addr, u32>,
+}
+
+impl NetState {
+    fn new(subnet: Ipv4Net, gateway: Ipv4Addr, ip_range: Option<Ipv4Net>) -> NetState {
+        NetState {
+            subnet,
+            gateway,
+            ip_range,
+            addresses: BTreeMap::new(),
+            last: None,
+            used: HashMap::new(),
+        }
+    }
+
+    fn index(&mut self) {
+        self.used.clear();
+        for a in self.addresses.values() {
+            *self.used.entry(*a).or_default() += 1;
+        }
+    }
+
+    fn set(&mut self, owner: &str, a: Ipv4Addr) {
+        if let Some(old) = self.addresses.insert(owner.to_string(), a) {
+            self.unuse(old);
+        }
+        *self.used.entry(a).or_default() += 1;
+    }
+
+    fn unset(&mut self, owner: &str) {
+        if let Some(old) = self.addresses.remove(owner) {
+            self.unuse(old);
+        }
+    }
+
+    fn unuse(&mut self, a: Ipv4Addr) {
+        if let Some(n) = self.used.get_mut(&a) {
+            *n -= 1;
+            if *n == 0 {
+                self.used.remove(&a);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
+    /// Names the log that follows this snapshot (its first line). 0: written before the log
+    /// existed (or nothing written yet); no log applies to it.
+    #[serde(default)]
+    epoch: u64,
     #[serde(default)]
     networks: BTreeMap<String, NetState>,
+}
+
+impl State {
+    fn addresses(&self) -> usize {
+        self.networks.values().map(|n| n.addresses.len()).sum()
+    }
+}
+
+/// One line of `ipam.log`, compact JSON (keys and owners are arbitrary strings).
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Record {
+    /// An epoch. On the first line: the snapshot the log follows. Later: a compaction to that
+    /// epoch began, so the snapshot may have changed under a reader that meets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    e: Option<u64>,
+    /// Network key.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    n: String,
+    /// Owner.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    o: String,
+    /// The owner's address; none: released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    a: Option<Ipv4Addr>,
+    /// `last` moved to `a`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    l: bool,
+}
+
+impl Record {
+    fn epoch(e: u64) -> Record {
+        Record {
+            e: Some(e),
+            ..Default::default()
+        }
+    }
+}
+
+/// The state as this process last saw it.
+#[derive(Debug)]
+struct Cache {
+    state: State,
+    /// Log bytes read or written: where the next record starts.
+    offset: u64,
+    /// Address records in the log (compaction bound).
+    records: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,11 +186,15 @@ struct Global {
     reservations: Vec<Reservation>,
 }
 
-/// Subnet and address allocator for one state dir. Cheap; every call takes the file lock.
+/// Subnet and address allocator for one state dir. Every call takes the file lock; the state is
+/// kept between calls (shared by the threads of a process), and each call first reads what other
+/// processes logged since, or loads everything again after another process compacted.
 #[derive(Debug)]
 pub struct Ipam {
     dir: PathBuf,
     global: PathBuf,
+    /// Taken before the flock, held for the whole call.
+    cache: Mutex<Option<Cache>>,
 }
 
 struct Locked {
@@ -120,6 +241,7 @@ impl Ipam {
         Ok(Ipam {
             dir,
             global: global.to_path_buf(),
+            cache: Mutex::new(None),
         })
     }
 
@@ -127,19 +249,19 @@ impl Ipam {
         self.dir.join("ipam.json")
     }
 
-    fn lock(&self) -> Result<Locked> {
-        Locked::open(&self.dir.join("ipam.lock"))
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("ipam.log")
     }
 
-    fn load(&self) -> Result<State> {
-        load_state(&self.state_path())
+    fn lock(&self) -> Result<Locked> {
+        Locked::open(&self.dir.join("ipam.lock"))
     }
 
     fn save(&self, st: &State) -> Result<()> {
         let path = self.state_path();
         let tmp = self.dir.join(".ipam.json.tmp");
-        // Compact: rewritten on every address handed out (O(addresses) each), a third of the
-        // encoding work of pretty JSON.
+        // Compact: a third of the encoding work of pretty JSON, and the whole state is written at
+        // each compaction.
         let data = serde_json::to_vec(st).map_err(|source| Error::State {
             path: path.clone(),
             source,
@@ -148,109 +270,247 @@ impl Ipam {
         swap_in(&tmp, &path)
     }
 
+    /// Run `f` on the current state, under the flock. A call that fails drops the cache (it may
+    /// hold a change that did not reach the files): the next call loads again.
+    fn with_state<T>(&self, f: impl FnOnce(&mut Cache, &mut Log) -> Result<T>) -> Result<T> {
+        let mut slot = self.cache.lock().unwrap_or_else(|p| {
+            // A thread panicked mid-call: its cache may not match the files.
+            self.cache.clear_poison();
+            let mut g = p.into_inner();
+            *g = None;
+            g
+        });
+        let _l = self.lock()?;
+        let path = self.log_path();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let mut log = Log { file, path };
+        let r = self.sync(&mut slot, &mut log).and_then(|c| f(c, &mut log));
+        if r.is_err() {
+            *slot = None;
+        }
+        r
+    }
+
+    /// Bring the cache up to date with the files: apply the records appended since it was last
+    /// read, or load snapshot and log again if the log was restarted (another epoch), shrank,
+    /// or holds a compaction's epoch line or a torn record after the cache's offset.
+    fn sync<'c>(&self, slot: &'c mut Option<Cache>, log: &mut Log) -> Result<&'c mut Cache> {
+        let size = log.len()?;
+        let current = match slot.as_mut() {
+            Some(c) if c.state.epoch != 0 && size >= c.offset => {
+                let mut head = [0u8; 64];
+                let n = log.read_at(&mut head, 0)?;
+                if header(&head[..n]).map(|h| h.0) != Some(c.state.epoch) {
+                    false
+                } else if size == c.offset {
+                    true
+                } else {
+                    let mut data = vec![0; (size - c.offset) as usize];
+                    log.read_exact_at(&mut data, c.offset)?;
+                    let (used, records, stopped) = replay(&mut c.state, &data);
+                    c.offset += used as u64;
+                    c.records += records;
+                    !stopped
+                }
+            }
+            _ => false,
+        };
+        if !current {
+            *slot = None;
+            let (mut c, clean) = self.load(log, size)?;
+            if !clean {
+                self.compact(&mut c, log)?;
+            }
+            *slot = Some(c);
+        }
+        Ok(slot.as_mut().expect("loaded"))
+    }
+
+    /// Snapshot, then the log if it follows that snapshot. Not clean (to be compacted before
+    /// anything is appended): the log is stale, missing, torn or unreadable past some record,
+    /// holds a compaction that did not finish, or the snapshot has no epoch yet.
+    fn load(&self, log: &mut Log, size: u64) -> Result<(Cache, bool)> {
+        let mut state = load_state(&self.state_path())?;
+        for n in state.networks.values_mut() {
+            n.index();
+        }
+        let mut data = vec![0; size as usize];
+        log.read_exact_at(&mut data, 0)?;
+        match header(&data) {
+            Some((e, len)) if e == state.epoch && e != 0 => {
+                let (used, records, stopped) = replay(&mut state, &data[len..]);
+                let c = Cache {
+                    state,
+                    offset: (len + used) as u64,
+                    records,
+                };
+                Ok((c, !stopped))
+            }
+            _ => {
+                // Nothing written yet is clean as it is: a read leaves no files but the lock
+                // and an empty log.
+                let fresh = state.epoch == 0 && state.networks.is_empty() && data.is_empty();
+                let c = Cache {
+                    state,
+                    offset: 0,
+                    records: 0,
+                };
+                Ok((c, fresh))
+            }
+        }
+    }
+
+    /// Write the state as a snapshot of a new epoch and restart the log after it. The new epoch
+    /// is first appended to the old log: a process whose cache follows that log then loads
+    /// again, even if this one dies between the snapshot and the log's restart. The log is
+    /// restarted only after the snapshot is in place, so a crash loses no record.
+    fn compact(&self, c: &mut Cache, log: &mut Log) -> Result<()> {
+        let epoch = new_epoch(c.state.epoch);
+        if log.len()? > 0 {
+            log.append(&Record::epoch(epoch))?;
+        }
+        c.state.epoch = epoch;
+        #[cfg(test)]
+        tests::cut(tests::Cut::BeforeSnapshot)?;
+        self.save(&c.state)?;
+        #[cfg(test)]
+        tests::cut(tests::Cut::BeforeLogRestart)?;
+        log.file.set_len(0).map_err(io_err(&log.path))?;
+        c.offset = log.append(&Record::epoch(epoch))? as u64;
+        c.records = 0;
+        Ok(())
+    }
+
+    /// Log one address change and apply it to the cache; compact when the log has outgrown the
+    /// state.
+    fn record(&self, c: &mut Cache, log: &mut Log, r: Record) -> Result<()> {
+        let written = match log.append(&r) {
+            Ok(n) => n,
+            Err(e) => {
+                // Take back a partial line, so the next record starts on a line of its own.
+                let _ = log.file.set_len(c.offset);
+                return Err(e);
+            }
+        };
+        c.offset += written as u64;
+        c.records += 1;
+        apply(&mut c.state, &r);
+        if c.records > c.state.addresses().max(LOG_MIN_RECORDS) {
+            if let Err(e) = self.compact(c, log) {
+                // The change is in the log: report it made. Epoch 0 makes the next call load
+                // the files again, and compact.
+                tracing::warn!("compacting {}: {e}", self.log_path().display());
+                c.state.epoch = 0;
+            }
+        }
+        Ok(())
+    }
+
     /// The subnet of network `key`, allocating one on first call (idempotent).
     pub fn allocate_network(&self, key: &str, requested: Option<IpamRequest>) -> Result<NetAlloc> {
-        let _l = self.lock()?;
-        let mut st = self.load()?;
-        if let Some(n) = st.networks.get(key) {
-            return Ok(NetAlloc {
-                subnet: n.subnet,
-                gateway: n.gateway,
+        self.with_state(|c, log| {
+            if let Some(n) = c.state.networks.get(key) {
+                return Ok(NetAlloc {
+                    subnet: n.subnet,
+                    gateway: n.gateway,
+                });
+            }
+            let req = requested.unwrap_or_default();
+            let mut glock = Locked::open(&self.global)?;
+            let mut global = read_global(&mut glock)?;
+            // Forget reservations whose owner no longer records them (crashed or deleted state
+            // dirs). Networks are in the snapshot alone (network changes compact).
+            global.reservations.retain(|r| {
+                r.state_dir == self.dir
+                    || load_state(&r.state_dir.join("ipam.json"))
+                        .map(|s| s.networks.get(&r.key).map(|n| n.subnet) == Some(r.subnet))
+                        .unwrap_or(false)
             });
-        }
-        let req = requested.unwrap_or_default();
-        let mut glock = Locked::open(&self.global)?;
-        let mut global = read_global(&mut glock)?;
-        // Forget reservations whose owner no longer records them (crashed or deleted state dirs).
-        global.reservations.retain(|r| {
-            r.state_dir == self.dir
-                || load_state(&r.state_dir.join("ipam.json"))
-                    .map(|s| s.networks.get(&r.key).map(|n| n.subnet) == Some(r.subnet))
-                    .unwrap_or(false)
-        });
-        let mut taken: Vec<(Ipv4Net, String)> = st
-            .networks
-            .iter()
-            .map(|(k, n)| (n.subnet, format!("berth network {k}")))
-            .collect();
-        taken.extend(
-            global
-                .reservations
+            let mut taken: Vec<(Ipv4Net, String)> = c
+                .state
+                .networks
                 .iter()
-                .filter(|r| r.state_dir != self.dir)
-                .map(|r| {
-                    (
-                        r.subnet,
-                        format!("berth network {} of {}", r.key, r.state_dir.display()),
-                    )
-                }),
-        );
-        let subnet = match req.subnet {
-            Some(s) => {
-                let s = s.trunc();
-                if s.prefix_len() > 30 {
-                    return Err(Error::InvalidRequest(format!("subnet {s} is too small")));
+                .map(|(k, n)| (n.subnet, format!("berth network {k}")))
+                .collect();
+            taken.extend(
+                global
+                    .reservations
+                    .iter()
+                    .filter(|r| r.state_dir != self.dir)
+                    .map(|r| {
+                        (
+                            r.subnet,
+                            format!("berth network {} of {}", r.key, r.state_dir.display()),
+                        )
+                    }),
+            );
+            let subnet = match req.subnet {
+                Some(s) => {
+                    let s = s.trunc();
+                    if s.prefix_len() > 30 {
+                        return Err(Error::InvalidRequest(format!("subnet {s} is too small")));
+                    }
+                    if let Some((other, by)) = taken.iter().find(|(t, _)| overlaps(*t, s)) {
+                        return Err(Error::SubnetOverlap {
+                            subnet: s,
+                            other: *other,
+                            by: by.clone(),
+                        });
+                    }
+                    s
                 }
-                if let Some((other, by)) = taken.iter().find(|(t, _)| overlaps(*t, s)) {
-                    return Err(Error::SubnetOverlap {
-                        subnet: s,
-                        other: *other,
-                        by: by.clone(),
-                    });
+                None => {
+                    let mut nl = crate::nl::Nl::new()?;
+                    for r in nl.dump_route_destinations()? {
+                        taken.push((r, "a host route".into()));
+                    }
+                    for (_, a) in nl.dump_addresses()? {
+                        taken.push((a.trunc(), "a host address".into()));
+                    }
+                    // A DNS listener still bound to the gateway of a network that is gone
+                    // (another process's leftover) would make ours fail to bind: skip subnets
+                    // holding one.
+                    for a in dns_bound_addresses() {
+                        taken.push((Ipv4Net::from(a), "a socket bound to port 53".into()));
+                    }
+                    let t: Vec<Ipv4Net> = taken.iter().map(|(n, _)| *n).collect();
+                    choose_subnet(&t).ok_or(Error::PoolExhausted)?
                 }
-                s
+            };
+            if let Some(r) = req.ip_range {
+                if !subnet.contains(&r.trunc()) {
+                    return Err(Error::InvalidRequest(format!(
+                        "ip_range {r} is not inside {subnet}"
+                    )));
+                }
             }
-            None => {
-                let mut nl = crate::nl::Nl::new()?;
-                for r in nl.dump_route_destinations()? {
-                    taken.push((r, "a host route".into()));
+            let gateway = match req.gateway {
+                Some(g) => {
+                    if !usable(subnet, g) {
+                        return Err(Error::AddressOutOfRange { addr: g, subnet });
+                    }
+                    g
                 }
-                for (_, a) in nl.dump_addresses()? {
-                    taken.push((a.trunc(), "a host address".into()));
-                }
-                // A DNS listener still bound to the gateway of a network that is gone (another
-                // process's leftover) would make ours fail to bind: skip subnets holding one.
-                for a in dns_bound_addresses() {
-                    taken.push((Ipv4Net::from(a), "a socket bound to port 53".into()));
-                }
-                let t: Vec<Ipv4Net> = taken.iter().map(|(n, _)| *n).collect();
-                choose_subnet(&t).ok_or(Error::PoolExhausted)?
-            }
-        };
-        if let Some(r) = req.ip_range {
-            if !subnet.contains(&r.trunc()) {
-                return Err(Error::InvalidRequest(format!(
-                    "ip_range {r} is not inside {subnet}"
-                )));
-            }
-        }
-        let gateway = match req.gateway {
-            Some(g) => {
-                if !usable(subnet, g) {
-                    return Err(Error::AddressOutOfRange { addr: g, subnet });
-                }
-                g
-            }
-            None => first_host(subnet),
-        };
-        st.networks.insert(
-            key.to_string(),
-            NetState {
+                None => first_host(subnet),
+            };
+            c.state.networks.insert(
+                key.to_string(),
+                NetState::new(subnet, gateway, req.ip_range.map(|r| r.trunc())),
+            );
+            self.compact(c, log)?;
+            global.reservations.push(Reservation {
                 subnet,
-                gateway,
-                ip_range: req.ip_range.map(|r| r.trunc()),
-                addresses: BTreeMap::new(),
-                last: None,
-            },
-        );
-        self.save(&st)?;
-        global.reservations.push(Reservation {
-            subnet,
-            state_dir: self.dir.clone(),
-            key: key.to_string(),
-        });
-        write_global(&mut glock, &global)?;
-        Ok(NetAlloc { subnet, gateway })
+                state_dir: self.dir.clone(),
+                key: key.to_string(),
+            });
+            write_global(&mut glock, &global)?;
+            Ok(NetAlloc { subnet, gateway })
+        })
     }
 
     /// Record a network whose subnet is fixed elsewhere (an external bridge berth did not make:
@@ -258,42 +518,36 @@ impl Ipam {
     /// out on it. No overlap check and no host-global reservation: the bridge already exists.
     /// Idempotent; an existing entry for `key` is kept as it is.
     pub fn adopt_network(&self, key: &str, subnet: Ipv4Net, gateway: Ipv4Addr) -> Result<NetAlloc> {
-        let _l = self.lock()?;
-        let mut st = self.load()?;
-        if let Some(n) = st.networks.get(key) {
-            return Ok(NetAlloc {
-                subnet: n.subnet,
-                gateway: n.gateway,
-            });
-        }
-        let subnet = subnet.trunc();
-        if !subnet.contains(&gateway) {
-            return Err(Error::AddressOutOfRange {
-                addr: gateway,
-                subnet,
-            });
-        }
-        st.networks.insert(
-            key.to_string(),
-            NetState {
-                subnet,
-                gateway,
-                ip_range: None,
-                addresses: BTreeMap::new(),
-                last: None,
-            },
-        );
-        self.save(&st)?;
-        Ok(NetAlloc { subnet, gateway })
+        self.with_state(|c, log| {
+            if let Some(n) = c.state.networks.get(key) {
+                return Ok(NetAlloc {
+                    subnet: n.subnet,
+                    gateway: n.gateway,
+                });
+            }
+            let subnet = subnet.trunc();
+            if !subnet.contains(&gateway) {
+                return Err(Error::AddressOutOfRange {
+                    addr: gateway,
+                    subnet,
+                });
+            }
+            c.state
+                .networks
+                .insert(key.to_string(), NetState::new(subnet, gateway, None));
+            self.compact(c, log)?;
+            Ok(NetAlloc { subnet, gateway })
+        })
     }
 
     /// The subnet of a network already allocated.
     pub fn network(&self, key: &str) -> Result<Option<NetAlloc>> {
-        let _l = self.lock()?;
-        Ok(self.load()?.networks.get(key).map(|n| NetAlloc {
-            subnet: n.subnet,
-            gateway: n.gateway,
-        }))
+        self.with_state(|c, _| {
+            Ok(c.state.networks.get(key).map(|n| NetAlloc {
+                subnet: n.subnet,
+                gateway: n.gateway,
+            }))
+        })
     }
 
     /// An address on network `key` for `owner` (idempotent per owner).
@@ -303,98 +557,216 @@ impl Ipam {
         owner: &str,
         requested: Option<Ipv4Addr>,
     ) -> Result<Ipv4Addr> {
-        let _l = self.lock()?;
-        let mut st = self.load()?;
-        let net = st
-            .networks
-            .get_mut(key)
-            .ok_or_else(|| Error::UnknownNetwork(key.to_string()))?;
-        if let Some(a) = net.addresses.get(owner) {
-            if requested.is_none() || requested == Some(*a) {
-                return Ok(*a);
-            }
-        }
-        net.addresses.remove(owner);
-        let used: HashSet<Ipv4Addr> = net.addresses.values().copied().collect();
-        let addr = match requested {
-            Some(a) => {
-                if !usable(net.subnet, a) || a == net.gateway {
-                    return Err(Error::AddressOutOfRange {
-                        addr: a,
-                        subnet: net.subnet,
-                    });
+        self.with_state(|c, log| {
+            let net = c
+                .state
+                .networks
+                .get(key)
+                .ok_or_else(|| Error::UnknownNetwork(key.to_string()))?;
+            if let Some(a) = net.addresses.get(owner) {
+                if requested.is_none() || requested == Some(*a) {
+                    return Ok(*a);
                 }
-                if used.contains(&a) {
-                    let owner = net
-                        .addresses
-                        .iter()
-                        .find(|(_, v)| **v == a)
-                        .map(|(k, _)| k.clone())
-                        .unwrap_or_default();
-                    return Err(Error::AddressInUse {
-                        addr: a,
-                        network: key.to_string(),
-                        owner,
-                    });
-                }
-                a
             }
-            None => next_free(net.subnet, net.ip_range, net.gateway, &used, net.last)
+            // The owner's own address (replaced below) is neither the one requested nor, with
+            // none requested, there at all: `used` need not leave it out.
+            let addr = match requested {
+                Some(a) => {
+                    if !usable(net.subnet, a) || a == net.gateway {
+                        return Err(Error::AddressOutOfRange {
+                            addr: a,
+                            subnet: net.subnet,
+                        });
+                    }
+                    if net.used.contains_key(&a) {
+                        let owner = net
+                            .addresses
+                            .iter()
+                            .find(|(_, v)| **v == a)
+                            .map(|(k, _)| k.clone())
+                            .unwrap_or_default();
+                        return Err(Error::AddressInUse {
+                            addr: a,
+                            network: key.to_string(),
+                            owner,
+                        });
+                    }
+                    a
+                }
+                None => next_free_by(
+                    net.subnet,
+                    net.ip_range,
+                    net.gateway,
+                    |a| net.used.contains_key(&a),
+                    net.last,
+                )
                 .ok_or(Error::NoFreeAddress(net.subnet))?,
-        };
-        net.addresses.insert(owner.to_string(), addr);
-        if requested.is_none() {
-            net.last = Some(addr);
-        }
-        self.save(&st)?;
-        Ok(addr)
+            };
+            let r = Record {
+                n: key.to_string(),
+                o: owner.to_string(),
+                a: Some(addr),
+                l: requested.is_none(),
+                ..Default::default()
+            };
+            self.record(c, log, r)?;
+            Ok(addr)
+        })
     }
 
     /// Give back `owner`'s address on `key`; unknown network or owner is not an error.
     pub fn release_address(&self, key: &str, owner: &str) -> Result<()> {
-        let _l = self.lock()?;
-        let mut st = self.load()?;
-        if let Some(n) = st.networks.get_mut(key) {
-            if n.addresses.remove(owner).is_some() {
-                self.save(&st)?;
+        self.with_state(|c, log| {
+            let held = c
+                .state
+                .networks
+                .get(key)
+                .is_some_and(|n| n.addresses.contains_key(owner));
+            if held {
+                let r = Record {
+                    n: key.to_string(),
+                    o: owner.to_string(),
+                    ..Default::default()
+                };
+                self.record(c, log, r)?;
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Forget network `key` and its addresses, and its host-global reservation.
     pub fn release_network(&self, key: &str) -> Result<()> {
-        let _l = self.lock()?;
-        let mut st = self.load()?;
-        if st.networks.remove(key).is_some() {
-            self.save(&st)?;
-        }
-        let mut glock = Locked::open(&self.global)?;
-        let mut global = read_global(&mut glock)?;
-        let before = global.reservations.len();
-        global
-            .reservations
-            .retain(|r| !(r.state_dir == self.dir && r.key == key));
-        if global.reservations.len() != before {
-            write_global(&mut glock, &global)?;
-        }
-        Ok(())
+        self.with_state(|c, log| {
+            if c.state.networks.remove(key).is_some() {
+                self.compact(c, log)?;
+            }
+            let mut glock = Locked::open(&self.global)?;
+            let mut global = read_global(&mut glock)?;
+            let before = global.reservations.len();
+            global
+                .reservations
+                .retain(|r| !(r.state_dir == self.dir && r.key == key));
+            if global.reservations.len() != before {
+                write_global(&mut glock, &global)?;
+            }
+            Ok(())
+        })
     }
 
     /// Keys of every allocated network (teardown checks).
     pub fn networks(&self) -> Result<Vec<String>> {
-        let _l = self.lock()?;
-        Ok(self.load()?.networks.keys().cloned().collect())
+        self.with_state(|c, _| Ok(c.state.networks.keys().cloned().collect()))
+    }
+}
+
+/// `ipam.log`, open for reading and appending.
+struct Log {
+    file: File,
+    path: PathBuf,
+}
+
+impl Log {
+    fn len(&self) -> Result<u64> {
+        Ok(self.file.metadata().map_err(io_err(&self.path))?.len())
+    }
+
+    fn read_at(&self, buf: &mut [u8], at: u64) -> Result<usize> {
+        self.file.read_at(buf, at).map_err(io_err(&self.path))
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> Result<()> {
+        self.file.read_exact_at(buf, at).map_err(io_err(&self.path))
+    }
+
+    /// Append `r` as one line in a single write(2): a process killed meanwhile leaves at most a
+    /// torn last line, which loading ignores. Returns its length.
+    fn append(&mut self, r: &Record) -> Result<usize> {
+        let mut line = serde_json::to_vec(r).map_err(|source| Error::State {
+            path: self.path.clone(),
+            source,
+        })?;
+        line.push(b'\n');
+        match self.file.write(&line) {
+            Ok(n) if n == line.len() => Ok(n),
+            Ok(_) => Err(io_err(&self.path)(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "short write",
+            ))),
+            Err(e) => Err(io_err(&self.path)(e)),
+        }
+    }
+}
+
+/// The epoch on the log's first line and that line's length.
+fn header(data: &[u8]) -> Option<(u64, usize)> {
+    let len = data.iter().position(|b| *b == b'\n')?;
+    let r: Record = serde_json::from_slice(&data[..len]).ok()?;
+    Some((r.e?, len + 1))
+}
+
+/// Apply the records in `data` (log bytes from the start of a record) to `st`. Returns the
+/// length of the records applied, their number, and whether reading stopped before the end: at
+/// a torn or unreadable line (a process killed mid-write, a machine crash), or at an epoch line
+/// (a compaction began: the snapshot may be newer than `st`).
+fn replay(st: &mut State, data: &[u8]) -> (usize, usize, bool) {
+    let (mut at, mut records) = (0, 0);
+    while at < data.len() {
+        let Some(len) = data[at..].iter().position(|b| *b == b'\n') else {
+            return (at, records, true);
+        };
+        match serde_json::from_slice::<Record>(&data[at..at + len]) {
+            Ok(r) if r.e.is_none() => apply(st, &r),
+            _ => return (at, records, true),
+        }
+        at += len + 1;
+        records += 1;
+    }
+    (at, records, false)
+}
+
+fn apply(st: &mut State, r: &Record) {
+    // A network no longer there has nothing to change (releasing it restarted the log).
+    let Some(net) = st.networks.get_mut(&r.n) else {
+        return;
+    };
+    match r.a {
+        Some(a) => {
+            net.set(&r.o, a);
+            if r.l {
+                net.last = Some(a);
+            }
+        }
+        None => net.unset(&r.o),
+    }
+}
+
+/// A random epoch, neither 0 (no log) nor `old`.
+fn new_epoch(old: u64) -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    let e = if n == b.len() as isize {
+        u64::from_ne_bytes(b)
+    } else {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default();
+        t ^ (u64::from(std::process::id()) << 32)
+    };
+    if e == 0 || e == old {
+        old.wrapping_add(1).max(1)
+    } else {
+        e
     }
 }
 
 /// Put the new state at `tmp` in place of `path` atomically, by exchanging the two
 /// (renameat2 RENAME_EXCHANGE): `tmp` then holds the state before and its inode is written
-/// again by the next save. A rename over `path` would make an inode and free one per address
-/// handed out; on ext4 without a journal each new inode walks past every inode freed in the
-/// last ~35 s, so an `up` of n containers paid O(n) per address here. Called under the state's
-/// flock (one writer of `tmp` at a time). The first save, and a filesystem without the
-/// exchange, rename.
+/// again by the next save. A rename over `path` would make an inode and free one per snapshot;
+/// on ext4 without a journal each new inode walks past every inode freed in the last ~35 s.
+/// Called under the state's flock (one writer of `tmp` at a time). The first save, and a
+/// filesystem without the exchange, rename.
 fn swap_in(tmp: &Path, path: &Path) -> Result<()> {
     let c = |p: &Path| {
         std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
@@ -423,6 +795,8 @@ fn swap_in(tmp: &Path, path: &Path) -> Result<()> {
     }
 }
 
+/// The snapshot alone (no log): what a state dir of the version before the log wrote, and
+/// every network of a newer one.
 fn load_state(path: &Path) -> Result<State> {
     match std::fs::read(path) {
         Ok(data) if data.is_empty() => Ok(State::default()),
@@ -540,6 +914,17 @@ pub fn next_free(
     used: &HashSet<Ipv4Addr>,
     after: Option<Ipv4Addr>,
 ) -> Option<Ipv4Addr> {
+    next_free_by(subnet, range, gateway, |a| used.contains(&a), after)
+}
+
+/// `next_free` with `used` as a predicate (the allocator's per-address counts).
+fn next_free_by(
+    subnet: Ipv4Net,
+    range: Option<Ipv4Net>,
+    gateway: Ipv4Addr,
+    used: impl Fn(Ipv4Addr) -> bool,
+    after: Option<Ipv4Addr>,
+) -> Option<Ipv4Addr> {
     let span = range.unwrap_or(subnet);
     let lo = u32::from(span.network());
     let hi = u32::from(span.broadcast());
@@ -551,7 +936,7 @@ pub fn next_free(
     (0..size)
         .map(|i| lo + ((u64::from(start) + i) % size) as u32)
         .map(Ipv4Addr::from)
-        .find(|a| usable(subnet, *a) && *a != gateway && !used.contains(a))
+        .find(|a| usable(subnet, *a) && *a != gateway && !used(*a))
 }
 
 #[cfg(test)]
@@ -731,14 +1116,20 @@ mod tests {
         let x = ipam.allocate_address("p_default", "c1", None).unwrap();
         assert_eq!(x.to_string(), "172.31.250.1");
         assert_eq!(ipam.allocate_address("p_default", "c1", None).unwrap(), x);
-        // Saved by swapping: the state's inode is the one the save before left as the temp
-        // file (no inode made per address).
+        // An address goes to the log; the snapshot is left as it is.
+        let snap = std::fs::read(d.path().join("st/ipam.json")).unwrap();
+        let y = ipam.allocate_address("p_default", "c2", None).unwrap();
+        assert_eq!(y.to_string(), "172.31.250.2");
+        assert_eq!(std::fs::read(d.path().join("st/ipam.json")).unwrap(), snap);
+        // Snapshots are saved by swapping: the state's inode is the one the save before left as
+        // the temp file (no inode made per save).
         use std::os::unix::fs::MetadataExt;
+        ipam.adopt_network("ext", n("192.0.2.0/24"), "192.0.2.1".parse().unwrap())
+            .unwrap();
         let tmp_ino = std::fs::metadata(d.path().join("st/.ipam.json.tmp"))
             .unwrap()
             .ino();
-        let y = ipam.allocate_address("p_default", "c2", None).unwrap();
-        assert_eq!(y.to_string(), "172.31.250.2");
+        ipam.release_network("ext").unwrap();
         assert_eq!(
             std::fs::metadata(d.path().join("st/ipam.json"))
                 .unwrap()
@@ -791,6 +1182,334 @@ mod tests {
         other.release_network("q").unwrap();
         let g: Global = serde_json::from_str(&std::fs::read_to_string(&g).unwrap()).unwrap();
         assert!(g.reservations.is_empty());
+    }
+
+    /// Where a test makes the next compaction on its thread fail, as if the process died there.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Cut {
+        BeforeSnapshot,
+        BeforeLogRestart,
+    }
+
+    thread_local! {
+        static CUT: std::cell::Cell<Option<Cut>> = const { std::cell::Cell::new(None) };
+    }
+
+    pub(super) fn cut(at: Cut) -> Result<()> {
+        if CUT.get() == Some(at) {
+            CUT.set(None);
+            return Err(Error::InvalidRequest(format!("cut {at:?}")));
+        }
+        Ok(())
+    }
+
+    fn req(s: &str) -> Option<IpamRequest> {
+        Some(IpamRequest {
+            subnet: Some(n(s)),
+            ..Default::default()
+        })
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn log_epoch(st: &Path) -> Option<u64> {
+        header(&std::fs::read(st.join("ipam.log")).unwrap()).map(|h| h.0)
+    }
+
+    fn snapshot(st: &Path) -> State {
+        load_state(&st.join("ipam.json")).unwrap()
+    }
+
+    #[test]
+    fn shared_by_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Ipam>();
+    }
+
+    #[test]
+    fn two_processes_see_each_others_changes() {
+        let d = tempfile::tempdir().unwrap();
+        let g = d.path().join("global.lock");
+        let st = d.path().join("st");
+        let a = Ipam::open_with_global(&st, &g).unwrap();
+        let b = Ipam::open_with_global(&st, &g).unwrap();
+        a.allocate_network("p", req("172.31.4.0/22")).unwrap();
+        assert_eq!(b.networks().unwrap(), ["p"]);
+        // A compaction by a (a network change) restarts the log, most often at b's offset.
+        a.adopt_network("q", n("192.0.2.0/24"), ip("192.0.2.1"))
+            .unwrap();
+        assert_eq!(b.networks().unwrap(), ["p", "q"]);
+        b.release_network("q").unwrap();
+        assert_eq!(a.networks().unwrap(), ["p"]);
+        let x = b.allocate_address("p", "b1", None).unwrap();
+        assert_eq!(x, ip("172.31.4.2"));
+        // a goes on after b's last address, and sees b's owner on it.
+        assert_eq!(
+            a.allocate_address("p", "a1", None).unwrap(),
+            ip("172.31.4.3")
+        );
+        match a.allocate_address("p", "a2", Some(x)) {
+            Err(Error::AddressInUse { owner, .. }) => assert_eq!(owner, "b1"),
+            r => panic!("{r:?}"),
+        }
+        // A release by one is seen by the other.
+        a.release_address("p", "b1").unwrap();
+        assert_eq!(b.allocate_address("p", "b2", Some(x)).unwrap(), x);
+        assert_eq!(
+            b.allocate_address("p", "b3", None).unwrap(),
+            ip("172.31.4.4")
+        );
+
+        // Interleaved, with every third address released by the other one: never an address
+        // twice, across the compactions that the churn brings.
+        let mut live: HashMap<Ipv4Addr, String> = HashMap::new();
+        for (o, i) in [("b2", &b), ("a1", &a), ("b3", &b)] {
+            live.insert(i.allocate_address("p", o, None).unwrap(), o.to_string());
+        }
+        let mut epochs = HashSet::from([log_epoch(&st)]);
+        for i in 0..400 {
+            let (me, other) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+            let owner = format!("o{i}");
+            let addr = me.allocate_address("p", &owner, None).unwrap();
+            if let Some(was) = live.insert(addr, owner.clone()) {
+                panic!("{addr} handed to {owner} while {was} holds it");
+            }
+            if i % 3 == 0 {
+                other.release_address("p", &owner).unwrap();
+                live.remove(&addr);
+            }
+            epochs.insert(log_epoch(&st));
+        }
+        assert!(epochs.len() > 3, "{epochs:?}");
+        // Both, and a third process, agree on every owner's address.
+        let c = Ipam::open_with_global(&st, &g).unwrap();
+        for (addr, owner) in &live {
+            for i in [&a, &b, &c] {
+                assert_eq!(i.allocate_address("p", owner, None).unwrap(), *addr);
+            }
+        }
+
+        // Right after a compaction by a, b (its cache one epoch behind) still sees a's changes.
+        let epoch = log_epoch(&st);
+        let mut i = 0;
+        while log_epoch(&st) == epoch {
+            a.release_address("p", "a1").unwrap();
+            a.allocate_address("p", "a1", None).unwrap();
+            i += 1;
+            assert!(i < 1000, "no compaction");
+        }
+        let last = a.allocate_address("p", "a1", None).unwrap();
+        match b.allocate_address("p", "b9", Some(last)) {
+            Err(Error::AddressInUse { owner, .. }) => assert_eq!(owner, "a1"),
+            r => panic!("{r:?}"),
+        }
+        assert_eq!(
+            u32::from(b.allocate_address("p", "b9", None).unwrap()),
+            u32::from(last) + 1
+        );
+    }
+
+    #[test]
+    fn addresses_append_to_the_log_until_it_is_compacted() {
+        let d = tempfile::tempdir().unwrap();
+        let g = d.path().join("global.lock");
+        let st = d.path().join("st");
+        let a = Ipam::open_with_global(&st, &g).unwrap();
+        a.allocate_network("p", req("172.31.16.0/20")).unwrap();
+        let snap = std::fs::read(st.join("ipam.json")).unwrap();
+        let epoch = log_epoch(&st);
+        let log_len = || std::fs::metadata(st.join("ipam.log")).unwrap().len();
+        let mut len = log_len();
+        // Ten addresses and then churn on one owner: one record each, the snapshot untouched,
+        // until the log holds more than 64 records.
+        let mut ops: Vec<(&str, bool)> = vec![];
+        let owners: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
+        ops.extend(owners.iter().map(|o| (o.as_str(), true)));
+        while ops.len() <= LOG_MIN_RECORDS {
+            ops.push(("c0", false));
+            ops.push(("c0", true));
+        }
+        ops.truncate(LOG_MIN_RECORDS + 1);
+        for (i, (owner, alloc)) in ops.iter().enumerate() {
+            if *alloc {
+                a.allocate_address("p", owner, None).unwrap();
+            } else {
+                a.release_address("p", owner).unwrap();
+            }
+            if i < LOG_MIN_RECORDS {
+                // Within the bound.
+                assert_eq!(std::fs::read(st.join("ipam.json")).unwrap(), snap);
+                assert_eq!(log_epoch(&st), epoch);
+                assert!(log_len() > len);
+                len = log_len();
+            } else {
+                // The 65th record: compacted, the log restarted with only its epoch line.
+                assert_ne!(std::fs::read(st.join("ipam.json")).unwrap(), snap);
+                assert_ne!(log_epoch(&st), epoch);
+                let hdr = serde_json::to_vec(&Record::epoch(log_epoch(&st).unwrap())).unwrap();
+                assert_eq!(log_len(), hdr.len() as u64 + 1);
+            }
+        }
+        // The snapshot holds the state the log led to, and says which log follows it.
+        let s = snapshot(&st);
+        assert_eq!(Some(s.epoch), log_epoch(&st));
+        let p = &s.networks["p"];
+        assert_eq!(p.addresses.len(), 9);
+        assert_eq!(p.addresses.get("c0"), None);
+        assert_eq!(p.addresses.get("c9"), Some(&ip("172.31.16.11")));
+        assert_eq!(p.last, Some(ip("172.31.16.38")));
+        let b = Ipam::open_with_global(&st, &g).unwrap();
+        assert_eq!(
+            b.allocate_address("p", "c0", None).unwrap(),
+            ip("172.31.16.39")
+        );
+    }
+
+    #[test]
+    fn a_torn_or_unreadable_log_keeps_what_came_before() {
+        let d = tempfile::tempdir().unwrap();
+        let g = d.path().join("global.lock");
+        let st = d.path().join("st");
+        let a = Ipam::open_with_global(&st, &g).unwrap();
+        a.allocate_network("p", req("172.31.8.0/24")).unwrap();
+        let x: Vec<Ipv4Addr> = (1..=3)
+            .map(|i| a.allocate_address("p", &format!("c{i}"), None).unwrap())
+            .collect();
+        // The last record cut short, as by a process killed mid-write.
+        let log = st.join("ipam.log");
+        let f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+        f.set_len(f.metadata().unwrap().len() - 5).unwrap();
+        let b = Ipam::open_with_global(&st, &g).unwrap();
+        assert_eq!(b.allocate_address("p", "c1", None).unwrap(), x[0]);
+        assert_eq!(b.allocate_address("p", "c2", None).unwrap(), x[1]);
+        // c3's record is gone, and `last` with it: its address is the next one.
+        assert_eq!(b.allocate_address("p", "c4", None).unwrap(), x[2]);
+        // The torn line was compacted away: the log takes records again, and a (its cache
+        // past the log's end) loads everything again.
+        match a.allocate_address("p", "c3", Some(x[2])) {
+            Err(Error::AddressInUse { owner, .. }) => assert_eq!(owner, "c4"),
+            r => panic!("{r:?}"),
+        }
+        let c3 = a.allocate_address("p", "c3", None).unwrap();
+        assert_eq!(u32::from(c3), u32::from(x[2]) + 1);
+        // A partial line after whole ones.
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(br#"{"n":"p","o":"c5","a":"172.31"#).unwrap();
+        let c = Ipam::open_with_global(&st, &g).unwrap();
+        assert_eq!(c.allocate_address("p", "c3", None).unwrap(), c3);
+        assert_eq!(
+            u32::from(c.allocate_address("p", "c5", None).unwrap()),
+            u32::from(c3) + 1
+        );
+
+        // A log that is not one (or of another snapshot) is ignored; the snapshot's addresses
+        // stay. A network change puts every address in the snapshot.
+        a.adopt_network("q", n("192.0.2.0/24"), ip("192.0.2.1"))
+            .unwrap();
+        let want: Vec<Ipv4Addr> = ["c1", "c2", "c3", "c4", "c5"]
+            .iter()
+            .map(|o| a.allocate_address("p", o, None).unwrap())
+            .collect();
+        let other = snapshot(&st).epoch ^ 1;
+        for junk in [
+            "\0\0\0garbage\n{\"n\":\"p\",\"o\":\"c1\"}\n".to_string(),
+            format!("{{\"e\":{other}}}\n{{\"n\":\"p\",\"o\":\"c1\"}}\n"),
+        ] {
+            std::fs::write(&log, junk).unwrap();
+            for i in [&a, &Ipam::open_with_global(&st, &g).unwrap()] {
+                let got: Vec<Ipv4Addr> = ["c1", "c2", "c3", "c4", "c5"]
+                    .iter()
+                    .map(|o| i.allocate_address("p", o, None).unwrap())
+                    .collect();
+                assert_eq!(got, want);
+            }
+        }
+    }
+
+    #[test]
+    fn a_compaction_cut_short_is_seen_by_a_cached_reader() {
+        let d = tempfile::tempdir().unwrap();
+        let g = d.path().join("global.lock");
+        let st = d.path().join("st");
+        let a = Ipam::open_with_global(&st, &g).unwrap();
+        let b = Ipam::open_with_global(&st, &g).unwrap();
+        a.allocate_network("p", req("172.31.9.0/24")).unwrap();
+        let x = a.allocate_address("p", "c1", None).unwrap();
+        assert_eq!(b.allocate_address("p", "c1", None).unwrap(), x);
+        // a dies between the new snapshot and the log's restart: b, whose cache follows the old
+        // log to its end, still sees the network.
+        CUT.set(Some(Cut::BeforeLogRestart));
+        assert!(a
+            .adopt_network("q", n("192.0.2.0/24"), ip("192.0.2.1"))
+            .is_err());
+        assert_ne!(Some(snapshot(&st).epoch), log_epoch(&st));
+        assert_eq!(b.networks().unwrap(), ["p", "q"]);
+        assert_eq!(
+            b.allocate_address("p", "c2", None).unwrap(),
+            ip("172.31.9.3")
+        );
+        // a dies before the snapshot: nothing changed, and the log's records stay.
+        CUT.set(Some(Cut::BeforeSnapshot));
+        assert!(a
+            .adopt_network("r", n("198.51.100.0/24"), ip("198.51.100.1"))
+            .is_err());
+        assert_eq!(Some(snapshot(&st).epoch), log_epoch(&st));
+        assert_eq!(b.networks().unwrap(), ["p", "q"]);
+        assert_eq!(
+            a.allocate_address("p", "c3", None).unwrap(),
+            ip("172.31.9.4")
+        );
+        let c = Ipam::open_with_global(&st, &g).unwrap();
+        for (o, want) in [
+            ("c1", x),
+            ("c2", ip("172.31.9.3")),
+            ("c3", ip("172.31.9.4")),
+        ] {
+            assert_eq!(c.allocate_address("p", o, None).unwrap(), want);
+            assert_eq!(b.allocate_address("p", o, None).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn a_state_from_before_the_log_loads() {
+        let d = tempfile::tempdir().unwrap();
+        let g = d.path().join("global.lock");
+        let st = d.path().join("st");
+        std::fs::create_dir_all(&st).unwrap();
+        std::fs::write(
+            st.join("ipam.json"),
+            r#"{"networks":{"p":{"subnet":"10.1.2.0/24","gateway":"10.1.2.1","ip_range":null,"addresses":{"c1":"10.1.2.2","c2":"10.1.2.5"},"last":"10.1.2.5"}}}"#,
+        )
+        .unwrap();
+        let a = Ipam::open_with_global(&st, &g).unwrap();
+        assert_eq!(a.networks().unwrap(), ["p"]);
+        assert_eq!(
+            a.network("p").unwrap(),
+            Some(NetAlloc {
+                subnet: n("10.1.2.0/24"),
+                gateway: ip("10.1.2.1")
+            })
+        );
+        assert_eq!(a.allocate_address("p", "c1", None).unwrap(), ip("10.1.2.2"));
+        match a.allocate_address("p", "c9", Some(ip("10.1.2.5"))) {
+            Err(Error::AddressInUse { owner, .. }) => assert_eq!(owner, "c2"),
+            r => panic!("{r:?}"),
+        }
+        assert_eq!(a.allocate_address("p", "c3", None).unwrap(), ip("10.1.2.6"));
+        // Now a snapshot with an epoch and a log that follows it; a restart reads both.
+        let s = snapshot(&st);
+        assert_ne!(s.epoch, 0);
+        assert_eq!(log_epoch(&st), Some(s.epoch));
+        let b = Ipam::open_with_global(&st, &g).unwrap();
+        assert_eq!(b.allocate_address("p", "c3", None).unwrap(), ip("10.1.2.6"));
+        assert_eq!(b.allocate_address("p", "c4", None).unwrap(), ip("10.1.2.7"));
+        b.release_address("p", "c2").unwrap();
+        assert_eq!(
+            a.allocate_address("p", "c9", Some(ip("10.1.2.5"))).unwrap(),
+            ip("10.1.2.5")
+        );
     }
 
     #[test]
