@@ -369,3 +369,88 @@ fn the_trace_shows_the_runtimes_steps_and_leaves_nothing_behind() {
     }
     b.ok(&f, &["down", "-t", "1"]);
 }
+
+/// A tmpfs mounted for the length of a test (unmounted even when the test fails).
+struct TmpMount(std::path::PathBuf);
+
+impl TmpMount {
+    fn new(at: &Path) -> TmpMount {
+        std::fs::create_dir_all(at).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "berth-test", at.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount a tmpfs on {}", at.display());
+        TmpMount(at.to_path_buf())
+    }
+}
+
+impl Drop for TmpMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .args(["-l", self.0.to_str().unwrap()])
+            .status();
+    }
+}
+
+/// Containers made through the fork server start from its mount template (a copy of the host's
+/// mounts without every container's rootfs and netns mount, `berth_runtime::mnttmpl`), and
+/// still see what the host mounted after the template was made: their bind sources are copied
+/// from the host's namespace. A rootfs the template cannot show (its bundle on a mount newer
+/// than the template) takes the usual path and runs as well.
+#[test]
+fn containers_start_from_the_mount_template_and_see_the_hosts_later_mounts() {
+    let b = Berth::new();
+    let p = unique("ftmpl");
+    let late = tempfile::tempdir().unwrap();
+    let src = late.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let f = b.compose(
+        &p,
+        &format!(
+            "services:\n  a:\n    image: berth-test/busybox:1\n    command: [\"sleep\", \"300\"]\n  \
+             b:\n    image: berth-test/busybox:1\n    command: [\"sh\", \"-c\", \"cat /v/late; sleep 300\"]\n    volumes: [\"{}:/v\"]\n  \
+             c:\n    image: berth-test/busybox:1\n    command: [\"sh\", \"-c\", \"echo c runs; sleep 300\"]\n",
+            src.display()
+        ),
+    );
+    let up = |svc: &str| -> String {
+        let out = b
+            .cmd()
+            .env("BERTH_TRACE", "1")
+            .env("BERTH_RUNTIME_FORK_IDLE_MS", "120000")
+            .arg("-f")
+            .arg(&f)
+            .args(["up", "-d", svc])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "up {svc}: {err}");
+        err
+    };
+    let joined = |trace: &str, svc: &str| {
+        trace.contains(&format!("{p}-{svc}-1: runtime init: mount template joined"))
+    };
+    let t = up("a");
+    assert!(joined(&t, "a"), "a did not start from the template:\n{t}");
+    let srv = servers(b.root.path());
+    assert_eq!(srv.len(), 1, "one fork server: {srv:?}");
+    // Mounted after the server made its template.
+    let _m = TmpMount::new(&src);
+    std::fs::write(src.join("late"), "from a later mount\n").unwrap();
+    let t = up("b");
+    assert!(joined(&t, "b"), "b did not start from the template:\n{t}");
+    assert_eq!(servers(b.root.path()), srv, "b was made by the same server");
+    // c's bundle directory is a mount newer than the template: its rootfs is not there.
+    let _c = TmpMount::new(&b.root.path().join(format!("data/containers/{p}-c-1")));
+    let t = up("c");
+    assert!(
+        !joined(&t, "c"),
+        "c joined a template that cannot show its rootfs:\n{t}"
+    );
+    wait_for("b and c to write", Duration::from_secs(10), || {
+        let logs = b.ok(&f, &["logs", "--no-log-prefix"]);
+        (logs.contains("from a later mount") && logs.contains("c runs")).then_some(())
+    });
+    b.ok(&f, &["down", "-t", "1"]);
+}

@@ -319,6 +319,7 @@ fn create_inner(
             let mut keep = vec![child.0.as_raw_fd(), fifo_fd.as_raw_fd()];
             keep.extend(console.as_ref().map(|c| c.as_raw_fd()));
             keep.extend(crate::trace::fd());
+            keep.extend(crate::mnttmpl::raw_fd());
             process::close_fds_except(&keep);
             let ctx = InitCtx {
                 spec,
@@ -454,6 +455,23 @@ fn init_inner(chan: &Chan, c: &InitCtx) -> Result<Never> {
         }
     }
     crate::trace::step(|| "init: go, namespace paths joined".into());
+    // A new mount namespace from the fork server's template (`mnttmpl`): a copy of the host's
+    // own mounts, not of every container's. Not with a user namespace (its mounts are copied
+    // into it as locked mounts) nor when joining a mount namespace.
+    let pre = if unshare.contains(CloneFlags::CLONE_NEWNS)
+        && mnt_path.is_none()
+        && !namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::User)
+        && crate::mnttmpl::available()
+    {
+        crate::mnttmpl::enter(c.rootfs, &crate::rootfs::bind_sources(c.spec, c.bundle))?
+    } else {
+        None
+    };
+    if pre.is_some() {
+        crate::trace::step(|| "init: mount template joined".into());
+    }
     nix::sched::unshare(unshare).map_err(sys_err("unshare"))?;
     crate::trace::step(|| "init: namespaces unshared".into());
     if let Some(p) = mnt_path {
@@ -488,7 +506,7 @@ fn init_inner(chan: &Chan, c: &InitCtx) -> Result<Never> {
         cgroup: Some(c.cgroup),
         terminal: c.proc_.terminal().unwrap_or(false),
     };
-    crate::rootfs::prepare(c.spec, &ctx)?;
+    crate::rootfs::prepare(c.spec, &ctx, pre.as_ref())?;
     crate::trace::step(|| "init: rootfs mounts and devices".into());
     if ctx.terminal {
         // /dev/console must exist as a mount target before the rootfs may become read-only.

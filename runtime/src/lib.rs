@@ -35,6 +35,7 @@ pub mod container;
 pub mod copy;
 pub mod error;
 pub mod image;
+pub mod mnttmpl;
 pub mod process;
 pub mod rootfs;
 pub mod seccomp;

@@ -335,8 +335,39 @@ pub fn check_rootfs(rootfs: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The spec's bind mounts (index in `spec.mounts()`, source, recursive), as `mount_one` makes
+/// them: what a container made from the mount template (`mnttmpl`) copies before it leaves its
+/// caller's namespace.
+pub fn bind_sources(spec: &Spec, bundle: &Path) -> Vec<crate::mnttmpl::BindSource> {
+    let mut out = Vec::new();
+    for (index, m) in spec.mounts().iter().flatten().enumerate() {
+        let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
+        let typ = m.typ().clone().unwrap_or_else(|| "none".into());
+        if typ == "cgroup" || typ == "cgroup2" || !(opts.bind || typ == "bind") {
+            continue;
+        }
+        let Some(s) = m.source() else { continue };
+        out.push(crate::mnttmpl::BindSource {
+            index,
+            source: if s.is_absolute() {
+                s.clone()
+            } else {
+                bundle.join(s)
+            },
+            recursive: opts.recursive,
+        });
+    }
+    out
+}
+
 /// Everything before pivot_root: propagation, the rootfs bind, the spec's mounts, /dev.
-pub fn prepare(spec: &Spec, ctx: &RootfsCtx) -> Result<()> {
+/// With `pre` (the mount template), the rootfs and the bind mounts are attached from the copies
+/// taken in the caller's namespace instead of bound from host paths.
+pub fn prepare(
+    spec: &Spec,
+    ctx: &RootfsCtx,
+    pre: Option<&crate::mnttmpl::Premounted>,
+) -> Result<()> {
     let linux = spec.linux().as_ref();
     let prop = linux
         .and_then(|l| l.rootfs_propagation().clone())
@@ -346,29 +377,32 @@ pub fn prepare(spec: &Spec, ctx: &RootfsCtx) -> Result<()> {
     do_mount(None, Path::new("/"), None, prop, None, Path::new("/"))?;
     crate::trace::step(|| "init: / made private".into());
     // The rootfs must be a mount point for pivot_root.
-    do_mount(
-        Some(ctx.rootfs),
-        ctx.rootfs,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-        ctx.rootfs,
-    )?;
+    match pre {
+        Some(p) => crate::mnttmpl::attach(&p.rootfs, None, ctx.rootfs)?,
+        None => do_mount(
+            Some(ctx.rootfs),
+            ctx.rootfs,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+            ctx.rootfs,
+        )?,
+    }
     check_rootfs(ctx.rootfs)?;
     let root = open_root(ctx.rootfs)?;
     let mut has_dev = false;
-    for m in spec.mounts().iter().flatten() {
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
         if rel(m.destination())? == Path::new("dev") {
             has_dev = true;
         }
-        mount_one(&root, m, ctx)?;
+        mount_one(&root, m, ctx, pre.and_then(|p| p.bind(i)))?;
     }
     let devices = linux.and_then(|l| l.devices().clone()).unwrap_or_default();
     create_devices(&root, &devices, has_dev)?;
     Ok(())
 }
 
-fn mount_one(root: &OwnedFd, m: &Mount, ctx: &RootfsCtx) -> Result<()> {
+fn mount_one(root: &OwnedFd, m: &Mount, ctx: &RootfsCtx, tree: Option<&OwnedFd>) -> Result<()> {
     let dest_rel = rel(m.destination())?;
     let dest_abs = ctx.rootfs.join(&dest_rel);
     let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
@@ -388,14 +422,26 @@ fn mount_one(root: &OwnedFd, m: &Mount, ctx: &RootfsCtx) -> Result<()> {
                 )))
             }
         };
-        let md = std::fs::metadata(&src).map_err(io_err("stat bind source", &src))?;
-        let target =
-            ensure(root, &dest_rel, md.is_dir(), 0).map_err(io_err("create", &dest_abs))?;
+        // The copy's root is what `src` was in the caller's namespace (the template may not
+        // show `src` as it is there).
+        let is_dir = match tree {
+            Some(t) => rustix::fs::fstat(t)
+                .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir())
+                .map_err(|e| io_err("stat bind source", &src)(e.into()))?,
+            None => std::fs::metadata(&src)
+                .map_err(io_err("stat bind source", &src))?
+                .is_dir(),
+        };
+        let target = ensure(root, &dest_rel, is_dir, 0).map_err(io_err("create", &dest_abs))?;
         let mut flags = MsFlags::MS_BIND;
         if opts.recursive {
             flags |= MsFlags::MS_REC;
         }
-        do_mount(Some(&src), &fd_path(&target), None, flags, None, &dest_abs)?;
+        match tree {
+            // A copy of `src` taken in the caller's namespace (the mount template).
+            Some(t) => crate::mnttmpl::attach(t, Some(&target), &dest_abs)?,
+            None => do_mount(Some(&src), &fd_path(&target), None, flags, None, &dest_abs)?,
+        }
         let extra = opts.flags & !MsFlags::MS_REMOUNT;
         if !extra.is_empty() {
             // Per-mount flags need a remount; the target fd still names the old mountpoint, so

@@ -137,7 +137,31 @@ pub fn main() -> Result<i32> {
         ));
     }
     drop(null);
-    serve(ctl)
+    // The mount template (`mnttmpl`), where the caller asks for one, as real root on a kernel
+    // where the runtime needs no mount namespace of its own. Without it, the usual path.
+    let template = std::env::var_os(crate::mnttmpl::ENV)
+        .filter(|_| !crate::selfclone::private_ns() && in_initial_user_ns())
+        .and_then(|v| {
+            let dirs: Vec<std::path::PathBuf> = std::env::split_paths(&v)
+                .filter(|p| p.is_absolute())
+                .collect();
+            match crate::mnttmpl::make(&dirs) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    eprintln!("berth-runtime serve: no mount template: {e}");
+                    None
+                }
+            }
+        });
+    std::env::remove_var(crate::mnttmpl::ENV);
+    serve(ctl, template.as_ref().map(|t| t.as_raw_fd()))
+}
+
+/// Real root: the identity map of every id.
+fn in_initial_user_ns() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+        .unwrap_or(false)
 }
 
 /// A child being waited for.
@@ -147,7 +171,7 @@ struct Pending {
     reply: OwnedFd,
 }
 
-fn serve(ctl: OwnedFd) -> Result<i32> {
+fn serve(ctl: OwnedFd, template: Option<RawFd>) -> Result<i32> {
     let mut pending: Vec<Pending> = Vec::new();
     let mut open = true;
     loop {
@@ -188,7 +212,7 @@ fn serve(ctl: OwnedFd) -> Result<i32> {
             match receive(&ctl) {
                 Ok(None) => open = false,
                 Ok(Some((req, fds))) => {
-                    if let Some(p) = run(req, fds) {
+                    if let Some(p) = run(req, fds, template) {
                         pending.push(p);
                     }
                 }
@@ -275,14 +299,14 @@ fn receive(ctl: &OwnedFd) -> Result<Option<(Request, Vec<OwnedFd>)>> {
 }
 
 /// Fork the request's child; the server keeps its pidfd and the reply socket.
-fn run(req: Request, fds: Vec<OwnedFd>) -> Option<Pending> {
+fn run(req: Request, fds: Vec<OwnedFd>, template: Option<RawFd>) -> Option<Pending> {
     let mut fds = fds.into_iter();
     let (reply, stdin, stdout, stderr) = (fds.next()?, fds.next()?, fds.next()?, fds.next()?);
     // SAFETY: this process is single-threaded (the server never starts a thread); the child
     // only runs the runtime's CLI, as a freshly executed `berth __runtime` would, and exits.
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Child) => {
-            let code = child(req, [stdin, stdout, stderr]);
+            let code = child(req, [stdin, stdout, stderr], template);
             let _ = std::io::stdout().flush();
             let _ = std::io::stderr().flush();
             // SAFETY: leaving the forked child without running the server's destructors.
@@ -331,7 +355,7 @@ fn run(req: Request, fds: Vec<OwnedFd>) -> Option<Pending> {
 
 /// The forked child: become a `berth __runtime` process with the request's stdio and
 /// environment, then run the CLI.
-fn child(req: Request, stdio: [OwnedFd; 3]) -> i32 {
+fn child(req: Request, stdio: [OwnedFd; 3], template: Option<RawFd>) -> i32 {
     for (fd, target) in stdio.iter().zip(0..) {
         // SAFETY: dup2 onto this child's own stdio.
         if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
@@ -339,11 +363,26 @@ fn child(req: Request, stdio: [OwnedFd; 3]) -> i32 {
         }
     }
     drop(stdio);
+    // The mount template goes on as fd 3 (for the init this child forks).
+    let first_closed = match template {
+        // SAFETY: dup2 onto fd 3 of this child, whose fds from 3 up are all the server's.
+        Some(t) if unsafe { libc::dup2(t, 3) } == 3 => 4u32,
+        _ => 3u32,
+    };
     // Nothing of the server (control socket, other requests' replies and pidfds) goes on:
     // one close_range(2) (Linux 5.9), else a walk of /proc/self/fd.
-    // SAFETY: closes fds 3 and up, none of which this child uses any more.
-    if unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) } != 0 {
-        crate::process::close_fds_except(&[]);
+    // SAFETY: closes fds from `first_closed` up, none of which this child uses any more.
+    if unsafe { libc::syscall(libc::SYS_close_range, first_closed, u32::MAX, 0u32) } != 0 {
+        crate::process::close_fds_except(if first_closed == 4 { &[3] } else { &[] });
+    }
+    if first_closed == 4 {
+        // SAFETY: fd 3 is the template's copy made above; this child owns it now.
+        let t = unsafe { OwnedFd::from_raw_fd(3) };
+        let _ = nix::fcntl::fcntl(
+            t.as_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        crate::mnttmpl::set(t);
     }
     // Where `selfclone` gives every runtime process a mount namespace of its own (kernels
     // without the detached mount), the same: a slave copy of the caller's. Elsewhere none, as

@@ -30,7 +30,8 @@ impl Engine {
     pub fn open(paths: &Paths) -> anyhow::Result<Engine> {
         Ok(Engine {
             paths: paths.clone(),
-            runtime: runtime::Runtime::new(&paths.runtime_root()),
+            runtime: runtime::Runtime::new(&paths.runtime_root())
+                .with_mount_template(vec![paths.data.join("containers"), paths.run.join("netns")]),
             images: Arc::new(berth_runtime::image::ImageStore::open(&paths.images())?),
             ipam: Arc::new(berth_network::ipam::Ipam::open(&paths.network())?),
             inherit_anon: Default::default(),
