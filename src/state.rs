@@ -906,6 +906,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     write_atomic_in_place(path, bytes)
 }
 
+/// `write_atomic_in_place` without the fsync: the caller has it synced later (the supervisor's
+/// deferred passes), off its path.
+pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    replace_file(path, bytes, false)
+}
+
 /// `write_atomic` into a directory that must exist already (it is not made again).
 pub fn write_atomic_in_place(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     replace_file(path, bytes, true)

@@ -55,7 +55,10 @@ const PASS_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 /// `state::swap_in_file`) and an earlier pass synced; without one (a container's first
 /// write), an empty container file is skipped by `ProjectState::load` (that container's bundle
 /// directory stays on disk) and an empty `project.json` reads as a project without networks,
-/// its container files still read (so `down` and `resume` still find them).
+/// its container files still read (so `down` and `resume` still find them). A container's
+/// `config.json` (its bundle's spec, written as it is prepared) goes in the same passes: one
+/// left empty by a crash makes that container's `resume` fail with the runtime's error on the
+/// spec, and `up --force-recreate` makes it again.
 #[derive(Default)]
 pub(super) struct DeferredSync {
     inner: std::sync::Mutex<DeferredInner>,

@@ -69,6 +69,10 @@ impl Supervisor {
                 .await?
         };
         crate::trace::step(|| format!("{name}: bundle written"));
+        // The spec was written without its fsync: it goes with the record's next pass.
+        self.syncs.later(crate::state::Written {
+            files: vec![rec.dir.join("config.json")],
+        });
         // Replicas share their service's host ports (one port spread over them all): reuse the
         // port a sibling already has before picking a free one.
         let siblings: Vec<crate::state::PortRecord> = snapshot
