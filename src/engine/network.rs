@@ -23,6 +23,7 @@ impl Engine {
             .ipam
             .allocate_network(&net.name, request)
             .with_context(|| format!("allocating a subnet for network {}", net.name))?;
+        crate::trace::step(|| format!("network {}: subnet {}", net.name, alloc.subnet));
         if !net.external {
             let spec = berth_network::bridge::BridgeSpec {
                 name: bridge.clone(),
@@ -33,6 +34,7 @@ impl Engine {
             tokio::task::spawn_blocking(move || berth_network::bridge::ensure(&spec))
                 .await?
                 .with_context(|| format!("creating network {}", net.name))?;
+            crate::trace::step(|| format!("network {}: bridge up", net.name));
         }
         Ok(NetworkRecord {
             key: net.key.clone(),
