@@ -18,6 +18,7 @@ pub mod nfevents;
 mod nl;
 #[cfg(feature = "relay")]
 pub mod relay;
+mod sockdiag;
 mod sysctl;
 
 use std::net::Ipv4Addr;
