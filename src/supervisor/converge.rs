@@ -32,6 +32,7 @@ impl Supervisor {
             })
         };
         crate::trace::step(|| "supervisor: up received".into());
+        let _warm = self.engine.runtime.warm_for_up();
         // The whole project is what the supervisor keeps (restart policies, orphans); the
         // services named on the command line (and their dependencies) are what converges now.
         let mut full = crate::engine::plan::load_plan(&source, &[])?;
