@@ -90,6 +90,23 @@ fn lifecycle_state_kill_delete_leaves_nothing() {
         .parse()
         .unwrap();
     assert_eq!(pid_file, st.pid);
+    // The state keeps the spec this create read: the bundle's file itself (a hard link, no
+    // new inode, bundle and state on one file system here), which a later rewrite of the
+    // bundle's config.json (a new file renamed over it) leaves alone.
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
+    let kept = c.root.join(&c.id).join("config.json");
+    assert_eq!(ino(&kept), ino(&c.bundle.join("config.json")));
+    let other = c.spec(&["true"]);
+    let tmp = c.bundle.join("config.json.new");
+    std::fs::write(&tmp, serde_json::to_vec(&other).unwrap()).unwrap();
+    std::fs::rename(&tmp, c.bundle.join("config.json")).unwrap();
+    let kept_spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&kept).unwrap()).unwrap();
+    assert_eq!(
+        kept_spec["process"]["args"][0], "sh",
+        "the kept spec changed with the bundle"
+    );
     // Not started: the user process has not run.
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert_eq!(c.out(), "");
