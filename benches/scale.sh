@@ -4,7 +4,8 @@
 # container (busybox nslookup, one process per name), the per-event cost of a container
 # stop + start (supervisor CPU and wall time per container, averaged over EVENTS pairs of
 # `stop`/`start` of one service, default 10; CPU is read in 10 ms ticks), the supervisor's
-# CPU-seconds and PSS after `up`, then `down`. Sizes run interleaved round by round (the
+# CPU-seconds and PSS after `up`, then `down`, then a wait for the machine to be idle again
+# (the kernel tears network namespaces down after `down` returns). Sizes run interleaved round by round (the
 # machine is shared: noise hits every size alike), medians printed, then the growth factors.
 # Usage: sudo benches/scale.sh [ROUNDS]        (default 3 rounds; SIZES="50 200 500 100x5";
 #        BERTH=/path/to/berth measures that binary instead of building this tree's release;
@@ -61,6 +62,19 @@ stack() {
 }
 
 now() { date +%s.%N; }
+# settle: wait (at most 10 s) until the machine is at least 85% idle over 200 ms. A `down` of
+# 500 containers returns before the kernel has torn their network namespaces down (cleanup_net
+# runs on a kworker for seconds afterwards); without this the next size's `up` shares the
+# cores with that teardown, and which size pays for it depends on the order.
+settle() {
+  local i a b
+  for i in $(seq 1 50); do
+    a=$(awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8, $5}' /proc/stat)
+    sleep 0.2
+    b=$(awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8, $5}' /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN {split(a, x, " "); split(b, y, " "); t = y[1] - x[1]; exit !(t > 0 && (y[2] - x[2]) / t >= 0.85)}' && return 0
+  done
+}
 el() { echo "$2 - $1" | bc -l; }
 # utime + stime of a process in seconds (its own, not its children's: the runtime helpers).
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
@@ -108,6 +122,7 @@ for round in $(seq 1 "$rounds"); do
     echo -e "$col\tevent_wall_ms\t$(echo "($t1 - $t0) * 1000 / $events / $r" | bc -l)" >>"$raw"
     t0=$(now); b -f "$f" down -t 1 >/dev/null 2>&1; t1=$(now)
     echo -e "$col\tdown\t$(el "$t0" "$t1")" >>"$raw"
+    settle
     echo "round $round size $col: $running running, $fails DNS failures" >&2
   done
 done
