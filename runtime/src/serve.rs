@@ -4,7 +4,8 @@
 //!
 //! The caller (a multi-threaded process that must never fork) re-execs ONE
 //! `berth __runtime --root R serve` with one end of a `SOCK_SEQPACKET` socketpair as its stdin.
-//! The server is single-threaded: it re-executes itself from the read-only bind of its binary
+//! The server is single-threaded (but for the mount template's thread at its start, joined
+//! before it serves: `mnttmpl`): it re-executes itself from the read-only bind of its binary
 //! (`selfclone`, CVE-2019-5736) and goes back to its caller's mount namespace (so that it pins
 //! none of the mounts of the private one, which is then gone; the read-only mount of the binary
 //! lives on as its `exe`). Each request is one message:
@@ -302,7 +303,8 @@ fn receive(ctl: &OwnedFd) -> Result<Option<(Request, Vec<OwnedFd>)>> {
 fn run(req: Request, fds: Vec<OwnedFd>, template: Option<RawFd>) -> Option<Pending> {
     let mut fds = fds.into_iter();
     let (reply, stdin, stdout, stderr) = (fds.next()?, fds.next()?, fds.next()?, fds.next()?);
-    // SAFETY: this process is single-threaded (the server never starts a thread); the child
+    // SAFETY: this process is single-threaded (its one other thread, the mount template's,
+    // was joined before the first request); the child
     // only runs the runtime's CLI, as a freshly executed `berth __runtime` would, and exits.
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Child) => {
