@@ -118,6 +118,10 @@ fn containers_made_through_the_fork_server_hold_only_their_stdio() {
             Some(sup),
             "{svc}'s pid 1 is the supervisor's child"
         );
+        // The pid comes from the runtime's state: no pid file is made per create.
+        let bundle = b.root.path().join(format!("data/containers/{p}-{svc}-1"));
+        assert!(bundle.join("config.json").exists());
+        assert!(!bundle.join("init.pid").exists(), "{svc}: a pid file");
         let open = fds_after_exec(pid);
         let numbers: Vec<i32> = open.iter().map(|(fd, _)| *fd).collect();
         assert_eq!(

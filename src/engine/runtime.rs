@@ -389,8 +389,6 @@ impl Runtime {
         io: CreateIo,
         console_socket: Option<&Path>,
     ) -> anyhow::Result<i32> {
-        let pid_file = bundle.join("init.pid");
-        let _ = std::fs::remove_file(&pid_file);
         // The runtime reports its own errors on stderr, which is the container's stderr here;
         // it also writes them to a file in the bundle so we can show them.
         let err_file = bundle.join("create.err");
@@ -401,8 +399,6 @@ impl Runtime {
             "create".into(),
             "--bundle".into(),
             bundle.to_string_lossy().into_owned(),
-            "--pid-file".into(),
-            pid_file.to_string_lossy().into_owned(),
         ];
         if let Some(s) = console_socket {
             args.push("--console-socket".into());
@@ -459,11 +455,11 @@ impl Runtime {
             }
             bail!("{msg}");
         }
-        let pid = std::fs::read_to_string(&pid_file)
-            .with_context(|| format!("reading {}", pid_file.display()))?
-            .trim()
-            .parse::<i32>()
-            .context("parsing the init pid")?;
+        // The init's pid from the runtime's state (no `--pid-file`: a file made and renamed
+        // per create, and removed at the next).
+        let pid = berth_runtime::state::load(&self.root, id)
+            .with_context(|| format!("reading the runtime state of {id}"))?
+            .pid;
         crate::trace::step(|| format!("{id}: runtime created, init {pid}"));
         Ok(pid)
     }
