@@ -293,3 +293,39 @@ fn bench_dns_and_throughput() {
     println!("iperf3 container->container: {c2c:.2} Gbit/s; host->published port: {published:.2} Gbit/s; bare veth pair: {bare:.2} Gbit/s");
     assert!(c2c > 0.0 && published > 0.0 && bare > 0.0);
 }
+
+/// IPAM per address at 500 addresses: 500 `allocate_address` into one /20, then 500
+/// `release_address`, with the per-call time of the first and the last 50 (flat when a call
+/// does not grow with the number of addresses held). No root needed.
+#[test]
+#[ignore]
+fn ipam_500_addresses() {
+    let d = tempfile::tempdir().unwrap();
+    let ipam =
+        ipam::Ipam::open_with_global(&d.path().join("st"), &d.path().join("global.lock")).unwrap();
+    let req = ipam::IpamRequest {
+        subnet: Some("10.77.0.0/20".parse().unwrap()),
+        ..Default::default()
+    };
+    ipam.allocate_network("b_default", Some(req)).unwrap();
+    let owner = |i: usize| format!("b-s{i:03}-1");
+    let mut each = Vec::with_capacity(500);
+    let t = std::time::Instant::now();
+    for i in 0..500 {
+        let t1 = std::time::Instant::now();
+        ipam.allocate_address("b_default", &owner(i), None).unwrap();
+        each.push(t1.elapsed());
+    }
+    let alloc = t.elapsed();
+    let t = std::time::Instant::now();
+    for i in 0..500 {
+        ipam.release_address("b_default", &owner(i)).unwrap();
+    }
+    let release = t.elapsed();
+    let avg = |s: &[std::time::Duration]| s.iter().sum::<std::time::Duration>() / s.len() as u32;
+    println!(
+        "ipam: 500 allocations {alloc:?} (first 50: {:?} each, last 50: {:?} each), 500 releases {release:?}",
+        avg(&each[..50]),
+        avg(&each[450..])
+    );
+}
