@@ -30,10 +30,19 @@ pub struct CreateOpts {
 }
 
 pub fn load_spec(path: &Path) -> Result<Spec> {
-    Spec::load(path).map_err(|source| RuntimeError::Spec {
+    open_spec(path).map(|(_, spec)| spec)
+}
+
+/// The spec at `path` and the file it was read from.
+fn open_spec(path: &Path) -> Result<(fs::File, Spec)> {
+    let err = |source| RuntimeError::Spec {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let f = fs::File::open(path).map_err(|e| err(oci_spec::OciSpecError::Io(e)))?;
+    let spec = serde_json::from_reader(std::io::BufReader::new(&f))
+        .map_err(|e| err(oci_spec::OciSpecError::SerDe(e)))?;
+    Ok((f, spec))
 }
 
 fn cgroup_of(rec: &Record) -> Option<Cgroup> {
@@ -59,17 +68,7 @@ pub fn create(o: &CreateOpts) -> Result<i32> {
     let bundle = fs::canonicalize(&o.bundle).map_err(io_err("bundle", &o.bundle))?;
     // Read through one open file, which the state dir then links to (below): the spec kept is
     // exactly the one this create used.
-    let spec_path = bundle.join("config.json");
-    let spec_file = fs::File::open(&spec_path).map_err(|e| RuntimeError::Spec {
-        path: spec_path.clone(),
-        source: oci_spec::OciSpecError::Io(e),
-    })?;
-    let spec: Spec = serde_json::from_reader(std::io::BufReader::new(&spec_file)).map_err(|e| {
-        RuntimeError::Spec {
-            path: spec_path.clone(),
-            source: oci_spec::OciSpecError::SerDe(e),
-        }
-    })?;
+    let (spec_file, spec) = open_spec(&bundle.join("config.json"))?;
     let root_path = spec
         .root()
         .as_ref()

@@ -141,7 +141,7 @@ pub fn main() -> Result<i32> {
     // The mount template (`mnttmpl`), where the caller asks for one, as real root on a kernel
     // where the runtime needs no mount namespace of its own. Without it, the usual path.
     let template = std::env::var_os(crate::mnttmpl::ENV)
-        .filter(|_| !crate::selfclone::private_ns() && in_initial_user_ns())
+        .filter(|_| !crate::selfclone::private_ns() && !crate::cgroups::in_user_namespace())
         .and_then(|v| {
             let dirs: Vec<std::path::PathBuf> = std::env::split_paths(&v)
                 .filter(|p| p.is_absolute())
@@ -156,13 +156,6 @@ pub fn main() -> Result<i32> {
         });
     std::env::remove_var(crate::mnttmpl::ENV);
     serve(ctl, template.as_ref().map(|t| t.as_raw_fd()))
-}
-
-/// Real root: the identity map of every id.
-fn in_initial_user_ns() -> bool {
-    std::fs::read_to_string("/proc/self/uid_map")
-        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
-        .unwrap_or(false)
 }
 
 /// A child being waited for.
