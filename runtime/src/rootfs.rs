@@ -342,22 +342,31 @@ pub fn bind_sources(spec: &Spec, bundle: &Path) -> Vec<crate::mnttmpl::BindSourc
     let mut out = Vec::new();
     for (index, m) in spec.mounts().iter().flatten().enumerate() {
         let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
-        let typ = m.typ().clone().unwrap_or_else(|| "none".into());
-        if typ == "cgroup" || typ == "cgroup2" || !(opts.bind || typ == "bind") {
-            continue;
+        if let Some(Some(source)) = bind_source(m, &opts, bundle) {
+            out.push(crate::mnttmpl::BindSource {
+                index,
+                source,
+                recursive: opts.recursive,
+            });
         }
-        let Some(s) = m.source() else { continue };
-        out.push(crate::mnttmpl::BindSource {
-            index,
-            source: if s.is_absolute() {
-                s.clone()
-            } else {
-                bundle.join(s)
-            },
-            recursive: opts.recursive,
-        });
     }
     out
+}
+
+/// A bind mount's source (`Some(None)`: a bind without one), or None if `m` is not a bind.
+/// cgroup mounts are never binds here (`mount_cgroup` binds what it needs itself).
+fn bind_source(m: &Mount, opts: &MountOpts, bundle: &Path) -> Option<Option<PathBuf>> {
+    let typ = m.typ().as_deref().unwrap_or("none");
+    if typ == "cgroup" || typ == "cgroup2" || !(opts.bind || typ == "bind") {
+        return None;
+    }
+    Some(m.source().as_ref().map(|s| {
+        if s.is_absolute() {
+            s.clone()
+        } else {
+            bundle.join(s)
+        }
+    }))
 }
 
 /// Everything before pivot_root: propagation, the rootfs bind, the spec's mounts, /dev.
@@ -407,21 +416,16 @@ fn mount_one(root: &OwnedFd, m: &Mount, ctx: &RootfsCtx, tree: Option<&OwnedFd>)
     let dest_abs = ctx.rootfs.join(&dest_rel);
     let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
     let typ = m.typ().clone().unwrap_or_else(|| "none".into());
-    let is_bind = opts.bind || typ == "bind";
     if typ == "cgroup" || typ == "cgroup2" {
         return mount_cgroup(root, m, &opts, ctx);
     }
-    if is_bind {
-        let src = match m.source() {
-            Some(s) if s.is_absolute() => s.clone(),
-            Some(s) => ctx.bundle.join(s),
-            None => {
-                return Err(RuntimeError::InvalidSpec(format!(
-                    "bind mount to {} has no source",
-                    m.destination().display()
-                )))
-            }
-        };
+    if let Some(src) = bind_source(m, &opts, ctx.bundle) {
+        let src = src.ok_or_else(|| {
+            RuntimeError::InvalidSpec(format!(
+                "bind mount to {} has no source",
+                m.destination().display()
+            ))
+        })?;
         // The copy's root is what `src` was in the caller's namespace (the template may not
         // show `src` as it is there).
         let is_dir = match tree {
